@@ -1,0 +1,125 @@
+"""Users and API keys: creating, authenticating, revoking, and the first admin account."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from lamplighter.chat import Principal
+from lamplighter.credentials import KEY_PREFIX, hash_key, hash_password, new_api_key, new_password
+from lamplighter.exceptions import AuthenticationFailed, Conflict, InvalidRequest, NotFound
+from lamplighter.store.accounts import Accounts
+from lamplighter.store.database import Database
+from lamplighter.store.models import ApiKey, User, utcnow
+
+# last_used_at is informational; writing it at most once a minute keeps a busy key from
+# turning every request into a write.
+TOUCH_INTERVAL = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    id: uuid.UUID
+    secret: str
+    user_email: str
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    email: str
+    password: str
+
+
+def normalise_email(email: str) -> str:
+    email = email.strip().lower()
+    local, _, domain = email.partition("@")
+    if not local or not domain or any(ch.isspace() for ch in email) or len(email) > 320:
+        raise InvalidRequest(f"{email!r} is not an email address", param="email")
+    return email
+
+
+class AccountService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create_user(
+        self, email: str, *, password: str | None = None, admin: bool = False, plan: str = "free"
+    ) -> User:
+        email = normalise_email(email)
+        if password is not None and len(password) < 8:
+            raise InvalidRequest("passwords must be at least 8 characters", param="password")
+        async with self.db.transaction() as session:
+            accounts = Accounts(session)
+            if await accounts.user_by_email(email) is not None:
+                raise Conflict(f"a user with email {email} already exists", param="email")
+            return await accounts.add_user(
+                User(
+                    email=email,
+                    password_hash=hash_password(password) if password else None,
+                    is_admin=admin,
+                    plan=plan,
+                    created_at=utcnow(),
+                )
+            )
+
+    async def list_users(self) -> Sequence[User]:
+        async with self.db.transaction() as session:
+            return await Accounts(session).list_users()
+
+    async def create_key(self, email: str, name: str = "") -> CreatedKey:
+        key = new_api_key()
+        async with self.db.transaction() as session:
+            accounts = Accounts(session)
+            user = await accounts.user_by_email(normalise_email(email))
+            if user is None:
+                raise NotFound(f"no user with email {email}", param="email")
+            row = await accounts.add_key(
+                ApiKey(
+                    user_id=user.id,
+                    name=name,
+                    prefix=key.prefix,
+                    key_hash=key.key_hash,
+                    created_at=utcnow(),
+                )
+            )
+            return CreatedKey(id=row.id, secret=key.secret, user_email=user.email)
+
+    async def revoke_key(self, key_id: uuid.UUID) -> None:
+        async with self.db.transaction() as session:
+            if not await Accounts(session).revoke_key(key_id, utcnow()):
+                raise NotFound(f"no live API key with id {key_id}")
+
+    async def authenticate(self, secret: str) -> Principal:
+        """The principal behind an API key; AuthenticationFailed for unknown or revoked keys."""
+        if not secret.startswith(KEY_PREFIX):
+            raise AuthenticationFailed("Incorrect API key provided.")
+        async with self.db.transaction() as session:
+            accounts = Accounts(session)
+            found = await accounts.key_with_user(hash_key(secret))
+            if found is None:
+                raise AuthenticationFailed(
+                    f"Incorrect API key provided: {secret[:6]}…. Create one with "
+                    "`lamplighter keys create EMAIL`."
+                )
+            key, user = found
+            now = utcnow()
+            if key.last_used_at is None or now - key.last_used_at > TOUCH_INTERVAL:
+                await accounts.touch_key(key.id, now)
+        return Principal(
+            user_id=user.id,
+            email=user.email,
+            plan=user.plan,
+            is_admin=user.is_admin,
+            api_key_id=key.id,
+        )
+
+    async def bootstrap_admin(self, email: str) -> Bootstrap | None:
+        """On first start (no users at all), create an admin with a random password."""
+        async with self.db.transaction() as session:
+            if await Accounts(session).count_users():
+                return None
+        password = new_password()
+        await self.create_user(email, password=password, admin=True, plan="team")
+        return Bootstrap(email=normalise_email(email), password=password)

@@ -1,0 +1,149 @@
+"""The OpenAI-compatible API: ``/v1/chat/completions`` and ``/v1/models``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from lamplighter.api.responses import SSE_DONE, DeferredJSONResponse, EventStreamResponse, sse
+from lamplighter.api.schemas import ChatCompletionRequest
+from lamplighter.api.state import State
+from lamplighter.chat import Exchange, Principal
+from lamplighter.engines.base import GenerationRequest
+from lamplighter.exceptions import APIError, AuthenticationFailed, NotFound
+
+router = APIRouter(prefix="/v1")
+
+
+async def principal(request: Request, state: State) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise AuthenticationFailed(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'; "
+            "create one with `lamplighter keys create EMAIL`.",
+            code="missing_api_key",
+        )
+    return await state.accounts.authenticate(secret.strip())
+
+
+Caller = Annotated[Principal, Depends(principal)]
+
+
+def _model_card(model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": "lamplighter"}
+
+
+@router.get("/models")
+async def list_models(_: Caller, state: State) -> dict[str, Any]:
+    return {"object": "list", "data": [_model_card(model) for model in state.router.models]}
+
+
+@router.get("/models/{model:path}")
+async def get_model(model: str, _: Caller, state: State) -> dict[str, Any]:
+    if model not in state.router.models:
+        raise NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
+    return _model_card(model)
+
+
+@router.post("/chat/completions")
+async def chat_completions(
+    body: ChatCompletionRequest,
+    who: Caller,
+    state: State,
+) -> Response:
+    request = GenerationRequest(
+        model=body.model,
+        turns=tuple(message.turn() for message in body.messages),
+        max_tokens=body.token_limit,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        stop=body.stops,
+        seed=body.seed,
+    )
+    # Validation, prompt counting and storing the question happen before the response starts,
+    # so every refusal is a plain HTTP error rather than an error inside a stream.
+    exchange = await state.chat.open(who, request, store=body.store is not False)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return EventStreamResponse(_events(exchange, include_usage))
+
+    async def produce() -> tuple[int, Any, dict[str, str]]:
+        try:
+            async for _ in exchange.stream():
+                pass
+        except APIError as error:
+            return error.status_code, error.body(), error.headers
+        return 200, _completion(exchange), {}
+
+    return DeferredJSONResponse(produce)
+
+
+def _completion(exchange: Exchange) -> dict[str, Any]:
+    usage = exchange.usage
+    return {
+        "id": exchange.id,
+        "object": "chat.completion",
+        "created": exchange.created,
+        "model": exchange.model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": exchange.content, "refusal": None},
+                "logprobs": None,
+                "finish_reason": exchange.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        },
+    }
+
+
+async def _events(exchange: Exchange, include_usage: bool) -> AsyncIterator[bytes]:
+    head = {
+        "id": exchange.id,
+        "object": "chat.completion.chunk",
+        "created": exchange.created,
+        "model": exchange.model,
+        "system_fingerprint": None,
+    }
+    extra: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return sse({**head, "choices": [choice], **extra})
+
+    yield frame({"role": "assistant", "content": ""})
+    chunks = exchange.stream()
+    try:
+        async for chunk in chunks:
+            if chunk.text:
+                yield frame({"content": chunk.text})
+            if chunk.finish_reason is not None:
+                yield frame({}, chunk.finish_reason)
+    except APIError as error:
+        yield sse(error.body())
+        return
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    if include_usage:
+        usage = exchange.usage
+        yield sse(
+            {
+                **head,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.total_tokens,
+                },
+            }
+        )
+    yield SSE_DONE

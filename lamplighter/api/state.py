@@ -1,0 +1,31 @@
+"""What the app holds while it runs, built by the lifespan and read by the routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from lamplighter.accounts import AccountService
+from lamplighter.chat import ChatService
+from lamplighter.engines.router import Router
+from lamplighter.settings import Settings
+from lamplighter.store.database import Database
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    router: Router
+    accounts: AccountService
+    chat: ChatService
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
+
+
+State = Annotated[Services, Depends(services)]

@@ -1,0 +1,102 @@
+"""Assembly: ``create_app(settings)`` builds the ASGI app; its lifespan opens the database,
+migrates it, loads the backends and holds them in typed state. Nothing connects at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from lamplighter.accounts import AccountService, Bootstrap
+from lamplighter.api import errors, health, openai
+from lamplighter.api.state import Services
+from lamplighter.chat import ChatService
+from lamplighter.engines.base import Backend
+from lamplighter.engines.embedded import EmbeddedBackend, bundled_model_path
+from lamplighter.engines.router import Router
+from lamplighter.settings import Settings
+from lamplighter.store import migrate
+from lamplighter.store.database import Database
+
+log = logging.getLogger(__name__)
+
+
+def announce_bootstrap(settings: Settings, created: Bootstrap) -> None:
+    """Tell the operator, once, how to log in and how to get an API key."""
+    base = f"http://{settings.host}:{settings.port}"
+    print(
+        "\n"
+        "  Lamplighter created its first account, an admin:\n"
+        f"    email:    {created.email}\n"
+        f"    password: {created.password}   (shown only now)\n"
+        "  Get an API key for it with:\n"
+        f"    .venv/bin/lamplighter keys create {created.email}\n"
+        "  then point the OpenAI SDK at it:\n"
+        f"    OpenAI(base_url='{base}/v1', api_key='ll-...')\n",
+        flush=True,
+    )
+
+
+async def default_backends(settings: Settings) -> list[Backend]:
+    if not settings.embedded_engine:
+        return []
+    backend = EmbeddedBackend(
+        settings.model_path or bundled_model_path(),
+        settings.model_name,
+        n_ctx=settings.n_ctx,
+        n_threads=settings.threads,
+    )
+    await backend.load()
+    return [backend]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    backends: Callable[[Settings], Awaitable[list[Backend]]] | None = None,
+    on_bootstrap: Callable[[Settings, Bootstrap], None] = announce_bootstrap,
+) -> FastAPI:
+    """The app. ``backends`` replaces the embedded engine (tests pass a scripted one)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        url = settings.resolved_database_url
+        # Alembic runs its own event loop, so it gets a thread of its own.
+        await asyncio.to_thread(migrate.upgrade, url)
+        db = Database(url)
+        router = Router(await (backends or default_backends)(settings))
+        state = Services(
+            settings=settings,
+            db=db,
+            router=router,
+            accounts=AccountService(db),
+            chat=ChatService(db, router),
+        )
+        cut = await state.chat.recover()
+        if cut:
+            log.warning("marked %d answers interrupted by the last shutdown as cut", cut)
+        created = await state.accounts.bootstrap_admin(settings.admin_email)
+        if created is not None:
+            on_bootstrap(settings, created)
+        app.state.services = state
+        try:
+            yield
+        finally:
+            await router.close()
+            await db.close()
+
+    app = FastAPI(
+        title="Lamplighter",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(openai.router)
+    return app

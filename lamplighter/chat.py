@@ -1,0 +1,275 @@
+"""One chat exchange, from a validated request to a durable answer and a usage record.
+
+``ChatService.open`` threads the request's messages into the user's conversation tree and creates
+the assistant message (status ``in_progress``) before any token is generated; ``Exchange.stream``
+relays the backend's chunks, saves the partial answer in the background about once a second, and
+makes the answer and its usage durable *before* it releases the final chunk. If the stream is
+closed or cancelled early (the client went away), the answer is saved as ``cut`` with the tokens
+actually generated, and those tokens are settled in the usage ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from lamplighter.conversation.threading import (
+    ROOT_HASH,
+    Turn,
+    node_hash,
+    path_hashes,
+    stored_prefix,
+    title_from,
+)
+from lamplighter.engines.base import Backend, Chunk, GenerationRequest, PreparedRequest
+from lamplighter.engines.router import Router
+from lamplighter.store.conversations import Conversations
+from lamplighter.store.database import Database
+from lamplighter.store.models import Conversation, Message, Usage, new_id, utcnow
+from lamplighter.store.usage import UsageLedger
+
+CHECKPOINT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: resolved from an API key (or, later, a session cookie)."""
+
+    user_id: uuid.UUID
+    email: str
+    plan: str
+    is_admin: bool
+    api_key_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def completion_id(message_id: uuid.UUID) -> str:
+    return f"chatcmpl-{message_id.hex}"
+
+
+def message_id_from(completion: str) -> uuid.UUID | None:
+    """The stored message a completion id names (``chatcmpl-<hex>`` or a bare UUID)."""
+    try:
+        return uuid.UUID(completion.removeprefix("chatcmpl-"))
+    except ValueError:
+        return None
+
+
+@dataclass
+class Exchange:
+    service: ChatService
+    principal: Principal
+    backend: Backend
+    prepared: PreparedRequest
+    message_id: uuid.UUID
+    stored: bool
+    conversation_id: uuid.UUID | None = None
+    parent_hash: str = ROOT_HASH
+    created: int = field(default_factory=lambda: int(time.time()))
+    text: list[str] = field(default_factory=list)
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    ttft: float | None = None
+    _started: float = field(default_factory=time.perf_counter)
+    _settled: bool = False
+    _checkpoint: asyncio.Task[None] | None = None
+
+    @property
+    def id(self) -> str:
+        return completion_id(self.message_id)
+
+    @property
+    def model(self) -> str:
+        return self.prepared.request.model
+
+    @property
+    def usage(self) -> TokenCount:
+        return TokenCount(self.prepared.prompt_tokens, self.completion_tokens)
+
+    @property
+    def content(self) -> str:
+        return "".join(self.text)
+
+    async def stream(self) -> AsyncIterator[Chunk]:
+        """The answer's chunks. The last one carries ``finish_reason`` and is released only once
+        the answer and its usage are durable."""
+        chunks = self.backend.generate(self.prepared)
+        last_checkpoint = time.perf_counter()
+        try:
+            async for chunk in chunks:
+                if self.ttft is None:
+                    self.ttft = time.perf_counter() - self._started
+                self.completion_tokens += chunk.tokens
+                self.text.append(chunk.text)
+                if chunk.finish_reason is not None:
+                    self.finish_reason = chunk.finish_reason
+                    await self._settle("complete")
+                    yield chunk
+                    return
+                if chunk.text:
+                    yield chunk
+                now = time.perf_counter()
+                if self.stored and now - last_checkpoint >= CHECKPOINT_SECONDS:
+                    last_checkpoint = now
+                    self._save_partial()
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+            if not self._settled:
+                self.finish_reason = self.finish_reason or "cancelled"
+                # Shielded: a second cancellation must not lose what was generated.
+                await asyncio.shield(self._settle("cut"))
+
+    def _save_partial(self) -> None:
+        if self._checkpoint is not None and not self._checkpoint.done():
+            return
+        self._checkpoint = asyncio.create_task(
+            self.service.save_partial(self.message_id, self.content)
+        )
+
+    async def _settle(self, status: str) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        if self._checkpoint is not None:
+            await asyncio.gather(self._checkpoint, return_exceptions=True)
+        await self.service.settle(self, status)
+
+
+class ChatService:
+    def __init__(self, db: Database, router: Router) -> None:
+        self.db = db
+        self.router = router
+        # Threading a request reads then writes the user's tree; one at a time per user keeps
+        # two identical requests from storing the same path twice.
+        self._user_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    async def open(
+        self, principal: Principal, request: GenerationRequest, *, store: bool = True
+    ) -> Exchange:
+        backend = self.router.route(request.model)
+        prepared = await backend.prepare(request)
+        if not store:
+            return Exchange(self, principal, backend, prepared, new_id(), stored=False)
+        lock = self._user_locks.setdefault(principal.user_id, asyncio.Lock())
+        async with lock, self.db.transaction() as session:
+            message, conversation_id, parent_hash = await self._thread(
+                Conversations(session), principal.user_id, request.turns, request.model
+            )
+        return Exchange(
+            self,
+            principal,
+            backend,
+            prepared,
+            message.id,
+            stored=True,
+            conversation_id=conversation_id,
+            parent_hash=parent_hash,
+        )
+
+    async def _thread(
+        self, conversations: Conversations, user_id: uuid.UUID, turns: tuple[Turn, ...], model: str
+    ) -> tuple[Message, uuid.UUID, str]:
+        hashes = path_hashes(turns)
+        known = await conversations.nodes_by_path(user_id, hashes)
+        reused = stored_prefix(hashes, known)
+        now = utcnow()
+        parent = known[hashes[reused - 1]] if reused else None
+        if parent is None:
+            conversation = await conversations.add_conversation(
+                Conversation(
+                    user_id=user_id, title=title_from(turns), created_at=now, updated_at=now
+                )
+            )
+            conversation_id = conversation.id
+        else:
+            conversation_id = parent.conversation_id
+        for depth in range(reused, len(turns)):
+            parent = await conversations.add_message(
+                Message(
+                    conversation_id=conversation_id,
+                    user_id=user_id,
+                    parent_id=parent.id if parent else None,
+                    role=turns[depth].role,
+                    content=turns[depth].content,
+                    path_hash=hashes[depth],
+                    depth=depth,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        answer_id = new_id()
+        answer = await conversations.add_message(
+            Message(
+                id=answer_id,
+                conversation_id=conversation_id,
+                user_id=user_id,
+                parent_id=parent.id if parent else None,
+                role="assistant",
+                content="",
+                # Replaced by the real path hash once the answer's text is known.
+                path_hash=f"pending:{answer_id.hex}",
+                depth=len(turns),
+                status="in_progress",
+                model=model,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await conversations.move_leaf(conversation_id, answer.id, now)
+        return answer, conversation_id, parent.path_hash if parent else ROOT_HASH
+
+    async def save_partial(self, message_id: uuid.UUID, content: str) -> None:
+        async with self.db.transaction() as session:
+            await Conversations(session).finish_message(
+                message_id, content=content, status="in_progress", finish_reason=None, when=utcnow()
+            )
+
+    async def settle(self, exchange: Exchange, status: str) -> None:
+        """Make the answer (if stored) and its usage durable, in one transaction."""
+        now = utcnow()
+        elapsed = time.perf_counter() - exchange._started
+        async with self.db.transaction() as session:
+            if exchange.stored:
+                conversations = Conversations(session)
+                await conversations.finish_message(
+                    exchange.message_id,
+                    content=exchange.content,
+                    status=status,
+                    finish_reason=exchange.finish_reason,
+                    when=now,
+                    path_hash=node_hash(exchange.parent_hash, Turn("assistant", exchange.content)),
+                )
+            await UsageLedger(session).record(
+                Usage(
+                    user_id=exchange.principal.user_id,
+                    api_key_id=exchange.principal.api_key_id,
+                    message_id=exchange.message_id if exchange.stored else None,
+                    model=exchange.model,
+                    prompt_tokens=exchange.prepared.prompt_tokens,
+                    completion_tokens=exchange.completion_tokens,
+                    latency_ms=round(elapsed * 1000),
+                    ttft_ms=None if exchange.ttft is None else round(exchange.ttft * 1000),
+                    finish_reason=exchange.finish_reason or status,
+                    created_at=now,
+                )
+            )
+
+    async def recover(self) -> int:
+        """On start: answers a crashed process left in progress are marked cut."""
+        async with self.db.transaction() as session:
+            return await Conversations(session).cut_unfinished(utcnow())

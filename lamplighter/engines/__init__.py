@@ -1,0 +1,1 @@
+"""Backends that generate text, behind one seam, and the router that picks one per request."""

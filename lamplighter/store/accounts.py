@@ -1,0 +1,74 @@
+"""Queries on users and API keys."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lamplighter.store.models import ApiKey, User
+
+
+class Accounts:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def user_by_email(self, email: str) -> User | None:
+        result = await self.session.execute(select(User).where(User.email == email.lower()))
+        return result.scalar_one_or_none()
+
+    async def user_by_id(self, user_id: uuid.UUID) -> User | None:
+        return await self.session.get(User, user_id)
+
+    async def add_user(self, user: User) -> User:
+        self.session.add(user)
+        await self.session.flush()
+        return user
+
+    async def list_users(self) -> Sequence[User]:
+        result = await self.session.execute(select(User).order_by(User.created_at))
+        return result.scalars().all()
+
+    async def count_users(self) -> int:
+        return int(await self.session.scalar(select(func.count()).select_from(User)) or 0)
+
+    async def add_key(self, key: ApiKey) -> ApiKey:
+        self.session.add(key)
+        await self.session.flush()
+        return key
+
+    async def key_with_user(self, key_hash: str) -> tuple[ApiKey, User] | None:
+        """The live key with this hash and its enabled owner, or None."""
+        result = await self.session.execute(
+            select(ApiKey, User)
+            .join(User, User.id == ApiKey.user_id)
+            .where(
+                ApiKey.key_hash == key_hash,
+                ApiKey.revoked_at.is_(None),
+                User.disabled_at.is_(None),
+            )
+        )
+        row = result.one_or_none()
+        return None if row is None else (row[0], row[1])
+
+    async def touch_key(self, key_id: uuid.UUID, when: datetime) -> None:
+        await self.session.execute(
+            update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=when)
+        )
+
+    async def revoke_key(self, key_id: uuid.UUID, when: datetime) -> bool:
+        result = await self.session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=when)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def keys_of(self, user_id: uuid.UUID) -> Sequence[ApiKey]:
+        result = await self.session.execute(
+            select(ApiKey).where(ApiKey.user_id == user_id).order_by(ApiKey.created_at)
+        )
+        return result.scalars().all()

@@ -1,0 +1,102 @@
+"""Queries on conversations and their message trees."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lamplighter.store.models import Conversation, Message
+
+
+class Conversations:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def nodes_by_path(self, user_id: uuid.UUID, hashes: Sequence[str]) -> dict[str, Message]:
+        """The user's stored nodes whose path hash is among ``hashes``; the oldest wins when
+        the same path was stored twice (two identical requests racing)."""
+        if not hashes:
+            return {}
+        result = await self.session.execute(
+            select(Message)
+            .where(Message.user_id == user_id, Message.path_hash.in_(set(hashes)))
+            .order_by(Message.id.desc())
+        )
+        return {node.path_hash: node for node in result.scalars()}
+
+    async def add_conversation(self, conversation: Conversation) -> Conversation:
+        self.session.add(conversation)
+        await self.session.flush()
+        return conversation
+
+    async def add_message(self, message: Message) -> Message:
+        self.session.add(message)
+        await self.session.flush()
+        return message
+
+    async def get(self, conversation_id: uuid.UUID) -> Conversation | None:
+        return await self.session.get(Conversation, conversation_id)
+
+    async def message_of(self, user_id: uuid.UUID, message_id: uuid.UUID) -> Message | None:
+        """A message, only if it belongs to ``user_id``."""
+        result = await self.session.execute(
+            select(Message).where(Message.id == message_id, Message.user_id == user_id)
+        )
+        return result.scalar_one_or_none()
+
+    async def move_leaf(
+        self, conversation_id: uuid.UUID, leaf_id: uuid.UUID, when: datetime
+    ) -> None:
+        await self.session.execute(
+            update(Conversation)
+            .where(Conversation.id == conversation_id)
+            .values(current_leaf_id=leaf_id, updated_at=when)
+        )
+
+    async def finish_message(
+        self,
+        message_id: uuid.UUID,
+        *,
+        content: str,
+        status: str,
+        finish_reason: str | None,
+        when: datetime,
+        path_hash: str | None = None,
+    ) -> None:
+        values = {
+            "content": content,
+            "status": status,
+            "finish_reason": finish_reason,
+            "updated_at": when,
+        }
+        if path_hash is not None:
+            values["path_hash"] = path_hash
+        await self.session.execute(update(Message).where(Message.id == message_id).values(values))
+
+    async def cut_unfinished(self, when: datetime) -> int:
+        """Mark answers left in progress by a crashed process as cut; returns how many."""
+        result = await self.session.execute(
+            update(Message)
+            .where(Message.status == "in_progress")
+            .values(status="cut", finish_reason="interrupted", updated_at=when)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    async def path_to(self, leaf_id: uuid.UUID) -> list[Message]:
+        """The messages from the root down to ``leaf_id``."""
+        path: list[Message] = []
+        node = await self.session.get(Message, leaf_id)
+        while node is not None:
+            path.append(node)
+            node = await self.session.get(Message, node.parent_id) if node.parent_id else None
+        return path[::-1]
+
+    async def children_of(self, parent_id: uuid.UUID) -> Sequence[Message]:
+        result = await self.session.execute(
+            select(Message).where(Message.parent_id == parent_id).order_by(Message.id)
+        )
+        return result.scalars().all()
