@@ -1,8 +1,9 @@
 """Settings are data: one frozen object built from the environment and an optional TOML file.
 
 Every setting has a name, a default and help text in ``SETTINGS``; ``docs/configuration.md``
-documents each one and a test keeps the two in step. Environment variables win over the TOML file, which wins
-over the defaults. Nothing here is read at import time: call :func:`load_settings`.
+documents each one and a test keeps the two in step. Environment variables win over the TOML
+file, which wins over the defaults. Nothing here is read at import time: call
+:func:`load_settings`.
 """
 
 from __future__ import annotations

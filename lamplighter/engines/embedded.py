@@ -165,7 +165,14 @@ class EmbeddedBackend:
         llm = self._llm
         request = prepared.request
         try:
-            llm.set_seed(request.seed if request.seed is not None else random.getrandbits(32))
+            if request.seed is None:
+                llm.set_seed(random.getrandbits(32))
+            else:
+                llm.set_seed(request.seed)
+                # Reusing the KV cache of an identical earlier prompt replays its last token,
+                # which perturbs the logits enough to change sampled answers. A seeded request
+                # promises repeatable output, so it evaluates its prompt from scratch.
+                llm.reset()
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             stops = StopMatcher(request.stop)
             generated = 0

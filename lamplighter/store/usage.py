@@ -24,3 +24,7 @@ class UsageLedger:
             select(Usage).where(Usage.user_id == user_id).order_by(Usage.id)
         )
         return result.scalars().all()
+
+    async def of_message(self, message_id: uuid.UUID) -> Usage | None:
+        result = await self.session.execute(select(Usage).where(Usage.message_id == message_id))
+        return result.scalar_one_or_none()
