@@ -84,7 +84,7 @@ class Exchange:
     finish_reason: str | None = None
     ttft: float | None = None
     _started: float = field(default_factory=time.perf_counter)
-    _settled: bool = False
+    _settling: asyncio.Future[None] | None = None
     _checkpoint: asyncio.Task[None] | None = None
 
     @property
@@ -127,10 +127,14 @@ class Exchange:
                     self._save_partial()
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
-            if not self._settled:
-                self.finish_reason = self.finish_reason or "cancelled"
-                # Shielded: a second cancellation must not lose what was generated.
-                await asyncio.shield(self._settle("cut"))
+            await self.close()
+
+    async def close(self) -> None:
+        """Settle what was generated as cut, unless the answer is already settled. Safe to call
+        any number of times, and before the stream was ever started."""
+        if self._settling is None:
+            self.finish_reason = self.finish_reason or "cancelled"
+        await self._settle("cut")
 
     def _save_partial(self) -> None:
         if self._checkpoint is not None and not self._checkpoint.done():
@@ -140,9 +144,13 @@ class Exchange:
         )
 
     async def _settle(self, status: str) -> None:
-        if self._settled:
-            return
-        self._settled = True
+        if self._settling is None:
+            self._settling = asyncio.ensure_future(self._write(status))
+        # Shielded: cancelling the stream (the client left) must not cancel writing down what
+        # it produced; the write finishes even if nobody waits for it any more.
+        await asyncio.shield(self._settling)
+
+    async def _write(self, status: str) -> None:
         if self._checkpoint is not None:
             await asyncio.gather(self._checkpoint, return_exceptions=True)
         await self.service.settle(self, status)

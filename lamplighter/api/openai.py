@@ -13,7 +13,12 @@ from lamplighter.api.schemas import ChatCompletionRequest
 from lamplighter.api.state import State
 from lamplighter.chat import Exchange, Principal
 from lamplighter.engines.base import GenerationRequest
-from lamplighter.exceptions import APIError, AuthenticationFailed, NotFound
+from lamplighter.exceptions import (
+    APIError,
+    AuthenticationFailed,
+    ContextLengthExceeded,
+    NotFound,
+)
 
 router = APIRouter(prefix="/v1")
 
@@ -66,10 +71,15 @@ async def chat_completions(
     )
     # Validation, prompt counting and storing the question happen before the response starts,
     # so every refusal is a plain HTTP error rather than an error inside a stream.
-    exchange = await state.chat.open(who, request, store=body.store is not False)
+    try:
+        exchange = await state.chat.open(who, request, store=body.store is not False)
+    except ContextLengthExceeded as error:
+        if error.param == "max_tokens" and body.max_completion_tokens:
+            error.param = "max_completion_tokens"
+        raise
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventStreamResponse(_events(exchange, include_usage))
+        return EventStreamResponse(_events(exchange, include_usage), finally_=exchange.close)
 
     async def produce() -> tuple[int, Any, dict[str, str]]:
         try:
@@ -79,7 +89,7 @@ async def chat_completions(
             return error.status_code, error.body(), error.headers
         return 200, _completion(exchange), {}
 
-    return DeferredJSONResponse(produce)
+    return DeferredJSONResponse(produce, finally_=exchange.close)
 
 
 def _completion(exchange: Exchange) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 Starlette's ``StreamingResponse`` only learns of a disconnect when its next write fails, and then
 leaves the body iterator to the garbage collector; uvicorn never tells a plain response at all.
 Generation is the expensive part, so these responses watch ``http.disconnect`` beside the work
-and cancel it the moment the client leaves: the backend stops within a token and the partial
-answer is settled by the code being cancelled.
+and cancel it the moment the client leaves: the backend stops within a token. ``finally_`` runs
+whatever became of the work (even if it never started), so the caller can settle what it owes.
 """
 
 from __future__ import annotations
@@ -43,8 +43,15 @@ class EventStreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        events: AsyncIterator[bytes],
+        headers: dict[str, str] | None = None,
+        *,
+        finally_: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.events = events
+        self.finally_ = finally_
         self.status_code = 200
         self.background = None
         self.init_headers(
@@ -62,6 +69,8 @@ class EventStreamResponse(Response):
             await _race(pump(), receive)
         finally:
             await self.events.aclose()  # type: ignore[attr-defined]
+            if self.finally_ is not None:
+                await self.finally_()
 
 
 class DeferredJSONResponse(Response):
@@ -73,8 +82,11 @@ class DeferredJSONResponse(Response):
         self,
         produce: Callable[[], Awaitable[tuple[int, Any, dict[str, str]]]],
         headers: dict[str, str] | None = None,
+        *,
+        finally_: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.produce = produce
+        self.finally_ = finally_
         self.status_code = 200
         self.background = None
         self.init_headers(headers)
@@ -96,7 +108,11 @@ class DeferredJSONResponse(Response):
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
 
-        await _race(respond(), receive)
+        try:
+            await _race(respond(), receive)
+        finally:
+            if self.finally_ is not None:
+                await self.finally_()
 
 
 def sse(payload: Any) -> bytes:
