@@ -1,0 +1,143 @@
+"""The ``lamplighter`` command as an operator uses it: real processes, a real data directory."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MODEL, free_port
+
+LAMPLIGHTER = [sys.executable, "-m", "lamplighter"]
+
+
+def run(data_dir: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LAMPLIGHTER_DATA_DIR": str(data_dir)}
+    env = {
+        k: v
+        for k, v in env.items()
+        if not k.startswith("LAMPLIGHTER_") or k == "LAMPLIGHTER_DATA_DIR"
+    }
+    return subprocess.run(
+        [*LAMPLIGHTER, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_users_and_keys_lifecycle(tmp_path: Path) -> None:
+    assert run(tmp_path, "db", "upgrade").returncode == 0
+    created = run(
+        tmp_path,
+        "users",
+        "create",
+        "Ada@Example.org",
+        "--admin",
+        "--plan",
+        "team",
+        "--password-stdin",
+        stdin="correct horse battery\n",
+    )
+    assert created.returncode == 0, created.stderr
+    assert "ada@example.org" in created.stdout
+    duplicate = run(tmp_path, "users", "create", "ada@example.org")
+    assert duplicate.returncode == 1 and "already exists" in duplicate.stderr
+
+    listed = run(tmp_path, "users", "list", "--json")
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["email"], r["plan"], r["admin"]) for r in rows] == [
+        ("ada@example.org", "team", True)
+    ]
+
+    key = run(tmp_path, "keys", "create", "ada@example.org", "--name", "laptop")
+    assert key.returncode == 0
+    secret = key.stdout.strip()
+    assert secret.startswith("ll-") and len(secret) > 40
+    key_id = key.stderr.split()[2]
+    # Stored only as a hash: the secret appears nowhere in the database file.
+    database = (tmp_path / "lamplighter.db").read_bytes()
+    for suffix in ("", "-wal"):
+        path = tmp_path / f"lamplighter.db{suffix}"
+        if path.exists():
+            database += path.read_bytes()
+    assert secret.encode() not in database
+
+    assert run(tmp_path, "keys", "revoke", key_id).returncode == 0
+    again = run(tmp_path, "keys", "revoke", key_id)
+    assert again.returncode == 1 and "no live API key" in again.stderr
+    assert run(tmp_path, "keys", "revoke", "not-an-id").returncode == 2
+    assert run(tmp_path, "keys", "create", "nobody@example.org").returncode == 1
+
+
+def test_bad_email_is_refused(tmp_path: Path) -> None:
+    result = run(tmp_path, "users", "create", "not an email")
+    assert result.returncode == 1 and "not an email address" in result.stderr
+
+
+@pytest.fixture
+def served(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Two instances side by side, each on its own port and data directory."""
+    processes = []
+    instances = []
+    for name in ("one", "two"):
+        data_dir, port = tmp_path / name, free_port()
+        env = {
+            **os.environ,
+            "LAMPLIGHTER_DATA_DIR": str(data_dir),
+            "LAMPLIGHTER_PORT": str(port),
+            "LAMPLIGHTER_N_THREADS": "1",
+        }
+        process = subprocess.Popen(
+            [*LAMPLIGHTER, "serve"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        processes.append(process)
+        instances.append((data_dir, port, process))
+    try:
+        yield instances
+    finally:
+        for process in processes:
+            process.terminate()
+            process.communicate(timeout=30)
+
+
+def wait_ready(port: int, process: subprocess.Popen[str]) -> None:
+    for _ in range(600):
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {process.communicate()[1][-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=0.1)  # the server's exit ends the wait early
+    raise AssertionError("server never became ready")
+
+
+def test_serve_bootstraps_an_admin_and_instances_run_side_by_side(served) -> None:  # type: ignore[no-untyped-def]
+    answers = []
+    for data_dir, port, process in served:
+        wait_ready(port, process)
+        key = run(data_dir, "keys", "create", "admin@localhost").stdout.strip()
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+        answer = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3
+        )
+        answers.append(answer)
+        assert [model.id for model in client.models.list()] == [MODEL]
+        assert (data_dir / "lamplighter.db").exists()
+    assert all(a.usage and a.usage.completion_tokens >= 1 for a in answers)
+    for _, _, process in served:
+        process.terminate()
+        out, _ = process.communicate(timeout=30)
+        assert "admin@localhost" in out and "password:" in out
+        assert "lamplighter keys create admin@localhost" in out

@@ -1,0 +1,75 @@
+"""Settings: environment over file over defaults, clear errors, and every setting documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lamplighter.exceptions import ConfigError
+from lamplighter.settings import SETTINGS, Settings, async_database_url, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_match_the_design() -> None:
+    settings = load_settings(env={})
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert settings.redis_url == ""
+    assert settings.resolved_database_url == "sqlite+aiosqlite:///data/lamplighter.db"
+
+
+def test_environment_overrides_the_file_which_overrides_defaults(tmp_path: Path) -> None:
+    config = tmp_path / "lamplighter.toml"
+    config.write_text('[lamplighter]\nport = 9000\nhost = "0.0.0.0"\nn_ctx = 1024\n')
+    env = {"LAMPLIGHTER_CONFIG": str(config), "LAMPLIGHTER_PORT": "9100"}
+    settings = load_settings(env=env)
+    assert settings.port == 9100
+    assert settings.host == "0.0.0.0"
+    assert settings.n_ctx == 1024
+    assert load_settings(env=env, port=9200).port == 9200
+
+
+def test_data_dir_and_database_url_follow_the_environment(tmp_path: Path) -> None:
+    settings = load_settings(env={"LAMPLIGHTER_DATA_DIR": str(tmp_path)})
+    assert settings.resolved_database_url == f"sqlite+aiosqlite:///{tmp_path}/lamplighter.db"
+    pg = load_settings(env={"LAMPLIGHTER_DATABASE_URL": "postgresql://u@h/db"})
+    assert pg.resolved_database_url == "postgresql+asyncpg://u@h/db"
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"LAMPLIGHTER_PORT": "eighty"}, "port"),
+        ({"LAMPLIGHTER_PORT": "70000"}, "port"),
+        ({"LAMPLIGHTER_EMBEDDED_ENGINE": "perhaps"}, "embedded_engine"),
+        ({"LAMPLIGHTER_N_CTX": "16"}, "n_ctx"),
+        ({"LAMPLIGHTER_CONFIG": "/nonexistent/lamplighter.toml"}, "config file"),
+    ],
+)
+def test_bad_values_are_refused_with_the_setting_named(env: dict[str, str], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load_settings(env=env)
+
+
+def test_unknown_keys_in_the_file_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[lamplighter]\nprot = 1\n")
+    with pytest.raises(ConfigError, match="prot"):
+        load_settings(env={"LAMPLIGHTER_CONFIG": str(config)})
+
+
+def test_plain_urls_get_async_drivers() -> None:
+    assert async_database_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
+    assert async_database_url("postgres://h/db") == "postgresql+asyncpg://h/db"
+    assert async_database_url("postgresql+asyncpg://h/db") == "postgresql+asyncpg://h/db"
+
+
+def test_every_setting_has_help_and_is_documented() -> None:
+    docs = (ROOT / "docs" / "configuration.md").read_text()
+    assert set(SETTINGS) == set(Settings.__dataclass_fields__)
+    for name, help_text in SETTINGS.items():
+        assert help_text.strip(), name
+        assert f"`LAMPLIGHTER_{name.upper()}`" in docs, (
+            f"LAMPLIGHTER_{name.upper()} is undocumented"
+        )

@@ -1,0 +1,110 @@
+"""The store on SQLite and PostgreSQL: migrations both ways, id widths, accounts and the ledger."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import inspect, text
+
+from lamplighter.accounts import AccountService
+from lamplighter.credentials import verify_password
+from lamplighter.exceptions import AuthenticationFailed, Conflict
+from lamplighter.store import migrate
+from lamplighter.store.database import Database
+from lamplighter.store.models import Base
+
+
+def _email() -> str:
+    return f"{uuid.uuid4().hex[:12]}@example.org"
+
+
+def test_migrations_run_down_and_up_again_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+    migrate.upgrade(url)
+    migrate.downgrade(url, "base")
+    migrate.upgrade(url)
+    migrate.upgrade(url)  # idempotent
+
+
+@pytest.mark.postgres
+def test_migrations_run_down_and_up_again_on_postgresql(postgres_url: str) -> None:
+    migrate.downgrade(postgres_url, "base")
+    migrate.upgrade(postgres_url)
+
+
+async def test_migrated_schema_matches_the_models(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        async with db.engine.connect() as conn:
+            tables = await conn.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+            columns = await conn.run_sync(
+                lambda sync: {
+                    t: {c["name"] for c in inspect(sync).get_columns(t)}
+                    for t in Base.metadata.tables
+                }
+            )
+        assert set(Base.metadata.tables) <= tables
+        for name, table in Base.metadata.tables.items():
+            assert columns[name] == {c.name for c in table.columns}, name
+    finally:
+        await db.close()
+
+
+@pytest.mark.postgres
+async def test_ids_are_never_32_bit_on_postgresql(postgres_url: str) -> None:
+    db = Database(postgres_url)
+    try:
+        async with db.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT table_name, data_type FROM information_schema.columns "
+                    "WHERE column_name = 'id' AND table_schema = 'public'"
+                )
+            )
+            kinds = dict(rows.all())
+        assert kinds.pop("usage") == "bigint"
+        assert set(kinds.values()) == {"uuid"}
+    finally:
+        await db.close()
+
+
+async def test_accounts_keys_and_passwords(database_url: str) -> None:
+    db = Database(database_url)
+    accounts = AccountService(db)
+    try:
+        email = _email()
+        user = await accounts.create_user(email.upper(), password="a long passphrase")
+        assert user.email == email
+        assert user.id.version == 7
+        assert user.password_hash and user.password_hash.startswith("$argon2id$")
+        assert verify_password(user.password_hash, "a long passphrase")
+        assert not verify_password(user.password_hash, "wrong")
+        with pytest.raises(Conflict):
+            await accounts.create_user(email)
+
+        key = await accounts.create_key(email, "ci")
+        who = await accounts.authenticate(key.secret)
+        assert (who.user_id, who.api_key_id, who.plan) == (user.id, key.id, "free")
+        await accounts.revoke_key(key.id)
+        with pytest.raises(AuthenticationFailed):
+            await accounts.authenticate(key.secret)
+        with pytest.raises(AuthenticationFailed):
+            await accounts.authenticate(key.secret + "x")
+    finally:
+        await db.close()
+
+
+async def test_concurrent_key_use_is_safe(database_url: str) -> None:
+    import asyncio
+
+    db = Database(database_url)
+    accounts = AccountService(db)
+    try:
+        email = _email()
+        await accounts.create_user(email)
+        key = await accounts.create_key(email)
+        results = await asyncio.gather(*(accounts.authenticate(key.secret) for _ in range(20)))
+        assert {r.api_key_id for r in results} == {key.id}
+    finally:
+        await db.close()
