@@ -11,6 +11,7 @@ from lamplighter.accounts import AccountService
 from lamplighter.credentials import verify_password
 from lamplighter.exceptions import AuthenticationFailed, Conflict
 from lamplighter.store import migrate
+from lamplighter.store.accounts import Accounts
 from lamplighter.store.database import Database
 from lamplighter.store.models import Base
 
@@ -86,6 +87,9 @@ async def test_accounts_keys_and_passwords(database_url: str) -> None:
         key = await accounts.create_key(email, "ci")
         who = await accounts.authenticate(key.secret)
         assert (who.user_id, who.api_key_id, who.plan) == (user.id, key.id, "free")
+        async with db.transaction() as session:
+            (stored,) = await Accounts(session).keys_of(user.id)
+        assert stored.last_used_at is not None and stored.key_hash != key.secret
         await accounts.revoke_key(key.id)
         with pytest.raises(AuthenticationFailed):
             await accounts.authenticate(key.secret)

@@ -193,3 +193,28 @@ async def test_many_simultaneous_streams_some_cut_lose_and_mix_nothing(
             assert message.content == seen == expected
             assert usage.completion_tokens == len(expected.split(" "))
     assert await asyncio.to_thread(wait_until, lambda: scripted.active == 0 or None) is not None
+
+
+async def test_simultaneous_requests_to_the_model_queue_and_all_complete(
+    server: LiveServer, user: tuple[str, str]
+) -> None:
+    body = {"model": MODEL, "max_tokens": 8, "temperature": 0.0}
+
+    async with httpx.AsyncClient(
+        base_url=server.base_url, headers={"authorization": f"Bearer {user[1]}"}, timeout=120
+    ) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    "/v1/chat/completions",
+                    json={
+                        **body,
+                        "messages": [{"role": "user", "content": f"Name a colour. #{i}"}],
+                    },
+                )
+                for i in range(6)
+            )
+        )
+    assert [r.status_code for r in responses] == [200] * 6
+    assert len({r.json()["id"] for r in responses}) == 6
+    assert all(r.json()["usage"]["completion_tokens"] >= 1 for r in responses)

@@ -1,0 +1,83 @@
+"""A process killed mid-answer loses nothing the user saw, beyond the last second.
+
+The server checkpoints a streaming answer about once a second; on the next start, answers left
+in progress are marked cut, keeping the text saved so far.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, text
+
+from tests.conftest import MODEL, free_port
+from tests.test_cli import run, wait_ready
+
+
+def start(data_dir: Path, port: int) -> subprocess.Popen[str]:
+    env = {**os.environ, "LAMPLIGHTER_DATA_DIR": str(data_dir), "LAMPLIGHTER_PORT": str(port)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "lamplighter", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def test_a_killed_server_keeps_the_partial_answer_and_marks_it_cut(tmp_path: Path) -> None:
+    port = free_port()
+    server = start(tmp_path, port)
+    try:
+        wait_ready(port, server)
+        key = run(tmp_path, "keys", "create", "admin@localhost").stdout.strip()
+        body = {
+            "model": MODEL,
+            "stream": True,
+            "temperature": 0.0,
+            "max_tokens": 1800,
+            "messages": [{"role": "user", "content": "Write a very long essay about lamps."}],
+        }
+        seen = ""
+        with httpx.stream(
+            "POST",
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {key}"},
+            timeout=60,
+        ) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    event = json.loads(line[6:])
+                    seen += event["choices"][0]["delta"].get("content") or ""
+                # About two seconds of tokens: at least one checkpoint has been written.
+                if len(seen.split()) >= 120:
+                    server.send_signal(signal.SIGKILL)
+                    break
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+    restarted = start(tmp_path, port)
+    try:
+        wait_ready(port, restarted)
+    finally:
+        restarted.terminate()
+        restarted.wait(timeout=30)
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'lamplighter.db'}")
+    with engine.connect() as conn:
+        status, finish, content = conn.execute(
+            text("SELECT status, finish_reason, content FROM messages WHERE role = 'assistant'")
+        ).one()
+    engine.dispose()
+    assert (status, finish) == ("cut", "interrupted")
+    assert content and seen.startswith(content)
