@@ -1,0 +1,115 @@
+"""Plans: what each class of user is promised and allowed.
+
+Three plans exist by default (``free``, ``plus``, ``team``); operators change them or add their
+own in the ``[plans.NAME]`` tables of the TOML config. On start, plans from the config that the
+database does not have yet are stored; after that the database is the source of truth and the
+admin API edits it live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from lamplighter.exceptions import ConfigError
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    # Lower runs first: 0 is served before 1 whenever both wait.
+    priority: int = 2
+    requests_per_minute: int = 20
+    tokens_per_minute: int = 20_000
+    tokens_per_day: int = 200_000
+    concurrent_streams: int = 2
+    # The largest max_tokens a request is granted (asking for more is capped, not refused).
+    max_tokens: int = 1024
+    # Models the plan may use; empty means every model.
+    models: tuple[str, ...] = ()
+    # How long a request may wait in the queue before it is refused with 503.
+    queue_patience_s: float = 10.0
+    # The time to first token the plan promises.
+    ttft_slo_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.name or len(self.name) > 64:
+            raise ValueError("a plan needs a name of at most 64 characters")
+        for name in (
+            "requests_per_minute",
+            "tokens_per_minute",
+            "tokens_per_day",
+            "concurrent_streams",
+            "max_tokens",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.priority < 0:
+            raise ValueError("priority must be 0 or more")
+        if self.queue_patience_s < 0 or self.ttft_slo_s <= 0:
+            raise ValueError("queue_patience_s must be >= 0 and ttft_slo_s > 0")
+
+    def allows(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["models"] = list(self.models)
+        return data
+
+
+DEFAULT_PLANS: dict[str, Plan] = {
+    "free": Plan("free"),
+    "plus": Plan(
+        "plus",
+        priority=1,
+        requests_per_minute=60,
+        tokens_per_minute=100_000,
+        tokens_per_day=2_000_000,
+        concurrent_streams=4,
+        max_tokens=4096,
+        queue_patience_s=30.0,
+        ttft_slo_s=2.0,
+    ),
+    "team": Plan(
+        "team",
+        priority=0,
+        requests_per_minute=200,
+        tokens_per_minute=400_000,
+        tokens_per_day=10_000_000,
+        concurrent_streams=10,
+        max_tokens=8192,
+        queue_patience_s=60.0,
+        ttft_slo_s=1.0,
+    ),
+}
+
+PLAN_FIELDS = {f.name for f in fields(Plan)}
+
+
+def plan_from(name: str, values: Mapping[str, Any], base: Plan | None = None) -> Plan:
+    """A plan from a mapping of fields (a TOML table or an admin API body) over ``base``."""
+    unknown = set(values) - PLAN_FIELDS
+    if unknown:
+        raise ValueError(f"unknown plan fields: {', '.join(sorted(unknown))}")
+    data = dict(values)
+    if "models" in data:
+        data["models"] = tuple(data["models"])
+    try:
+        return replace(base or Plan(name), **{**data, "name": name})
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def plans_from_config(table: Mapping[str, Any]) -> dict[str, Plan]:
+    """The defaults, overlaid with the ``[plans.NAME]`` tables of a config file."""
+    plans = dict(DEFAULT_PLANS)
+    for name, values in table.items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"[plans.{name}] must be a table")
+        try:
+            plans[name] = plan_from(name, values, DEFAULT_PLANS.get(name))
+        except ValueError as exc:
+            raise ConfigError(f"[plans.{name}]: {exc}") from exc
+    return plans

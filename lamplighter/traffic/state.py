@@ -1,0 +1,84 @@
+"""Where limiter state lives, behind one interface designed for atomic check-and-reserve.
+
+``reserve`` checks every limit of a request and, only if all allow it, spends them all: no
+request is ever half-counted, and two requests racing for the last unit cannot both get it. The
+in-process implementation gets that atomicity from the event loop (no ``await`` inside); the Redis
+one (scale-out) runs the same GCRA arithmetic in one Lua script with the server's clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from lamplighter.traffic.limiters import Rate, Verdict, check, peek, refund
+
+
+@dataclass(frozen=True)
+class Limit:
+    key: str  # whose bucket: "<user id>:<name>"
+    name: str  # which limit, for messages and headers: "requests", "tokens", "daily_tokens"
+    rate: Rate
+    cost: float
+
+
+class TrafficState(Protocol):
+    async def reserve(self, limits: Sequence[Limit], now: float) -> list[Verdict]:
+        """Verdicts for every limit; all were spent if and only if all allowed."""
+
+    async def refund(self, limit: Limit, units: float, now: float) -> None:
+        """Give back ``units`` of a reservation that were not used."""
+
+    async def peek(self, limit: Limit, now: float) -> tuple[int, float]:
+        """(remaining, seconds until full) for a limit, spending nothing."""
+
+    async def acquire_stream(self, key: str, most: int) -> bool:
+        """Take one of ``most`` concurrent-stream slots for ``key``; False if none is free."""
+
+    async def release_stream(self, key: str) -> None: ...
+
+
+class MemoryState:
+    """Limiter state in this process: exact for one replica."""
+
+    def __init__(self) -> None:
+        self._tat: dict[str, float] = {}
+        self._streams: dict[str, int] = {}
+
+    async def reserve(self, limits: Sequence[Limit], now: float) -> list[Verdict]:
+        verdicts = [
+            check(limit.rate, self._tat.get(limit.key), now, limit.cost) for limit in limits
+        ]
+        if all(verdict.allowed for verdict in verdicts):
+            for limit, verdict in zip(limits, verdicts, strict=True):
+                self._tat[limit.key] = verdict.tat
+        self._forget_idle(now)
+        return verdicts
+
+    async def refund(self, limit: Limit, units: float, now: float) -> None:
+        tat = self._tat.get(limit.key)
+        if tat is not None and units > 0:
+            self._tat[limit.key] = refund(limit.rate, tat, now, units)
+
+    async def peek(self, limit: Limit, now: float) -> tuple[int, float]:
+        return peek(limit.rate, self._tat.get(limit.key), now)
+
+    async def acquire_stream(self, key: str, most: int) -> bool:
+        if self._streams.get(key, 0) >= most:
+            return False
+        self._streams[key] = self._streams.get(key, 0) + 1
+        return True
+
+    async def release_stream(self, key: str) -> None:
+        left = self._streams.get(key, 0) - 1
+        if left > 0:
+            self._streams[key] = left
+        else:
+            self._streams.pop(key, None)
+
+    def _forget_idle(self, now: float) -> None:
+        """A TAT in the past means a full bucket, the same as no entry: drop them now and then
+        so memory follows active users, not every user ever seen."""
+        if len(self._tat) > 10_000:
+            self._tat = {key: tat for key, tat in self._tat.items() if tat > now}
