@@ -12,14 +12,21 @@ from fastapi import FastAPI
 
 from lamplighter.accounts import AccountService, Bootstrap
 from lamplighter.api import errors, health, openai
+from lamplighter.api.middleware import RateLimitHeaders
 from lamplighter.api.state import Services
 from lamplighter.chat import ChatService
 from lamplighter.engines.base import Backend
 from lamplighter.engines.embedded import EmbeddedBackend, bundled_model_path
 from lamplighter.engines.router import Router
-from lamplighter.settings import Settings
+from lamplighter.settings import Settings, read_config
 from lamplighter.store import migrate
 from lamplighter.store.database import Database
+from lamplighter.traffic.admission import Admission
+from lamplighter.traffic.clock import SystemClock
+from lamplighter.traffic.planbook import PlanBook
+from lamplighter.traffic.plans import plans_from_config
+from lamplighter.traffic.ratelimits import RateLimiter
+from lamplighter.traffic.state import MemoryState
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +75,19 @@ def create_app(
         # Alembic runs its own event loop, so it gets a thread of its own.
         await asyncio.to_thread(migrate.upgrade, url)
         db = Database(url)
+        plans = PlanBook(db)
+        await plans.load(plans_from_config(read_config(settings.config).get("plans", {})))
         router = Router(await (backends or default_backends)(settings))
+        clock = SystemClock()
+        limiter = RateLimiter(MemoryState(), clock)
         state = Services(
             settings=settings,
             db=db,
             router=router,
             accounts=AccountService(db),
-            chat=ChatService(db, router),
+            plans=plans,
+            limiter=limiter,
+            chat=ChatService(db, router, plans, limiter, Admission(clock)),
         )
         cut = await state.chat.recover()
         if cut:
@@ -97,6 +110,7 @@ def create_app(
         redoc_url=None,
     )
     errors.install(app)
+    app.add_middleware(RateLimitHeaders)
     app.include_router(health.router)
     app.include_router(openai.router)
     return app

@@ -1,11 +1,14 @@
 """One chat exchange, from a validated request to a durable answer and a usage record.
 
-``ChatService.open`` threads the request's messages into the user's conversation tree and creates
+``ChatService.open`` applies the caller's plan (allowed models, the cap on max_tokens), counts the
+prompt, reserves the plan's rate limits, waits for a slot on the backend (admission control), and
+only then threads the request's messages into the user's conversation tree and creates
 the assistant message (status ``in_progress``) before any token is generated; ``Exchange.stream``
 relays the backend's chunks, saves the partial answer in the background about once a second, and
 makes the answer and its usage durable *before* it releases the final chunk. If the stream is
 closed or cancelled early (the client went away), the answer is saved as ``cut`` with the tokens
-actually generated, and those tokens are settled in the usage ledger.
+actually generated, and those tokens are settled in the usage ledger. However the exchange ends,
+the unused part of the rate-limit reservation is given back and the backend slot is freed.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lamplighter.conversation.threading import (
     ROOT_HASH,
@@ -27,10 +30,15 @@ from lamplighter.conversation.threading import (
 )
 from lamplighter.engines.base import Backend, Chunk, GenerationRequest, PreparedRequest
 from lamplighter.engines.router import Router
+from lamplighter.exceptions import NotFound
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.database import Database
 from lamplighter.store.models import Conversation, Message, Usage, new_id, utcnow
 from lamplighter.store.usage import UsageLedger
+from lamplighter.traffic.admission import Admission, Slot
+from lamplighter.traffic.planbook import PlanBook
+from lamplighter.traffic.plans import Plan
+from lamplighter.traffic.ratelimits import RateLimiter, Reservation
 
 CHECKPOINT_SECONDS = 1.0
 
@@ -74,6 +82,9 @@ class Exchange:
     principal: Principal
     backend: Backend
     prepared: PreparedRequest
+    plan: Plan
+    reservation: Reservation
+    slot: Slot
     message_id: uuid.UUID
     stored: bool
     conversation_id: uuid.UUID | None = None
@@ -151,15 +162,30 @@ class Exchange:
         await asyncio.shield(self._settling)
 
     async def _write(self, status: str) -> None:
-        if self._checkpoint is not None:
-            await asyncio.gather(self._checkpoint, return_exceptions=True)
-        await self.service.settle(self, status)
+        used = self.prepared.prompt_tokens + self.completion_tokens
+        try:
+            if self._checkpoint is not None:
+                await asyncio.gather(self._checkpoint, return_exceptions=True)
+            await self.service.settle(self, status)
+        finally:
+            self.slot.release(used)
+            await self.service.limiter.settle(self.reservation, used)
 
 
 class ChatService:
-    def __init__(self, db: Database, router: Router) -> None:
+    def __init__(
+        self,
+        db: Database,
+        router: Router,
+        plans: PlanBook,
+        limiter: RateLimiter,
+        admission: Admission,
+    ) -> None:
         self.db = db
         self.router = router
+        self.plans = plans
+        self.limiter = limiter
+        self.admission = admission
         # Threading a request reads then writes the user's tree; one at a time per user keeps
         # two identical requests from storing the same path twice.
         self._user_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
@@ -169,25 +195,40 @@ class ChatService:
     async def open(
         self, principal: Principal, request: GenerationRequest, *, store: bool = True
     ) -> Exchange:
+        """Everything before the first token; every refusal (400, 404, 429, 503) is raised here,
+        before a response has started."""
+        plan = self.plans.get(principal.plan)
         backend = self.router.route(request.model)
-        prepared = await backend.prepare(request)
-        if not store:
-            return Exchange(self, principal, backend, prepared, new_id(), stored=False)
-        lock = self._user_locks.setdefault(principal.user_id, asyncio.Lock())
-        async with lock, self.db.transaction() as session:
-            message, conversation_id, parent_hash = await self._thread(
-                Conversations(session), principal.user_id, request.turns, request.model
+        if not plan.allows(request.model):
+            raise NotFound(
+                f"The model '{request.model}' is not available on plan '{plan.name}'.",
+                param="model",
+                code="model_not_found",
             )
-        return Exchange(
-            self,
-            principal,
-            backend,
-            prepared,
-            message.id,
-            stored=True,
-            conversation_id=conversation_id,
-            parent_hash=parent_hash,
-        )
+        prepared = await backend.prepare(replace(request, max_tokens_cap=plan.max_tokens))
+        cost = prepared.prompt_tokens + prepared.max_tokens
+        reservation = await self.limiter.reserve(plan, principal.user_id, cost)
+        slot: Slot | None = None
+        try:
+            pool = self.admission.pool(backend.name, backend.capacity)
+            slot = await pool.enter(str(principal.user_id), plan, cost)
+            exchange = Exchange(
+                self, principal, backend, prepared, plan, reservation, slot, new_id(), store
+            )
+            if store:
+                lock = self._user_locks.setdefault(principal.user_id, asyncio.Lock())
+                async with lock, self.db.transaction() as session:
+                    message, exchange.conversation_id, exchange.parent_hash = await self._thread(
+                        Conversations(session), principal.user_id, request.turns, request.model
+                    )
+                exchange.message_id = message.id
+        except BaseException:
+            # Refused, failed or abandoned before generating: nothing was used.
+            if slot is not None:
+                slot.release(0)
+            await self.limiter.settle(reservation, 0)
+            raise
+        return exchange
 
     async def _thread(
         self, conversations: Conversations, user_id: uuid.UUID, turns: tuple[Turn, ...], model: str
@@ -274,6 +315,7 @@ class ChatService:
                     ttft_ms=None if exchange.ttft is None else round(exchange.ttft * 1000),
                     finish_reason=exchange.finish_reason or status,
                     created_at=now,
+                    plan=exchange.plan.name,
                 )
             )
 

@@ -8,8 +8,14 @@
         ├── AuthenticationFailed 401  invalid_request_error   code=invalid_api_key
         ├── NotFound             404  invalid_request_error   (e.g. code=model_not_found)
         ├── Conflict             409  invalid_request_error
-        ├── ServiceUnavailable   503  server_error            (engine not loaded, overloaded)
+        ├── RateLimited          429  requests|tokens         code=rate_limit_exceeded
+        ├── QuotaExceeded        429  insufficient_quota      code=insufficient_quota
+        ├── ServiceUnavailable   503  server_error            (engine not loaded)
+        │   └── Overloaded       503  server_error            code=overloaded (queue patience)
         └── EngineFailed         500  server_error            (a backend broke mid-request)
+
+Refusals that a client should retry (429, 503) carry ``retry-after`` (whole seconds, as the
+``openai`` SDK reads it) and ``retry-after-ms``.
 
 On ``/v1`` one handler turns any ``APIError`` into ``{"error": {"message", "type", "param",
 "code"}}`` with its status, the shape the ``openai`` SDK parses into its own exception classes.
@@ -17,6 +23,7 @@ On ``/v1`` one handler turns any ``APIError`` into ``{"error": {"message", "type
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -84,10 +91,36 @@ class Conflict(APIError):
     type = "invalid_request_error"
 
 
+class _Retryable(APIError):
+    def __init__(self, message: str, *, retry_after: float, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+        self.headers.setdefault("retry-after", str(max(1, math.ceil(retry_after))))
+        self.headers.setdefault("retry-after-ms", str(max(1, math.ceil(retry_after * 1000))))
+
+
+class RateLimited(_Retryable):
+    status_code = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(_Retryable):
+    status_code = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
 class ServiceUnavailable(APIError):
     status_code = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class Overloaded(_Retryable):
+    status_code = 503
+    type = "server_error"
+    code = "overloaded"
 
 
 class EngineFailed(APIError):

@@ -102,6 +102,24 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
         raise ConfigError(f"setting {name!r}: cannot read {raw!r} as {kind}") from None
 
 
+CONFIG_TABLES = {"lamplighter", "plans", "traffic"}
+
+
+def read_config(path: Path | None) -> dict[str, Any]:
+    """The whole TOML config file (empty without one). Tables other than ``[lamplighter]``
+    (plans, traffic policy) are read by the parts they configure."""
+    if path is None:
+        return {}
+    try:
+        document = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    unknown = set(document) - CONFIG_TABLES
+    if unknown:
+        raise ConfigError(f"unknown tables in {path}: {', '.join(sorted(unknown))}")
+    return document
+
+
 def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build settings from ``env`` (default: the process environment), the TOML file it names,
     and keyword ``overrides`` (highest precedence; used by the CLI and tests)."""
@@ -111,11 +129,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     config_path = overrides.get("config") or env.get(ENV_PREFIX + "CONFIG")
     if config_path:
         path = Path(str(config_path)).expanduser()
-        try:
-            table = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-        for name, raw in table.get("lamplighter", {}).items():
+        for name, raw in read_config(path).get("lamplighter", {}).items():
             if name not in kinds:
                 raise ConfigError(f"unknown setting {name!r} in [lamplighter] of {path}")
             values[name] = _coerce(name, raw, kinds[name])

@@ -121,14 +121,29 @@ def server(
         await embedded.load()
         return [embedded, scripted]
 
-    settings = make_settings(tmp_path_factory.mktemp("server"))
-    with LiveServer(settings, backends) as live:
+    data_dir = tmp_path_factory.mktemp("server")
+    config = data_dir / "lamplighter.toml"
+    config.write_text(ROOMY_PLAN)
+    with LiveServer(make_settings(data_dir, config=config), backends) as live:
         yield live
+
+
+# Tests about anything but limits run on a plan that never gets in their way.
+ROOMY_PLAN = """
+[plans.roomy]
+priority = 0
+requests_per_minute = 100000
+tokens_per_minute = 100000000
+tokens_per_day = 1000000000
+concurrent_streams = 1000
+max_tokens = 100000
+queue_patience_s = 300
+"""
 
 
 @pytest.fixture
 def user(server: LiveServer) -> tuple[str, str]:
-    return server.new_user()
+    return server.new_user(plan="roomy")
 
 
 @pytest.fixture

@@ -8,7 +8,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from lamplighter.api.responses import SSE_DONE, DeferredJSONResponse, EventStreamResponse, sse
+from lamplighter.api.middleware import RATE_LIMIT_HEADERS
+from lamplighter.api.responses import (
+    SSE_DONE,
+    DeferredJSONResponse,
+    EventStreamResponse,
+    sse,
+    unless_disconnected,
+)
 from lamplighter.api.schemas import ChatCompletionRequest
 from lamplighter.api.state import State
 from lamplighter.chat import Exchange, Principal
@@ -32,7 +39,10 @@ async def principal(request: Request, state: State) -> Principal:
             "create one with `lamplighter keys create EMAIL`.",
             code="missing_api_key",
         )
-    return await state.accounts.authenticate(secret.strip())
+    who = await state.accounts.authenticate(secret.strip())
+    headers = await state.limiter.headers(state.plans.get(who.plan), who.user_id)
+    setattr(request.state, RATE_LIMIT_HEADERS, headers)
+    return who
 
 
 Caller = Annotated[Principal, Depends(principal)]
@@ -56,6 +66,7 @@ async def get_model(model: str, _: Caller, state: State) -> dict[str, Any]:
 
 @router.post("/chat/completions")
 async def chat_completions(
+    http: Request,
     body: ChatCompletionRequest,
     who: Caller,
     state: State,
@@ -72,14 +83,21 @@ async def chat_completions(
     # Validation, prompt counting and storing the question happen before the response starts,
     # so every refusal is a plain HTTP error rather than an error inside a stream.
     try:
-        exchange = await state.chat.open(who, request, store=body.store is not False)
+        # Waiting for admission ends the moment the client leaves: its place in the queue goes
+        # to someone who is still there.
+        exchange = await unless_disconnected(
+            http, state.chat.open(who, request, store=body.store is not False)
+        )
     except ContextLengthExceeded as error:
         if error.param == "max_tokens" and body.max_completion_tokens:
             error.param = "max_completion_tokens"
         raise
+    headers = exchange.reservation.headers
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventStreamResponse(_events(exchange, include_usage), finally_=exchange.close)
+        return EventStreamResponse(
+            _events(exchange, include_usage), headers, finally_=exchange.close
+        )
 
     async def produce() -> tuple[int, Any, dict[str, str]]:
         try:
@@ -89,7 +107,7 @@ async def chat_completions(
             return error.status_code, error.body(), error.headers
         return 200, _completion(exchange), {}
 
-    return DeferredJSONResponse(produce, finally_=exchange.close)
+    return DeferredJSONResponse(produce, headers, finally_=exchange.close)
 
 
 def _completion(exchange: Exchange) -> dict[str, Any]:

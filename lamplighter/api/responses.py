@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -21,6 +22,29 @@ from starlette.types import Receive, Scope, Send
 async def _until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+T = TypeVar("T")
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` (a wait in the admission queue, say), cancelling it the moment the client
+    disconnects, which raises ``ClientDisconnect``. The request body must have been read."""
+    worker = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(request.receive))
+    try:
+        done, _ = await asyncio.wait({worker, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        worker.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if worker not in done:
+        worker.cancel()
+    await asyncio.gather(worker, watcher, return_exceptions=True)
+    if worker.cancelled():
+        raise ClientDisconnect()
+    return worker.result()
 
 
 async def _race(work: Awaitable[None], receive: Receive) -> None:

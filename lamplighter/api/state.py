@@ -12,6 +12,8 @@ from lamplighter.chat import ChatService
 from lamplighter.engines.router import Router
 from lamplighter.settings import Settings
 from lamplighter.store.database import Database
+from lamplighter.traffic.planbook import PlanBook
+from lamplighter.traffic.ratelimits import RateLimiter
 
 
 @dataclass
@@ -20,6 +22,8 @@ class Services:
     db: Database
     router: Router
     accounts: AccountService
+    plans: PlanBook
+    limiter: RateLimiter
     chat: ChatService
 
 

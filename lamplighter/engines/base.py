@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from lamplighter.conversation.threading import Turn
+from lamplighter.exceptions import ContextLengthExceeded
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # The most the caller's plan grants; a larger max_tokens is lowered to it, not refused.
+    max_tokens_cap: int | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,31 @@ class Chunk:
     finish_reason: str | None = None
 
 
+def grant(request: GenerationRequest, prompt_tokens: int, n_ctx: int) -> int:
+    """How many tokens a request may generate: its max_tokens (or all the room the context
+    window leaves), lowered to its plan's cap. A max_tokens beyond the context window is refused
+    whatever the plan, naming the parameter."""
+    room = n_ctx - prompt_tokens
+    if room < 1:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {n_ctx} tokens. However, your messages "
+            f"resulted in {prompt_tokens} tokens.",
+            param="messages",
+        )
+    cap = request.max_tokens_cap
+    if request.max_tokens is None:
+        return room if cap is None else min(room, cap)
+    if request.max_tokens > room:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+            f"{prompt_tokens + request.max_tokens} tokens ({prompt_tokens} in the messages, "
+            f"{request.max_tokens} in the completion). Please reduce the length of the messages "
+            "or completion.",
+            param="max_tokens",
+        )
+    return request.max_tokens if cap is None else min(request.max_tokens, cap)
+
+
 class Backend(Protocol):
     name: str
 
@@ -55,6 +83,10 @@ class Backend(Protocol):
 
     @property
     def ready(self) -> bool: ...
+
+    @property
+    def capacity(self) -> int:
+        """How many requests it can run at once without making any of them wait."""
 
     async def prepare(self, request: GenerationRequest) -> PreparedRequest: ...
 

@@ -20,14 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest
+from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest, grant
 from lamplighter.engines.stops import StopMatcher
-from lamplighter.exceptions import (
-    ConfigError,
-    ContextLengthExceeded,
-    EngineFailed,
-    ServiceUnavailable,
-)
+from lamplighter.exceptions import ConfigError, EngineFailed, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +70,10 @@ class EmbeddedBackend:
     def ready(self) -> bool:
         return self._llm is not None
 
+    @property
+    def capacity(self) -> int:
+        return 1  # one sequence at a time on this process's llama.cpp context
+
     async def load(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
 
@@ -107,25 +106,10 @@ class EmbeddedBackend:
             raise ServiceUnavailable("The model is still loading; try again shortly.")
         # Tokenizing reads only the vocabulary, so it may run beside a generation.
         tokens = await asyncio.to_thread(self._tokenize, request)
-        room = self.n_ctx - len(tokens)
-        if room < 1:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.n_ctx} tokens. However, your "
-                f"messages resulted in {len(tokens)} tokens.",
-                param="messages",
-            )
-        if request.max_tokens is not None and request.max_tokens > room:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.n_ctx} tokens. However, you "
-                f"requested {len(tokens) + request.max_tokens} tokens ({len(tokens)} in the "
-                f"messages, {request.max_tokens} in the completion). Please reduce the length "
-                "of the messages or completion.",
-                param="max_tokens",
-            )
         return PreparedRequest(
             request=request,
             prompt_tokens=len(tokens),
-            max_tokens=request.max_tokens if request.max_tokens is not None else room,
+            max_tokens=grant(request, len(tokens), self.n_ctx),
             payload=tokens,
         )
 

@@ -10,8 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from lamplighter.conversation.threading import Turn
-from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest
-from lamplighter.exceptions import ContextLengthExceeded
+from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest, grant
 
 
 def echo(turns: tuple[Turn, ...]) -> str:
@@ -26,11 +25,13 @@ class ScriptedBackend:
         reply: Callable[[tuple[Turn, ...]], str] = echo,
         *,
         n_ctx: int = 4096,
+        capacity: int = 8,
     ) -> None:
         self.name = f"scripted:{model}"
         self.model = model
         self.reply = reply
         self.n_ctx = n_ctx
+        self.capacity = capacity
         self.ready = True
         self.active = 0  # generations running now: a cancelled stream must bring it back to 0
 
@@ -40,11 +41,9 @@ class ScriptedBackend:
 
     async def prepare(self, request: GenerationRequest) -> PreparedRequest:
         prompt = sum(len(turn.content.split()) + 1 for turn in request.turns)
-        room = self.n_ctx - prompt
-        limit = request.max_tokens if request.max_tokens is not None else room
-        if limit > room:
-            raise ContextLengthExceeded("too long for the scripted context", param="max_tokens")
-        return PreparedRequest(request=request, prompt_tokens=prompt, max_tokens=limit)
+        return PreparedRequest(
+            request=request, prompt_tokens=prompt, max_tokens=grant(request, prompt, self.n_ctx)
+        )
 
     async def generate(self, prepared: PreparedRequest) -> AsyncIterator[Chunk]:
         words = self.reply(prepared.request.turns).split(" ")

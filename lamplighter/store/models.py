@@ -10,9 +10,11 @@ import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -20,6 +22,7 @@ from sqlalchemy import (
     Text,
     Uuid,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -154,5 +157,26 @@ class Usage(Base):
     ttft_ms: Mapped[int | None] = mapped_column(Integer)
     finish_reason: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    # The plan the request was served under, and whether the exact-match cache answered it.
+    plan: Mapped[str | None] = mapped_column(String(64))
+    cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
 
     __table_args__ = (Index("ix_usage_user_created", "user_id", "created_at"),)
+
+
+class PlanRow(Base):
+    """A plan's limits (see traffic/plans.py for what each field means)."""
+
+    __tablename__ = "plans"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    priority: Mapped[int] = mapped_column(Integer)
+    requests_per_minute: Mapped[int] = mapped_column(Integer)
+    tokens_per_minute: Mapped[int] = mapped_column(BigInteger)
+    tokens_per_day: Mapped[int] = mapped_column(BigInteger)
+    concurrent_streams: Mapped[int] = mapped_column(Integer)
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    models: Mapped[list[str]] = mapped_column(JSON, default=list)
+    queue_patience_s: Mapped[float] = mapped_column(Float)
+    ttft_slo_s: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)

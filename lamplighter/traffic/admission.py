@@ -1,0 +1,118 @@
+"""Admission control in the server: the pure :class:`Scheduler` driven by asyncio.
+
+Each backend is one pool with as many slots as it declares it can run at once. ``enter`` returns
+a :class:`Slot` at once when the backend has room; otherwise the request waits in the pool's
+priority-and-fairness queue for at most its plan's patience, and is refused with 503 and
+``retry-after`` the moment it is clear it cannot start in time. A waiter whose task is cancelled
+(its client went away) leaves the queue immediately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+
+from lamplighter.exceptions import Overloaded
+from lamplighter.traffic.clock import Clock
+from lamplighter.traffic.plans import Plan
+from lamplighter.traffic.scheduler import Scheduler, Ticket
+
+_ids = itertools.count()
+
+
+@dataclass
+class Slot:
+    pool: Pool
+    ticket: Ticket
+    released: bool = False
+
+    def release(self, used_tokens: int) -> None:
+        """Give the slot back (idempotent); ``used_tokens`` corrects the fairness counter."""
+        if not self.released:
+            self.released = True
+            self.pool.finish(self.ticket.id, used_tokens)
+
+
+@dataclass
+class Pool:
+    name: str
+    scheduler: Scheduler
+    clock: Clock
+    waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+
+    @property
+    def queued(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def utilization(self) -> float:
+        return len(self.scheduler.running) / self.scheduler.slots
+
+    async def enter(self, user: str, plan: Plan, cost: int) -> Slot:
+        now = self.clock.monotonic()
+        ticket = Ticket(next(_ids), user, plan.priority, cost, now, now + plan.queue_patience_s)
+        refusal = self.scheduler.submit(ticket, now)
+        if refusal is not None:
+            raise self._overloaded(plan, refusal.retry_after)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters[ticket.id] = future
+        self._dispatch()
+        try:
+            if not future.done():
+                await asyncio.wait({future}, timeout=plan.queue_patience_s)
+            if not future.done():
+                self.scheduler.cancel(ticket.id)
+                wait = self.scheduler.expected_wait(ticket)
+                raise self._overloaded(plan, wait if wait else plan.queue_patience_s)
+            future.result()
+        except asyncio.CancelledError:
+            # The requester left: out of the queue, or out of the slot it was just given.
+            if not self.scheduler.cancel(ticket.id):
+                self.finish(ticket.id, 0)
+            raise
+        finally:
+            self.waiters.pop(ticket.id, None)
+        return Slot(self, ticket)
+
+    def finish(self, ticket_id: int, used: int) -> None:
+        self.scheduler.finish(ticket_id, used, self.clock.monotonic())
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        started, refused = self.scheduler.schedule(self.clock.monotonic())
+        for ticket in started:
+            waiter = self.waiters.get(ticket.id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        for refusal in refused:
+            waiter = self.waiters.get(refusal.ticket.id)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(
+                    Overloaded(
+                        "The request waited longer than its plan allows.",
+                        retry_after=refusal.retry_after,
+                    )
+                )
+
+    def _overloaded(self, plan: Plan, retry_after: float) -> Overloaded:
+        return Overloaded(
+            f"The service is at capacity and this request could not start within the "
+            f"{plan.queue_patience_s:g}s that plan '{plan.name}' waits; "
+            f"{self.queued} requests are queued for '{self.name}'. Try again shortly.",
+            retry_after=retry_after,
+        )
+
+
+class Admission:
+    """One pool per backend, created on first use with the backend's declared capacity."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.pools: dict[str, Pool] = {}
+
+    def pool(self, name: str, capacity: int) -> Pool:
+        pool = self.pools.get(name)
+        if pool is None:
+            pool = self.pools[name] = Pool(name, Scheduler(slots=capacity), self.clock)
+        return pool

@@ -1,0 +1,151 @@
+"""A plan's rate limits applied to one user: reserve before generating, settle afterwards.
+
+Three GCRA buckets per user: requests per minute, tokens per minute and tokens per day (a
+rolling day that refills continuously, so nobody waits for midnight), plus a cap on concurrent
+streams. A request reserves one request and ``prompt + max_tokens`` tokens in all of them at once
+(all or nothing); when it ends, however it ends, the tokens it did not use are given back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from lamplighter.exceptions import QuotaExceeded, RateLimited
+from lamplighter.traffic.clock import Clock
+from lamplighter.traffic.limiters import Rate, Verdict
+from lamplighter.traffic.plans import Plan
+from lamplighter.traffic.state import Limit, TrafficState
+
+DAY = 86_400.0
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: ``20ms``, ``1.5s``, ``6m0s``, ``1h2m3s``."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (f"{hours}h" if hours else "") + f"{minutes}m{secs}s"
+
+
+@dataclass
+class Reservation:
+    user: str
+    tokens: Limit
+    daily: Limit
+    reserved: int
+    headers: dict[str, str] = field(default_factory=dict)
+    settled: bool = False
+
+
+class RateLimiter:
+    def __init__(self, state: TrafficState, clock: Clock) -> None:
+        self.state = state
+        self.clock = clock
+
+    @staticmethod
+    def limits(plan: Plan, user: str, tokens: int) -> tuple[Limit, Limit, Limit]:
+        return (
+            Limit(f"{user}:requests", "requests", Rate(plan.requests_per_minute), 1),
+            Limit(f"{user}:tokens", "tokens", Rate(plan.tokens_per_minute), tokens),
+            Limit(f"{user}:daily", "daily_tokens", Rate(plan.tokens_per_day, DAY), tokens),
+        )
+
+    async def reserve(self, plan: Plan, user_id: uuid.UUID, tokens: int) -> Reservation:
+        """Spend one request and ``tokens`` tokens, or raise 429 saying which limit and when."""
+        user = str(user_id)
+        requests, per_minute, daily = self.limits(plan, user, tokens)
+        if not await self.state.acquire_stream(user, plan.concurrent_streams):
+            raise RateLimited(
+                f"Too many concurrent requests on plan '{plan.name}': the limit is "
+                f"{plan.concurrent_streams} at a time. Wait for one to finish.",
+                retry_after=1.0,
+                headers=await self.headers(plan, user_id),
+            )
+        verdicts = await self.state.reserve((requests, per_minute, daily), self.clock.monotonic())
+        headers = _headers(
+            plan,
+            (verdicts[0].remaining, verdicts[0].reset_after),
+            (verdicts[1].remaining, verdicts[1].reset_after),
+        )
+        refused = [
+            (limit, v)
+            for limit, v in zip((requests, per_minute, daily), verdicts, strict=True)
+            if not v.allowed
+        ]
+        if refused:
+            await self.state.release_stream(user)
+            limit, verdict = max(refused, key=lambda pair: pair[1].retry_after)
+            raise _refusal(plan, limit, verdict, headers)
+        return Reservation(
+            user=user, tokens=per_minute, daily=daily, reserved=tokens, headers=headers
+        )
+
+    async def settle(self, reservation: Reservation, used: int) -> None:
+        """Give back what the request reserved but did not use, and its stream slot."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        unused = max(0, reservation.reserved - used)
+        now = self.clock.monotonic()
+        await self.state.refund(reservation.tokens, unused, now)
+        await self.state.refund(reservation.daily, unused, now)
+        await self.state.release_stream(reservation.user)
+
+    async def headers(self, plan: Plan, user_id: uuid.UUID) -> dict[str, str]:
+        """The rate-limit headers for a user as things stand, spending nothing."""
+        requests, per_minute, _ = self.limits(plan, str(user_id), 0)
+        now = self.clock.monotonic()
+        return _headers(
+            plan, await self.state.peek(requests, now), await self.state.peek(per_minute, now)
+        )
+
+
+def _headers(plan: Plan, requests: tuple[int, float], tokens: tuple[int, float]) -> dict[str, str]:
+    """The ``x-ratelimit-*`` headers from (remaining, seconds until full) of each bucket."""
+    return {
+        "x-ratelimit-limit-requests": str(plan.requests_per_minute),
+        "x-ratelimit-remaining-requests": str(requests[0]),
+        "x-ratelimit-reset-requests": duration(requests[1]),
+        "x-ratelimit-limit-tokens": str(plan.tokens_per_minute),
+        "x-ratelimit-remaining-tokens": str(tokens[0]),
+        "x-ratelimit-reset-tokens": duration(tokens[1]),
+    }
+
+
+def _refusal(
+    plan: Plan, limit: Limit, verdict: Verdict, headers: dict[str, str]
+) -> RateLimited | QuotaExceeded:
+    capacity = int(limit.rate.capacity)
+    used = capacity - verdict.remaining
+    if verdict.retry_after == float("inf"):
+        what = "tokens per day" if limit.name == "daily_tokens" else f"{limit.name} per minute"
+        return RateLimited(
+            f"Request too large for plan '{plan.name}': it needs {int(limit.cost)} tokens "
+            f"(prompt plus max_tokens) but the limit is {capacity} {what}. Lower max_tokens "
+            "or shorten the messages.",
+            retry_after=limit.rate.period,
+            headers=headers,
+            param="max_tokens",
+        )
+    wait = duration(verdict.retry_after)
+    if limit.name == "daily_tokens":
+        return QuotaExceeded(
+            f"You exceeded the daily token quota of plan '{plan.name}': limit {capacity} tokens "
+            f"per day, used {used}, requested {int(limit.cost)}. The quota refills continuously; "
+            f"try again in {wait}.",
+            retry_after=verdict.retry_after,
+            headers=headers,
+        )
+    error = RateLimited(
+        f"Rate limit reached for {limit.name} per minute on plan '{plan.name}': limit "
+        f"{capacity}, used {used}, requested {int(limit.cost)}. Please try again in {wait}.",
+        retry_after=verdict.retry_after,
+        headers=headers,
+    )
+    error.type = limit.name
+    return error
