@@ -33,14 +33,23 @@ log = logging.getLogger(__name__)
 
 def announce_bootstrap(settings: Settings, created: Bootstrap) -> None:
     """Tell the operator, once, how to log in and how to get an API key."""
-    base = f"http://{settings.host}:{settings.port}"
+    host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
+    base = f"http://{host}:{settings.port}"
+    # The CLI must find the same database the server uses.
+    where = (
+        f"LAMPLIGHTER_CONFIG={settings.config} "
+        if settings.config
+        else f"LAMPLIGHTER_DATABASE_URL='{settings.database_url}' "
+        if settings.database_url
+        else f"LAMPLIGHTER_DATA_DIR={settings.data_dir} "
+    )
     print(
         "\n"
         "  Lamplighter created its first account, an admin:\n"
         f"    email:    {created.email}\n"
         f"    password: {created.password}   (shown only now)\n"
         "  Get an API key for it with:\n"
-        f"    .venv/bin/lamplighter keys create {created.email}\n"
+        f"    {where}.venv/bin/lamplighter keys create {created.email}\n"
         "  then point the OpenAI SDK at it:\n"
         f"    OpenAI(base_url='{base}/v1', api_key='ll-...')\n",
         flush=True,
@@ -99,7 +108,9 @@ def create_app(
         try:
             yield
         finally:
+            # Stop generating, let the cut answers and their usage be written, then close.
             await router.close()
+            await state.chat.drain()
             await db.close()
 
     app = FastAPI(

@@ -30,7 +30,7 @@ from lamplighter.conversation.threading import (
 )
 from lamplighter.engines.base import Backend, Chunk, GenerationRequest, PreparedRequest
 from lamplighter.engines.router import Router
-from lamplighter.exceptions import NotFound
+from lamplighter.exceptions import EngineFailed, NotFound
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.database import Database
 from lamplighter.store.models import Conversation, Message, Usage, new_id, utcnow
@@ -136,6 +136,12 @@ class Exchange:
                 if self.stored and now - last_checkpoint >= CHECKPOINT_SECONDS:
                     last_checkpoint = now
                     self._save_partial()
+        except EngineFailed:
+            # The backend broke: keep what it produced, marked as an error rather than a cut.
+            if self._settling is None:
+                self.finish_reason = "error"
+                await self._settle("error")
+            raise
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
             await self.close()
@@ -157,6 +163,8 @@ class Exchange:
     async def _settle(self, status: str) -> None:
         if self._settling is None:
             self._settling = asyncio.ensure_future(self._write(status))
+            self.service.pending.add(self._settling)
+            self._settling.add_done_callback(self.service.pending.discard)
         # Shielded: cancelling the stream (the client left) must not cancel writing down what
         # it produced; the write finishes even if nobody waits for it any more.
         await asyncio.shield(self._settling)
@@ -186,6 +194,8 @@ class ChatService:
         self.plans = plans
         self.limiter = limiter
         self.admission = admission
+        # Settlements still being written; shutdown waits for them before closing the database.
+        self.pending: set[asyncio.Future[None]] = set()
         # Threading a request reads then writes the user's tree; one at a time per user keeps
         # two identical requests from storing the same path twice.
         self._user_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
@@ -235,7 +245,7 @@ class ChatService:
     ) -> tuple[Message, uuid.UUID, str]:
         hashes = path_hashes(turns)
         known = await conversations.nodes_by_path(user_id, hashes)
-        reused = stored_prefix(hashes, known)
+        reused = stored_prefix(hashes, known, turns)
         now = utcnow()
         parent = known[hashes[reused - 1]] if reused else None
         if parent is None:
@@ -318,6 +328,11 @@ class ChatService:
                     plan=exchange.plan.name,
                 )
             )
+
+    async def drain(self) -> None:
+        """Wait until every answer and usage record in flight is written."""
+        while self.pending:
+            await asyncio.gather(*self.pending, return_exceptions=True)
 
     async def recover(self) -> int:
         """On start: answers a crashed process left in progress are marked cut."""

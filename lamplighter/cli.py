@@ -80,7 +80,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_config=None,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.shutdown_timeout,
     )
 
 

@@ -53,6 +53,11 @@ class Settings:
         "admin@localhost", "Email of the admin account created on first start."
     )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
+    shutdown_timeout: int = _setting(
+        10,
+        "Seconds a stopping server lets running answers finish before it cuts them "
+        "(they are stored as cut, with their usage).",
+    )
 
     @property
     def resolved_database_url(self) -> str:
@@ -143,6 +148,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     settings = replace(Settings(), **values)
     if not 0 < settings.port < 65536:
         raise ConfigError(f"setting 'port': {settings.port} is not a TCP port")
+    if settings.log_level.lower() not in {"debug", "info", "warning", "error"}:
+        raise ConfigError("setting 'log_level': use debug, info, warning or error")
+    if settings.n_threads < 0:
+        raise ConfigError("setting 'n_threads': must be 0 (one per core) or more")
     if settings.n_ctx < 128:
         raise ConfigError("setting 'n_ctx': must be at least 128 tokens")
     return settings

@@ -35,6 +35,7 @@ POSTGRES_URL = os.environ.get(
 )
 MODEL = "smollm2-135m-instruct"
 SCRIPTED = "scripted-echo"
+FAILING = "scripted-failing"
 _skipped_postgres: list[str] = []
 
 
@@ -119,7 +120,7 @@ def server(
     async def backends(_: Settings) -> list[Backend]:
         embedded = EmbeddedBackend(bundled_model_path(), MODEL, n_ctx=2048, n_threads=2)
         await embedded.load()
-        return [embedded, scripted]
+        return [embedded, scripted, ScriptedBackend(FAILING, fail_after=3)]
 
     data_dir = tmp_path_factory.mktemp("server")
     config = data_dir / "lamplighter.toml"

@@ -9,14 +9,14 @@ import pytest
 from lamplighter.chat import message_id_from
 from lamplighter.store.models import Message
 from lamplighter.store.usage import UsageLedger
-from tests.conftest import MODEL, SCRIPTED, LiveServer
+from tests.conftest import FAILING, MODEL, SCRIPTED, LiveServer
 
 HELLO = [{"role": "user", "content": "Say hello in one short sentence."}]
 
 
 def test_models_list_names_every_served_model(client: openai.OpenAI) -> None:
     ids = [model.id for model in client.models.list()]
-    assert ids == [MODEL, SCRIPTED]
+    assert ids == [MODEL, SCRIPTED, FAILING]
     assert client.models.retrieve(MODEL).id == MODEL
 
 
@@ -137,3 +137,47 @@ def test_user_field_is_accepted(client: openai.OpenAI) -> None:
         model=SCRIPTED, messages=[{"role": "user", "content": "hi"}], user="end-user-42"
     )
     assert answer.choices[0].message.content == "You said: hi"
+
+
+def test_penalties_reach_the_model(client: openai.OpenAI) -> None:
+    kwargs = {"model": MODEL, "messages": HELLO, "max_tokens": 40, "temperature": 0.0}
+    plain = client.chat.completions.create(**kwargs)
+    penalised = client.chat.completions.create(
+        **kwargs, frequency_penalty=2.0, presence_penalty=2.0
+    )
+    assert penalised.choices[0].message.content != plain.choices[0].message.content
+
+
+def test_a_backend_failure_mid_stream_is_reported_and_stored_as_an_error(
+    server: LiveServer, client: openai.OpenAI
+) -> None:
+    stream = client.chat.completions.create(
+        model=FAILING,
+        messages=[{"role": "user", "content": "one two three four five"}],
+        stream=True,
+    )
+    seen: list[str] = []
+    with pytest.raises(openai.APIError):
+        for chunk in stream:
+            seen.append(chunk.choices[0].delta.content or "")
+    assert "".join(seen) == "You said: one"  # what came before the failure was delivered
+
+    async def last_answer(services):  # type: ignore[no-untyped-def]
+        from sqlalchemy import select
+
+        async with services.db.transaction() as session:
+            result = await session.execute(
+                select(Message).where(Message.model == FAILING).order_by(Message.id.desc())
+            )
+            return result.scalars().first()
+
+    message = server.call(last_answer)
+    assert (message.status, message.finish_reason, message.content) == (
+        "error",
+        "error",
+        "You said: one",
+    )
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(
+            model=FAILING, messages=[{"role": "user", "content": "a b c d e"}]
+        )

@@ -6,6 +6,7 @@ in progress are marked cut, keeping the text saved so far.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,12 @@ from tests.test_cli import run, wait_ready
 
 
 def start(data_dir: Path, port: int) -> subprocess.Popen[str]:
-    env = {**os.environ, "LAMPLIGHTER_DATA_DIR": str(data_dir), "LAMPLIGHTER_PORT": str(port)}
+    env = {
+        **os.environ,
+        "LAMPLIGHTER_DATA_DIR": str(data_dir),
+        "LAMPLIGHTER_PORT": str(port),
+        "LAMPLIGHTER_SHUTDOWN_TIMEOUT": "1",
+    }
     return subprocess.Popen(
         [sys.executable, "-m", "lamplighter", "serve"],
         env=env,
@@ -81,3 +87,54 @@ def test_a_killed_server_keeps_the_partial_answer_and_marks_it_cut(tmp_path: Pat
     engine.dispose()
     assert (status, finish) == ("cut", "interrupted")
     assert content and seen.startswith(content)
+
+
+def test_a_stopped_server_settles_the_answers_it_was_generating(tmp_path: Path) -> None:
+    port = free_port()
+    server = start(tmp_path, port)
+    try:
+        wait_ready(port, server)
+        key = run(tmp_path, "keys", "create", "admin@localhost").stdout.strip()
+        body = {
+            "model": MODEL,
+            "stream": True,
+            "temperature": 0.0,
+            "max_tokens": 1800,
+            "messages": [{"role": "user", "content": "Write a very long essay about lamps."}],
+        }
+        seen = ""
+        stopping = False
+        with httpx.stream(
+            "POST",
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {key}"},
+            timeout=60,
+        ) as response:
+            # Keep reading after the signal: the server ends the stream itself.
+            with contextlib.suppress(httpx.TransportError):
+                for line in response.iter_lines():
+                    if line.startswith("data: {"):
+                        seen += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                    if len(seen.split()) >= 20 and not stopping:
+                        server.send_signal(signal.SIGTERM)
+                        stopping = True
+        # uvicorn re-raises the signal once it has shut down cleanly.
+        assert server.wait(timeout=60) in {0, -signal.SIGTERM}
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'lamplighter.db'}")
+    with engine.connect() as conn:
+        status, content, tokens = conn.execute(
+            text(
+                "SELECT m.status, m.content, u.completion_tokens FROM messages m "
+                "JOIN usage u ON u.message_id = m.id WHERE m.role = 'assistant'"
+            )
+        ).one()
+    engine.dispose()
+    assert status == "cut"
+    assert content.startswith(seen)
+    assert 20 <= tokens < 1800

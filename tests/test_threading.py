@@ -44,6 +44,15 @@ def test_equal_hashes_mean_equal_paths(a: list[Turn], b: list[Turn]) -> None:
     assert (path_hashes(a)[-1] == path_hashes(b)[-1]) == (a == b)
 
 
+@given(st.lists(st.text(max_size=5), min_size=1, max_size=3), turns)
+def test_a_shared_system_prompt_alone_never_joins_two_chats(
+    system: list[str], rest: list[Turn]
+) -> None:
+    prompt = [Turn("system", text) for text in system]
+    request = prompt + [Turn("user", "a new question"), *rest]
+    assert stored_prefix(path_hashes(request), set(path_hashes(prompt)), request) == 0
+
+
 @given(turns)
 def test_nothing_stored_means_nothing_reused(request_turns: list[Turn]) -> None:
     assert stored_prefix(path_hashes(request_turns), set()) == 0
@@ -125,6 +134,15 @@ def test_store_false_stores_nothing_but_still_answers(
             return await session.get(Message, message_id)
 
     assert server.call(load) is None
+
+
+def test_chats_sharing_only_a_system_prompt_are_separate_conversations(
+    server: LiveServer, client: openai.OpenAI
+) -> None:
+    system = {"role": "system", "content": f"You are terse. {uuid.uuid4().hex}"}
+    a = ask(client, [system, {"role": "user", "content": "first chat"}])
+    b = ask(client, [system, {"role": "user", "content": "second chat"}])
+    assert _tree(server, a.id)[0].id != _tree(server, b.id)[0].id
 
 
 def test_other_users_paths_are_never_reused(server: LiveServer) -> None:

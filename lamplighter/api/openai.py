@@ -79,6 +79,8 @@ async def chat_completions(
         top_p=1.0 if body.top_p is None else body.top_p,
         stop=body.stops,
         seed=body.seed,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
     )
     # Validation, prompt counting and storing the question happen before the response starts,
     # so every refusal is a plain HTTP error rather than an error inside a stream.

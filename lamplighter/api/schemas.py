@@ -1,8 +1,7 @@
 """Request bodies of the OpenAI-compatible API, validated by pydantic.
 
 Unknown fields are refused (as OpenAI does), so a typo is a clear 400 rather than silently
-ignored; fields we accept but cannot honour beyond their neutral value are refused when set to
-anything else.
+ignored; a field we cannot honour (``logprobs``) is refused when it asks for anything.
 """
 
 from __future__ import annotations
@@ -61,10 +60,10 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = Field(default=None, max_length=256)
     store: bool | None = None
     metadata: dict[str, str] | None = None
-    # Accepted at their neutral values only: the embedded engine has no such knobs.
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     logprobs: bool | None = None
+    # Meaningless without tools (which are not offered), so any value is harmless.
     parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")

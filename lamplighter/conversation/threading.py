@@ -50,15 +50,20 @@ def path_hashes(turns: Sequence[Turn]) -> list[str]:
     return hashes
 
 
-def stored_prefix(hashes: Sequence[str], known: Collection[str]) -> int:
+def stored_prefix(
+    hashes: Sequence[str], known: Collection[str], turns: Sequence[Turn] | None = None
+) -> int:
     """How many leading turns of a request are already stored.
 
     ``known`` holds the path hashes among ``hashes`` the store has for this user. Every stored node
     was created under its parent, so if the path to turn ``i`` is stored, so is every shorter one;
-    the answer is one past the deepest match.
+    the answer is one past the deepest match. A match of system messages only is no match: most
+    clients open every chat with the same system prompt, and those chats are not one tree.
     """
     for index in range(len(hashes) - 1, -1, -1):
         if hashes[index] in known:
+            if turns is not None and all(t.role == "system" for t in turns[: index + 1]):
+                return 0
             return index + 1
     return 0
 

@@ -25,6 +25,8 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     # The most the caller's plan grants; a larger max_tokens is lowered to it, not refused.
     max_tokens_cap: int | None = None
 

@@ -61,6 +61,7 @@ class EmbeddedBackend:
         self._formatter: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._slot = asyncio.Semaphore(1)
+        self._stopping = threading.Event()
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -162,11 +163,16 @@ class EmbeddedBackend:
             generated = 0
             finish = "length"
             tokens = llm.generate(
-                prepared.payload, temp=request.temperature, top_p=request.top_p, reset=True
+                prepared.payload,
+                temp=request.temperature,
+                top_p=request.top_p,
+                frequency_penalty=request.frequency_penalty,
+                presence_penalty=request.presence_penalty,
+                reset=True,
             )
             try:
                 for token in tokens:
-                    if cancel.is_set():
+                    if cancel.is_set() or self._stopping.is_set():
                         return
                     generated += 1
                     # End of turn (<|im_end|> for SmolLM2) ends the answer: counted, not shown.
@@ -193,5 +199,8 @@ class EmbeddedBackend:
             post(_DONE)
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop any generation within a token and release the model, without blocking the
+        event loop (the answers being cut still have to be written down)."""
+        self._stopping.set()
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         self._llm = None

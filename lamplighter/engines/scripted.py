@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 
 from lamplighter.conversation.threading import Turn
 from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest, grant
+from lamplighter.exceptions import EngineFailed
 
 
 def echo(turns: tuple[Turn, ...]) -> str:
@@ -26,12 +27,15 @@ class ScriptedBackend:
         *,
         n_ctx: int = 4096,
         capacity: int = 8,
+        fail_after: int | None = None,
     ) -> None:
         self.name = f"scripted:{model}"
         self.model = model
         self.reply = reply
         self.n_ctx = n_ctx
         self.capacity = capacity
+        # Raise EngineFailed after this many tokens, to test how failures are handled.
+        self.fail_after = fail_after
         self.ready = True
         self.active = 0  # generations running now: a cancelled stream must bring it back to 0
 
@@ -51,6 +55,8 @@ class ScriptedBackend:
         try:
             for index, word in enumerate(words[: prepared.max_tokens]):
                 await asyncio.sleep(0)  # a real backend yields to the loop between tokens
+                if index == self.fail_after:
+                    raise EngineFailed("The scripted backend failed on purpose.")
                 yield Chunk(word if index == 0 else " " + word)
             finish = "length" if len(words) > prepared.max_tokens else "stop"
             yield Chunk("", tokens=0, finish_reason=finish)
