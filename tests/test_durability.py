@@ -104,21 +104,23 @@ def test_a_stopped_server_settles_the_answers_it_was_generating(tmp_path: Path) 
         }
         seen = ""
         stopping = False
-        with httpx.stream(
-            "POST",
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            json=body,
-            headers={"authorization": f"Bearer {key}"},
-            timeout=60,
-        ) as response:
-            # Keep reading after the signal: the server ends the stream itself.
-            with contextlib.suppress(httpx.TransportError):
-                for line in response.iter_lines():
-                    if line.startswith("data: {"):
-                        seen += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-                    if len(seen.split()) >= 20 and not stopping:
-                        server.send_signal(signal.SIGTERM)
-                        stopping = True
+        # Keep reading after the signal: the server ends the stream itself.
+        with (
+            httpx.stream(
+                "POST",
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json=body,
+                headers={"authorization": f"Bearer {key}"},
+                timeout=60,
+            ) as response,
+            contextlib.suppress(httpx.TransportError),
+        ):
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    seen += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                if len(seen.split()) >= 20 and not stopping:
+                    server.send_signal(signal.SIGTERM)
+                    stopping = True
         # uvicorn re-raises the signal once it has shut down cleanly.
         assert server.wait(timeout=60) in {0, -signal.SIGTERM}
     finally:

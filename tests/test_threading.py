@@ -49,7 +49,7 @@ def test_a_shared_system_prompt_alone_never_joins_two_chats(
     system: list[str], rest: list[Turn]
 ) -> None:
     prompt = [Turn("system", text) for text in system]
-    request = prompt + [Turn("user", "a new question"), *rest]
+    request = [*prompt, Turn("user", "a new question"), *rest]
     assert stored_prefix(path_hashes(request), set(path_hashes(prompt)), request) == 0
 
 
