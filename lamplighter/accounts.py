@@ -64,6 +64,14 @@ class AccountService:
                 )
             )
 
+    async def set_plan(self, email: str, plan: str) -> User:
+        async with self.db.transaction() as session:
+            user = await Accounts(session).user_by_email(normalise_email(email))
+            if user is None:
+                raise NotFound(f"no user with email {email}", param="email")
+            user.plan = plan
+            return user
+
     async def list_users(self) -> Sequence[User]:
         async with self.db.transaction() as session:
             return await Accounts(session).list_users()

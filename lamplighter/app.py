@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from lamplighter.accounts import AccountService, Bootstrap
-from lamplighter.api import errors, health, openai
+from lamplighter.api import admin, errors, health, openai
 from lamplighter.api.middleware import RateLimitHeaders
 from lamplighter.api.state import Services
 from lamplighter.chat import ChatService
@@ -124,4 +124,5 @@ def create_app(
     app.add_middleware(RateLimitHeaders)
     app.include_router(health.router)
     app.include_router(openai.router)
+    app.include_router(admin.router)
     return app

@@ -59,6 +59,7 @@ class LiveServer:
     ) -> None:
         self.settings = settings
         self.bootstrap: Any = None
+        self.clients: list[openai.OpenAI] = []
 
         def remember(_: Settings, created: Any) -> None:
             self.bootstrap = created
@@ -103,7 +104,14 @@ class LiveServer:
         return email, created.secret
 
     def client(self, key: str, **kwargs: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=key, max_retries=0, **kwargs)
+        kwargs.setdefault("max_retries", 0)
+        client = openai.OpenAI(base_url=self.base_url + "/v1", api_key=key, **kwargs)
+        self.clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        while self.clients:
+            self.clients.pop().close()
 
 
 @pytest.fixture(scope="session")
@@ -140,6 +148,14 @@ concurrent_streams = 1000
 max_tokens = 100000
 queue_patience_s = 300
 """
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients(request: pytest.FixtureRequest) -> Iterator[None]:
+    """SDK clients made during a test are closed after it (their sockets with them)."""
+    yield
+    if "server" in request.fixturenames:
+        request.getfixturevalue("server").close_clients()
 
 
 @pytest.fixture
