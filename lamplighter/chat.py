@@ -76,7 +76,7 @@ def message_id_from(completion: str) -> uuid.UUID | None:
         return None
 
 
-@dataclass
+@dataclass(eq=False)
 class Exchange:
     service: ChatService
     principal: Principal
@@ -163,8 +163,7 @@ class Exchange:
     async def _settle(self, status: str) -> None:
         if self._settling is None:
             self._settling = asyncio.ensure_future(self._write(status))
-            self.service.pending.add(self._settling)
-            self._settling.add_done_callback(self.service.pending.discard)
+            self._settling.add_done_callback(lambda _: self.service.live.discard(self))
         # Shielded: cancelling the stream (the client left) must not cancel writing down what
         # it produced; the write finishes even if nobody waits for it any more.
         await asyncio.shield(self._settling)
@@ -194,8 +193,8 @@ class ChatService:
         self.plans = plans
         self.limiter = limiter
         self.admission = admission
-        # Settlements still being written; shutdown waits for them before closing the database.
-        self.pending: set[asyncio.Future[None]] = set()
+        # Exchanges opened and not yet settled; shutdown settles them before closing the database.
+        self.live: set[Exchange] = set()
         # Threading a request reads then writes the user's tree; one at a time per user keeps
         # two identical requests from storing the same path twice.
         self._user_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
@@ -238,6 +237,7 @@ class ChatService:
                 slot.release(0)
             await self.limiter.settle(reservation, 0)
             raise
+        self.live.add(exchange)
         return exchange
 
     async def _thread(
@@ -330,9 +330,10 @@ class ChatService:
             )
 
     async def drain(self) -> None:
-        """Wait until every answer and usage record in flight is written."""
-        while self.pending:
-            await asyncio.gather(*self.pending, return_exceptions=True)
+        """Settle every exchange still open (as cut, unless it finished meanwhile) and wait
+        until its answer and usage are written."""
+        while self.live:
+            await asyncio.gather(*(e.close() for e in list(self.live)), return_exceptions=True)
 
     async def recover(self) -> int:
         """On start: answers a crashed process left in progress are marked cut."""
