@@ -18,6 +18,7 @@ from lamplighter.chat import ChatService
 from lamplighter.engines.base import Backend
 from lamplighter.engines.embedded import EmbeddedBackend, bundled_model_path
 from lamplighter.engines.router import Router
+from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
 from lamplighter.settings import Settings, read_config
 from lamplighter.store import migrate
 from lamplighter.store.database import Database
@@ -57,16 +58,21 @@ def announce_bootstrap(settings: Settings, created: Bootstrap) -> None:
 
 
 async def default_backends(settings: Settings) -> list[Backend]:
-    if not settings.embedded_engine:
-        return []
-    backend = EmbeddedBackend(
-        settings.model_path or bundled_model_path(),
-        settings.model_name,
-        n_ctx=settings.n_ctx,
-        n_threads=settings.threads,
-    )
-    await backend.load()
-    return [backend]
+    """The embedded engine (unless disabled) and the ``[[backends]]`` of the config file."""
+    backends: list[Backend] = [
+        UpstreamBackend(UpstreamConfig.from_table(table))
+        for table in read_config(settings.config).get("backends", [])
+    ]
+    if settings.embedded_engine:
+        embedded = EmbeddedBackend(
+            settings.model_path or bundled_model_path(),
+            settings.model_name,
+            n_ctx=settings.n_ctx,
+            n_threads=settings.threads,
+        )
+        await embedded.load()
+        backends.insert(0, embedded)
+    return backends
 
 
 def create_app(

@@ -127,6 +127,8 @@ class Exchange:
                 self.text.append(chunk.text)
                 if chunk.finish_reason is not None:
                     self.finish_reason = chunk.finish_reason
+                    if chunk.prompt_tokens is not None:
+                        self.prepared = replace(self.prepared, prompt_tokens=chunk.prompt_tokens)
                     await self._settle("complete")
                     yield chunk
                     return

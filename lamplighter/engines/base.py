@@ -50,6 +50,8 @@ class Chunk:
     tokens: int = 1
     # Set on the last chunk: "stop" (end of turn or a stop sequence) or "length".
     finish_reason: str | None = None
+    # On the last chunk, when the backend counted the prompt itself more exactly than prepare().
+    prompt_tokens: int | None = None
 
 
 def grant(request: GenerationRequest, prompt_tokens: int, n_ctx: int) -> int:
