@@ -24,6 +24,7 @@ from lamplighter.store import migrate
 from lamplighter.store.database import Database
 from lamplighter.traffic.admission import Admission
 from lamplighter.traffic.clock import SystemClock
+from lamplighter.traffic.degrade import rules_from_config
 from lamplighter.traffic.planbook import PlanBook
 from lamplighter.traffic.plans import plans_from_config
 from lamplighter.traffic.ratelimits import RateLimiter
@@ -90,8 +91,10 @@ def create_app(
         # Alembic runs its own event loop, so it gets a thread of its own.
         await asyncio.to_thread(migrate.upgrade, url)
         db = Database(url)
+        config = read_config(settings.config)
         plans = PlanBook(db)
-        await plans.load(plans_from_config(read_config(settings.config).get("plans", {})))
+        await plans.load(plans_from_config(config.get("plans", {})))
+        degrade = rules_from_config(config.get("traffic", {}).get("degrade", []))
         router = Router(await (backends or default_backends)(settings))
         clock = SystemClock()
         limiter = RateLimiter(MemoryState(), clock)
@@ -102,7 +105,7 @@ def create_app(
             accounts=AccountService(db),
             plans=plans,
             limiter=limiter,
-            chat=ChatService(db, router, plans, limiter, Admission(clock)),
+            chat=ChatService(db, router, plans, limiter, Admission(clock), degrade=degrade),
         )
         cut = await state.chat.recover()
         if cut:

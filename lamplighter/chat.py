@@ -17,7 +17,7 @@ import asyncio
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 from lamplighter.conversation.threading import (
@@ -28,7 +28,7 @@ from lamplighter.conversation.threading import (
     stored_prefix,
     title_from,
 )
-from lamplighter.engines.base import Backend, Chunk, GenerationRequest, PreparedRequest
+from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest
 from lamplighter.engines.router import Router
 from lamplighter.exceptions import EngineFailed, NotFound
 from lamplighter.store.conversations import Conversations
@@ -36,6 +36,8 @@ from lamplighter.store.database import Database
 from lamplighter.store.models import Conversation, Message, Usage, new_id, utcnow
 from lamplighter.store.usage import UsageLedger
 from lamplighter.traffic.admission import Admission, Slot
+from lamplighter.traffic.cache import CachedAnswer, ResponseCache, cache_key
+from lamplighter.traffic.degrade import Degradation, DegradeRule, degradation
 from lamplighter.traffic.planbook import PlanBook
 from lamplighter.traffic.plans import Plan
 from lamplighter.traffic.ratelimits import RateLimiter, Reservation
@@ -80,13 +82,16 @@ def message_id_from(completion: str) -> uuid.UUID | None:
 class Exchange:
     service: ChatService
     principal: Principal
-    backend: Backend
+    # Where the chunks come from: a backend's generate, or a cached answer's replay.
+    source: Callable[[PreparedRequest], AsyncIterator[Chunk]]
     prepared: PreparedRequest
     plan: Plan
     reservation: Reservation
-    slot: Slot
+    slot: Slot | None  # None for a cache hit, which takes no backend capacity
     message_id: uuid.UUID
     stored: bool
+    cache_key: str | None = None
+    degraded: Degradation | None = None
     conversation_id: uuid.UUID | None = None
     parent_hash: str = ROOT_HASH
     created: int = field(default_factory=lambda: int(time.time()))
@@ -97,6 +102,20 @@ class Exchange:
     _started: float = field(default_factory=time.perf_counter)
     _settling: asyncio.Future[None] | None = None
     _checkpoint: asyncio.Task[None] | None = None
+
+    @property
+    def cached(self) -> bool:
+        return self.slot is None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Rate-limit headers, and whether the cache answered or the plan was degraded."""
+        headers = dict(self.reservation.headers)
+        if self.cache_key is not None:
+            headers["x-lamplighter-cache"] = "hit" if self.cached else "miss"
+        if self.degraded is not None:
+            headers["x-lamplighter-degraded"] = self.degraded.describe()
+        return headers
 
     @property
     def id(self) -> str:
@@ -117,7 +136,7 @@ class Exchange:
     async def stream(self) -> AsyncIterator[Chunk]:
         """The answer's chunks. The last one carries ``finish_reason`` and is released only once
         the answer and its usage are durable."""
-        chunks = self.backend.generate(self.prepared)
+        chunks = self.source(self.prepared)
         last_checkpoint = time.perf_counter()
         try:
             async for chunk in chunks:
@@ -176,8 +195,11 @@ class Exchange:
             if self._checkpoint is not None:
                 await asyncio.gather(self._checkpoint, return_exceptions=True)
             await self.service.settle(self, status)
+            if status == "complete" and self.cache_key is not None and not self.cached:
+                self.service.remember(self)
         finally:
-            self.slot.release(used)
+            if self.slot is not None:
+                self.slot.release(used)
             await self.service.limiter.settle(self.reservation, used)
 
 
@@ -189,12 +211,17 @@ class ChatService:
         plans: PlanBook,
         limiter: RateLimiter,
         admission: Admission,
+        *,
+        cache: ResponseCache | None = None,
+        degrade: tuple[DegradeRule, ...] = (),
     ) -> None:
         self.db = db
         self.router = router
         self.plans = plans
         self.limiter = limiter
         self.admission = admission
+        self.cache = cache or ResponseCache()
+        self.degrade = degrade
         # Exchanges opened and not yet settled; shutdown settles them before closing the database.
         self.live: set[Exchange] = set()
         # Threading a request reads then writes the user's tree; one at a time per user keeps
@@ -209,22 +236,46 @@ class ChatService:
         """Everything before the first token; every refusal (400, 404, 429, 503) is raised here,
         before a response has started."""
         plan = self.plans.get(principal.plan)
-        backend = self.router.route(request.model)
         if not plan.allows(request.model):
             raise NotFound(
                 f"The model '{request.model}' is not available on plan '{plan.name}'.",
                 param="model",
                 code="model_not_found",
             )
-        prepared = await backend.prepare(replace(request, max_tokens_cap=plan.max_tokens))
+        backend = self.router.route(request.model)
+        pool = self.admission.pool(backend.name, backend.capacity)
+        cap = plan.max_tokens
+        # Under pressure a lower plan is degraded (shorter answers, a smaller model) before
+        # anyone is refused.
+        degraded = degradation(self.degrade, plan.name, pool.queued)
+        if degraded is not None:
+            if degraded.model is not None and degraded.model != request.model:
+                backend = self.router.route(degraded.model)
+                pool = self.admission.pool(backend.name, backend.capacity)
+                request = replace(request, model=degraded.model)
+            if degraded.max_tokens is not None:
+                cap = min(cap, degraded.max_tokens)
+        prepared = await backend.prepare(replace(request, max_tokens_cap=cap))
         cost = prepared.prompt_tokens + prepared.max_tokens
         reservation = await self.limiter.reserve(plan, principal.user_id, cost)
+        key = cache_key(plan.name, request, prepared.max_tokens) if plan.cache_ttl_s else None
+        cached = self.cache.get(key, self.limiter.clock.monotonic()) if key else None
         slot: Slot | None = None
         try:
-            pool = self.admission.pool(backend.name, backend.capacity)
-            slot = await pool.enter(str(principal.user_id), plan, cost)
+            if cached is None:
+                slot = await pool.enter(str(principal.user_id), plan, cost)
             exchange = Exchange(
-                self, principal, backend, prepared, plan, reservation, slot, new_id(), store
+                self,
+                principal,
+                cached.replay if cached else backend.generate,
+                prepared,
+                plan,
+                reservation,
+                slot,
+                new_id(),
+                store,
+                cache_key=key,
+                degraded=degraded,
             )
             if store:
                 lock = self._user_locks.setdefault(principal.user_id, asyncio.Lock())
@@ -241,6 +292,19 @@ class ChatService:
             raise
         self.live.add(exchange)
         return exchange
+
+    def remember(self, exchange: Exchange) -> None:
+        """Keep a finished deterministic answer for repeats of the same request."""
+        if exchange.cache_key is None:
+            return
+        answer = CachedAnswer(
+            text=exchange.content,
+            prompt_tokens=exchange.prepared.prompt_tokens,
+            completion_tokens=exchange.completion_tokens,
+            finish_reason=exchange.finish_reason or "stop",
+        )
+        now = self.limiter.clock.monotonic()
+        self.cache.put(exchange.cache_key, answer, exchange.plan.cache_ttl_s, now)
 
     async def _thread(
         self, conversations: Conversations, user_id: uuid.UUID, turns: tuple[Turn, ...], model: str
@@ -328,6 +392,7 @@ class ChatService:
                     finish_reason=exchange.finish_reason or status,
                     created_at=now,
                     plan=exchange.plan.name,
+                    cached=exchange.cached,
                 )
             )
 

@@ -147,6 +147,13 @@ tokens_per_day = 1000000000
 concurrent_streams = 1000
 max_tokens = 100000
 queue_patience_s = 300
+cache_ttl_s = 0
+
+# Under pressure, the "squeezed" plan (made by the traffic tests) gets two-token answers.
+[[traffic.degrade]]
+plans = ["squeezed"]
+when_queued_at_least = 1
+max_tokens = 2
 """
 
 

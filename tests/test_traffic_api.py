@@ -298,3 +298,84 @@ async def test_paying_plans_start_first_and_leavers_leave_the_queue(
         await asyncio.to_thread(holder.__exit__)
     await asyncio.gather(free, team)
     assert finished == ["team", "free"]
+
+
+def test_deterministic_repeats_come_from_the_cache_and_use_no_capacity(
+    server: LiveServer, admin: httpx.Client
+) -> None:
+    name = plan(admin, cache_ttl_s=60, queue_patience_s=0.3)
+    client = on_plan(server, name)
+    question = [{"role": "user", "content": f"Name a fruit. {uuid.uuid4().hex[:6]}"}]
+    first = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=question, max_tokens=8, temperature=0.0
+    )
+    assert first.headers["x-lamplighter-cache"] == "miss"
+    holder_key = server.new_user(plan="roomy")[1]
+    with Holder(server, holder_key):  # the model is busy; only the cache can answer in time
+        again = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=question, max_tokens=8, temperature=0.0
+        )
+    assert again.headers["x-lamplighter-cache"] == "hit"
+    a, b = first.parse(), again.parse()
+    assert b.choices[0].message.content == a.choices[0].message.content
+    assert b.usage == a.usage
+    assert b.id != a.id  # a stored answer of its own
+
+    async def cached_flag(services):  # type: ignore[no-untyped-def]
+        from lamplighter.chat import message_id_from
+        from lamplighter.store.usage import UsageLedger
+
+        async with services.db.transaction() as session:
+            usage = await UsageLedger(session).of_message(message_id_from(b.id))
+            return usage.cached
+
+    assert server.call(cached_flag) is True
+    sampled = client.chat.completions.with_raw_response.create(
+        model=SCRIPTED, messages=question, temperature=1.0
+    )
+    assert "x-lamplighter-cache" not in sampled.headers
+    other = on_plan(server, plan(admin, cache_ttl_s=60))  # caches are per plan
+    assert (
+        other.chat.completions.with_raw_response.create(
+            model=MODEL, messages=question, max_tokens=8, temperature=0.0
+        ).headers["x-lamplighter-cache"]
+        == "miss"
+    )
+
+
+async def test_lower_plans_are_degraded_under_pressure_before_anyone_is_refused(
+    server: LiveServer, admin: httpx.Client
+) -> None:
+    created = await asyncio.to_thread(
+        admin.put,
+        "/api/admin/plans/squeezed",
+        json={"priority": 0, "queue_patience_s": 60, "cache_ttl_s": 0},
+    )
+    assert created.status_code == 200
+    squeezed_key = server.new_user(plan="squeezed")[1]
+    roomy_key = server.new_user(plan="roomy")[1]
+    body = {"model": MODEL, "messages": LONG, "max_tokens": 6, "temperature": 0.0}
+
+    async def ask(key: str) -> httpx.Response:
+        async with httpx.AsyncClient(
+            base_url=server.base_url, timeout=120, headers={"authorization": f"Bearer {key}"}
+        ) as client:
+            return await client.post("/v1/chat/completions", json=body)
+
+    calm = await ask(squeezed_key)
+    assert calm.json()["usage"]["completion_tokens"] == 6
+    assert "x-lamplighter-degraded" not in calm.headers
+    holder = Holder(server, roomy_key)
+    await asyncio.to_thread(holder.__enter__)
+    try:
+        waiting = asyncio.create_task(ask(roomy_key))
+        await asyncio.to_thread(wait_until, lambda: queued(server) == 1 or None)
+        squeezed = asyncio.create_task(ask(squeezed_key))
+        await asyncio.to_thread(wait_until, lambda: queued(server) == 2 or None)
+    finally:
+        await asyncio.to_thread(holder.__exit__)
+    degraded, normal = await squeezed, await waiting
+    assert degraded.status_code == 200
+    assert degraded.headers["x-lamplighter-degraded"] == "max_tokens=2"
+    assert degraded.json()["usage"]["completion_tokens"] == 2
+    assert normal.json()["usage"]["completion_tokens"] == 6

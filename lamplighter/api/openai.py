@@ -94,7 +94,7 @@ async def chat_completions(
         if error.param == "max_tokens" and body.max_completion_tokens:
             error.param = "max_completion_tokens"
         raise
-    headers = exchange.reservation.headers
+    headers = exchange.headers
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return EventStreamResponse(

@@ -179,4 +179,5 @@ class PlanRow(Base):
     models: Mapped[list[str]] = mapped_column(JSON, default=list)
     queue_patience_s: Mapped[float] = mapped_column(Float)
     ttft_slo_s: Mapped[float] = mapped_column(Float)
+    cache_ttl_s: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)

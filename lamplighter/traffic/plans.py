@@ -32,6 +32,8 @@ class Plan:
     queue_patience_s: float = 10.0
     # The time to first token the plan promises.
     ttft_slo_s: float = 5.0
+    # How long a deterministic answer may be served again from the response cache (0: never).
+    cache_ttl_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 64:
@@ -47,8 +49,8 @@ class Plan:
                 raise ValueError(f"{name} must be at least 1")
         if self.priority < 0:
             raise ValueError("priority must be 0 or more")
-        if self.queue_patience_s < 0 or self.ttft_slo_s <= 0:
-            raise ValueError("queue_patience_s must be >= 0 and ttft_slo_s > 0")
+        if self.queue_patience_s < 0 or self.ttft_slo_s <= 0 or self.cache_ttl_s < 0:
+            raise ValueError("queue_patience_s and cache_ttl_s must be >= 0, ttft_slo_s > 0")
 
     def allows(self, model: str) -> bool:
         return not self.models or model in self.models

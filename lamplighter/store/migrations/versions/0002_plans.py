@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("models", sa.JSON(), nullable=False),
         sa.Column("queue_patience_s", sa.Float(), nullable=False),
         sa.Column("ttft_slo_s", sa.Float(), nullable=False),
+        sa.Column("cache_ttl_s", sa.Float(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
