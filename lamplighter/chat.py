@@ -92,6 +92,7 @@ class Exchange:
     stored: bool
     cache_key: str | None = None
     degraded: Degradation | None = None
+    usage_id: int | None = None  # the ledger row, written at open and completed at settle
     conversation_id: uuid.UUID | None = None
     parent_hash: str = ROOT_HASH
     created: int = field(default_factory=lambda: int(time.time()))
@@ -154,7 +155,7 @@ class Exchange:
                 if chunk.text:
                     yield chunk
                 now = time.perf_counter()
-                if self.stored and now - last_checkpoint >= CHECKPOINT_SECONDS:
+                if now - last_checkpoint >= CHECKPOINT_SECONDS:
                     last_checkpoint = now
                     self._save_partial()
         except EngineFailed:
@@ -178,7 +179,7 @@ class Exchange:
         if self._checkpoint is not None and not self._checkpoint.done():
             return
         self._checkpoint = asyncio.create_task(
-            self.service.save_partial(self.message_id, self.content)
+            self.service.save_partial(self, self.content, self.completion_tokens)
         )
 
     async def _settle(self, status: str) -> None:
@@ -277,13 +278,15 @@ class ChatService:
                 cache_key=key,
                 degraded=degraded,
             )
-            if store:
-                lock = self._user_locks.setdefault(principal.user_id, asyncio.Lock())
-                async with lock, self.db.transaction() as session:
+            lock = self._user_locks.setdefault(principal.user_id, asyncio.Lock())
+            async with lock, self.db.transaction() as session:
+                if store:
                     message, exchange.conversation_id, exchange.parent_hash = await self._thread(
                         Conversations(session), principal.user_id, request.turns, request.model
                     )
-                exchange.message_id = message.id
+                    exchange.message_id = message.id
+                # The ledger row exists from the start, so even a crash leaves the usage behind.
+                exchange.usage_id = await UsageLedger(session).record(self._usage(exchange))
         except BaseException:
             # Refused, failed or abandoned before generating: nothing was used.
             if slot is not None:
@@ -358,20 +361,43 @@ class ChatService:
         await conversations.move_leaf(conversation_id, answer.id, now)
         return answer, conversation_id, parent.path_hash if parent else ROOT_HASH
 
-    async def save_partial(self, message_id: uuid.UUID, content: str) -> None:
+    async def save_partial(self, exchange: Exchange, content: str, tokens: int) -> None:
+        """Checkpoint a streaming answer and the tokens it has used so far."""
         async with self.db.transaction() as session:
-            await Conversations(session).finish_message(
-                message_id, content=content, status="in_progress", finish_reason=None, when=utcnow()
-            )
+            if exchange.stored:
+                await Conversations(session).finish_message(
+                    exchange.message_id,
+                    content=content,
+                    status="in_progress",
+                    finish_reason=None,
+                    when=utcnow(),
+                )
+            if exchange.usage_id is not None:
+                await UsageLedger(session).update(exchange.usage_id, completion_tokens=tokens)
+
+    def _usage(self, exchange: Exchange) -> Usage:
+        elapsed = time.perf_counter() - exchange._started
+        return Usage(
+            user_id=exchange.principal.user_id,
+            api_key_id=exchange.principal.api_key_id,
+            message_id=exchange.message_id if exchange.stored else None,
+            model=exchange.model,
+            prompt_tokens=exchange.prepared.prompt_tokens,
+            completion_tokens=exchange.completion_tokens,
+            latency_ms=round(elapsed * 1000),
+            ttft_ms=None if exchange.ttft is None else round(exchange.ttft * 1000),
+            finish_reason=exchange.finish_reason or "in_progress",
+            created_at=utcnow(),
+            plan=exchange.plan.name,
+            cached=exchange.cached,
+        )
 
     async def settle(self, exchange: Exchange, status: str) -> None:
         """Make the answer (if stored) and its usage durable, in one transaction."""
         now = utcnow()
-        elapsed = time.perf_counter() - exchange._started
         async with self.db.transaction() as session:
             if exchange.stored:
-                conversations = Conversations(session)
-                await conversations.finish_message(
+                await Conversations(session).finish_message(
                     exchange.message_id,
                     content=exchange.content,
                     status=status,
@@ -379,22 +405,20 @@ class ChatService:
                     when=now,
                     path_hash=node_hash(exchange.parent_hash, Turn("assistant", exchange.content)),
                 )
-            await UsageLedger(session).record(
-                Usage(
-                    user_id=exchange.principal.user_id,
-                    api_key_id=exchange.principal.api_key_id,
-                    message_id=exchange.message_id if exchange.stored else None,
-                    model=exchange.model,
-                    prompt_tokens=exchange.prepared.prompt_tokens,
-                    completion_tokens=exchange.completion_tokens,
-                    latency_ms=round(elapsed * 1000),
-                    ttft_ms=None if exchange.ttft is None else round(exchange.ttft * 1000),
-                    finish_reason=exchange.finish_reason or status,
-                    created_at=now,
-                    plan=exchange.plan.name,
-                    cached=exchange.cached,
+            usage = self._usage(exchange)
+            usage.finish_reason = exchange.finish_reason or status
+            ledger = UsageLedger(session)
+            if exchange.usage_id is None:
+                await ledger.record(usage)
+            else:
+                await ledger.update(
+                    exchange.usage_id,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    latency_ms=usage.latency_ms,
+                    ttft_ms=usage.ttft_ms,
+                    finish_reason=usage.finish_reason,
                 )
-            )
 
     async def drain(self) -> None:
         """Settle every exchange still open (as cut, unless it finished meanwhile) and wait
@@ -403,6 +427,10 @@ class ChatService:
             await asyncio.gather(*(e.close() for e in list(self.live)), return_exceptions=True)
 
     async def recover(self) -> int:
-        """On start: answers a crashed process left in progress are marked cut."""
+        """On start: answers a crashed process left in progress are marked cut (keeping their
+        last checkpoint, and a path hash so they can be continued), and their usage records
+        interrupted (keeping the tokens counted at the last checkpoint)."""
         async with self.db.transaction() as session:
-            return await Conversations(session).cut_unfinished(utcnow())
+            cut = await Conversations(session).cut_unfinished(utcnow())
+            await UsageLedger(session).interrupt_unfinished()
+            return cut

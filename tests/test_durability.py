@@ -81,12 +81,22 @@ def test_a_killed_server_keeps_the_partial_answer_and_marks_it_cut(tmp_path: Pat
 
     engine = create_engine(f"sqlite:///{tmp_path / 'lamplighter.db'}")
     with engine.connect() as conn:
-        status, finish, content = conn.execute(
-            text("SELECT status, finish_reason, content FROM messages WHERE role = 'assistant'")
+        status, finish, content, path_hash = conn.execute(
+            text(
+                "SELECT status, finish_reason, content, path_hash FROM messages "
+                "WHERE role = 'assistant'"
+            )
+        ).one()
+        usage = conn.execute(
+            text("SELECT prompt_tokens, completion_tokens, finish_reason FROM usage")
         ).one()
     engine.dispose()
     assert (status, finish) == ("cut", "interrupted")
     assert content and seen.startswith(content)
+    assert not path_hash.startswith("pending:")  # a client can continue from the kept text
+    # The usage record survived the crash, with the tokens counted at the last checkpoint.
+    assert usage[0] > 0 and usage[1] >= len(content.split()) // 2
+    assert usage[2] == "interrupted"
 
 
 def test_a_stopped_server_settles_the_answers_it_was_generating(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from lamplighter.conversation.threading import ROOT_HASH, Turn, node_hash
 from lamplighter.store.models import Conversation, Message
 
 
@@ -78,13 +79,20 @@ class Conversations:
         await self.session.execute(update(Message).where(Message.id == message_id).values(values))
 
     async def cut_unfinished(self, when: datetime) -> int:
-        """Mark answers left in progress by a crashed process as cut; returns how many."""
-        result = await self.session.execute(
-            update(Message)
-            .where(Message.status == "in_progress")
-            .values(status="cut", finish_reason="interrupted", updated_at=when)
-        )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        """Mark answers left in progress by a crashed process as cut, with the path hash of the
+        text they kept, so a client can still continue from them; returns how many."""
+        result = await self.session.execute(select(Message).where(Message.status == "in_progress"))
+        unfinished = result.scalars().all()
+        for message in unfinished:
+            parent = (
+                await self.session.get(Message, message.parent_id) if message.parent_id else None
+            )
+            message.status, message.finish_reason, message.updated_at = "cut", "interrupted", when
+            message.path_hash = node_hash(
+                parent.path_hash if parent else ROOT_HASH, Turn(message.role, message.content)
+            )
+        await self.session.flush()
+        return len(unfinished)
 
     async def path_to(self, leaf_id: uuid.UUID) -> list[Message]:
         """The messages from the root down to ``leaf_id``."""

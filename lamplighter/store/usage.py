@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.store.models import Usage
@@ -15,9 +16,22 @@ class UsageLedger:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def record(self, usage: Usage) -> None:
+    async def record(self, usage: Usage) -> int:
         self.session.add(usage)
         await self.session.flush()
+        return usage.id
+
+    async def update(self, usage_id: int, **values: Any) -> None:
+        await self.session.execute(update(Usage).where(Usage.id == usage_id).values(**values))
+
+    async def interrupt_unfinished(self) -> int:
+        """Close the records of exchanges a crashed process left open."""
+        result = await self.session.execute(
+            update(Usage)
+            .where(Usage.finish_reason == "in_progress")
+            .values(finish_reason="interrupted")
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
     async def of_user(self, user_id: uuid.UUID) -> Sequence[Usage]:
         result = await self.session.execute(
