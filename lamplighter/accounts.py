@@ -7,12 +7,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from lamplighter.chat import Principal
 from lamplighter.credentials import KEY_PREFIX, hash_key, hash_password, new_api_key, new_password
 from lamplighter.exceptions import AuthenticationFailed, Conflict, InvalidRequest, NotFound
 from lamplighter.store.accounts import Accounts
 from lamplighter.store.database import Database
 from lamplighter.store.models import ApiKey, User, utcnow
+from lamplighter.store.plans import Plans
+from lamplighter.traffic.plans import DEFAULT_PLANS
 
 # last_used_at is informational; writing it at most once a minute keeps a busy key from
 # turning every request into a write.
@@ -51,6 +55,7 @@ class AccountService:
         if password is not None and len(password) < 8:
             raise InvalidRequest("passwords must be at least 8 characters", param="password")
         async with self.db.transaction() as session:
+            await self._check_plan(session, plan)
             accounts = Accounts(session)
             if await accounts.user_by_email(email) is not None:
                 raise Conflict(f"a user with email {email} already exists", param="email")
@@ -64,8 +69,20 @@ class AccountService:
                 )
             )
 
+    @staticmethod
+    async def _check_plan(session: AsyncSession, plan: str) -> None:
+        """Refuse a plan that does not exist (before the first start, the default ones do)."""
+        known = {row.name for row in await Plans(session).all()} or set(DEFAULT_PLANS)
+        if plan not in known:
+            raise NotFound(
+                f"no plan named {plan!r}; known plans: {', '.join(sorted(known))}",
+                param="plan",
+                code="plan_not_found",
+            )
+
     async def set_plan(self, email: str, plan: str) -> User:
         async with self.db.transaction() as session:
+            await self._check_plan(session, plan)
             user = await Accounts(session).user_by_email(normalise_email(email))
             if user is None:
                 raise NotFound(f"no user with email {email}", param="email")

@@ -38,13 +38,11 @@ def announce_bootstrap(settings: Settings, created: Bootstrap) -> None:
     host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
     base = f"http://{host}:{settings.port}"
     # The CLI must find the same database the server uses.
-    where = (
-        f"LAMPLIGHTER_CONFIG={settings.config} "
-        if settings.config
-        else f"LAMPLIGHTER_DATABASE_URL='{settings.database_url}' "
-        if settings.database_url
-        else f"LAMPLIGHTER_DATA_DIR={settings.data_dir} "
-    )
+    where = f"LAMPLIGHTER_DATA_DIR={settings.data_dir} "
+    if settings.config:
+        where += f"LAMPLIGHTER_CONFIG={settings.config} "
+    if settings.database_url:
+        where += f"LAMPLIGHTER_DATABASE_URL='{settings.database_url}' "
     print(
         "\n"
         "  Lamplighter created its first account, an admin:\n"
@@ -96,6 +94,9 @@ def create_app(
         await plans.load(plans_from_config(config.get("plans", {})))
         degrade = rules_from_config(config.get("traffic", {}).get("degrade", []))
         router = Router(await (backends or default_backends)(settings))
+        for rule in degrade:
+            if rule.model is not None:
+                router.route(rule.model)  # a rule naming a model nobody serves fails at start
         clock = SystemClock()
         limiter = RateLimiter(MemoryState(), clock)
         state = Services(

@@ -30,7 +30,7 @@ from lamplighter.conversation.threading import (
 )
 from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest
 from lamplighter.engines.router import Router
-from lamplighter.exceptions import EngineFailed, NotFound
+from lamplighter.exceptions import APIError, EngineFailed, NotFound
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.database import Database
 from lamplighter.store.models import Conversation, Message, Usage, new_id, utcnow
@@ -248,14 +248,20 @@ class ChatService:
         cap = plan.max_tokens
         # Under pressure a lower plan is degraded (shorter answers, a smaller model) before
         # anyone is refused.
-        degraded = degradation(self.degrade, plan.name, pool.queued)
-        if degraded is not None:
-            if degraded.model is not None and degraded.model != request.model:
-                backend = self.router.route(degraded.model)
+        rule = degradation(self.degrade, plan.name, pool.queued)
+        degraded: Degradation | None = None
+        if rule is not None:
+            model = rule.model if rule.model not in (None, request.model) else None
+            if rule.max_tokens is not None and rule.max_tokens < cap:
+                cap = rule.max_tokens
+            else:
+                rule = replace(rule, max_tokens=None)
+            if model is not None:
+                backend = self.router.route(model)
                 pool = self.admission.pool(backend.name, backend.capacity)
-                request = replace(request, model=degraded.model)
-            if degraded.max_tokens is not None:
-                cap = min(cap, degraded.max_tokens)
+                request = replace(request, model=model)
+            if model is not None or rule.max_tokens is not None:
+                degraded = Degradation(rule.max_tokens, model)
         prepared = await backend.prepare(replace(request, max_tokens_cap=cap))
         cost = prepared.prompt_tokens + prepared.max_tokens
         reservation = await self.limiter.reserve(plan, principal.user_id, cost)
@@ -287,11 +293,13 @@ class ChatService:
                     exchange.message_id = message.id
                 # The ledger row exists from the start, so even a crash leaves the usage behind.
                 exchange.usage_id = await UsageLedger(session).record(self._usage(exchange))
-        except BaseException:
+        except BaseException as error:
             # Refused, failed or abandoned before generating: nothing was used.
             if slot is not None:
                 slot.release(0)
             await self.limiter.settle(reservation, 0)
+            if isinstance(error, APIError):
+                error.headers.update(await self.limiter.headers(plan, principal.user_id))
             raise
         self.live.add(exchange)
         return exchange

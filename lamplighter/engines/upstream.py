@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import httpx
 
 from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest, grant
-from lamplighter.exceptions import ConfigError, EngineFailed
+from lamplighter.exceptions import ConfigError, EngineFailed, Overloaded
 
 # Chat templates wrap each message in a few tokens of markup.
 TOKENS_PER_MESSAGE = 4
@@ -38,6 +38,9 @@ class UpstreamConfig:
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> UpstreamConfig:
         """One ``[[backends]]`` table of the config file."""
+        unknown = set(table) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"[[backends]]: unknown keys {sorted(unknown)}")
         try:
             config = cls(
                 name=str(table["name"]),
@@ -127,6 +130,12 @@ class UpstreamBackend:
             async with self._client.stream(
                 "POST", "/chat/completions", json=self._body(prepared)
             ) as response:
+                if response.status_code in (429, 503):
+                    # The upstream is full: to our client that is overload, to be retried.
+                    raise Overloaded(
+                        f"Backend '{self.name}' is at capacity.",
+                        retry_after=float(response.headers.get("retry-after") or 1),
+                    )
                 if response.status_code != 200:
                     await response.aread()
                     raise EngineFailed(

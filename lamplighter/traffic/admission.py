@@ -99,7 +99,7 @@ class Pool:
         return Overloaded(
             f"The service is at capacity and this request could not start within the "
             f"{plan.queue_patience_s:g}s that plan '{plan.name}' waits; "
-            f"{self.queued} requests are queued for '{self.name}'. Try again shortly.",
+            f"requests queued for '{self.name}': {self.queued}. Try again shortly.",
             retry_after=retry_after,
         )
 

@@ -83,5 +83,13 @@ def peek(rate: Rate, tat: float | None, now: float) -> tuple[int, float]:
     return _remaining(rate, start, now), start - now
 
 
+def rescale(tat: float, now: float, old_interval: float, new_interval: float) -> float:
+    """The TAT that keeps the same *units* used when a limit changes (a raised quota frees what
+    was raised, a lowered one takes effect at once), rather than the same share of the bucket."""
+    if tat <= now or old_interval == new_interval:
+        return tat
+    return now + (tat - now) / old_interval * new_interval
+
+
 def _remaining(rate: Rate, tat: float, now: float) -> int:
     return max(0, math.floor(rate.capacity - (tat - now) / rate.interval + 1e-9))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from lamplighter.exceptions import QuotaExceeded, RateLimited
+from lamplighter.exceptions import InvalidRequest, QuotaExceeded, RateLimited
 from lamplighter.traffic.clock import Clock
 from lamplighter.traffic.limiters import Rate, Verdict
 from lamplighter.traffic.plans import Plan
@@ -80,7 +80,8 @@ class RateLimiter:
         if refused:
             await self.state.release_stream(user)
             limit, verdict = max(refused, key=lambda pair: pair[1].retry_after)
-            raise _refusal(plan, limit, verdict, headers)
+            # Nothing was spent: the headers say what is left, not what would have been.
+            raise _refusal(plan, limit, verdict, await self.headers(plan, user_id))
         return Reservation(
             user=user, tokens=per_minute, daily=daily, reserved=tokens, headers=headers
         )
@@ -119,18 +120,19 @@ def _headers(plan: Plan, requests: tuple[int, float], tokens: tuple[int, float])
 
 def _refusal(
     plan: Plan, limit: Limit, verdict: Verdict, headers: dict[str, str]
-) -> RateLimited | QuotaExceeded:
+) -> RateLimited | QuotaExceeded | InvalidRequest:
     capacity = int(limit.rate.capacity)
     used = capacity - verdict.remaining
     if verdict.retry_after == float("inf"):
         what = "tokens per day" if limit.name == "daily_tokens" else f"{limit.name} per minute"
-        return RateLimited(
+        # Retrying cannot help, so this is a 400 (which clients do not retry), not a 429.
+        return InvalidRequest(
             f"Request too large for plan '{plan.name}': it needs {int(limit.cost)} tokens "
             f"(prompt plus max_tokens) but the limit is {capacity} {what}. Lower max_tokens "
             "or shorten the messages.",
-            retry_after=limit.rate.period,
-            headers=headers,
             param="max_tokens",
+            code="request_too_large",
+            headers=headers,
         )
     wait = duration(verdict.retry_after)
     if limit.name == "daily_tokens":

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from lamplighter.traffic.limiters import Rate, Verdict, check, peek, refund
+from lamplighter.traffic.limiters import Rate, Verdict, check, peek, refund, rescale
 
 
 @dataclass(frozen=True)
@@ -43,26 +43,31 @@ class MemoryState:
     """Limiter state in this process: exact for one replica."""
 
     def __init__(self) -> None:
-        self._tat: dict[str, float] = {}
+        # key -> (TAT, the interval it was computed with), so a changed limit can be rescaled.
+        self._tat: dict[str, tuple[float, float]] = {}
         self._streams: dict[str, int] = {}
 
+    def _get(self, limit: Limit, now: float) -> float | None:
+        entry = self._tat.get(limit.key)
+        if entry is None:
+            return None
+        return rescale(entry[0], now, entry[1], limit.rate.interval)
+
     async def reserve(self, limits: Sequence[Limit], now: float) -> list[Verdict]:
-        verdicts = [
-            check(limit.rate, self._tat.get(limit.key), now, limit.cost) for limit in limits
-        ]
+        verdicts = [check(limit.rate, self._get(limit, now), now, limit.cost) for limit in limits]
         if all(verdict.allowed for verdict in verdicts):
             for limit, verdict in zip(limits, verdicts, strict=True):
-                self._tat[limit.key] = verdict.tat
+                self._tat[limit.key] = (verdict.tat, limit.rate.interval)
         self._forget_idle(now)
         return verdicts
 
     async def refund(self, limit: Limit, units: float, now: float) -> None:
-        tat = self._tat.get(limit.key)
+        tat = self._get(limit, now)
         if tat is not None and units > 0:
-            self._tat[limit.key] = refund(limit.rate, tat, now, units)
+            self._tat[limit.key] = (refund(limit.rate, tat, now, units), limit.rate.interval)
 
     async def peek(self, limit: Limit, now: float) -> tuple[int, float]:
-        return peek(limit.rate, self._tat.get(limit.key), now)
+        return peek(limit.rate, self._get(limit, now), now)
 
     async def acquire_stream(self, key: str, most: int) -> bool:
         if self._streams.get(key, 0) >= most:
@@ -81,4 +86,4 @@ class MemoryState:
         """A TAT in the past means a full bucket, the same as no entry: drop them now and then
         so memory follows active users, not every user ever seen."""
         if len(self._tat) > 10_000:
-            self._tat = {key: tat for key, tat in self._tat.items() if tat > now}
+            self._tat = {key: entry for key, entry in self._tat.items() if entry[0] > now}

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lamplighter.traffic.limiters import Rate, check, peek, refund
+from lamplighter.traffic.limiters import Rate, check, peek, refund, rescale
 
 rates = st.builds(
     Rate,
@@ -86,3 +86,20 @@ def test_rates_must_be_positive() -> None:
         Rate(0)
     with pytest.raises(ValueError):
         Rate(10, burst=0)
+
+
+@given(
+    st.integers(1, 1000),
+    st.integers(1, 1000),
+    st.integers(1, 1000),
+)
+def test_a_changed_limit_keeps_the_units_used_not_the_share(
+    old_limit: int, new_limit: int, used: int
+) -> None:
+    old, new = Rate(old_limit, 86400.0), Rate(new_limit, 86400.0)
+    used = min(used, old_limit)
+    verdict = check(old, None, 0.0, used)
+    assert verdict.allowed
+    tat = rescale(verdict.tat, 0.0, old.interval, new.interval)
+    remaining, _ = peek(new, tat, 0.0)
+    assert remaining == max(0, new_limit - used)
