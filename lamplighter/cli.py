@@ -160,5 +160,120 @@ def db_upgrade(config: ConfigOption = None) -> None:
     typer.echo("database is at the latest revision")
 
 
+# --- Simulation: sim-backend and bench surge (lamplighter/simulation) -------------------------
+# Commands parse arguments and call lamplighter.simulation; imports stay inside them so that the
+# other commands start without loading the simulator.
+
+bench = typer.Typer(help="Benchmarks in virtual time.", no_args_is_help=True)
+app.add_typer(bench, name="bench")
+
+GpuOption = Annotated[str, typer.Option("--gpu", help="Timing profile: h100 or a100.")]
+
+
+@app.command("sim-backend")
+def sim_backend(
+    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Listen port.")] = 8000,
+    seed: Annotated[int, typer.Option(help="Seed for answer lengths and words.")] = 0,
+    model: Annotated[str, typer.Option(help="Model name to serve.")] = "sim-llama-3-8b-instruct",
+    gpu: GpuOption = "h100",
+    kv_cache_tokens: Annotated[
+        int | None, typer.Option(help="KV cache size in tokens (default: the profile's).")
+    ] = None,
+    max_num_seqs: Annotated[
+        int | None, typer.Option(help="Most sequences in a batch (vLLM's --max-num-seqs).")
+    ] = None,
+    max_batched_tokens: Annotated[
+        int | None, typer.Option(help="Token budget of a step (--max-num-batched-tokens).")
+    ] = None,
+    max_model_len: Annotated[
+        int | None, typer.Option(help="Longest prompt plus completion.")
+    ] = None,
+    scheduling_policy: Annotated[
+        str, typer.Option(help="fcfs, or priority (requests carry a 'priority' field).")
+    ] = "fcfs",
+    time_scale: Annotated[
+        float, typer.Option(help="Wall seconds per simulated second (0.1: ten times faster).")
+    ] = 1.0,
+) -> None:
+    """Serve a simulated vLLM GPU backend (OpenAI-compatible API, vLLM metrics)."""
+    from lamplighter.simulation.gpu import profile
+    from lamplighter.simulation.server import SimSettings, serve
+
+    if scheduling_policy not in ("fcfs", "priority"):
+        raise typer.BadParameter("fcfs or priority", param_hint="--scheduling-policy")
+    try:
+        timing = profile(
+            gpu,
+            kv_cache_tokens=kv_cache_tokens,
+            max_num_seqs=max_num_seqs,
+            max_batched_tokens=max_batched_tokens,
+            max_model_len=max_model_len,
+        )
+        settings = SimSettings(
+            model=model,
+            timing=timing,
+            seed=seed,
+            scheduling_policy="priority" if scheduling_policy == "priority" else "fcfs",
+            time_scale=time_scale,
+        )
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"sim-backend ({timing.name}) on http://{host}:{port}", err=True)
+    serve(settings, host=host, port=port)
+
+
+@bench.command("surge")
+def bench_surge(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    trace: Annotated[
+        Path | None, typer.Option(help="Trace CSV (default: the bundled Azure 2023 trace).")
+    ] = None,
+    overload: Annotated[float, typer.Option(help="Offered load over capacity.")] = 3.0,
+    seed: Annotated[int, typer.Option(help="Seed for users, plans and patience.")] = 0,
+    sweep: Annotated[
+        bool, typer.Option("--sweep", help="Run overloads 0.5, 1, 2, 3, 5 and 10.")
+    ] = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write the sweep as a PNG here (implies --sweep).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Replay only the first N requests of the trace.")
+    ] = None,
+    gpu: GpuOption = "h100",
+) -> None:
+    """Replay a real trace at X times capacity through fifo and lamplighter, in virtual time."""
+    from lamplighter.simulation import surge
+    from lamplighter.simulation.gpu import profile
+    from lamplighter.simulation.trace import load
+
+    def progress(run: dict[str, Any]) -> None:
+        if sweep or plot is not None:
+            typer.echo(f"overload {run['overload']:g}x done", err=True)
+
+    try:
+        result = surge.bench(
+            load(trace, limit=limit),
+            overload=overload,
+            seed=seed,
+            sweep=sweep or plot is not None,
+            model=profile(gpu),
+            progress=progress,
+        )
+    except (OSError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    if plot is not None:
+        from lamplighter.simulation.plot import plot_sweep
+
+        plot_sweep(result["sweep"], plot)
+        typer.echo(f"plot written to {plot}", err=True)
+    typer.echo(json.dumps(result) if as_json else surge.render(result))
+
+
+# --- end of simulation commands ---------------------------------------------------------------
+
+
 def main() -> None:
     app()

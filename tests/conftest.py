@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import asyncpg
 import openai
@@ -51,23 +51,13 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     return load_settings(env={}, data_dir=data_dir, port=free_port(), n_threads=2, **overrides)
 
 
-class LiveServer:
-    """Lamplighter under uvicorn on its own thread and event loop, as in production."""
+class ThreadedServer:
+    """Any ASGI app under uvicorn on its own thread and event loop, as in production."""
 
-    def __init__(
-        self, settings: Settings, backends: Callable[[Settings], Awaitable[list[Backend]]]
-    ) -> None:
-        self.settings = settings
-        self.bootstrap: Any = None
-        self.clients: list[openai.OpenAI] = []
-
-        def remember(_: Settings, created: Any) -> None:
-            self.bootstrap = created
-
-        self.app = create_app(settings, backends=backends, on_bootstrap=remember)
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=settings.port, log_level="warning", lifespan="on"
-        )
+    def __init__(self, app: Any, port: int) -> None:
+        self.app = app
+        self.port = port
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
@@ -76,9 +66,9 @@ class LiveServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.port}"
+        return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> LiveServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         while not self.server.started:
             if not self.thread.is_alive():
@@ -90,6 +80,24 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=30)
         self.loop.close()
+
+
+class LiveServer(ThreadedServer):
+    """Lamplighter itself, with helpers to reach into its services."""
+
+    def __init__(
+        self, settings: Settings, backends: Callable[[Settings], Awaitable[list[Backend]]]
+    ) -> None:
+        self.settings = settings
+        self.bootstrap: Any = None
+        self.clients: list[openai.OpenAI] = []
+
+        def remember(_: Settings, created: Any) -> None:
+            self.bootstrap = created
+
+        super().__init__(
+            create_app(settings, backends=backends, on_bootstrap=remember), settings.port
+        )
 
     def call(self, work: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``work(services)`` on the server's own loop and return its result."""

@@ -13,6 +13,11 @@ running request, which frees its blocks and goes back to the front of the queue 
 (vLLM's recompute preemption). New requests are not admitted in a step that preempted, and only
 while a 1% watermark of blocks stays free.
 
+The queue is first come, first served by default. With ``scheduling_policy="priority"`` (vLLM's
+``--scheduling-policy priority``, where each request carries a ``priority``, lower first) the
+queue and the prefill chunks are ordered by (priority, arrival) and preemption takes the worst
+request instead of the newest.
+
 How long a step takes is :meth:`TimingModel.step_time`: a fixed cost, plus a cost per token in
 the batch, plus a cost per token of KV cache its attention reads. ``docs/simulation.md`` derives
 the defaults and cites the measurements behind them.
@@ -26,10 +31,14 @@ a request aborted while its step runs produces nothing more, as in vLLM.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
-from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+SchedulingPolicy = Literal["fcfs", "priority"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,8 @@ class Request:
     finished_at: float | None = None
     preemptions: int = 0
     aborted: bool = False
+    priority: int = 0  # used by the "priority" scheduling policy only; lower goes first
+    order: int = field(default=-1, repr=False)  # arrival order in the engine
 
     @property
     def pending(self) -> int:
@@ -168,15 +179,21 @@ class Counters:
 class Engine:
     """Continuous batching over one simulated GPU. See the module docstring for the rules."""
 
-    def __init__(self, model: TimingModel) -> None:
+    def __init__(self, model: TimingModel, scheduling_policy: SchedulingPolicy = "fcfs") -> None:
+        if scheduling_policy not in ("fcfs", "priority"):
+            raise ValueError("scheduling_policy is 'fcfs' or 'priority'")
         self.model = model
+        self.policy: SchedulingPolicy = scheduling_policy
         self.free_blocks = model.kv_blocks
         self.running: list[Request] = []
-        self.waiting: deque[Request] = deque()
+        # A heap by (priority, arrival) under "priority", by arrival under "fcfs".
+        self.waiting: list[tuple[int, int, Request]] = []
+        self._orders = itertools.count()
         self.counters = Counters()
         self._live: dict[int, Request] = {}
         self._waiting = 0  # live requests in ``waiting`` (aborted ones are dropped lazily)
         self._batch: Batch | None = None
+        self._preempted: set[int] = set()  # in the step being scheduled
         self._watermark = math.ceil(model.watermark * model.kv_blocks)
 
     # -- requests --------------------------------------------------------------------------
@@ -203,8 +220,8 @@ class Engine:
         if request.id in self._live:
             raise ValueError(f"request {request.id} is already in the engine")
         self._live[request.id] = request
-        self.waiting.append(request)
-        self._waiting += 1
+        request.order = next(self._orders)
+        self._enqueue(request)
 
     def abort(self, request_id: int) -> Request | None:
         """Stop a request now: it leaves the queue or the batch and frees its KV cache. A step
@@ -263,51 +280,48 @@ class Engine:
         budget = model.max_batched_tokens
         items: list[tuple[Request, int]] = []
         prefills: list[Request] = []
-        preempted = False
-        running = self.running
-        index = 0
+        self._preempted.clear()
         # Decodes first, one token each: a prompt never stalls the streams already flowing.
-        while index < len(running) and budget > 0:
-            request = running[index]
-            pending = request.pending
-            if pending != 1 or request.generated == 0:
-                prefills.append(request)
-                index += 1
+        for request in list(self.running):
+            if budget <= 0:
+                break
+            if request.id in self._preempted:
                 continue
-            if not self._reserve(request, 1):
-                preempted = True
-                if request.aborted or request not in running:
-                    break
-            items.append((request, 1))
-            budget -= 1
-            index += 1
-        # Then the prompts already under way, in arrival order.
+            if request.pending != 1 or request.generated == 0:
+                prefills.append(request)
+            elif self._reserve(request, 1):
+                items.append((request, 1))
+                budget -= 1
+        # Then the prompts already under way, in arrival (or priority) order.
+        if self.policy == "priority":
+            prefills.sort(key=self._rank)
         for request in prefills:
             if budget <= 0:
                 break
-            if request not in running:  # preempted above
+            if request.id in self._preempted:
                 continue
             n = min(request.pending, budget)
-            if not self._reserve(request, n):
-                preempted = True
-                if request not in running:
-                    continue
-            items.append((request, n))
-            budget -= n
+            if self._reserve(request, n):
+                items.append((request, n))
+                budget -= n
+        preempted = bool(self._preempted)
+        if preempted:  # a victim may have been given tokens earlier in this step
+            items = [(r, n) for r, n in items if r.id not in self._preempted]
+            budget = model.max_batched_tokens - sum(n for _, n in items)
         # Then new requests from the head of the queue, unless this step had to preempt.
         if not preempted:
-            while budget > 0 and len(running) < model.max_num_seqs and self.waiting:
-                request = self.waiting[0]
+            while budget > 0 and len(self.running) < model.max_num_seqs and self.waiting:
+                request = self.waiting[0][2]
                 if request.aborted:
-                    self.waiting.popleft()
+                    heapq.heappop(self.waiting)
                     continue
                 n = min(request.pending, budget)
                 need = self._blocks(request.computed + n) - request.blocks
                 if need + self._watermark > self.free_blocks:
                     break
-                self.waiting.popleft()
+                heapq.heappop(self.waiting)
                 self._waiting -= 1
-                running.append(request)
+                self.running.append(request)
                 self.free_blocks -= need
                 request.blocks += need
                 items.append((request, n))
@@ -368,28 +382,39 @@ class Engine:
         return -(-tokens // self.model.block_size)
 
     def _reserve(self, request: Request, n: int) -> bool:
-        """Find blocks for ``n`` more tokens of a running request, preempting the newest running
-        requests while there are not enough. False if something was preempted (possibly the
-        request itself, when nothing newer was left)."""
+        """Find blocks for ``n`` more tokens of a running request, preempting the newest (or,
+        by priority, the worst) running requests while there are not enough. False if the
+        request itself had to be preempted."""
         need = self._blocks(request.computed + n) - request.blocks
-        preempted = False
         while need > self.free_blocks:
-            victim = self.running.pop()
+            if self.policy == "priority":
+                victim = max(self.running, key=self._rank)
+                self.running.remove(victim)
+            else:
+                victim = self.running.pop()
             self._preempt(victim)
-            preempted = True
             if victim is request:
                 return False
         self.free_blocks -= need
         request.blocks += need
-        return not preempted
+        return True
 
     def _preempt(self, request: Request) -> None:
+        self._preempted.add(request.id)
         self._free(request)
         request.computed = 0
         request.preemptions += 1
         self.counters.preemptions += 1
-        self.waiting.appendleft(request)
+        self._enqueue(request)  # keeps its arrival order: back near the front
+
+    def _enqueue(self, request: Request) -> None:
+        rank = request.priority if self.policy == "priority" else 0
+        heapq.heappush(self.waiting, (rank, request.order, request))
         self._waiting += 1
+
+    @staticmethod
+    def _rank(request: Request) -> tuple[int, int]:
+        return (request.priority, request.order)
 
     def _free(self, request: Request) -> None:
         self.free_blocks += request.blocks
@@ -447,9 +472,7 @@ def saturate(
         if began is not None:
             tokens += len(step.emitted)
             steps.append(step.batch.duration)
-        ttfts.extend(
-            now - request.arrived for request in step.first if request.id >= skip
-        )
+        ttfts.extend(now - request.arrived for request in step.first if request.id >= skip)
     if began is None or now <= began or not ttfts:
         raise ValueError("too few requests to measure the engine at this concurrency")
     ttfts.sort()
@@ -494,3 +517,13 @@ def largest_concurrency(
 
 
 _CANDIDATES = (256, 192, 128, 96, 64, 48, 32, 24, 16, 12, 8, 4, 2, 1)
+
+
+def profile(name: str, **overrides: int | float | None) -> TimingModel:
+    """A named timing model (``h100``, ``a100``) with some fields replaced (None keeps one)."""
+    try:
+        base = PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown GPU profile {name!r}; known: {', '.join(PROFILES)}") from None
+    changes: dict[str, Any] = {key: value for key, value in overrides.items() if value is not None}
+    return replace(base, **changes)

@@ -10,14 +10,16 @@ finished) and corrected to real usage when the request ends. A user who was idle
 smallest counter of those waiting, so idleness banks no credit.
 
 Each request waits at most its patience. One that cannot start in time, by the pool's own
-measured service times, is refused at once instead of waiting to be refused.
+measured service times, is refused at once instead of waiting to be refused. The pool's requests
+start and end at staggered times (continuous batching), so slots free up one at a time, at
+``slots / mean_service`` per second on average: the k-th slot to free is expected after about
+``(k - 0.5) * mean_service / slots`` seconds.
 
 Pure logic: time is an argument, there is no I/O and no asyncio; ``admission.py`` drives it.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 
@@ -42,15 +44,26 @@ class Scheduler:
     slots: int
     # Smoothing of the measured time a request holds a slot (exponentially weighted mean).
     smoothing: float = 0.2
+    # Trunk reservation: slots that worse classes may not take. A ticket of priority p starts
+    # only while more than ``reserved[q]`` slots are free, for the largest reservation of any
+    # priority q <= p named here (so a worse class never reserves less than a better one).
+    # Empty (the default): every class may take every slot.
+    reserved: dict[int, int] = field(default_factory=dict)
     running: dict[int, Ticket] = field(default_factory=dict)
     waiting: dict[int, Ticket] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)
     mean_service: float | None = None
     _started: dict[int, float] = field(default_factory=dict)
+    # Per user: requests running, and requests waiting or running (kept so that choosing the
+    # next ticket costs O(waiting), not O(waiting x running)).
+    _in_flight: dict[str, int] = field(default_factory=dict)
+    _backlog: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.slots < 1:
             raise ValueError("a pool needs at least one slot")
+        if any(not 0 <= kept < self.slots for kept in self.reserved.values()):
+            raise ValueError("a class may reserve from 0 to slots - 1 slots")
 
     @property
     def free(self) -> int:
@@ -58,7 +71,7 @@ class Scheduler:
 
     def submit(self, ticket: Ticket, now: float) -> Refusal | None:
         """Queue a ticket, or refuse it at once when it cannot start before its deadline."""
-        if ticket.user not in self._backlogged_users():
+        if not self._backlog.get(ticket.user):
             self.counters[ticket.user] = max(
                 self.counters.get(ticket.user, 0.0), self._floor(ticket.priority)
             )
@@ -66,30 +79,37 @@ class Scheduler:
         if wait is not None and now + wait > ticket.deadline:
             return Refusal(ticket, retry_after=wait)
         self.waiting[ticket.id] = ticket
+        self._count(self._backlog, ticket.user, 1)
         return None
 
     def expected_wait(self, ticket: Ticket) -> float | None:
-        """Seconds until ``ticket`` would start: 0 if a slot is free for it, else the waves of
-        completions it must wait for, taking running requests as half done on average. None
-        while no service time has been measured yet."""
-        needed = self._ahead_of(ticket) + 1 - self.free
+        """Seconds until ``ticket`` would start: 0 if a slot is free for it, else the time until
+        as many slots as it needs have freed, with slots freeing one at a time at the pool's
+        measured rate (``slots / mean_service``) and the first half an interval away. For one
+        slot that is the running request's remaining half plus one service per request ahead.
+        None while no service time has been measured yet."""
+        needed = self._ahead_of(ticket) + 1 - (self.free - self.reserve(ticket.priority))
         if needed <= 0:
             return 0.0
         if self.mean_service is None:
             return None
-        return (math.ceil(needed / self.slots) - 0.5) * self.mean_service
+        return (needed - 0.5) * self.mean_service / self.slots
 
     def schedule(self, now: float) -> tuple[list[Ticket], list[Refusal]]:
         """Start what fits in the free slots; refuse what waited past its deadline."""
         expired = [t for t in self.waiting.values() if t.deadline < now]
         for ticket in expired:
             del self.waiting[ticket.id]
+            self._count(self._backlog, ticket.user, -1)
         started: list[Ticket] = []
-        while self.free > 0 and self.waiting:
+        while self.waiting:
             ticket = min(self.waiting.values(), key=self._order)
+            if self.free <= self.reserve(ticket.priority):
+                break  # the best waiting ticket cannot start, so no worse one can
             del self.waiting[ticket.id]
             self.running[ticket.id] = ticket
             self._started[ticket.id] = now
+            self._count(self._in_flight, ticket.user, 1)
             self.counters[ticket.user] = self.counters.get(ticket.user, 0.0) + ticket.cost
             started.append(ticket)
         refused = [Refusal(t, retry_after=self.mean_service or 1.0) for t in expired]
@@ -101,6 +121,8 @@ class Scheduler:
         ticket = self.running.pop(ticket_id, None)
         if ticket is None:
             return
+        self._count(self._in_flight, ticket.user, -1)
+        self._count(self._backlog, ticket.user, -1)
         self.counters[ticket.user] = self.counters.get(ticket.user, 0.0) - ticket.cost + used
         held = now - self._started.pop(ticket_id, now)
         if self.mean_service is None:
@@ -110,20 +132,33 @@ class Scheduler:
 
     def cancel(self, ticket_id: int) -> bool:
         """Drop a waiting ticket (its requester went away). True if it was waiting."""
-        return self.waiting.pop(ticket_id, None) is not None
+        ticket = self.waiting.pop(ticket_id, None)
+        if ticket is None:
+            return False
+        self._count(self._backlog, ticket.user, -1)
+        return True
+
+    def reserve(self, priority: int) -> int:
+        """Slots a ticket of this priority must leave free for better classes."""
+        return max((kept for q, kept in self.reserved.items() if q <= priority), default=0)
 
     def _order(self, ticket: Ticket) -> tuple[int, float, int, float, int]:
         # Between equal counters (a newcomer is lifted to the smallest), the user with fewer
         # requests already running goes first, then the earlier arrival.
-        in_flight = sum(1 for t in self.running.values() if t.user == ticket.user)
+        in_flight = self._in_flight.get(ticket.user, 0)
         counter = self.counters.get(ticket.user, 0.0)
         return (ticket.priority, counter, in_flight, ticket.arrived, ticket.id)
 
     def _ahead_of(self, ticket: Ticket) -> int:
         return sum(1 for other in self.waiting.values() if other.priority <= ticket.priority)
 
-    def _backlogged_users(self) -> set[str]:
-        return {t.user for t in self.waiting.values()} | {t.user for t in self.running.values()}
+    @staticmethod
+    def _count(counts: dict[str, int], user: str, delta: int) -> None:
+        left = counts.get(user, 0) + delta
+        if left > 0:
+            counts[user] = left
+        else:
+            counts.pop(user, None)
 
     def _floor(self, priority: int) -> float:
         """The smallest counter among users backlogged in this priority class (0 if none)."""
