@@ -306,7 +306,15 @@ class Server:
         # Nothing inherited: a LAMPLIGHTER_DATABASE_URL or MODEL_PATH of this shell must not
         # point the benchmark at someone's database or at another model.
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAMPLIGHTER_")}
+        # Every round asks the same seeded question: the response cache must not answer it, and
+        # no rate limit may get in the way of the admin account the benchmark uses.
+        config = workdir / "bench.toml"
+        config.write_text(
+            "[plans.team]\ncache_ttl_s = 0\nrequests_per_minute = 100000\n"
+            "tokens_per_minute = 100000000\ntokens_per_day = 1000000000\n"
+        )
         env.update(
+            LAMPLIGHTER_CONFIG=str(config),
             LAMPLIGHTER_DATA_DIR=str(workdir / "data"),
             LAMPLIGHTER_PORT=str(self.port),
             LAMPLIGHTER_N_THREADS=str(threads),
