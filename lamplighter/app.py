@@ -22,7 +22,7 @@ from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
 from lamplighter.settings import Settings, read_config
 from lamplighter.store import migrate
 from lamplighter.store.database import Database
-from lamplighter.traffic.admission import Admission
+from lamplighter.traffic.admission import Admission, headroom_from_config
 from lamplighter.traffic.clock import SystemClock
 from lamplighter.traffic.degrade import rules_from_config
 from lamplighter.traffic.planbook import PlanBook
@@ -92,7 +92,9 @@ def create_app(
         config = read_config(settings.config)
         plans = PlanBook(db)
         await plans.load(plans_from_config(config.get("plans", {})))
-        degrade = rules_from_config(config.get("traffic", {}).get("degrade", []))
+        traffic = config.get("traffic", {})
+        degrade = rules_from_config(traffic.get("degrade", []))
+        headroom = headroom_from_config(traffic.get("headroom", {}))
         router = Router(await (backends or default_backends)(settings))
         for rule in degrade:
             if rule.model is not None:
@@ -106,7 +108,9 @@ def create_app(
             accounts=AccountService(db),
             plans=plans,
             limiter=limiter,
-            chat=ChatService(db, router, plans, limiter, Admission(clock), degrade=degrade),
+            chat=ChatService(
+                db, router, plans, limiter, Admission(clock, headroom), degrade=degrade
+            ),
         )
         cut = await state.chat.recover()
         if cut:

@@ -262,7 +262,9 @@ class ChatService:
                 request = replace(request, model=model)
             if model is not None or rule.max_tokens is not None:
                 degraded = Degradation(rule.max_tokens, model)
-        prepared = await backend.prepare(replace(request, max_tokens_cap=cap))
+        prepared = await backend.prepare(
+            replace(request, max_tokens_cap=cap, priority=plan.priority)
+        )
         cost = prepared.prompt_tokens + prepared.max_tokens
         reservation = await self.limiter.reserve(plan, principal.user_id, cost)
         key = cache_key(plan.name, request, prepared.max_tokens) if plan.cache_ttl_s else None

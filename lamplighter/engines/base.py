@@ -29,6 +29,8 @@ class GenerationRequest:
     presence_penalty: float = 0.0
     # The most the caller's plan grants; a larger max_tokens is lowered to it, not refused.
     max_tokens_cap: int | None = None
+    # The caller's plan priority (lower first), for backends that schedule by priority.
+    priority: int = 0
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,9 @@ class UpstreamConfig:
     n_ctx: int = 8192
     api_key: str = ""
     timeout_s: float = 600.0
+    # Send the plan's priority (vLLM started with --scheduling-policy priority honours it, so
+    # paying requests also go first inside the engine's own queue).
+    send_priority: bool = False
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> UpstreamConfig:
@@ -50,6 +53,7 @@ class UpstreamConfig:
                 n_ctx=int(table.get("n_ctx", 8192)),
                 api_key=str(table.get("api_key", "")),
                 timeout_s=float(table.get("timeout_s", 600.0)),
+                send_priority=bool(table.get("send_priority", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"[[backends]] entry {dict(table)!r}: {exc}") from exc
@@ -114,6 +118,8 @@ class UpstreamBackend:
             body["max_tokens"] = prepared.max_tokens
         if request.stop:
             body["stop"] = list(request.stop)
+        if self.config.send_priority:
+            body["priority"] = request.priority
         if request.seed is not None:
             body["seed"] = request.seed
         if request.frequency_penalty:

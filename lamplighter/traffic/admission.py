@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from lamplighter.exceptions import Overloaded
+from lamplighter.exceptions import ConfigError, Overloaded
 from lamplighter.traffic.clock import Clock
 from lamplighter.traffic.plans import Plan
 from lamplighter.traffic.scheduler import Scheduler, Ticket
@@ -105,14 +108,36 @@ class Pool:
 
 
 class Admission:
-    """One pool per backend, created on first use with the backend's declared capacity."""
+    """One pool per backend, created on first use with the backend's declared capacity.
 
-    def __init__(self, clock: Clock) -> None:
+    ``headroom`` maps a priority to the share of every pool that requests of that priority or
+    lower (a larger number) may not take: ``{2: 0.33}`` keeps a third of each backend for plans of
+    priority 0 and 1, so a surge of free traffic never leaves a paying request without a slot.
+    """
+
+    def __init__(self, clock: Clock, headroom: Mapping[int, float] | None = None) -> None:
         self.clock = clock
+        self.headroom = dict(headroom or {})
         self.pools: dict[str, Pool] = {}
 
     def pool(self, name: str, capacity: int) -> Pool:
         pool = self.pools.get(name)
         if pool is None:
-            pool = self.pools[name] = Pool(name, Scheduler(slots=capacity), self.clock)
+            reserved = {
+                priority: min(capacity - 1, math.floor(share * capacity))
+                for priority, share in self.headroom.items()
+            }
+            scheduler = Scheduler(slots=capacity, reserved=reserved)
+            pool = self.pools[name] = Pool(name, scheduler, self.clock)
         return pool
+
+
+def headroom_from_config(table: Mapping[str, Any]) -> dict[int, float]:
+    """``[traffic] headroom = { "2" = 0.33 }``: priorities (as TOML keys) to shares."""
+    try:
+        headroom = {int(priority): float(share) for priority, share in table.items()}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[traffic] headroom: {exc}") from exc
+    if any(not 0 <= share < 1 for share in headroom.values()):
+        raise ConfigError("[traffic] headroom: shares must be at least 0 and below 1")
+    return headroom
