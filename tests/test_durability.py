@@ -37,35 +37,47 @@ def start(data_dir: Path, port: int) -> subprocess.Popen[str]:
     )
 
 
+def stream_essay(
+    server: subprocess.Popen[str], port: int, key: str, signal_at: int, sent: signal.Signals
+) -> str:
+    """Stream a long answer; after ``signal_at`` words send ``sent`` to the server and read on
+    until the server ends the stream. Returns the text the client saw."""
+    body = {
+        "model": MODEL,
+        "stream": True,
+        "temperature": 0.0,
+        "max_tokens": 1800,
+        "messages": [{"role": "user", "content": "Write a very long essay about lamps."}],
+    }
+    seen = ""
+    signalled = False
+    with (
+        httpx.stream(
+            "POST",
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {key}"},
+            timeout=60,
+        ) as response,
+        contextlib.suppress(httpx.TransportError),
+    ):
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                seen += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+            if len(seen.split()) >= signal_at and not signalled:
+                server.send_signal(sent)
+                signalled = True
+    return seen
+
+
 def test_a_killed_server_keeps_the_partial_answer_and_marks_it_cut(tmp_path: Path) -> None:
     port = free_port()
     server = start(tmp_path, port)
     try:
         wait_ready(port, server)
         key = run(tmp_path, "keys", "create", "admin@localhost").stdout.strip()
-        body = {
-            "model": MODEL,
-            "stream": True,
-            "temperature": 0.0,
-            "max_tokens": 1800,
-            "messages": [{"role": "user", "content": "Write a very long essay about lamps."}],
-        }
-        seen = ""
-        with httpx.stream(
-            "POST",
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            json=body,
-            headers={"authorization": f"Bearer {key}"},
-            timeout=60,
-        ) as response:
-            for line in response.iter_lines():
-                if line.startswith("data: {"):
-                    event = json.loads(line[6:])
-                    seen += event["choices"][0]["delta"].get("content") or ""
-                # About two seconds of tokens: at least one checkpoint has been written.
-                if len(seen.split()) >= 120:
-                    server.send_signal(signal.SIGKILL)
-                    break
+        # About two seconds of tokens: at least one checkpoint has been written.
+        seen = stream_essay(server, port, key, 120, signal.SIGKILL)
         server.wait(timeout=30)
     finally:
         if server.poll() is None:
@@ -105,32 +117,7 @@ def test_a_stopped_server_settles_the_answers_it_was_generating(tmp_path: Path) 
     try:
         wait_ready(port, server)
         key = run(tmp_path, "keys", "create", "admin@localhost").stdout.strip()
-        body = {
-            "model": MODEL,
-            "stream": True,
-            "temperature": 0.0,
-            "max_tokens": 1800,
-            "messages": [{"role": "user", "content": "Write a very long essay about lamps."}],
-        }
-        seen = ""
-        stopping = False
-        # Keep reading after the signal: the server ends the stream itself.
-        with (
-            httpx.stream(
-                "POST",
-                f"http://127.0.0.1:{port}/v1/chat/completions",
-                json=body,
-                headers={"authorization": f"Bearer {key}"},
-                timeout=60,
-            ) as response,
-            contextlib.suppress(httpx.TransportError),
-        ):
-            for line in response.iter_lines():
-                if line.startswith("data: {"):
-                    seen += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-                if len(seen.split()) >= 20 and not stopping:
-                    server.send_signal(signal.SIGTERM)
-                    stopping = True
+        seen = stream_essay(server, port, key, 20, signal.SIGTERM)
         # uvicorn re-raises the signal once it has shut down cleanly.
         assert server.wait(timeout=60) in {0, -signal.SIGTERM}
     finally:
