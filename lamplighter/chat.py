@@ -35,6 +35,7 @@ from lamplighter.store.conversations import Conversations
 from lamplighter.store.database import Database
 from lamplighter.store.models import Conversation, Message, Usage, new_id, utcnow
 from lamplighter.store.usage import UsageLedger
+from lamplighter.telemetry.metrics import Metrics
 from lamplighter.traffic.admission import Admission, Slot
 from lamplighter.traffic.cache import CachedAnswer, ResponseCache, cache_key
 from lamplighter.traffic.degrade import Degradation, DegradeRule, degradation
@@ -196,6 +197,7 @@ class Exchange:
             if self._checkpoint is not None:
                 await asyncio.gather(self._checkpoint, return_exceptions=True)
             await self.service.settle(self, status)
+            self.service.metrics.observe(self, status, time.perf_counter() - self._started)
             if status == "complete" and self.cache_key is not None and not self.cached:
                 self.service.remember(self)
         finally:
@@ -215,6 +217,7 @@ class ChatService:
         *,
         cache: ResponseCache | None = None,
         degrade: tuple[DegradeRule, ...] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
         self.router = router
@@ -223,6 +226,8 @@ class ChatService:
         self.admission = admission
         self.cache = cache or ResponseCache()
         self.degrade = degrade
+        self.metrics = metrics or Metrics()
+        self.metrics.watch(self)
         # Exchanges opened and not yet settled; shutdown settles them before closing the database.
         self.live: set[Exchange] = set()
         # Threading a request reads then writes the user's tree; one at a time per user keeps
@@ -236,6 +241,15 @@ class ChatService:
     ) -> Exchange:
         """Everything before the first token; every refusal (400, 404, 429, 503) is raised here,
         before a response has started."""
+        try:
+            return await self._open(principal, request, store)
+        except APIError as error:
+            self.metrics.refused(self.plans.get(principal.plan).name, error.code)
+            raise
+
+    async def _open(
+        self, principal: Principal, request: GenerationRequest, store: bool
+    ) -> Exchange:
         plan = self.plans.get(principal.plan)
         if not plan.allows(request.model):
             raise NotFound(

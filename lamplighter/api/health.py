@@ -1,9 +1,10 @@
-"""Liveness and readiness probes."""
+"""What operators and orchestrators poll: liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from lamplighter.api.state import State
 
@@ -25,3 +26,9 @@ async def readyz(state: State) -> JSONResponse:
         {"status": "ready" if ready else "not ready", "checks": checks},
         status_code=200 if ready else 503,
     )
+
+
+@router.get("/metrics")
+async def metrics(state: State) -> Response:
+    """Prometheus text format; see docs/operations.md for what each metric means."""
+    return Response(state.chat.metrics.render(), media_type=CONTENT_TYPE_LATEST)

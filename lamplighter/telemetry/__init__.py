@@ -1,0 +1,1 @@
+"""What operators see: Prometheus metrics (logs live in ``lamplighter/logs.py``)."""
