@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from lamplighter.accounts import AccountService, Bootstrap
 from lamplighter.api import admin, errors, health, openai
-from lamplighter.api.middleware import RateLimitHeaders
+from lamplighter.api.middleware import RateLimitHeaders, RequestIds
 from lamplighter.api.state import Services
 from lamplighter.chat import ChatService
 from lamplighter.engines.base import Backend
@@ -136,6 +136,7 @@ def create_app(
     )
     errors.install(app)
     app.add_middleware(RateLimitHeaders)
+    app.add_middleware(RequestIds)  # added last, so it runs first: ids cover everything
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(admin.router)

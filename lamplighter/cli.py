@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -74,12 +75,15 @@ def serve(
 
     settings = _settings(config, host=host, port=port)
     configure_logging(settings.log_level)
-    typer.echo(f"Lamplighter starting on http://{settings.host}:{settings.port}", err=True)
+    logging.getLogger("lamplighter").info(
+        "starting", extra={"url": f"http://{settings.host}:{settings.port}"}
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_config=None,
+        access_log=False,  # RequestIds writes a structured access line instead
         timeout_graceful_shutdown=settings.shutdown_timeout,
     )
 

@@ -1,14 +1,25 @@
-"""Structured logs: one JSON object a line on stderr."""
+"""Structured logs: one JSON object a line on stderr, each carrying the request id of the request
+it was written for (``x-request-id``, accepted from the client or made up).
+
+Nothing here ever logs headers or bodies, so API keys, passwords and cookies cannot reach a log.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's ANSI-coloured copy of the message
+}
+
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
 class JSONFormatter(logging.Formatter):
@@ -19,6 +30,9 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        current = request_id.get()
+        if current is not None:
+            entry["request_id"] = current
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -2,8 +2,61 @@
 
 from __future__ import annotations
 
-from starlette.datastructures import MutableHeaders
+import logging
+import re
+import time
+
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uuid6 import uuid7
+
+from lamplighter.logs import request_id
+
+access = logging.getLogger("lamplighter.access")
+# A client's own request id is kept when it is short and plain; anything else is replaced.
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestIds:
+    """Gives every request an id (the client's ``x-request-id`` if usable), returns it in the
+    response's ``x-request-id``, puts it on every log line written while serving the request,
+    and writes one access line per request: method, path, status, duration. Never headers,
+    query strings or bodies."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get("x-request-id", "")
+        rid = given if _CLIENT_ID.match(given) else uuid7().hex
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["x-request-id"] = rid
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            access.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )
+            request_id.reset(token)
+
 
 RATE_LIMIT_HEADERS = "ratelimit_headers"
 
