@@ -47,8 +47,10 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     return worker.result()
 
 
-async def _race(work: Awaitable[None], receive: Receive) -> None:
-    """Run ``work`` until it ends or the client disconnects, whichever comes first."""
+async def serve_until_disconnect(work: Awaitable[None], receive: Receive) -> bool:
+    """Run ``work`` (which sends a response) until it ends or the client disconnects, whichever
+    comes first. True if it finished; False if the client left (the work was cancelled, or its
+    sends failed). Any other error is raised: that is a bug, not a client that left."""
     worker = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_until_disconnect(receive))
     try:
@@ -60,6 +62,7 @@ async def _race(work: Awaitable[None], receive: Receive) -> None:
     error = results[0]
     if isinstance(error, BaseException) and not isinstance(error, asyncio.CancelledError | OSError):
         raise error
+    return error is None
 
 
 class EventStreamResponse(Response):
@@ -90,7 +93,7 @@ class EventStreamResponse(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
         try:
-            await _race(pump(), receive)
+            await serve_until_disconnect(pump(), receive)
         finally:
             await self.events.aclose()  # type: ignore[attr-defined]
             if self.finally_ is not None:
@@ -133,7 +136,7 @@ class DeferredJSONResponse(Response):
             await send({"type": "http.response.body", "body": body})
 
         try:
-            await _race(respond(), receive)
+            await serve_until_disconnect(respond(), receive)
         finally:
             if self.finally_ is not None:
                 await self.finally_()

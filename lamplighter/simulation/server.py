@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from lamplighter.api.responses import serve_until_disconnect
 from lamplighter.simulation.gpu import (
     H100,
     Engine,
@@ -353,23 +354,12 @@ class Watched(Response):
         self.on_disconnect = on_disconnect
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def disconnected() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        producing = asyncio.ensure_future(self.produce(send))
-        watching = asyncio.ensure_future(disconnected())
+        finished = False
         try:
-            await asyncio.wait({producing, watching}, return_when=asyncio.FIRST_COMPLETED)
+            finished = await serve_until_disconnect(self.produce(send), receive)
         finally:
-            watching.cancel()
-            producing.cancel()  # no-op once it has finished
-            await asyncio.gather(producing, watching, return_exceptions=True)
-            if producing.cancelled() or producing.exception() is not None:
+            if not finished:
                 self.on_disconnect()
-        error = None if producing.cancelled() else producing.exception()
-        if error is not None and not isinstance(error, OSError):
-            raise error  # a bug, not a client that left
 
 
 def create_app(settings: SimSettings | None = None) -> Starlette:
