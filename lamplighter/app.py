@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from lamplighter.accounts import AccountService, Bootstrap
 from lamplighter.api import admin, errors, health, openai
-from lamplighter.api.middleware import RateLimitHeaders, RequestIds
+from lamplighter.api.middleware import RateLimitHeaders, RequestIds, SecurityHeaders
 from lamplighter.api.state import Services
 from lamplighter.chat import ChatService
 from lamplighter.engines.base import Backend
@@ -29,14 +30,16 @@ from lamplighter.traffic.planbook import PlanBook
 from lamplighter.traffic.plans import plans_from_config
 from lamplighter.traffic.ratelimits import RateLimiter
 from lamplighter.traffic.state import MemoryState
+from lamplighter.web import api as web_api
+from lamplighter.web import pages
+from lamplighter.web.auth import WebAuth
 
 log = logging.getLogger(__name__)
 
 
 def announce_bootstrap(settings: Settings, created: Bootstrap) -> None:
     """Tell the operator, once, how to log in and how to get an API key."""
-    host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
-    base = f"http://{host}:{settings.port}"
+    base = settings.local_url
     # The CLI must find the same database the server uses.
     where = f"LAMPLIGHTER_DATA_DIR={settings.data_dir} "
     if settings.config:
@@ -48,6 +51,7 @@ def announce_bootstrap(settings: Settings, created: Bootstrap) -> None:
         "  Lamplighter created its first account, an admin:\n"
         f"    email:    {created.email}\n"
         f"    password: {created.password}   (shown only now)\n"
+        f"  Log in to the web chat at {base}/\n"
         "  Get an API key for it with:\n"
         f"    {where}.venv/bin/lamplighter keys create {created.email}\n"
         "  then point the OpenAI SDK at it:\n"
@@ -101,16 +105,18 @@ def create_app(
                 router.route(rule.model)  # a rule naming a model nobody serves fails at start
         clock = SystemClock()
         limiter = RateLimiter(MemoryState(), clock)
+        accounts = AccountService(db)
         state = Services(
             settings=settings,
             db=db,
             router=router,
-            accounts=AccountService(db),
+            accounts=accounts,
             plans=plans,
             limiter=limiter,
             chat=ChatService(
                 db, router, plans, limiter, Admission(clock, headroom), degrade=degrade
             ),
+            web=WebAuth(db, accounts, settings.session_days),
         )
         cut = await state.chat.recover()
         if cut:
@@ -135,9 +141,13 @@ def create_app(
         redoc_url=None,
     )
     errors.install(app)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(RequestIds)  # added last, so it runs first: ids cover everything
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(admin.router)
+    app.include_router(web_api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(packages=[("lamplighter.web", "static")]), name="static")
     return app

@@ -58,6 +58,23 @@ class Principal:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where an exchange goes in the tree when the caller says so (the web chat), instead of
+    being found from the request's messages (the stateless API).
+
+    ``parent_id`` is the node the new turn hangs under (None: a conversation's first turn).
+    With ``new_turn`` the request's last message is stored as a new child of the parent and the
+    answer goes under it (a new message, or an edit when the parent already has children);
+    without, the parent is the question and the answer is a new child of it (a regeneration).
+    The caller has checked that the conversation and the parent are the user's.
+    """
+
+    conversation_id: uuid.UUID | None
+    parent_id: uuid.UUID | None
+    new_turn: bool
+
+
+@dataclass(frozen=True)
 class TokenCount:
     prompt_tokens: int
     completion_tokens: int
@@ -95,6 +112,7 @@ class Exchange:
     degraded: Degradation | None = None
     usage_id: int | None = None  # the ledger row, written at open and completed at settle
     conversation_id: uuid.UUID | None = None
+    question_id: uuid.UUID | None = None  # the user message a placed exchange stored
     parent_hash: str = ROOT_HASH
     created: int = field(default_factory=lambda: int(time.time()))
     text: list[str] = field(default_factory=list)
@@ -237,18 +255,27 @@ class ChatService:
         )
 
     async def open(
-        self, principal: Principal, request: GenerationRequest, *, store: bool = True
+        self,
+        principal: Principal,
+        request: GenerationRequest,
+        *,
+        store: bool = True,
+        placement: Placement | None = None,
     ) -> Exchange:
         """Everything before the first token; every refusal (400, 404, 429, 503) is raised here,
         before a response has started."""
         try:
-            return await self._open(principal, request, store)
+            return await self._open(principal, request, store, placement)
         except APIError as error:
             self.metrics.refused(self.plans.get(principal.plan).name, error.code)
             raise
 
     async def _open(
-        self, principal: Principal, request: GenerationRequest, store: bool
+        self,
+        principal: Principal,
+        request: GenerationRequest,
+        store: bool,
+        placement: Placement | None,
     ) -> Exchange:
         plan = self.plans.get(principal.plan)
         if not plan.allows(request.model):
@@ -302,9 +329,12 @@ class ChatService:
             )
             lock = self._user_locks.setdefault(principal.user_id, asyncio.Lock())
             async with lock, self.db.transaction() as session:
-                if store:
+                conversations = Conversations(session)
+                if placement is not None:
+                    await self._place(conversations, exchange, placement, request)
+                elif store:
                     message, exchange.conversation_id, exchange.parent_hash = await self._thread(
-                        Conversations(session), principal.user_id, request.turns, request.model
+                        conversations, principal.user_id, request.turns, request.model
                     )
                     exchange.message_id = message.id
                 # The ledger row exists from the start, so even a crash leaves the usage behind.
@@ -384,6 +414,66 @@ class ChatService:
         )
         await conversations.move_leaf(conversation_id, answer.id, now)
         return answer, conversation_id, parent.path_hash if parent else ROOT_HASH
+
+    async def _place(
+        self,
+        conversations: Conversations,
+        exchange: Exchange,
+        placement: Placement,
+        request: GenerationRequest,
+    ) -> None:
+        """Store an exchange where the caller placed it (see ``Placement``)."""
+        user_id, turns, now = exchange.principal.user_id, request.turns, utcnow()
+        hashes = path_hashes(turns)
+        parent = None
+        if placement.parent_id is not None:
+            parent = await conversations.message_of(user_id, placement.parent_id)
+            if parent is None:  # deleted since the caller looked
+                raise NotFound("That message no longer exists.", code="message_not_found")
+        conversation_id = placement.conversation_id
+        if conversation_id is None:
+            conversation = await conversations.add_conversation(
+                Conversation(
+                    user_id=user_id, title=title_from(turns), created_at=now, updated_at=now
+                )
+            )
+            conversation_id = conversation.id
+        if placement.new_turn:
+            parent = await conversations.add_message(
+                Message(
+                    conversation_id=conversation_id,
+                    user_id=user_id,
+                    parent_id=parent.id if parent else None,
+                    role=turns[-1].role,
+                    content=turns[-1].content,
+                    path_hash=hashes[-1],
+                    depth=len(turns) - 1,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            exchange.question_id = parent.id
+            # Ids are time-ordered: the answer's must sort after its question's.
+            exchange.message_id = new_id()
+        answer = await conversations.add_message(
+            Message(
+                id=exchange.message_id,
+                conversation_id=conversation_id,
+                user_id=user_id,
+                parent_id=parent.id if parent else None,
+                role="assistant",
+                content="",
+                path_hash=f"pending:{exchange.message_id.hex}",
+                depth=len(turns),
+                status="in_progress",
+                model=request.model,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await conversations.move_leaf(conversation_id, answer.id, now)
+        exchange.conversation_id = conversation_id
+        exchange.parent_hash = hashes[-1] if hashes else ROOT_HASH
 
     async def save_partial(self, exchange: Exchange, content: str, tokens: int) -> None:
         """Checkpoint a streaming answer and the tokens it has used so far."""

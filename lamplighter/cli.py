@@ -109,6 +109,25 @@ def users_create(
     )
 
 
+@users.command("invite")
+def users_invite(
+    email: str,
+    plan: Annotated[str, typer.Option(help="Plan name.")] = "free",
+    config: ConfigOption = None,
+) -> None:
+    """Create an account and print a one-time link (valid 7 days) on which its owner chooses a
+    password for the web chat."""
+    from lamplighter.web.auth import INVITE_DAYS, WebAuth
+
+    settings = _settings(config)
+    token = _run(
+        settings,
+        lambda accounts: WebAuth(accounts.db, accounts, settings.session_days).invite(email, plan),
+    )
+    typer.echo(f"invited {email}; send them this link (valid {INVITE_DAYS} days, works once):")
+    typer.echo(f"  {settings.local_url}/invite/{token}")
+
+
 @users.command("list")
 def users_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,

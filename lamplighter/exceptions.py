@@ -81,6 +81,11 @@ class AuthenticationFailed(APIError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(APIError):
+    status_code = 403
+    type = "invalid_request_error"
+
+
 class NotFound(APIError):
     status_code = 404
     type = "invalid_request_error"

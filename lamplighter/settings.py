@@ -52,6 +52,13 @@ class Settings:
     admin_email: str = _setting(
         "admin@localhost", "Email of the admin account created on first start."
     )
+    signups: str = _setting(
+        "invite",
+        "Who may create an account in the web chat: 'open' (anyone, on the sign-up page) or "
+        "'invite' (only people an admin invited with `lamplighter users invite`).",
+    )
+    signup_plan: str = _setting("free", "Plan of accounts created by signing up.")
+    session_days: int = _setting(30, "Days a web login lasts before the person must log in again.")
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
     shutdown_timeout: int = _setting(
         10,
@@ -64,6 +71,12 @@ class Settings:
         """The async SQLAlchemy URL: SQLite in the data directory unless one is configured."""
         url = self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'lamplighter.db'}"
         return async_database_url(url)
+
+    @property
+    def local_url(self) -> str:
+        """Where a person on this machine reaches the server."""
+        host = "127.0.0.1" if self.host in {"0.0.0.0", "::"} else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def threads(self) -> int:
@@ -152,6 +165,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("setting 'log_level': use debug, info, warning or error")
     if settings.n_threads < 0:
         raise ConfigError("setting 'n_threads': must be 0 (one per core) or more")
+    if settings.signups not in {"open", "invite"}:
+        raise ConfigError("setting 'signups': use open or invite")
+    if settings.session_days < 1:
+        raise ConfigError("setting 'session_days': must be at least 1")
     if settings.n_ctx < 128:
         raise ConfigError("setting 'n_ctx': must be at least 128 tokens")
     return settings

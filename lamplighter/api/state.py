@@ -14,6 +14,7 @@ from lamplighter.settings import Settings
 from lamplighter.store.database import Database
 from lamplighter.traffic.planbook import PlanBook
 from lamplighter.traffic.ratelimits import RateLimiter
+from lamplighter.web.auth import WebAuth
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Services:
     plans: PlanBook
     limiter: RateLimiter
     chat: ChatService
+    web: WebAuth
 
 
 def services(request: Request) -> Services:

@@ -6,11 +6,11 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.conversation.threading import ROOT_HASH, Turn, node_hash
-from lamplighter.store.models import Conversation, Message
+from lamplighter.store.models import Conversation, Message, Rating
 
 
 class Conversations:
@@ -108,3 +108,46 @@ class Conversations:
             select(Message).where(Message.parent_id == parent_id).order_by(Message.id)
         )
         return result.scalars().all()
+
+    async def owned(self, user_id: uuid.UUID, conversation_id: uuid.UUID) -> Conversation | None:
+        """A conversation, only if it belongs to ``user_id``."""
+        result = await self.session.execute(
+            select(Conversation).where(
+                Conversation.id == conversation_id, Conversation.user_id == user_id
+            )
+        )
+        return result.scalar_one_or_none()
+
+    async def list_for(
+        self, user_id: uuid.UUID, query: str = "", limit: int = 100
+    ) -> Sequence[Conversation]:
+        """The user's conversations, most recently active first; with ``query``, only those
+        whose title or any message contains it (case-insensitively)."""
+        statement = select(Conversation).where(Conversation.user_id == user_id)
+        if query:
+            needle = query.lower()
+            in_messages = exists().where(
+                Message.conversation_id == Conversation.id,
+                func.lower(Message.content).contains(needle, autoescape=True),
+            )
+            statement = statement.where(
+                or_(func.lower(Conversation.title).contains(needle, autoescape=True), in_messages)
+            )
+        result = await self.session.execute(
+            statement.order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(limit)
+        )
+        return result.scalars().all()
+
+    async def tree(self, conversation_id: uuid.UUID) -> list[tuple[Message, Rating | None]]:
+        """Every node of a conversation, oldest first, each with its rating if it has one."""
+        result = await self.session.execute(
+            select(Message, Rating)
+            .outerjoin(Rating, Rating.message_id == Message.id)
+            .where(Message.conversation_id == conversation_id)
+            .order_by(Message.id)
+        )
+        return [(message, rating) for message, rating in result.tuples()]
+
+    async def delete(self, conversation_id: uuid.UUID) -> None:
+        """Delete a conversation and, through the foreign keys, its messages and ratings."""
+        await self.session.execute(delete(Conversation).where(Conversation.id == conversation_id))

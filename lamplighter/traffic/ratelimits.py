@@ -97,6 +97,15 @@ class RateLimiter:
         await self.state.refund(reservation.daily, unused, now)
         await self.state.release_stream(reservation.user)
 
+    async def remaining(self, plan: Plan, user_id: uuid.UUID) -> dict[str, tuple[int, int]]:
+        """(limit, remaining) of each rate, as things stand, spending nothing: what the web
+        page shows a person about their plan."""
+        now = self.clock.monotonic()
+        return {
+            limit.name: (int(limit.rate.capacity), (await self.state.peek(limit, now))[0])
+            for limit in self.limits(plan, str(user_id), 0)
+        }
+
     async def headers(self, plan: Plan, user_id: uuid.UUID) -> dict[str, str]:
         """The rate-limit headers for a user as things stand, spending nothing."""
         requests, per_minute, _ = self.limits(plan, str(user_id), 0)

@@ -1,0 +1,387 @@
+"""The JSON API the chat page speaks, under ``/api``: the visitor's plan and limits, their
+conversations (list, search, read, rename, delete, choose the branch shown), ratings, and
+``POST /api/chat``, which streams an answer as named server-sent events.
+
+Everything is scoped to the logged-in visitor; another user's conversation or message is a 404,
+exactly like one that does not exist, so ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.responses import Response
+
+from lamplighter.api.responses import EventStreamResponse, unless_disconnected
+from lamplighter.api.state import Services, State
+from lamplighter.chat import Exchange, Placement
+from lamplighter.conversation.threading import Turn, title_from
+from lamplighter.engines.base import GenerationRequest
+from lamplighter.exceptions import APIError, InvalidRequest, NotFound
+from lamplighter.store.conversations import Conversations
+from lamplighter.store.models import Conversation, Message, Rating, utcnow
+from lamplighter.store.web import WebStore
+from lamplighter.web.markdown import render
+from lamplighter.web.session import WebUser
+
+router = APIRouter(prefix="/api", include_in_schema=False)
+
+RATING_REASONS = {
+    "not_factual": "Not factual",
+    "did_not_follow_instructions": "Didn't follow instructions",
+    "unsafe": "Unsafe",
+    "too_long": "Too long",
+    "other": "Other",
+}
+# How often a streaming answer's rendered HTML is sent; deltas go out as they come.
+HTML_INTERVAL_S = 0.1
+# The page's sampling: a little below 1 keeps small models on topic.
+TEMPERATURE, TOP_P = 0.7, 0.95
+
+
+def _no_conversation() -> NotFound:
+    return NotFound("There is no such conversation.", code="conversation_not_found")
+
+
+def _no_message() -> NotFound:
+    return NotFound("There is no such message.", code="message_not_found")
+
+
+def summary(conversation: Conversation) -> dict[str, Any]:
+    return {
+        "id": str(conversation.id),
+        "title": conversation.title or "New conversation",
+        "created_at": conversation.created_at.isoformat(),
+        "updated_at": conversation.updated_at.isoformat(),
+    }
+
+
+def rating_json(rating: Rating | None) -> dict[str, Any] | None:
+    if rating is None:
+        return None
+    return {"rating": rating.rating, "reasons": list(rating.reasons), "comment": rating.comment}
+
+
+def message_json(message: Message, rating: Rating | None = None) -> dict[str, Any]:
+    assistant = message.role == "assistant"
+    return {
+        "id": str(message.id),
+        "parent_id": str(message.parent_id) if message.parent_id else None,
+        "role": message.role,
+        "content": message.content,
+        "html": render(message.content) if assistant else None,
+        "status": message.status,
+        "finish_reason": message.finish_reason,
+        "model": message.model,
+        "created_at": message.created_at.isoformat(),
+        "rating": rating_json(rating),
+    }
+
+
+@router.get("/me")
+async def me(visitor: WebUser, state: State) -> dict[str, Any]:
+    who = visitor.principal
+    plan = state.plans.get(who.plan)
+    left = await state.limiter.remaining(plan, who.user_id)
+
+    def limit(name: str) -> dict[str, int]:
+        return {"limit": left[name][0], "remaining": left[name][1]}
+
+    return {
+        "email": who.email,
+        "plan": plan.name,
+        "is_admin": who.is_admin,
+        "models": _models(state, plan.name),
+        "default_model": _default_model(state, plan.name),
+        "limits": {
+            "requests_per_minute": limit("requests"),
+            "tokens_per_minute": limit("tokens"),
+            "tokens_per_day": limit("daily_tokens"),
+            "concurrent_streams": {"limit": plan.concurrent_streams},
+        },
+        "rating_reasons": [{"id": k, "label": v} for k, v in RATING_REASONS.items()],
+    }
+
+
+def _models(state: Services, plan_name: str) -> list[str]:
+    plan = state.plans.get(plan_name)
+    return [model for model in state.router.models if plan.allows(model)]
+
+
+def _default_model(state: Services, plan_name: str) -> str | None:
+    models = _models(state, plan_name)
+    if state.settings.model_name in models:
+        return state.settings.model_name
+    return models[0] if models else None
+
+
+@router.get("/conversations")
+async def list_conversations(
+    visitor: WebUser,
+    state: State,
+    q: str = Query(default="", max_length=200),
+    limit: int = Query(default=100, ge=1, le=500),
+) -> dict[str, Any]:
+    async with state.db.transaction() as session:
+        found = await Conversations(session).list_for(visitor.principal.user_id, q.strip(), limit)
+    return {"data": [summary(conversation) for conversation in found]}
+
+
+async def _owned(
+    conversations: Conversations, visitor: WebUser, conversation_id: uuid.UUID
+) -> Conversation:
+    conversation = await conversations.owned(visitor.principal.user_id, conversation_id)
+    if conversation is None:
+        raise _no_conversation()
+    return conversation
+
+
+@router.get("/conversations/{conversation_id}")
+async def get_conversation(
+    conversation_id: uuid.UUID, visitor: WebUser, state: State
+) -> dict[str, Any]:
+    async with state.db.transaction() as session:
+        conversations = Conversations(session)
+        conversation = await _owned(conversations, visitor, conversation_id)
+        nodes = await conversations.tree(conversation.id)
+    return {
+        **summary(conversation),
+        "current_leaf_id": str(conversation.current_leaf_id)
+        if conversation.current_leaf_id
+        else None,
+        "messages": [message_json(message, rating) for message, rating in nodes],
+    }
+
+
+class ConversationChanges(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str | None = Field(default=None, max_length=200)
+    current_leaf_id: uuid.UUID | None = None
+
+    @field_validator("title")
+    @classmethod
+    def _title(cls, title: str | None) -> str | None:
+        if title is not None and not " ".join(title.split()):
+            raise ValueError("a title cannot be empty")
+        return " ".join(title.split()) if title is not None else None
+
+
+@router.patch("/conversations/{conversation_id}")
+async def change_conversation(
+    conversation_id: uuid.UUID, changes: ConversationChanges, visitor: WebUser, state: State
+) -> dict[str, Any]:
+    """Rename a conversation, or remember which branch of it is shown."""
+    async with state.db.transaction() as session:
+        conversations = Conversations(session)
+        conversation = await _owned(conversations, visitor, conversation_id)
+        if changes.title is not None:
+            conversation.title = changes.title
+        if changes.current_leaf_id is not None:
+            leaf = await conversations.message_of(
+                visitor.principal.user_id, changes.current_leaf_id
+            )
+            if leaf is None or leaf.conversation_id != conversation.id:
+                raise _no_message()
+            conversation.current_leaf_id = leaf.id
+        return summary(conversation)
+
+
+@router.delete("/conversations/{conversation_id}", status_code=204)
+async def delete_conversation(conversation_id: uuid.UUID, visitor: WebUser, state: State) -> None:
+    """Delete a conversation for good: its messages and ratings go with it (usage records
+    stay, without the link to the deleted answer)."""
+    async with state.db.transaction() as session:
+        conversations = Conversations(session)
+        await _owned(conversations, visitor, conversation_id)
+        await conversations.delete(conversation_id)
+
+
+class RatingBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rating: Literal[1, -1]
+    reasons: list[str] = Field(default_factory=list, max_length=len(RATING_REASONS))
+    comment: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("reasons")
+    @classmethod
+    def _reasons(cls, reasons: list[str]) -> list[str]:
+        unknown = set(reasons) - set(RATING_REASONS)
+        if unknown:
+            raise ValueError(f"unknown reasons {sorted(unknown)}; use {sorted(RATING_REASONS)}")
+        return sorted(set(reasons), key=list(RATING_REASONS).index)
+
+
+async def _answer(session_store: Conversations, visitor: WebUser, message_id: uuid.UUID) -> Message:
+    message = await session_store.message_of(visitor.principal.user_id, message_id)
+    if message is None:
+        raise _no_message()
+    if message.role != "assistant":
+        raise InvalidRequest("Only answers can be rated.", param="message_id")
+    return message
+
+
+@router.put("/messages/{message_id}/rating")
+async def rate(
+    message_id: uuid.UUID, body: RatingBody, visitor: WebUser, state: State
+) -> dict[str, Any]:
+    """Thumbs up or down on an answer, with optional reasons and comment; rating again
+    replaces the earlier rating."""
+    now = utcnow()
+    async with state.db.transaction() as session:
+        await _answer(Conversations(session), visitor, message_id)
+        store = WebStore(session)
+        rating = await store.rating(message_id)
+        comment = (body.comment or "").strip() or None
+        if rating is None:
+            rating = Rating(
+                message_id=message_id,
+                user_id=visitor.principal.user_id,
+                rating=body.rating,
+                reasons=body.reasons,
+                comment=comment,
+                created_at=now,
+                updated_at=now,
+            )
+            await store.add_rating(rating)
+        else:
+            rating.rating, rating.reasons, rating.comment = body.rating, body.reasons, comment
+            rating.updated_at = now
+        result = rating_json(rating)
+    assert result is not None
+    return result
+
+
+@router.delete("/messages/{message_id}/rating", status_code=204)
+async def unrate(message_id: uuid.UUID, visitor: WebUser, state: State) -> None:
+    async with state.db.transaction() as session:
+        await _answer(Conversations(session), visitor, message_id)
+        await WebStore(session).delete_rating(message_id)
+
+
+class ChatBody(BaseModel):
+    """A new message (``content``) under ``parent_id``, or with no content a new answer to the
+    user message ``parent_id`` (a regeneration). See ``chat.Placement``."""
+
+    model_config = ConfigDict(extra="forbid")
+    conversation_id: uuid.UUID | None = None
+    parent_id: uuid.UUID | None = None
+    content: str | None = Field(default=None, max_length=100_000)
+    model: str | None = Field(default=None, max_length=200)
+
+
+@router.post("/chat")
+async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) -> Response:
+    who = visitor.principal
+    content = body.content.strip() if body.content is not None else None
+    if content == "":
+        raise InvalidRequest("Write a message first.", param="content")
+    if body.parent_id is not None and body.conversation_id is None:
+        raise InvalidRequest("parent_id needs its conversation_id.", param="conversation_id")
+    title = None
+    path: list[Message] = []
+    async with state.db.transaction() as session:
+        conversations = Conversations(session)
+        if body.conversation_id is not None:
+            title = (await _owned(conversations, visitor, body.conversation_id)).title
+        if body.parent_id is not None:
+            parent = await conversations.message_of(who.user_id, body.parent_id)
+            if parent is None or parent.conversation_id != body.conversation_id:
+                raise _no_message()
+            path = await conversations.path_to(parent.id)
+    if content is None and (not path or path[-1].role != "user"):
+        raise InvalidRequest(
+            "To regenerate, parent_id must be the question (a user message).", param="parent_id"
+        )
+    turns = tuple(Turn(m.role, m.content) for m in path)
+    if content is not None:
+        turns += (Turn("user", content),)
+    model = body.model or _default_model(state, who.plan)
+    if model is None:
+        raise NotFound("Your plan has no model available.", code="model_not_found")
+    request = GenerationRequest(model=model, turns=turns, temperature=TEMPERATURE, top_p=TOP_P)
+    placement = Placement(body.conversation_id, body.parent_id, new_turn=content is not None)
+    exchange = await unless_disconnected(http, state.chat.open(who, request, placement=placement))
+    start = {
+        "conversation_id": str(exchange.conversation_id),
+        "title": title or title_from(turns),
+        "user_message": _question(exchange, body.parent_id, content),
+        "message": _answer_json(exchange, body.parent_id),
+    }
+    return EventStreamResponse(_events(exchange, start), exchange.headers, finally_=exchange.close)
+
+
+def _question(
+    exchange: Exchange, parent_id: uuid.UUID | None, content: str | None
+) -> dict[str, Any] | None:
+    if exchange.question_id is None or content is None:
+        return None
+    return {
+        "id": str(exchange.question_id),
+        "parent_id": str(parent_id) if parent_id else None,
+        "role": "user",
+        "content": content,
+        "html": None,
+        "status": "complete",
+        "finish_reason": None,
+        "model": None,
+        "created_at": utcnow().isoformat(),
+        "rating": None,
+    }
+
+
+def _answer_json(exchange: Exchange, parent_id: uuid.UUID | None) -> dict[str, Any]:
+    parent = exchange.question_id or parent_id
+    return {
+        "id": str(exchange.message_id),
+        "parent_id": str(parent) if parent else None,
+        "role": "assistant",
+        "content": exchange.content,
+        "html": render(exchange.content),
+        "status": "in_progress",
+        "finish_reason": exchange.finish_reason,
+        "model": exchange.model,
+        "created_at": utcnow().isoformat(),
+        "rating": None,
+    }
+
+
+def event(name: str, payload: Any) -> bytes:
+    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {name}\ndata: {data}\n\n".encode()
+
+
+async def _events(exchange: Exchange, start: dict[str, Any]) -> AsyncIterator[bytes]:
+    """start, then delta after delta with the rendered answer (html) every HTML_INTERVAL_S,
+    then done once the answer is durable — or error if the backend failed."""
+    yield event("start", start)
+    answer = start["message"]
+    rendered_at = time.monotonic()
+    rendered = 0
+    chunks = exchange.stream()
+    try:
+        async for chunk in chunks:
+            if chunk.text:
+                yield event("delta", {"text": chunk.text})
+            now = time.monotonic()
+            if now - rendered_at >= HTML_INTERVAL_S and len(exchange.text) != rendered:
+                rendered_at, rendered = now, len(exchange.text)
+                yield event("html", {"html": render(exchange.content)})
+    except APIError as error:
+        yield event("error", error.body())
+        return
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    done = {
+        **answer,
+        "content": exchange.content,
+        "html": render(exchange.content),
+        "status": "complete",
+        "finish_reason": exchange.finish_reason,
+    }
+    yield event("done", {"message": done})

@@ -1,0 +1,151 @@
+"""Web logins: password check, sessions, sign-up and invites.
+
+A session is a random token in an ``HttpOnly`` cookie; the store keeps only its SHA-256. Each
+session has its own CSRF token, which the page echoes on every state-changing request. Login and
+sign-up answer the same way whether or not the account exists (and take about as long).
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from lamplighter.accounts import AccountService, normalise_email
+from lamplighter.chat import Principal
+from lamplighter.credentials import hash_key, hash_password, verify_password
+from lamplighter.exceptions import AuthenticationFailed, Conflict, InvalidRequest, NotFound
+from lamplighter.store.accounts import Accounts
+from lamplighter.store.database import Database
+from lamplighter.store.models import Invite, WebSession, utcnow
+from lamplighter.store.web import WebStore
+
+INVITE_DAYS = 7
+# Verified against when the email is unknown, so a failed login costs the same either way.
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+BAD_LOGIN = "Wrong email or password."
+
+
+@dataclass(frozen=True)
+class Login:
+    """What a browser holds once logged in: the cookie's token and the session's CSRF token."""
+
+    token: str
+    csrf_token: str
+
+
+@dataclass(frozen=True)
+class Visitor:
+    principal: Principal
+    csrf_token: str
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class WebAuth:
+    def __init__(self, db: Database, accounts: AccountService, session_days: int) -> None:
+        self.db = db
+        self.accounts = accounts
+        self.lifetime = timedelta(days=session_days)
+
+    async def login(self, email: str, password: str) -> Login:
+        """A new session for the right email and password; AuthenticationFailed otherwise."""
+        try:
+            email = normalise_email(email)
+        except InvalidRequest:
+            raise AuthenticationFailed(BAD_LOGIN) from None
+        async with self.db.transaction() as session:
+            user = await Accounts(session).user_by_email(email)
+        stored = user.password_hash if user and user.password_hash else _DUMMY_HASH
+        ok = verify_password(stored, password)
+        if user is None or user.disabled_at is not None or not user.password_hash or not ok:
+            raise AuthenticationFailed(BAD_LOGIN)
+        return await self._start(user.id)
+
+    async def _start(self, user_id: uuid.UUID) -> Login:
+        login = Login(token=new_token(), csrf_token=new_token())
+        now = utcnow()
+        async with self.db.transaction() as session:
+            store = WebStore(session)
+            await store.end_expired(now)
+            await store.add_session(
+                WebSession(
+                    token_hash=hash_key(login.token),
+                    user_id=user_id,
+                    csrf_token=login.csrf_token,
+                    created_at=now,
+                    expires_at=now + self.lifetime,
+                )
+            )
+        return login
+
+    async def visitor(self, token: str) -> Visitor | None:
+        """Who holds a session cookie, if the session is live and the account enabled."""
+        async with self.db.transaction() as session:
+            found = await WebStore(session).session_with_user(hash_key(token), utcnow())
+        if found is None:
+            return None
+        row, user = found
+        principal = Principal(
+            user_id=user.id, email=user.email, plan=user.plan, is_admin=user.is_admin
+        )
+        return Visitor(principal, row.csrf_token)
+
+    async def logout(self, token: str) -> None:
+        async with self.db.transaction() as session:
+            await WebStore(session).end_session(hash_key(token))
+
+    async def signup(self, email: str, password: str, plan: str) -> Login:
+        try:
+            user = await self.accounts.create_user(email, password=password, plan=plan)
+        except Conflict:
+            # Saying "taken" would tell anyone which emails have accounts here.
+            raise InvalidRequest(
+                "That email cannot be used to sign up. If it is yours, log in instead."
+            ) from None
+        return await self._start(user.id)
+
+    async def invite(self, email: str, plan: str) -> str:
+        """Make an account for ``email`` with no password, and a one-time token with which its
+        owner sets one. Returns the token."""
+        await self.accounts.create_user(email, plan=plan)
+        token = new_token()
+        now = utcnow()
+        async with self.db.transaction() as session:
+            await WebStore(session).add_invite(
+                Invite(
+                    token_hash=hash_key(token),
+                    email=normalise_email(email),
+                    plan=plan,
+                    created_at=now,
+                    expires_at=now + timedelta(days=INVITE_DAYS),
+                )
+            )
+        return token
+
+    async def invited_email(self, token: str) -> str:
+        async with self.db.transaction() as session:
+            invite = await WebStore(session).invite(hash_key(token), utcnow())
+        if invite is None:
+            raise NotFound("This invitation is not valid any more. Ask for a new one.")
+        return invite.email
+
+    async def accept(self, token: str, password: str) -> Login:
+        """Set the invited account's password (once) and log it in."""
+        if len(password) < 8:
+            raise InvalidRequest("Passwords must be at least 8 characters.", param="password")
+        now = utcnow()
+        async with self.db.transaction() as session:
+            invite = await WebStore(session).invite(hash_key(token), now)
+            if invite is None:
+                raise NotFound("This invitation is not valid any more. Ask for a new one.")
+            user = await Accounts(session).user_by_email(invite.email)
+            if user is None:
+                raise NotFound("This invitation is not valid any more. Ask for a new one.")
+            invite.used_at = now
+            user.password_hash = hash_password(password)
+            user_id = user.id
+        return await self._start(user_id)

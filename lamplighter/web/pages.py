@@ -1,0 +1,194 @@
+"""The server-rendered pages: log in, sign up, accept an invite, log out, and the chat page
+(whose content the page's own script fetches from the JSON API)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.templating import Jinja2Templates
+from starlette.responses import RedirectResponse, Response
+
+from lamplighter.api.state import Services, State
+from lamplighter.exceptions import APIError, PermissionDenied
+from lamplighter.store.conversations import Conversations
+from lamplighter.web.auth import Login, new_token
+from lamplighter.web.session import (
+    FORM_COOKIE,
+    SESSION_COOKIE,
+    clear_session,
+    current_visitor,
+    same_token,
+    secure,
+    set_session,
+)
+
+templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
+router = APIRouter(include_in_schema=False)
+
+
+def _form_page(request: Request, template: str, status: int = 200, **context: Any) -> Response:
+    """A page with a pre-login form, protected by a double-submit CSRF cookie."""
+    token = request.cookies.get(FORM_COOKIE) or new_token()
+    response = templates.TemplateResponse(
+        request, template, {"csrf_token": token, "error": None, **context}, status_code=status
+    )
+    response.set_cookie(
+        FORM_COOKIE, token, httponly=True, samesite="strict", secure=secure(request), path="/"
+    )
+    return response
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The posted form's fields, once its CSRF token matches the form cookie."""
+    form = await request.form()
+    fields = {name: value for name, value in form.items() if isinstance(value, str)}
+    cookie = request.cookies.get(FORM_COOKIE)
+    if not cookie or not same_token(fields.get("csrf_token"), cookie):
+        raise PermissionDenied("The form expired. Reload the page and try again.")
+    return fields
+
+
+def _logged_in(request: Request, state: Services, login: Login) -> Response:
+    response = RedirectResponse("/", status_code=303)
+    set_session(response, request, login, state.settings.session_days)
+    return response
+
+
+def not_found(request: Request, message: str) -> Response:
+    return templates.TemplateResponse(
+        request, "notfound.html", {"message": message}, status_code=404
+    )
+
+
+@router.get("/login")
+async def login_page(request: Request, state: State) -> Response:
+    if await current_visitor(request, state) is not None:
+        return RedirectResponse("/", status_code=303)
+    return _form_page(
+        request, "login.html", email="", signups_open=state.settings.signups == "open"
+    )
+
+
+@router.post("/login")
+async def login(request: Request, state: State) -> Response:
+    email = ""
+    try:
+        fields = await _form(request)
+        email = fields.get("email", "")
+        login = await state.web.login(email, fields.get("password", ""))
+    except APIError as error:
+        return _form_page(
+            request,
+            "login.html",
+            status=error.status_code,
+            error=error.message,
+            email=email,
+            signups_open=state.settings.signups == "open",
+        )
+    return _logged_in(request, state, login)
+
+
+@router.get("/signup")
+async def signup_page(request: Request, state: State) -> Response:
+    if state.settings.signups != "open":
+        return not_found(request, "Sign-up is by invitation only here. Ask an admin.")
+    return _form_page(request, "signup.html", email="")
+
+
+@router.post("/signup")
+async def signup(request: Request, state: State) -> Response:
+    if state.settings.signups != "open":
+        return not_found(request, "Sign-up is by invitation only here. Ask an admin.")
+    email = ""
+    try:
+        fields = await _form(request)
+        email = fields.get("email", "")
+        login = await state.web.signup(
+            email, fields.get("password", ""), state.settings.signup_plan
+        )
+    except APIError as error:
+        return _form_page(
+            request, "signup.html", status=error.status_code, error=error.message, email=email
+        )
+    return _logged_in(request, state, login)
+
+
+@router.get("/invite/{token}")
+async def invite_page(token: str, request: Request, state: State) -> Response:
+    try:
+        email = await state.web.invited_email(token)
+    except APIError as error:
+        return not_found(request, error.message)
+    return _form_page(request, "invite.html", email=email, token=token)
+
+
+@router.post("/invite/{token}")
+async def accept_invite(token: str, request: Request, state: State) -> Response:
+    try:
+        email = await state.web.invited_email(token)
+    except APIError as error:
+        return not_found(request, error.message)
+    try:
+        fields = await _form(request)
+        login = await state.web.accept(token, fields.get("password", ""))
+    except APIError as error:
+        return _form_page(
+            request,
+            "invite.html",
+            status=error.status_code,
+            error=error.message,
+            email=email,
+            token=token,
+        )
+    return _logged_in(request, state, login)
+
+
+@router.post("/logout")
+async def logout(request: Request, state: State) -> Response:
+    visitor = await current_visitor(request, state)
+    if visitor is not None:
+        form = await request.form()
+        if not same_token(str(form.get("csrf_token", "")), visitor.csrf_token):
+            raise PermissionDenied("The form expired. Reload the page and try again.")
+        await state.web.logout(request.cookies[SESSION_COOKIE])
+    response = RedirectResponse("/login", status_code=303)
+    clear_session(response, request)
+    return response
+
+
+async def _chat_page(request: Request, state: Services, conversation: str | None) -> Response:
+    visitor = await current_visitor(request, state)
+    if visitor is None:
+        return RedirectResponse("/login", status_code=303)
+    if conversation is not None:
+        try:
+            conversation_id = uuid.UUID(conversation)
+        except ValueError:
+            return not_found(request, "There is no such conversation.")
+        async with state.db.transaction() as session:
+            owned = await Conversations(session).owned(visitor.principal.user_id, conversation_id)
+        if owned is None:
+            return not_found(request, "There is no such conversation.")
+    who = visitor.principal
+    return templates.TemplateResponse(
+        request,
+        "chat.html",
+        {
+            "csrf_token": visitor.csrf_token,
+            "user": {"email": who.email, "plan": who.plan, "is_admin": who.is_admin},
+        },
+        headers={"cache-control": "no-store"},
+    )
+
+
+@router.get("/")
+async def home(request: Request, state: State) -> Response:
+    return await _chat_page(request, state, None)
+
+
+@router.get("/c/{conversation}")
+async def conversation_page(conversation: str, request: Request, state: State) -> Response:
+    return await _chat_page(request, state, conversation)
