@@ -146,7 +146,7 @@ class Conversations:
             .where(Message.conversation_id == conversation_id)
             .order_by(Message.id)
         )
-        return [(message, rating) for message, rating in result.tuples()]
+        return [(message, rating) for message, rating in result]
 
     async def delete(self, conversation_id: uuid.UUID) -> None:
         """Delete a conversation and, through the foreign keys, its messages and ratings."""

@@ -32,7 +32,7 @@ class WebStore:
                 User.disabled_at.is_(None),
             )
         )
-        found = result.tuples().one_or_none()
+        found = result.one_or_none()
         return None if found is None else (found[0], found[1])
 
     async def end_session(self, token_hash: str) -> None:

@@ -1,0 +1,1668 @@
+// Lamplighter web chat. Plain ES2020, no dependencies, no build step.
+//
+// Safety rules this file keeps (the page runs under a strict Content-Security-Policy):
+// - the only string ever assigned to innerHTML is an answer's `html`, which the server has
+//   already rendered and sanitized; everything else (user text, titles, errors) is textContent;
+// - no HTML is built from strings: elements come from document.createElement.
+'use strict';
+
+(() => {
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+  const csrfToken = document.querySelector('meta[name="csrf-token"]')?.content ?? '';
+  const NARROW = window.matchMedia('(max-width: 719.98px)');
+  const MODEL_KEY = 'lamplighter.model';
+
+  // ---------------------------------------------------------------------------------------------
+  // Small DOM helpers
+
+  /** Create an element. attrs: class, text, testid, dataset, on<event>, booleans, plain attributes. */
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    if (attrs) {
+      for (const [key, value] of Object.entries(attrs)) {
+        if (value == null || value === false) continue;
+        if (key === 'class') el.className = value;
+        else if (key === 'text') el.textContent = value;
+        else if (key === 'testid') el.dataset.testid = value;
+        else if (key === 'dataset') Object.assign(el.dataset, value);
+        else if (key.startsWith('on') && typeof value === 'function') {
+          el.addEventListener(key.slice(2), value);
+        } else if (value === true) el.setAttribute(key, '');
+        else el.setAttribute(key, String(value));
+      }
+    }
+    for (const child of children.flat()) {
+      if (child == null || child === false) continue;
+      el.append(child instanceof Node ? child : String(child));
+    }
+    return el;
+  }
+
+  // Icons: 24x24 stroked paths, drawn for this app.
+  const ICONS = {
+    menu: ['M4 6h16', 'M4 12h16', 'M4 18h16'],
+    close: ['M18 6 6 18', 'M6 6l12 12'],
+    new: ['M12 4H6a2 2 0 0 0-2 2v12a2 2 0 0 0 2 2h12a2 2 0 0 0 2-2v-6',
+      'M17.5 3.5a2.1 2.1 0 0 1 3 3L13 14l-4 1 1-4z'],
+    search: [{ tag: 'circle', cx: 11, cy: 11, r: 7 }, 'M20 20l-3.5-3.5'],
+    send: ['M12 19V5', 'M5.5 11.5 12 5l6.5 6.5'],
+    stop: [{ tag: 'rect', x: 7, y: 7, width: 10, height: 10, rx: 1.5, fill: 'currentColor' }],
+    edit: ['M16.5 3.5a2.1 2.1 0 0 1 3 3L8 18l-4 1 1-4z', 'M14.5 5.5l3 3'],
+    regenerate: ['M20 11a8 8 0 0 0-14.3-4.9L4 8', 'M4 3.5V8h4.5',
+      'M4 13a8 8 0 0 0 14.3 4.9L20 16', 'M20 20.5V16h-4.5'],
+    copy: [{ tag: 'rect', x: 9, y: 9, width: 11, height: 11, rx: 2 },
+      'M15 9V6a2 2 0 0 0-2-2H6a2 2 0 0 0-2 2v7a2 2 0 0 0 2 2h3'],
+    check: ['M5 12.5l4.5 4.5L19 7.5'],
+    up: ['M7 10.5V20', 'M7 10.5 11 3a2 2 0 0 1 3 2.2L13.2 9H18.5a2 2 0 0 1 2 2.4l-1.3 6.9A2 2 0 0 1 17.2 20H4.8a1 1 0 0 1-1-1v-7.5a1 1 0 0 1 1-1z'],
+    down: ['M12 5v14', 'M5.5 12.5 12 19l6.5-6.5'],
+    left: ['M14.5 6 8.5 12l6 6'],
+    right: ['M9.5 6l6 6-6 6'],
+    trash: ['M4 7h16', 'M9.5 7V4.5h5V7', 'M6.5 7l1 12.5a1 1 0 0 0 1 .9h7a1 1 0 0 0 1-.9l1-12.5', 'M10 11v6', 'M14 11v6'],
+    logout: ['M9.5 20H6a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2h3.5', 'M15.5 16.5 20 12l-4.5-4.5', 'M20 12H9.5'],
+  };
+
+  function icon(name, extraClass) {
+    const svg = document.createElementNS(SVG_NS, 'svg');
+    svg.setAttribute('viewBox', '0 0 24 24');
+    svg.setAttribute('width', '18');
+    svg.setAttribute('height', '18');
+    svg.setAttribute('fill', 'none');
+    svg.setAttribute('stroke', 'currentColor');
+    svg.setAttribute('stroke-width', '2');
+    svg.setAttribute('stroke-linecap', 'round');
+    svg.setAttribute('stroke-linejoin', 'round');
+    svg.setAttribute('aria-hidden', 'true');
+    svg.setAttribute('focusable', 'false');
+    svg.setAttribute('class', extraClass ? `icon ${extraClass}` : 'icon');
+    let parts = ICONS[name] || [];
+    let parent = svg;
+    if (name === 'thumbs-up' || name === 'thumbs-down') {
+      parts = ICONS.up;
+      if (name === 'thumbs-down') {
+        parent = document.createElementNS(SVG_NS, 'g');
+        parent.setAttribute('transform', 'rotate(180 12 12)');
+        svg.append(parent);
+      }
+    }
+    for (const part of parts) {
+      let node;
+      if (typeof part === 'string') {
+        node = document.createElementNS(SVG_NS, 'path');
+        node.setAttribute('d', part);
+      } else {
+        node = document.createElementNS(SVG_NS, part.tag);
+        for (const [k, v] of Object.entries(part)) if (k !== 'tag') node.setAttribute(k, String(v));
+      }
+      parent.append(node);
+    }
+    return svg;
+  }
+
+  /** A small icon-only button with an accessible name and tooltip. */
+  function iconButton(name, label, attrs = {}) {
+    return h('button', { type: 'button', class: 'icon-btn', 'aria-label': label, title: label, ...attrs }, icon(name));
+  }
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  // ---------------------------------------------------------------------------------------------
+  // Elements from chat.html
+
+  const els = {
+    app: document.getElementById('app'),
+    sidebar: document.getElementById('sidebar'),
+    scrim: document.getElementById('scrim'),
+    menu: document.querySelector('[data-testid="menu"]'),
+    newChat: document.querySelector('[data-testid="new-chat"]'),
+    search: document.querySelector('[data-testid="search"]'),
+    convList: document.getElementById('conv-list'),
+    convEmpty: document.getElementById('conv-empty'),
+    plan: document.querySelector('[data-testid="plan"]'),
+    limits: document.querySelector('[data-testid="limits"]'),
+    title: document.getElementById('topbar-title'),
+    modelPicker: document.getElementById('model-picker'),
+    modelSelect: document.getElementById('model-select'),
+    modelName: document.getElementById('model-name'),
+    banner: document.getElementById('error-banner'),
+    bannerText: document.getElementById('error-text'),
+    bannerClose: document.getElementById('error-close'),
+    thread: document.getElementById('thread'),
+    welcome: document.getElementById('welcome'),
+    loading: document.getElementById('thread-loading'),
+    messages: document.getElementById('messages'),
+    scrollDown: document.getElementById('scroll-down'),
+    form: document.getElementById('composer-form'),
+    composer: document.querySelector('[data-testid="composer"]'),
+    send: document.querySelector('[data-testid="send"]'),
+    stop: document.querySelector('[data-testid="stop"]'),
+    dialog: document.getElementById('confirm-delete'),
+    dialogName: document.getElementById('confirm-name'),
+    announcer: document.getElementById('announcer'),
+  };
+
+  // ---------------------------------------------------------------------------------------------
+  // State
+
+  const state = {
+    me: null,
+    model: null,
+    conversations: [], // summaries, newest first
+    query: '',
+    listToken: 0,
+    conv: null, // the conversation shown (see newConv)
+    loadToken: 0,
+    stream: null, // the answer being streamed, if any (see startChat)
+    editing: null, // id of the user message being edited
+    ratingOpen: null, // id of the assistant message whose rating form is open
+    ratingThanks: null, // id of the message that just got "Thanks for the feedback"
+    notes: new Map(), // message id -> 'stopped' | 'lost' | 'error' (what this page saw happen)
+    renaming: null, // { id, draft } while a sidebar title is being edited
+    stick: true, // keep the thread scrolled to the bottom while streaming
+  };
+
+  // ---------------------------------------------------------------------------------------------
+  // API
+
+  class ApiError extends Error {
+    constructor(message, status, type, code) {
+      super(message);
+      this.status = status;
+      this.type = type;
+      this.code = code;
+    }
+  }
+
+  function goToLogin() {
+    window.location.assign('/login');
+  }
+
+  async function errorFromResponse(res) {
+    let message = '';
+    let type = null;
+    let code = null;
+    try {
+      const body = await res.json();
+      const err = body && body.error;
+      if (err && typeof err === 'object') {
+        message = typeof err.message === 'string' ? err.message : '';
+        type = err.type ?? null;
+        code = err.code ?? null;
+      } else if (typeof err === 'string') {
+        message = err;
+      } else if (body && typeof body.detail === 'string') {
+        message = body.detail;
+      }
+    } catch {
+      // not JSON
+    }
+    if (!message) {
+      if (res.status === 429) message = 'Too many requests. Please wait a moment and try again.';
+      else if (res.status >= 500) message = `The server had a problem (HTTP ${res.status}). Please try again.`;
+      else message = `Request failed (HTTP ${res.status}).`;
+    }
+    return new ApiError(message, res.status, type, code);
+  }
+
+  function jsonHeaders() {
+    return {
+      Accept: 'application/json',
+      'Content-Type': 'application/json',
+      'X-CSRF-Token': csrfToken,
+    };
+  }
+
+  async function api(method, url, body) {
+    const init = { method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
+    if (method !== 'GET') {
+      init.headers = jsonHeaders();
+      if (body !== undefined) init.body = JSON.stringify(body);
+    }
+    let res;
+    try {
+      res = await fetch(url, init);
+    } catch {
+      throw new ApiError('Could not reach the server. Check your connection and try again.', 0, 'network_error', null);
+    }
+    if (res.status === 401) {
+      goToLogin();
+      throw new ApiError('Your session has expired. Please log in again.', 401, 'authentication_error', null);
+    }
+    if (!res.ok) throw await errorFromResponse(res);
+    if (res.status === 204) return null;
+    const text = await res.text();
+    return text ? JSON.parse(text) : null;
+  }
+
+  const convUrl = (id) => `/api/conversations/${encodeURIComponent(id)}`;
+  const ratingUrl = (id) => `/api/messages/${encodeURIComponent(id)}/rating`;
+
+  // ---------------------------------------------------------------------------------------------
+  // Error banner and announcements
+
+  function showError(message) {
+    els.bannerText.textContent = message;
+    els.banner.hidden = false;
+  }
+
+  function hideError() {
+    els.banner.hidden = true;
+    els.bannerText.textContent = '';
+  }
+
+  function reportError(err) {
+    if (err instanceof ApiError && err.status === 401) return; // already leaving for /login
+    showError(err && err.message ? err.message : String(err));
+  }
+
+  function announce(text) {
+    els.announcer.textContent = '';
+    setTimeout(() => { els.announcer.textContent = text; }, 30);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Conversation tree
+
+  function newConv(data) {
+    const conv = {
+      id: data?.id ?? null,
+      title: data?.title ?? '',
+      currentLeafId: data?.current_leaf_id ?? null,
+      msgs: new Map(),
+      order: [],
+      kidIndex: null,
+      path: [],
+      pending: null,
+      loading: false,
+    };
+    for (const m of data?.messages ?? []) addMsg(conv, m);
+    conv.path = initialPath(conv);
+    return conv;
+  }
+
+  function addMsg(conv, m) {
+    if (!conv.msgs.has(m.id)) {
+      conv.order.push(m.id);
+      conv.kidIndex = null;
+    }
+    const old = conv.msgs.get(m.id);
+    if (old && (old.parent_id ?? null) !== (m.parent_id ?? null)) conv.kidIndex = null;
+    conv.msgs.set(m.id, { ...m });
+  }
+
+  function childrenOf(conv, parentId) {
+    if (!conv.kidIndex) {
+      conv.kidIndex = new Map();
+      for (const id of conv.order) {
+        const key = conv.msgs.get(id).parent_id ?? '';
+        if (!conv.kidIndex.has(key)) conv.kidIndex.set(key, []);
+        conv.kidIndex.get(key).push(id);
+      }
+    }
+    return conv.kidIndex.get(parentId ?? '') ?? [];
+  }
+
+  /** Ids from the root down to `id` (inclusive). */
+  function pathTo(conv, id) {
+    const path = [];
+    const seen = new Set();
+    let cur = id;
+    while (cur && conv.msgs.has(cur) && !seen.has(cur)) {
+      seen.add(cur);
+      path.push(cur);
+      cur = conv.msgs.get(cur).parent_id ?? null;
+    }
+    return path.reverse();
+  }
+
+  /** Ids below `id`, taking the newest child at each step (not including `id`). */
+  function newestDescent(conv, id) {
+    const path = [];
+    const seen = new Set([id]);
+    let cur = id;
+    for (;;) {
+      const kids = childrenOf(conv, cur);
+      if (!kids.length) break;
+      cur = kids[kids.length - 1];
+      if (seen.has(cur)) break;
+      seen.add(cur);
+      path.push(cur);
+    }
+    return path;
+  }
+
+  function branchThrough(conv, id) {
+    return pathTo(conv, id).concat(newestDescent(conv, id));
+  }
+
+  function initialPath(conv) {
+    if (conv.currentLeafId && conv.msgs.has(conv.currentLeafId)) return branchThrough(conv, conv.currentLeafId);
+    const roots = childrenOf(conv, null);
+    if (!roots.length) return [];
+    return branchThrough(conv, roots[roots.length - 1]);
+  }
+
+  const isShown = (conv) => state.conv === conv;
+  const leafOf = (conv) => (conv.path.length ? conv.path[conv.path.length - 1] : null);
+
+  // ---------------------------------------------------------------------------------------------
+  // Rendering: thread
+
+  function isStreamingMsg(conv, id) {
+    const s = state.stream;
+    return !!(s && s.conv === conv && s.assistantId === id);
+  }
+
+  /** Fill an answer body: sanitized HTML from the server, then any raw text that followed it. */
+  function fillAnswerBody(body, html, tail) {
+    if (html) {
+      body.innerHTML = html; // sanitized by the server: the one place innerHTML is used
+      enhanceAnswer(body);
+    } else {
+      body.replaceChildren();
+    }
+    if (tail) body.append(document.createTextNode(tail));
+  }
+
+  function enhanceAnswer(root) {
+    for (const pre of root.querySelectorAll('pre')) {
+      if (pre.parentElement && pre.parentElement.classList.contains('code-block')) continue;
+      const code = pre.querySelector('code');
+      let lang = '';
+      for (const cls of (code || pre).classList) {
+        if (cls.startsWith('language-')) lang = cls.slice('language-'.length);
+        else if (cls.startsWith('lang-')) lang = cls.slice('lang-'.length);
+      }
+      const label = h('span', { class: 'copy-label', text: 'Copy' });
+      const button = h('button', { type: 'button', class: 'copy-code', testid: 'copy-code', title: 'Copy code' },
+        icon('copy'), label);
+      button.addEventListener('click', async () => {
+        const ok = await copyText((code || pre).textContent);
+        label.textContent = ok ? 'Copied' : 'Copy failed';
+        button.classList.toggle('copied', ok);
+        clearTimeout(button._timer);
+        button._timer = setTimeout(() => {
+          label.textContent = 'Copy';
+          button.classList.remove('copied');
+        }, 2000);
+      });
+      const block = h('div', { class: 'code-block' },
+        h('div', { class: 'code-head' }, h('span', { class: 'code-lang', text: lang }), button));
+      pre.replaceWith(block);
+      block.append(pre);
+    }
+    for (const a of root.querySelectorAll('a[href]')) {
+      const href = a.getAttribute('href') || '';
+      if (!href.startsWith('#')) {
+        a.target = '_blank';
+        a.rel = 'noopener noreferrer nofollow';
+      }
+    }
+  }
+
+  async function copyText(text) {
+    try {
+      await navigator.clipboard.writeText(text);
+      return true;
+    } catch {
+      // Clipboard API missing (plain http) or refused: fall back to a hidden textarea.
+      const area = h('textarea', { class: 'clipboard-helper', readonly: true, 'aria-hidden': 'true', tabindex: '-1' });
+      area.value = text;
+      document.body.append(area);
+      area.select();
+      let ok = false;
+      try {
+        ok = document.execCommand('copy');
+      } catch {
+        ok = false;
+      }
+      area.remove();
+      return ok;
+    }
+  }
+
+  const NOTE_TEXT = { stopped: 'Stopped', lost: 'Connection lost', error: 'Error' };
+
+  function noteKindFor(m, streaming) {
+    if (streaming) return null;
+    const seen = state.notes.get(m.id);
+    if (seen) return seen;
+    if (m.status === 'cut') return 'stopped';
+    if (m.status === 'error') return 'error';
+    return null;
+  }
+
+  function buildNote(kind, detail, onRetry) {
+    const row = h('div', { class: `msg-status msg-status-${kind}` },
+      h('span', { class: 'message-note', testid: 'message-note', text: NOTE_TEXT[kind] }));
+    if (detail) row.append(h('span', { class: 'note-detail', text: detail }));
+    if (onRetry) {
+      row.append(h('button', {
+        type: 'button', class: 'btn btn-small', testid: 'retry', onclick: onRetry, disabled: !!state.stream,
+      }, icon('regenerate'), 'Retry'));
+    }
+    return row;
+  }
+
+  function buildBranchNav(conv, m) {
+    const siblings = childrenOf(conv, m.parent_id ?? null);
+    if (siblings.length < 2) return null;
+    const index = siblings.indexOf(m.id);
+    const busy = !!state.stream;
+    return h('div', { class: 'branch-nav', role: 'group', 'aria-label': 'Versions' },
+      h('button', {
+        type: 'button', class: 'icon-btn icon-btn-sm', testid: 'branch-prev', 'aria-label': 'Previous version',
+        title: 'Previous version', disabled: busy || index <= 0,
+        onclick: () => switchBranch(conv, siblings[index - 1], 'branch-prev'),
+      }, icon('left')),
+      h('span', { class: 'branch-label', testid: 'branch-label', text: `${index + 1} / ${siblings.length}` }),
+      h('button', {
+        type: 'button', class: 'icon-btn icon-btn-sm', testid: 'branch-next', 'aria-label': 'Next version',
+        title: 'Next version', disabled: busy || index >= siblings.length - 1,
+        onclick: () => switchBranch(conv, siblings[index + 1], 'branch-next'),
+      }, icon('right')));
+  }
+
+  function buildMessage(conv, m) {
+    const streaming = isStreamingMsg(conv, m.id);
+    const status = streaming ? 'in_progress' : (m.status || 'complete');
+    const article = h('article', {
+      class: `msg msg-${m.role}`, testid: 'message', 'data-role': m.role, 'data-id': m.id, 'data-status': status,
+      'aria-busy': streaming ? 'true' : null,
+      'aria-label': m.role === 'user' ? 'You said' : m.role === 'assistant' ? 'Lamplighter said' : 'System instructions',
+    });
+
+    if (m.role === 'system') {
+      const body = h('div', { class: 'message-body plain', testid: 'message-body', text: m.content });
+      article.append(h('details', { class: 'system-prompt' }, h('summary', { text: 'System instructions' }), body));
+      return article;
+    }
+
+    const content = h('div', { class: 'msg-content' });
+    article.append(content);
+
+    if (m.role === 'user' && state.editing === m.id) {
+      content.append(buildEditor(conv, m));
+      return article;
+    }
+
+    const body = h('div', { class: 'message-body', testid: 'message-body' });
+    if (m.role === 'assistant') {
+      if (streaming) {
+        fillAnswerBody(body, state.stream.html, state.stream.tail);
+        state.stream.bodyEl = body;
+      } else if (m._partial) {
+        fillAnswerBody(body, m._partial.html, m._partial.tail);
+      } else if (m.html != null) {
+        fillAnswerBody(body, m.html, '');
+      } else {
+        body.classList.add('plain');
+        body.textContent = m.content || '';
+      }
+    } else {
+      body.classList.add('plain');
+      body.textContent = m.content || '';
+    }
+    content.append(body);
+
+    const noteKind = noteKindFor(m, streaming);
+    if (noteKind) {
+      const retry = noteKind === 'lost' || noteKind === 'error'
+        ? () => startChat({ conv, parentId: m.parent_id ?? null, content: null, kind: 'regenerate' })
+        : null;
+      content.append(buildNote(noteKind, m._errorMessage || null, m.role === 'assistant' ? retry : null));
+    } else if (!streaming && m.role === 'assistant' && m.finish_reason === 'length') {
+      content.append(h('div', { class: 'msg-status msg-status-info', text: 'The answer reached its length limit.' }));
+    }
+
+    const actions = h('div', { class: 'msg-actions' });
+    const nav = buildBranchNav(conv, m);
+    if (nav) actions.append(nav);
+    const busy = !!state.stream;
+
+    if (m.role === 'user') {
+      actions.append(iconButton('copy', 'Copy message', {
+        testid: 'copy-message', onclick: (e) => flashCopied(e.currentTarget, m.content || ''),
+      }));
+      actions.append(iconButton('edit', 'Edit message', {
+        testid: 'edit', disabled: busy,
+        onclick: () => {
+          state.editing = m.id;
+          state.ratingOpen = null;
+          rerenderMessage(conv, m.id, 'edit-input');
+        },
+      }));
+    } else if (m.role === 'assistant' && !streaming) {
+      const rated = m.rating ? m.rating.rating : 0;
+      actions.append(
+        iconButton('copy', 'Copy answer', {
+          testid: 'copy-message', onclick: (e) => flashCopied(e.currentTarget, answerText(m)),
+        }),
+        iconButton('thumbs-up', 'Good answer', {
+          testid: 'thumbs-up', class: 'icon-btn thumb', 'aria-pressed': rated === 1 ? 'true' : 'false',
+          onclick: () => rate(conv, m.id, 1),
+        }),
+        iconButton('thumbs-down', 'Bad answer', {
+          testid: 'thumbs-down', class: 'icon-btn thumb', 'aria-pressed': rated === -1 ? 'true' : 'false',
+          onclick: () => rate(conv, m.id, -1),
+        }),
+        iconButton('regenerate', 'Regenerate answer', {
+          testid: 'regenerate', disabled: busy,
+          onclick: () => startChat({ conv, parentId: m.parent_id ?? null, content: null, kind: 'regenerate' }),
+        }),
+      );
+      if (m.model) actions.append(h('span', { class: 'msg-model', text: m.model }));
+    }
+    if (actions.childNodes.length) content.append(actions);
+
+    if (m.role === 'assistant' && !streaming) {
+      if (state.ratingOpen === m.id && m.rating) content.append(buildRatingForm(conv, m));
+      else if (state.ratingThanks === m.id) content.append(h('p', { class: 'rating-thanks', text: 'Thanks for your feedback!' }));
+    }
+    return article;
+  }
+
+  function answerText(m) {
+    if (m.content) return m.content;
+    if (m._partial) return m._partial.tail || '';
+    return '';
+  }
+
+  async function flashCopied(button, text) {
+    const ok = await copyText(text);
+    button.classList.toggle('copied', ok);
+    button.replaceChildren(icon(ok ? 'check' : 'copy'));
+    const label = ok ? 'Copied' : 'Copy failed';
+    button.setAttribute('title', label);
+    announce(label);
+    setTimeout(() => {
+      button.classList.remove('copied');
+      button.replaceChildren(icon('copy'));
+      button.setAttribute('title', button.getAttribute('aria-label') || 'Copy');
+    }, 1600);
+  }
+
+  function buildPending(conv) {
+    const p = conv.pending;
+    const nodes = [];
+    if (p.content != null) {
+      nodes.push(h('article', {
+        class: 'msg msg-user pending', testid: 'message', 'data-role': 'user', 'data-id': '',
+        'data-status': p.lost ? 'complete' : 'in_progress',
+      }, h('div', { class: 'msg-content' }, h('div', { class: 'message-body plain', testid: 'message-body', text: p.content }))));
+    }
+    const content = h('div', { class: 'msg-content' }, h('div', { class: 'message-body', testid: 'message-body' }));
+    if (p.lost) {
+      content.append(buildNote('lost', null, () => startChat({
+        conv, parentId: p.parentId, content: p.content, kind: p.kind,
+      })));
+    }
+    nodes.push(h('article', {
+      class: 'msg msg-assistant pending', testid: 'message', 'data-role': 'assistant', 'data-id': '',
+      'data-status': p.lost ? 'cut' : 'in_progress', 'aria-busy': p.lost ? null : 'true',
+    }, content));
+    return nodes;
+  }
+
+  function buildEditor(conv, m) {
+    const area = h('textarea', { class: 'edit-input', testid: 'edit-input', rows: '1', 'aria-label': 'Edit message' });
+    area.value = m.content || '';
+    const save = h('button', { type: 'submit', class: 'btn btn-primary btn-small', testid: 'edit-save', disabled: !!state.stream }, 'Send');
+    const cancel = h('button', { type: 'button', class: 'btn btn-ghost btn-small', testid: 'edit-cancel' }, 'Cancel');
+    const form = h('form', { class: 'editor' }, area, h('div', { class: 'editor-actions' }, cancel, save));
+    const doCancel = () => {
+      state.editing = null;
+      rerenderMessage(conv, m.id, 'edit');
+    };
+    const doSave = () => {
+      const text = area.value;
+      if (!text.trim() || state.stream) return;
+      state.editing = null;
+      startChat({ conv, parentId: m.parent_id ?? null, content: text, kind: 'edit' });
+    };
+    form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      doSave();
+    });
+    cancel.addEventListener('click', doCancel);
+    area.addEventListener('input', () => {
+      autogrow(area, 320);
+      save.disabled = !area.value.trim() || !!state.stream;
+    });
+    area.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        doSave();
+      } else if (e.key === 'Escape') {
+        e.preventDefault();
+        doCancel();
+      }
+    });
+    return form;
+  }
+
+  function buildRatingForm(conv, m) {
+    const rating = m.rating;
+    const reasons = (state.me && Array.isArray(state.me.rating_reasons)) ? state.me.rating_reasons : [];
+    const chosen = new Set(rating.reasons || []);
+    const formId = `rating-${m.id}`;
+    const boxes = reasons.map((r) => h('label', { class: 'reason-chip' },
+      h('input', { type: 'checkbox', testid: 'rating-reason', value: r.id, name: 'reason', checked: chosen.has(r.id) }),
+      h('span', { text: r.label })));
+    const comment = h('textarea', {
+      class: 'rating-comment', testid: 'rating-comment', rows: '2', id: `${formId}-comment`,
+      placeholder: 'Anything else? (optional)', maxlength: '2000',
+    });
+    comment.value = rating.comment || '';
+    const close = iconButton('close', 'Close feedback form', { class: 'icon-btn icon-btn-sm rating-close' });
+    const form = h('form', { class: 'rating-form', testid: 'rating-form', 'aria-labelledby': `${formId}-title` },
+      h('div', { class: 'rating-head' },
+        h('p', { class: 'rating-title', id: `${formId}-title`, text: rating.rating === 1 ? 'What did you like about this answer?' : 'What was wrong with this answer?' }),
+        close),
+      boxes.length ? h('div', { class: 'reasons', role: 'group', 'aria-label': 'Reasons' }, boxes) : null,
+      h('label', { class: 'sr-only', for: `${formId}-comment`, text: 'Comment' }),
+      comment,
+      h('div', { class: 'rating-actions' },
+        h('button', { type: 'submit', class: 'btn btn-primary btn-small', testid: 'rating-save' }, 'Submit')));
+    close.addEventListener('click', () => {
+      state.ratingOpen = null;
+      rerenderMessage(conv, m.id, m.rating && m.rating.rating === -1 ? 'thumbs-down' : 'thumbs-up');
+    });
+    form.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape') {
+        e.preventDefault();
+        close.click();
+      }
+    });
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const picked = [...form.querySelectorAll('input[type="checkbox"]:checked')].map((b) => b.value);
+      const text = comment.value.trim();
+      const submit = form.querySelector('[data-testid="rating-save"]');
+      submit.disabled = true;
+      try {
+        const saved = await api('PUT', ratingUrl(m.id), { rating: rating.rating, reasons: picked, comment: text || null });
+        const msg = conv.msgs.get(m.id);
+        if (msg) msg.rating = normaliseRating(saved, { rating: rating.rating, reasons: picked, comment: text || null });
+        state.ratingOpen = null;
+        state.ratingThanks = m.id;
+        rerenderMessage(conv, m.id, rating.rating === 1 ? 'thumbs-up' : 'thumbs-down');
+        announce('Thanks for your feedback');
+        setTimeout(() => {
+          if (state.ratingThanks === m.id) {
+            state.ratingThanks = null;
+            if (isShown(conv)) rerenderMessage(conv, m.id);
+          }
+        }, 3000);
+      } catch (err) {
+        submit.disabled = false;
+        reportError(err);
+      }
+    });
+    return form;
+  }
+
+  function normaliseRating(saved, fallback) {
+    if (saved && typeof saved === 'object' && (saved.rating === 1 || saved.rating === -1)) {
+      return { rating: saved.rating, reasons: saved.reasons || [], comment: saved.comment ?? null };
+    }
+    return fallback;
+  }
+
+  async function rate(conv, id, value) {
+    const m = conv.msgs.get(id);
+    if (!m) return;
+    const focusId = value === 1 ? 'thumbs-up' : 'thumbs-down';
+    const before = m.rating || null;
+    try {
+      if (before && before.rating === value) {
+        await api('DELETE', ratingUrl(id));
+        m.rating = null;
+        if (state.ratingOpen === id) state.ratingOpen = null;
+      } else {
+        const body = { rating: value, reasons: [], comment: null };
+        const saved = await api('PUT', ratingUrl(id), body);
+        m.rating = normaliseRating(saved, body);
+        state.ratingOpen = id;
+        state.ratingThanks = null;
+      }
+    } catch (err) {
+      reportError(err);
+    }
+    if (isShown(conv)) rerenderMessage(conv, id, focusId);
+  }
+
+  /** Replace one message's element in place, keeping focus on the control with `focusTestId`. */
+  function rerenderMessage(conv, id, focusTestId) {
+    if (!isShown(conv)) return;
+    const old = els.messages.querySelector(`[data-testid="message"][data-id="${CSS.escape(id)}"]`);
+    const m = conv.msgs.get(id);
+    if (!old || !m) {
+      renderThread();
+      return;
+    }
+    const fresh = buildMessage(conv, m);
+    old.replaceWith(fresh);
+    if (focusTestId) {
+      const target = fresh.querySelector(`[data-testid="${focusTestId}"]`);
+      if (target && !target.disabled) {
+        target.focus();
+        if (target instanceof HTMLTextAreaElement) {
+          autogrow(target, 320);
+          target.setSelectionRange(target.value.length, target.value.length);
+        }
+      }
+    }
+  }
+
+  function renderThread() {
+    const conv = state.conv;
+    if (!conv) return;
+    const nodes = [];
+    for (const id of conv.path) {
+      const m = conv.msgs.get(id);
+      if (m) nodes.push(buildMessage(conv, m));
+    }
+    if (conv.pending) nodes.push(...buildPending(conv));
+    els.messages.replaceChildren(...nodes);
+    els.loading.hidden = !conv.loading;
+    els.welcome.hidden = conv.loading || nodes.length > 0;
+    els.app.classList.toggle('is-empty', !conv.loading && nodes.length === 0);
+    renderTitle();
+    updateComposer();
+    updateScrollButton();
+  }
+
+  function renderTitle() {
+    const conv = state.conv;
+    const title = conv && conv.id ? (conv.title || 'Untitled chat') : 'New chat';
+    els.title.textContent = conv && conv.loading ? '' : title;
+    document.title = conv && conv.id && conv.title ? `${conv.title} · Lamplighter` : 'Lamplighter';
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Scrolling
+
+  function nearBottom() {
+    const t = els.thread;
+    return t.scrollHeight - t.scrollTop - t.clientHeight < 80;
+  }
+
+  function scrollToBottom(force) {
+    if (force) state.stick = true;
+    if (!state.stick) return;
+    els.thread.scrollTop = els.thread.scrollHeight;
+    updateScrollButton();
+  }
+
+  function updateScrollButton() {
+    els.scrollDown.hidden = nearBottom();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Branches
+
+  async function switchBranch(conv, id, focusTestId) {
+    if (state.stream || !conv.msgs.has(id)) return;
+    conv.path = branchThrough(conv, id);
+    conv.currentLeafId = leafOf(conv);
+    state.editing = null;
+    state.ratingOpen = null;
+    const scrollTop = els.thread.scrollTop;
+    renderThread();
+    els.thread.scrollTop = scrollTop;
+    const el = els.messages.querySelector(`[data-testid="message"][data-id="${CSS.escape(id)}"]`);
+    if (el) {
+      let target = el.querySelector(`[data-testid="${focusTestId}"]`);
+      if (!target || target.disabled) {
+        target = el.querySelector(`[data-testid="${focusTestId === 'branch-next' ? 'branch-prev' : 'branch-next'}"]`);
+      }
+      if (target && !target.disabled) target.focus();
+    }
+    if (conv.id && conv.currentLeafId) {
+      try {
+        await api('PATCH', convUrl(conv.id), { current_leaf_id: conv.currentLeafId });
+      } catch (err) {
+        reportError(err);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Streaming
+
+  /** Parse a text/event-stream body into {event, data} objects. */
+  async function* sseEvents(response) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = '';
+    const boundary = /\r\n\r\n|\n\n|\r\r/;
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let match;
+        while ((match = boundary.exec(buffer))) {
+          const block = buffer.slice(0, match.index);
+          buffer = buffer.slice(match.index + match[0].length);
+          const event = parseSseBlock(block);
+          if (event) yield event;
+        }
+      }
+    } finally {
+      try {
+        reader.releaseLock();
+      } catch {
+        // already released
+      }
+    }
+  }
+
+  function parseSseBlock(block) {
+    let event = 'message';
+    const data = [];
+    for (const line of block.split(/\r\n|\r|\n/)) {
+      if (!line || line.startsWith(':')) continue;
+      const colon = line.indexOf(':');
+      const field = colon === -1 ? line : line.slice(0, colon);
+      let value = colon === -1 ? '' : line.slice(colon + 1);
+      if (value.startsWith(' ')) value = value.slice(1);
+      if (field === 'event') event = value;
+      else if (field === 'data') data.push(value);
+    }
+    if (!data.length) return null;
+    return { event, data: data.join('\n') };
+  }
+
+  function setStreaming(on) {
+    document.body.dataset.streaming = on ? 'true' : 'false';
+    const stopHadFocus = document.activeElement === els.stop;
+    els.stop.hidden = !on;
+    els.send.hidden = on;
+    if (!on && stopHadFocus) els.composer.focus();
+    updateComposer();
+  }
+
+  function updateComposer() {
+    const conv = state.conv;
+    const blocked = !!state.stream || !conv || conv.loading;
+    els.send.disabled = blocked || !els.composer.value.trim();
+  }
+
+  /**
+   * Ask for an answer. kind: 'new' (a new user message under parentId), 'edit' (a new user message
+   * that is a sibling of an earlier one: parentId is that message's parent), 'regenerate'
+   * (content null: a new answer under the user message parentId).
+   */
+  async function startChat({ conv, parentId, content, kind }) {
+    if (state.stream) return;
+    hideError();
+    const request = { conversation_id: conv.id, parent_id: parentId ?? null, content: content ?? null, model: state.model || null };
+    const s = {
+      conv, kind, request, controller: new AbortController(),
+      assistantId: null, html: '', tail: '', bodyEl: null,
+      gotStart: false, gotDone: false, stopped: false, error: null,
+      prevPath: conv.path.slice(),
+    };
+    state.stream = s;
+    state.editing = null;
+    state.ratingOpen = null;
+    conv.path = parentId ? pathTo(conv, parentId) : [];
+    conv.pending = {
+      content: content ?? null, parentId: parentId ?? null, kind, lost: false,
+      siblingsBefore: childrenOf(conv, parentId ?? null).length,
+    };
+    setStreaming(true);
+    if (isShown(conv)) {
+      renderThread();
+      scrollToBottom(true);
+    }
+
+    let outcome = 'lost';
+    let httpError = null;
+    try {
+      const res = await fetch('/api/chat', {
+        method: 'POST',
+        credentials: 'same-origin',
+        headers: { ...jsonHeaders(), Accept: 'text/event-stream' },
+        body: JSON.stringify(request),
+        signal: s.controller.signal,
+      });
+      if (!res.ok) {
+        httpError = res.status === 401 ? null : await errorFromResponse(res);
+        if (res.status === 401) goToLogin();
+        outcome = 'http-error';
+      } else if (!(res.headers.get('content-type') || '').includes('text/event-stream')) {
+        // A JSON answer where a stream was expected: treat an {error} body as an error.
+        httpError = await errorFromResponse(res);
+        outcome = 'http-error';
+      } else {
+        for await (const ev of sseEvents(res)) {
+          handleEvent(s, ev);
+        }
+        outcome = s.gotDone ? 'done' : s.error ? 'error' : 'lost';
+      }
+    } catch (err) {
+      outcome = s.gotDone ? 'done' : s.stopped ? 'stopped' : s.error ? 'error' : 'lost';
+      if (outcome === 'lost' && !(err instanceof TypeError) && err && err.name !== 'AbortError') {
+        console.error(err); // a bug in this page, not the network
+      }
+    }
+    finishStream(s, outcome, httpError);
+  }
+
+  function parseData(ev) {
+    try {
+      return JSON.parse(ev.data);
+    } catch {
+      return null;
+    }
+  }
+
+  function handleEvent(s, ev) {
+    const data = parseData(ev);
+    if (!data) return;
+    const conv = s.conv;
+    switch (ev.event) {
+      case 'start': {
+        const wasNew = !conv.id;
+        if (data.conversation_id) conv.id = data.conversation_id;
+        if (typeof data.title === 'string' && data.title) conv.title = data.title;
+        if (data.user_message) addMsg(conv, data.user_message);
+        if (!data.message) break;
+        addMsg(conv, data.message);
+        const m = conv.msgs.get(data.message.id);
+        m.content = m.content || '';
+        // Usually empty; if the answer already has text, later deltas continue it.
+        s.html = m.content && typeof m.html === 'string' ? m.html : '';
+        s.tail = m.content && !s.html ? m.content : '';
+        s.assistantId = m.id;
+        s.gotStart = true;
+        conv.pending = null;
+        conv.path = pathTo(conv, m.id);
+        conv.currentLeafId = m.id;
+        touchConversation(conv, wasNew);
+        if (isShown(conv)) {
+          if (wasNew) history.pushState({}, '', `/c/${encodeURIComponent(conv.id)}`);
+          renderThread();
+          scrollToBottom();
+          highlightCurrent();
+        }
+        break;
+      }
+      case 'delta': {
+        const text = typeof data.text === 'string' ? data.text : '';
+        if (!text || !s.assistantId) break;
+        const m = conv.msgs.get(s.assistantId);
+        if (m) m.content = (m.content || '') + text;
+        s.tail += text;
+        if (s.bodyEl && s.bodyEl.isConnected) {
+          s.bodyEl.append(document.createTextNode(text));
+          scrollToBottom();
+        }
+        break;
+      }
+      case 'html': {
+        if (typeof data.html !== 'string' || !s.assistantId) break;
+        s.html = data.html;
+        s.tail = '';
+        if (s.bodyEl && s.bodyEl.isConnected) {
+          fillAnswerBody(s.bodyEl, s.html, '');
+          scrollToBottom();
+        }
+        break;
+      }
+      case 'done': {
+        if (data.message && data.message.id) {
+          const prev = conv.msgs.get(data.message.id);
+          addMsg(conv, { rating: prev ? prev.rating : null, ...data.message });
+          if (!s.assistantId) s.assistantId = data.message.id;
+        }
+        s.gotDone = true;
+        break;
+      }
+      case 'error': {
+        const err = data.error || data;
+        s.error = { message: (err && typeof err.message === 'string' && err.message) || 'The answer could not be completed.' };
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  function finishStream(s, outcome, httpError) {
+    const conv = s.conv;
+    const m = s.assistantId ? conv.msgs.get(s.assistantId) : null;
+    const partial = { html: s.html, tail: s.tail };
+    state.stream = null;
+
+    if (outcome === 'http-error') {
+      conv.pending = null;
+      if (httpError) showError(httpError.message);
+      conv.path = s.prevPath.filter((id) => conv.msgs.has(id));
+      if (isShown(conv)) {
+        if ((s.kind === 'new') && s.request.content && !els.composer.value) {
+          els.composer.value = s.request.content;
+          autogrow(els.composer, 200);
+        }
+      }
+    } else if (!m) {
+      // Ended before `start`: nothing of the answer is known.
+      if (outcome === 'stopped') {
+        conv.pending = null;
+        conv.path = s.prevPath.filter((id) => conv.msgs.has(id));
+        if (isShown(conv) && s.kind === 'new' && s.request.content && !els.composer.value) {
+          els.composer.value = s.request.content;
+          autogrow(els.composer, 200);
+        }
+      } else if (outcome === 'error') {
+        conv.pending = null;
+        conv.path = s.prevPath.filter((id) => conv.msgs.has(id));
+        showError(s.error.message);
+      } else if (conv.pending) {
+        conv.pending.lost = true;
+      }
+    } else if (outcome === 'done') {
+      state.notes.delete(m.id);
+      if (m.status === 'error') state.notes.set(m.id, 'error');
+      announce('Answer complete');
+    } else {
+      // Stopped, failed or cut off: keep what arrived.
+      m._partial = partial;
+      if (outcome === 'stopped') {
+        m.status = 'cut';
+        state.notes.set(m.id, 'stopped');
+      } else if (outcome === 'error') {
+        m.status = 'error';
+        m._errorMessage = s.error.message;
+        state.notes.set(m.id, 'error');
+        showError(s.error.message);
+      } else {
+        m.status = 'cut';
+        state.notes.set(m.id, 'lost');
+      }
+    }
+
+    setStreaming(false);
+    if (isShown(conv)) {
+      renderThread();
+      scrollToBottom();
+    }
+
+    if (m && outcome !== 'lost' && isShown(conv) && leafOf(conv) === m.id && conv.id) {
+      // Remember the branch shown (the server does this too; this makes it certain).
+      api('PATCH', convUrl(conv.id), { current_leaf_id: m.id }).catch(() => {});
+    }
+    if (outcome === 'stopped' || (outcome === 'lost' && !m) || outcome === 'error') {
+      if (conv.id) syncConversation(conv, 4);
+    }
+    refreshMe();
+    refreshConversations();
+    if (outcome === 'stopped' && !conv.id) setTimeout(refreshConversations, 1200);
+  }
+
+  /** Re-read a conversation from the server after a stop or failure (ids, stored status). */
+  async function syncConversation(conv, tries) {
+    for (let attempt = 0; attempt < tries; attempt++) {
+      await sleep(attempt === 0 ? 400 : 900 * attempt);
+      if (state.stream && state.stream.conv === conv) return;
+      let data;
+      try {
+        data = await api('GET', convUrl(conv.id));
+      } catch {
+        return;
+      }
+      if (state.stream && state.stream.conv === conv) return;
+      let unsettled = false;
+      const seenLeaf = leafOf(conv);
+      for (const sm of data.messages || []) {
+        const local = conv.msgs.get(sm.id);
+        if (local && local._partial && sm.status === 'in_progress') {
+          unsettled = true; // the server has not written the cut answer yet
+          continue;
+        }
+        if (local && local._errorMessage && sm.status === 'error') sm._errorMessage = local._errorMessage;
+        addMsg(conv, sm);
+      }
+      if (typeof data.title === 'string') conv.title = data.title;
+      if (conv.pending && conv.pending.lost) {
+        // The server did store the exchange after all: show it instead of the placeholder.
+        const under = childrenOf(conv, conv.pending.parentId);
+        if (under.length > conv.pending.siblingsBefore) {
+          conv.pending = null;
+          conv.path = branchThrough(conv, under[under.length - 1]);
+        }
+      } else if (seenLeaf && conv.msgs.has(seenLeaf)) {
+        conv.path = branchThrough(conv, seenLeaf);
+      } else {
+        conv.path = initialPath(conv);
+      }
+      if (isShown(conv) && !state.editing && !state.ratingOpen) renderThread();
+      if (!unsettled) return;
+    }
+  }
+
+  function stopStreaming() {
+    const s = state.stream;
+    if (!s) return;
+    s.stopped = true;
+    s.controller.abort();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Sidebar
+
+  function touchConversation(conv, isNew) {
+    const now = new Date().toISOString();
+    const idx = state.conversations.findIndex((c) => c.id === conv.id);
+    let summary;
+    if (idx >= 0) {
+      summary = state.conversations.splice(idx, 1)[0];
+      summary.updated_at = now;
+      if (conv.title) summary.title = conv.title;
+    } else {
+      summary = { id: conv.id, title: conv.title, created_at: now, updated_at: now };
+    }
+    if (idx >= 0 || isNew || !state.query) state.conversations.unshift(summary);
+    renderSidebar();
+  }
+
+  function dayGroup(iso) {
+    const t = Date.parse(iso || '');
+    if (Number.isNaN(t)) return 'Older';
+    const startOfToday = new Date();
+    startOfToday.setHours(0, 0, 0, 0);
+    const day = 86400000;
+    if (t >= startOfToday.getTime()) return 'Today';
+    if (t >= startOfToday.getTime() - day) return 'Yesterday';
+    if (t >= startOfToday.getTime() - 7 * day) return 'Previous 7 days';
+    if (t >= startOfToday.getTime() - 30 * day) return 'Previous 30 days';
+    return 'Older';
+  }
+
+  function renderSidebar() {
+    const items = [];
+    let lastGroup = null;
+    for (const c of state.conversations) {
+      const group = state.query ? 'Results' : dayGroup(c.updated_at || c.created_at);
+      if (group !== lastGroup) {
+        items.push(h('li', { class: 'conv-group', role: 'presentation', text: group }));
+        lastGroup = group;
+      }
+      items.push(buildConvItem(c));
+    }
+    els.convList.replaceChildren(...items);
+    if (!state.conversations.length) {
+      els.convEmpty.textContent = state.query ? 'No chats match your search.' : 'Your chats will appear here.';
+      els.convEmpty.hidden = false;
+    } else {
+      els.convEmpty.hidden = true;
+    }
+    const input = els.convList.querySelector('[data-testid="rename-input"]');
+    if (input && document.activeElement !== input) {
+      input.focus();
+      if (!state.renaming.touched) input.select();
+    }
+  }
+
+  function buildConvItem(c) {
+    const current = state.conv && state.conv.id === c.id;
+    const title = c.title || 'Untitled chat';
+    const li = h('li', {
+      class: 'conv-item', testid: 'conversation-item', 'data-id': c.id, 'aria-current': current ? 'page' : null,
+    });
+    if (state.renaming && state.renaming.id === c.id) {
+      li.classList.add('renaming');
+      const input = h('input', {
+        type: 'text', class: 'rename-input', testid: 'rename-input', 'aria-label': 'Chat title', maxlength: '200',
+      });
+      input.value = state.renaming.draft;
+      let finished = false;
+      const finish = (save) => {
+        if (finished) return;
+        finished = true;
+        const value = input.value.trim();
+        state.renaming = null;
+        if (save && value && value !== (c.title || '')) renameConversation(c.id, value);
+        else renderSidebar();
+        const again = els.convList.querySelector(`[data-id="${CSS.escape(c.id)}"] [data-testid="rename"]`);
+        if (again) again.focus();
+      };
+      input.addEventListener('input', () => {
+        if (state.renaming) {
+          state.renaming.draft = input.value;
+          state.renaming.touched = true;
+        }
+      });
+      input.addEventListener('keydown', (e) => {
+        if (e.key === 'Enter' && !e.isComposing) {
+          e.preventDefault();
+          finish(true);
+        } else if (e.key === 'Escape') {
+          e.preventDefault();
+          e.stopPropagation();
+          finish(false);
+        }
+      });
+      input.addEventListener('blur', () => {
+        // Leaving the field saves, as in most editors; a re-render (which also blurs) does not.
+        setTimeout(() => {
+          if (!finished && input.isConnected && document.activeElement !== input) finish(true);
+        }, 0);
+      });
+      li.append(input);
+      return li;
+    }
+    const link = h('a', { class: 'conv-link', href: `/c/${encodeURIComponent(c.id)}`, title },
+      h('span', { class: 'conversation-title', testid: 'conversation-title', text: title }));
+    link.addEventListener('click', (e) => {
+      if (e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+      e.preventDefault();
+      if (!(state.conv && state.conv.id === c.id)) openConversation(c.id, { push: true });
+      closeSidebar();
+    });
+    const actions = h('div', { class: 'conv-actions' },
+      iconButton('edit', 'Rename', {
+        testid: 'rename', class: 'icon-btn icon-btn-sm',
+        onclick: () => {
+          state.renaming = { id: c.id, draft: c.title || '', touched: false };
+          renderSidebar();
+        },
+      }),
+      iconButton('trash', 'Delete', {
+        testid: 'delete', class: 'icon-btn icon-btn-sm danger',
+        onclick: () => confirmDelete(c),
+      }));
+    li.append(link, actions);
+    return li;
+  }
+
+  function highlightCurrent() {
+    const id = state.conv && state.conv.id;
+    for (const li of els.convList.querySelectorAll('[data-testid="conversation-item"]')) {
+      if (id && li.dataset.id === id) li.setAttribute('aria-current', 'page');
+      else li.removeAttribute('aria-current');
+    }
+  }
+
+  async function refreshConversations() {
+    const token = ++state.listToken;
+    const q = state.query;
+    try {
+      const data = await api('GET', q ? `/api/conversations?q=${encodeURIComponent(q)}` : '/api/conversations');
+      if (token !== state.listToken) return;
+      state.conversations = Array.isArray(data && data.data) ? data.data : [];
+      renderSidebar();
+    } catch (err) {
+      if (token === state.listToken) reportError(err);
+    }
+  }
+
+  async function renameConversation(id, title) {
+    const summary = state.conversations.find((c) => c.id === id);
+    const before = summary ? summary.title : null;
+    if (summary) summary.title = title;
+    if (state.conv && state.conv.id === id) {
+      state.conv.title = title;
+      renderTitle();
+    }
+    renderSidebar();
+    try {
+      const saved = await api('PATCH', convUrl(id), { title });
+      if (saved && typeof saved.title === 'string') {
+        if (summary) summary.title = saved.title;
+        if (state.conv && state.conv.id === id) {
+          state.conv.title = saved.title;
+          renderTitle();
+        }
+        renderSidebar();
+      }
+    } catch (err) {
+      if (summary) summary.title = before;
+      if (state.conv && state.conv.id === id) {
+        state.conv.title = before || '';
+        renderTitle();
+      }
+      renderSidebar();
+      reportError(err);
+    }
+  }
+
+  function confirmDelete(c) {
+    els.dialogName.textContent = c.title || 'this chat';
+    els.dialog.returnValue = '';
+    els.dialog._target = c.id;
+    els.dialog.showModal();
+    const cancel = els.dialog.querySelector('[value="cancel"]');
+    if (cancel) cancel.focus();
+  }
+
+  async function deleteConversation(id) {
+    try {
+      await api('DELETE', convUrl(id));
+    } catch (err) {
+      reportError(err);
+      return;
+    }
+    state.conversations = state.conversations.filter((c) => c.id !== id);
+    if (state.renaming && state.renaming.id === id) state.renaming = null;
+    renderSidebar();
+    if (state.stream && state.stream.conv.id === id) stopStreaming();
+    if (state.conv && state.conv.id === id) {
+      showNewChat({ push: true });
+    }
+    announce('Chat deleted');
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Account: plan, limits, models
+
+  function compact(n) {
+    if (typeof n !== 'number' || !Number.isFinite(n)) return '—';
+    const abs = Math.abs(n);
+    const fmt = (x) => String(Math.round(x * 10) / 10);
+    if (abs >= 1e9) return `${fmt(n / 1e9)}B`;
+    if (abs >= 1e6) return `${fmt(n / 1e6)}M`;
+    if (abs >= 1e4) return `${fmt(n / 1e3)}K`;
+    return n.toLocaleString('en-US');
+  }
+
+  function renderAccount() {
+    const me = state.me;
+    if (!me) return;
+    if (typeof me.plan === 'string') els.plan.textContent = me.plan;
+    const limits = me.limits || {};
+    const parts = [];
+    const details = [];
+    const rpm = limits.requests_per_minute;
+    if (rpm && typeof rpm.limit === 'number') {
+      parts.push(`${rpm.remaining ?? rpm.limit}/${rpm.limit} requests this minute`);
+      details.push(`Requests: ${rpm.remaining ?? rpm.limit} of ${rpm.limit} left this minute`);
+    }
+    const tpm = limits.tokens_per_minute;
+    if (tpm && typeof tpm.limit === 'number') {
+      details.push(`Tokens: ${compact(tpm.remaining ?? tpm.limit)} of ${compact(tpm.limit)} left this minute`);
+    }
+    const tpd = limits.tokens_per_day;
+    if (tpd && typeof tpd.limit === 'number') {
+      parts.push(`${compact(tpd.remaining ?? tpd.limit)} tokens left today`);
+      details.push(`Tokens: ${compact(tpd.remaining ?? tpd.limit)} of ${compact(tpd.limit)} left today`);
+    }
+    const cs = limits.concurrent_streams;
+    if (cs && typeof cs.limit === 'number') details.push(`Up to ${cs.limit} answer${cs.limit === 1 ? '' : 's'} at a time`);
+    els.limits.textContent = parts.join(' · ');
+    els.limits.title = details.join('\n');
+
+    const models = Array.isArray(me.models) ? me.models : [];
+    const stored = safeStorageGet(MODEL_KEY);
+    let chosen = state.model;
+    if (!chosen || !models.includes(chosen)) chosen = stored && models.includes(stored) ? stored : (me.default_model || models[0] || null);
+    state.model = chosen;
+    if (models.length > 1) {
+      const current = [...els.modelSelect.options].map((o) => o.value).join('\n');
+      if (current !== models.join('\n')) {
+        els.modelSelect.replaceChildren(...models.map((name) => h('option', { value: name, text: name })));
+      }
+      els.modelSelect.value = chosen;
+      els.modelPicker.hidden = false;
+      els.modelName.hidden = true;
+    } else {
+      els.modelPicker.hidden = true;
+      els.modelName.textContent = chosen || '';
+      els.modelName.hidden = !chosen;
+    }
+  }
+
+  function safeStorageGet(key) {
+    try {
+      return window.localStorage.getItem(key);
+    } catch {
+      return null;
+    }
+  }
+
+  function safeStorageSet(key, value) {
+    try {
+      window.localStorage.setItem(key, value);
+    } catch {
+      // storage disabled
+    }
+  }
+
+  async function refreshMe() {
+    try {
+      state.me = await api('GET', '/api/me');
+      renderAccount();
+    } catch (err) {
+      reportError(err);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Navigation
+
+  function showNewChat({ push = false, replace = false } = {}) {
+    if (push && location.pathname !== '/') history.pushState({}, '', '/');
+    if (replace) history.replaceState({}, '', '/');
+    state.loadToken++;
+    state.editing = null;
+    state.ratingOpen = null;
+    state.conv = newConv(null);
+    renderThread();
+    highlightCurrent();
+    if (!NARROW.matches) els.composer.focus();
+  }
+
+  async function openConversation(id, { push = false } = {}) {
+    if (push) history.pushState({}, '', `/c/${encodeURIComponent(id)}`);
+    state.editing = null;
+    state.ratingOpen = null;
+    const token = ++state.loadToken;
+    if (state.stream && state.stream.conv.id === id) {
+      state.conv = state.stream.conv;
+      renderThread();
+      highlightCurrent();
+      scrollToBottom(true);
+      return;
+    }
+    const placeholder = newConv({ id });
+    placeholder.loading = true;
+    state.conv = placeholder;
+    renderThread();
+    highlightCurrent();
+    try {
+      const data = await api('GET', convUrl(id));
+      if (token !== state.loadToken) return;
+      state.conv = newConv(data);
+      renderThread();
+      highlightCurrent();
+      scrollToBottom(true);
+    } catch (err) {
+      if (token !== state.loadToken) return;
+      if (err instanceof ApiError && (err.status === 404 || err.status === 422 || err.status === 400)) {
+        showError('That chat does not exist or was deleted.');
+        showNewChat({ replace: true });
+      } else {
+        placeholder.loading = false;
+        renderThread();
+        reportError(err);
+      }
+    }
+  }
+
+  function route() {
+    const match = location.pathname.match(/^\/c\/([^/]+)\/?$/);
+    if (match) {
+      let id = match[1];
+      try {
+        id = decodeURIComponent(id);
+      } catch {
+        // keep raw
+      }
+      if (!(state.conv && state.conv.id === id && !state.conv.loading)) openConversation(id);
+    } else {
+      showNewChat();
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Sidebar on narrow screens
+
+  function openSidebar() {
+    els.app.classList.add('nav-open');
+    els.scrim.hidden = false;
+    els.menu.setAttribute('aria-expanded', 'true');
+    els.menu.setAttribute('aria-label', 'Close sidebar');
+    setTimeout(() => els.newChat.focus(), 50);
+  }
+
+  function closeSidebar(returnFocus) {
+    if (!els.app.classList.contains('nav-open')) return;
+    els.app.classList.remove('nav-open');
+    els.scrim.hidden = true;
+    els.menu.setAttribute('aria-expanded', 'false');
+    els.menu.setAttribute('aria-label', 'Open sidebar');
+    if (returnFocus) els.menu.focus();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Composer
+
+  function autogrow(area, max) {
+    area.style.height = 'auto';
+    area.style.height = `${Math.min(area.scrollHeight + 2, max)}px`;
+    area.classList.toggle('is-scrolling', area.scrollHeight + 2 > max);
+  }
+
+  function sendFromComposer() {
+    const text = els.composer.value;
+    const conv = state.conv;
+    if (!text.trim() || state.stream || !conv || conv.loading) return;
+    const parentId = conv.pending ? conv.pending.parentId : leafOf(conv);
+    els.composer.value = '';
+    autogrow(els.composer, 200);
+    updateComposer();
+    startChat({ conv, parentId, content: text, kind: 'new' });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Wiring
+
+  function addIcons() {
+    for (const el of document.querySelectorAll('[data-icon]')) {
+      el.prepend(icon(el.dataset.icon));
+    }
+  }
+
+  function wire() {
+    addIcons();
+    document.body.dataset.streaming = 'false';
+
+    els.form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      sendFromComposer();
+    });
+    els.composer.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
+        e.preventDefault();
+        sendFromComposer();
+      }
+    });
+    els.composer.addEventListener('input', () => {
+      autogrow(els.composer, 200);
+      updateComposer();
+    });
+    els.stop.addEventListener('click', () => stopStreaming());
+
+    els.bannerClose.addEventListener('click', () => {
+      hideError();
+      els.composer.focus();
+    });
+
+    els.newChat.addEventListener('click', () => {
+      closeSidebar();
+      showNewChat({ push: true });
+      els.composer.focus();
+    });
+    document.querySelector('[data-nav="new"]').addEventListener('click', (e) => {
+      if (e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+      e.preventDefault();
+      closeSidebar();
+      showNewChat({ push: true });
+    });
+
+    let searchTimer = null;
+    els.search.addEventListener('input', () => {
+      clearTimeout(searchTimer);
+      searchTimer = setTimeout(() => {
+        const q = els.search.value.trim();
+        if (q === state.query) return;
+        state.query = q;
+        refreshConversations();
+      }, 250);
+    });
+
+    els.menu.addEventListener('click', () => {
+      if (els.app.classList.contains('nav-open')) closeSidebar(true);
+      else openSidebar();
+    });
+    els.scrim.addEventListener('click', () => closeSidebar(true));
+    document.querySelector('[data-action="close-sidebar"]').addEventListener('click', () => closeSidebar(true));
+    NARROW.addEventListener('change', () => {
+      if (!NARROW.matches) closeSidebar();
+    });
+
+    els.modelSelect.addEventListener('change', () => {
+      state.model = els.modelSelect.value;
+      safeStorageSet(MODEL_KEY, state.model);
+    });
+
+    els.thread.addEventListener('scroll', () => {
+      state.stick = nearBottom();
+      updateScrollButton();
+    }, { passive: true });
+    els.scrollDown.addEventListener('click', () => {
+      els.thread.scrollTo({ top: els.thread.scrollHeight, behavior: 'smooth' });
+      state.stick = true;
+    });
+    window.addEventListener('resize', () => updateScrollButton());
+
+    els.dialog.addEventListener('click', (e) => {
+      const button = e.target.closest('button[value]');
+      if (button) els.dialog.close(button.value);
+      else if (e.target === els.dialog) {
+        // a click on the backdrop
+        const r = els.dialog.getBoundingClientRect();
+        if (e.clientX < r.left || e.clientX > r.right || e.clientY < r.top || e.clientY > r.bottom) els.dialog.close('cancel');
+      }
+    });
+    els.dialog.addEventListener('close', () => {
+      const id = els.dialog._target;
+      els.dialog._target = null;
+      if (els.dialog.returnValue === 'delete' && id) deleteConversation(id);
+    });
+
+    document.addEventListener('keydown', (e) => {
+      if (e.key !== 'Escape' || e.defaultPrevented) return;
+      if (els.dialog.open) return;
+      if (els.app.classList.contains('nav-open') && NARROW.matches) {
+        closeSidebar(true);
+        return;
+      }
+      if (!state.stream) return;
+      const t = e.target;
+      const typing = t instanceof HTMLElement && (t.matches('input, select, textarea') || t.isContentEditable);
+      if (typing && t !== els.composer) return;
+      e.preventDefault();
+      stopStreaming();
+    });
+
+    window.addEventListener('popstate', () => route());
+  }
+
+  wire();
+  route();
+  refreshMe();
+  refreshConversations();
+})();
