@@ -1,0 +1,110 @@
+"""Fixtures for the web chat: people with passwords, and logged-in HTTP sessions."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer
+
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Person:
+    email: str
+    password: str
+
+
+def new_person(server: LiveServer, plan: str = "roomy") -> Person:
+    email = f"web-{uuid.uuid4().hex[:12]}@example.org"
+    server.call(lambda s: s.accounts.create_user(email, password=PASSWORD, plan=plan))
+    return Person(email, PASSWORD)
+
+
+def form_token(page: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found, "the form has no CSRF field"
+    return found.group(1)
+
+
+class Browserless:
+    """What the chat page does, over plain HTTP: log in with the form, then call the JSON API
+    with the session cookie and the page's CSRF token."""
+
+    def __init__(self, base_url: str) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=120, follow_redirects=False)
+        self.csrf = ""
+
+    def login(self, person: Person) -> httpx.Response:
+        token = form_token(self.http.get("/login").text)
+        response = self.http.post(
+            "/login",
+            data={"email": person.email, "password": person.password, "csrf_token": token},
+        )
+        if response.status_code == 303:
+            page = self.http.get("/").text
+            found = re.search(r'name="csrf-token" content="([^"]+)"', page)
+            assert found, "the chat page carries no CSRF token"
+            self.csrf = found.group(1)
+        return response
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"x-csrf-token": self.csrf} if method != "GET" else {}
+        return self.http.request(method, "/api" + path, headers=headers, **kwargs)
+
+    def chat(self, **body: Any) -> list[tuple[str, Any]]:
+        """POST /api/chat and read the whole event stream: [(event, payload), ...]."""
+        body.setdefault("model", "scripted-echo")
+        events: list[tuple[str, Any]] = []
+        with self.http.stream(
+            "POST", "/api/chat", json=body, headers={"x-csrf-token": self.csrf}
+        ) as response:
+            if response.status_code != 200:
+                response.read()
+                raise AssertionError(f"{response.status_code}: {response.text}")
+            name = ""
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    name = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    events.append((name, json.loads(line.removeprefix("data: "))))
+        return events
+
+    def tree(self, conversation_id: str) -> dict[str, Any]:
+        response = self.api("GET", f"/conversations/{conversation_id}")
+        assert response.status_code == 200, response.text
+        tree: dict[str, Any] = response.json()
+        return tree
+
+    def close(self) -> None:
+        self.http.close()
+
+
+@pytest.fixture
+def person(server: LiveServer) -> Person:
+    return new_person(server)
+
+
+@pytest.fixture
+def web(server: LiveServer, person: Person) -> Iterator[Browserless]:
+    session = Browserless(server.base_url)
+    assert session.login(person).status_code == 303
+    yield session
+    session.close()
+
+
+@pytest.fixture
+def stranger(server: LiveServer) -> Iterator[Browserless]:
+    """Another user, logged in: must never see the first one's data."""
+    session = Browserless(server.base_url)
+    assert session.login(new_person(server)).status_code == 303
+    yield session
+    session.close()
