@@ -2,6 +2,8 @@
 # Both create .venv and install what they need on first use.
 
 PYTHON ?= python3
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
@@ -32,11 +34,18 @@ check: install-dev
 	$(BIN)/ruff format --check lamplighter tests bench
 	$(BIN)/mypy
 
-test: check
+# The web chat's browser tests drive Debian's Chromium through Playwright (which never downloads
+# a browser of its own); installed here when missing.
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "install Chromium at $(CHROMIUM) for the browser tests" >&2; exit 1; }
+	$(SUDO) apt-get install -y --no-install-recommends chromium || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
+
+test: check $(CHROMIUM)
 	$(BIN)/pytest
 
 bench: install-dev
 	$(BIN)/python -m bench.decode
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output

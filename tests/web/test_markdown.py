@@ -1,0 +1,78 @@
+"""Answers render Markdown, and nothing a model writes can run script or load anything."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lamplighter.web.markdown import render
+
+ALLOWED = {
+    "p", "br", "hr", "strong", "em", "del", "code", "pre", "blockquote", "ul", "ol", "li",
+    "h1", "h2", "h3", "h4", "h5", "h6", "a", "table", "thead", "tbody", "tr", "th", "td",
+}  # fmt: skip
+
+
+class Elements(HTMLParser):
+    """The real elements and attributes of an HTML fragment (escaped text is just text)."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.found: list[tuple[str, dict[str, str | None]]] = []
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.found.append((tag, dict(attrs)))
+
+
+def test_markdown_renders_the_usual_structures() -> None:
+    html = render(
+        "# Title\n\nSome **bold** and `code`.\n\n- one\n- two\n\n1. first\n\n"
+        "| a | b |\n|---|---|\n| 1 | 2 |\n\n```python\nprint('hi')\n```\n\n"
+        "[docs](https://example.org/docs)"
+    )
+    for tag in ("<h1>", "<strong>", "<code>", "<ul>", "<ol>", "<table>", "<th>", "<td>"):
+        assert tag in html
+    assert '<pre><code class="language-python">' in html
+    assert 'href="https://example.org/docs"' in html
+    assert 'rel="noopener noreferrer nofollow"' in html
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "<script>alert(1)</script>",
+        "<img src=x onerror=alert(1)>",
+        '<a href="javascript:alert(1)">x</a>',
+        "[x](javascript:alert(1))",
+        "[x](JaVaScRiPt:alert(1))",
+        "[x](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
+        "![x](https://evil.example/track.png)",
+        '<iframe src="https://evil.example"></iframe>',
+        '<svg onload="alert(1)">',
+        "<style>body{display:none}</style>",
+        '<div style="background:url(https://evil.example)">x</div>',
+        "[x](vbscript:msgbox(1))",
+        "<form action=https://evil.example><input></form>",
+    ],
+)
+def test_hostile_output_is_inert(payload: str) -> None:
+    for tag, attrs in Elements(render(payload)).found:
+        assert tag in ALLOWED
+        assert not any(name.startswith("on") or name in {"style", "src"} for name in attrs)
+        href = (attrs.get("href") or "https:").lower()
+        assert href.startswith(("https:", "http:", "mailto:")), href
+
+
+@given(st.text(max_size=400))
+def test_no_text_produces_tags_outside_the_allow_list(text: str) -> None:
+    assert {tag for tag, _ in Elements(render(text)).found} <= ALLOWED
+
+
+def test_a_partial_answer_renders_too() -> None:
+    """While streaming, the answer so far is rendered: an open code fence is still code."""
+    assert "<pre><code" in render("Here:\n\n```js\nconsole.log(")
