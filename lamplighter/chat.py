@@ -28,9 +28,9 @@ from lamplighter.conversation.threading import (
     stored_prefix,
     title_from,
 )
-from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest
+from lamplighter.engines.base import Backend, Chunk, GenerationRequest, PreparedRequest
 from lamplighter.engines.router import Router
-from lamplighter.exceptions import APIError, EngineFailed, NotFound
+from lamplighter.exceptions import APIError, ContextLengthExceeded, EngineFailed, NotFound
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.database import Database
 from lamplighter.store.models import Conversation, Message, Usage, new_id, utcnow
@@ -44,6 +44,9 @@ from lamplighter.traffic.plans import Plan
 from lamplighter.traffic.ratelimits import RateLimiter, Reservation
 
 CHECKPOINT_SECONDS = 1.0
+# When a conversation is too long for the model, its oldest turns are left out until an answer
+# has at least this much room (or the plan's cap, if smaller).
+FIT_ANSWER_TOKENS = 256
 
 
 @dataclass(frozen=True)
@@ -303,8 +306,10 @@ class ChatService:
                 request = replace(request, model=model)
             if model is not None or rule.max_tokens is not None:
                 degraded = Degradation(rule.max_tokens, model)
-        prepared = await backend.prepare(
-            replace(request, max_tokens_cap=cap, priority=plan.priority)
+        prepared = await self._prepare(
+            backend,
+            replace(request, max_tokens_cap=cap, priority=plan.priority),
+            fit=placement is not None,
         )
         cost = prepared.prompt_tokens + prepared.max_tokens
         reservation = await self.limiter.reserve(plan, principal.user_id, cost)
@@ -349,6 +354,30 @@ class ChatService:
             raise
         self.live.add(exchange)
         return exchange
+
+    @staticmethod
+    async def _prepare(backend: Backend, request: GenerationRequest, fit: bool) -> PreparedRequest:
+        """Count the prompt. With ``fit`` (the web chat, which sends whole conversations), the
+        oldest turns after any system prompt are left out until the rest fits the model's
+        context with room for an answer, as chat products do; API callers choose their own
+        messages and get the 400."""
+        wanted = min(FIT_ANSWER_TOKENS, request.max_tokens_cap or FIT_ANSWER_TOKENS)
+        while True:
+            lead = 0
+            while lead < len(request.turns) and request.turns[lead].role == "system":
+                lead += 1
+            rest = list(request.turns[lead:])
+            try:
+                prepared = await backend.prepare(request)
+                if not fit or prepared.max_tokens >= wanted or len(rest) <= 1:
+                    return prepared
+            except ContextLengthExceeded:
+                if not fit or len(rest) <= 1:
+                    raise
+            rest.pop(0)
+            while len(rest) > 1 and rest[0].role != "user":
+                rest.pop(0)
+            request = replace(request, turns=(*request.turns[:lead], *rest))
 
     def remember(self, exchange: Exchange) -> None:
         """Keep a finished deterministic answer for repeats of the same request."""
@@ -422,9 +451,10 @@ class ChatService:
         placement: Placement,
         request: GenerationRequest,
     ) -> None:
-        """Store an exchange where the caller placed it (see ``Placement``)."""
+        """Store an exchange where the caller placed it (see ``Placement``). Path hashes chain
+        from the stored parent, so they stay right when the caller sent the model only the
+        latest part of a long conversation."""
         user_id, turns, now = exchange.principal.user_id, request.turns, utcnow()
-        hashes = path_hashes(turns)
         parent = None
         if placement.parent_id is not None:
             parent = await conversations.message_of(user_id, placement.parent_id)
@@ -438,7 +468,10 @@ class ChatService:
                 )
             )
             conversation_id = conversation.id
+        parent_hash = parent.path_hash if parent else ROOT_HASH
+        depth = parent.depth + 1 if parent else 0
         if placement.new_turn:
+            parent_hash = node_hash(parent_hash, turns[-1])
             parent = await conversations.add_message(
                 Message(
                     conversation_id=conversation_id,
@@ -446,8 +479,8 @@ class ChatService:
                     parent_id=parent.id if parent else None,
                     role=turns[-1].role,
                     content=turns[-1].content,
-                    path_hash=hashes[-1],
-                    depth=len(turns) - 1,
+                    path_hash=parent_hash,
+                    depth=depth,
                     created_at=now,
                     updated_at=now,
                 )
@@ -455,6 +488,7 @@ class ChatService:
             exchange.question_id = parent.id
             # Ids are time-ordered: the answer's must sort after its question's.
             exchange.message_id = new_id()
+            depth += 1
         answer = await conversations.add_message(
             Message(
                 id=exchange.message_id,
@@ -464,7 +498,7 @@ class ChatService:
                 role="assistant",
                 content="",
                 path_hash=f"pending:{exchange.message_id.hex}",
-                depth=len(turns),
+                depth=depth,
                 status="in_progress",
                 model=request.model,
                 created_at=now,
@@ -473,7 +507,7 @@ class ChatService:
         )
         await conversations.move_leaf(conversation_id, answer.id, now)
         exchange.conversation_id = conversation_id
-        exchange.parent_hash = hashes[-1] if hashes else ROOT_HASH
+        exchange.parent_hash = parent_hash
 
     async def save_partial(self, exchange: Exchange, content: str, tokens: int) -> None:
         """Checkpoint a streaming answer and the tokens it has used so far."""

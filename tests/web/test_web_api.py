@@ -391,3 +391,41 @@ def test_sessions_are_stored_hashed(server: LiveServer, web: Browserless) -> Non
 
     hashes = server.call(stored)
     assert hashes and token not in hashes
+
+
+def test_a_conversation_longer_than_the_context_keeps_going(web: Browserless) -> None:
+    """The scripted model's context is 4096 tokens (a word each): the second question does not
+    fit with the first exchange, so the oldest turns are left out of the prompt (not the
+    store), and the answer still comes."""
+    first = web.chat(content="word " * 3000)
+    conversation, answer = first[0][1]["conversation_id"], first[-1][1]["message"]
+    second = web.chat(conversation_id=conversation, parent_id=answer["id"], content="tail " * 1500)
+    done = second[-1]
+    assert done[0] == "done" and done[1]["message"]["status"] == "complete"
+    tree = web.tree(conversation)
+    assert [m["role"] for m in tree["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert tree["messages"][2]["parent_id"] == answer["id"]
+
+
+def test_the_api_continues_a_conversation_started_in_the_browser(
+    server: LiveServer, person: Person, web: Browserless
+) -> None:
+    """Both doors lead to one tree: the path hashes the page stores are the ones the stateless
+    API matches."""
+    events = web.chat(content="started on the web")
+    conversation = events[0][1]["conversation_id"]
+    key = server.call(lambda s: s.accounts.create_key(person.email, "test")).secret
+    server.client(key).chat.completions.create(
+        model="scripted-echo",
+        messages=[
+            {"role": "user", "content": "started on the web"},
+            {"role": "assistant", "content": events[-1][1]["message"]["content"]},
+            {"role": "user", "content": "and went on over the API"},
+        ],
+    )
+    tree = web.tree(conversation)
+    assert [m["content"] for m in tree["messages"]][2:] == [
+        "and went on over the API",
+        "You said: and went on over the API",
+    ]
+    assert len(web.api("GET", "/conversations").json()["data"]) == 1
