@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,6 +16,7 @@ from lamplighter.store.accounts import Accounts
 from lamplighter.store.database import Database
 from lamplighter.store.models import ApiKey, User, utcnow
 from lamplighter.store.plans import Plans
+from lamplighter.store.web import WebStore
 from lamplighter.traffic.plans import DEFAULT_PLANS
 
 # last_used_at is informational; writing it at most once a minute keeps a busy key from
@@ -88,6 +89,33 @@ class AccountService:
                 raise NotFound(f"no user with email {email}", param="email")
             user.plan = plan
             return user
+
+    async def suspend(
+        self, email: str, reason: str, *, until: datetime | None, banned: bool = False
+    ) -> User:
+        """Lock an account out (API keys and web sessions alike) until ``until``, or until
+        restored; its sessions end at once."""
+        now = utcnow()
+        async with self.db.transaction() as session:
+            user = await self._user(session, email)
+            user.disabled_at, user.disabled_reason = now, reason
+            user.disabled_until, user.banned = until, banned
+            await WebStore(session).end_sessions_of(user.id)
+            return user
+
+    async def restore(self, email: str) -> User:
+        async with self.db.transaction() as session:
+            user = await self._user(session, email)
+            user.disabled_at = user.disabled_reason = user.disabled_until = None
+            user.banned = False
+            return user
+
+    @staticmethod
+    async def _user(session: AsyncSession, email: str) -> User:
+        user = await Accounts(session).user_by_email(normalise_email(email))
+        if user is None:
+            raise NotFound(f"no user with email {email}", param="email")
+        return user
 
     async def list_users(self) -> Sequence[User]:
         async with self.db.transaction() as session:

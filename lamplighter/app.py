@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -23,6 +24,8 @@ from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
 from lamplighter.settings import Settings, read_config
 from lamplighter.store import migrate
 from lamplighter.store.database import Database
+from lamplighter.telemetry.metrics import Metrics
+from lamplighter.telemetry.series import Series
 from lamplighter.traffic.admission import Admission, headroom_from_config
 from lamplighter.traffic.clock import SystemClock
 from lamplighter.traffic.degrade import rules_from_config
@@ -78,6 +81,13 @@ async def default_backends(settings: Settings) -> list[Backend]:
     return backends
 
 
+async def _sample(metrics: Metrics, interval: float) -> None:
+    """Close a point of the console's time series every ``interval`` seconds."""
+    while True:
+        await asyncio.sleep(interval)
+        metrics.sample(time.time())
+
+
 def create_app(
     settings: Settings,
     *,
@@ -114,7 +124,13 @@ def create_app(
             plans=plans,
             limiter=limiter,
             chat=ChatService(
-                db, router, plans, limiter, Admission(clock, headroom), degrade=degrade
+                db,
+                router,
+                plans,
+                limiter,
+                Admission(clock, headroom),
+                degrade=degrade,
+                metrics=Metrics(Series(interval=settings.stats_interval)),
             ),
             web=WebAuth(db, accounts, settings.session_days),
         )
@@ -125,9 +141,11 @@ def create_app(
         if created is not None:
             on_bootstrap(settings, created)
         app.state.services = state
+        sampler = asyncio.create_task(_sample(state.chat.metrics, settings.stats_interval))
         try:
             yield
         finally:
+            sampler.cancel()
             # Stop generating, let the cut answers and their usage be written, then close.
             await router.close()
             await state.chat.drain()

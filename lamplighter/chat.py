@@ -318,7 +318,13 @@ class ChatService:
         slot: Slot | None = None
         try:
             if cached is None:
-                slot = await pool.enter(str(principal.user_id), plan, cost)
+                waited = time.perf_counter()
+                try:
+                    slot = await pool.enter(str(principal.user_id), plan, cost)
+                finally:
+                    self.metrics.queue_wait.labels(plan.name, backend.name).observe(
+                        time.perf_counter() - waited
+                    )
             exchange = Exchange(
                 self,
                 principal,
@@ -353,6 +359,9 @@ class ChatService:
                 error.headers.update(await self.limiter.headers(plan, principal.user_id))
             raise
         self.live.add(exchange)
+        self.metrics.admitted.labels(plan.name).inc()
+        if degraded is not None:
+            self.metrics.degraded.labels(plan.name).inc()
         return exchange
 
     @staticmethod

@@ -59,6 +59,11 @@ class Settings:
     )
     signup_plan: str = _setting("free", "Plan of accounts created by signing up.")
     session_days: int = _setting(30, "Days a web login lasts before the person must log in again.")
+    stats_interval: int = _setting(
+        5,
+        "Seconds per point of the operator console's live charts (they keep the last 720 "
+        "points: an hour at 5 s).",
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
     shutdown_timeout: int = _setting(
         10,
@@ -167,6 +172,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("setting 'n_threads': must be 0 (one per core) or more")
     if settings.signups not in {"open", "invite"}:
         raise ConfigError("setting 'signups': use open or invite")
+    if settings.stats_interval < 1:
+        raise ConfigError("setting 'stats_interval': must be at least 1 second")
     if settings.session_days < 1:
         raise ConfigError("setting 'session_days': must be at least 1")
     if settings.n_ctx < 128:

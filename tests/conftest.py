@@ -141,7 +141,8 @@ def server(
     data_dir = tmp_path_factory.mktemp("server")
     config = data_dir / "lamplighter.toml"
     config.write_text(ROOMY_PLAN)
-    with LiveServer(make_settings(data_dir, config=config), backends) as live:
+    settings = make_settings(data_dir, config=config, stats_interval=1)
+    with LiveServer(settings, backends) as live:
         yield live
 
 

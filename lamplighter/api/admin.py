@@ -1,25 +1,49 @@
-"""The admin API: plans and users' plans, changed live. Anyone but an admin gets 404, so the
-API's existence is not disclosed."""
+"""The admin API, behind the operator console and ``lamplighter top``: live figures, plans,
+users (search, usage, plan, suspend, ban, restore, keys), usage reports and feedback figures.
+
+Admins reach it with an API key or from a logged-in browser session (whose state-changing calls
+carry the CSRF token). Anyone else gets 404, so the API's existence is not disclosed.
+"""
 
 from __future__ import annotations
 
+import time
+import uuid
+from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from lamplighter.api.openai import principal
 from lamplighter.api.state import State
 from lamplighter.chat import Principal
-from lamplighter.exceptions import NotFound
+from lamplighter.exceptions import NotFound, PermissionDenied
+from lamplighter.store.accounts import Accounts
+from lamplighter.store.models import User, utcnow
+from lamplighter.store.reports import Reports, UsageTotals
+from lamplighter.web.session import CSRF_HEADER, UNSAFE, current_visitor, same_token
 
 router = APIRouter(prefix="/api/admin")
 
 
-async def admin(request: Request, who: Annotated[Principal, Depends(principal)]) -> Principal:
-    if not who.is_admin:
+async def admin(request: Request, state: State) -> Principal:
+    who: Principal | None = None
+    csrf: str | None = None
+    if request.headers.get("authorization"):
+        who = await principal(request, state)
+    else:
+        visitor = await current_visitor(request, state)
+        if visitor is not None:
+            who, csrf = visitor.principal, visitor.csrf_token
+    if who is None or not who.is_admin:
         raise NotFound(
             f"Unknown request URL: {request.method} {request.url.path}.", code="unknown_url"
+        )
+    unsafe = csrf is not None and request.method in UNSAFE
+    if unsafe and not same_token(request.headers.get(CSRF_HEADER), csrf or ""):
+        raise PermissionDenied(
+            "Missing or wrong CSRF token. Reload the page and try again.", code="csrf_failed"
         )
     return who
 
@@ -48,6 +72,55 @@ class PlanChoice(BaseModel):
     plan: str = Field(min_length=1, max_length=64)
 
 
+class Suspension(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=500)
+    days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class Ban(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class Nothing(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@router.get("/stats")
+async def stats(
+    _: Admin, state: State, since: float | None = Query(default=None, ge=0)
+) -> dict[str, Any]:
+    """The console's live figures: points of the last hour, and the backends as they are."""
+    metrics = state.chat.metrics
+    pools = state.chat.admission.pools
+    backends = []
+    for backend in state.router.backends:
+        pool = pools.get(backend.name)
+        backends.append(
+            {
+                "name": backend.name,
+                "models": list(backend.models),
+                "capacity": backend.capacity,
+                "ready": backend.ready,
+                "queued": pool.queued if pool else 0,
+                "in_use": pool.in_use if pool else 0,
+                "utilization": pool.utilization if pool else 0.0,
+            }
+        )
+    return {
+        "interval_s": metrics.series.interval,
+        "now": time.time(),
+        "points": metrics.series.since(since),
+        "backends": backends,
+        "totals": {
+            "requests": metrics.series.totals["requests"],
+            "refusals": metrics.series.totals["refusals"],
+            "active_streams": len(state.chat.live),
+        },
+    }
+
+
 @router.get("/plans")
 async def list_plans(_: Admin, state: State) -> dict[str, Any]:
     return {"object": "list", "data": [plan.as_dict() for plan in state.plans.all()]}
@@ -60,9 +133,162 @@ async def put_plan(name: str, changes: PlanChanges, _: Admin, state: State) -> d
     return plan.as_dict()
 
 
+def _user_json(user: User, usage: UsageTotals | None = None) -> dict[str, Any]:
+    now = utcnow()
+    row: dict[str, Any] = {
+        "id": str(user.id),
+        "email": user.email,
+        "plan": user.plan,
+        "is_admin": user.is_admin,
+        "status": user.status(now),
+        "disabled_reason": None if user.active(now) else user.disabled_reason,
+        "disabled_until": user.disabled_until.isoformat()
+        if user.disabled_until and not user.active(now)
+        else None,
+        "created_at": user.created_at.isoformat(),
+    }
+    if usage is not None:
+        row["tokens_24h"] = usage.total_tokens
+        row["requests_24h"] = usage.requests
+    return row
+
+
+@router.get("/users")
+async def list_users(
+    _: Admin,
+    state: State,
+    q: str = Query(default="", max_length=320),
+    limit: int = Query(default=50, ge=1, le=500),
+) -> dict[str, Any]:
+    """Users whose email contains ``q`` (or on the plan ``q``), newest first, with their last
+    24 hours of usage."""
+    since = utcnow() - timedelta(hours=24)
+    async with state.db.transaction() as session:
+        found = await Reports(session).users(q.strip(), limit, since)
+    return {"data": [_user_json(user, usage) for user, usage in found]}
+
+
+@router.get("/users/{email}")
+async def get_user(email: str, _: Admin, state: State) -> dict[str, Any]:
+    now = utcnow()
+    async with state.db.transaction() as session:
+        user = await Accounts(session).user_by_email(email.strip().lower())
+        if user is None:
+            raise NotFound(f"no user with email {email}", param="email")
+        reports = Reports(session)
+        recent = await reports.usage_of(user.id, now - timedelta(hours=24))
+        keys = await reports.keys(user.id)
+        days = await reports.daily(user.id, 14, now.date())
+    return {
+        "user": _user_json(user, recent),
+        "keys": [
+            {
+                "id": str(key.id),
+                "name": key.name,
+                "prefix": key.prefix,
+                "created_at": key.created_at.isoformat(),
+                "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
+                "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+            }
+            for key in keys
+        ],
+        "usage": {
+            "days": [
+                {
+                    "day": day.isoformat(),
+                    "requests": usage.requests,
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                }
+                for day, usage in days
+            ],
+            "total_tokens": sum(usage.total_tokens for _, usage in days),
+        },
+    }
+
+
 @router.put("/users/{email}/plan")
 async def put_user_plan(email: str, choice: PlanChoice, _: Admin, state: State) -> dict[str, Any]:
     """Move a user to another plan; their next request is served under it."""
     state.plans.require(choice.plan)
     user = await state.accounts.set_plan(email, choice.plan)
-    return {"email": user.email, "plan": user.plan}
+    return _user_json(user)
+
+
+@router.post("/users/{email}/suspend")
+async def suspend_user(email: str, body: Suspension, _: Admin, state: State) -> dict[str, Any]:
+    """Lock an account out for ``days`` (or until restored): its keys stop working and its
+    browser sessions end."""
+    until = utcnow() + timedelta(days=body.days) if body.days else None
+    user = await state.accounts.suspend(email, body.reason.strip(), until=until)
+    return _user_json(user)
+
+
+@router.post("/users/{email}/ban")
+async def ban_user(email: str, body: Ban, who: Admin, state: State) -> dict[str, Any]:
+    if email.strip().lower() == who.email:
+        raise PermissionDenied("You cannot ban yourself.", param="email")
+    user = await state.accounts.suspend(email, body.reason.strip(), until=None, banned=True)
+    return _user_json(user)
+
+
+@router.post("/users/{email}/restore")
+async def restore_user(email: str, _: Nothing, __: Admin, state: State) -> dict[str, Any]:
+    return _user_json(await state.accounts.restore(email))
+
+
+@router.delete("/keys/{key_id}", status_code=204)
+async def revoke_key(key_id: uuid.UUID, _: Admin, state: State) -> None:
+    await state.accounts.revoke_key(key_id)
+
+
+@router.get("/usage")
+async def usage(
+    _: Admin, state: State, hours: int = Query(default=24, ge=1, le=24 * 90)
+) -> dict[str, Any]:
+    """Who used what over the last ``hours``: per plan, and the 20 heaviest users."""
+    since = utcnow() - timedelta(hours=hours)
+    async with state.db.transaction() as session:
+        reports = Reports(session)
+        plans = await reports.by_plan(since)
+        top = await reports.top_users(since, 20)
+    return {
+        "hours": hours,
+        "by_plan": [
+            {
+                "plan": plan,
+                "requests": totals.requests,
+                "prompt_tokens": totals.prompt_tokens,
+                "completion_tokens": totals.completion_tokens,
+                "users": users,
+            }
+            for plan, totals, users in plans
+        ],
+        "top_users": [
+            {
+                "email": user.email,
+                "plan": user.plan,
+                "requests": totals.requests,
+                "prompt_tokens": totals.prompt_tokens,
+                "completion_tokens": totals.completion_tokens,
+                "total_tokens": totals.total_tokens,
+            }
+            for user, totals in top
+        ],
+    }
+
+
+@router.get("/flywheel")
+async def flywheel(_: Admin, state: State) -> dict[str, Any]:
+    """Feedback figures. Consent, rater trust, the model leaderboard and exports arrive with the
+    flywheel; until then they are null (or empty), and the console says so."""
+    async with state.db.transaction() as session:
+        feedback = await Reports(session).feedback(7, utcnow().date())
+    last = feedback.pop("last_days")
+    return {
+        "feedback": {**feedback, "last_7_days": last},
+        "consent_rate": None,
+        "rater_trust": None,
+        "leaderboard": None,
+        "exports": [],
+    }

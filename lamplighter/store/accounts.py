@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lamplighter.store.models import ApiKey, User
+from lamplighter.store.models import ApiKey, User, user_active, utcnow
 
 
 class Accounts:
@@ -48,7 +48,7 @@ class Accounts:
             .where(
                 ApiKey.key_hash == key_hash,
                 ApiKey.revoked_at.is_(None),
-                User.disabled_at.is_(None),
+                user_active(utcnow()),
             )
         )
         row = result.one_or_none()

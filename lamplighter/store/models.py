@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
     DateTime,
     Float,
     ForeignKey,
@@ -21,6 +22,8 @@ from sqlalchemy import (
     String,
     Text,
     Uuid,
+    and_,
+    or_,
 )
 from sqlalchemy import false as sa_false
 from sqlalchemy.engine import Dialect
@@ -71,7 +74,31 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     plan: Mapped[str] = mapped_column(String(64), default="free")
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    # Suspended or banned by an admin: since when, why, and until when (None: until restored).
     disabled_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    disabled_reason: Mapped[str | None] = mapped_column(String(500))
+    disabled_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    # A ban is a suspension an admin meant as final; both are lifted the same way.
+    banned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+
+    def active(self, now: datetime) -> bool:
+        return self.disabled_at is None or (
+            self.disabled_until is not None and self.disabled_until <= now
+        )
+
+    def status(self, now: datetime) -> str:
+        """active, suspended or banned."""
+        if self.active(now):
+            return "active"
+        return "banned" if self.banned else "suspended"
+
+
+def user_active(now: datetime) -> ColumnElement[bool]:
+    """SQL for ``User.active(now)``."""
+    return or_(
+        User.disabled_at.is_(None),
+        and_(User.disabled_until.is_not(None), User.disabled_until <= now),
+    )
 
 
 class ApiKey(Base):

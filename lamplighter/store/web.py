@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lamplighter.store.models import Invite, Rating, User, WebSession
+from lamplighter.store.models import Invite, Rating, User, WebSession, user_active
 
 
 class WebStore:
@@ -29,7 +29,7 @@ class WebStore:
             .where(
                 WebSession.token_hash == token_hash,
                 WebSession.expires_at > now,
-                User.disabled_at.is_(None),
+                user_active(now),
             )
         )
         found = result.one_or_none()
@@ -37,6 +37,9 @@ class WebStore:
 
     async def end_session(self, token_hash: str) -> None:
         await self.session.execute(delete(WebSession).where(WebSession.token_hash == token_hash))
+
+    async def end_sessions_of(self, user_id: uuid.UUID) -> None:
+        await self.session.execute(delete(WebSession).where(WebSession.user_id == user_id))
 
     async def end_expired(self, now: datetime) -> None:
         await self.session.execute(delete(WebSession).where(WebSession.expires_at <= now))

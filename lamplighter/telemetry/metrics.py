@@ -16,15 +16,20 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from lamplighter.telemetry.series import Gauges, Series
+
 if TYPE_CHECKING:
     from lamplighter.chat import ChatService, Exchange
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 PER_TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, series: Series | None = None) -> None:
+        self.series = series or Series()
+        self._chat: ChatService | None = None
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -69,6 +74,32 @@ class Metrics:
             registry=r,
         )
 
+        self.queue_wait = Histogram(
+            "lamplighter_queue_wait_seconds",
+            "Time a request waited for a backend slot (0 when one was free), admitted or not.",
+            ["plan", "backend"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.admitted = Counter(
+            "lamplighter_admitted",
+            "Chat requests admitted to generation (or answered from the cache), by plan.",
+            ["plan"],
+            registry=r,
+        )
+        self.degraded = Counter(
+            "lamplighter_degraded",
+            "Requests served degraded under pressure (a shorter cap or a smaller model).",
+            ["plan"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "lamplighter_feedback",
+            "Feedback given on answers, by kind (thumbs_up, thumbs_down).",
+            ["kind"],
+            registry=r,
+        )
+
     def observe(self, exchange: Exchange, status: str, elapsed: float) -> None:
         """A settled exchange: count it, its tokens and its latencies."""
         plan, model = exchange.plan.name, exchange.model
@@ -82,13 +113,30 @@ class Metrics:
             if exchange.completion_tokens > 1:
                 decode = (elapsed - exchange.ttft) / (exchange.completion_tokens - 1)
                 self.per_token.labels(model).observe(max(0.0, decode))
+        tokens = exchange.prepared.prompt_tokens + exchange.completion_tokens
+        self.series.exchange(plan, outcome, exchange.ttft, tokens)
 
     def refused(self, plan: str, reason: str | None) -> None:
         self.refusals.labels(plan, reason or "unknown").inc()
+        self.series.refused(reason or "unknown")
 
     def watch(self, chat: ChatService) -> None:
         """Expose the chat service's live state (queues, slots, streams, cache) on scrape."""
+        self._chat = chat
         self.registry.register(_Live(lambda: chat))
+
+    def sample(self, now: float) -> dict[str, object]:
+        """Close the console's current time-series bucket with the live gauges."""
+        chat = self._chat
+        pools = chat.admission.pools if chat else {}
+        gauges = Gauges(
+            queue_depth={name: pool.queued for name, pool in pools.items()},
+            utilization={name: pool.utilization for name, pool in pools.items()},
+            active_streams=len(chat.live) if chat else 0,
+            cache_hits=chat.cache.hits if chat else 0,
+            cache_misses=chat.cache.misses if chat else 0,
+        )
+        return self.series.close(now, gauges)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -116,6 +164,14 @@ class _Live(Collector):
         yield GaugeMetricFamily(
             "lamplighter_active_streams", "Exchanges generating now.", value=len(chat.live)
         )
+        up = GaugeMetricFamily(
+            "lamplighter_backend_up",
+            "1 when a backend is ready to serve, 0 when it is not.",
+            labels=["backend"],
+        )
+        for backend in chat.router.backends:
+            up.add_metric([backend.name], 1.0 if backend.ready else 0.0)
+        yield up
         cache = CounterMetricFamily(
             "lamplighter_cache_lookups", "Response cache lookups, by result.", labels=["result"]
         )

@@ -49,8 +49,12 @@ class Pool:
         return len(self.scheduler.waiting)
 
     @property
+    def in_use(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
     def utilization(self) -> float:
-        return len(self.scheduler.running) / self.scheduler.slots
+        return self.in_use / self.scheduler.slots
 
     async def enter(self, user: str, plan: Plan, cost: int) -> Slot:
         now = self.clock.monotonic()

@@ -254,6 +254,7 @@ async def rate(
             rating.updated_at = now
         result = rating_json(rating)
     assert result is not None
+    state.chat.metrics.feedback.labels("thumbs_up" if body.rating == 1 else "thumbs_down").inc()
     return result
 
 

@@ -61,7 +61,7 @@ class WebAuth:
             user = await Accounts(session).user_by_email(email)
         stored = user.password_hash if user and user.password_hash else _DUMMY_HASH
         ok = verify_password(stored, password)
-        if user is None or user.disabled_at is not None or not user.password_hash or not ok:
+        if user is None or not user.active(utcnow()) or not user.password_hash or not ok:
             raise AuthenticationFailed(BAD_LOGIN)
         return await self._start(user.id)
 

@@ -192,3 +192,35 @@ async def home(request: Request, state: State) -> Response:
 @router.get("/c/{conversation}")
 async def conversation_page(conversation: str, request: Request, state: State) -> Response:
     return await _chat_page(request, state, conversation)
+
+
+CONSOLE_SECTIONS = ("dashboard", "plans", "users", "usage", "flywheel")
+
+
+async def _console(request: Request, state: Services, section: str) -> Response:
+    """The operator console. Anyone but a logged-in admin gets the same 404 as a page that
+    does not exist."""
+    visitor = await current_visitor(request, state)
+    if visitor is None or not visitor.principal.is_admin or section not in CONSOLE_SECTIONS:
+        return not_found(request, "There is no such page.")
+    who = visitor.principal
+    return templates.TemplateResponse(
+        request,
+        "admin.html",
+        {
+            "csrf_token": visitor.csrf_token,
+            "section": section,
+            "user": {"email": who.email, "plan": who.plan, "is_admin": who.is_admin},
+        },
+        headers={"cache-control": "no-store"},
+    )
+
+
+@router.get("/admin")
+async def console_home(request: Request, state: State) -> Response:
+    return await _console(request, state, "dashboard")
+
+
+@router.get("/admin/{section}")
+async def console_section(section: str, request: Request, state: State) -> Response:
+    return await _console(request, state, section)
