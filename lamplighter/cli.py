@@ -184,6 +184,54 @@ def db_upgrade(config: ConfigOption = None) -> None:
 
 
 # --- Simulation: sim-backend and bench surge (lamplighter/simulation) -------------------------
+@app.command()
+def top(
+    url: Annotated[
+        str | None, typer.Option(help="The instance to watch (default: this machine's).")
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(help="An admin's API key (or LAMPLIGHTER_ADMIN_KEY).", show_default=False),
+    ] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between redraws.")] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one screen and exit.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Live figures of a running instance in the terminal, like htop."""
+    import os
+    import time
+
+    import httpx
+    from rich.console import Console
+    from rich.live import Live
+
+    from lamplighter.telemetry.top import StatsClient, render
+
+    url = url or _settings(config).local_url
+    key = key or os.environ.get("LAMPLIGHTER_ADMIN_KEY")
+    if not key:
+        typer.secho("error: pass --key or set LAMPLIGHTER_ADMIN_KEY", fg="red", err=True)
+        raise typer.Exit(2)
+    client = StatsClient(url, key)
+    console = Console()
+    try:
+        stats = client.poll()
+        if once:
+            console.print(render(stats, client.points, url))
+            return
+        with Live(render(stats, client.points, url), console=console, screen=True) as live:
+            while True:
+                time.sleep(interval)
+                live.update(render(client.poll(), client.points, url))
+    except KeyboardInterrupt:
+        pass
+    except (PermissionError, httpx.HTTPError) as exc:
+        typer.secho(f"error: {url}: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        client.close()
+
+
 # Commands parse arguments and call lamplighter.simulation; imports stay inside them so that the
 # other commands start without loading the simulator.
 
