@@ -26,6 +26,7 @@ from lamplighter.store import migrate
 from lamplighter.store.database import Database
 from lamplighter.telemetry.metrics import Metrics
 from lamplighter.telemetry.series import Series
+from lamplighter.telemetry.tracing import TraceRequests, Tracing
 from lamplighter.traffic.admission import Admission, headroom_from_config
 from lamplighter.traffic.clock import SystemClock
 from lamplighter.traffic.degrade import rules_from_config
@@ -95,6 +96,7 @@ def create_app(
     on_bootstrap: Callable[[Settings, Bootstrap], None] = announce_bootstrap,
 ) -> FastAPI:
     """The app. ``backends`` replaces the embedded engine (tests pass a scripted one)."""
+    tracing = Tracing(settings.otlp_endpoint)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -131,6 +133,7 @@ def create_app(
                 Admission(clock, headroom),
                 degrade=degrade,
                 metrics=Metrics(Series(interval=settings.stats_interval)),
+                tracer=tracing.tracer,
             ),
             web=WebAuth(db, accounts, settings.session_days),
         )
@@ -150,6 +153,7 @@ def create_app(
             await router.close()
             await state.chat.drain()
             await db.close()
+            await asyncio.to_thread(tracing.shutdown)  # flushes the spans not yet exported
 
     app = FastAPI(
         title="Lamplighter",
@@ -161,6 +165,7 @@ def create_app(
     errors.install(app)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(RateLimitHeaders)
+    app.add_middleware(TraceRequests, tracing=tracing)
     app.add_middleware(RequestIds)  # added last, so it runs first: ids cover everything
     app.include_router(health.router)
     app.include_router(openai.router)

@@ -20,6 +20,16 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    NoOpTracer,
+    Span,
+    Status,
+    StatusCode,
+    Tracer,
+    use_span,
+)
+
 from lamplighter.conversation.threading import (
     ROOT_HASH,
     Turn,
@@ -123,6 +133,7 @@ class Exchange:
     finish_reason: str | None = None
     ttft: float | None = None
     _started: float = field(default_factory=time.perf_counter)
+    span: Span = INVALID_SPAN  # "chat {model}", from open to settle
     _settling: asyncio.Future[None] | None = None
     _checkpoint: asyncio.Task[None] | None = None
 
@@ -219,12 +230,25 @@ class Exchange:
                 await asyncio.gather(self._checkpoint, return_exceptions=True)
             await self.service.settle(self, status)
             self.service.metrics.observe(self, status, time.perf_counter() - self._started)
+            self._end_span(status)
             if status == "complete" and self.cache_key is not None and not self.cached:
                 self.service.remember(self)
         finally:
             if self.slot is not None:
                 self.slot.release(used)
             await self.service.limiter.settle(self.reservation, used)
+
+    def _end_span(self, status: str) -> None:
+        span = self.span
+        span.set_attribute("gen_ai.usage.input_tokens", self.prepared.prompt_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", self.completion_tokens)
+        span.set_attribute("gen_ai.response.finish_reasons", [self.finish_reason or status])
+        span.set_attribute("gen_ai.response.id", self.id)
+        span.set_attribute("lamplighter.outcome", status)
+        span.set_attribute("lamplighter.cached", self.cached)
+        if status == "error":
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
 
 
 class ChatService:
@@ -239,8 +263,10 @@ class ChatService:
         cache: ResponseCache | None = None,
         degrade: tuple[DegradeRule, ...] = (),
         metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.db = db
+        self.tracer = tracer or NoOpTracer()
         self.router = router
         self.plans = plans
         self.limiter = limiter
@@ -267,11 +293,27 @@ class ChatService:
     ) -> Exchange:
         """Everything before the first token; every refusal (400, 404, 429, 503) is raised here,
         before a response has started."""
+        span = self.tracer.start_span(
+            f"chat {request.model}",
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": request.model,
+                "lamplighter.plan": self.plans.get(principal.plan).name,
+            },
+        )
         try:
-            return await self._open(principal, request, store, placement)
-        except APIError as error:
-            self.metrics.refused(self.plans.get(principal.plan).name, error.code)
+            with use_span(span, end_on_exit=False):
+                exchange = await self._open(principal, request, store, placement)
+        except BaseException as error:
+            if isinstance(error, APIError):
+                self.metrics.refused(self.plans.get(principal.plan).name, error.code)
+                span.set_attribute("error.type", error.code or type(error).__name__)
+            span.set_status(Status(StatusCode.ERROR))
+            span.end()
             raise
+        exchange.span = span
+        span.set_attribute("gen_ai.response.model", exchange.model)
+        return exchange
 
     async def _open(
         self,
@@ -320,7 +362,10 @@ class ChatService:
             if cached is None:
                 waited = time.perf_counter()
                 try:
-                    slot = await pool.enter(str(principal.user_id), plan, cost)
+                    with self.tracer.start_as_current_span(
+                        "admission", attributes={"lamplighter.backend": backend.name}
+                    ):
+                        slot = await pool.enter(str(principal.user_id), plan, cost)
                 finally:
                     self.metrics.queue_wait.labels(plan.name, backend.name).observe(
                         time.perf_counter() - waited

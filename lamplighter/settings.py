@@ -64,6 +64,11 @@ class Settings:
         "Seconds per point of the operator console's live charts (they keep the last 720 "
         "points: an hour at 5 s).",
     )
+    otlp_endpoint: str = _setting(
+        "",
+        "OpenTelemetry collector to send traces to over OTLP/HTTP, e.g. http://127.0.0.1:4318. "
+        "Empty: no tracing.",
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
     shutdown_timeout: int = _setting(
         10,
