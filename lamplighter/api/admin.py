@@ -244,16 +244,22 @@ async def revoke_key(key_id: uuid.UUID, _: Admin, state: State) -> None:
 
 @router.get("/usage")
 async def usage(
-    _: Admin, state: State, hours: int = Query(default=24, ge=1, le=24 * 90)
+    _: Admin,
+    state: State,
+    hours: int = Query(default=24, ge=1, le=24 * 90),
+    plan: str | None = Query(default=None, max_length=64),
+    limit: int = Query(default=20, ge=1, le=200),
 ) -> dict[str, Any]:
-    """Who used what over the last ``hours``: per plan, and the 20 heaviest users."""
+    """Who used what over the last ``hours``: per plan, and the heaviest users (on ``plan``,
+    when given)."""
     since = utcnow() - timedelta(hours=hours)
     async with state.db.transaction() as session:
         reports = Reports(session)
         plans = await reports.by_plan(since)
-        top = await reports.top_users(since, 20)
+        top = await reports.top_users(since, limit, plan)
     return {
         "hours": hours,
+        "plan": plan,
         "by_plan": [
             {
                 "plan": plan,

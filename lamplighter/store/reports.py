@@ -128,9 +128,12 @@ class Reports:
         found = [(plan or "unknown", _totals(r, p, c), int(u)) for plan, r, p, c, u in rows]
         return sorted(found, key=lambda row: -row[1].total_tokens)
 
-    async def top_users(self, since: datetime, limit: int) -> list[tuple[User, UsageTotals]]:
+    async def top_users(
+        self, since: datetime, limit: int, plan: str | None = None
+    ) -> list[tuple[User, UsageTotals]]:
+        """The heaviest users by tokens since ``since`` (only what they used on ``plan``)."""
         total = func.sum(Usage.prompt_tokens + Usage.completion_tokens)
-        rows = await self.session.execute(
+        statement = (
             select(
                 User,
                 func.count(),
@@ -143,6 +146,9 @@ class Reports:
             .order_by(total.desc())
             .limit(limit)
         )
+        if plan is not None:
+            statement = statement.where(Usage.plan == plan)
+        rows = await self.session.execute(statement)
         return [(user, _totals(r, p, c)) for user, r, p, c in rows]
 
     async def feedback(self, days: int, today: date) -> dict[str, object]:

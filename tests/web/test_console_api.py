@@ -164,19 +164,23 @@ def test_user_detail_shows_usage_and_keys_and_a_key_can_be_revoked(
 
 
 def test_usage_report_ranks_users_by_tokens(server: LiveServer, operator: Browserless) -> None:
-    heavy_email, heavy = server.new_user(plan="roomy")
-    light_email, light = server.new_user(plan="roomy")
+    plan = f"metered-{uuid.uuid4().hex[:6]}"
+    assert operator.api("PUT", f"/admin/plans/{plan}", json={"priority": 1}).status_code == 200
+    heavy_email, heavy = server.new_user(plan=plan)
+    light_email, light = server.new_user(plan=plan)
     server.client(heavy).chat.completions.create(
         model=SCRIPTED, messages=[{"role": "user", "content": "word " * 300}]
     )
     server.client(light).chat.completions.create(
         model=SCRIPTED, messages=[{"role": "user", "content": "hi"}]
     )
-    report = operator.api("GET", "/admin/usage", params={"hours": 1}).json()
-    ranked = [row["email"] for row in report["top_users"]]
-    assert ranked.index(heavy_email) < ranked.index(light_email)
-    roomy = next(row for row in report["by_plan"] if row["plan"] == "roomy")
-    assert roomy["users"] >= 2 and roomy["requests"] >= 2
+    report = operator.api("GET", "/admin/usage", params={"hours": 1, "plan": plan}).json()
+    assert [row["email"] for row in report["top_users"]] == [heavy_email, light_email]
+    heavy_row = report["top_users"][0]
+    assert heavy_row["total_tokens"] == heavy_row["prompt_tokens"] + heavy_row["completion_tokens"]
+    assert heavy_row["prompt_tokens"] >= 300
+    [metered] = [row for row in report["by_plan"] if row["plan"] == plan]
+    assert metered["users"] == 2 and metered["requests"] == 2
 
 
 def test_feedback_figures_count_ratings(
