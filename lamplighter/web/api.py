@@ -39,8 +39,10 @@ RATING_REASONS = {
     "too_long": "Too long",
     "other": "Other",
 }
-# How often a streaming answer's rendered HTML is sent; deltas go out as they come.
+# How often a streaming answer's rendered HTML is sent at most, and the most of its time spent
+# rendering (1/RENDER_SHARE); deltas go out as they come.
 HTML_INTERVAL_S = 0.1
+RENDER_SHARE = 10
 # The page's sampling: a little below 1 keeps small models on topic.
 TEMPERATURE, TOP_P = 0.7, 0.95
 
@@ -358,11 +360,16 @@ def event(name: str, payload: Any) -> bytes:
 
 
 async def _events(exchange: Exchange, start: dict[str, Any]) -> AsyncIterator[bytes]:
-    """start, then delta after delta with the rendered answer (html) every HTML_INTERVAL_S,
-    then done once the answer is durable — or error if the backend failed."""
+    """start, then delta after delta with the rendered answer (html) now and then, then done
+    once the answer is durable — or error if the backend failed.
+
+    Rendering costs time proportional to the answer's length (about 2 ms per KB, in the event
+    loop), so a long answer is rendered less often: at most every HTML_INTERVAL_S, and never
+    more than a tenth of the time. The page shows deltas as they come in either case.
+    """
     yield event("start", start)
     answer = start["message"]
-    rendered_at = time.monotonic()
+    next_render = time.monotonic() + HTML_INTERVAL_S
     rendered = 0
     chunks = exchange.stream()
     try:
@@ -370,9 +377,12 @@ async def _events(exchange: Exchange, start: dict[str, Any]) -> AsyncIterator[by
             if chunk.text:
                 yield event("delta", {"text": chunk.text})
             now = time.monotonic()
-            if now - rendered_at >= HTML_INTERVAL_S and len(exchange.text) != rendered:
-                rendered_at, rendered = now, len(exchange.text)
-                yield event("html", {"html": render(exchange.content)})
+            if now >= next_render and len(exchange.text) != rendered:
+                rendered = len(exchange.text)
+                html = render(exchange.content)
+                cost = time.monotonic() - now
+                next_render = now + max(HTML_INTERVAL_S, RENDER_SHARE * cost)
+                yield event("html", {"html": html})
     except APIError as error:
         yield event("error", error.body())
         return
