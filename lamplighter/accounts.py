@@ -13,6 +13,8 @@ from lamplighter.chat import Principal
 from lamplighter.credentials import KEY_PREFIX, hash_key, hash_password, new_api_key, new_password
 from lamplighter.exceptions import AuthenticationFailed, Conflict, InvalidRequest, NotFound
 from lamplighter.store.accounts import Accounts
+from lamplighter.store.audit import Audit
+from lamplighter.store.audit import write as write_audit
 from lamplighter.store.database import Database
 from lamplighter.store.models import ApiKey, User, utcnow
 from lamplighter.store.plans import Plans
@@ -81,17 +83,24 @@ class AccountService:
                 code="plan_not_found",
             )
 
-    async def set_plan(self, email: str, plan: str) -> User:
+    async def set_plan(self, email: str, plan: str, *, audit: Audit | None = None) -> User:
         async with self.db.transaction() as session:
             await self._check_plan(session, plan)
             user = await Accounts(session).user_by_email(normalise_email(email))
             if user is None:
                 raise NotFound(f"no user with email {email}", param="email")
             user.plan = plan
+            await write_audit(session, audit)
             return user
 
     async def suspend(
-        self, email: str, reason: str, *, until: datetime | None, banned: bool = False
+        self,
+        email: str,
+        reason: str,
+        *,
+        until: datetime | None,
+        banned: bool = False,
+        audit: Audit | None = None,
     ) -> User:
         """Lock an account out (API keys and web sessions alike) until ``until``, or until
         restored; its sessions end at once."""
@@ -101,13 +110,15 @@ class AccountService:
             user.disabled_at, user.disabled_reason = now, reason
             user.disabled_until, user.banned = until, banned
             await WebStore(session).end_sessions_of(user.id)
+            await write_audit(session, audit)
             return user
 
-    async def restore(self, email: str) -> User:
+    async def restore(self, email: str, *, audit: Audit | None = None) -> User:
         async with self.db.transaction() as session:
             user = await self._user(session, email)
             user.disabled_at = user.disabled_reason = user.disabled_until = None
             user.banned = False
+            await write_audit(session, audit)
             return user
 
     @staticmethod
@@ -139,10 +150,11 @@ class AccountService:
             )
             return CreatedKey(id=row.id, secret=key.secret, user_email=user.email)
 
-    async def revoke_key(self, key_id: uuid.UUID) -> None:
+    async def revoke_key(self, key_id: uuid.UUID, *, audit: Audit | None = None) -> None:
         async with self.db.transaction() as session:
             if not await Accounts(session).revoke_key(key_id, utcnow()):
                 raise NotFound(f"no live API key with id {key_id}")
+            await write_audit(session, audit)
 
     async def authenticate(self, secret: str) -> Principal:
         """The principal behind an API key; AuthenticationFailed for unknown or revoked keys."""

@@ -1,5 +1,6 @@
 """The admin API, behind the operator console and ``lamplighter top``: live figures, plans,
-users (search, usage, plan, suspend, ban, restore, keys), usage reports and feedback figures.
+users (search, usage, plan, suspend, ban, restore, keys), usage reports, feedback figures, and
+the audit log every change here writes to.
 
 Admins reach it with an API key or from a logged-in browser session (whose state-changing calls
 carry the CSRF token). Anyone else gets 404, so the API's existence is not disclosed.
@@ -20,6 +21,7 @@ from lamplighter.api.state import State
 from lamplighter.chat import Principal
 from lamplighter.exceptions import NotFound, PermissionDenied
 from lamplighter.store.accounts import Accounts
+from lamplighter.store.audit import Audit, AuditLog
 from lamplighter.store.models import User, utcnow
 from lamplighter.store.reports import Reports, UsageTotals
 from lamplighter.web.session import CSRF_HEADER, UNSAFE, current_visitor, same_token
@@ -127,9 +129,11 @@ async def list_plans(_: Admin, state: State) -> dict[str, Any]:
 
 
 @router.put("/plans/{name}")
-async def put_plan(name: str, changes: PlanChanges, _: Admin, state: State) -> dict[str, Any]:
+async def put_plan(name: str, changes: PlanChanges, who: Admin, state: State) -> dict[str, Any]:
     """Change a plan (or create one); the next request on it obeys the change."""
-    plan = await state.plans.put(name, changes.model_dump(exclude_none=True), create=True)
+    values = changes.model_dump(exclude_none=True)
+    action = "plan.update" if name in state.plans.names() else "plan.create"
+    plan = await state.plans.put(name, values, create=True, audit=_audit(who, action, name, values))
     return plan.as_dict()
 
 
@@ -208,19 +212,21 @@ async def get_user(email: str, _: Admin, state: State) -> dict[str, Any]:
 
 
 @router.put("/users/{email}/plan")
-async def put_user_plan(email: str, choice: PlanChoice, _: Admin, state: State) -> dict[str, Any]:
+async def put_user_plan(email: str, choice: PlanChoice, who: Admin, state: State) -> dict[str, Any]:
     """Move a user to another plan; their next request is served under it."""
     state.plans.require(choice.plan)
-    user = await state.accounts.set_plan(email, choice.plan)
+    audit = _audit(who, "user.plan", email, {"plan": choice.plan})
+    user = await state.accounts.set_plan(email, choice.plan, audit=audit)
     return _user_json(user)
 
 
 @router.post("/users/{email}/suspend")
-async def suspend_user(email: str, body: Suspension, _: Admin, state: State) -> dict[str, Any]:
+async def suspend_user(email: str, body: Suspension, who: Admin, state: State) -> dict[str, Any]:
     """Lock an account out for ``days`` (or until restored): its keys stop working and its
     browser sessions end."""
     until = utcnow() + timedelta(days=body.days) if body.days else None
-    user = await state.accounts.suspend(email, body.reason.strip(), until=until)
+    audit = _audit(who, "user.suspend", email, {"reason": body.reason, "days": body.days})
+    user = await state.accounts.suspend(email, body.reason.strip(), until=until, audit=audit)
     return _user_json(user)
 
 
@@ -228,18 +234,53 @@ async def suspend_user(email: str, body: Suspension, _: Admin, state: State) -> 
 async def ban_user(email: str, body: Ban, who: Admin, state: State) -> dict[str, Any]:
     if email.strip().lower() == who.email:
         raise PermissionDenied("You cannot ban yourself.", param="email")
-    user = await state.accounts.suspend(email, body.reason.strip(), until=None, banned=True)
+    audit = _audit(who, "user.ban", email, {"reason": body.reason})
+    user = await state.accounts.suspend(
+        email, body.reason.strip(), until=None, banned=True, audit=audit
+    )
     return _user_json(user)
 
 
 @router.post("/users/{email}/restore")
-async def restore_user(email: str, _: Nothing, __: Admin, state: State) -> dict[str, Any]:
-    return _user_json(await state.accounts.restore(email))
+async def restore_user(email: str, _: Nothing, who: Admin, state: State) -> dict[str, Any]:
+    audit = _audit(who, "user.restore", email)
+    return _user_json(await state.accounts.restore(email, audit=audit))
 
 
 @router.delete("/keys/{key_id}", status_code=204)
-async def revoke_key(key_id: uuid.UUID, _: Admin, state: State) -> None:
-    await state.accounts.revoke_key(key_id)
+async def revoke_key(key_id: uuid.UUID, who: Admin, state: State) -> None:
+    await state.accounts.revoke_key(key_id, audit=_audit(who, "key.revoke", str(key_id)))
+
+
+@router.get("/audit")
+async def audit_log(
+    _: Admin,
+    state: State,
+    limit: int = Query(default=100, ge=1, le=1000),
+    before: int | None = Query(default=None, ge=1),
+) -> dict[str, Any]:
+    """Admin actions, newest first (``before`` pages back from an entry id)."""
+    async with state.db.transaction() as session:
+        entries = await AuditLog(session).recent(limit, before)
+    return {
+        "data": [
+            {
+                "id": entry.id,
+                "at": entry.at.isoformat(),
+                "actor": entry.actor_email,
+                "action": entry.action,
+                "target": entry.target,
+                "details": entry.details,
+            }
+            for entry in entries
+        ]
+    }
+
+
+def _audit(
+    who: Principal, action: str, target: str, details: dict[str, Any] | None = None
+) -> Audit:
+    return Audit(who.user_id, who.email, action, target, details or {})
 
 
 @router.get("/usage")

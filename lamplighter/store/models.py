@@ -255,3 +255,21 @@ class Rating(Base):
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class AuditEntry(Base):
+    """One admin action, kept for good: the table is append-only (triggers refuse UPDATE and
+    DELETE, see migration 0005)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
+    # Who acted, as they were then (the account may be deleted later; the entry stays).
+    actor_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    actor_email: Mapped[str] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(320))
+    details: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from lamplighter.exceptions import InvalidRequest, NotFound
+from lamplighter.store.audit import Audit
+from lamplighter.store.audit import write as write_audit
 from lamplighter.store.database import Database
 from lamplighter.store.models import PlanRow, utcnow
 from lamplighter.store.plans import Plans
@@ -60,7 +62,14 @@ class PlanBook:
             raise NotFound(f"no plan named {name!r}", param="plan", code="plan_not_found")
         return self._plans[name]
 
-    async def put(self, name: str, changes: Mapping[str, Any], *, create: bool = False) -> Plan:
+    async def put(
+        self,
+        name: str,
+        changes: Mapping[str, Any],
+        *,
+        create: bool = False,
+        audit: Audit | None = None,
+    ) -> Plan:
         """Change (or with ``create``, add) a plan; it applies from the next request."""
         base = self._plans.get(name)
         if base is None and not create:
@@ -71,5 +80,6 @@ class PlanBook:
             raise InvalidRequest(str(exc), param="plan") from exc
         async with self.db.transaction() as session:
             await Plans(session).put(_row(plan))
+            await write_audit(session, audit)
         self._plans[name] = plan
         return plan

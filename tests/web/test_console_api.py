@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -16,6 +17,7 @@ from tests.web.conftest import PASSWORD, Browserless, Person, new_person
 
 ADMIN_GETS = [
     "/api/admin/stats",
+    "/api/admin/audit",
     "/api/admin/plans",
     "/api/admin/users",
     "/api/admin/users/someone@example.org",
@@ -225,3 +227,48 @@ def test_queue_wait_admissions_and_backend_health_are_exported(
     admitted = "lamplighter_admitted_total"
     assert _sample(after, admitted, plan="roomy") == _sample(before, admitted, plan="roomy") + 1
     assert _sample(after, "lamplighter_backend_up", backend=backend) == 1.0
+
+
+def test_admin_actions_land_in_the_append_only_audit_log(
+    server: LiveServer, operator: Browserless
+) -> None:
+    me = operator.api("GET", "/me").json()["email"]
+    target = new_person(server)
+    key = server.call(lambda s: s.accounts.create_key(target.email, "k"))
+    plan = f"audited-{uuid.uuid4().hex[:6]}"
+    operator.api("PUT", f"/admin/plans/{plan}", json={"max_tokens": 64})
+    operator.api("PUT", f"/admin/users/{target.email}/plan", json={"plan": plan})
+    operator.api("POST", f"/admin/users/{target.email}/suspend", json={"reason": "spam"})
+    operator.api("POST", f"/admin/users/{target.email}/restore", json={})
+    operator.api("DELETE", f"/admin/keys/{key.id}")
+    # A refused action writes nothing.
+    assert operator.api("POST", f"/admin/users/{me}/ban", json={"reason": "x"}).status_code == 403
+
+    entries = operator.api("GET", "/admin/audit", params={"limit": 5}).json()["data"]
+    assert [(e["action"], e["target"]) for e in reversed(entries)] == [
+        ("plan.create", plan),
+        ("user.plan", target.email),
+        ("user.suspend", target.email),
+        ("user.restore", target.email),
+        ("key.revoke", str(key.id)),
+    ]
+    assert all(e["actor"] == me for e in entries)
+    assert entries[2]["details"] == {"reason": "spam", "days": None}
+    older = operator.api("GET", "/admin/audit", params={"before": entries[-1]["id"]}).json()
+    assert all(e["id"] < entries[-1]["id"] for e in older["data"])
+
+    async def tamper(services: Any) -> str:
+        from sqlalchemy import text
+
+        for sql in ("UPDATE audit_log SET action = 'nothing'", "DELETE FROM audit_log"):
+            try:
+                async with services.db.transaction() as session:
+                    await session.execute(text(sql))
+            except Exception as error:  # the database itself refuses
+                assert "append-only" in str(error)
+            else:
+                return sql
+        return ""
+
+    assert server.call(tamper) == ""
+    assert len(operator.api("GET", "/admin/audit", params={"limit": 5}).json()["data"]) == 5
