@@ -7,6 +7,7 @@ sign-up answer the same way whether or not the account exists (and take about as
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -15,11 +16,18 @@ from datetime import timedelta
 from lamplighter.accounts import AccountService, normalise_email
 from lamplighter.chat import Principal
 from lamplighter.credentials import hash_key, hash_password, verify_password
-from lamplighter.exceptions import AuthenticationFailed, Conflict, InvalidRequest, NotFound
+from lamplighter.exceptions import (
+    AuthenticationFailed,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+)
 from lamplighter.store.accounts import Accounts
 from lamplighter.store.database import Database
 from lamplighter.store.models import Invite, WebSession, utcnow
 from lamplighter.store.web import WebStore
+from lamplighter.web.throttle import LoginThrottle, describe
 
 INVITE_DAYS = 7
 # Verified against when the email is unknown, so a failed login costs the same either way.
@@ -46,23 +54,39 @@ def new_token() -> str:
 
 
 class WebAuth:
-    def __init__(self, db: Database, accounts: AccountService, session_days: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        accounts: AccountService,
+        session_days: int,
+        throttle: LoginThrottle | None = None,
+    ) -> None:
         self.db = db
         self.accounts = accounts
         self.lifetime = timedelta(days=session_days)
+        self.throttle = throttle or LoginThrottle()
 
-    async def login(self, email: str, password: str) -> Login:
-        """A new session for the right email and password; AuthenticationFailed otherwise."""
+    async def login(self, email: str, password: str, address: str) -> Login:
+        """A new session for the right email and password, unless attempts for this account,
+        address or network are being throttled (429); AuthenticationFailed otherwise."""
+        wait = self.throttle.retry_after(email, address)
+        if wait > 0:
+            raise RateLimited(
+                f"Too many login attempts. Try again in {describe(wait)}.", retry_after=wait
+            )
         try:
             email = normalise_email(email)
         except InvalidRequest:
+            self.throttle.failed(email, address)
             raise AuthenticationFailed(BAD_LOGIN) from None
         async with self.db.transaction() as session:
             user = await Accounts(session).user_by_email(email)
         stored = user.password_hash if user and user.password_hash else _DUMMY_HASH
-        ok = verify_password(stored, password)
+        ok = await asyncio.to_thread(verify_password, stored, password)
         if user is None or not user.active(utcnow()) or not user.password_hash or not ok:
+            self.throttle.failed(email, address)
             raise AuthenticationFailed(BAD_LOGIN)
+        self.throttle.succeeded(email)
         return await self._start(user.id)
 
     async def _start(self, user_id: uuid.UUID) -> Login:

@@ -29,11 +29,26 @@ templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
 router = APIRouter(include_in_schema=False)
 
 
-def _form_page(request: Request, template: str, status: int = 200, **context: Any) -> Response:
+def client_address(request: Request) -> str:
+    """The client's address (uvicorn puts a trusted proxy's X-Forwarded-For here)."""
+    return request.client.host if request.client else "unknown"
+
+
+def _form_page(
+    request: Request,
+    template: str,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    **context: Any,
+) -> Response:
     """A page with a pre-login form, protected by a double-submit CSRF cookie."""
     token = request.cookies.get(FORM_COOKIE) or new_token()
     response = templates.TemplateResponse(
-        request, template, {"csrf_token": token, "error": None, **context}, status_code=status
+        request,
+        template,
+        {"csrf_token": token, "error": None, **context},
+        status_code=status,
+        headers=headers,
     )
     response.set_cookie(
         FORM_COOKIE, token, httponly=True, samesite="strict", secure=secure(request), path="/"
@@ -78,12 +93,13 @@ async def login(request: Request, state: State) -> Response:
     try:
         fields = await _form(request)
         email = fields.get("email", "")
-        login = await state.web.login(email, fields.get("password", ""))
+        login = await state.web.login(email, fields.get("password", ""), client_address(request))
     except APIError as error:
         return _form_page(
             request,
             "login.html",
             status=error.status_code,
+            headers=error.headers,
             error=error.message,
             email=email,
             signups_open=state.settings.signups == "open",
