@@ -64,6 +64,10 @@ class Settings:
         "Seconds per point of the operator console's live charts (they keep the last 720 "
         "points: an hour at 5 s).",
     )
+    max_body_bytes: int = _setting(
+        8 * 1024 * 1024,
+        "Largest request body accepted, in bytes; larger ones get 413 before being parsed.",
+    )
     otlp_endpoint: str = _setting(
         "",
         "OpenTelemetry collector to send traces to over OTLP/HTTP, e.g. http://127.0.0.1:4318. "
@@ -177,6 +181,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("setting 'n_threads': must be 0 (one per core) or more")
     if settings.signups not in {"open", "invite"}:
         raise ConfigError("setting 'signups': use open or invite")
+    if settings.max_body_bytes < 1024:
+        raise ConfigError("setting 'max_body_bytes': must be at least 1024")
     if settings.stats_interval < 1:
         raise ConfigError("setting 'stats_interval': must be at least 1 second")
     if settings.session_days < 1:
