@@ -10,7 +10,14 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.chat import Principal
-from lamplighter.credentials import KEY_PREFIX, hash_key, hash_password, new_api_key, new_password
+from lamplighter.credentials import (
+    KEY_PREFIX,
+    hash_key,
+    hash_password,
+    new_api_key,
+    new_password,
+    password_problem,
+)
 from lamplighter.exceptions import AuthenticationFailed, Conflict, InvalidRequest, NotFound
 from lamplighter.store.accounts import Accounts
 from lamplighter.store.audit import Audit
@@ -55,8 +62,9 @@ class AccountService:
         self, email: str, *, password: str | None = None, admin: bool = False, plan: str = "free"
     ) -> User:
         email = normalise_email(email)
-        if password is not None and len(password) < 8:
-            raise InvalidRequest("passwords must be at least 8 characters", param="password")
+        problem = password_problem(password, related=(email,)) if password is not None else None
+        if problem is not None:
+            raise InvalidRequest(problem, param="password")
         async with self.db.transaction() as session:
             await self._check_plan(session, plan)
             accounts = Accounts(session)

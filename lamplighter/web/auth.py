@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from lamplighter.accounts import AccountService, normalise_email
 from lamplighter.chat import Principal
-from lamplighter.credentials import hash_key, hash_password, verify_password
+from lamplighter.credentials import hash_key, hash_password, password_problem, verify_password
 from lamplighter.exceptions import (
     AuthenticationFailed,
     Conflict,
@@ -159,8 +159,10 @@ class WebAuth:
 
     async def accept(self, token: str, password: str) -> Login:
         """Set the invited account's password (once) and log it in."""
-        if len(password) < 8:
-            raise InvalidRequest("Passwords must be at least 8 characters.", param="password")
+        email = await self.invited_email(token)
+        problem = password_problem(password, related=(email,))
+        if problem is not None:
+            raise InvalidRequest(problem, param="password")
         now = utcnow()
         async with self.db.transaction() as session:
             invite = await WebStore(session).invite(hash_key(token), now)

@@ -54,3 +54,14 @@ def test_signup_refuses_short_passwords_and_does_not_reveal_taken_emails(
     assert again.status_code == 400
     assert "already exists" not in again.text
     assert "lamplighter_session" not in again.headers.get("set-cookie", "")
+
+
+@pytest.mark.parametrize("password", ["password123", "qwertyuiop", "iloveyou1", "newcomer2026"])
+def test_signup_refuses_common_and_guessable_passwords(
+    open_server: LiveServer, password: str
+) -> None:
+    with httpx.Client(base_url=open_server.base_url) as http:
+        response = _signup(http, "newcomer2026@example.org", password)
+    assert response.status_code == 400
+    assert "too easy to guess" in response.text
+    assert "lamplighter_session" not in response.headers.get("set-cookie", "")
