@@ -122,6 +122,10 @@ class WebAuth:
         async with self.db.transaction() as session:
             await WebStore(session).end_session(hash_key(token))
 
+    async def logout_everywhere(self, user_id: uuid.UUID) -> None:
+        async with self.db.transaction() as session:
+            await WebStore(session).end_sessions_of(user_id)
+
     async def signup(self, email: str, password: str, plan: str) -> Login:
         try:
             user = await self.accounts.create_user(email, password=password, plan=plan)

@@ -163,13 +163,18 @@ async def accept_invite(token: str, request: Request, state: State) -> Response:
 
 
 @router.post("/logout")
-async def logout(request: Request, state: State) -> Response:
+async def logout(request: Request, state: State, everywhere: bool = False) -> Response:
+    """End this session, or with ``?everywhere=1`` every session of the account (a lost
+    laptop, a shared computer)."""
     visitor = await current_visitor(request, state)
     if visitor is not None:
         form = await request.form()
         if not same_token(str(form.get("csrf_token", "")), visitor.csrf_token):
             raise PermissionDenied("The form expired. Reload the page and try again.")
-        await state.web.logout(request.cookies[SESSION_COOKIE])
+        if everywhere:
+            await state.web.logout_everywhere(visitor.principal.user_id)
+        else:
+            await state.web.logout(request.cookies[SESSION_COOKIE])
     response = RedirectResponse("/login", status_code=303)
     clear_session(response, request)
     return response

@@ -429,3 +429,20 @@ def test_the_api_continues_a_conversation_started_in_the_browser(
         "You said: and went on over the API",
     ]
     assert len(web.api("GET", "/conversations").json()["data"]) == 1
+
+
+def test_log_out_everywhere_ends_every_session_of_the_account(
+    server: LiveServer, person: Person
+) -> None:
+    laptop, phone = Browserless(server.base_url), Browserless(server.base_url)
+    laptop.login(person)
+    phone.login(person)
+    first_cookie = laptop.http.cookies["lamplighter_session"]
+    assert first_cookie != phone.http.cookies["lamplighter_session"]  # a new session per login
+    page = phone.http.get("/").text
+    response = phone.http.post("/logout?everywhere=1", data={"csrf_token": form_token(page)})
+    assert response.status_code == 303
+    assert laptop.api("GET", "/me").status_code == 401
+    assert phone.api("GET", "/me").status_code == 401
+    laptop.close()
+    phone.close()
