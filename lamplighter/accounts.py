@@ -11,7 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.chat import Principal
 from lamplighter.credentials import (
+    KEY_PATTERN,
     KEY_PREFIX,
+    SCOPES,
     hash_key,
     hash_password,
     new_api_key,
@@ -140,29 +142,90 @@ class AccountService:
         async with self.db.transaction() as session:
             return await Accounts(session).list_users()
 
-    async def create_key(self, email: str, name: str = "") -> CreatedKey:
-        key = new_api_key()
+    async def create_key(
+        self,
+        email: str,
+        name: str = "",
+        *,
+        scopes: Sequence[str] | None = None,
+        expires_in: timedelta | None = None,
+    ) -> CreatedKey:
+        """A new key. Without ``scopes`` it may chat and give feedback, and administer if its
+        owner is an admin; ``admin`` is refused for anyone else. ``expires_in``: never without."""
         async with self.db.transaction() as session:
-            accounts = Accounts(session)
-            user = await accounts.user_by_email(normalise_email(email))
-            if user is None:
-                raise NotFound(f"no user with email {email}", param="email")
-            row = await accounts.add_key(
-                ApiKey(
-                    user_id=user.id,
-                    name=name,
-                    prefix=key.prefix,
-                    key_hash=key.key_hash,
-                    created_at=utcnow(),
-                )
+            user = await self._user(session, email)
+            return await self._add_key(session, user, name, scopes, expires_in)
+
+    async def _add_key(
+        self,
+        session: AsyncSession,
+        user: User,
+        name: str,
+        scopes: Sequence[str] | None,
+        expires_in: timedelta | None,
+    ) -> CreatedKey:
+        if scopes is None:
+            scopes = SCOPES if user.is_admin else ("chat", "feedback")
+        unknown = set(scopes) - set(SCOPES)
+        if unknown or not scopes:
+            raise InvalidRequest(
+                f"scopes must be some of {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}",
+                param="scopes",
             )
-            return CreatedKey(id=row.id, secret=key.secret, user_email=user.email)
+        if "admin" in scopes and not user.is_admin:
+            raise InvalidRequest(f"{user.email} is not an admin: no admin scope", param="scopes")
+        key = new_api_key()
+        now = utcnow()
+        row = await Accounts(session).add_key(
+            ApiKey(
+                user_id=user.id,
+                name=name,
+                prefix=key.prefix,
+                key_hash=key.key_hash,
+                created_at=now,
+                scopes=[scope for scope in SCOPES if scope in scopes],
+                expires_at=now + expires_in if expires_in else None,
+            )
+        )
+        return CreatedKey(id=row.id, secret=key.secret, user_email=user.email)
+
+    async def rotate_key(self, key_id: uuid.UUID, grace: timedelta) -> CreatedKey:
+        """A new key like ``key_id`` (name, scopes, lifetime); the old one keeps working for
+        ``grace`` so clients can switch, then expires."""
+        async with self.db.transaction() as session:
+            old = await session.get(ApiKey, key_id)
+            now = utcnow()
+            if (
+                old is None
+                or old.revoked_at is not None
+                or (old.expires_at is not None and old.expires_at <= now)
+            ):
+                raise NotFound(f"no live API key with id {key_id}")
+            user = await session.get(User, old.user_id)
+            assert user is not None
+            lifetime = old.expires_at - old.created_at if old.expires_at else None
+            created = await self._add_key(session, user, old.name, old.scopes, lifetime)
+            ends = now + grace
+            old.expires_at = min(old.expires_at, ends) if old.expires_at else ends
+            return created
+
+    async def keys_of(self, email: str) -> Sequence[ApiKey]:
+        async with self.db.transaction() as session:
+            return await Accounts(session).keys_of((await self._user(session, email)).id)
 
     async def revoke_key(self, key_id: uuid.UUID, *, audit: Audit | None = None) -> None:
         async with self.db.transaction() as session:
             if not await Accounts(session).revoke_key(key_id, utcnow()):
                 raise NotFound(f"no live API key with id {key_id}")
             await write_audit(session, audit)
+
+    async def keys_in(self, texts: Sequence[str]) -> list[ApiKey]:
+        """Live API keys whose secret appears in ``texts`` (pasted into a prompt, say)."""
+        hashes = {hash_key(match) for text in texts for match in KEY_PATTERN.findall(text)}
+        if not hashes:
+            return []
+        async with self.db.transaction() as session:
+            return list(await Accounts(session).live_keys_by_hash(hashes, utcnow()))
 
     async def authenticate(self, secret: str) -> Principal:
         """The principal behind an API key; AuthenticationFailed for unknown or revoked keys."""
@@ -178,6 +241,12 @@ class AccountService:
                 )
             key, user = found
             now = utcnow()
+            if key.expires_at is not None and key.expires_at <= now:
+                raise AuthenticationFailed(
+                    f"The API key {key.prefix}… expired at {key.expires_at.isoformat()}. "
+                    "Create a new one.",
+                    code="expired_api_key",
+                )
             if key.last_used_at is None or now - key.last_used_at > TOUCH_INTERVAL:
                 await accounts.touch_key(key.id, now)
         return Principal(
@@ -186,6 +255,7 @@ class AccountService:
             plan=user.plan,
             is_admin=user.is_admin,
             api_key_id=key.id,
+            scopes=frozenset(key.scopes),
         )
 
     async def bootstrap_admin(self, email: str) -> Bootstrap | None:

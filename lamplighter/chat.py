@@ -68,6 +68,8 @@ class Principal:
     plan: str
     is_admin: bool
     api_key_id: uuid.UUID | None = None
+    # What the credential may do: a key's scopes; a browser session may do everything.
+    scopes: frozenset[str] = frozenset({"chat", "feedback", "admin"})
 
 
 @dataclass(frozen=True)

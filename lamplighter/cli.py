@@ -8,6 +8,7 @@ import logging
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -154,22 +155,81 @@ def users_list(
 def keys_create(
     email: str,
     name: Annotated[str, typer.Option(help="A label to tell keys apart.")] = "",
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="What the key may do: chat, feedback, admin (repeat the option). Default: "
+            "chat and feedback, and admin for an admin."
+        ),
+    ] = None,
+    expires_days: Annotated[
+        int | None, typer.Option(min=1, help="Days until the key stops working.")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Create an API key for a user and print it. It is shown only this once."""
-    created = _run(_settings(config), lambda accounts: accounts.create_key(email, name))
+    expires = timedelta(days=expires_days) if expires_days else None
+    created = _run(
+        _settings(config),
+        lambda accounts: accounts.create_key(email, name, scopes=scope, expires_in=expires),
+    )
     typer.echo(f"API key {created.id} for {created.user_email} (shown only now):", err=True)
     typer.echo(created.secret)
+
+
+@keys.command("list")
+def keys_list(email: str, config: ConfigOption = None) -> None:
+    """A user's keys: id, prefix, name, scopes, and whether they are live."""
+    found = _run(_settings(config), lambda accounts: accounts.keys_of(email))
+    now = datetime.now(UTC)
+    for key in found:
+        if key.revoked_at is not None:
+            state = f"revoked {key.revoked_at:%Y-%m-%d}"
+        elif key.expires_at is not None and key.expires_at <= now:
+            state = f"expired {key.expires_at:%Y-%m-%d}"
+        elif key.expires_at is not None:
+            state = f"live until {key.expires_at:%Y-%m-%d %H:%M}"
+        else:
+            state = "live"
+        scopes = ",".join(key.scopes)
+        typer.echo(f"{key.id}  {key.prefix}…  {key.name or '-':<16} {scopes:<20} {state}")
+
+
+@keys.command("rotate")
+def keys_rotate(
+    key_id: str,
+    grace_hours: Annotated[
+        float, typer.Option(min=0, help="Hours the old key keeps working.")
+    ] = 24.0,
+    config: ConfigOption = None,
+) -> None:
+    """Replace a key: print a new one with the same name, scopes and lifetime; the old one
+    keeps working for the grace period, then expires."""
+    parsed = _key_id(key_id)
+    created = _run(
+        _settings(config),
+        lambda accounts: accounts.rotate_key(parsed, timedelta(hours=grace_hours)),
+    )
+    typer.echo(
+        f"API key {created.id} replaces {parsed}, which stops working in {grace_hours:g} h "
+        "(shown only now):",
+        err=True,
+    )
+    typer.echo(created.secret)
+
+
+def _key_id(key_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(key_id)
+    except ValueError as exc:
+        typer.secho(f"error: {key_id!r} is not a key id", fg="red", err=True)
+        raise typer.Exit(2) from exc
 
 
 @keys.command("revoke")
 def keys_revoke(key_id: str, config: ConfigOption = None) -> None:
     """Revoke an API key by its id; it stops working at once."""
-    try:
-        parsed = uuid.UUID(key_id)
-    except ValueError as exc:
-        typer.secho(f"error: {key_id!r} is not a key id", fg="red", err=True)
-        raise typer.Exit(2) from exc
+    parsed = _key_id(key_id)
     _run(_settings(config), lambda accounts: accounts.revoke_key(parsed))
     typer.echo(f"revoked {parsed}")
 

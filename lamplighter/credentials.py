@@ -12,6 +12,10 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from zxcvbn import zxcvbn
 
 KEY_PREFIX = "ll-"
+# What an API key may be used for: chat (/v1), feedback (/api/feedback), admin (/api/admin).
+SCOPES = ("chat", "feedback", "admin")
+# A key as it appears in text: the prefix and 43 URL-safe base64 characters (256 bits).
+KEY_PATTERN = re.compile(r"ll-[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
 
 _hasher = PasswordHasher()
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from lamplighter.api.openai import principal
+from lamplighter.api.openai import principal, require_scope
 from lamplighter.api.state import State
 from lamplighter.chat import Principal
 from lamplighter.exceptions import NotFound, PermissionDenied
@@ -42,6 +42,7 @@ async def admin(request: Request, state: State) -> Principal:
         raise NotFound(
             f"Unknown request URL: {request.method} {request.url.path}.", code="unknown_url"
         )
+    require_scope(who, "admin")
     unsafe = csrf is not None and request.method in UNSAFE
     if unsafe and not same_token(request.headers.get(CSRF_HEADER), csrf or ""):
         raise PermissionDenied(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -17,7 +18,7 @@ from lamplighter.api.responses import (
     unless_disconnected,
 )
 from lamplighter.api.schemas import ChatCompletionRequest
-from lamplighter.api.state import State
+from lamplighter.api.state import Services, State
 from lamplighter.chat import Exchange, Principal
 from lamplighter.engines.base import GenerationRequest
 from lamplighter.exceptions import (
@@ -25,9 +26,20 @@ from lamplighter.exceptions import (
     AuthenticationFailed,
     ContextLengthExceeded,
     NotFound,
+    PermissionDenied,
 )
 
 router = APIRouter(prefix="/v1")
+log = logging.getLogger(__name__)
+
+
+def require_scope(who: Principal, scope: str) -> None:
+    if scope not in who.scopes:
+        raise PermissionDenied(
+            f"This API key lacks the '{scope}' scope (it has: {', '.join(sorted(who.scopes))}). "
+            f"Create one with `lamplighter keys create EMAIL --scope {scope}`.",
+            code="insufficient_scope",
+        )
 
 
 async def principal(request: Request, state: State) -> Principal:
@@ -45,7 +57,28 @@ async def principal(request: Request, state: State) -> Principal:
     return who
 
 
-Caller = Annotated[Principal, Depends(principal)]
+async def chat_principal(request: Request, state: State) -> Principal:
+    who = await principal(request, state)
+    require_scope(who, "chat")
+    return who
+
+
+Caller = Annotated[Principal, Depends(chat_principal)]
+
+
+async def leak_warning(state: Services, texts: list[str]) -> dict[str, str]:
+    """A warning header when live API keys appear in the messages: whoever sees the
+    conversation (or a model's training data) could use them."""
+    leaked = await state.accounts.keys_in(texts)
+    if not leaked:
+        return {}
+    for key in leaked:
+        log.warning("api key found in a prompt", extra={"api_key_id": str(key.id)})
+    prefixes = ", ".join(f"{key.prefix}..." for key in leaked)  # headers are latin-1
+    return {
+        "x-lamplighter-warning": f"API key {prefixes} appears in the messages; rotate it with "
+        "`lamplighter keys rotate KEY_ID`."
+    }
 
 
 def _model_card(model: str) -> dict[str, Any]:
@@ -95,6 +128,7 @@ async def chat_completions(
             error.param = "max_completion_tokens"
         raise
     headers = exchange.headers
+    headers.update(await leak_warning(state, [turn.content for turn in request.turns]))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return EventStreamResponse(

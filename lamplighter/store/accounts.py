@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.store.models import ApiKey, User, user_active, utcnow
@@ -66,6 +66,16 @@ class Accounts:
             .values(revoked_at=when)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def live_keys_by_hash(self, hashes: set[str], now: datetime) -> Sequence[ApiKey]:
+        result = await self.session.execute(
+            select(ApiKey).where(
+                ApiKey.key_hash.in_(hashes),
+                ApiKey.revoked_at.is_(None),
+                or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+            )
+        )
+        return result.scalars().all()
 
     async def keys_of(self, user_id: uuid.UUID) -> Sequence[ApiKey]:
         result = await self.session.execute(

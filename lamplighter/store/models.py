@@ -117,6 +117,9 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(Timestamp)
     revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # What the key may do (see credentials.SCOPES), and when it stops working (None: never).
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
 class Conversation(Base):
