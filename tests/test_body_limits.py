@@ -66,3 +66,12 @@ def test_malformed_bodies_get_400(server: LiveServer, user: tuple[str, str], bod
     response = _post(server, user[1], content=body)
     assert response.status_code == 400
     assert response.json()["error"]["message"]
+
+
+def test_too_many_messages_get_400_naming_the_field(
+    server: LiveServer, user: tuple[str, str]
+) -> None:
+    messages = [{"role": "user", "content": "x"}] * 2049
+    response = _post(server, user[1], json={"model": SCRIPTED, "messages": messages})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages"

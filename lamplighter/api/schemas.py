@@ -6,7 +6,7 @@ ignored; a field we cannot honour (``logprobs``) is refused when it asks for any
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -15,6 +15,7 @@ from lamplighter.exceptions import InvalidRequest
 
 # "developer" is OpenAI's newer name for "system"; the model's template knows only the latter.
 ROLE_ALIASES = {"developer": "system"}
+MAX_MESSAGES = 2048
 
 
 class TextPart(BaseModel):
@@ -26,7 +27,7 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+    content: str | Annotated[list[TextPart], Field(max_length=256)] | None = None
     name: str | None = Field(default=None, max_length=64)
     refusal: str | None = None
 
@@ -47,7 +48,9 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=200)
-    messages: list[ChatMessage] = Field(min_length=1)
+    # The body limit bounds the total size; this bounds the work per message (threading hashes
+    # every one of them).
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
