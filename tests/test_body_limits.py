@@ -75,3 +75,12 @@ def test_too_many_messages_get_400_naming_the_field(
     response = _post(server, user[1], json={"model": SCRIPTED, "messages": messages})
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "messages"
+
+
+def test_text_that_is_not_unicode_gets_400_not_500(
+    server: LiveServer, user: tuple[str, str]
+) -> None:
+    body = b'{"model": "' + SCRIPTED.encode() + b'", "messages": [{"role": "user", "content": '
+    response = _post(server, user[1], content=body + b'"half a pair: \\ud800"}]}')
+    assert response.status_code == 400
+    assert "lone surrogates" in response.json()["error"]["message"]

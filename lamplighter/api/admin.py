@@ -8,18 +8,20 @@ carry the CSRF token). Anyone else gets 404, so the API's existence is not discl
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from lamplighter.api.openai import principal, require_scope
+from lamplighter.api.schemas import Body
 from lamplighter.api.state import State
 from lamplighter.chat import Principal
-from lamplighter.exceptions import NotFound, PermissionDenied
+from lamplighter.exceptions import InvalidRequest, NotFound, PermissionDenied
 from lamplighter.store.accounts import Accounts
 from lamplighter.store.audit import Audit, AuditLog
 from lamplighter.store.models import User, utcnow
@@ -27,6 +29,7 @@ from lamplighter.store.reports import Reports, UsageTotals
 from lamplighter.web.session import CSRF_HEADER, UNSAFE, current_visitor, same_token
 
 router = APIRouter(prefix="/api/admin")
+PLAN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 async def admin(request: Request, state: State) -> Principal:
@@ -54,10 +57,9 @@ async def admin(request: Request, state: State) -> Principal:
 Admin = Annotated[Principal, Depends(admin)]
 
 
-class PlanChanges(BaseModel):
+class PlanChanges(Body):
     """Fields of a plan to change; those left out keep their value."""
 
-    model_config = ConfigDict(extra="forbid")
     priority: int | None = Field(default=None, ge=0, le=100)
     requests_per_minute: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)
@@ -70,24 +72,21 @@ class PlanChanges(BaseModel):
     cache_ttl_s: float | None = Field(default=None, ge=0, le=86400)
 
 
-class PlanChoice(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PlanChoice(Body):
     plan: str = Field(min_length=1, max_length=64)
 
 
-class Suspension(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Suspension(Body):
     reason: str = Field(min_length=1, max_length=500)
     days: int | None = Field(default=None, ge=1, le=3650)
 
 
-class Ban(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Ban(Body):
     reason: str = Field(min_length=1, max_length=500)
 
 
-class Nothing(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Nothing(Body):
+    """An empty body."""
 
 
 @router.get("/stats")
@@ -132,6 +131,12 @@ async def list_plans(_: Admin, state: State) -> dict[str, Any]:
 @router.put("/plans/{name}")
 async def put_plan(name: str, changes: PlanChanges, who: Admin, state: State) -> dict[str, Any]:
     """Change a plan (or create one); the next request on it obeys the change."""
+    if not PLAN_NAME.fullmatch(name):
+        raise InvalidRequest(
+            "Plan names are 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or "
+            "digit.",
+            param="name",
+        )
     values = changes.model_dump(exclude_none=True)
     action = "plan.update" if name in state.plans.names() else "plan.create"
     plan = await state.plans.put(name, values, create=True, audit=_audit(who, action, name, values))

@@ -28,7 +28,11 @@ async def readyz(state: State) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "Metrics"}},
+)
 async def metrics(state: State) -> Response:
     """Prometheus text format; see docs/operations.md for what each metric means."""
     return Response(state.chat.metrics.render(), media_type=CONTENT_TYPE_LATEST)

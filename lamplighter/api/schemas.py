@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lamplighter.conversation.threading import Turn
 from lamplighter.exceptions import InvalidRequest
@@ -18,14 +18,37 @@ ROLE_ALIASES = {"developer": "system"}
 MAX_MESSAGES = 2048
 
 
-class TextPart(BaseModel):
+def _valid_text(value: object) -> object:
+    """Refuse lone surrogates ("\\ud800" escapes in JSON): Python accepts them, but they are
+    not Unicode, and no database (or tokenizer) can store them."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _valid_text(item)
+    return value
+
+
+class Body(BaseModel):
+    """Every request body: unknown fields refused, every string valid Unicode."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _unicode(cls, value: object) -> object:
+        return _valid_text(value)
+
+
+class TextPart(Body):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ChatMessage(Body):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | Annotated[list[TextPart], Field(max_length=256)] | None = None
     name: str | None = Field(default=None, max_length=64)
@@ -39,14 +62,11 @@ class ChatMessage(BaseModel):
         return Turn(ROLE_ALIASES.get(self.role, self.role), text)
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StreamOptions(Body):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ChatCompletionRequest(Body):
     model: str = Field(min_length=1, max_length=200)
     # The body limit bounds the total size; this bounds the work per message (threading hashes
     # every one of them).

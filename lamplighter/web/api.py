@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from starlette.responses import Response
 
 from lamplighter.api.responses import EventStreamResponse, unless_disconnected
+from lamplighter.api.schemas import Body
 from lamplighter.api.state import Services, State
 from lamplighter.chat import Exchange, Placement
 from lamplighter.conversation.threading import Turn, title_from
@@ -161,8 +162,7 @@ async def get_conversation(
     }
 
 
-class ConversationChanges(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ConversationChanges(Body):
     title: str | None = Field(default=None, max_length=200)
     current_leaf_id: uuid.UUID | None = None
 
@@ -204,8 +204,7 @@ async def delete_conversation(conversation_id: uuid.UUID, visitor: WebUser, stat
         await conversations.delete(conversation_id)
 
 
-class RatingBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RatingBody(Body):
     rating: Literal[1, -1]
     reasons: list[str] = Field(default_factory=list, max_length=len(RATING_REASONS))
     comment: str | None = Field(default=None, max_length=2000)
@@ -267,11 +266,10 @@ async def unrate(message_id: uuid.UUID, visitor: WebUser, state: State) -> None:
         await WebStore(session).delete_rating(message_id)
 
 
-class ChatBody(BaseModel):
+class ChatBody(Body):
     """A new message (``content``) under ``parent_id``, or with no content a new answer to the
     user message ``parent_id`` (a regeneration). See ``chat.Placement``."""
 
-    model_config = ConfigDict(extra="forbid")
     conversation_id: uuid.UUID | None = None
     parent_id: uuid.UUID | None = None
     content: str | None = Field(default=None, max_length=100_000)
