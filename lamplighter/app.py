@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from lamplighter.abuse.violations import ViolationPolicy, Violations
 from lamplighter.accounts import AccountService, Bootstrap
 from lamplighter.api import admin, errors, health, openai
 from lamplighter.api.middleware import BodyLimit, RateLimitHeaders, RequestIds, SecurityHeaders
@@ -136,7 +137,11 @@ def create_app(
                 tracer=tracing.tracer,
             ),
             web=WebAuth(db, accounts, settings.session_days),
+            violations=Violations(ViolationPolicy.from_config(config.get("abuse", {}))),
         )
+        state.violations.on_ban = lambda ban: state.chat.metrics.bans.labels(
+            ban.subject.split(":", 1)[0]
+        ).inc()
         cut = await state.chat.recover()
         if cut:
             log.warning("marked %d answers interrupted by the last shutdown as cut", cut)

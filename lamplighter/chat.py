@@ -326,11 +326,13 @@ class ChatService:
     ) -> Exchange:
         plan = self.plans.get(principal.plan)
         if not plan.allows(request.model):
-            raise NotFound(
+            refused = NotFound(
                 f"The model '{request.model}' is not available on plan '{plan.name}'.",
                 param="model",
                 code="model_not_found",
             )
+            refused.violation = "model_not_allowed"
+            raise refused
         backend = self.router.route(request.model)
         pool = self.admission.pool(backend.name, backend.capacity)
         cap = plan.max_tokens

@@ -39,6 +39,8 @@ class APIError(LamplighterError):
     status_code = 500
     type = "server_error"
     code: str | None = None
+    # The kind of violation this refusal counts as for abuse scoring (see abuse/violations.py).
+    violation: str | None = None
 
     def __init__(
         self,
@@ -104,16 +106,24 @@ class _Retryable(APIError):
         self.headers.setdefault("retry-after-ms", str(max(1, math.ceil(retry_after * 1000))))
 
 
+class Banned(_Retryable):
+    status_code = 403
+    type = "invalid_request_error"
+    code = "temporarily_banned"
+
+
 class RateLimited(_Retryable):
     status_code = 429
     type = "requests"
     code = "rate_limit_exceeded"
+    violation = "rate_limited"
 
 
 class QuotaExceeded(_Retryable):
     status_code = 429
     type = "insufficient_quota"
     code = "insufficient_quota"
+    violation = "rate_limited"
 
 
 class ServiceUnavailable(APIError):

@@ -124,3 +124,16 @@ def test_keys_cli_create_list_rotate(tmp_path: Path) -> None:
     )
     bad = runner.invoke(app, ["keys", "create", "ops@example.org", "--scope", "root"], env=env)
     assert bad.exit_code == 1 and "scopes must be some of" in bad.output
+
+
+def test_a_key_pasted_into_the_web_chat_is_detected(server: LiveServer) -> None:
+    from tests.web.conftest import Browserless, new_person
+
+    person = new_person(server)
+    leaked = server.call(lambda s: s.accounts.create_key(person.email, "leaked"))
+    web = Browserless(server.base_url)
+    web.login(person)
+    start = web.chat(content=f"my key is {leaked.secret}")[0][1]
+    assert leaked.secret[:10] in start["warning"]
+    assert web.chat(content="nothing secret")[0][1]["warning"] is None
+    web.close()

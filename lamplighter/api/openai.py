@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from lamplighter.api import guard
 from lamplighter.api.middleware import RATE_LIMIT_HEADERS
 from lamplighter.api.responses import (
     SSE_DONE,
@@ -60,6 +61,7 @@ async def principal(request: Request, state: State) -> Principal:
 async def chat_principal(request: Request, state: State) -> Principal:
     who = await principal(request, state)
     require_scope(who, "chat")
+    guard.refuse_banned(state, *guard.subjects(request, who))
     return who
 
 
@@ -123,8 +125,10 @@ async def chat_completions(
         exchange = await unless_disconnected(
             http, state.chat.open(who, request, store=body.store is not False)
         )
-    except ContextLengthExceeded as error:
-        if error.param == "max_tokens" and body.max_completion_tokens:
+    except APIError as error:
+        guard.count(state, error, *guard.subjects(http, who))
+        renamed = error.param == "max_tokens" and body.max_completion_tokens
+        if isinstance(error, ContextLengthExceeded) and renamed:
             error.param = "max_completion_tokens"
         raise
     headers = exchange.headers

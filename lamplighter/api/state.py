@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from lamplighter.abuse.violations import Violations
 from lamplighter.accounts import AccountService
 from lamplighter.chat import ChatService
 from lamplighter.engines.router import Router
@@ -27,6 +28,7 @@ class Services:
     limiter: RateLimiter
     chat: ChatService
     web: WebAuth
+    violations: Violations
 
 
 def services(request: Request) -> Services:

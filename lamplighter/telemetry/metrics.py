@@ -93,6 +93,18 @@ class Metrics:
             ["plan"],
             registry=r,
         )
+        self.violations = Counter(
+            "lamplighter_violations",
+            "Refusals counted towards abuse scores, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.bans = Counter(
+            "lamplighter_bans",
+            "Temporary bans started by violation scores, by subject (user or ip).",
+            ["scope"],
+            registry=r,
+        )
         self.feedback = Counter(
             "lamplighter_feedback",
             "Feedback given on answers, by kind (thumbs_up, thumbs_down).",

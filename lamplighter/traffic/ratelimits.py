@@ -60,12 +60,14 @@ class RateLimiter:
         user = str(user_id)
         requests, per_minute, daily = self.limits(plan, user, tokens)
         if not await self.state.acquire_stream(user, plan.concurrent_streams):
-            raise RateLimited(
+            breach = RateLimited(
                 f"Too many concurrent requests on plan '{plan.name}': the limit is "
                 f"{plan.concurrent_streams} at a time. Wait for one to finish.",
                 retry_after=1.0,
                 headers=await self.headers(plan, user_id),
             )
+            breach.violation = "concurrency"
+            raise breach
         verdicts = await self.state.reserve((requests, per_minute, daily), self.clock.monotonic())
         headers = _headers(
             plan,

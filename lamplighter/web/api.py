@@ -18,6 +18,8 @@ from fastapi import APIRouter, Query, Request
 from pydantic import Field, field_validator
 from starlette.responses import Response
 
+from lamplighter.api import guard
+from lamplighter.api.openai import leak_warning
 from lamplighter.api.responses import EventStreamResponse, unless_disconnected
 from lamplighter.api.schemas import Body
 from lamplighter.api.state import Services, State
@@ -279,6 +281,7 @@ class ChatBody(Body):
 @router.post("/chat")
 async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) -> Response:
     who = visitor.principal
+    guard.refuse_banned(state, *guard.subjects(http, who))
     content = body.content.strip() if body.content is not None else None
     if content == "":
         raise InvalidRequest("Write a message first.", param="content")
@@ -307,14 +310,22 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
         raise NotFound("Your plan has no model available.", code="model_not_found")
     request = GenerationRequest(model=model, turns=turns, temperature=TEMPERATURE, top_p=TOP_P)
     placement = Placement(body.conversation_id, body.parent_id, new_turn=content is not None)
-    exchange = await unless_disconnected(http, state.chat.open(who, request, placement=placement))
+    try:
+        exchange = await unless_disconnected(
+            http, state.chat.open(who, request, placement=placement)
+        )
+    except APIError as error:
+        guard.count(state, error, *guard.subjects(http, who))
+        raise
     start = {
         "conversation_id": str(exchange.conversation_id),
         "title": title or title_from(turns),
         "user_message": _question(exchange, body.parent_id, content),
         "message": _answer_json(exchange, body.parent_id),
     }
-    return EventStreamResponse(_events(exchange, start), exchange.headers, finally_=exchange.close)
+    headers = {**exchange.headers, **await leak_warning(state, [t.content for t in turns])}
+    start["warning"] = headers.get("x-lamplighter-warning")
+    return EventStreamResponse(_events(exchange, start), headers, finally_=exchange.close)
 
 
 def _question(

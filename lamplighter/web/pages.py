@@ -11,8 +11,9 @@ from fastapi import APIRouter, Request
 from fastapi.templating import Jinja2Templates
 from starlette.responses import RedirectResponse, Response
 
+from lamplighter.api import guard
 from lamplighter.api.state import Services, State
-from lamplighter.exceptions import APIError, PermissionDenied
+from lamplighter.exceptions import APIError, AuthenticationFailed, PermissionDenied
 from lamplighter.store.conversations import Conversations
 from lamplighter.web.auth import Login, new_token
 from lamplighter.web.session import (
@@ -27,11 +28,6 @@ from lamplighter.web.session import (
 
 templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
 router = APIRouter(include_in_schema=False)
-
-
-def client_address(request: Request) -> str:
-    """The client's address (uvicorn puts a trusted proxy's X-Forwarded-For here)."""
-    return request.client.host if request.client else "unknown"
 
 
 def _form_page(
@@ -93,8 +89,12 @@ async def login(request: Request, state: State) -> Response:
     try:
         fields = await _form(request)
         email = fields.get("email", "")
-        login = await state.web.login(email, fields.get("password", ""), client_address(request))
+        guard.refuse_banned(state, *guard.subjects(request))
+        login = await state.web.login(email, fields.get("password", ""), guard.address(request))
     except APIError as error:
+        if isinstance(error, AuthenticationFailed):
+            state.chat.metrics.violations.labels("login_failed").inc()
+            state.violations.record("login_failed", *guard.subjects(request))
         return _form_page(
             request,
             "login.html",

@@ -1,0 +1,139 @@
+"""Violation scores and temporary bans: the maths (property-based) and a scripted free-tier
+scraper against a live server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lamplighter.abuse.violations import ViolationPolicy, Violations
+from lamplighter.engines.base import Backend
+from lamplighter.engines.scripted import ScriptedBackend
+from lamplighter.exceptions import ConfigError
+from lamplighter.settings import Settings
+from tests.conftest import SCRIPTED, LiveServer, make_settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+POLICY = ViolationPolicy(threshold=10, half_life_s=60, ban_s=100, max_ban_s=10_000)
+
+
+@given(st.integers(1, 9))
+def test_no_ban_below_the_threshold(violations: int) -> None:
+    scores = Violations(POLICY, Clock())
+    for _ in range(violations):
+        assert scores.record("rate_limited", "user:a") == []
+    assert scores.banned("user:a") is None
+
+
+@given(st.floats(0, 600))
+def test_scores_halve_every_half_life(elapsed: float) -> None:
+    clock = Clock()
+    scores = Violations(POLICY, clock)
+    for _ in range(8):
+        scores.record("rate_limited", "user:a")
+    clock.now += elapsed
+    assert scores.score("user:a") == pytest.approx(8 * 0.5 ** (elapsed / 60))
+
+
+@given(st.integers(1, 12))
+def test_repeated_bans_double_up_to_the_cap(repeats: int) -> None:
+    clock = Clock()
+    scores = Violations(POLICY, clock)
+    lengths = []
+    for _ in range(repeats):
+        bans = []
+        while not bans:
+            bans = scores.record("concurrency", "user:a", "ip:198.51.100.1")
+        lengths.append(bans[0].seconds)
+        assert scores.banned("user:a") is not None
+        clock.now = bans[0].until + 1
+        assert scores.banned("user:a") is None
+    assert lengths == [min(10_000, 100 * 2**i) for i in range(repeats)]
+
+
+def test_loopback_is_never_banned_and_weights_come_from_config() -> None:
+    policy = ViolationPolicy.from_config(
+        {"threshold": 3, "weights": {"login_failed": 0.5}, "exempt": ["10.0.0.0/8"]}
+    )
+    scores = Violations(policy, Clock())
+    for _ in range(10):
+        scores.record("rate_limited", "ip:10.1.2.3")
+    assert scores.banned("ip:10.1.2.3") is None
+    for _ in range(5):
+        scores.record("login_failed", "ip:203.0.113.9")
+    assert scores.banned("ip:203.0.113.9") is None  # 2.5 < 3
+    scores.record("login_failed", "ip:203.0.113.9")
+    assert scores.banned("ip:203.0.113.9") is not None
+    with pytest.raises(ConfigError, match="unknown violation"):
+        ViolationPolicy.from_config({"weights": {"sneezing": 1}})
+    with pytest.raises(ConfigError, match="unknown keys"):
+        ViolationPolicy.from_config({"treshold": 1})
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A server whose abuse threshold is low: 10 rate-limit refusals ban for 2 s."""
+
+    async def backends(_: Settings) -> list[Backend]:
+        return [ScriptedBackend(SCRIPTED)]
+
+    data_dir: Path = tmp_path_factory.mktemp("strict")
+    config = data_dir / "lamplighter.toml"
+    config.write_text(
+        "[plans.trickle]\nrequests_per_minute = 1\n\n[abuse]\nthreshold = 10\nban_s = 2\n"
+    )
+    settings = make_settings(data_dir, config=config, embedded_engine=False)
+    with LiveServer(settings, backends) as live:
+        yield live
+
+
+def test_a_scripted_scraper_is_banned_with_its_address(strict: LiveServer) -> None:
+    _, key = strict.new_user(plan="trickle")
+    scraper = {"authorization": f"Bearer {key}", "x-forwarded-for": "203.0.113.50"}
+    body = {"model": SCRIPTED, "messages": [{"role": "user", "content": "page 1"}]}
+    statuses = []
+    with httpx.Client(base_url=strict.base_url, headers=scraper, timeout=30) as http:
+        for _ in range(15):
+            response = http.post("/v1/chat/completions", json=body)
+            statuses.append(response.status_code)
+            if response.status_code == 403:
+                break
+        banned = response
+    # Ten refusals reach the threshold (a hair later, as the score decays meanwhile).
+    refused = statuses[1:-1]
+    assert statuses[0] == 200 and set(refused) == {429} and 10 <= len(refused) <= 11
+    assert statuses[-1] == 403
+    error = banned.json()["error"]
+    assert error["code"] == "temporarily_banned" and "rate limited" in error["message"]
+    assert 0 < float(banned.headers["retry-after"]) <= 2
+    # The address is banned too: another account from it is turned away.
+    _, other = strict.new_user(plan="trickle")
+    elsewhere = {"authorization": f"Bearer {other}", "x-forwarded-for": "203.0.113.50"}
+    assert (
+        httpx.post(
+            strict.base_url + "/v1/chat/completions", json=body, headers=elsewhere
+        ).status_code
+        == 403
+    )
+    # From another address, that account is fine.
+    fresh = {"authorization": f"Bearer {other}", "x-forwarded-for": "198.18.7.7"}
+    assert (
+        httpx.post(strict.base_url + "/v1/chat/completions", json=body, headers=fresh).status_code
+        == 200
+    )
+    metrics = httpx.get(strict.base_url + "/metrics").text
+    assert 'lamplighter_bans_total{scope="user"} 1.0' in metrics
+    assert 'lamplighter_violations_total{kind="rate_limited"}' in metrics
