@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from lamplighter.abuse.moderation import Moderation
 from lamplighter.abuse.violations import ViolationPolicy, Violations
 from lamplighter.accounts import AccountService, Bootstrap
 from lamplighter.api import admin, errors, health, openai
@@ -112,6 +113,7 @@ def create_app(
         traffic = config.get("traffic", {})
         degrade = rules_from_config(traffic.get("degrade", []))
         headroom = headroom_from_config(traffic.get("headroom", {}))
+        moderation = Moderation.from_config(config.get("moderation", {}))
         router = Router(await (backends or default_backends)(settings))
         for rule in degrade:
             if rule.model is not None:
@@ -135,6 +137,7 @@ def create_app(
                 degrade=degrade,
                 metrics=Metrics(Series(interval=settings.stats_interval)),
                 tracer=tracing.tracer,
+                moderation=moderation,
             ),
             web=WebAuth(db, accounts, settings.session_days),
             violations=Violations(ViolationPolicy.from_config(config.get("abuse", {}))),
@@ -157,6 +160,7 @@ def create_app(
             # Stop generating, let the cut answers and their usage be written, then close.
             await router.close()
             await state.chat.drain()
+            await moderation.close()
             await db.close()
             await asyncio.to_thread(tracing.shutdown)  # flushes the spans not yet exported
 

@@ -30,6 +30,7 @@ from opentelemetry.trace import (
     use_span,
 )
 
+from lamplighter.abuse.moderation import ContentBlocked, Moderation
 from lamplighter.conversation.threading import (
     ROOT_HASH,
     Turn,
@@ -125,6 +126,10 @@ class Exchange:
     stored: bool
     cache_key: str | None = None
     degraded: Degradation | None = None
+    # Moderation: the plan's action, and what was flagged in the question and in the answer.
+    moderation: str = "off"
+    flags_in: tuple[str, ...] = ()
+    flags_out: tuple[str, ...] = ()
     usage_id: int | None = None  # the ledger row, written at open and completed at settle
     conversation_id: uuid.UUID | None = None
     question_id: uuid.UUID | None = None  # the user message a placed exchange stored
@@ -144,6 +149,13 @@ class Exchange:
         return self.slot is None
 
     @property
+    def flags(self) -> dict[str, list[str]] | None:
+        """What moderation flagged, as stored with the answer (None: nothing)."""
+        if not self.flags_in and not self.flags_out:
+            return None
+        return {"input": list(self.flags_in), "output": list(self.flags_out)}
+
+    @property
     def headers(self) -> dict[str, str]:
         """Rate-limit headers, and whether the cache answered or the plan was degraded."""
         headers = dict(self.reservation.headers)
@@ -151,6 +163,8 @@ class Exchange:
             headers["x-lamplighter-cache"] = "hit" if self.cached else "miss"
         if self.degraded is not None:
             headers["x-lamplighter-degraded"] = self.degraded.describe()
+        if self.moderation == "warn" and self.flags_in:
+            headers["x-lamplighter-moderation"] = "flagged: " + ", ".join(self.flags_in)
         return headers
 
     @property
@@ -187,6 +201,19 @@ class Exchange:
                     await self._settle("complete")
                     yield chunk
                     return
+                if chunk.text and self.moderation != "off":
+                    verdict = self.service.moderation.check_output(self.content)
+                    if verdict.flagged:
+                        self.flags_out = tuple(
+                            dict.fromkeys((*self.flags_out, *verdict.categories))
+                        )
+                        if self.moderation == "block":
+                            # Stop here, as OpenAI does: the rest is never generated.
+                            self.text.pop()
+                            self.finish_reason = "content_filter"
+                            await self._settle("complete")
+                            yield Chunk("", tokens=0, finish_reason="content_filter")
+                            return
                 if chunk.text:
                     yield chunk
                 now = time.perf_counter()
@@ -202,6 +229,12 @@ class Exchange:
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
             await self.close()
+
+    def flag_output(self, categories: tuple[str, ...]) -> None:
+        for category in categories:
+            if category not in self.flags_out:
+                self.flags_out += (category,)
+                self.service.metrics.moderation.labels("output", category, self.moderation).inc()
 
     async def close(self) -> None:
         """Settle what was generated as cut, unless the answer is already settled. Safe to call
@@ -266,7 +299,9 @@ class ChatService:
         degrade: tuple[DegradeRule, ...] = (),
         metrics: Metrics | None = None,
         tracer: Tracer | None = None,
+        moderation: Moderation | None = None,
     ) -> None:
+        self.moderation = moderation or Moderation()
         self.db = db
         self.tracer = tracer or NoOpTracer()
         self.router = router
@@ -333,6 +368,16 @@ class ChatService:
             )
             refused.violation = "model_not_allowed"
             raise refused
+        action = self.moderation.action(plan.name)
+        flags_in: tuple[str, ...] = ()
+        if action != "off":
+            question = next((t.content for t in reversed(request.turns) if t.role == "user"), "")
+            verdict = await self.moderation.check_input(question)
+            flags_in = verdict.categories
+            for category in flags_in:
+                self.metrics.moderation.labels("input", category, action).inc()
+            if verdict.flagged and action == "block":
+                raise ContentBlocked(verdict)
         backend = self.router.route(request.model)
         pool = self.admission.pool(backend.name, backend.capacity)
         cap = plan.max_tokens
@@ -386,6 +431,8 @@ class ChatService:
                 store,
                 cache_key=key,
                 degraded=degraded,
+                moderation=action,
+                flags_in=flags_in,
             )
             lock = self._user_locks.setdefault(principal.user_id, asyncio.Lock())
             async with lock, self.db.transaction() as session:
@@ -610,6 +657,7 @@ class ChatService:
                     finish_reason=exchange.finish_reason,
                     when=now,
                     path_hash=node_hash(exchange.parent_hash, Turn("assistant", exchange.content)),
+                    moderation=exchange.flags,
                 )
             usage = self._usage(exchange)
             usage.finish_reason = exchange.finish_reason or status

@@ -134,7 +134,7 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
         raise ConfigError(f"setting {name!r}: cannot read {raw!r} as {kind}") from None
 
 
-CONFIG_TABLES = {"lamplighter", "plans", "traffic", "backends", "abuse"}
+CONFIG_TABLES = {"lamplighter", "plans", "traffic", "backends", "abuse", "moderation"}
 
 
 def read_config(path: Path | None) -> dict[str, Any]:

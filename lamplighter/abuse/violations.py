@@ -29,6 +29,7 @@ DEFAULT_WEIGHTS: Mapping[str, float] = {
     "concurrency": 2.0,  # more streams at once than the plan allows
     "model_not_allowed": 2.0,  # asking for a model the plan does not include
     "login_failed": 1.0,
+    "moderation": 5.0,  # a question blocked by the content policy
     "key_leaked": 0.0,  # a live key pasted into a prompt: a warning, not abuse
 }
 

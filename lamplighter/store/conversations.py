@@ -67,13 +67,16 @@ class Conversations:
         finish_reason: str | None,
         when: datetime,
         path_hash: str | None = None,
+        moderation: dict[str, list[str]] | None = None,
     ) -> None:
-        values = {
+        values: dict[str, object] = {
             "content": content,
             "status": status,
             "finish_reason": finish_reason,
             "updated_at": when,
         }
+        if moderation is not None:
+            values["moderation"] = moderation
         if path_hash is not None:
             values["path_hash"] = path_hash
         await self.session.execute(update(Message).where(Message.id == message_id).values(values))

@@ -161,6 +161,9 @@ class Message(Base):
     model: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    # What moderation flagged in the exchange an answer belongs to:
+    # {"input": [categories], "output": [categories]}; None when nothing was.
+    moderation: Mapped[dict[str, list[str]] | None] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_messages_user_path", "user_id", "path_hash"),)
 

@@ -105,6 +105,12 @@ class Metrics:
             ["scope"],
             registry=r,
         )
+        self.moderation = Counter(
+            "lamplighter_moderation_flags",
+            "Moderation flags, by direction (input, output), category and the plan's action.",
+            ["direction", "category", "action"],
+            registry=r,
+        )
         self.feedback = Counter(
             "lamplighter_feedback",
             "Feedback given on answers, by kind (thumbs_up, thumbs_down).",

@@ -1,0 +1,26 @@
+"""messages: what moderation flagged
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-11-25 20:00:00.000000
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("messages") as batch:
+        batch.add_column(sa.Column("moderation", sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("messages") as batch:
+        batch.drop_column("moderation")
