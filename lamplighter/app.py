@@ -13,7 +13,9 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from lamplighter.abuse.moderation import Moderation
+from lamplighter.abuse.reports import ReviewQueue
 from lamplighter.abuse.violations import ViolationPolicy, Violations
+from lamplighter.abuse.watch import Watch, WatchPolicy
 from lamplighter.accounts import AccountService, Bootstrap
 from lamplighter.api import admin, errors, health, openai
 from lamplighter.api.middleware import BodyLimit, RateLimitHeaders, RequestIds, SecurityHeaders
@@ -141,6 +143,8 @@ def create_app(
             ),
             web=WebAuth(db, accounts, settings.session_days),
             violations=Violations(ViolationPolicy.from_config(config.get("abuse", {}))),
+            watch=Watch(WatchPolicy.from_config(config.get("abuse", {}).get("watch", {}))),
+            reviews=ReviewQueue(db, accounts),
         )
         state.violations.on_ban = lambda ban: state.chat.metrics.bans.labels(
             ban.subject.split(":", 1)[0]

@@ -66,6 +66,7 @@ async def test_ids_are_never_32_bit_on_postgresql(postgres_url: str) -> None:
             kinds = dict(rows.all())
         assert kinds.pop("usage") == "bigint"
         assert kinds.pop("audit_log") == "bigint"
+        assert kinds.pop("abuse_reports") == "bigint"
         assert set(kinds.values()) == {"uuid"}
     finally:
         await db.close()

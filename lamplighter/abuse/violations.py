@@ -30,6 +30,7 @@ DEFAULT_WEIGHTS: Mapping[str, float] = {
     "model_not_allowed": 2.0,  # asking for a model the plan does not include
     "login_failed": 1.0,
     "moderation": 5.0,  # a question blocked by the content policy
+    "flood": 5.0,  # taking part in a prompt flood across accounts
     "key_leaked": 0.0,  # a live key pasted into a prompt: a warning, not abuse
 }
 
@@ -49,7 +50,7 @@ class ViolationPolicy:
     def from_config(cls, table: Mapping[str, Any]) -> ViolationPolicy:
         """The policy from the ``[abuse]`` table: threshold, half_life_s, ban_s, max_ban_s and
         a ``[abuse.weights]`` table over the defaults."""
-        known = {"threshold", "half_life_s", "ban_s", "max_ban_s", "weights", "exempt"}
+        known = {"threshold", "half_life_s", "ban_s", "max_ban_s", "weights", "exempt", "watch"}
         unknown = set(table) - known
         if unknown:
             raise ConfigError(f"unknown keys in [abuse]: {', '.join(sorted(unknown))}")
@@ -62,7 +63,7 @@ class ViolationPolicy:
                 )
             weights[kind] = float(weight)
         values: dict[str, Any] = {
-            k: float(v) for k, v in table.items() if k not in {"weights", "exempt"}
+            k: float(v) for k, v in table.items() if k not in {"weights", "exempt", "watch"}
         }
         if "exempt" in table:
             try:

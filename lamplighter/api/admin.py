@@ -12,7 +12,7 @@ import re
 import time
 import uuid
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import Field
@@ -256,6 +256,50 @@ async def restore_user(email: str, _: Nothing, who: Admin, state: State) -> dict
 @router.delete("/keys/{key_id}", status_code=204)
 async def revoke_key(key_id: uuid.UUID, who: Admin, state: State) -> None:
     await state.accounts.revoke_key(key_id, audit=_audit(who, "key.revoke", str(key_id)))
+
+
+class Resolution(Body):
+    action: Literal["dismiss", "suspend", "ban"]
+    reason: str = Field(min_length=1, max_length=300)
+    days: int | None = Field(default=None, ge=1, le=3650)
+
+
+@router.get("/reports")
+async def list_reports(
+    _: Admin,
+    state: State,
+    status: Literal["open", "dismissed", "actioned"] | None = Query(default="open"),
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> dict[str, Any]:
+    """The review queue: what the abuse watch found, with its evidence, newest first."""
+    reports = await state.reviews.recent(status, limit)
+    return {
+        "data": [
+            {
+                "id": report.id,
+                "created_at": report.created_at.isoformat(),
+                "kind": report.kind,
+                "subject": report.subject,
+                "response": report.response,
+                "evidence": report.evidence,
+                "status": report.status,
+                "resolution": report.resolution,
+                "resolved_by": report.resolved_by,
+            }
+            for report in reports
+        ]
+    }
+
+
+@router.post("/reports/{report_id}/resolve")
+async def resolve_report(
+    report_id: int, body: Resolution, who: Admin, state: State
+) -> dict[str, Any]:
+    """One click: dismiss, or suspend (for ``days``, or until restored) or ban every account
+    the report's evidence names."""
+    audit = _audit(who, f"report.{body.action}", str(report_id), {"reason": body.reason})
+    report = await state.reviews.resolve(report_id, body.action, body.reason, body.days, audit)
+    return {"id": report.id, "status": report.status, "resolution": report.resolution}
 
 
 @router.get("/audit")

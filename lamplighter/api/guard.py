@@ -42,3 +42,15 @@ def count(state: Services, error: APIError, *of: str) -> None:
     if error.violation is not None:
         state.chat.metrics.violations.labels(error.violation).inc()
         state.violations.record(error.violation, *of)
+
+
+async def watch_prompt(state: Services, who: Principal, question: str) -> None:
+    """Feed a question to the abuse watch: floods count against every account in them, and
+    every finding goes to the review queue."""
+    findings = state.watch.prompt(str(who.user_id), question)
+    for finding in findings:
+        state.chat.metrics.findings.labels(finding.kind).inc()
+        if finding.kind == "prompt_flood":
+            accounts = finding.evidence.get("accounts", [])
+            state.violations.record("flood", *(f"user:{account}" for account in accounts))
+    await state.reviews.file(findings)

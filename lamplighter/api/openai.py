@@ -133,6 +133,8 @@ async def chat_completions(
         raise
     headers = exchange.headers
     headers.update(await leak_warning(state, [turn.content for turn in request.turns]))
+    question = next((t.content for t in reversed(request.turns) if t.role == "user"), "")
+    await guard.watch_prompt(state, who, question)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return EventStreamResponse(

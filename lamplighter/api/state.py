@@ -7,7 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from lamplighter.abuse.reports import ReviewQueue
 from lamplighter.abuse.violations import Violations
+from lamplighter.abuse.watch import Watch
 from lamplighter.accounts import AccountService
 from lamplighter.chat import ChatService
 from lamplighter.engines.router import Router
@@ -29,6 +31,8 @@ class Services:
     chat: ChatService
     web: WebAuth
     violations: Violations
+    watch: Watch
+    reviews: ReviewQueue
 
 
 def services(request: Request) -> Services:

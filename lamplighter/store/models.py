@@ -279,3 +279,24 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(320))
     details: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+
+
+class AbuseReport(Base):
+    """A pattern the abuse watch found, waiting for an admin's decision (the review queue)."""
+
+    __tablename__ = "abuse_reports"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(400))
+    # The response the watch suggests: throttle, verify or suspend.
+    response: Mapped[str] = mapped_column(String(16))
+    evidence: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    # open, dismissed or actioned; with who decided, when, and what was done.
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    resolution: Mapped[str | None] = mapped_column(String(400))
+    resolved_by: Mapped[str | None] = mapped_column(String(320))
+    resolved_at: Mapped[datetime | None] = mapped_column(Timestamp)

@@ -111,6 +111,13 @@ class Metrics:
             ["direction", "category", "action"],
             registry=r,
         )
+        self.findings = Counter(
+            "lamplighter_abuse_findings",
+            "Coordinated-abuse patterns found (prompt_flood, bot_timing, network_signups, "
+            "disposable_email), each filed for review.",
+            ["kind"],
+            registry=r,
+        )
         self.feedback = Counter(
             "lamplighter_feedback",
             "Feedback given on answers, by kind (thumbs_up, thumbs_down).",

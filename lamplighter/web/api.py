@@ -324,6 +324,8 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
         "message": _answer_json(exchange, body.parent_id),
     }
     headers = {**exchange.headers, **await leak_warning(state, [t.content for t in turns])}
+    if content is not None:
+        await guard.watch_prompt(state, who, content)
     start["warning"] = headers.get("x-lamplighter-warning")
     return EventStreamResponse(_events(exchange, start), headers, finally_=exchange.close)
 

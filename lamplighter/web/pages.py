@@ -11,9 +11,16 @@ from fastapi import APIRouter, Request
 from fastapi.templating import Jinja2Templates
 from starlette.responses import RedirectResponse, Response
 
+from lamplighter.abuse.watch import disposable
 from lamplighter.api import guard
 from lamplighter.api.state import Services, State
-from lamplighter.exceptions import APIError, AuthenticationFailed, PermissionDenied
+from lamplighter.exceptions import (
+    APIError,
+    AuthenticationFailed,
+    InvalidRequest,
+    PermissionDenied,
+    RateLimited,
+)
 from lamplighter.store.conversations import Conversations
 from lamplighter.web.auth import Login, new_token
 from lamplighter.web.session import (
@@ -25,6 +32,7 @@ from lamplighter.web.session import (
     secure,
     set_session,
 )
+from lamplighter.web.throttle import describe
 
 templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
 router = APIRouter(include_in_schema=False)
@@ -122,14 +130,41 @@ async def signup(request: Request, state: State) -> Response:
     try:
         fields = await _form(request)
         email = fields.get("email", "")
+        address = guard.address(request)
+        guard.refuse_banned(state, *guard.subjects(request))
+        screen_signup(state, email, address)
         login = await state.web.signup(
             email, fields.get("password", ""), state.settings.signup_plan
         )
     except APIError as error:
         return _form_page(
-            request, "signup.html", status=error.status_code, error=error.message, email=email
+            request,
+            "signup.html",
+            status=error.status_code,
+            headers=error.headers,
+            error=error.message,
+            email=email,
         )
+    findings = state.watch.signup(email, address)
+    for finding in findings:
+        state.chat.metrics.findings.labels(finding.kind).inc()
+    await state.reviews.file(findings)
     return _logged_in(request, state, login)
+
+
+def screen_signup(state: Services, email: str, address: str) -> None:
+    """Refuse throwaway addresses, and networks that made too many accounts lately."""
+    if disposable(email):
+        raise InvalidRequest(
+            "Sign-ups from disposable email addresses are not accepted. Use a lasting address.",
+            param="email",
+        )
+    wait = state.watch.signup_blocked(address)
+    if wait > 0:
+        raise RateLimited(
+            f"Too many accounts were made from your network lately. Try again in {describe(wait)}.",
+            retry_after=wait,
+        )
 
 
 @router.get("/invite/{token}")

@@ -1,0 +1,196 @@
+"""Coordinated abuse: patterns no single request shows, found over sliding windows.
+
+- **Disposable email** signups (the ``disposable-email-domains`` list, MIT-licensed, from PyPI).
+- **Many accounts from one network**: more than ``signups_per_network`` signups from one /24
+  (IPv6 /64) within ``signup_window_s``; further signups from it wait out the window.
+- **Prompt floods**: the same prompt, after normalising case, digits, punctuation and spacing,
+  from ``flood_accounts`` or more accounts within ``flood_window_s``.
+- **Bot-like timing**: ``timing_requests`` requests from one account at intervals so regular
+  (coefficient of variation below ``timing_max_cv``) that no person typed them.
+
+Each pattern yields a :class:`Finding` with its evidence and a graded response (throttle,
+verify, suspend) that goes to the admin review queue. State is per process and bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from disposable_email_domains import blocklist as DISPOSABLE_DOMAINS
+
+from lamplighter.exceptions import ConfigError
+from lamplighter.web.throttle import network
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # disposable_email | network_signups | prompt_flood | bot_timing
+    subject: str  # what the finding is about: email:..., network:..., prompt:..., user:...
+    response: str  # throttle | verify | suspend
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def fingerprint(text: str) -> str:
+    """Near-identical prompts share a fingerprint: case, digits, punctuation and spacing are
+    ignored ("Write 5 jokes!!" and "write 7 jokes" match)."""
+    words = re.sub(r"[\W\d_]+", " ", text.lower()).split()
+    return hashlib.sha256(" ".join(words).encode()).hexdigest()[:16]
+
+
+def disposable(email: str) -> bool:
+    domain = email.rpartition("@")[2].lower()
+    parts = domain.split(".")
+    # Subdomains of a disposable domain are disposable too.
+    return any(".".join(parts[i:]) in DISPOSABLE_DOMAINS for i in range(len(parts) - 1))
+
+
+@dataclass
+class WatchPolicy:
+    signup_window_s: float = 3600.0
+    signups_per_network: int = 5
+    flood_window_s: float = 600.0
+    flood_accounts: int = 5
+    timing_requests: int = 12
+    timing_max_cv: float = 0.1
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any]) -> WatchPolicy:
+        """The ``[abuse.watch]`` table."""
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(table) - set(known)
+        if unknown:
+            raise ConfigError(f"unknown keys in [abuse.watch]: {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {
+            k: (int(v) if known[k] == "int" else float(v)) for k, v in table.items()
+        }
+        policy = cls(**values)
+        if policy.signups_per_network < 1 or policy.flood_accounts < 2:
+            raise ConfigError("[abuse.watch]: signups_per_network >= 1, flood_accounts >= 2")
+        if policy.timing_requests < 3:
+            raise ConfigError("[abuse.watch]: timing_requests must be at least 3")
+        return policy
+
+
+class Watch:
+    MAX_KEYS = 100_000
+
+    def __init__(
+        self, policy: WatchPolicy | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.policy = policy or WatchPolicy()
+        self.clock = clock
+        self._signups: dict[str, deque[tuple[float, str]]] = {}
+        self._prompts: dict[str, deque[tuple[float, str]]] = {}
+        self._flagged: dict[tuple[str, str], float] = {}  # (kind, subject) -> when reported
+        self._times: dict[str, deque[float]] = {}
+
+    def signup_blocked(self, address: str) -> float:
+        """Seconds until signups from ``address``'s network are accepted again (0: now)."""
+        now = self.clock()
+        recent = self._window(self._signups.get(network(address)), now, self.policy.signup_window_s)
+        if len(recent) < self.policy.signups_per_network:
+            return 0.0
+        return recent[0][0] + self.policy.signup_window_s - now
+
+    def signup(self, email: str, address: str) -> list[Finding]:
+        now = self.clock()
+        found = []
+        if disposable(email):
+            domain = email.rpartition("@")[2].lower()
+            found.append(
+                Finding("disposable_email", f"email:{email}", "verify", {"domain": domain})
+            )
+        net = network(address)
+        recent = self._signups.setdefault(net, deque())
+        recent.append((now, email))
+        self._window(recent, now, self.policy.signup_window_s)
+        if len(recent) >= self.policy.signups_per_network and self._first("network_signups", net):
+            found.append(
+                Finding(
+                    "network_signups",
+                    f"network:{net}",
+                    "throttle",
+                    {"accounts": [e for _, e in recent], "window_s": self.policy.signup_window_s},
+                )
+            )
+        self._bound()
+        return found
+
+    def prompt(self, user: str, text: str) -> list[Finding]:
+        """A question from ``user`` (an id): prompt floods and bot-like timing."""
+        now = self.clock()
+        found = []
+        key = fingerprint(text)
+        seen = self._prompts.setdefault(key, deque())
+        seen.append((now, user))
+        self._window(seen, now, self.policy.flood_window_s)
+        accounts = list(dict.fromkeys(u for _, u in seen))
+        if len(accounts) >= self.policy.flood_accounts and self._first("prompt_flood", key):
+            found.append(
+                Finding(
+                    "prompt_flood",
+                    f"prompt:{key}",
+                    "throttle",
+                    {"accounts": accounts, "requests": len(seen), "sample": text[:200]},
+                )
+            )
+        times = self._times.setdefault(user, deque(maxlen=self.policy.timing_requests))
+        times.append(now)
+        if len(times) == times.maxlen:
+            gaps = [b - a for a, b in zip(times, list(times)[1:], strict=False)]
+            mean = statistics.fmean(gaps)
+            cv = statistics.pstdev(gaps) / mean if mean > 0 else 0.0
+            if cv < self.policy.timing_max_cv and self._first("bot_timing", user):
+                found.append(
+                    Finding(
+                        "bot_timing",
+                        f"user:{user}",
+                        "verify",
+                        {
+                            "requests": len(times),
+                            "mean_interval_s": round(mean, 3),
+                            "cv": round(cv, 3),
+                        },
+                    )
+                )
+        self._bound()
+        return found
+
+    def _first(self, kind: str, subject: str) -> bool:
+        """True once per (kind, subject) and window, so one pattern is one report."""
+        now = self.clock()
+        window = max(self.policy.signup_window_s, self.policy.flood_window_s)
+        last = self._flagged.get((kind, subject))
+        if last is not None and now - last < window:
+            return False
+        self._flagged[(kind, subject)] = now
+        return True
+
+    @staticmethod
+    def _window(
+        entries: deque[tuple[float, str]] | None, now: float, span: float
+    ) -> deque[tuple[float, str]]:
+        if entries is None:
+            return deque()
+        while entries and entries[0][0] <= now - span:
+            entries.popleft()
+        return entries
+
+    def _bound(self) -> None:
+        tables: tuple[dict[Any, Any], ...] = (
+            self._signups,
+            self._prompts,
+            self._times,
+            self._flagged,
+        )
+        for table in tables:
+            if len(table) > self.MAX_KEYS:
+                for key in list(table)[: len(table) // 2]:  # the oldest half
+                    del table[key]

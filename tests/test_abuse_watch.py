@@ -1,0 +1,171 @@
+"""Coordinated abuse: the watch's patterns (unit, property-based) and attacks on a live server —
+a prompt flood across 50 accounts, account farming from one network, throwaway addresses — each
+ending in the review queue, where one click suspends every account involved."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lamplighter.abuse.watch import Watch, WatchPolicy, disposable, fingerprint
+from lamplighter.engines.base import Backend
+from lamplighter.engines.scripted import ScriptedBackend
+from lamplighter.settings import Settings
+from tests.conftest import SCRIPTED, LiveServer, make_settings
+from tests.web.conftest import PASSWORD, Browserless, Person, form_token
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_near_identical_prompts_share_a_fingerprint() -> None:
+    assert fingerprint("Write 5 jokes about cats!!") == fingerprint("write 7 jokes   about CATS")
+    assert fingerprint("write jokes about cats") != fingerprint("write jokes about dogs")
+
+
+def test_disposable_domains_and_their_subdomains() -> None:
+    assert disposable("x@mailinator.com") and disposable("x@eu.mailinator.com")
+    assert not disposable("ada@example.org")
+
+
+def test_a_flood_is_reported_once_with_every_account() -> None:
+    watch = Watch(WatchPolicy(flood_accounts=5), Clock())
+    found = [f for i in range(8) for f in watch.prompt(f"u{i}", f"Summarise page {i} please")]
+    assert [f.kind for f in found] == ["prompt_flood"]
+    assert found[0].evidence["accounts"] == ["u0", "u1", "u2", "u3", "u4"]
+
+
+@given(st.lists(st.floats(0.5, 5.0), min_size=12, max_size=12))
+def test_human_pauses_are_not_bot_timing(pauses: list[float]) -> None:
+    gaps = pauses[1:]  # the first pause comes before the first request
+    spread = max(gaps) / min(gaps)
+    clock = Clock()
+    watch = Watch(WatchPolicy(timing_requests=12, timing_max_cv=0.1), clock)
+    found = []
+    for index, pause in enumerate(pauses):
+        clock.now += pause
+        found += watch.prompt("human", f"question {index} about something else entirely {index}")
+    bots = [f for f in found if f.kind == "bot_timing"]
+    if spread > 1.6:  # pauses this uneven are far from metronomic
+        assert bots == []
+
+
+def test_metronomic_requests_are_bot_timing() -> None:
+    clock = Clock()
+    watch = Watch(WatchPolicy(timing_requests=12), clock)
+    found = []
+    for index in range(12):
+        clock.now += 2.0 + (0.01 if index % 2 else 0)
+        found += watch.prompt("script", f"distinct question number {'x' * index}")
+    [bot] = [f for f in found if f.kind == "bot_timing"]
+    assert bot.subject == "user:script" and bot.evidence["cv"] < 0.1
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, str]]:
+    async def backends(_: Settings) -> list[Backend]:
+        return [ScriptedBackend(SCRIPTED)]
+
+    data_dir: Path = tmp_path_factory.mktemp("watched")
+    config = data_dir / "lamplighter.toml"
+    config.write_text("[plans.free]\nrequests_per_minute = 1000\n")
+    settings = make_settings(data_dir, config=config, embedded_engine=False, signups="open")
+    with LiveServer(settings, backends) as live:
+        email = "moderator@example.org"
+        live.call(lambda s: s.accounts.create_user(email, admin=True))
+        yield live, live.call(lambda s: s.accounts.create_key(email)).secret
+
+
+def _admin(server: LiveServer, key: str) -> httpx.Client:
+    return httpx.Client(base_url=server.base_url, headers={"authorization": f"Bearer {key}"})
+
+
+def _reports(admin: httpx.Client, kind: str, status: str = "open") -> list[dict[str, Any]]:
+    found = admin.get("/api/admin/reports", params={"status": status}).json()["data"]
+    return [report for report in found if report["kind"] == kind]
+
+
+def test_a_prompt_flood_across_50_accounts_is_caught_and_stopped_in_one_click(
+    watched: tuple[LiveServer, str],
+) -> None:
+    server, admin_key = watched
+    keys = [server.new_user(plan="free")[1] for _ in range(50)]
+    for index, key in enumerate(keys):
+        server.client(key).chat.completions.create(
+            model=SCRIPTED,
+            messages=[{"role": "user", "content": f"Buy cheap watches at shop {index}!!"}],
+        )
+    with _admin(server, admin_key) as admin:
+        [report] = _reports(admin, "prompt_flood")
+        assert report["response"] == "throttle" and len(report["evidence"]["accounts"]) == 5
+        assert "cheap watches" in report["evidence"]["sample"]
+        resolved = admin.post(
+            f"/api/admin/reports/{report['id']}/resolve",
+            json={"action": "suspend", "reason": "spam flood", "days": 7},
+        )
+        assert resolved.json()["status"] == "actioned"
+        assert "(5 accounts)" in resolved.json()["resolution"]
+        audit = admin.get("/api/admin/audit", params={"limit": 1}).json()["data"][0]
+        assert audit["action"] == "report.suspend" and len(audit["details"]["accounts"]) == 5
+        assert (
+            admin.post(
+                f"/api/admin/reports/{report['id']}/resolve",
+                json={"action": "dismiss", "reason": "x"},
+            ).status_code
+            == 404
+        )  # already resolved
+    for key in keys[:5]:  # the accounts the evidence named are out
+        with pytest.raises(openai.AuthenticationError):
+            server.client(key).models.list()
+    assert server.client(keys[-1]).models.list().data  # later flooders were not in the report
+    metrics = httpx.get(server.base_url + "/metrics").text
+    assert 'lamplighter_abuse_findings_total{kind="prompt_flood"} 1.0' in metrics
+
+
+def _signup(server: LiveServer, email: str, address: str) -> httpx.Response:
+    with httpx.Client(base_url=server.base_url, headers={"x-forwarded-for": address}) as http:
+        token = form_token(http.get("/signup").text)
+        return http.post(
+            "/signup", data={"email": email, "password": PASSWORD, "csrf_token": token}
+        )
+
+
+def test_account_farming_from_one_network_is_throttled_and_reported(
+    watched: tuple[LiveServer, str],
+) -> None:
+    server, admin_key = watched
+    farm = [f"farm-{uuid.uuid4().hex[:6]}@example.org" for _ in range(6)]
+    statuses = [
+        _signup(server, email, f"198.51.100.{index + 10}").status_code
+        for index, email in enumerate(farm)
+    ]
+    assert statuses == [303] * 5 + [429]
+    assert _signup(server, farm[-1], "192.0.2.77").status_code == 303  # another network
+    with _admin(server, admin_key) as admin:
+        [report] = _reports(admin, "network_signups")
+        assert report["subject"] == "network:198.51.100.0/24"
+        assert report["evidence"]["accounts"] == farm[:5]
+        admin.post(
+            f"/api/admin/reports/{report['id']}/resolve", json={"action": "ban", "reason": "farm"}
+        )
+    login = Browserless(server.base_url)
+    assert login.login(Person(farm[0], PASSWORD)).status_code == 401  # banned
+    login.close()
+
+
+def test_throwaway_addresses_cannot_sign_up(watched: tuple[LiveServer, str]) -> None:
+    response = _signup(watched[0], "someone@mailinator.com", "203.0.113.200")
+    assert response.status_code == 400 and "disposable email" in response.text
