@@ -18,7 +18,7 @@ from lamplighter.abuse.violations import ViolationPolicy, Violations
 from lamplighter.abuse.watch import Watch, WatchPolicy
 from lamplighter.accounts import AccountService, Bootstrap
 from lamplighter.api import admin, errors, health, openai
-from lamplighter.api.middleware import BodyLimit, RateLimitHeaders, RequestIds, SecurityHeaders
+from lamplighter.api.middleware import RateLimitHeaders, RequestIds, RequestLimits, SecurityHeaders
 from lamplighter.api.state import Services
 from lamplighter.chat import ChatService
 from lamplighter.engines.base import Backend
@@ -176,7 +176,7 @@ def create_app(
         redoc_url=None,
     )
     errors.install(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLimits, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(TraceRequests, tracing=tracing)

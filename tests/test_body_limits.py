@@ -84,3 +84,13 @@ def test_text_that_is_not_unicode_gets_400_not_500(
     response = _post(server, user[1], content=body + b'"half a pair: \\ud800"}]}')
     assert response.status_code == 400
     assert "lone surrogates" in response.json()["error"]["message"]
+
+
+def test_oversized_headers_get_431(server: LiveServer, user: tuple[str, str]) -> None:
+    response = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        content=_body(10),
+        headers={"authorization": f"Bearer {user[1]}", "x-padding": "a" * 40_000},
+    )
+    assert response.status_code == 431
+    assert response.json()["error"]["code"] == "headers_too_large"

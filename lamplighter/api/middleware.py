@@ -125,11 +125,15 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-class BodyLimit:
-    """Refuses request bodies over ``max_bytes`` with 413 in the OpenAI error shape, before any
-    of it is parsed: at once when ``Content-Length`` says so (the server holds a body to its
-    declared length), and for a chunked body as soon as the bytes received pass the limit (such
-    a body is read here first, then handed on whole)."""
+# Browsers send a few KB; cookies are capped at 4 KB each. 32 KiB leaves room and stops abuse.
+MAX_HEADER_BYTES = 32 * 1024
+
+
+class RequestLimits:
+    """Refuses, in the OpenAI error shape and before anything is parsed, headers over
+    MAX_HEADER_BYTES (431) and bodies over ``max_bytes`` (413): at once when ``Content-Length``
+    says so (the server holds a body to its declared length), and for a chunked body as soon as
+    the bytes received pass the limit (such a body is read here first, then handed on whole)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -138,6 +142,16 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        header_bytes = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+        if header_bytes > MAX_HEADER_BYTES:
+            await self._refuse(
+                send,
+                431,
+                f"The request's headers are larger than the {MAX_HEADER_BYTES} bytes this "
+                "server accepts.",
+                "headers_too_large",
+            )
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None:
@@ -163,22 +177,26 @@ class BodyLimit:
         whole: Message = {"type": "http.request", "body": b"".join(parts)}
         await self.app(scope, _once(whole, receive), send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(
+        self, send: Send, status: int = 413, message: str = "", code: str = "request_too_large"
+    ) -> None:
+        message = message or (
+            f"The request body is larger than the {self.max_bytes} bytes this server accepts."
+        )
         body = json.dumps(
             {
                 "error": {
-                    "message": f"The request body is larger than the {self.max_bytes} bytes "
-                    "this server accepts.",
+                    "message": message,
                     "type": "invalid_request_error",
                     "param": None,
-                    "code": "request_too_large",
+                    "code": code,
                 }
             }
         ).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
