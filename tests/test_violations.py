@@ -93,7 +93,8 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     data_dir: Path = tmp_path_factory.mktemp("strict")
     config = data_dir / "lamplighter.toml"
     config.write_text(
-        "[plans.trickle]\nrequests_per_minute = 1\n\n[abuse]\nthreshold = 10\nban_s = 2\n"
+        "[plans.trickle]\nrequests_per_minute = 1\n\n[plans.webonly]\nbrowser_only = true\n\n"
+        "[abuse]\nthreshold = 10\nban_s = 2\n"
     )
     settings = make_settings(data_dir, config=config, embedded_engine=False)
     with LiveServer(settings, backends) as live:
@@ -137,3 +138,28 @@ def test_a_scripted_scraper_is_banned_with_its_address(strict: LiveServer) -> No
     metrics = httpx.get(strict.base_url + "/metrics").text
     assert 'lamplighter_bans_total{scope="user"} 1.0' in metrics
     assert 'lamplighter_violations_total{kind="rate_limited"}' in metrics
+
+
+def test_a_browser_only_plan_refuses_scripts(strict: LiveServer) -> None:
+    from tests.web.conftest import Browserless, new_person
+
+    person = new_person(strict, plan="webonly")
+    key = strict.call(lambda s: s.accounts.create_key(person.email)).secret
+    refused = httpx.post(
+        strict.base_url + "/v1/chat/completions",
+        json={"model": SCRIPTED, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"authorization": f"Bearer {key}", "x-forwarded-for": "203.0.113.61"},
+    )
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "browser_only_plan"
+    web = Browserless(strict.base_url)
+    web.login(person)
+    body = {"content": "hello", "model": SCRIPTED}
+    headers = {"x-csrf-token": web.csrf}
+    scripted = web.http.post("/api/chat", json=body, headers=headers)
+    assert scripted.status_code == 403  # a cookie without a browser's Sec-Fetch headers
+    browser = web.http.post("/api/chat", json=body, headers={**headers, "sec-fetch-mode": "cors"})
+    assert browser.status_code == 200 and "event: done" in browser.text
+    web.close()
+    metrics = httpx.get(strict.base_url + "/metrics").text
+    assert 'lamplighter_violations_total{kind="non_browser"} 2.0' in metrics

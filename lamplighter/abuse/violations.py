@@ -31,6 +31,7 @@ DEFAULT_WEIGHTS: Mapping[str, float] = {
     "login_failed": 1.0,
     "moderation": 5.0,  # a question blocked by the content policy
     "flood": 5.0,  # taking part in a prompt flood across accounts
+    "non_browser": 3.0,  # a script on a plan that is for the web chat only
     "key_leaked": 0.0,  # a live key pasted into a prompt: a warning, not abuse
 }
 

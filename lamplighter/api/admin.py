@@ -70,6 +70,7 @@ class PlanChanges(Body):
     queue_patience_s: float | None = Field(default=None, ge=0, le=3600)
     ttft_slo_s: float | None = Field(default=None, gt=0, le=3600)
     cache_ttl_s: float | None = Field(default=None, ge=0, le=86400)
+    browser_only: bool | None = None
 
 
 class PlanChoice(Body):

@@ -62,6 +62,15 @@ async def chat_principal(request: Request, state: State) -> Principal:
     who = await principal(request, state)
     require_scope(who, "chat")
     guard.refuse_banned(state, *guard.subjects(request, who))
+    plan = state.plans.get(who.plan)
+    if plan.browser_only:
+        refused = PermissionDenied(
+            f"Plan '{plan.name}' is for the web chat only; the API needs another plan.",
+            code="browser_only_plan",
+        )
+        refused.violation = "non_browser"
+        guard.count(state, refused, *guard.subjects(request, who))
+        raise refused
     return who
 
 

@@ -213,6 +213,7 @@ class PlanRow(Base):
     queue_patience_s: Mapped[float] = mapped_column(Float)
     ttft_slo_s: Mapped[float] = mapped_column(Float)
     cache_ttl_s: Mapped[float] = mapped_column(Float)
+    browser_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 

@@ -34,6 +34,8 @@ class Plan:
     ttft_slo_s: float = 5.0
     # How long a deterministic answer may be served again from the response cache (0: never).
     cache_ttl_s: float = 300.0
+    # For the web chat only: API keys on this plan are refused (and count as abuse).
+    browser_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 64:

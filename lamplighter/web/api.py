@@ -26,7 +26,7 @@ from lamplighter.api.state import Services, State
 from lamplighter.chat import Exchange, Placement
 from lamplighter.conversation.threading import Turn, title_from
 from lamplighter.engines.base import GenerationRequest
-from lamplighter.exceptions import APIError, InvalidRequest, NotFound
+from lamplighter.exceptions import APIError, InvalidRequest, NotFound, PermissionDenied
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.models import Conversation, Message, Rating, utcnow
 from lamplighter.store.web import WebStore
@@ -282,6 +282,15 @@ class ChatBody(Body):
 async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) -> Response:
     who = visitor.principal
     guard.refuse_banned(state, *guard.subjects(http, who))
+    if state.plans.get(who.plan).browser_only and "sec-fetch-mode" not in http.headers:
+        # Every current browser sends Sec-Fetch-* headers; a script with a stolen cookie
+        # usually does not.
+        refused = PermissionDenied(
+            "This plan is for the web chat in a browser.", code="browser_only_plan"
+        )
+        refused.violation = "non_browser"
+        guard.count(state, refused, *guard.subjects(http, who))
+        raise refused
     content = body.content.strip() if body.content is not None else None
     if content == "":
         raise InvalidRequest("Write a message first.", param="content")
