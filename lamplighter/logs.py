@@ -39,9 +39,16 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# Libraries whose debug lines carry request data (SQL parameters: prompts, answers, key
+# hashes; HTTP bodies and headers). Only their warnings are logged, whatever the level.
+CHATTY = ("aiosqlite", "sqlalchemy.engine", "asyncpg", "httpx", "httpcore", "hpack", "multipart")
+
+
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

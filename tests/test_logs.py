@@ -63,6 +63,21 @@ def test_logs_are_json_with_request_ids_and_no_secrets(tmp_path: Path) -> None:
             ).status_code
             == 200
         )
+        # A key pasted into a prompt is detected and logged by id, never by value.
+        leaked = {**body, "model": MODEL, "messages": [{"role": "user", "content": key}]}
+        response = httpx.post(base + "/chat/completions", json=leaked, headers=headers, timeout=60)
+        assert "x-lamplighter-warning" in response.headers
+        # A browser login, right and wrong: neither the password nor the session cookie is
+        # logged.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as web:
+            page = web.get("/login").text
+            token = page.split('name="csrf_token" value="')[1].split('"')[0]
+            for attempt in ("not-the-password", password):
+                web.post(
+                    "/login",
+                    data={"email": "ada@example.org", "password": attempt, "csrf_token": token},
+                )
+            cookie = web.cookies["lamplighter_session"]
         bad = {"authorization": "Bearer ll-wrong-key-that-must-not-be-logged"}
         assert httpx.get(base + "/models", headers=bad).status_code == 401
         assert (
@@ -76,7 +91,14 @@ def test_logs_are_json_with_request_ids_and_no_secrets(tmp_path: Path) -> None:
         server.wait(timeout=30)
         log.close()
     text = (tmp_path / "server.log").read_text()
-    for secret in (key, password, "ll-wrong-key-that-must-not-be-logged", "Bearer"):
+    for secret in (
+        key,
+        password,
+        cookie,
+        "not-the-password",
+        "ll-wrong-key-that-must-not-be-logged",
+        "Bearer",
+    ):
         assert secret not in text
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
@@ -87,3 +109,4 @@ def test_logs_are_json_with_request_ids_and_no_secrets(tmp_path: Path) -> None:
         ("/v1/chat/completions", 404),
     }
     assert any(line["status"] == 401 and len(line["request_id"]) == 32 for line in access)
+    assert any(line["message"] == "api key found in a prompt" for line in lines)
