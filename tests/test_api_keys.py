@@ -94,6 +94,8 @@ def test_a_key_pasted_into_a_prompt_is_detected(server: LiveServer) -> None:
     )
     warning = response.headers["x-lamplighter-warning"]
     assert leaked.secret[:10] in warning and leaked.secret not in warning
+    assert "rotate it" in warning  # the caller's own key: a warning, it still works
+    assert server.client(leaked.secret).models.list().data
     clean = server.client(caller.secret).chat.completions.with_raw_response.create(
         model=SCRIPTED, messages=[{"role": "user", "content": "ll-" + "x" * 43}]
     )
@@ -137,3 +139,17 @@ def test_a_key_pasted_into_the_web_chat_is_detected(server: LiveServer) -> None:
     assert leaked.secret[:10] in start["warning"]
     assert web.chat(content="nothing secret")[0][1]["warning"] is None
     web.close()
+
+
+def test_another_accounts_key_pasted_into_a_prompt_is_revoked(server: LiveServer) -> None:
+    victim = _admin(server)
+    stolen = server.call(lambda s: s.accounts.create_key(victim, "stolen"))
+    _, thief = server.new_user(plan="roomy")
+    response = server.client(thief).chat.completions.with_raw_response.create(
+        model=SCRIPTED, messages=[{"role": "user", "content": f"try {stolen.secret}"}]
+    )
+    assert "of another account was revoked" in response.headers["x-lamplighter-warning"]
+    with pytest.raises(openai.AuthenticationError):
+        server.client(stolen.secret).models.list()
+    [key] = [k for k in server.call(lambda s: s.accounts.keys_of(victim)) if k.id == stolen.id]
+    assert key.revoked_at is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -29,6 +30,7 @@ from lamplighter.exceptions import (
     NotFound,
     PermissionDenied,
 )
+from lamplighter.store.audit import Audit
 
 router = APIRouter(prefix="/v1")
 log = logging.getLogger(__name__)
@@ -77,19 +79,25 @@ async def chat_principal(request: Request, state: State) -> Principal:
 Caller = Annotated[Principal, Depends(chat_principal)]
 
 
-async def leak_warning(state: Services, texts: list[str]) -> dict[str, str]:
+async def leak_warning(state: Services, who: Principal, texts: list[str]) -> dict[str, str]:
     """A warning header when live API keys appear in the messages: whoever sees the
-    conversation (or a model's training data) could use them."""
+    conversation (or a model's training data) could use them. The caller's own keys are
+    flagged for rotation; someone else's key is compromised and revoked on the spot (its owner
+    sees it revoked, and the audit log says why)."""
     leaked = await state.accounts.keys_in(texts)
     if not leaked:
         return {}
+    notes = []
     for key in leaked:
         log.warning("api key found in a prompt", extra={"api_key_id": str(key.id)})
-    prefixes = ", ".join(f"{key.prefix}..." for key in leaked)  # headers are latin-1
-    return {
-        "x-lamplighter-warning": f"API key {prefixes} appears in the messages; rotate it with "
-        "`lamplighter keys rotate KEY_ID`."
-    }
+        if key.user_id == who.user_id:
+            notes.append(f"API key {key.prefix}... appears in the messages; rotate it")
+            continue
+        audit = Audit(None, "system", "key.revoke", str(key.id), {"why": "found in a prompt"})
+        with contextlib.suppress(NotFound):  # revoked meanwhile
+            await state.accounts.revoke_key(key.id, audit=audit)
+        notes.append(f"API key {key.prefix}... of another account was revoked")
+    return {"x-lamplighter-warning": "; ".join(notes) + "."}  # headers are latin-1
 
 
 def _model_card(model: str) -> dict[str, Any]:
@@ -141,7 +149,7 @@ async def chat_completions(
             error.param = "max_completion_tokens"
         raise
     headers = exchange.headers
-    headers.update(await leak_warning(state, [turn.content for turn in request.turns]))
+    headers.update(await leak_warning(state, who, [turn.content for turn in request.turns]))
     question = next((t.content for t in reversed(request.turns) if t.role == "user"), "")
     await guard.watch_prompt(state, who, question)
     if body.stream:

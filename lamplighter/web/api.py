@@ -332,7 +332,7 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
         "user_message": _question(exchange, body.parent_id, content),
         "message": _answer_json(exchange, body.parent_id),
     }
-    headers = {**exchange.headers, **await leak_warning(state, [t.content for t in turns])}
+    headers = {**exchange.headers, **await leak_warning(state, who, [t.content for t in turns])}
     if content is not None:
         await guard.watch_prompt(state, who, content)
     start["warning"] = headers.get("x-lamplighter-warning")

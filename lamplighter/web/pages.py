@@ -250,7 +250,7 @@ async def conversation_page(conversation: str, request: Request, state: State) -
     return await _chat_page(request, state, conversation)
 
 
-CONSOLE_SECTIONS = ("dashboard", "plans", "users", "usage", "flywheel")
+CONSOLE_SECTIONS = ("dashboard", "plans", "users", "usage", "review", "flywheel")
 
 
 async def _console(request: Request, state: Services, section: str) -> Response:

@@ -287,7 +287,8 @@
   let dialogDone = null;
 
   /**
-   * Ask before doing something. fields: [{name, label, testid, type, required, placeholder, min, hint}].
+   * Ask before doing something. fields: [{name, label, testid, type, required, placeholder, min, max,
+   * maxlength, hint}].
    * Resolves to an object of the field values, or null when cancelled.
    */
   function ask({ title, text, ok = 'OK', danger = true, fields = [] }) {
@@ -306,8 +307,8 @@
       const id = `confirm-field-${f.name}`;
       const input = h('input', {
         id, name: f.name, type: f.type || 'text', testid: f.testid, placeholder: f.placeholder,
-        min: f.min, step: f.type === 'number' ? '1' : null, required: !!f.required, autocomplete: 'off',
-        inputmode: f.type === 'number' ? 'numeric' : null, maxlength: f.type === 'number' ? null : 500,
+        min: f.min, max: f.max, step: f.type === 'number' ? '1' : null, required: !!f.required, autocomplete: 'off',
+        inputmode: f.type === 'number' ? 'numeric' : null, maxlength: f.type === 'number' ? null : (f.maxlength ?? 500),
       });
       inputs.push([f, input]);
       box.append(h('div', { class: 'field' },
@@ -342,9 +343,11 @@
       if (input.type === 'number' && value) {
         const n = Number(value);
         const min = input.min === '' ? -Infinity : Number(input.min);
-        if (!Number.isInteger(n) || n < min) {
+        const max = input.max === '' ? Infinity : Number(input.max);
+        if (!Number.isInteger(n) || n < min || n > max) {
           input.setAttribute('aria-invalid', 'true');
-          errorEl.textContent = `${input.labels?.[0]?.textContent || input.name} must be a whole number of at least ${input.min}.`;
+          const range = input.max === '' ? `of at least ${input.min}` : `from ${input.min} to ${input.max}`;
+          errorEl.textContent = `${input.labels?.[0]?.textContent || input.name} must be a whole number ${range}.`;
           errorEl.hidden = false;
           input.focus();
           return null;
