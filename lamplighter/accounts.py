@@ -25,7 +25,7 @@ from lamplighter.store.accounts import Accounts
 from lamplighter.store.audit import Audit
 from lamplighter.store.audit import write as write_audit
 from lamplighter.store.database import Database
-from lamplighter.store.models import ApiKey, User, utcnow
+from lamplighter.store.models import ApiKey, Deletion, User, utcnow
 from lamplighter.store.plans import Plans
 from lamplighter.store.web import WebStore
 from lamplighter.traffic.plans import DEFAULT_PLANS
@@ -130,6 +130,15 @@ class AccountService:
             user.banned = False
             await write_audit(session, audit)
             return user
+
+    async def delete_user(self, email: str, *, audit: Audit | None = None) -> None:
+        """Delete an account and everything that is theirs (conversations, messages, ratings,
+        keys, sessions, usage), logging the deletion by id for incremental exports."""
+        async with self.db.transaction() as session:
+            user = await self._user(session, email)
+            session.add(Deletion(at=utcnow(), kind="user", subject_id=user.id))
+            await session.delete(user)
+            await write_audit(session, audit)
 
     @staticmethod
     async def _user(session: AsyncSession, email: str) -> User:

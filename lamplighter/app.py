@@ -17,7 +17,7 @@ from lamplighter.abuse.reports import ReviewQueue
 from lamplighter.abuse.violations import ViolationPolicy, Violations
 from lamplighter.abuse.watch import Watch, WatchPolicy
 from lamplighter.accounts import AccountService, Bootstrap
-from lamplighter.api import admin, errors, health, openai
+from lamplighter.api import admin, errors, feedback, health, openai
 from lamplighter.api.middleware import RateLimitHeaders, RequestIds, RequestLimits, SecurityHeaders
 from lamplighter.api.state import Services
 from lamplighter.chat import ChatService
@@ -25,6 +25,7 @@ from lamplighter.engines.base import Backend
 from lamplighter.engines.embedded import EmbeddedBackend, bundled_model_path
 from lamplighter.engines.router import Router
 from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
+from lamplighter.flywheel.feedback import Feedback
 from lamplighter.settings import Settings, read_config
 from lamplighter.store import migrate
 from lamplighter.store.database import Database
@@ -123,6 +124,7 @@ def create_app(
         clock = SystemClock()
         limiter = RateLimiter(MemoryState(), clock)
         accounts = AccountService(db)
+        metrics = Metrics(Series(interval=settings.stats_interval))
         state = Services(
             settings=settings,
             db=db,
@@ -137,7 +139,7 @@ def create_app(
                 limiter,
                 Admission(clock, headroom),
                 degrade=degrade,
-                metrics=Metrics(Series(interval=settings.stats_interval)),
+                metrics=metrics,
                 tracer=tracing.tracer,
                 moderation=moderation,
             ),
@@ -145,6 +147,7 @@ def create_app(
             violations=Violations(ViolationPolicy.from_config(config.get("abuse", {}))),
             watch=Watch(WatchPolicy.from_config(config.get("abuse", {}).get("watch", {}))),
             reviews=ReviewQueue(db, accounts),
+            feedback=Feedback(db, metrics, settings.training_consent_default),
         )
         state.violations.on_ban = lambda ban: state.chat.metrics.bans.labels(
             ban.subject.split(":", 1)[0]
@@ -184,6 +187,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(admin.router)
+    app.include_router(feedback.router)
     app.include_router(web_api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(packages=[("lamplighter.web", "static")]), name="static")

@@ -129,6 +129,19 @@ def users_invite(
     typer.echo(f"  {settings.local_url}/invite/{token}")
 
 
+@users.command("delete")
+def users_delete(
+    email: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Delete an account and all its data (conversations, ratings, keys, usage)."""
+    if not yes:
+        typer.confirm(f"Delete {email} and all their data for good?", abort=True)
+    _run(_settings(config), lambda accounts: accounts.delete_user(email))
+    typer.echo(f"deleted {email}")
+
+
 @users.command("list")
 def users_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,

@@ -59,6 +59,11 @@ class Settings:
     )
     signup_plan: str = _setting("free", "Plan of accounts created by signing up.")
     session_days: int = _setting(30, "Days a web login lasts before the person must log in again.")
+    training_consent_default: bool = _setting(
+        False,
+        "Whether people's conversations may be used to improve the model when they have not "
+        "chosen themselves (each person can turn it on or off in the web chat).",
+    )
     stats_interval: int = _setting(
         5,
         "Seconds per point of the operator console's live charts (they keep the last 720 "

@@ -254,6 +254,14 @@ async def restore_user(email: str, _: Nothing, who: Admin, state: State) -> dict
     return _user_json(await state.accounts.restore(email, audit=audit))
 
 
+@router.delete("/users/{email}", status_code=204)
+async def delete_user(email: str, who: Admin, state: State) -> None:
+    """Delete an account and all its data; later exports no longer contain it."""
+    if email.strip().lower() == who.email:
+        raise PermissionDenied("You cannot delete your own account here.", param="email")
+    await state.accounts.delete_user(email, audit=_audit(who, "user.delete", email))
+
+
 @router.delete("/keys/{key_id}", status_code=204)
 async def revoke_key(key_id: uuid.UUID, who: Admin, state: State) -> None:
     await state.accounts.revoke_key(key_id, audit=_audit(who, "key.revoke", str(key_id)))

@@ -13,6 +13,7 @@ from lamplighter.abuse.watch import Watch
 from lamplighter.accounts import AccountService
 from lamplighter.chat import ChatService
 from lamplighter.engines.router import Router
+from lamplighter.flywheel.feedback import Feedback
 from lamplighter.settings import Settings
 from lamplighter.store.database import Database
 from lamplighter.traffic.planbook import PlanBook
@@ -33,6 +34,7 @@ class Services:
     violations: Violations
     watch: Watch
     reviews: ReviewQueue
+    feedback: Feedback
 
 
 def services(request: Request) -> Services:

@@ -78,6 +78,9 @@ class User(Base):
     disabled_at: Mapped[datetime | None] = mapped_column(Timestamp)
     disabled_reason: Mapped[str | None] = mapped_column(String(500))
     disabled_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    # "Use my conversations to improve the model": True or False as the person chose, None to
+    # follow the organisation's default (LAMPLIGHTER_TRAINING_CONSENT_DEFAULT).
+    training_consent: Mapped[bool | None] = mapped_column(Boolean)
     # A ban is a suspension an admin meant as final; both are lifted the same way.
     banned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
 
@@ -301,3 +304,18 @@ class AbuseReport(Base):
     resolution: Mapped[str | None] = mapped_column(String(400))
     resolved_by: Mapped[str | None] = mapped_column(String(320))
     resolved_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class Deletion(Base):
+    """What left the store (or the training data) and when, so that incremental exports can
+    carry the deletion to copies made earlier. Only ids are kept, never content."""
+
+    __tablename__ = "deletions"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
+    # conversation (deleted), user (account deleted or consent withdrawn)
+    kind: Mapped[str] = mapped_column(String(16))
+    subject_id: Mapped[uuid.UUID] = mapped_column(Uuid)

@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import Field, field_validator
@@ -27,21 +27,14 @@ from lamplighter.chat import Exchange, Placement
 from lamplighter.conversation.threading import Turn, title_from
 from lamplighter.engines.base import GenerationRequest
 from lamplighter.exceptions import APIError, InvalidRequest, NotFound, PermissionDenied
+from lamplighter.flywheel.feedback import RATING_REASONS, RatingBody, rating_json
 from lamplighter.store.conversations import Conversations
-from lamplighter.store.models import Conversation, Message, Rating, utcnow
-from lamplighter.store.web import WebStore
+from lamplighter.store.models import Conversation, Deletion, Message, Rating, utcnow
 from lamplighter.web.markdown import render
 from lamplighter.web.session import WebUser
 
 router = APIRouter(prefix="/api", include_in_schema=False)
 
-RATING_REASONS = {
-    "not_factual": "Not factual",
-    "did_not_follow_instructions": "Didn't follow instructions",
-    "unsafe": "Unsafe",
-    "too_long": "Too long",
-    "other": "Other",
-}
 # How often a streaming answer's rendered HTML is sent at most, and the most of its time spent
 # rendering (1/RENDER_SHARE); deltas go out as they come.
 HTML_INTERVAL_S = 0.1
@@ -65,12 +58,6 @@ def summary(conversation: Conversation) -> dict[str, Any]:
         "created_at": conversation.created_at.isoformat(),
         "updated_at": conversation.updated_at.isoformat(),
     }
-
-
-def rating_json(rating: Rating | None) -> dict[str, Any] | None:
-    if rating is None:
-        return None
-    return {"rating": rating.rating, "reasons": list(rating.reasons), "comment": rating.comment}
 
 
 def message_json(message: Message, rating: Rating | None = None) -> dict[str, Any]:
@@ -199,34 +186,13 @@ async def change_conversation(
 @router.delete("/conversations/{conversation_id}", status_code=204)
 async def delete_conversation(conversation_id: uuid.UUID, visitor: WebUser, state: State) -> None:
     """Delete a conversation for good: its messages and ratings go with it (usage records
-    stay, without the link to the deleted answer)."""
+    stay, without the link to the deleted answer); the deletion is logged (by id only) so that
+    incremental exports carry it."""
     async with state.db.transaction() as session:
         conversations = Conversations(session)
         await _owned(conversations, visitor, conversation_id)
         await conversations.delete(conversation_id)
-
-
-class RatingBody(Body):
-    rating: Literal[1, -1]
-    reasons: list[str] = Field(default_factory=list, max_length=len(RATING_REASONS))
-    comment: str | None = Field(default=None, max_length=2000)
-
-    @field_validator("reasons")
-    @classmethod
-    def _reasons(cls, reasons: list[str]) -> list[str]:
-        unknown = set(reasons) - set(RATING_REASONS)
-        if unknown:
-            raise ValueError(f"unknown reasons {sorted(unknown)}; use {sorted(RATING_REASONS)}")
-        return sorted(set(reasons), key=list(RATING_REASONS).index)
-
-
-async def _answer(session_store: Conversations, visitor: WebUser, message_id: uuid.UUID) -> Message:
-    message = await session_store.message_of(visitor.principal.user_id, message_id)
-    if message is None:
-        raise _no_message()
-    if message.role != "assistant":
-        raise InvalidRequest("Only answers can be rated.", param="message_id")
-    return message
+        session.add(Deletion(at=utcnow(), kind="conversation", subject_id=conversation_id))
 
 
 @router.put("/messages/{message_id}/rating")
@@ -235,37 +201,30 @@ async def rate(
 ) -> dict[str, Any]:
     """Thumbs up or down on an answer, with optional reasons and comment; rating again
     replaces the earlier rating."""
-    now = utcnow()
-    async with state.db.transaction() as session:
-        await _answer(Conversations(session), visitor, message_id)
-        store = WebStore(session)
-        rating = await store.rating(message_id)
-        comment = (body.comment or "").strip() or None
-        if rating is None:
-            rating = Rating(
-                message_id=message_id,
-                user_id=visitor.principal.user_id,
-                rating=body.rating,
-                reasons=body.reasons,
-                comment=comment,
-                created_at=now,
-                updated_at=now,
-            )
-            await store.add_rating(rating)
-        else:
-            rating.rating, rating.reasons, rating.comment = body.rating, body.reasons, comment
-            rating.updated_at = now
-        result = rating_json(rating)
-    assert result is not None
-    state.chat.metrics.feedback.labels("thumbs_up" if body.rating == 1 else "thumbs_down").inc()
-    return result
+    return await state.feedback.rate(
+        visitor.principal, message_id, body.rating, body.reasons, body.comment
+    )
 
 
 @router.delete("/messages/{message_id}/rating", status_code=204)
 async def unrate(message_id: uuid.UUID, visitor: WebUser, state: State) -> None:
-    async with state.db.transaction() as session:
-        await _answer(Conversations(session), visitor, message_id)
-        await WebStore(session).delete_rating(message_id)
+    await state.feedback.unrate(visitor.principal, message_id)
+
+
+class Consent(Body):
+    use_for_training: bool | None = Field(strict=True)
+
+
+@router.get("/me/consent")
+async def get_consent(visitor: WebUser, state: State) -> dict[str, Any]:
+    """Whether this person's conversations may be used to improve the model."""
+    return await state.feedback.consent(visitor.principal)
+
+
+@router.put("/me/consent")
+async def put_consent(body: Consent, visitor: WebUser, state: State) -> dict[str, Any]:
+    """Choose (true or false), or follow the organisation's default again (null)."""
+    return await state.feedback.set_consent(visitor.principal, body.use_for_training)
 
 
 class ChatBody(Body):

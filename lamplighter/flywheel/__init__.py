@@ -1,0 +1,1 @@
+"""The data flywheel: feedback, consent, cleaning and export of training data."""

@@ -1,0 +1,138 @@
+"""Thumbs up or down on answers, from the web chat and the API alike, and each person's
+training consent."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from lamplighter.api.schemas import Body
+from lamplighter.chat import Principal
+from lamplighter.exceptions import InvalidRequest, NotFound
+from lamplighter.store.conversations import Conversations
+from lamplighter.store.database import Database
+from lamplighter.store.models import Deletion, Message, Rating, User, utcnow
+from lamplighter.store.web import WebStore
+from lamplighter.telemetry.metrics import Metrics
+
+RATING_REASONS = {
+    "not_factual": "Not factual",
+    "did_not_follow_instructions": "Didn't follow instructions",
+    "unsafe": "Unsafe",
+    "too_long": "Too long",
+    "other": "Other",
+}
+
+
+class RatingBody(Body):
+    rating: Literal[1, -1]
+    reasons: list[str] = Field(default_factory=list, max_length=len(RATING_REASONS))
+    comment: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("reasons")
+    @classmethod
+    def _reasons(cls, reasons: list[str]) -> list[str]:
+        unknown = set(reasons) - set(RATING_REASONS)
+        if unknown:
+            raise ValueError(f"unknown reasons {sorted(unknown)}; use {sorted(RATING_REASONS)}")
+        return sorted(set(reasons), key=list(RATING_REASONS).index)
+
+
+class FeedbackBody(RatingBody):
+    """``POST /api/feedback``: a rating of the completion ``message_id`` names."""
+
+    message_id: str = Field(min_length=1, max_length=100)
+
+
+def rating_json(rating: Rating | None) -> dict[str, Any] | None:
+    if rating is None:
+        return None
+    return {"rating": rating.rating, "reasons": list(rating.reasons), "comment": rating.comment}
+
+
+class Feedback:
+    def __init__(self, db: Database, metrics: Metrics, consent_default: bool) -> None:
+        self.db = db
+        self.metrics = metrics
+        self.consent_default = consent_default
+
+    @staticmethod
+    async def _answer(
+        conversations: Conversations, who: Principal, message_id: uuid.UUID
+    ) -> Message:
+        message = await conversations.message_of(who.user_id, message_id)
+        if message is None:
+            raise NotFound("There is no such message.", code="message_not_found")
+        if message.role != "assistant":
+            raise InvalidRequest("Only answers can be rated.", param="message_id")
+        return message
+
+    async def rate(
+        self,
+        who: Principal,
+        message_id: uuid.UUID,
+        rating: int,
+        reasons: Sequence[str],
+        comment: str | None,
+    ) -> dict[str, Any]:
+        """Rate an answer of the caller's own (404 otherwise); rating again replaces it."""
+        now = utcnow()
+        comment = (comment or "").strip() or None
+        async with self.db.transaction() as session:
+            await self._answer(Conversations(session), who, message_id)
+            store = WebStore(session)
+            row = await store.rating(message_id)
+            if row is None:
+                row = Rating(
+                    message_id=message_id,
+                    user_id=who.user_id,
+                    rating=rating,
+                    reasons=list(reasons),
+                    comment=comment,
+                    created_at=now,
+                    updated_at=now,
+                )
+                await store.add_rating(row)
+            else:
+                row.rating, row.reasons, row.comment = rating, list(reasons), comment
+                row.updated_at = now
+            result = rating_json(row)
+        assert result is not None
+        self.metrics.feedback.labels("thumbs_up" if rating == 1 else "thumbs_down").inc()
+        return result
+
+    async def unrate(self, who: Principal, message_id: uuid.UUID) -> None:
+        async with self.db.transaction() as session:
+            await self._answer(Conversations(session), who, message_id)
+            await WebStore(session).delete_rating(message_id)
+
+    async def consent(self, who: Principal) -> dict[str, Any]:
+        async with self.db.transaction() as session:
+            user = await session.get(User, who.user_id)
+            assert user is not None
+            return self._consent_json(user.training_consent)
+
+    async def set_consent(self, who: Principal, use_for_training: bool | None) -> dict[str, Any]:
+        """Record the person's choice (None: back to the organisation's default). Withdrawing
+        it is logged as a deletion, so incremental exports drop their data downstream too."""
+        async with self.db.transaction() as session:
+            user = await session.get(User, who.user_id)
+            assert user is not None
+            before = self._effective(user.training_consent)
+            user.training_consent = use_for_training
+            if before and not self._effective(use_for_training):
+                session.add(Deletion(at=utcnow(), kind="user", subject_id=user.id))
+            return self._consent_json(use_for_training)
+
+    def _effective(self, choice: bool | None) -> bool:
+        return self.consent_default if choice is None else choice
+
+    def _consent_json(self, choice: bool | None) -> dict[str, Any]:
+        return {
+            "use_for_training": self._effective(choice),
+            "chosen": choice is not None,
+            "organisation_default": self.consent_default,
+        }
