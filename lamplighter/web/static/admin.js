@@ -1833,7 +1833,456 @@
   }
 
   // ---------------------------------------------------------------------------------------------
+  // Review: the abuse review queue and the audit log. The count of open reports shows on the
+  // nav link of every section.
 
-  const init = { dashboard: initDashboard, plans: initPlans, users: initUsers, usage: initUsage, flywheel: initFlywheel }[section];
+  const REPORT_KINDS = {
+    prompt_flood: 'Prompt flood',
+    bot_timing: 'Bot-like timing',
+    network_signups: 'Signups from one network',
+    disposable_email: 'Disposable email',
+  };
+  const RESPONSE_BADGES = { throttle: 'warn', verify: 'info', suspend: 'bad' };
+  const RESPONSE_NOTES = {
+    throttle: 'slow these accounts down',
+    verify: 'ask the account to prove it is a person',
+    suspend: 'lock the accounts out',
+  };
+  const OPEN_COUNT_LIMIT = 1000;
+
+  const kindLabel = (kind) => REPORT_KINDS[kind] || String(kind ?? 'unknown').replace(/_/g, ' ');
+  const plural = (n, word) => `${fmtExact(n)} ${word}${n === 1 ? '' : 's'}`;
+  const clip = (text, n) => (text.length > n ? `${text.slice(0, n - 1).trimEnd()}…` : text);
+  const stampFmt = new Intl.DateTimeFormat(undefined, {
+    day: 'numeric', month: 'short', year: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23',
+  });
+  const fmtStamp = (iso) => { const d = parseDate(iso); return d ? stampFmt.format(d) : '—'; };
+
+  function showReviewCount(n) {
+    const badgeEl = $('nav-review-count');
+    const label = $('nav-review-count-label');
+    if (!badgeEl || !label) return;
+    const text = n >= OPEN_COUNT_LIMIT ? `${fmtCompact(OPEN_COUNT_LIMIT)}+` : String(n);
+    badgeEl.textContent = text;
+    badgeEl.dataset.count = String(n);
+    badgeEl.hidden = n === 0;
+    badgeEl.title = n === 1 ? '1 open report' : `${text} open reports`;
+    label.textContent = n ? ` (${badgeEl.title})` : '';
+  }
+
+  /** The number of open reports, on the Review link. It is a hint: failing quietly is fine. */
+  async function refreshReviewCount() {
+    if (!$('nav-review-count')) return;
+    try {
+      const data = await api('GET', `/api/admin/reports?status=open&limit=${OPEN_COUNT_LIMIT}`);
+      showReviewCount(Array.isArray(data?.data) ? data.data.length : 0);
+    } catch {
+      // leave the badge as it was
+    }
+  }
+
+  /** The accounts a report is about, as the server counts them: its subject's user or email,
+   *  and the evidence's accounts. */
+  function accountsOf(report) {
+    const found = [];
+    const [kind, ...rest] = String(report.subject ?? '').split(':');
+    if (kind === 'user' || kind === 'email') found.push(rest.join(':'));
+    const named = report.evidence?.accounts;
+    if (Array.isArray(named)) found.push(...named.map(String));
+    return [...new Set(found)];
+  }
+
+  function evidenceOf(report) {
+    const ev = report.evidence;
+    return ev && typeof ev === 'object' && !Array.isArray(ev) ? ev : {};
+  }
+
+  function scalarText(value) {
+    if (value == null) return '—';
+    if (typeof value === 'object') return JSON.stringify(value);
+    return String(value);
+  }
+
+  /** One line: accounts, requests, timing, window, domain, and the sample prompt. */
+  function evidenceSummary(report) {
+    const ev = evidenceOf(report);
+    const parts = [];
+    if (Array.isArray(ev.accounts)) parts.push(plural(ev.accounts.length, 'account'));
+    if (isNum(ev.requests)) parts.push(plural(ev.requests, 'request'));
+    if (isNum(ev.mean_interval_s)) parts.push(`every ${fmtSeconds(ev.mean_interval_s)}`);
+    if (isNum(ev.cv)) parts.push(`CV ${ev.cv}`);
+    if (isNum(ev.window_s)) parts.push(`within ${fmtDuration(ev.window_s)}`);
+    if (typeof ev.domain === 'string') parts.push(`@${ev.domain}`);
+    const known = new Set(['accounts', 'requests', 'mean_interval_s', 'cv', 'window_s', 'domain', 'sample']);
+    if (!parts.length) {
+      for (const [key, value] of Object.entries(ev).filter(([k]) => !known.has(k)).slice(0, 3)) {
+        parts.push(`${key.replace(/_/g, ' ')}: ${clip(scalarText(value), 30)}`);
+      }
+    }
+    const sample = typeof ev.sample === 'string' && ev.sample.trim() ? ev.sample.trim() : null;
+    return h('div', { class: 'ev-summary', testid: 'report-summary' },
+      parts.length ? h('span', { class: 'ev-facts', text: parts.join(' · ') }) : null,
+      sample ? h('q', { class: 'ev-sample', text: clip(sample, 70), title: sample }) : null,
+      !parts.length && !sample ? h('span', { class: 'muted', text: 'no evidence' }) : null);
+  }
+
+  /** "prompt 3f2a…", "user 0190…", "network 198.51.100.0/24", an email. */
+  function subjectView(subject) {
+    const text = String(subject ?? '');
+    const at = text.indexOf(':');
+    if (at < 0) return h('code', { class: 'subject-value', text, title: text });
+    const kind = text.slice(0, at);
+    const value = text.slice(at + 1);
+    const shown = kind === 'email'
+      ? h('a', { class: 'subject-value', href: `/admin/users?q=${enc(value)}`, text: value, title: value })
+      : h('code', { class: 'subject-value', text: value, title: text });
+    return h('span', { class: 'subject' }, h('span', { class: 'subject-kind', text: kind }), shown);
+  }
+
+  function accountList(accounts) {
+    return h('ol', { class: 'ev-accounts', testid: 'report-accounts' }, accounts.map((account) => {
+      const text = String(account);
+      return h('li', { testid: 'report-account', dataset: { account: text } }, text.includes('@')
+        ? h('a', { href: `/admin/users?q=${enc(text)}`, text })
+        : h('code', { text, title: 'User id' }));
+    }));
+  }
+
+  const EVIDENCE_LABELS = {
+    accounts: 'Accounts',
+    requests: 'Requests',
+    sample: 'Sample prompt',
+    mean_interval_s: 'Mean interval',
+    cv: 'Regularity (coefficient of variation)',
+    window_s: 'Window',
+    domain: 'Domain',
+  };
+
+  function evidenceValue(key, value) {
+    if (key === 'accounts' && Array.isArray(value)) return accountList(value);
+    if (key === 'sample' && typeof value === 'string') return h('blockquote', { class: 'ev-quote', text: value });
+    if (key === 'mean_interval_s' && isNum(value)) return `${fmtSeconds(value)} (${value} s)`;
+    if (key === 'window_s' && isNum(value)) return fmtDuration(value);
+    if (key === 'cv' && isNum(value)) return `${value} (below 0.1 is machine-like)`;
+    if (isNum(value)) return fmtExact(value);
+    if (Array.isArray(value)) {
+      return value.length
+        ? h('ul', { class: 'ev-list' }, value.map((v) => h('li', null, h('code', { text: scalarText(v) }))))
+        : h('span', { class: 'muted', text: 'none' });
+    }
+    if (value && typeof value === 'object') return h('code', { class: 'ev-json', text: JSON.stringify(value, null, 1) });
+    return scalarText(value);
+  }
+
+  /** The whole report as a key/value list: what it is about, then every piece of evidence. */
+  function evidenceList(report) {
+    const ev = evidenceOf(report);
+    const item = (label, ...value) => h('div', { class: 'ev-item' }, h('dt', { text: label }), h('dd', null, ...value));
+    const accounts = Array.isArray(ev.accounts) ? ev.accounts.length : null;
+    return h('dl', { class: 'evidence', testid: 'report-evidence' },
+      item('Report', `#${report.id} · ${kindLabel(report.kind)}`),
+      item('Subject', h('code', { text: String(report.subject ?? '—') })),
+      item('Filed', fmtStamp(report.created_at)),
+      item('Suggested response', `${report.response ?? '—'}${RESPONSE_NOTES[report.response] ? ` (${RESPONSE_NOTES[report.response]})` : ''}`),
+      Object.entries(ev).map(([key, value]) => item(
+        key === 'accounts' && accounts != null ? `${EVIDENCE_LABELS.accounts} (${accounts})` : EVIDENCE_LABELS[key] || key.replace(/_/g, ' '),
+        evidenceValue(key, value))),
+      report.status !== 'open' && report.resolution ? item('Resolution', report.resolution) : null,
+      report.resolved_by ? item('Resolved by', report.resolved_by) : null);
+  }
+
+  function compactDetails(details) {
+    const parts = [];
+    for (const [key, value] of Object.entries(details)) {
+      if (value == null) continue;
+      if (Array.isArray(value)) parts.push(`${key}: ${value.length}`);
+      else if (typeof value === 'object') parts.push(`${key}: ${JSON.stringify(value)}`);
+      else parts.push(`${key}: ${value}`);
+    }
+    return parts.join(' · ');
+  }
+
+  function auditTarget(entry) {
+    const target = String(entry.target ?? '');
+    const action = String(entry.action ?? '');
+    if (action.startsWith('report.')) return h('span', { text: `report #${target}` });
+    if (action.startsWith('user.') && target.includes('@')) {
+      return h('a', { href: `/admin/users?q=${enc(target)}`, text: target, title: target });
+    }
+    if (action.startsWith('plan.')) return h('span', { class: 'plan-name', text: target });
+    return h('code', { class: 'target-code', text: target, title: target });
+  }
+
+  function auditRow(entry) {
+    const details = entry.details && typeof entry.details === 'object' ? entry.details : {};
+    const compact = compactDetails(details);
+    return h('tr', { testid: 'audit-row', dataset: { id: String(entry.id), action: String(entry.action) } },
+      h('td', { class: 'when-cell', testid: 'audit-when', text: fmtStamp(entry.at), title: fmtAgo(entry.at) }),
+      h('td', { class: 'actor-cell', testid: 'audit-actor', text: String(entry.actor ?? '—'), title: String(entry.actor ?? '') }),
+      h('td', null, h('code', { class: 'action-code', testid: 'audit-action', text: String(entry.action) })),
+      h('td', { class: 'target-cell', testid: 'audit-target' }, auditTarget(entry)),
+      h('td', { class: 'details-cell', testid: 'audit-details', title: Object.keys(details).length ? JSON.stringify(details, null, 1) : '' },
+        compact ? h('span', { class: 'details-text', text: compact }) : h('span', { class: 'muted', text: '—' })));
+  }
+
+  function initReview() {
+    const QUEUE_LIMIT = 200;
+    const AUDIT_PAGE = 50;
+    const state = {
+      reports: [], seq: 0, expanded: new Set(), resolved: new Map(),
+      audit: [], auditSeq: 0,
+    };
+    const select = $('review-status');
+    const card = $('review-card');
+    const body = $('review-body');
+    const empty = $('review-empty');
+    const sub = $('review-sub');
+    const auditBody = $('audit-body');
+    const auditEmpty = $('audit-empty');
+    const more = $('audit-more');
+    const auditEnd = $('audit-end');
+    const COLUMNS = 6;
+
+    const fromUrl = new URLSearchParams(window.location.search).get('status');
+    if (fromUrl && [...select.options].some((o) => o.value === fromUrl)) select.value = fromUrl;
+
+    function actionButtons(report) {
+      const label = `report ${report.id}`;
+      return h('div', { class: 'row-actions' },
+        h('button', {
+          type: 'button', class: 'btn btn-small', testid: 'report-dismiss', 'aria-label': `Dismiss ${label}`,
+          onclick: (event) => resolve(report, 'dismiss', event.currentTarget),
+        }, 'Dismiss'),
+        h('button', {
+          type: 'button', class: 'btn btn-small', testid: 'report-suspend', 'aria-label': `Suspend the accounts in ${label}`,
+          onclick: (event) => resolve(report, 'suspend', event.currentTarget),
+        }, 'Suspend'),
+        h('button', {
+          type: 'button', class: 'btn btn-small btn-danger-outline', testid: 'report-ban', 'aria-label': `Ban the accounts in ${label}`,
+          onclick: (event) => resolve(report, 'ban', event.currentTarget),
+        }, 'Ban'));
+    }
+
+    function outcome(report) {
+      const kind = report.status === 'actioned' ? 'warn' : report.status === 'open' ? 'info' : 'plain';
+      return h('div', { class: 'outcome' },
+        h('span', { class: `badge badge-${kind}`, testid: 'report-status', text: String(report.status ?? 'unknown') }),
+        report.resolution
+          ? h('span', { class: 'resolution', testid: 'report-resolution', text: report.resolution, title: report.resolution })
+          : null,
+        report.resolved_by ? h('span', { class: 'resolved-by', text: `by ${report.resolved_by}`, title: report.resolved_by }) : null);
+    }
+
+    function detailRow(report) {
+      return h('tr', { class: 'detail-row', id: `report-detail-${report.id}`, testid: 'report-detail', dataset: { id: String(report.id) } },
+        h('td', { colspan: COLUMNS }, evidenceList(report)));
+    }
+
+    function reportRows(report) {
+      const id = String(report.id);
+      const expanded = state.expanded.has(id);
+      const row = h('tr', {
+        testid: 'report-row', class: `clickable report-row${expanded ? ' expanded' : ''}`,
+        dataset: { id, status: String(report.status), kind: String(report.kind) },
+      },
+      h('th', { scope: 'row', class: 'kind-cell' },
+        h('button', {
+          type: 'button', class: 'link-btn toggle-btn', 'aria-expanded': String(expanded), 'aria-controls': `report-detail-${id}`,
+          title: 'Show the evidence',
+        }, h('span', { class: 'chevron', 'aria-hidden': 'true' }), h('span', { testid: 'report-kind', text: kindLabel(report.kind) }))),
+      h('td', { class: 'subject-cell' }, subjectView(report.subject)),
+      h('td', { testid: 'report-response', title: RESPONSE_NOTES[report.response] || '' },
+        h('span', { class: `badge badge-${RESPONSE_BADGES[report.response] || 'plain'}`, text: String(report.response ?? '—') })),
+      h('td', { class: 'when-cell', text: fmtAgo(report.created_at), title: fmtStamp(report.created_at) }),
+      h('td', { class: 'ev-cell' }, evidenceSummary(report)),
+      h('td', { class: 'decision-cell' }, report.status === 'open' ? actionButtons(report) : outcome(report)));
+      row.addEventListener('click', (event) => {
+        if (event.target.closest('a, input, select, button:not(.toggle-btn)')) return;
+        toggle(report, row);
+      });
+      return expanded ? [row, detailRow(report)] : [row];
+    }
+
+    function toggle(report, row) {
+      const id = String(report.id);
+      const open = !state.expanded.has(id);
+      const next = row.nextElementSibling;
+      if (next && next.classList.contains('detail-row')) next.remove();
+      if (open) {
+        state.expanded.add(id);
+        row.after(detailRow(report));
+      } else {
+        state.expanded.delete(id);
+      }
+      row.classList.toggle('expanded', open);
+      row.querySelector('.toggle-btn').setAttribute('aria-expanded', String(open));
+    }
+
+    function render(flashId) {
+      const status = select.value;
+      clear(body);
+      for (const report of state.reports) {
+        const rows = reportRows(report);
+        if (String(report.id) === flashId) rows[0].classList.add('flash');
+        body.append(...rows);
+      }
+      empty.hidden = state.reports.length > 0;
+      empty.textContent = {
+        open: 'Nothing to review: the abuse watch has found nothing new.',
+        actioned: 'No report has been acted on yet.',
+        dismissed: 'No report has been dismissed yet.',
+      }[status] || 'No reports.';
+      const open = state.reports.filter((r) => r.status === 'open').length;
+      const done = state.reports.length - open;
+      const capped = state.reports.length >= QUEUE_LIMIT ? ` (the newest ${QUEUE_LIMIT})` : '';
+      sub.textContent = status === 'open'
+        ? `${fmtExact(open)} open${done ? ` · ${fmtExact(done)} resolved just now` : ''}${capped}, newest first`
+        : `${fmtExact(state.reports.length)} ${status}${capped}, newest first`;
+    }
+
+    async function loadQueue(flashId) {
+      const seq = ++state.seq;
+      const status = select.value;
+      card.setAttribute('aria-busy', 'true');
+      try {
+        const data = await api('GET', `/api/admin/reports?status=${enc(status)}&limit=${QUEUE_LIMIT}`);
+        if (seq !== state.seq) return;
+        let reports = Array.isArray(data?.data) ? data.data : [];
+        if (status === 'open' && state.resolved.size) {
+          // Reports resolved on this page stay in place, showing what was done, until the
+          // filter changes or the page is reloaded.
+          const byId = new Map(reports.map((r) => [String(r.id), r]));
+          for (const [id, r] of state.resolved) if (!byId.has(id)) byId.set(id, r);
+          reports = [...byId.values()].sort((a, b) => Number(b.id) - Number(a.id));
+        }
+        state.reports = reports;
+        render(flashId);
+        hideError('queue');
+      } catch (err) {
+        if (seq !== state.seq) return;
+        state.reports = [];
+        render();
+        empty.textContent = 'Could not load the reports.';
+        showError(err, 'queue');
+      } finally {
+        if (seq === state.seq) card.removeAttribute('aria-busy');
+      }
+    }
+
+    const RESOLVE_TEXT = {
+      dismiss: { title: 'Dismiss report', ok: 'Dismiss', danger: false },
+      suspend: { title: 'Suspend', ok: 'Suspend', danger: true },
+      ban: { title: 'Ban', ok: 'Ban', danger: true },
+    };
+
+    async function resolve(report, action, button) {
+      const accounts = accountsOf(report).length;
+      const them = accounts === 0 ? 'the accounts' : accounts === 1 ? 'the account' : `the ${fmtExact(accounts)} accounts`;
+      const label = `report #${report.id} (${kindLabel(report.kind).toLowerCase()})`;
+      const reason = {
+        name: 'reason', label: 'Reason', testid: 'report-reason', required: true, maxlength: 300,
+        placeholder: 'Kept in the audit log',
+      };
+      const text = {
+        dismiss: `Nothing happens to ${them} it names; the report leaves the queue.`,
+        suspend: `${accounts === 1 ? 'It' : 'They'} cannot use the chat or the API until the suspension ends or you restore ${accounts === 1 ? 'it' : 'them'}.`,
+        ban: `Their sessions and API keys stop working until you restore ${accounts === 1 ? 'the account' : 'each account'}.`,
+      }[action];
+      const fields = action === 'suspend'
+        ? [reason, {
+          name: 'days', label: 'Days', testid: 'report-days', type: 'number', min: 1, max: 3650,
+          placeholder: 'until restored', hint: 'Leave empty to suspend until restored.',
+        }]
+        : [reason];
+      const values = await ask({
+        title: action === 'dismiss' ? `Dismiss ${label}?` : `${RESOLVE_TEXT[action].title} ${them} in ${label}?`,
+        text, ok: RESOLVE_TEXT[action].ok, danger: RESOLVE_TEXT[action].danger, fields,
+      });
+      if (!values) return;
+      const buttons = button.closest('.row-actions')?.querySelectorAll('button') ?? [button];
+      for (const b of buttons) b.disabled = true;
+      const id = String(report.id);
+      let flashId = null;
+      try {
+        const result = await api('POST', `/api/admin/reports/${enc(report.id)}/resolve`, {
+          action, reason: values.reason, days: action === 'suspend' ? values.days ?? null : null,
+        });
+        const resolved = {
+          ...report,
+          status: result?.status ?? (action === 'dismiss' ? 'dismissed' : 'actioned'),
+          resolution: result?.resolution ?? `${action}: ${values.reason}`,
+          resolved_by: me,
+        };
+        if (select.value === 'open') state.resolved.set(id, resolved);
+        flashId = id;
+        hideError();
+        announce(`Report ${id}: ${resolved.resolution}`);
+      } catch (err) {
+        showError(err);
+        for (const b of buttons) b.disabled = false;
+      }
+      // Whatever happened (someone else may have resolved it first), show the queue as it is.
+      await Promise.all([loadQueue(flashId), loadAudit(), refreshReviewCount()]);
+      const row = [...body.querySelectorAll('tr[data-testid="report-row"]')].find((tr) => tr.dataset.id === id);
+      if (row && !dialog.open) row.querySelector('.toggle-btn')?.focus({ preventScroll: true });
+    }
+
+    function renderAuditState(gotFullPage) {
+      auditEmpty.hidden = state.audit.length > 0;
+      auditEmpty.textContent = 'No admin actions yet.';
+      more.hidden = !gotFullPage;
+      auditEnd.hidden = gotFullPage || state.audit.length === 0;
+    }
+
+    async function loadAudit(older = false) {
+      const seq = ++state.auditSeq;
+      const params = new URLSearchParams({ limit: String(AUDIT_PAGE) });
+      const ids = state.audit.map((e) => Number(e.id)).filter(Number.isFinite);
+      if (older && ids.length) params.set('before', String(Math.min(...ids)));
+      more.disabled = true;
+      try {
+        const data = await api('GET', `/api/admin/audit?${params}`);
+        if (seq !== state.auditSeq) return;
+        const entries = Array.isArray(data?.data) ? data.data : [];
+        if (older) {
+          const seen = new Set(state.audit.map((e) => String(e.id)));
+          const fresh = entries.filter((e) => !seen.has(String(e.id)));
+          state.audit.push(...fresh);
+          auditBody.append(...fresh.map(auditRow));
+        } else {
+          state.audit = entries;
+          clear(auditBody).append(...entries.map(auditRow));
+        }
+        renderAuditState(entries.length >= AUDIT_PAGE);
+        hideError('audit');
+      } catch (err) {
+        if (seq !== state.auditSeq) return;
+        if (!state.audit.length) { auditEmpty.hidden = false; auditEmpty.textContent = 'Could not load the audit log.'; }
+        showError(err, 'audit');
+      } finally {
+        if (seq === state.auditSeq) more.disabled = false;
+      }
+    }
+
+    select.addEventListener('change', () => {
+      const url = new URL(window.location.href);
+      if (select.value === 'open') url.searchParams.delete('status'); else url.searchParams.set('status', select.value);
+      window.history.replaceState(null, '', url);
+      state.resolved.clear();
+      state.expanded.clear();
+      loadQueue();
+    });
+    more.addEventListener('click', () => loadAudit(true));
+
+    loadQueue();
+    loadAudit();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  const init = {
+    dashboard: initDashboard, plans: initPlans, users: initUsers, usage: initUsage, review: initReview, flywheel: initFlywheel,
+  }[section];
   if (init) init();
+  refreshReviewCount();
 })();
