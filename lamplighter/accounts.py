@@ -56,6 +56,18 @@ def normalise_email(email: str) -> str:
     return email
 
 
+async def lock_out(
+    session: AsyncSession, user: User, reason: str, *, until: datetime | None, banned: bool
+) -> None:
+    """Suspend or ban ``user`` in ``session``'s transaction and end their sessions. A ban
+    already in force is never shortened into a suspension."""
+    if user.banned and not user.active(utcnow()) and not banned:
+        return
+    user.disabled_at, user.disabled_reason = utcnow(), reason
+    user.disabled_until, user.banned = (None, True) if banned else (until, False)
+    await WebStore(session).end_sessions_of(user.id)
+
+
 class AccountService:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -114,12 +126,9 @@ class AccountService:
     ) -> User:
         """Lock an account out (API keys and web sessions alike) until ``until``, or until
         restored; its sessions end at once."""
-        now = utcnow()
         async with self.db.transaction() as session:
             user = await self._user(session, email)
-            user.disabled_at, user.disabled_reason = now, reason
-            user.disabled_until, user.banned = until, banned
-            await WebStore(session).end_sessions_of(user.id)
+            await lock_out(session, user, reason, until=until, banned=banned)
             await write_audit(session, audit)
             return user
 

@@ -169,3 +169,31 @@ def test_account_farming_from_one_network_is_throttled_and_reported(
 def test_throwaway_addresses_cannot_sign_up(watched: tuple[LiveServer, str]) -> None:
     response = _signup(watched[0], "someone@mailinator.com", "203.0.113.200")
     assert response.status_code == 400 and "disposable email" in response.text
+
+
+def test_resolving_spares_admins_and_never_shortens_a_ban(watched: tuple[LiveServer, str]) -> None:
+    server, admin_key = watched
+    admin_email = f"admin-{uuid.uuid4().hex[:6]}@example.org"
+    server.call(lambda s: s.accounts.create_user(admin_email, admin=True))
+    banned_email, banned_key = server.new_user(plan="free")
+    server.call(lambda s: s.accounts.suspend(banned_email, "earlier", until=None, banned=True))
+    from lamplighter.abuse.watch import Finding
+
+    finding = Finding(
+        "network_signups", "network:203.0.113.0/24", "throttle",
+        {"accounts": [admin_email, banned_email]},
+    )  # fmt: skip
+    server.call(lambda s: s.reviews.file([finding]))
+    with _admin(server, admin_key) as admin:
+        [report] = [r for r in _reports(admin, "network_signups") if admin_email in str(r)]
+        done = admin.post(
+            f"/api/admin/reports/{report['id']}/resolve",
+            json={"action": "suspend", "reason": "sweep", "days": 1},
+        ).json()
+        assert done["resolution"] == "suspend for 1 days: sweep (1 accounts)"
+        entry = admin.get("/api/admin/audit", params={"limit": 1}).json()["data"][0]
+        assert entry["details"]["spared_admins"] == [admin_email] and entry["details"]["days"] == 1
+        status = admin.get(f"/api/admin/users/{banned_email}").json()["user"]["status"]
+        assert status == "banned"  # not shortened to a one-day suspension
+        assert admin.get(f"/api/admin/users/{admin_email}").json()["user"]["status"] == "active"
+    del banned_key

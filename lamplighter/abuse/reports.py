@@ -8,11 +8,11 @@ import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.abuse.watch import Finding
-from lamplighter.accounts import AccountService
+from lamplighter.accounts import AccountService, lock_out
 from lamplighter.exceptions import InvalidRequest, NotFound
 from lamplighter.store.audit import Audit
 from lamplighter.store.audit import write as write_audit
@@ -59,28 +59,36 @@ class ReviewQueue:
     async def resolve(
         self, report_id: int, action: str, reason: str, days: int | None, audit: Audit
     ) -> AbuseReport:
-        """Dismiss a report, or suspend / ban every account it names."""
+        """Dismiss a report, or suspend (``days``, or until restored) or ban every account it
+        names — admins excepted — in one transaction with its audit entry, so a report is
+        never half acted on, and two admins cannot both act on it."""
         if action not in {"dismiss", "suspend", "ban"}:
             raise InvalidRequest("action must be dismiss, suspend or ban", param="action")
+        now = utcnow()
+        until = now + timedelta(days=days) if days and action == "suspend" else None
         async with self.db.transaction() as session:
-            report = await session.get(AbuseReport, report_id)
+            report = await session.get(AbuseReport, report_id, with_for_update=True)
             if report is None or report.status != "open":
                 raise NotFound(f"no open report {report_id}", code="report_not_found")
-            emails = await self._accounts(session, report)
-        until = utcnow() + timedelta(days=days) if days else None
-        for email in emails if action != "dismiss" else []:
-            await self.accounts.suspend(
-                email, f"{report.kind}: {reason}", until=until, banned=action == "ban"
-            )
-        async with self.db.transaction() as session:
-            report = await session.get(AbuseReport, report_id)
-            assert report is not None
+            users = await self._users(session, report)
+            acted: list[str] = []
+            spared: list[str] = []
+            for user in users if action != "dismiss" else []:
+                if user.is_admin:
+                    spared.append(user.email)
+                    continue
+                await lock_out(
+                    session, user, f"{report.kind}: {reason}", until=until, banned=action == "ban"
+                )
+                acted.append(user.email)
             report.status = "dismissed" if action == "dismiss" else "actioned"
-            report.resolution = f"{action}: {reason}" + (
-                f" ({len(emails)} accounts)" if emails else ""
+            length = (
+                f" for {days} days" if until else (" until restored" if action == "suspend" else "")
             )
-            report.resolved_by, report.resolved_at = audit.actor_email, utcnow()
-            details = {**audit.details, "accounts": emails}
+            counted = f"{len(acted)} accounts" if action != "dismiss" else ""
+            report.resolution = f"{action}{length}: {reason}" + (f" ({counted})" if counted else "")
+            report.resolved_by, report.resolved_at = audit.actor_email, now
+            details = {**audit.details, "days": days, "accounts": acted, "spared_admins": spared}
             await write_audit(
                 session,
                 Audit(audit.actor_id, audit.actor_email, audit.action, audit.target, details),
@@ -88,8 +96,8 @@ class ReviewQueue:
             return report
 
     @staticmethod
-    async def _accounts(session: AsyncSession, report: AbuseReport) -> list[str]:
-        """The emails of the accounts a report is about."""
+    async def _users(session: AsyncSession, report: AbuseReport) -> list[User]:
+        """The accounts a report is about (those that still exist), in evidence order."""
         kind, _, value = report.subject.partition(":")
         ids: list[uuid.UUID] = []
         emails: list[str] = []
@@ -103,7 +111,11 @@ class ReviewQueue:
                 ids.append(uuid.UUID(str(account)))
             except ValueError:
                 emails.append(str(account))
-        if ids:
-            found = await session.execute(select(User.email).where(User.id.in_(ids)))
-            emails += list(found.scalars())
-        return list(dict.fromkeys(emails))
+        found = await session.execute(
+            select(User).where(or_(User.id.in_(ids), User.email.in_(emails)))
+        )
+        users = {user.id: user for user in found.scalars()}
+        order = {key: rank for rank, key in enumerate([*map(str, ids), *emails])}
+        return sorted(
+            users.values(), key=lambda u: min(order.get(str(u.id), 1e9), order.get(u.email, 1e9))
+        )

@@ -32,7 +32,14 @@ ADMIN_CHANGES = [
     ("POST", "/api/admin/users/someone@example.org/restore", {}),
     ("DELETE", f"/api/admin/keys/{uuid.uuid4()}", None),
 ]
-CONSOLE_PAGES = ["/admin", "/admin/plans", "/admin/users", "/admin/usage", "/admin/flywheel"]
+CONSOLE_PAGES = [
+    "/admin",
+    "/admin/plans",
+    "/admin/users",
+    "/admin/usage",
+    "/admin/review",
+    "/admin/flywheel",
+]
 
 
 def admin_person(server: LiveServer) -> Person:

@@ -203,7 +203,7 @@ def test_an_operator_reviews_a_prompt_flood_and_suspends_every_account_in_it(
     resolve_in_dialog(page, report_id, "pill spam flood", days="3")
 
     # The row stays where it was, now showing what was done.
-    resolution = f"suspend: pill spam flood ({FLOODERS} accounts)"
+    resolution = f"suspend for 3 days: pill spam flood ({FLOODERS} accounts)"
     expect(row).to_have_attribute("data-status", "actioned")
     expect(row.get_by_test_id("report-status")).to_have_text("actioned")
     expect(row.get_by_test_id("report-resolution")).to_have_text(resolution)
@@ -260,9 +260,7 @@ def test_a_dismissed_report_leaves_its_accounts_alone(
     expect(page.get_by_test_id("report-days")).to_have_count(0)  # only a suspension has days
     resolve_in_dialog(page, report_id, "a shop's own load test")
     expect(row.get_by_test_id("report-status")).to_have_text("dismissed")
-    expect(row.get_by_test_id("report-resolution")).to_have_text(
-        f"dismiss: a shop's own load test ({FLOODERS} accounts)"
-    )
+    expect(row.get_by_test_id("report-resolution")).to_have_text("dismiss: a shop's own load test")
     newest = page.get_by_test_id("audit-row").first
     expect(newest).to_have_attribute("data-action", "report.dismiss")
     expect(newest.get_by_test_id("audit-actor")).to_have_text(admin.email)
