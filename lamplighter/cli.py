@@ -247,6 +247,47 @@ def keys_revoke(key_id: str, config: ConfigOption = None) -> None:
     typer.echo(f"revoked {parsed}")
 
 
+@app.command()
+def export(
+    kind: Annotated[str, typer.Argument(help="sft, kto, dpo or conversations.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the dataset to.")],
+    since: Annotated[
+        datetime | None,
+        typer.Option(help="Only answers after this time (ISO 8601), plus what was deleted."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Export training data in Hugging Face TRL's formats, with a dataset card."""
+    from tqdm import tqdm
+
+    from lamplighter.flywheel.export import KINDS, Exporter, count_messages
+
+    if kind not in KINDS:
+        typer.secho(f"error: unknown export {kind!r}; use {', '.join(KINDS)}", fg="red", err=True)
+        raise typer.Exit(2)
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    settings = _settings(config)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url)
+
+    async def main() -> Any:
+        db = Database(settings.resolved_database_url)
+        try:
+            total = await count_messages(db)
+            with tqdm(total=total, unit="msg", desc=f"export {kind}", file=sys.stderr) as bar:
+                exporter = Exporter(db, settings.training_consent_default)
+                return await exporter.run(kind, out, since=since, progress=bar.update)
+        finally:
+            await db.close()
+
+    report = asyncio.run(main())
+    removed = sum(report.removed.values())
+    typer.echo(
+        f"wrote {report.rows} rows to {out / (kind + '.jsonl')} ({removed} left out; see README.md)"
+    )
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Apply every pending migration."""
