@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as FastPath
 from pydantic import Field
 
 from lamplighter.api.openai import principal, require_scope
@@ -29,6 +30,8 @@ from lamplighter.store.reports import Reports, UsageTotals
 from lamplighter.web.session import CSRF_HEADER, UNSAFE, current_visitor, same_token
 
 router = APIRouter(prefix="/api/admin")
+# Ids in the 64-bit sequences (audit log, reports); a larger number is a 400, not a 500.
+MAX_ID = 2**63 - 1
 PLAN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -61,11 +64,11 @@ class PlanChanges(Body):
     """Fields of a plan to change; those left out keep their value."""
 
     priority: int | None = Field(default=None, ge=0, le=100)
-    requests_per_minute: int | None = Field(default=None, ge=1)
-    tokens_per_minute: int | None = Field(default=None, ge=1)
-    tokens_per_day: int | None = Field(default=None, ge=1)
-    concurrent_streams: int | None = Field(default=None, ge=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1, le=10**9)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=10**15)
+    tokens_per_day: int | None = Field(default=None, ge=1, le=10**15)
+    concurrent_streams: int | None = Field(default=None, ge=1, le=10**6)
+    max_tokens: int | None = Field(default=None, ge=1, le=10**8)
     models: list[str] | None = None
     queue_patience_s: float | None = Field(default=None, ge=0, le=3600)
     ttft_slo_s: float | None = Field(default=None, gt=0, le=3600)
@@ -302,7 +305,10 @@ async def list_reports(
 
 @router.post("/reports/{report_id}/resolve")
 async def resolve_report(
-    report_id: int, body: Resolution, who: Admin, state: State
+    report_id: Annotated[int, FastPath(ge=1, le=MAX_ID)],
+    body: Resolution,
+    who: Admin,
+    state: State,
 ) -> dict[str, Any]:
     """One click: dismiss, or suspend (for ``days``, or until restored) or ban every account
     the report's evidence names."""
@@ -316,7 +322,7 @@ async def audit_log(
     _: Admin,
     state: State,
     limit: int = Query(default=100, ge=1, le=1000),
-    before: int | None = Query(default=None, ge=1),
+    before: int | None = Query(default=None, ge=1, le=MAX_ID),
 ) -> dict[str, Any]:
     """Admin actions, newest first (``before`` pages back from an entry id)."""
     async with state.db.transaction() as session:

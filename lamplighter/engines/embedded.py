@@ -154,7 +154,7 @@ class EmbeddedBackend:
             if request.seed is None:
                 llm.set_seed(random.getrandbits(32))
             else:
-                llm.set_seed(request.seed)
+                llm.set_seed(request.seed % 2**32)  # llama.cpp seeds are 32-bit
                 # Reusing the KV cache of an identical earlier prompt replays its last token,
                 # which perturbs the logits enough to change sampled answers. A seeded request
                 # promises repeatable output, so it evaluates its prompt from scratch.
