@@ -472,6 +472,26 @@ def test_logout_ends_the_session(tab: Tab) -> None:
     assert page.request.get(tab.url("/api/me")).status == 401
 
 
+def test_training_consent_is_a_checkbox_that_sticks(tab: Tab, web: Browserless) -> None:
+    """The organisation's default (off here) until the person chooses; the choice is stored."""
+    page = tab.page
+    consent = page.get_by_test_id("consent")
+    expect(consent).to_be_enabled()
+    expect(consent).not_to_be_checked()
+    consent.check()
+    expect(consent).to_be_enabled()  # the PUT came back
+    assert web.api("GET", "/me/consent").json()["use_for_training"] is True
+    page.reload()
+    expect(page.get_by_test_id("consent")).to_be_checked()
+    page.get_by_test_id("consent").uncheck()
+    expect(page.get_by_test_id("consent")).to_be_enabled()
+    assert web.api("GET", "/me/consent").json() == {
+        "use_for_training": False,
+        "chosen": True,
+        "organisation_default": False,
+    }
+
+
 # 10. Markdown and screenshots -----------------------------------------------------------------
 
 MARKDOWN = """Here are the release notes:

@@ -1430,6 +1430,37 @@
     }
   }
 
+  // Training consent: the person's own choice, shown and changed in the sidebar.
+  const consentBox = document.getElementById('consent');
+
+  async function loadConsent() {
+    if (!consentBox) return;
+    try {
+      const consent = await api('GET', '/api/me/consent');
+      consentBox.checked = Boolean(consent.use_for_training);
+      consentBox.disabled = false;
+    } catch (err) {
+      reportError(err);
+    }
+  }
+
+  if (consentBox) {
+    consentBox.addEventListener('change', async () => {
+      const wanted = consentBox.checked;
+      consentBox.disabled = true;
+      try {
+        const consent = await api('PUT', '/api/me/consent', { use_for_training: wanted });
+        consentBox.checked = Boolean(consent.use_for_training);
+        announce(consent.use_for_training ? 'Your chats may be used to improve the model' : 'Your chats will not be used to improve the model');
+      } catch (err) {
+        consentBox.checked = !wanted;
+        reportError(err);
+      } finally {
+        consentBox.disabled = false;
+      }
+    });
+  }
+
   async function refreshMe() {
     try {
       state.me = await api('GET', '/api/me');
@@ -1664,5 +1695,6 @@
   wire();
   route();
   refreshMe();
+  loadConsent();
   refreshConversations();
 })();
