@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from playwright.sync_api import (
     Browser,
@@ -25,7 +25,8 @@ from playwright.sync_api import (
     expect,
 )
 
-from tests.web.conftest import Person
+if TYPE_CHECKING:  # the fixtures in conftest import this module
+    from tests.web.conftest import Person
 
 T = TypeVar("T")
 

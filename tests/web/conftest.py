@@ -1,4 +1,5 @@
-"""Fixtures for the web chat: people with passwords, and logged-in HTTP sessions."""
+"""Fixtures for the web chat: people with passwords, logged-in HTTP sessions, admins, and a
+Chromium for the browser tests."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
 from tests.conftest import LiveServer
+from tests.web.browser import CHROMIUM, LAUNCH_ARGS, Tabs
 
 PASSWORD = "correct horse battery staple"
 
@@ -108,3 +111,51 @@ def stranger(server: LiveServer) -> Iterator[Browserless]:
     assert session.login(new_person(server)).status_code == 303
     yield session
     session.close()
+
+
+def admin_person(server: LiveServer) -> Person:
+    email = f"admin-{uuid.uuid4().hex[:10]}@example.org"
+    server.call(lambda s: s.accounts.create_user(email, password=PASSWORD, admin=True))
+    return Person(email, PASSWORD)
+
+
+@pytest.fixture
+def admin(server: LiveServer) -> Person:
+    return admin_person(server)
+
+
+@pytest.fixture
+def operator(server: LiveServer, admin: Person) -> Iterator[Browserless]:
+    """An admin over plain HTTP: to set things up and to cross-check what pages show."""
+    session = Browserless(server.base_url)
+    assert session.login(admin).status_code == 303
+    yield session
+    session.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, one per test module; missing, it fails loudly (`make test` installs
+    it)."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser tests need Debian's Chromium "
+            "(`make test` installs it, or `apt-get install chromium`)",
+            pytrace=False,
+        )
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def tabs(browser: Browser, server: LiveServer) -> Iterator[Tabs]:
+    """Fresh browser contexts for one test; the test fails if any page logged an error."""
+    opened = Tabs(browser, server.base_url)
+    yield opened
+    opened.close()
+    problems = opened.unexpected()
+    assert not problems, "the page logged errors:\n" + "\n".join(problems)

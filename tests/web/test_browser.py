@@ -9,18 +9,15 @@ error, which is where Chromium reports Content-Security-Policy violations.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Route, expect, sync_playwright
+from playwright.sync_api import Route, expect
 
 from tests.conftest import MODEL, SCRIPTED, LiveServer
 from tests.web.browser import (
     ANSWER,
     BODY,
-    CHROMIUM,
-    LAUNCH_ARGS,
     MESSAGE,
     PHONE,
     Tab,
@@ -32,31 +29,6 @@ from tests.web.browser import (
 from tests.web.conftest import Browserless, Person, new_person
 
 expect.set_options(timeout=15_000)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the browser tests need Debian's Chromium "
-            "(`make test` installs it, or `apt-get install chromium`)",
-            pytrace=False,
-        )
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS
-        )
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def tabs(browser: Browser, server: LiveServer) -> Iterator[Tabs]:
-    opened = Tabs(browser, server.base_url)
-    yield opened
-    opened.close()
-    problems = opened.unexpected()
-    assert not problems, "the page logged errors:\n" + "\n".join(problems)
 
 
 @pytest.fixture

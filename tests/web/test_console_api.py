@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,7 +12,7 @@ import openai
 import pytest
 
 from tests.conftest import SCRIPTED, LiveServer
-from tests.web.conftest import PASSWORD, Browserless, Person, new_person
+from tests.web.conftest import Browserless, new_person
 
 ADMIN_GETS = [
     "/api/admin/stats",
@@ -40,20 +39,6 @@ CONSOLE_PAGES = [
     "/admin/review",
     "/admin/flywheel",
 ]
-
-
-def admin_person(server: LiveServer) -> Person:
-    email = f"admin-{uuid.uuid4().hex[:10]}@example.org"
-    server.call(lambda s: s.accounts.create_user(email, password=PASSWORD, admin=True))
-    return Person(email, PASSWORD)
-
-
-@pytest.fixture
-def operator(server: LiveServer) -> Iterator[Browserless]:
-    session = Browserless(server.base_url)
-    assert session.login(admin_person(server)).status_code == 303
-    yield session
-    session.close()
 
 
 def test_non_admins_get_404_on_every_admin_page_and_api(

@@ -13,62 +13,22 @@ from __future__ import annotations
 import re
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
-from playwright.sync_api import Browser, Locator, Page, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Locator, Page, ViewportSize, expect
 
 from tests.conftest import SCRIPTED, LiveServer
-from tests.web.browser import CHROMIUM, LAUNCH_ARGS, SCREENSHOTS, Tab, Tabs, eventually
+from tests.web.browser import SCREENSHOTS, Tab, Tabs, eventually
 from tests.web.conftest import Browserless, Person, new_person
-from tests.web.test_console_api import CONSOLE_PAGES, admin_person
+from tests.web.test_console_api import CONSOLE_PAGES
 
 expect.set_options(timeout=15_000)
 
 CONSOLE: ViewportSize = {"width": 1280, "height": 900}
 # A rate the console shows that is not zero: 0.40/s, 12/s, 1.2k/s (but not 0/s).
 NONZERO_RATE = re.compile(r"^(?!0/s$)\d[\d.]*k?/s$")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the browser tests need Debian's Chromium "
-            "(`make test` installs it, or `apt-get install chromium`)",
-            pytrace=False,
-        )
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS
-        )
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def tabs(browser: Browser, server: LiveServer) -> Iterator[Tabs]:
-    opened = Tabs(browser, server.base_url)
-    yield opened
-    opened.close()
-    problems = opened.unexpected()
-    assert not problems, "the page logged errors:\n" + "\n".join(problems)
-
-
-@pytest.fixture
-def admin(server: LiveServer) -> Person:
-    return admin_person(server)
-
-
-@pytest.fixture
-def operator(server: LiveServer, admin: Person) -> Iterator[Browserless]:
-    """The same admin over plain HTTP: to set things up and to cross-check the page."""
-    session = Browserless(server.base_url)
-    assert session.login(admin).status_code == 303
-    yield session
-    session.close()
 
 
 def console(tabs: Tabs, who: Person, section: str = "dashboard") -> Tab:

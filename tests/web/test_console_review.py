@@ -13,60 +13,21 @@ from __future__ import annotations
 import random
 import re
 import string
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import openai
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from tests.conftest import SCRIPTED, LiveServer
-from tests.web.browser import CHROMIUM, LAUNCH_ARGS, Tab, Tabs, eventually
+from tests.web.browser import Tab, Tabs, eventually
 from tests.web.conftest import Browserless, Person
-from tests.web.test_console_api import admin_person
 from tests.web.test_console_browser import console, new_plan, screenshot
 
 expect.set_options(timeout=15_000)
 
 FLOODERS = 5  # the watch's default flood_accounts: this many accounts make a flood
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the browser tests need Debian's Chromium", pytrace=False
-        )
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS
-        )
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def tabs(browser: Browser, server: LiveServer) -> Iterator[Tabs]:
-    opened = Tabs(browser, server.base_url)
-    yield opened
-    opened.close()
-    problems = opened.unexpected()
-    assert not problems, "the page logged errors:\n" + "\n".join(problems)
-
-
-@pytest.fixture
-def admin(server: LiveServer) -> Person:
-    return admin_person(server)
-
-
-@pytest.fixture
-def operator(server: LiveServer, admin: Person) -> Iterator[Browserless]:
-    """The same admin over plain HTTP: to cross-check what the page shows."""
-    session = Browserless(server.base_url)
-    assert session.login(admin).status_code == 303
-    yield session
-    session.close()
 
 
 def flood(server: LiveServer) -> tuple[str, list[tuple[str, str]]]:
