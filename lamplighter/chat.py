@@ -204,9 +204,7 @@ class Exchange:
                 if chunk.text and self.moderation != "off":
                     verdict = self.service.moderation.check_output(self.content)
                     if verdict.flagged:
-                        self.flags_out = tuple(
-                            dict.fromkeys((*self.flags_out, *verdict.categories))
-                        )
+                        self.flag_output(verdict.categories)
                         if self.moderation == "block":
                             # Stop here, as OpenAI does: the rest is never generated.
                             self.text.pop()

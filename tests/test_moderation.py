@@ -133,6 +133,7 @@ def test_blocked_questions_count_towards_abuse_scores(moderated: LiveServer) -> 
         _ask(moderated, "strict", "nerve agent recipe")
     metrics = httpx.get(moderated.base_url + "/metrics").text
     assert 'lamplighter_violations_total{kind="moderation"}' in metrics
+    assert 'category="echo-trap",direction="output"' in metrics
     assert (
         'lamplighter_moderation_flags_total{action="block",category="weapons",direction="input"}'
         in metrics
