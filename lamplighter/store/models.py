@@ -167,6 +167,9 @@ class Message(Base):
     # What moderation flagged in the exchange an answer belongs to:
     # {"input": [categories], "output": [categories]}; None when nothing was.
     moderation: Mapped[dict[str, list[str]] | None] = mapped_column(JSON)
+    # Who wrote an assistant message: None for the model; "person" for a correction, an answer
+    # the person rewrote themselves ("improve this answer").
+    author: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (Index("ix_messages_user_path", "user_id", "path_hash"),)
 
@@ -265,6 +268,74 @@ class Rating(Base):
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    # A keyed hash of the rater's network (see flywheel/credits.py): accounts rating from one
+    # network count as one rater when trust is estimated, so sock puppets cannot agree with
+    # each other.
+    origin: Mapped[str | None] = mapped_column(String(32))
+
+
+class Comparison(Base):
+    """Two sibling answers to one question and which the person preferred.
+
+    ``kind`` says where the pair came from: ``regeneration`` (after regenerating, the person
+    said whether the new answer B is better than the old A), ``correction`` (the person rewrote
+    answer A into B: B is preferred by construction) or ``side_by_side`` (two anonymous answers
+    from two variants, whose identities are shown only after the vote). ``winner`` is None until
+    the person votes; ``discarded`` says why a vote does not count (an answer was cut or failed,
+    or an answer named its model).
+    """
+
+    __tablename__ = "comparisons"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    question_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    a_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    b_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    # What produced each answer: a model id, with its sampling when that is what differs
+    # ("smollm2-135m-instruct@t=1.0"), or "person" for a correction.
+    a_variant: Mapped[str] = mapped_column(String(240))
+    b_variant: Mapped[str] = mapped_column(String(240))
+    # a | b | tie | both_bad; None while the question is open.
+    winner: Mapped[str | None] = mapped_column(String(16))
+    discarded: Mapped[str | None] = mapped_column(String(64))
+    origin: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    voted_at: Mapped[datetime | None] = mapped_column(Timestamp, index=True)
+
+
+class Credit(Base):
+    """Extra daily tokens earned by one piece of feedback, or refused it, or taken back.
+
+    One row per signal (a rating's message or a comparison), so rating again never earns twice.
+    ``status``: granted, refused (a quality check failed; ``reason`` says which) or clawed_back
+    (granted, then a later review found the rater untrustworthy or abusive).
+    """
+
+    __tablename__ = "credits"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    signal: Mapped[str] = mapped_column(String(16))  # rating | comparison
+    subject_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    tokens: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    changed_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    __table_args__ = (Index("ux_credits_signal", "signal", "subject_id", unique=True),)
 
 
 class AuditEntry(Base):
