@@ -25,7 +25,10 @@ from lamplighter.engines.base import Backend
 from lamplighter.engines.embedded import EmbeddedBackend, bundled_model_path
 from lamplighter.engines.router import Router
 from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
+from lamplighter.flywheel.credits import Credits
 from lamplighter.flywheel.feedback import Feedback
+from lamplighter.flywheel.policy import FlywheelPolicy
+from lamplighter.flywheel.preferences import Preferences
 from lamplighter.settings import Settings, read_config
 from lamplighter.store import migrate
 from lamplighter.store.database import Database
@@ -38,12 +41,15 @@ from lamplighter.traffic.degrade import rules_from_config
 from lamplighter.traffic.planbook import PlanBook
 from lamplighter.traffic.plans import plans_from_config
 from lamplighter.traffic.ratelimits import RateLimiter
+from lamplighter.traffic.redis_state import RedisState
 from lamplighter.traffic.state import MemoryState
 from lamplighter.web import api as web_api
 from lamplighter.web import pages
 from lamplighter.web.auth import WebAuth
 
 log = logging.getLogger(__name__)
+# How often rater trust is estimated afresh and undeserved credits are clawed back.
+CREDITS_REVIEW_S = 600.0
 
 
 def announce_bootstrap(settings: Settings, created: Bootstrap) -> None:
@@ -87,6 +93,16 @@ async def default_backends(settings: Settings) -> list[Backend]:
     return backends
 
 
+async def _review_credits(credits: Credits) -> None:
+    """Re-estimate rater trust and claw back undeserved credits every few minutes."""
+    while True:
+        await asyncio.sleep(CREDITS_REVIEW_S)
+        try:
+            await credits.review()
+        except Exception:
+            log.exception("credit review failed; trying again later")
+
+
 async def _sample(metrics: Metrics, interval: float) -> None:
     """Close a point of the console's time series every ``interval`` seconds."""
     while True:
@@ -117,14 +133,35 @@ def create_app(
         degrade = rules_from_config(traffic.get("degrade", []))
         headroom = headroom_from_config(traffic.get("headroom", {}))
         moderation = Moderation.from_config(config.get("moderation", {}))
+        flywheel = FlywheelPolicy.from_config(config.get("flywheel", {}))
+        violations = Violations(ViolationPolicy.from_config(config.get("abuse", {})))
+        credits = Credits(
+            db,
+            flywheel.credits,
+            flagged=lambda user_id: (
+                violations.score(f"user:{user_id}") >= violations.policy.threshold / 2
+            ),
+        )
         router = Router(await (backends or default_backends)(settings))
         for rule in degrade:
             if rule.model is not None:
                 router.route(rule.model)  # a rule naming a model nobody serves fails at start
         clock = SystemClock()
-        limiter = RateLimiter(MemoryState(), clock)
+        shared = (
+            RedisState(
+                settings.redis_url,
+                failure="closed" if settings.redis_failure == "closed" else "open",
+                replicas=settings.replicas,
+            )
+            if settings.redis_url
+            else None
+        )
+        limiter = RateLimiter(shared or MemoryState(), clock)
         accounts = AccountService(db)
         metrics = Metrics(Series(interval=settings.stats_interval))
+        if shared is not None:
+            metrics.watch_redis(shared)
+            await shared.start()
         state = Services(
             settings=settings,
             db=db,
@@ -142,12 +179,15 @@ def create_app(
                 metrics=metrics,
                 tracer=tracing.tracer,
                 moderation=moderation,
+                bonus=credits.bonus,
             ),
             web=WebAuth(db, accounts, settings.session_days),
-            violations=Violations(ViolationPolicy.from_config(config.get("abuse", {}))),
+            violations=violations,
             watch=Watch(WatchPolicy.from_config(config.get("abuse", {}).get("watch", {}))),
             reviews=ReviewQueue(db, accounts),
-            feedback=Feedback(db, metrics, settings.training_consent_default),
+            feedback=Feedback(db, metrics, settings.training_consent_default, credits),
+            credits=credits,
+            preferences=Preferences(db, flywheel, credits, metrics),
         )
         state.violations.on_ban = lambda ban: state.chat.metrics.bans.labels(
             ban.subject.split(":", 1)[0]
@@ -160,13 +200,17 @@ def create_app(
             on_bootstrap(settings, created)
         app.state.services = state
         sampler = asyncio.create_task(_sample(state.chat.metrics, settings.stats_interval))
+        reviewer = asyncio.create_task(_review_credits(state.credits))
         try:
             yield
         finally:
             sampler.cancel()
+            reviewer.cancel()
             # Stop generating, let the cut answers and their usage be written, then close.
             await router.close()
             await state.chat.drain()
+            if shared is not None:
+                await shared.stop()  # after the drain, which settles and releases the slots
             await moderation.close()
             await db.close()
             await asyncio.to_thread(tracing.shutdown)  # flushes the spans not yet exported

@@ -17,7 +17,7 @@ import asyncio
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 from opentelemetry.trace import (
@@ -284,6 +284,10 @@ class Exchange:
         span.end()
 
 
+async def _no_bonus(_: uuid.UUID) -> int:
+    return 0
+
+
 class ChatService:
     def __init__(
         self,
@@ -298,8 +302,11 @@ class ChatService:
         metrics: Metrics | None = None,
         tracer: Tracer | None = None,
         moderation: Moderation | None = None,
+        bonus: Callable[[uuid.UUID], Awaitable[int]] | None = None,
     ) -> None:
+        """``bonus`` says how many extra daily tokens a user's feedback has earned."""
         self.moderation = moderation or Moderation()
+        self.bonus = bonus or _no_bonus
         self.db = db
         self.tracer = tracer or NoOpTracer()
         self.router = router
@@ -401,7 +408,9 @@ class ChatService:
             fit=placement is not None,
         )
         cost = prepared.prompt_tokens + prepared.max_tokens
-        reservation = await self.limiter.reserve(plan, principal.user_id, cost)
+        reservation = await self.limiter.reserve(
+            plan, principal.user_id, cost, await self.bonus(principal.user_id)
+        )
         key = cache_key(plan.name, request, prepared.max_tokens) if plan.cache_ttl_s else None
         cached = self.cache.get(key, self.limiter.clock.monotonic()) if key else None
         slot: Slot | None = None

@@ -26,9 +26,11 @@ app = typer.Typer(help="Lamplighter: a self-hosted ChatGPT-style service.", no_a
 users = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
 keys = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Manage the database.", no_args_is_help=True)
+credits_app = typer.Typer(help="Credits earned by feedback.", no_args_is_help=True)
 app.add_typer(users, name="users")
 app.add_typer(keys, name="keys")
 app.add_typer(db_app, name="db")
+app.add_typer(credits_app, name="credits")
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="TOML config file (or LAMPLIGHTER_CONFIG).")
@@ -43,20 +45,25 @@ def _settings(config: Path | None = None, **overrides: Any) -> Settings:
         raise typer.Exit(2) from exc
 
 
-def _run(settings: Settings, action: Callable[[AccountService], Awaitable[T]]) -> T:
-    """Migrate, then run ``action`` against the account service; API errors become exit 1."""
+def _with_db(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> T:
+    """Migrate, then run ``action`` with the database."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(settings.resolved_database_url)
 
     async def main() -> T:
         db = Database(settings.resolved_database_url)
         try:
-            return await action(AccountService(db))
+            return await action(db)
         finally:
             await db.close()
 
+    return asyncio.run(main())
+
+
+def _run(settings: Settings, action: Callable[[AccountService], Awaitable[T]]) -> T:
+    """Migrate, then run ``action`` against the account service; API errors become exit 1."""
     try:
-        return asyncio.run(main())
+        return _with_db(settings, lambda db: action(AccountService(db)))
     except APIError as exc:
         typer.secho(f"error: {exc.message}", fg="red", err=True)
         raise typer.Exit(1) from exc

@@ -35,6 +35,14 @@ class Settings:
         "PostgreSQL: postgresql://user@host/db (the asyncpg driver is used).",
     )
     redis_url: str = _setting("", "Redis URL for shared traffic state. Empty: in-process state.")
+    redis_failure: str = _setting(
+        "open",
+        "While Redis is unreachable: 'open' (each replica enforces its share of every limit, the "
+        "plan's divided by REPLICAS) or 'closed' (refuse requests with 503).",
+    )
+    replicas: int = _setting(
+        1, "Gateway replicas sharing REDIS_URL: each one's share of the limits while Redis is down."
+    )
     config: Path | None = _setting(None, "Path of a TOML file with settings, plans and backends.")
     host: str = _setting("127.0.0.1", "Address the HTTP server listens on.")
     port: int = _setting(8080, "Port the HTTP server listens on.")
@@ -139,7 +147,7 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
         raise ConfigError(f"setting {name!r}: cannot read {raw!r} as {kind}") from None
 
 
-CONFIG_TABLES = {"lamplighter", "plans", "traffic", "backends", "abuse", "moderation"}
+CONFIG_TABLES = {"lamplighter", "plans", "traffic", "backends", "abuse", "moderation", "flywheel"}
 
 
 def read_config(path: Path | None) -> dict[str, Any]:
@@ -192,6 +200,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("setting 'stats_interval': must be at least 1 second")
     if settings.session_days < 1:
         raise ConfigError("setting 'session_days': must be at least 1")
+    if settings.redis_failure not in {"open", "closed"}:
+        raise ConfigError("setting 'redis_failure': use open or closed")
+    if settings.replicas < 1:
+        raise ConfigError("setting 'replicas': must be at least 1")
     if settings.n_ctx < 128:
         raise ConfigError("setting 'n_ctx': must be at least 128 tokens")
     return settings

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -23,6 +23,7 @@ from lamplighter.api.schemas import Body
 from lamplighter.api.state import State
 from lamplighter.chat import Principal
 from lamplighter.exceptions import InvalidRequest, NotFound, PermissionDenied
+from lamplighter.flywheel import board
 from lamplighter.store.accounts import Accounts
 from lamplighter.store.audit import Audit, AuditLog
 from lamplighter.store.models import User, utcnow
@@ -392,15 +393,42 @@ async def usage(
 
 @router.get("/flywheel")
 async def flywheel(_: Admin, state: State) -> dict[str, Any]:
-    """Feedback figures. Consent, rater trust, the model leaderboard and exports arrive with the
-    flywheel; until then they are null (or empty), and the console says so."""
+    """Feedback volume, consent, rater trust, credits and the top of the leaderboard."""
     async with state.db.transaction() as session:
         feedback = await Reports(session).feedback(7, utcnow().date())
     last = feedback.pop("last_days")
+    figures = await board.figures(state.db, state.credits, state.settings.training_consent_default)
+    top = await board.standings(state.db, rounds=200)
     return {
         "feedback": {**feedback, "last_7_days": last},
-        "consent_rate": None,
-        "rater_trust": None,
-        "leaderboard": None,
-        "exports": [],
+        **figures,
+        "leaderboard": top if top["votes"] else None,
+    }
+
+
+@router.get("/leaderboard")
+async def leaderboard(
+    _: Admin,
+    state: State,
+    rounds: int = Query(default=1000, ge=10, le=10_000),
+    since: datetime | None = None,
+) -> dict[str, Any]:
+    """Models ranked by side-by-side votes: Bradley-Terry scores on the Elo scale with
+    bootstrap 95% intervals, fitted without the voters the bad-voter check flags (listed)."""
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    return await board.standings(state.db, rounds=rounds, since=since)
+
+
+@router.post("/credits/review")
+async def review_credits(_: Admin, state: State) -> dict[str, Any]:
+    """Estimate rater trust now and claw back credits that should not stand (the server also
+    does this every few minutes)."""
+    report = await state.credits.review()
+    return {
+        "raters": report.raters,
+        "checked": report.checked,
+        "untrusted": [str(user) for user in report.untrusted],
+        "clawed_back": dict(report.clawed_back),
+        "puppet_groups": report.groups,
     }

@@ -13,7 +13,9 @@ from lamplighter.abuse.watch import Watch
 from lamplighter.accounts import AccountService
 from lamplighter.chat import ChatService
 from lamplighter.engines.router import Router
+from lamplighter.flywheel.credits import Credits
 from lamplighter.flywheel.feedback import Feedback
+from lamplighter.flywheel.preferences import Preferences
 from lamplighter.settings import Settings
 from lamplighter.store.database import Database
 from lamplighter.traffic.planbook import PlanBook
@@ -35,6 +37,8 @@ class Services:
     watch: Watch
     reviews: ReviewQueue
     feedback: Feedback
+    credits: Credits
+    preferences: Preferences
 
 
 def services(request: Request) -> Services:

@@ -7,11 +7,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lamplighter.api.schemas import Body
 from lamplighter.chat import Principal
 from lamplighter.exceptions import InvalidRequest, NotFound
+from lamplighter.flywheel.credits import Credits
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.database import Database
 from lamplighter.store.models import Deletion, Message, Rating, User, utcnow
@@ -42,9 +43,20 @@ class RatingBody(Body):
 
 
 class FeedbackBody(RatingBody):
-    """``POST /api/feedback``: a rating of the completion ``message_id`` names."""
+    """``POST /api/feedback`` on the completion ``message_id`` names: exactly one of a rating
+    (with its reasons and comment), a regeneration verdict, or a correction."""
 
     message_id: str = Field(min_length=1, max_length=100)
+    rating: Literal[1, -1] | None = None  # type: ignore[assignment]
+    verdict: Literal["better", "worse", "same"] | None = None
+    correction: str | None = Field(default=None, min_length=1, max_length=100_000)
+
+    @model_validator(mode="after")
+    def _one_signal(self) -> FeedbackBody:
+        given = [self.rating is not None, self.verdict is not None, self.correction is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of rating, verdict or correction")
+        return self
 
 
 def rating_json(rating: Rating | None) -> dict[str, Any] | None:
@@ -54,10 +66,13 @@ def rating_json(rating: Rating | None) -> dict[str, Any] | None:
 
 
 class Feedback:
-    def __init__(self, db: Database, metrics: Metrics, consent_default: bool) -> None:
+    def __init__(
+        self, db: Database, metrics: Metrics, consent_default: bool, credits: Credits
+    ) -> None:
         self.db = db
         self.metrics = metrics
         self.consent_default = consent_default
+        self.credits = credits
 
     @staticmethod
     async def _answer(
@@ -77,12 +92,14 @@ class Feedback:
         rating: int,
         reasons: Sequence[str],
         comment: str | None,
+        origin: str | None = None,
     ) -> dict[str, Any]:
-        """Rate an answer of the caller's own (404 otherwise); rating again replaces it."""
+        """Rate an answer of the caller's own (404 otherwise); rating again replaces it. The
+        first rating of an answer is judged for credits (see ``credits.py``)."""
         now = utcnow()
         comment = (comment or "").strip() or None
         async with self.db.transaction() as session:
-            await self._answer(Conversations(session), who, message_id)
+            answer = await self._answer(Conversations(session), who, message_id)
             store = WebStore(session)
             row = await store.rating(message_id)
             if row is None:
@@ -94,11 +111,16 @@ class Feedback:
                     comment=comment,
                     created_at=now,
                     updated_at=now,
+                    origin=origin,
                 )
                 await store.add_rating(row)
             else:
                 row.rating, row.reasons, row.comment = rating, list(reasons), comment
-                row.updated_at = now
+                row.updated_at, row.origin = now, origin or row.origin
+            if answer.author is None and answer.status == "complete":
+                await self.credits.judge(
+                    session, who.user_id, "rating", message_id, answer.updated_at, now
+                )
             result = rating_json(row)
         assert result is not None
         self.metrics.feedback.labels("thumbs_up" if rating == 1 else "thumbs_down").inc()

@@ -20,6 +20,7 @@ from lamplighter.telemetry.series import Gauges, Series
 
 if TYPE_CHECKING:
     from lamplighter.chat import ChatService, Exchange
+    from lamplighter.traffic.redis_state import RedisState
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 PER_TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
@@ -150,6 +151,11 @@ class Metrics:
         self._chat = chat
         self.registry.register(_Live(lambda: chat))
 
+    def watch_redis(self, state: RedisState) -> None:
+        """Expose the shared traffic state's health on scrape: ``lamplighter_redis_up`` and
+        ``lamplighter_redis_errors_total``."""
+        self.registry.register(_Redis(state))
+
     def sample(self, now: float) -> dict[str, object]:
         """Close the console's current time-series bucket with the live gauges."""
         chat = self._chat
@@ -203,3 +209,21 @@ class _Live(Collector):
         cache.add_metric(["hit"], chat.cache.hits)
         cache.add_metric(["miss"], chat.cache.misses)
         yield cache
+
+
+class _Redis(Collector):
+    def __init__(self, state: RedisState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "lamplighter_redis_up",
+            "1 while the shared traffic state in Redis answers, 0 during an outage (limits then "
+            "follow LAMPLIGHTER_REDIS_FAILURE).",
+            value=1.0 if self.state.up else 0.0,
+        )
+        yield CounterMetricFamily(
+            "lamplighter_redis_errors",
+            "Calls to the shared traffic state in Redis that failed or timed out.",
+            value=self.state.errors,
+        )

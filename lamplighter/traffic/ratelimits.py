@@ -38,6 +38,7 @@ class Reservation:
     tokens: Limit
     daily: Limit
     reserved: int
+    lease: str  # the concurrent-stream slot it holds until settled
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
 
@@ -48,18 +49,24 @@ class RateLimiter:
         self.clock = clock
 
     @staticmethod
-    def limits(plan: Plan, user: str, tokens: int) -> tuple[Limit, Limit, Limit]:
+    def limits(plan: Plan, user: str, tokens: int, bonus: int = 0) -> tuple[Limit, Limit, Limit]:
+        """The user's three buckets; ``bonus`` extra daily tokens are what their feedback
+        earned (see flywheel/credits.py). A changed bonus rescales the daily bucket."""
+        daily = Rate(plan.tokens_per_day + bonus, DAY)
         return (
             Limit(f"{user}:requests", "requests", Rate(plan.requests_per_minute), 1),
             Limit(f"{user}:tokens", "tokens", Rate(plan.tokens_per_minute), tokens),
-            Limit(f"{user}:daily", "daily_tokens", Rate(plan.tokens_per_day, DAY), tokens),
+            Limit(f"{user}:daily", "daily_tokens", daily, tokens),
         )
 
-    async def reserve(self, plan: Plan, user_id: uuid.UUID, tokens: int) -> Reservation:
+    async def reserve(
+        self, plan: Plan, user_id: uuid.UUID, tokens: int, bonus: int = 0
+    ) -> Reservation:
         """Spend one request and ``tokens`` tokens, or raise 429 saying which limit and when."""
         user = str(user_id)
-        requests, per_minute, daily = self.limits(plan, user, tokens)
-        if not await self.state.acquire_stream(user, plan.concurrent_streams):
+        requests, per_minute, daily = self.limits(plan, user, tokens, bonus)
+        lease = await self.state.acquire_stream(user, plan.concurrent_streams)
+        if lease is None:
             breach = RateLimited(
                 f"Too many concurrent requests on plan '{plan.name}': the limit is "
                 f"{plan.concurrent_streams} at a time. Wait for one to finish.",
@@ -68,7 +75,13 @@ class RateLimiter:
             )
             breach.violation = "concurrency"
             raise breach
-        verdicts = await self.state.reserve((requests, per_minute, daily), self.clock.monotonic())
+        try:
+            verdicts = await self.state.reserve(
+                (requests, per_minute, daily), self.clock.monotonic()
+            )
+        except BaseException:  # e.g. the shared state failing closed: the slot is not kept
+            await self.state.release_stream(user, lease)
+            raise
         headers = _headers(
             plan,
             (verdicts[0].remaining, verdicts[0].reset_after),
@@ -80,12 +93,17 @@ class RateLimiter:
             if not v.allowed
         ]
         if refused:
-            await self.state.release_stream(user)
+            await self.state.release_stream(user, lease)
             limit, verdict = max(refused, key=lambda pair: pair[1].retry_after)
             # Nothing was spent: the headers say what is left, not what would have been.
             raise _refusal(plan, limit, verdict, await self.headers(plan, user_id))
         return Reservation(
-            user=user, tokens=per_minute, daily=daily, reserved=tokens, headers=headers
+            user=user,
+            tokens=per_minute,
+            daily=daily,
+            reserved=tokens,
+            lease=lease,
+            headers=headers,
         )
 
     async def settle(self, reservation: Reservation, used: int) -> None:
@@ -97,15 +115,17 @@ class RateLimiter:
         now = self.clock.monotonic()
         await self.state.refund(reservation.tokens, unused, now)
         await self.state.refund(reservation.daily, unused, now)
-        await self.state.release_stream(reservation.user)
+        await self.state.release_stream(reservation.user, reservation.lease)
 
-    async def remaining(self, plan: Plan, user_id: uuid.UUID) -> dict[str, tuple[int, int]]:
+    async def remaining(
+        self, plan: Plan, user_id: uuid.UUID, bonus: int = 0
+    ) -> dict[str, tuple[int, int]]:
         """(limit, remaining) of each rate, as things stand, spending nothing: what the web
         page shows a person about their plan."""
         now = self.clock.monotonic()
         return {
             limit.name: (int(limit.rate.capacity), (await self.state.peek(limit, now))[0])
-            for limit in self.limits(plan, str(user_id), 0)
+            for limit in self.limits(plan, str(user_id), 0, bonus)
         }
 
     async def headers(self, plan: Plan, user_id: uuid.UUID) -> dict[str, str]:

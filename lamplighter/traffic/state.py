@@ -3,11 +3,21 @@
 ``reserve`` checks every limit of a request and, only if all allow it, spends them all: no
 request is ever half-counted, and two requests racing for the last unit cannot both get it. The
 in-process implementation gets that atomicity from the event loop (no ``await`` inside); the Redis
-one (scale-out) runs the same GCRA arithmetic in one Lua script with the server's clock.
+one (``redis_state.py``) runs the same GCRA arithmetic in one Lua script with the server's clock.
+
+``now`` is the caller's clock. ``MemoryState`` keeps time by it; ``RedisState`` reads the Redis
+server's clock instead (replicas' clocks disagree) and uses ``now`` only for its local fallback
+while Redis is unreachable. A TAT in a verdict is therefore in the state's own timebase: compare
+``reset_after`` and ``retry_after``, never ``tat``, with the caller's clock.
+
+Concurrent streams are leases: ``acquire_stream`` hands out a token that ``release_stream`` gives
+back, so releasing twice, or a release after the lease expired, can never free someone else's
+slot.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,10 +43,12 @@ class TrafficState(Protocol):
     async def peek(self, limit: Limit, now: float) -> tuple[int, float]:
         """(remaining, seconds until full) for a limit, spending nothing."""
 
-    async def acquire_stream(self, key: str, most: int) -> bool:
-        """Take one of ``most`` concurrent-stream slots for ``key``; False if none is free."""
+    async def acquire_stream(self, key: str, most: int) -> str | None:
+        """Take one of ``most`` concurrent-stream slots for ``key``: a lease token, or None if
+        no slot is free."""
 
-    async def release_stream(self, key: str) -> None: ...
+    async def release_stream(self, key: str, lease: str) -> None:
+        """Give back the slot ``lease`` holds; a lease already given back is ignored."""
 
 
 class MemoryState:
@@ -45,7 +57,7 @@ class MemoryState:
     def __init__(self) -> None:
         # key -> (TAT, the interval it was computed with), so a changed limit can be rescaled.
         self._tat: dict[str, tuple[float, float]] = {}
-        self._streams: dict[str, int] = {}
+        self._streams: dict[str, set[str]] = {}  # key -> the leases holding its slots
 
     def _get(self, limit: Limit, now: float) -> float | None:
         entry = self._tat.get(limit.key)
@@ -69,18 +81,20 @@ class MemoryState:
     async def peek(self, limit: Limit, now: float) -> tuple[int, float]:
         return peek(limit.rate, self._get(limit, now), now)
 
-    async def acquire_stream(self, key: str, most: int) -> bool:
-        if self._streams.get(key, 0) >= most:
-            return False
-        self._streams[key] = self._streams.get(key, 0) + 1
-        return True
+    async def acquire_stream(self, key: str, most: int) -> str | None:
+        if len(self._streams.get(key, ())) >= most:
+            return None
+        lease = uuid.uuid4().hex
+        self._streams.setdefault(key, set()).add(lease)
+        return lease
 
-    async def release_stream(self, key: str) -> None:
-        left = self._streams.get(key, 0) - 1
-        if left > 0:
-            self._streams[key] = left
-        else:
-            self._streams.pop(key, None)
+    async def release_stream(self, key: str, lease: str) -> None:
+        leases = self._streams.get(key)
+        if leases is None:
+            return
+        leases.discard(lease)
+        if not leases:
+            del self._streams[key]
 
     def _forget_idle(self, now: float) -> None:
         """A TAT in the past means a full bucket, the same as no entry: drop them now and then

@@ -8,10 +8,13 @@ exactly like one that does not exist, so ids cannot be probed.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -23,16 +26,26 @@ from lamplighter.api.openai import leak_warning
 from lamplighter.api.responses import EventStreamResponse, unless_disconnected
 from lamplighter.api.schemas import Body
 from lamplighter.api.state import Services, State
-from lamplighter.chat import Exchange, Placement
+from lamplighter.chat import Exchange, Placement, Principal
 from lamplighter.conversation.threading import Turn, title_from
 from lamplighter.engines.base import GenerationRequest
 from lamplighter.exceptions import APIError, InvalidRequest, NotFound, PermissionDenied
 from lamplighter.flywheel.feedback import RATING_REASONS, RatingBody, rating_json
+from lamplighter.flywheel.policy import Variant
+from lamplighter.flywheel.preferences import (
+    CorrectionBody,
+    VerdictBody,
+    VoteBody,
+    asks_verdict,
+    comparison_json,
+    comparisons_in,
+)
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.models import Conversation, Deletion, Message, Rating, utcnow
 from lamplighter.web.markdown import render
 from lamplighter.web.session import WebUser
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", include_in_schema=False)
 
 # How often a streaming answer's rendered HTML is sent at most, and the most of its time spent
@@ -60,7 +73,11 @@ def summary(conversation: Conversation) -> dict[str, Any]:
     }
 
 
-def message_json(message: Message, rating: Rating | None = None) -> dict[str, Any]:
+def message_json(
+    message: Message, rating: Rating | None = None, *, hide_model: bool = False
+) -> dict[str, Any]:
+    """A message as the page shows it; ``hide_model`` while it is one side of a side-by-side
+    not voted on yet."""
     assistant = message.role == "assistant"
     return {
         "id": str(message.id),
@@ -70,7 +87,8 @@ def message_json(message: Message, rating: Rating | None = None) -> dict[str, An
         "html": render(message.content) if assistant else None,
         "status": message.status,
         "finish_reason": message.finish_reason,
-        "model": message.model,
+        "model": None if hide_model else message.model,
+        "author": message.author,
         "created_at": message.created_at.isoformat(),
         "rating": rating_json(rating),
     }
@@ -80,7 +98,7 @@ def message_json(message: Message, rating: Rating | None = None) -> dict[str, An
 async def me(visitor: WebUser, state: State) -> dict[str, Any]:
     who = visitor.principal
     plan = state.plans.get(who.plan)
-    left = await state.limiter.remaining(plan, who.user_id)
+    left = await state.limiter.remaining(plan, who.user_id, await state.credits.bonus(who.user_id))
 
     def limit(name: str) -> dict[str, int]:
         return {"limit": left[name][0], "remaining": left[name][1]}
@@ -98,6 +116,7 @@ async def me(visitor: WebUser, state: State) -> dict[str, Any]:
             "concurrent_streams": {"limit": plan.concurrent_streams},
         },
         "rating_reasons": [{"id": k, "label": v} for k, v in RATING_REASONS.items()],
+        "credits": await state.credits.summary(who.user_id),
     }
 
 
@@ -142,12 +161,23 @@ async def get_conversation(
         conversations = Conversations(session)
         conversation = await _owned(conversations, visitor, conversation_id)
         nodes = await conversations.tree(conversation.id)
+        comparisons = await comparisons_in(session, conversation.id)
+    hidden = {
+        answer
+        for c in comparisons
+        if c.kind == "side_by_side" and c.winner is None
+        for answer in (c.a_id, c.b_id)
+    }
     return {
         **summary(conversation),
         "current_leaf_id": str(conversation.current_leaf_id)
         if conversation.current_leaf_id
         else None,
-        "messages": [message_json(message, rating) for message, rating in nodes],
+        "messages": [
+            message_json(message, rating, hide_model=message.id in hidden)
+            for message, rating in nodes
+        ],
+        "comparisons": [comparison_json(c) for c in comparisons],
     }
 
 
@@ -202,13 +232,44 @@ async def rate(
     """Thumbs up or down on an answer, with optional reasons and comment; rating again
     replaces the earlier rating."""
     return await state.feedback.rate(
-        visitor.principal, message_id, body.rating, body.reasons, body.comment
+        visitor.principal, message_id, body.rating, body.reasons, body.comment, visitor.origin
     )
 
 
 @router.delete("/messages/{message_id}/rating", status_code=204)
 async def unrate(message_id: uuid.UUID, visitor: WebUser, state: State) -> None:
     await state.feedback.unrate(visitor.principal, message_id)
+
+
+@router.put("/messages/{message_id}/verdict")
+async def verdict(
+    message_id: uuid.UUID, body: VerdictBody, visitor: WebUser, state: State
+) -> dict[str, Any]:
+    """Whether a regenerated answer is better, worse or the same as the one before it."""
+    return await state.preferences.verdict(
+        visitor.principal, message_id, body.verdict, visitor.origin
+    )
+
+
+@router.post("/messages/{message_id}/correction", status_code=201)
+async def correction(
+    message_id: uuid.UUID, body: CorrectionBody, visitor: WebUser, state: State
+) -> dict[str, Any]:
+    """The person's improved version of an answer: stored beside it and shown from now on."""
+    rewrite, comparison = await state.preferences.correct(
+        visitor.principal, message_id, body.content, visitor.origin
+    )
+    return {"message": message_json(rewrite), "comparison": comparison}
+
+
+@router.put("/comparisons/{comparison_id}/vote")
+async def vote(
+    comparison_id: uuid.UUID, body: VoteBody, visitor: WebUser, state: State
+) -> dict[str, Any]:
+    """A, B, tie or both bad, once; the answer reveals which variant wrote which."""
+    return await state.preferences.vote(
+        visitor.principal, comparison_id, body.winner, visitor.origin
+    )
 
 
 class Consent(Body):
@@ -277,6 +338,11 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
     if model is None:
         raise NotFound("Your plan has no model available.", code="model_not_found")
     request = GenerationRequest(model=model, turns=turns, temperature=TEMPERATURE, top_p=TOP_P)
+    pair = None
+    if content is not None:
+        pair = state.preferences.side_by_side(_models(state, who.plan), model)
+        if pair is not None:
+            request = _variant(request, pair[0])
     placement = Placement(body.conversation_id, body.parent_id, new_turn=content is not None)
     try:
         exchange = await unless_disconnected(
@@ -285,17 +351,119 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
     except APIError as error:
         guard.count(state, error, *guard.subjects(http, who))
         raise
+    answer = _answer_json(exchange, body.parent_id)
+    if pair is not None:
+        answer["model"] = None  # anonymous until the vote
     start = {
         "conversation_id": str(exchange.conversation_id),
         "title": title or title_from(turns),
         "user_message": _question(exchange, body.parent_id, content),
-        "message": _answer_json(exchange, body.parent_id),
+        "message": answer,
+        "side_by_side": pair is not None,
     }
     headers = {**exchange.headers, **await leak_warning(state, who, [t.content for t in turns])}
     if content is not None:
         await guard.watch_prompt(state, who, content)
     start["warning"] = headers.get("x-lamplighter-warning")
-    return EventStreamResponse(_events(exchange, start), headers, finally_=exchange.close)
+    if pair is None:
+        ask = content is None and asks_verdict(
+            exchange.message_id, state.preferences.policy.verdict_rate
+        )
+        events = _events(exchange, answer, ask_verdict=ask)
+    else:
+        second = SecondAnswer(who, _variant(request, pair[1]), pair, visitor.origin)
+        events = _pair(state, exchange, answer, second)
+    return EventStreamResponse(_started(start, events), headers, finally_=exchange.close)
+
+
+def _variant(request: GenerationRequest, variant: Variant) -> GenerationRequest:
+    temperature = TEMPERATURE if variant.temperature is None else variant.temperature
+    return replace(request, model=variant.model, temperature=temperature)
+
+
+async def _started(start: dict[str, Any], events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield event("start", start)
+    try:
+        async for frame in events:
+            yield frame
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class SecondAnswer:
+    """What the second side of a side-by-side needs: who asked, what to ask, and how."""
+
+    who: Principal
+    request: GenerationRequest
+    variants: tuple[Variant, Variant]
+    origin: str | None
+
+
+async def _pair(
+    state: Services, first: Exchange, answer: dict[str, Any], second: SecondAnswer
+) -> AsyncIterator[bytes]:
+    """Both answers of a side-by-side in one stream, their events tagged ``slot`` a or b.
+
+    The second answer is opened beside the first (as soon as its backend has room: with one
+    slot, after the first) under the same question; ``pair`` announces it with the comparison
+    to vote on. If it cannot be had (a limit, an overload), ``pair_error`` says so and the first
+    answer stands alone.
+    """
+    frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+    opened: list[Exchange] = []
+
+    async def first_answer() -> None:
+        async for frame in _events(first, answer, slot="a"):
+            await frames.put(frame)
+
+    async def second_answer() -> None:
+        placement = Placement(first.conversation_id, first.question_id, new_turn=False)
+        try:
+            exchange = await state.chat.open(second.who, second.request, placement=placement)
+        except APIError as error:
+            await frames.put(event("pair_error", {**error.body(), "slot": "b"}))
+            return
+        opened.append(exchange)
+        assert first.conversation_id is not None and first.question_id is not None
+        comparison = await state.preferences.open_pair(
+            second.who,
+            first.conversation_id,
+            first.question_id,
+            (first.message_id, exchange.message_id),
+            second.variants,
+            second.origin,
+        )
+        other = {**_answer_json(exchange, first.question_id), "model": None}
+        await frames.put(
+            event("pair", {"message": other, "comparison": comparison_json(comparison)})
+        )
+        async for frame in _events(exchange, other, slot="b"):
+            await frames.put(frame)
+
+    async def run(work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except Exception:
+            log.exception("side-by-side answer failed")
+        finally:
+            frames.put_nowait(None)
+
+    tasks = [asyncio.create_task(run(first_answer)), asyncio.create_task(run(second_answer))]
+    running = len(tasks)
+    try:
+        while running:
+            frame = await frames.get()
+            if frame is None:
+                running -= 1
+            else:
+                yield frame
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for exchange in opened:
+            await exchange.close()
 
 
 def _question(
@@ -338,32 +506,39 @@ def event(name: str, payload: Any) -> bytes:
     return f"event: {name}\ndata: {data}\n\n".encode()
 
 
-async def _events(exchange: Exchange, start: dict[str, Any]) -> AsyncIterator[bytes]:
-    """start, then delta after delta with the rendered answer (html) now and then, then done
-    once the answer is durable — or error if the backend failed.
+async def _events(
+    exchange: Exchange,
+    answer: dict[str, Any],
+    *,
+    slot: str | None = None,
+    ask_verdict: bool = False,
+) -> AsyncIterator[bytes]:
+    """delta after delta with the rendered answer (html) now and then, then done once the
+    answer is durable — or error if the backend failed. ``slot`` tags every event with the side
+    of a side-by-side it belongs to; ``ask_verdict`` asks the page to ask "better, worse or the
+    same?" once a regeneration is done.
 
     Rendering costs time proportional to the answer's length (about 2 ms per KB, in the event
     loop), so a long answer is rendered less often: at most every HTML_INTERVAL_S, and never
     more than a tenth of the time. The page shows deltas as they come in either case.
     """
-    yield event("start", start)
-    answer = start["message"]
+    tag = {} if slot is None else {"slot": slot}
     next_render = time.monotonic() + HTML_INTERVAL_S
     rendered = 0
     chunks = exchange.stream()
     try:
         async for chunk in chunks:
             if chunk.text:
-                yield event("delta", {"text": chunk.text})
+                yield event("delta", {"text": chunk.text, **tag})
             now = time.monotonic()
             if now >= next_render and len(exchange.text) != rendered:
                 rendered = len(exchange.text)
                 html = render(exchange.content)
                 cost = time.monotonic() - now
                 next_render = now + max(HTML_INTERVAL_S, RENDER_SHARE * cost)
-                yield event("html", {"html": html})
+                yield event("html", {"html": html, **tag})
     except APIError as error:
-        yield event("error", error.body())
+        yield event("error", {**error.body(), **tag})
         return
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
@@ -374,4 +549,4 @@ async def _events(exchange: Exchange, start: dict[str, Any]) -> AsyncIterator[by
         "status": "complete",
         "finish_reason": exchange.finish_reason,
     }
-    yield event("done", {"message": done})
+    yield event("done", {"message": done, "ask_verdict": ask_verdict, **tag})

@@ -47,6 +47,8 @@ class Login:
 class Visitor:
     principal: Principal
     csrf_token: str
+    # The hashed network the request came from (see flywheel/credits.origin_of).
+    origin: str | None = None
 
 
 def new_token() -> str:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import Depends, Request
 from starlette.responses import Response
 
+from lamplighter.api.guard import address
 from lamplighter.api.state import State
 from lamplighter.exceptions import AuthenticationFailed, PermissionDenied
+from lamplighter.flywheel.credits import origin_of
 from lamplighter.web.auth import Login, Visitor
 
 SESSION_COOKIE = "lamplighter_session"
@@ -64,7 +67,7 @@ async def api_visitor(request: Request, state: State) -> Visitor:
         raise PermissionDenied(
             "Missing or wrong CSRF token. Reload the page and try again.", code="csrf_failed"
         )
-    return visitor
+    return replace(visitor, origin=origin_of(address(request)))
 
 
 WebUser = Annotated[Visitor, Depends(api_visitor)]
