@@ -295,6 +295,63 @@ def export(
     )
 
 
+@app.command("leaderboard")
+def leaderboard_command(
+    rounds: Annotated[int, typer.Option(help="Bootstrap rounds for the intervals.")] = 1000,
+    since: Annotated[
+        datetime | None, typer.Option(help="Only votes after this time (ISO 8601).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Models ranked by side-by-side votes (Bradley-Terry, bootstrap 95% intervals)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lamplighter.flywheel.board import standings
+
+    if rounds < 10:
+        typer.secho("error: --rounds must be at least 10", fg="red", err=True)
+        raise typer.Exit(2)
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    board = _with_db(_settings(config), lambda db: standings(db, rounds=rounds, since=since))
+    if as_json:
+        typer.echo(json.dumps(board, indent=2))
+        return
+    table = Table(title=f"{board['counted']} votes from {board['voters']} voters")
+    for column in ("rank", "model", "score", "95% interval", "votes", "won", "lost", "tied"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in board["models"]:
+        table.add_row(
+            str(row["rank"]), row["model"], f"{row['score']:.0f}",
+            f"{row['lower']:.0f} to {row['upper']:.0f}", str(row["votes"]), str(row["wins"]),
+            str(row["losses"]), str(row["ties"]),
+        )  # fmt: skip
+    Console().print(table)
+    flagged = board["suspicious_voters"]
+    if flagged:
+        typer.echo(f"{len(flagged)} voters left out: their votes disagree with everyone's.")
+
+
+@credits_app.command("review")
+def credits_review(config: ConfigOption = None) -> None:
+    """Estimate rater trust now and claw back credits that should not stand."""
+    from lamplighter.flywheel.credits import Credits
+    from lamplighter.flywheel.policy import FlywheelPolicy
+    from lamplighter.settings import read_config
+
+    settings = _settings(config)
+    policy = FlywheelPolicy.from_config(read_config(settings.config).get("flywheel", {}))
+    report = _with_db(settings, lambda db: Credits(db, policy.credits).review())
+    clawed = ", ".join(f"{n} for {reason}" for reason, n in report.clawed_back.items())
+    typer.echo(
+        f"{report.raters} raters, {report.checked} with enough evidence to judge, "
+        f"{len(report.untrusted)} below the trust threshold, {report.groups} sock-puppet groups; "
+        f"credits clawed back: {clawed or 'none'}"
+    )
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Apply every pending migration."""
