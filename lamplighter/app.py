@@ -36,6 +36,8 @@ from lamplighter.telemetry.metrics import Metrics
 from lamplighter.telemetry.series import Series
 from lamplighter.telemetry.tracing import TraceRequests, Tracing
 from lamplighter.traffic.admission import Admission, headroom_from_config
+from lamplighter.traffic.bulletin import Bulletin
+from lamplighter.traffic.cache import ResponseCache
 from lamplighter.traffic.clock import SystemClock
 from lamplighter.traffic.degrade import rules_from_config
 from lamplighter.traffic.planbook import PlanBook
@@ -50,6 +52,8 @@ from lamplighter.web.auth import WebAuth
 log = logging.getLogger(__name__)
 # How often rater trust is estimated afresh and undeserved credits are clawed back.
 CREDITS_REVIEW_S = 600.0
+# How often replicas reread the plans from the database, besides hearing of changes at once.
+PLANS_RESYNC_S = 30.0
 
 
 def announce_bootstrap(settings: Settings, created: Bootstrap) -> None:
@@ -93,6 +97,16 @@ async def default_backends(settings: Settings) -> list[Backend]:
     return backends
 
 
+async def _resync_plans(plans: PlanBook) -> None:
+    """Reread the plans now and then, in case a bulletin about a change was lost."""
+    while True:
+        await asyncio.sleep(PLANS_RESYNC_S)
+        try:
+            await plans.refresh()
+        except Exception:
+            log.exception("rereading the plans failed; trying again later")
+
+
 async def _review_credits(credits: Credits) -> None:
     """Re-estimate rater trust and claw back undeserved credits every few minutes."""
     while True:
@@ -127,7 +141,12 @@ def create_app(
         await asyncio.to_thread(migrate.upgrade, url)
         db = Database(url)
         config = read_config(settings.config)
-        plans = PlanBook(db)
+        bulletin = Bulletin(settings.redis_url)
+
+        async def announce(name: str) -> None:
+            await bulletin.publish("plans", name=name)
+
+        plans = PlanBook(db, announce)
         await plans.load(plans_from_config(config.get("plans", {})))
         traffic = config.get("traffic", {})
         degrade = rules_from_config(traffic.get("degrade", []))
@@ -162,6 +181,8 @@ def create_app(
         if shared is not None:
             metrics.watch_redis(shared)
             await shared.start()
+        bulletin.on("plans", lambda _: plans.refresh())
+        await bulletin.start()
         state = Services(
             settings=settings,
             db=db,
@@ -175,6 +196,7 @@ def create_app(
                 plans,
                 limiter,
                 Admission(clock, headroom),
+                cache=ResponseCache(shared=shared.client if shared is not None else None),
                 degrade=degrade,
                 metrics=metrics,
                 tracer=tracing.tracer,
@@ -201,11 +223,15 @@ def create_app(
         app.state.services = state
         sampler = asyncio.create_task(_sample(state.chat.metrics, settings.stats_interval))
         reviewer = asyncio.create_task(_review_credits(state.credits))
+        resync = asyncio.create_task(_resync_plans(plans)) if settings.redis_url else None
         try:
             yield
         finally:
             sampler.cancel()
             reviewer.cancel()
+            if resync is not None:
+                resync.cancel()
+            await bulletin.stop()
             # Stop generating, let the cut answers and their usage be written, then close.
             await router.close()
             await state.chat.drain()

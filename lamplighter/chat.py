@@ -412,7 +412,7 @@ class ChatService:
             plan, principal.user_id, cost, await self.bonus(principal.user_id)
         )
         key = cache_key(plan.name, request, prepared.max_tokens) if plan.cache_ttl_s else None
-        cached = self.cache.get(key, self.limiter.clock.monotonic()) if key else None
+        cached = await self.cache.lookup(key, self.limiter.clock.monotonic()) if key else None
         slot: Slot | None = None
         try:
             if cached is None:
@@ -502,7 +502,7 @@ class ChatService:
             finish_reason=exchange.finish_reason or "stop",
         )
         now = self.limiter.clock.monotonic()
-        self.cache.put(exchange.cache_key, answer, exchange.plan.cache_ttl_s, now)
+        self.cache.keep(exchange.cache_key, answer, exchange.plan.cache_ttl_s, now)
 
     async def _thread(
         self, conversations: Conversations, user_id: uuid.UUID, turns: tuple[Turn, ...], model: str

@@ -1,13 +1,15 @@
 """The plans in force: stored in the database, cached in memory, changed live by admins.
 
 Reads come from memory on every request; a change through :meth:`PlanBook.put` writes the
-database and the cache together, so the next request obeys it. (With several replicas the cache
-is refreshed through Redis; see the scale-out docs.)
+database and the cache together, so the next request obeys it. With several replicas the change
+is announced on the bulletin (Redis pub/sub) and every other replica rereads its plans, so it
+binds the next request wherever it lands; a slow timer rereads them too, in case a message was
+lost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from lamplighter.exceptions import InvalidRequest, NotFound
@@ -29,10 +31,23 @@ def _row(plan: Plan) -> PlanRow:
     return PlanRow(**values, updated_at=utcnow())
 
 
+async def _alone(_: str) -> None:
+    """One replica has no one to tell."""
+
+
 class PlanBook:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, announce: Callable[[str], Awaitable[None]] = _alone) -> None:
+        """``announce`` tells the other replicas that a plan changed (see bulletin.py)."""
         self.db = db
+        self.announce = announce
         self._plans: dict[str, Plan] = {}
+
+    async def refresh(self) -> None:
+        """Reread every plan from the database: another replica (or an admin there) changed
+        one. Plans are few; rereading all of them is simpler than rereading one."""
+        async with self.db.transaction() as session:
+            rows = await Plans(session).all()
+        self._plans = {row.name: _plan(row) for row in rows}
 
     async def load(self, configured: Mapping[str, Plan]) -> None:
         """Store configured plans the database lacks, then cache every stored plan."""
@@ -42,7 +57,7 @@ class PlanBook:
             for name, plan in configured.items():
                 if name not in stored:
                     await plans.put(_row(plan))
-            self._plans = {row.name: _plan(row) for row in await plans.all()}
+        await self.refresh()
 
     def get(self, name: str) -> Plan:
         plan = self._plans.get(name)
@@ -82,4 +97,5 @@ class PlanBook:
             await Plans(session).put(_row(plan))
             await write_audit(session, audit)
         self._plans[name] = plan
+        await self.announce(name)
         return plan

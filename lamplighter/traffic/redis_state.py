@@ -248,6 +248,11 @@ class RedisState:
         self._retry_at = 0.0
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def client(self) -> Redis:
+        """The connection pool, for other shared state (the response cache) to use too."""
+        return self._redis
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -1,0 +1,114 @@
+"""What one replica changes, every replica hears: a Redis pub/sub channel for "reload this".
+
+An admin edits a plan on replica A; A writes it to the database and publishes ``plans`` here;
+every other replica's listener reloads that plan from the database, so the change binds the next
+request wherever it lands. Messages carry no state, only what to reread, so a lost message costs
+nothing but time: each replica also rereads on a slow timer (``PlanBook.refresh`` every
+``RESYNC_S``), and after its subscription comes back from a Redis outage.
+
+Without Redis (one replica) publishing does nothing: the replica that made the change has it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "lamplighter:bulletin"
+# How long to wait before subscribing again after Redis went away.
+RECONNECT_S = 1.0
+
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Bulletin:
+    def __init__(self, url: str = "", channel: str = CHANNEL) -> None:
+        self.channel = channel
+        self.me = uuid.uuid4().hex  # our own messages are not for us
+        self._redis: Redis | None = (
+            Redis.from_url(url, socket_timeout=None, socket_connect_timeout=1.0) if url else None
+        )
+        self._handlers: dict[str, Handler] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+        self.heard = 0
+
+    def on(self, topic: str, handler: Handler) -> None:
+        self._handlers[topic] = handler
+
+    async def publish(self, topic: str, **payload: Any) -> None:
+        """Tell the other replicas; an unreachable Redis is logged, not raised: the change is
+        already stored, and the others' timers will find it."""
+        if self._redis is None:
+            return
+        message = json.dumps({"topic": topic, "from": self.me, **payload})
+        try:
+            await asyncio.wait_for(self._redis.publish(self.channel, message), timeout=1.0)
+        except (RedisError, OSError, TimeoutError) as error:
+            log.warning("could not announce a change to other replicas: %s", error)
+
+    async def start(self) -> None:
+        if self._redis is not None and self._task is None:
+            self._task = asyncio.create_task(self._listen())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def _listen(self) -> None:
+        assert self._redis is not None
+        missed = False
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    self.subscribed.set()
+                    if missed:  # anything may have changed while we were not listening
+                        await self._everything()
+                        missed = False
+                    async for message in pubsub.listen():
+                        await self._deliver(message.get("data"))
+            except (RedisError, OSError) as error:
+                if self.subscribed.is_set():
+                    log.warning("lost the bulletin subscription, retrying: %s", error)
+                self.subscribed.clear()
+                missed = True
+                await asyncio.sleep(RECONNECT_S)
+
+    async def _deliver(self, data: object) -> None:
+        try:
+            message = json.loads(data) if isinstance(data, str | bytes) else None
+        except ValueError:
+            message = None
+        if not isinstance(message, dict) or message.get("from") == self.me:
+            return
+        handler = self._handlers.get(str(message.get("topic")))
+        if handler is None:
+            return
+        self.heard += 1
+        try:
+            await handler(message)
+        except Exception:
+            log.exception("handling a bulletin about %s failed", message.get("topic"))
+
+    async def _everything(self) -> None:
+        for topic, handler in self._handlers.items():
+            try:
+                await handler({"topic": topic})
+            except Exception:
+                log.exception("resynchronising %s failed", topic)
