@@ -18,6 +18,7 @@ import hashlib
 import random
 import re
 import uuid
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field
@@ -148,11 +149,20 @@ class Preferences:
             session.add(comparison)
         return comparison
 
+    async def expect_verdict(
+        self, who: Principal, shown: Message, answer_id: uuid.UUID, model: str
+    ) -> None:
+        """Remember, when a regeneration is asked about, which answer it replaced on the
+        person's screen: that is the one the verdict compares it with."""
+        async with self.db.transaction() as session:
+            session.add(_regeneration(who, shown, answer_id, utcnow(), model))
+
     async def verdict(
         self, who: Principal, answer_id: uuid.UUID, verdict: str, origin: str | None
     ) -> dict[str, Any]:
-        """Record whether a regenerated answer is better, worse or the same as the one shown
-        before it; saying again changes it."""
+        """Record whether a regenerated answer is better, worse or the same as the one it
+        replaced (the one shown when the person regenerated; over the API, the newest earlier
+        answer); saying again changes it."""
         now = utcnow()
         async with self.db.transaction() as session:
             conversations = Conversations(session)
@@ -161,39 +171,32 @@ class Preferences:
                 raise InvalidRequest(
                     "Only a regenerated answer gets a verdict.", param="message_id"
                 )
-            old = await session.scalar(
-                select(Message)
-                .where(
-                    Message.parent_id == new.parent_id,
-                    Message.role == "assistant",
-                    Message.author.is_(None),
-                    Message.id < new.id,
+            comparison = await session.scalar(
+                select(Comparison).where(
+                    Comparison.kind == "regeneration", Comparison.b_id == new.id
                 )
-                .order_by(Message.id.desc())
-                .limit(1)
+            )
+            old = (
+                await session.get(Message, comparison.a_id)
+                if comparison is not None
+                else await session.scalar(
+                    select(Message)
+                    .where(
+                        Message.parent_id == new.parent_id,
+                        Message.role == "assistant",
+                        Message.id < new.id,
+                    )
+                    .order_by(Message.id.desc())
+                    .limit(1)
+                )
             )
             if old is None:
                 raise InvalidRequest(
                     "This answer is not a regeneration: there is no earlier answer to compare.",
                     param="message_id",
                 )
-            comparison = await session.scalar(
-                select(Comparison).where(
-                    Comparison.kind == "regeneration", Comparison.b_id == new.id
-                )
-            )
             if comparison is None:
-                comparison = Comparison(
-                    user_id=who.user_id,
-                    conversation_id=new.conversation_id,
-                    question_id=new.parent_id,
-                    a_id=old.id,
-                    b_id=new.id,
-                    kind="regeneration",
-                    a_variant=old.model or "",
-                    b_variant=new.model or "",
-                    created_at=now,
-                )
+                comparison = _regeneration(who, old, new.id, now, new.model)
                 session.add(comparison)
             comparison.winner, comparison.voted_at, comparison.origin = (
                 VERDICTS[verdict],
@@ -325,6 +328,23 @@ async def _answer(conversations: Conversations, who: Principal, message_id: uuid
     if message.role != "assistant":
         raise InvalidRequest("Only answers can be compared.", param="message_id")
     return message
+
+
+def _regeneration(
+    who: Principal, old: Message, new_id: uuid.UUID, now: datetime, model: str | None = None
+) -> Comparison:
+    assert old.parent_id is not None
+    return Comparison(
+        user_id=who.user_id,
+        conversation_id=old.conversation_id,
+        question_id=old.parent_id,
+        a_id=old.id,
+        b_id=new_id,
+        kind="regeneration",
+        a_variant=old.model or ("person" if old.author else ""),
+        b_variant=model or old.model or "",
+        created_at=now,
+    )
 
 
 def _unfinished(*answers: Message) -> str | None:

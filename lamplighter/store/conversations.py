@@ -106,6 +106,19 @@ class Conversations:
             node = await self.session.get(Message, node.parent_id) if node.parent_id else None
         return path[::-1]
 
+    async def shown_child(self, parent: Message) -> Message | None:
+        """The child of ``parent`` on the branch the conversation shows (its current leaf's
+        path), if that branch passes through ``parent``."""
+        conversation = await self.session.get(Conversation, parent.conversation_id)
+        if conversation is None or conversation.current_leaf_id is None:
+            return None
+        node = await self.session.get(Message, conversation.current_leaf_id)
+        while node is not None and node.parent_id is not None:
+            if node.parent_id == parent.id:
+                return node
+            node = await self.session.get(Message, node.parent_id)
+        return None
+
     async def children_of(self, parent_id: uuid.UUID) -> Sequence[Message]:
         result = await self.session.execute(
             select(Message).where(Message.parent_id == parent_id).order_by(Message.id)

@@ -177,7 +177,12 @@ async def get_conversation(
             message_json(message, rating, hide_model=message.id in hidden)
             for message, rating in nodes
         ],
-        "comparisons": [comparison_json(c) for c in comparisons],
+        # A regeneration's verdict not given (yet) is bookkeeping, not something to show.
+        "comparisons": [
+            comparison_json(c)
+            for c in comparisons
+            if c.kind != "regeneration" or c.winner is not None
+        ],
     }
 
 
@@ -318,6 +323,7 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
         raise InvalidRequest("parent_id needs its conversation_id.", param="conversation_id")
     title = None
     path: list[Message] = []
+    shown: Message | None = None
     async with state.db.transaction() as session:
         conversations = Conversations(session)
         if body.conversation_id is not None:
@@ -327,6 +333,8 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
             if parent is None or parent.conversation_id != body.conversation_id:
                 raise _no_message()
             path = await conversations.path_to(parent.id)
+            if content is None:  # a regeneration: which answer was the person looking at?
+                shown = await conversations.shown_child(parent)
     if content is None and (not path or path[-1].role != "user"):
         raise InvalidRequest(
             "To regenerate, parent_id must be the question (a user message).", param="parent_id"
@@ -369,6 +377,8 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
         ask = content is None and asks_verdict(
             exchange.message_id, state.preferences.policy.verdict_rate
         )
+        if ask and shown is not None:
+            await state.preferences.expect_verdict(who, shown, exchange.message_id, exchange.model)
         events = _events(exchange, answer, ask_verdict=ask)
     else:
         second = SecondAnswer(who, _variant(request, pair[1]), pair, visitor.origin)
@@ -480,6 +490,7 @@ def _question(
         "status": "complete",
         "finish_reason": None,
         "model": None,
+        "author": None,
         "created_at": utcnow().isoformat(),
         "rating": None,
     }
@@ -496,6 +507,7 @@ def _answer_json(exchange: Exchange, parent_id: uuid.UUID | None) -> dict[str, A
         "status": "in_progress",
         "finish_reason": exchange.finish_reason,
         "model": exchange.model,
+        "author": None,
         "created_at": utcnow().isoformat(),
         "rating": None,
     }

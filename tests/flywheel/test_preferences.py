@@ -380,3 +380,21 @@ def test_verdicts_and_corrections_over_the_api(live: LiveServer) -> None:
         assert both.status_code == 400 and "exactly one" in both.json()["error"]["message"]
         neither = http.post("/api/feedback", json={"message_id": first.id})
         assert neither.status_code == 400
+
+
+def test_a_verdict_compares_with_the_answer_that_was_on_screen(
+    live: LiveServer, side_by_side: None
+) -> None:
+    """Pick A in a side-by-side (B is newer), then regenerate: the new answer is compared with
+    A, which the person was looking at, not with B."""
+    web = _web(live)
+    events = web.chat(content="Which lighthouse is the tallest one")
+    conversation = events[0][1]["conversation_id"]
+    question = events[0][1]["user_message"]["id"]
+    comparison = next(p for n, p in events if n == "pair")["comparison"]
+    web.api("PUT", f"/comparisons/{comparison['id']}/vote", json={"winner": "a"})
+    again = web.chat(conversation_id=conversation, parent_id=question)
+    assert again[-1][1]["ask_verdict"] is True
+    new = again[-1][1]["message"]["id"]
+    said = web.api("PUT", f"/messages/{new}/verdict", json={"verdict": "better"}).json()
+    assert (said["a_id"], said["b_id"]) == (comparison["a_id"], new)

@@ -59,6 +59,7 @@
     right: ['M9.5 6l6 6-6 6'],
     trash: ['M4 7h16', 'M9.5 7V4.5h5V7', 'M6.5 7l1 12.5a1 1 0 0 0 1 .9h7a1 1 0 0 0 1-.9l1-12.5', 'M10 11v6', 'M14 11v6'],
     logout: ['M9.5 20H6a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2h3.5', 'M15.5 16.5 20 12l-4.5-4.5', 'M20 12H9.5'],
+    improve: ['M12 20h8', 'M16.5 3.5a2.1 2.1 0 0 1 3 3L7 19l-4 1 1-4z'],
   };
 
   function icon(name, extraClass) {
@@ -119,6 +120,7 @@
     convEmpty: document.getElementById('conv-empty'),
     plan: document.querySelector('[data-testid="plan"]'),
     limits: document.querySelector('[data-testid="limits"]'),
+    bonus: document.querySelector('[data-testid="feedback-bonus"]'),
     title: document.getElementById('topbar-title'),
     modelPicker: document.getElementById('model-picker'),
     modelSelect: document.getElementById('model-select'),
@@ -156,6 +158,9 @@
     ratingOpen: null, // id of the assistant message whose rating form is open
     ratingThanks: null, // id of the message that just got "Thanks for the feedback"
     notes: new Map(), // message id -> 'stopped' | 'lost' | 'error' (what this page saw happen)
+    verdicts: new Map(), // regenerated answer id -> 'ask' | 'thanks' (see buildVerdict)
+    improving: null, // id of the answer whose "Improve this answer" editor is open
+    reveal: null, // { id, conv, timer } while a side-by-side's vote result is shown (see vote)
     renaming: null, // { id, draft } while a sidebar title is being edited
     stick: true, // keep the thread scrolled to the bottom while streaming
   };
@@ -235,6 +240,9 @@
 
   const convUrl = (id) => `/api/conversations/${encodeURIComponent(id)}`;
   const ratingUrl = (id) => `/api/messages/${encodeURIComponent(id)}/rating`;
+  const verdictUrl = (id) => `/api/messages/${encodeURIComponent(id)}/verdict`;
+  const correctionUrl = (id) => `/api/messages/${encodeURIComponent(id)}/correction`;
+  const voteUrl = (id) => `/api/comparisons/${encodeURIComponent(id)}/vote`;
 
   // ---------------------------------------------------------------------------------------------
   // Error banner and announcements
@@ -273,8 +281,10 @@
       path: [],
       pending: null,
       loading: false,
+      comparisons: new Map(), // id -> comparison JSON (side-by-sides, verdicts, corrections)
     };
     for (const m of data?.messages ?? []) addMsg(conv, m);
+    mergeComparisons(conv, data?.comparisons);
     conv.path = initialPath(conv);
     return conv;
   }
@@ -345,11 +355,51 @@
   const leafOf = (conv) => (conv.path.length ? conv.path[conv.path.length - 1] : null);
 
   // ---------------------------------------------------------------------------------------------
+  // Side-by-side pairs: two anonymous answers to one question, shown as columns until voted on
+
+  function mergeComparisons(conv, list) {
+    if (!Array.isArray(list)) return;
+    for (const c of list) if (c && c.id) conv.comparisons.set(c.id, c);
+  }
+
+  /**
+   * The side-by-side answer `id` belongs to, while it is shown as two columns: not voted on
+   * yet, or its vote being revealed, or still streaming (before the server announced answer B).
+   * Returns { c: comparison or null, aId, bId (null until B is announced) } or null.
+   */
+  function pairFor(conv, id) {
+    for (const c of conv.comparisons.values()) {
+      if (c.kind !== 'side_by_side' || (c.a_id !== id && c.b_id !== id)) continue;
+      if (c.winner == null || (state.reveal && state.reveal.id === c.id)) return { c, aId: c.a_id, bId: c.b_id };
+    }
+    const s = state.stream;
+    const a = s && s.conv === conv && s.sideBySide ? s.tracks.get('a') : null;
+    if (a && a.id === id) return { c: null, aId: id, bId: null };
+    return null;
+  }
+
+  /** Whether the branch shown ends in a side-by-side waiting for its vote. */
+  function needsVote(conv) {
+    if (!conv || !conv.comparisons.size) return false;
+    return conv.path.some((id) => {
+      const pair = pairFor(conv, id);
+      return !!(pair && pair.c && pair.c.winner == null);
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------------
   // Rendering: thread
 
-  function isStreamingMsg(conv, id) {
+  /** The stream's track (one answer being written) for message `id`, while it is unfinished. */
+  function streamTrack(conv, id) {
     const s = state.stream;
-    return !!(s && s.conv === conv && s.assistantId === id);
+    if (!s || s.conv !== conv) return null;
+    for (const t of s.tracks.values()) if (t.id === id && !t.done) return t;
+    return null;
+  }
+
+  function isStreamingMsg(conv, id) {
+    return !!streamTrack(conv, id);
   }
 
   /** Fill an answer body: sanitized HTML from the server, then any raw text that followed it. */
@@ -463,12 +513,17 @@
   }
 
   function buildMessage(conv, m) {
-    const streaming = isStreamingMsg(conv, m.id);
+    const track = streamTrack(conv, m.id);
+    const streaming = !!track;
     const status = streaming ? 'in_progress' : (m.status || 'complete');
+    const pair = m.role === 'assistant' ? pairFor(conv, m.id) : null;
+    const byPerson = m.role === 'assistant' && m.author === 'person';
+    let label = m.role === 'user' ? 'You said' : m.role === 'assistant' ? 'Lamplighter said' : 'System instructions';
+    if (pair) label = m.id === pair.aId ? 'Answer A' : 'Answer B';
+    else if (byPerson) label = 'Your improved answer';
     const article = h('article', {
-      class: `msg msg-${m.role}`, testid: 'message', 'data-role': m.role, 'data-id': m.id, 'data-status': status,
-      'aria-busy': streaming ? 'true' : null,
-      'aria-label': m.role === 'user' ? 'You said' : m.role === 'assistant' ? 'Lamplighter said' : 'System instructions',
+      class: `msg msg-${m.role}${byPerson ? ' msg-by-person' : ''}`, testid: 'message', 'data-role': m.role, 'data-id': m.id,
+      'data-status': status, 'data-author': m.author || null, 'aria-busy': streaming ? 'true' : null, 'aria-label': label,
     });
 
     if (m.role === 'system') {
@@ -484,12 +539,19 @@
       content.append(buildEditor(conv, m));
       return article;
     }
+    if (m.role === 'assistant' && state.improving === m.id && !pair && !streaming) {
+      content.append(buildImprover(conv, m));
+      return article;
+    }
 
+    if (byPerson) {
+      content.append(h('p', { class: 'msg-author', testid: 'author-label' }, icon('improve'), 'Your improved answer'));
+    }
     const body = h('div', { class: 'message-body', testid: 'message-body' });
     if (m.role === 'assistant') {
       if (streaming) {
-        fillAnswerBody(body, state.stream.html, state.stream.tail);
-        state.stream.bodyEl = body;
+        fillAnswerBody(body, track.html, track.tail);
+        track.bodyEl = body;
       } else if (m._partial) {
         fillAnswerBody(body, m._partial.html, m._partial.tail);
       } else if (m.html != null) {
@@ -506,13 +568,15 @@
 
     const noteKind = noteKindFor(m, streaming);
     if (noteKind) {
-      const retry = noteKind === 'lost' || noteKind === 'error'
+      const retry = (noteKind === 'lost' || noteKind === 'error') && !pair
         ? () => startChat({ conv, parentId: m.parent_id ?? null, content: null, kind: 'regenerate' })
         : null;
       content.append(buildNote(noteKind, m._errorMessage || null, m.role === 'assistant' ? retry : null));
     } else if (!streaming && m.role === 'assistant' && m.finish_reason === 'length') {
       content.append(h('div', { class: 'msg-status msg-status-info', text: 'The answer reached its length limit.' }));
     }
+    // One side of a side-by-side: no actions until the vote (the pair shows the vote buttons).
+    if (pair) return article;
 
     const actions = h('div', { class: 'msg-actions' });
     const nav = buildBranchNav(conv, m);
@@ -530,6 +594,11 @@
           state.ratingOpen = null;
           rerenderMessage(conv, m.id, 'edit-input');
         },
+      }));
+    } else if (m.role === 'assistant' && !streaming && byPerson) {
+      // The person's own rewrite: nothing to rate, regenerate or improve.
+      actions.append(iconButton('copy', 'Copy answer', {
+        testid: 'copy-message', onclick: (e) => flashCopied(e.currentTarget, answerText(m)),
       }));
     } else if (m.role === 'assistant' && !streaming) {
       const rated = m.rating ? m.rating.rating : 0;
@@ -549,16 +618,307 @@
           testid: 'regenerate', disabled: busy,
           onclick: () => startChat({ conv, parentId: m.parent_id ?? null, content: null, kind: 'regenerate' }),
         }),
+        iconButton('improve', 'Improve this answer', {
+          testid: 'improve', disabled: busy,
+          onclick: () => {
+            state.improving = m.id;
+            state.ratingOpen = null;
+            rerenderMessage(conv, m.id, 'improve-input');
+          },
+        }),
       );
       if (m.model) actions.append(h('span', { class: 'msg-model', text: m.model }));
     }
     if (actions.childNodes.length) content.append(actions);
 
     if (m.role === 'assistant' && !streaming) {
+      if (state.verdicts.has(m.id)) content.append(buildVerdict(conv, m));
       if (state.ratingOpen === m.id && m.rating) content.append(buildRatingForm(conv, m));
       else if (state.ratingThanks === m.id) content.append(h('p', { class: 'rating-thanks', text: 'Thanks for your feedback!' }));
     }
     return article;
+  }
+
+  // "Is this better than the previous answer?" under a regenerated answer, when the server asks.
+  function buildVerdict(conv, m) {
+    if (state.verdicts.get(m.id) === 'thanks') {
+      return h('p', { class: 'verdict-thanks', testid: 'verdict-thanks', text: 'Thanks, noted.' });
+    }
+    const titleId = `verdict-${m.id}`;
+    const choices = [['better', 'Better'], ['worse', 'Worse'], ['same', 'About the same']];
+    const buttons = [];
+    const send = async (verdict) => {
+      for (const b of buttons) b.disabled = true;
+      try {
+        await api('PUT', verdictUrl(m.id), { verdict });
+      } catch (err) {
+        for (const b of buttons) b.disabled = false;
+        reportError(err);
+        return;
+      }
+      state.verdicts.set(m.id, 'thanks');
+      rerenderMessage(conv, m.id);
+      announce('Thanks, noted');
+      refreshMe();
+      setTimeout(() => {
+        if (state.verdicts.get(m.id) !== 'thanks') return;
+        state.verdicts.delete(m.id);
+        if (isShown(conv)) rerenderMessage(conv, m.id);
+      }, 4000);
+    };
+    const row = h('div', { class: 'verdict', testid: 'verdict', role: 'group', 'aria-labelledby': titleId },
+      h('span', { class: 'verdict-question', id: titleId, text: 'Is this better than the previous answer?' }));
+    choices.forEach(([value, text], index) => {
+      if (index) row.append(h('span', { class: 'verdict-sep', 'aria-hidden': 'true', text: '·' }));
+      const button = h('button', {
+        type: 'button', class: 'verdict-btn', testid: `verdict-${value}`, onclick: () => send(value),
+      }, text);
+      buttons.push(button);
+      row.append(button);
+    });
+    row.append(iconButton('close', 'Dismiss', {
+      testid: 'verdict-dismiss', class: 'icon-btn icon-btn-sm verdict-dismiss',
+      onclick: () => {
+        state.verdicts.delete(m.id);
+        rerenderMessage(conv, m.id, 'improve');
+      },
+    }));
+    return row;
+  }
+
+  // "Improve this answer": the person's rewrite, saved as a sibling answer and shown from now on.
+  function buildImprover(conv, m) {
+    const titleId = `improve-${m.id}`;
+    const original = m.content || '';
+    const area = h('textarea', {
+      class: 'improve-input', testid: 'improve-input', rows: '4', 'aria-labelledby': titleId, spellcheck: 'true',
+    });
+    area.value = original;
+    const save = h('button', { type: 'submit', class: 'btn btn-primary btn-small', testid: 'improve-save', disabled: true }, 'Save');
+    const cancel = h('button', { type: 'button', class: 'btn btn-ghost btn-small', testid: 'improve-cancel' }, 'Cancel');
+    const form = h('form', { class: 'editor improver', testid: 'improver' },
+      h('p', { class: 'improver-title', id: titleId, text: 'Improve this answer' }),
+      area,
+      h('p', { class: 'improver-hint', text: 'Write it as it should have been (Markdown works). It is kept next to the original and shown from now on. Ctrl+Enter saves.' }),
+      h('div', { class: 'editor-actions' }, cancel, save));
+    const changed = () => !!area.value.trim() && area.value.trim() !== original.trim();
+    const doCancel = () => {
+      state.improving = null;
+      rerenderMessage(conv, m.id, 'improve');
+    };
+    const doSave = async () => {
+      if (!changed() || state.stream || save.dataset.busy) return;
+      save.dataset.busy = 'true';
+      save.disabled = true;
+      save.textContent = 'Saving…';
+      let saved;
+      try {
+        saved = await api('POST', correctionUrl(m.id), { content: area.value });
+      } catch (err) {
+        delete save.dataset.busy;
+        save.disabled = !changed();
+        save.textContent = 'Save';
+        reportError(err);
+        return;
+      }
+      state.improving = null;
+      if (saved && saved.message && saved.message.id) {
+        addMsg(conv, saved.message);
+        if (saved.comparison) mergeComparisons(conv, [saved.comparison]);
+        conv.path = branchThrough(conv, saved.message.id);
+        conv.currentLeafId = leafOf(conv);
+      }
+      if (isShown(conv)) {
+        const scrollTop = els.thread.scrollTop;
+        renderThread();
+        els.thread.scrollTop = scrollTop;
+        const shown = saved && saved.message
+          ? els.messages.querySelector(`[data-testid="message"][data-id="${CSS.escape(saved.message.id)}"] [data-testid="branch-prev"]`)
+          : null;
+        if (shown) shown.focus();
+      }
+      announce('Your improved answer is saved');
+      refreshMe();
+    };
+    form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      doSave();
+    });
+    cancel.addEventListener('click', doCancel);
+    area.addEventListener('input', () => {
+      autogrow(area, 480);
+      save.disabled = !changed() || !!state.stream;
+    });
+    area.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && (e.ctrlKey || e.metaKey) && !e.isComposing) {
+        e.preventDefault();
+        doSave();
+      } else if (e.key === 'Escape') {
+        e.preventDefault();
+        doCancel();
+      }
+    });
+    return form;
+  }
+
+  const VOTES = [['a', 'A is better'], ['b', 'B is better'], ['tie', 'Tie'], ['both_bad', 'Both are bad']];
+  const NOT_COUNTED = {
+    identity_leaked: 'an answer named the model that wrote it',
+    answer_cut_or_failed: 'an answer was cut off or failed',
+  };
+  // How long the revealed models stay on screen before the pair folds into one thread.
+  const REVEAL_MS = 3500;
+
+  /** The two answers of a side-by-side as columns, with the vote under them. */
+  function buildPair(conv, pair) {
+    const c = pair.c;
+    const revealed = !!(c && c.winner != null);
+    const writing = !pair.bId || isStreamingMsg(conv, pair.aId) || isStreamingMsg(conv, pair.bId);
+    const picked = revealed && (c.winner === 'a' || c.winner === 'b') ? c.winner : null;
+    const section = h('section', {
+      class: `pair${revealed ? ' pair-revealed' : ''}`, testid: 'pair', 'data-comparison-id': c ? c.id : null,
+      'aria-label': 'Two answers to compare',
+    });
+    section.append(h('p', {
+      class: 'pair-title', text: revealed ? 'Thanks for comparing. Here is who wrote what:' : 'Two answers: which one is better?',
+    }));
+    const cols = h('div', { class: 'pair-cols' });
+    for (const slot of ['a', 'b']) {
+      const id = slot === 'a' ? pair.aId : pair.bId;
+      const m = id ? conv.msgs.get(id) : null;
+      const col = h('div', {
+        class: `pair-col${picked === slot ? ' pair-col-picked' : ''}`, testid: 'pair-column', 'data-slot': slot,
+      });
+      const head = h('div', { class: 'pair-label' }, h('span', { text: `Answer ${slot.toUpperCase()}` }));
+      if (picked === slot) head.append(h('span', { class: 'pair-pick', text: 'Your pick' }));
+      col.append(head);
+      if (m) {
+        col.append(buildMessage(conv, m));
+      } else {
+        col.append(h('article', {
+          class: 'msg msg-assistant pending', testid: 'message', 'data-role': 'assistant', 'data-id': '',
+          'data-status': 'in_progress', 'aria-busy': 'true', 'aria-label': 'Answer B',
+        }, h('div', { class: 'msg-content' }, h('div', { class: 'message-body', testid: 'message-body' }))));
+      }
+      if (revealed) {
+        const model = slot === 'a' ? c.a_model : c.b_model;
+        col.append(h('p', { class: 'pair-model', testid: 'pair-model' }, 'Written by ', h('strong', { text: model || 'unknown' })));
+      }
+      cols.append(col);
+    }
+    section.append(cols);
+
+    const foot = h('div', { class: 'pair-foot' });
+    if (revealed) {
+      const why = NOT_COUNTED[c.discarded] || (c.discarded ? 'it could not be checked' : '');
+      const verdict = { a: 'You picked A.', b: 'You picked B.', tie: 'You called it a tie.', both_bad: 'You found both bad.' }[c.winner] || '';
+      foot.append(
+        h('p', {
+          class: 'pair-result', testid: 'pair-result',
+          text: c.counted ? `${verdict} Your vote counts, thank you.` : `${verdict} This vote won't count: ${why}.`,
+        }),
+        h('button', {
+          type: 'button', class: 'btn btn-small', testid: 'pair-continue', onclick: () => collapsePair(conv, c.id, true),
+        }, 'Continue'));
+    } else if (writing || !c) {
+      foot.append(h('p', { class: 'pair-hint', text: 'You can vote once both answers are written.' }));
+    } else {
+      const group = h('div', { class: 'pair-vote', role: 'group', 'aria-label': 'Which answer is better?' });
+      for (const [winner, text] of VOTES) {
+        group.append(h('button', {
+          type: 'button', class: `btn btn-small vote-btn vote-${winner}`, testid: `vote-${winner}`,
+          onclick: (e) => vote(conv, c, winner, e.currentTarget),
+        }, text));
+      }
+      foot.append(group);
+    }
+    section.append(foot);
+    return section;
+  }
+
+  async function vote(conv, c, winner, button) {
+    const group = button.closest('.pair-vote');
+    const buttons = group ? [...group.querySelectorAll('button')] : [button];
+    for (const b of buttons) b.disabled = true;
+    let result;
+    try {
+      result = await api('PUT', voteUrl(c.id), { winner });
+    } catch (err) {
+      for (const b of buttons) b.disabled = false;
+      reportError(err);
+      if (err instanceof ApiError && err.status === 409 && conv.id) refreshTree(conv); // voted elsewhere
+      return;
+    }
+    conv.comparisons.set(result.id, result);
+    // The models are known now; the stored messages say which (refreshTree reads them).
+    for (const [id, variant] of [[result.a_id, result.a_model], [result.b_id, result.b_model]]) {
+      const m = conv.msgs.get(id);
+      if (m && !m.model && variant) m.model = String(variant).split('@')[0];
+    }
+    if (state.reveal) clearTimeout(state.reveal.timer);
+    state.reveal = { id: result.id, conv, timer: setTimeout(() => collapsePair(conv, result.id, false), REVEAL_MS) };
+    if (isShown(conv)) {
+      const scrollTop = els.thread.scrollTop;
+      renderThread();
+      els.thread.scrollTop = scrollTop;
+      const next = els.messages.querySelector('[data-testid="pair-continue"]');
+      if (next) next.focus({ preventScroll: true });
+    }
+    announce(`Answer A was ${result.a_model || 'unknown'}, answer B was ${result.b_model || 'unknown'}.`);
+    refreshMe();
+  }
+
+  /** Leaving the page's conversation: a vote being revealed is done (the server has it). */
+  function endReveal() {
+    if (!state.reveal) return;
+    clearTimeout(state.reveal.timer);
+    state.reveal = null;
+  }
+
+  /** Fold a voted side-by-side into the thread: the chosen answer shown, the other a sibling. */
+  function collapsePair(conv, id, focusComposer) {
+    if (!state.reveal || state.reveal.id !== id) return;
+    clearTimeout(state.reveal.timer);
+    state.reveal = null;
+    const c = conv.comparisons.get(id);
+    if (!c) return;
+    const shown = c.winner === 'b' ? c.b_id : c.a_id; // the server shows A for a tie or both bad
+    const hadFocus = els.messages.contains(document.activeElement);
+    if (conv.path.includes(c.a_id) || conv.path.includes(c.b_id)) {
+      conv.path = branchThrough(conv, shown);
+      conv.currentLeafId = leafOf(conv);
+    }
+    if (isShown(conv) && !state.stream) {
+      const scrollTop = els.thread.scrollTop;
+      renderThread();
+      els.thread.scrollTop = scrollTop;
+      if ((focusComposer || hadFocus) && !NARROW.matches) els.composer.focus();
+    }
+    if (conv.id) refreshTree(conv);
+  }
+
+  /** Re-read a conversation's messages and comparisons, keeping the branch shown. */
+  async function refreshTree(conv) {
+    let data;
+    try {
+      data = await api('GET', convUrl(conv.id));
+    } catch {
+      return;
+    }
+    if (state.stream && state.stream.conv === conv) return;
+    for (const sm of data.messages || []) {
+      const local = conv.msgs.get(sm.id);
+      if (local && (local._partial || local._errorMessage)) continue; // keep what this page saw
+      addMsg(conv, sm);
+    }
+    mergeComparisons(conv, data.comparisons);
+    const leaf = leafOf(conv);
+    conv.path = leaf && conv.msgs.has(leaf) ? branchThrough(conv, leaf) : initialPath(conv);
+    if (isShown(conv) && !state.editing && !state.ratingOpen && !state.improving && !state.reveal) {
+      const scrollTop = els.thread.scrollTop;
+      renderThread();
+      els.thread.scrollTop = scrollTop;
+    }
   }
 
   function answerText(m) {
@@ -724,6 +1084,7 @@
         m.rating = normaliseRating(saved, body);
         state.ratingOpen = id;
         state.ratingThanks = null;
+        refreshMe(); // a rating may earn a feedback bonus
       }
     } catch (err) {
       reportError(err);
@@ -760,7 +1121,9 @@
     const nodes = [];
     for (const id of conv.path) {
       const m = conv.msgs.get(id);
-      if (m) nodes.push(buildMessage(conv, m));
+      if (!m) continue;
+      const pair = m.role === 'assistant' ? pairFor(conv, id) : null;
+      nodes.push(pair ? buildPair(conv, pair) : buildMessage(conv, m));
     }
     if (conv.pending) nodes.push(...buildPending(conv));
     els.messages.replaceChildren(...nodes);
@@ -807,6 +1170,7 @@
     conv.currentLeafId = leafOf(conv);
     state.editing = null;
     state.ratingOpen = null;
+    state.improving = null;
     const scrollTop = els.thread.scrollTop;
     renderThread();
     els.thread.scrollTop = scrollTop;
@@ -885,7 +1249,13 @@
 
   function updateComposer() {
     const conv = state.conv;
-    const blocked = !!state.stream || !conv || conv.loading;
+    // A side-by-side waiting for its vote: the next message would continue one of two answers
+    // nobody has chosen yet, so the composer asks for the vote first.
+    const vote = !state.stream && !!conv && !conv.loading && needsVote(conv);
+    const blocked = !!state.stream || !conv || conv.loading || vote;
+    els.composer.disabled = vote;
+    els.composer.placeholder = vote ? 'Pick the better answer to continue' : 'Message Lamplighter';
+    els.form.classList.toggle('is-waiting', vote);
     els.send.disabled = blocked || !els.composer.value.trim();
   }
 
@@ -897,16 +1267,21 @@
   async function startChat({ conv, parentId, content, kind }) {
     if (state.stream) return;
     hideError();
+    if (state.reveal && state.reveal.conv === conv) collapsePair(conv, state.reveal.id, false);
     const request = { conversation_id: conv.id, parent_id: parentId ?? null, content: content ?? null, model: state.model || null };
     const s = {
       conv, kind, request, controller: new AbortController(),
-      assistantId: null, html: '', tail: '', bodyEl: null,
-      gotStart: false, gotDone: false, stopped: false, error: null,
+      // One track per answer being written: 'a' (the answer, or side-by-side answer A) and,
+      // in a side-by-side, 'b'. Each: { id, html, tail, bodyEl, done, error }.
+      tracks: new Map(),
+      sideBySide: false,
+      gotStart: false, stopped: false, error: null,
       prevPath: conv.path.slice(),
     };
     state.stream = s;
     state.editing = null;
     state.ratingOpen = null;
+    state.improving = null;
     conv.path = parentId ? pathTo(conv, parentId) : [];
     conv.pending = {
       content: content ?? null, parentId: parentId ?? null, kind, lost: false,
@@ -920,6 +1295,7 @@
 
     let outcome = 'lost';
     let httpError = null;
+    const mainDone = () => !!(s.tracks.get('a') && s.tracks.get('a').done);
     try {
       const res = await fetch('/api/chat', {
         method: 'POST',
@@ -940,10 +1316,10 @@
         for await (const ev of sseEvents(res)) {
           handleEvent(s, ev);
         }
-        outcome = s.gotDone ? 'done' : s.error ? 'error' : 'lost';
+        outcome = mainDone() ? 'done' : s.error ? 'error' : 'lost';
       }
     } catch (err) {
-      outcome = s.gotDone ? 'done' : s.stopped ? 'stopped' : s.error ? 'error' : 'lost';
+      outcome = mainDone() ? 'done' : s.stopped ? 'stopped' : s.error ? 'error' : 'lost';
       if (outcome === 'lost' && !(err instanceof TypeError) && err && err.name !== 'AbortError') {
         console.error(err); // a bug in this page, not the network
       }
@@ -957,6 +1333,25 @@
     } catch {
       return null;
     }
+  }
+
+  /** The track an event is about: its `slot` in a side-by-side, else the one answer. */
+  const trackFor = (s, data) => s.tracks.get(data.slot === 'b' ? 'b' : 'a') || null;
+
+  function newTrack(m) {
+    const content = m.content || '';
+    // Usually empty; if the answer already has text, later deltas continue it.
+    const html = content && typeof m.html === 'string' ? m.html : '';
+    return { id: m.id, html, tail: content && !html ? content : '', bodyEl: null, done: false, error: null };
+  }
+
+  /** Re-render the thread during a stream (the pair's layout changed), keeping the scroll. */
+  function rerenderStreaming(conv) {
+    if (!isShown(conv)) return;
+    const scrollTop = els.thread.scrollTop;
+    renderThread();
+    if (state.stick) scrollToBottom();
+    else els.thread.scrollTop = scrollTop;
   }
 
   function handleEvent(s, ev) {
@@ -973,10 +1368,8 @@
         addMsg(conv, data.message);
         const m = conv.msgs.get(data.message.id);
         m.content = m.content || '';
-        // Usually empty; if the answer already has text, later deltas continue it.
-        s.html = m.content && typeof m.html === 'string' ? m.html : '';
-        s.tail = m.content && !s.html ? m.content : '';
-        s.assistantId = m.id;
+        s.tracks.set('a', newTrack(m));
+        s.sideBySide = data.side_by_side === true;
         s.gotStart = true;
         conv.pending = null;
         conv.path = pathTo(conv, m.id);
@@ -990,40 +1383,72 @@
         }
         break;
       }
+      case 'pair': {
+        // Answer B of a side-by-side, and the comparison to vote on.
+        if (!data.message || !data.message.id) break;
+        addMsg(conv, data.message);
+        const m = conv.msgs.get(data.message.id);
+        m.content = m.content || '';
+        s.tracks.set('b', newTrack(m));
+        if (data.comparison) mergeComparisons(conv, [data.comparison]);
+        rerenderStreaming(conv);
+        break;
+      }
+      case 'pair_error': {
+        // No answer B this time (a limit, an overload): answer A stands alone.
+        s.sideBySide = false;
+        rerenderStreaming(conv);
+        break;
+      }
       case 'delta': {
         const text = typeof data.text === 'string' ? data.text : '';
-        if (!text || !s.assistantId) break;
-        const m = conv.msgs.get(s.assistantId);
+        const t = trackFor(s, data);
+        if (!text || !t) break;
+        const m = conv.msgs.get(t.id);
         if (m) m.content = (m.content || '') + text;
-        s.tail += text;
-        if (s.bodyEl && s.bodyEl.isConnected) {
-          s.bodyEl.append(document.createTextNode(text));
+        t.tail += text;
+        if (t.bodyEl && t.bodyEl.isConnected) {
+          t.bodyEl.append(document.createTextNode(text));
           scrollToBottom();
         }
         break;
       }
       case 'html': {
-        if (typeof data.html !== 'string' || !s.assistantId) break;
-        s.html = data.html;
-        s.tail = '';
-        if (s.bodyEl && s.bodyEl.isConnected) {
-          fillAnswerBody(s.bodyEl, s.html, '');
+        const t = trackFor(s, data);
+        if (typeof data.html !== 'string' || !t) break;
+        t.html = data.html;
+        t.tail = '';
+        if (t.bodyEl && t.bodyEl.isConnected) {
+          fillAnswerBody(t.bodyEl, t.html, '');
           scrollToBottom();
         }
         break;
       }
       case 'done': {
+        let t = trackFor(s, data);
         if (data.message && data.message.id) {
           const prev = conv.msgs.get(data.message.id);
-          addMsg(conv, { rating: prev ? prev.rating : null, ...data.message });
-          if (!s.assistantId) s.assistantId = data.message.id;
+          addMsg(conv, { rating: prev ? prev.rating : null, author: prev ? prev.author : null, ...data.message });
+          if (!t) {
+            t = newTrack(data.message);
+            s.tracks.set(data.slot === 'b' ? 'b' : 'a', t);
+          }
+          if (data.ask_verdict === true) state.verdicts.set(data.message.id, 'ask');
         }
-        s.gotDone = true;
+        if (t) t.done = true;
+        if (data.slot && t) {
+          // One side of a pair is written: show it finished while the other goes on.
+          state.notes.delete(t.id);
+          rerenderMessage(conv, t.id);
+        }
         break;
       }
       case 'error': {
         const err = data.error || data;
-        s.error = { message: (err && typeof err.message === 'string' && err.message) || 'The answer could not be completed.' };
+        const message = (err && typeof err.message === 'string' && err.message) || 'The answer could not be completed.';
+        const t = trackFor(s, data);
+        if (t) t.error = { message };
+        if (data.slot !== 'b') s.error = { message };
         break;
       }
       default:
@@ -1031,10 +1456,34 @@
     }
   }
 
+  /** Keep what arrived of an answer that did not finish, and say why. */
+  function settleTrack(conv, t, outcome) {
+    const m = conv.msgs.get(t.id);
+    if (!m) return;
+    if (t.done) {
+      state.notes.delete(m.id);
+      if (m.status === 'error') state.notes.set(m.id, 'error');
+      return;
+    }
+    m._partial = { html: t.html, tail: t.tail };
+    if (t.error || outcome === 'error') {
+      m.status = 'error';
+      m._errorMessage = (t.error || {}).message || 'The answer could not be completed.';
+      state.notes.set(m.id, 'error');
+    } else if (outcome === 'stopped') {
+      m.status = 'cut';
+      state.notes.set(m.id, 'stopped');
+    } else {
+      m.status = 'cut';
+      state.notes.set(m.id, 'lost');
+    }
+  }
+
   function finishStream(s, outcome, httpError) {
     const conv = s.conv;
-    const m = s.assistantId ? conv.msgs.get(s.assistantId) : null;
-    const partial = { html: s.html, tail: s.tail };
+    const main = s.tracks.get('a');
+    const m = main ? conv.msgs.get(main.id) : null;
+    const composerHadFocus = document.activeElement === els.composer;
     state.stream = null;
 
     if (outcome === 'http-error') {
@@ -1063,38 +1512,28 @@
       } else if (conv.pending) {
         conv.pending.lost = true;
       }
-    } else if (outcome === 'done') {
-      state.notes.delete(m.id);
-      if (m.status === 'error') state.notes.set(m.id, 'error');
-      announce('Answer complete');
     } else {
-      // Stopped, failed or cut off: keep what arrived.
-      m._partial = partial;
-      if (outcome === 'stopped') {
-        m.status = 'cut';
-        state.notes.set(m.id, 'stopped');
-      } else if (outcome === 'error') {
-        m.status = 'error';
-        m._errorMessage = s.error.message;
-        state.notes.set(m.id, 'error');
-        showError(s.error.message);
-      } else {
-        m.status = 'cut';
-        state.notes.set(m.id, 'lost');
-      }
+      for (const t of s.tracks.values()) settleTrack(conv, t, t === main ? outcome : (s.stopped ? 'stopped' : 'lost'));
+      if (outcome === 'done') announce(s.tracks.size > 1 ? 'Both answers are complete' : 'Answer complete');
+      else if (outcome === 'error') showError(s.error.message);
     }
 
     setStreaming(false);
     if (isShown(conv)) {
       renderThread();
       scrollToBottom();
+      if (composerHadFocus && needsVote(conv)) {
+        const first = els.messages.querySelector('[data-testid="vote-a"]');
+        if (first) first.focus();
+      }
     }
 
     if (m && outcome !== 'lost' && isShown(conv) && leafOf(conv) === m.id && conv.id) {
       // Remember the branch shown (the server does this too; this makes it certain).
       api('PATCH', convUrl(conv.id), { current_leaf_id: m.id }).catch(() => {});
     }
-    if (outcome === 'stopped' || (outcome === 'lost' && !m) || outcome === 'error') {
+    const unfinished = [...s.tracks.values()].some((t) => !t.done);
+    if (outcome === 'stopped' || (outcome === 'lost' && !m) || outcome === 'error' || (m && unfinished)) {
       if (conv.id) syncConversation(conv, 4);
     }
     refreshMe();
@@ -1125,6 +1564,7 @@
         if (local && local._errorMessage && sm.status === 'error') sm._errorMessage = local._errorMessage;
         addMsg(conv, sm);
       }
+      mergeComparisons(conv, data.comparisons);
       if (typeof data.title === 'string') conv.title = data.title;
       if (conv.pending && conv.pending.lost) {
         // The server did store the exchange after all: show it instead of the placeholder.
@@ -1138,7 +1578,7 @@
       } else {
         conv.path = initialPath(conv);
       }
-      if (isShown(conv) && !state.editing && !state.ratingOpen) renderThread();
+      if (isShown(conv) && !state.editing && !state.ratingOpen && !state.improving) renderThread();
       if (!unsettled) return;
     }
   }
@@ -1393,6 +1833,7 @@
     if (cs && typeof cs.limit === 'number') details.push(`Up to ${cs.limit} answer${cs.limit === 1 ? '' : 's'} at a time`);
     els.limits.textContent = parts.join(' · ');
     els.limits.title = details.join('\n');
+    renderBonus(me.credits);
 
     const models = Array.isArray(me.models) ? me.models : [];
     const stored = safeStorageGet(MODEL_KEY);
@@ -1412,6 +1853,23 @@
       els.modelName.textContent = chosen || '';
       els.modelName.hidden = !chosen;
     }
+  }
+
+  // Useful feedback earns extra daily tokens (see docs/flywheel.md): shown once there are some.
+  function renderBonus(credits) {
+    if (!els.bonus) return;
+    const bonus = credits && typeof credits.bonus_daily_tokens === 'number' ? credits.bonus_daily_tokens : 0;
+    els.bonus.hidden = !(bonus > 0);
+    if (!(bonus > 0)) return;
+    const each = typeof credits.tokens_per_feedback === 'number' ? credits.tokens_per_feedback.toLocaleString('en-US') : 'extra';
+    const days = typeof credits.days === 'number' ? credits.days : null;
+    const cap = typeof credits.cap === 'number' ? credits.cap.toLocaleString('en-US') : null;
+    els.bonus.textContent = `Feedback bonus: +${bonus.toLocaleString('en-US')} tokens/day`;
+    els.bonus.title = [
+      `Useful feedback earns extra tokens: each rating, vote or improved answer adds ${each} tokens a day`
+        + `${days ? ` for ${days} day${days === 1 ? '' : 's'}` : ''}${cap ? `, up to ${cap} in all` : ''}.`,
+      'Feedback given without reading, or the same on everything, earns nothing.',
+    ].join('\n');
   }
 
   function safeStorageGet(key) {
@@ -1479,6 +1937,8 @@
     state.loadToken++;
     state.editing = null;
     state.ratingOpen = null;
+    state.improving = null;
+    endReveal();
     state.conv = newConv(null);
     renderThread();
     highlightCurrent();
@@ -1489,6 +1949,8 @@
     if (push) history.pushState({}, '', `/c/${encodeURIComponent(id)}`);
     state.editing = null;
     state.ratingOpen = null;
+    state.improving = null;
+    endReveal();
     const token = ++state.loadToken;
     if (state.stream && state.stream.conv.id === id) {
       state.conv = state.stream.conv;
@@ -1569,7 +2031,8 @@
   function sendFromComposer() {
     const text = els.composer.value;
     const conv = state.conv;
-    if (!text.trim() || state.stream || !conv || conv.loading) return;
+    if (state.reveal && state.reveal.conv === conv) collapsePair(conv, state.reveal.id, false);
+    if (!text.trim() || state.stream || !conv || conv.loading || needsVote(conv)) return;
     const parentId = conv.pending ? conv.pending.parentId : leafOf(conv);
     els.composer.value = '';
     autogrow(els.composer, 200);
