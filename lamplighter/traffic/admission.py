@@ -5,22 +5,30 @@ a :class:`Slot` at once when the backend has room; otherwise the request waits i
 priority-and-fairness queue for at most its plan's patience, and is refused with 503 and
 ``retry-after`` the moment it is clear it cannot start in time. A waiter whose task is cancelled
 (its client went away) leaves the queue immediately.
+
+With several replicas (a :class:`SlotGate` in Redis) the backend's slots are shared: the local
+queue still orders this replica's requests, and a worker task puts its head forward in Redis and
+starts it when the gate grants a slot (see ``gate.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from lamplighter.exceptions import ConfigError, Overloaded
 from lamplighter.traffic.clock import Clock
+from lamplighter.traffic.gate import POLL_S, SlotGate
 from lamplighter.traffic.plans import Plan
-from lamplighter.traffic.scheduler import Scheduler, Ticket
+from lamplighter.traffic.scheduler import Refusal, Scheduler, Ticket
 
+log = logging.getLogger(__name__)
 _ids = itertools.count()
 
 
@@ -37,12 +45,27 @@ class Slot:
             self.pool.finish(self.ticket.id, used_tokens)
 
 
+async def _nobody(_: str) -> None:
+    """One replica has no one to tell that a slot freed."""
+
+
 @dataclass
 class Pool:
     name: str
     scheduler: Scheduler
     clock: Clock
     waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+    # Shared slots (several replicas): the gate, how many replicas share the backend (for the
+    # fallback while Redis is away), and how to tell the others a slot freed.
+    gate: SlotGate | None = None
+    replicas: int = 1
+    freed: Callable[[str], Awaitable[None]] = _nobody
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _worker: asyncio.Task[None] | None = None
+    _chores: set[asyncio.Task[None]] = field(default_factory=set)
+    _forward: bool = False  # this replica has a head waiting in Redis
+    _closed: bool = False
+    _renewed: float = 0.0
 
     @property
     def queued(self) -> int:
@@ -83,15 +106,27 @@ class Pool:
         return Slot(self, ticket)
 
     def finish(self, ticket_id: int, used: int) -> None:
+        held = ticket_id in self.scheduler.running
         self.scheduler.finish(ticket_id, used, self.clock.monotonic())
+        if self.gate is not None and held:
+            self._chore(self._free(self.gate.ticket(ticket_id)))
         self._dispatch()
 
     def _dispatch(self) -> None:
+        if self.gate is not None:
+            self.wake()
+            return
         started, refused = self.scheduler.schedule(self.clock.monotonic())
         for ticket in started:
-            waiter = self.waiters.get(ticket.id)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._started(ticket)
+        self._refused(refused)
+
+    def _started(self, ticket: Ticket) -> None:
+        waiter = self.waiters.get(ticket.id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _refused(self, refused: list[Refusal]) -> None:
         for refusal in refused:
             waiter = self.waiters.get(refusal.ticket.id)
             if waiter is not None and not waiter.done():
@@ -101,6 +136,81 @@ class Pool:
                         retry_after=refusal.retry_after,
                     )
                 )
+
+    # -- slots shared through the gate ----------------------------------------------------
+
+    def wake(self) -> None:
+        """Ask the gate again now: something here changed, or a slot freed elsewhere."""
+        if self.gate is None or self._closed:
+            return
+        self._wake.set()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work(), name=f"pool-{self.name}")
+
+    async def _work(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._grant()
+            except Exception:
+                log.exception("admission through the shared gate failed; retrying")
+            if not self.scheduler.waiting and not self.scheduler.running:
+                await self._wake.wait()
+            else:
+                # Not wait_for: on 3.11 it can swallow a cancel that races the event.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_S):
+                        await self._wake.wait()
+
+    async def _grant(self) -> None:
+        """Start local heads for as long as the gate grants them slots."""
+        gate = self.gate
+        assert gate is not None
+        now = self.clock.monotonic()
+        self._refused(self.scheduler.expire(now))
+        running = [gate.ticket(i) for i in self.scheduler.running]
+        if running and now - self._renewed >= gate.lease_ttl / 3:
+            await gate.renew(self.name, running)
+            self._renewed = now
+        while (ticket := self.scheduler.next()) is not None:
+            reserve = self.scheduler.reserve(ticket.priority)
+            shared = gate.ticket(ticket.id)
+            granted = await gate.admit(
+                self.name, shared, ticket.priority, self.scheduler.slots, reserve
+            )
+            if granted is None:  # Redis is away: this replica's share of the backend
+                share = max(1, math.ceil(self.scheduler.slots / self.replicas))
+                granted = share - len(self.scheduler.running) > min(reserve, share - 1)
+            self._forward = not granted
+            if not granted:
+                return
+            if ticket.id not in self.scheduler.waiting:  # its requester left meanwhile
+                await self._free(shared)
+                continue
+            self.scheduler.start(ticket.id, self.clock.monotonic())
+            self._started(ticket)
+        if self._forward:
+            await gate.withdraw(self.name)
+            self._forward = False
+
+    async def _free(self, shared: str) -> None:
+        assert self.gate is not None
+        await self.gate.release(self.name, shared)
+        await self.freed(self.name)
+
+    def _chore(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        if self._chores:
+            await asyncio.gather(*self._chores, return_exceptions=True)
 
     def _overloaded(self, plan: Plan, retry_after: float) -> Overloaded:
         return Overloaded(
@@ -119,10 +229,33 @@ class Admission:
     priority 0 and 1, so a surge of free traffic never leaves a paying request without a slot.
     """
 
-    def __init__(self, clock: Clock, headroom: Mapping[int, float] | None = None) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        headroom: Mapping[int, float] | None = None,
+        *,
+        gate: SlotGate | None = None,
+        replicas: int = 1,
+        freed: Callable[[str], Awaitable[None]] = _nobody,
+    ) -> None:
+        """With ``gate``, backend slots are shared with the other replicas (see ``gate.py``);
+        ``freed`` tells them a slot freed up."""
         self.clock = clock
         self.headroom = dict(headroom or {})
+        self.gate = gate
+        self.replicas = replicas
+        self.freed = freed
         self.pools: dict[str, Pool] = {}
+
+    def wake(self, name: str) -> None:
+        """A slot of backend ``name`` freed on another replica."""
+        pool = self.pools.get(name)
+        if pool is not None:
+            pool.wake()
+
+    async def close(self) -> None:
+        for pool in self.pools.values():
+            await pool.close()
 
     def pool(self, name: str, capacity: int) -> Pool:
         pool = self.pools.get(name)
@@ -132,7 +265,10 @@ class Admission:
                 for priority, share in self.headroom.items()
             }
             scheduler = Scheduler(slots=capacity, reserved=reserved)
-            pool = self.pools[name] = Pool(name, scheduler, self.clock)
+            pool = self.pools[name] = Pool(
+                name, scheduler, self.clock, gate=self.gate, replicas=self.replicas,
+                freed=self.freed,
+            )  # fmt: skip
         return pool
 
 

@@ -97,23 +97,35 @@ class Scheduler:
 
     def schedule(self, now: float) -> tuple[list[Ticket], list[Refusal]]:
         """Start what fits in the free slots; refuse what waited past its deadline."""
+        refused = self.expire(now)
+        started: list[Ticket] = []
+        while (ticket := self.next()) is not None:
+            if self.free <= self.reserve(ticket.priority):
+                break  # the best waiting ticket cannot start, so no worse one can
+            started.append(self.start(ticket.id, now))
+        return started, refused
+
+    def expire(self, now: float) -> list[Refusal]:
+        """Drop the tickets that waited past their deadline."""
         expired = [t for t in self.waiting.values() if t.deadline < now]
         for ticket in expired:
             del self.waiting[ticket.id]
             self._count(self._backlog, ticket.user, -1)
-        started: list[Ticket] = []
-        while self.waiting:
-            ticket = min(self.waiting.values(), key=self._order)
-            if self.free <= self.reserve(ticket.priority):
-                break  # the best waiting ticket cannot start, so no worse one can
-            del self.waiting[ticket.id]
-            self.running[ticket.id] = ticket
-            self._started[ticket.id] = now
-            self._count(self._in_flight, ticket.user, 1)
-            self.counters[ticket.user] = self.counters.get(ticket.user, 0.0) + ticket.cost
-            started.append(ticket)
-        refused = [Refusal(t, retry_after=self.mean_service or 1.0) for t in expired]
-        return started, refused
+        return [Refusal(t, retry_after=self.mean_service or 1.0) for t in expired]
+
+    def next(self) -> Ticket | None:
+        """The waiting ticket that starts next, whenever a slot is free for it."""
+        return min(self.waiting.values(), key=self._order, default=None)
+
+    def start(self, ticket_id: int, now: float) -> Ticket:
+        """Move a waiting ticket to running (``schedule`` decides when; with slots shared across
+        replicas, ``admission`` does) and charge its user's counter."""
+        ticket = self.waiting.pop(ticket_id)
+        self.running[ticket.id] = ticket
+        self._started[ticket.id] = now
+        self._count(self._in_flight, ticket.user, 1)
+        self.counters[ticket.user] = self.counters.get(ticket.user, 0.0) + ticket.cost
+        return ticket
 
     def finish(self, ticket_id: int, used: float, now: float) -> None:
         """A running request ended having used ``used`` tokens: free its slot, correct the

@@ -1,0 +1,146 @@
+"""Backend slots shared by every replica, in Redis: with N gateway replicas, a backend still runs
+at most its ``capacity`` requests, and a better plan's request waiting on any replica starts
+before a worse plan's request waiting on another.
+
+Each replica keeps its own queue (``Scheduler``: strict priority, then fair share inside a plan
+class, patience) and puts only its **head**, the request it would start next, forward in Redis.
+A slot goes to the best head of all replicas (priority, then the time that head first came
+forward, by the Redis server's clock), so priority holds across replicas and fairness holds
+inside each. Everything is decided by one Lua script per attempt, so two replicas racing for
+the last slot cannot both get it.
+
+- ``running``: sorted set of tickets holding a slot, scored by their lease's expiry. A replica
+  renews its tickets' leases every few seconds; a replica that dies loses its slots when they
+  lapse.
+- ``heads``: sorted set of replicas with a request waiting, scored ``priority * 1e13 + since``;
+  ``alive`` expires a head whose replica stopped asking (it died).
+- When a slot frees, the releasing replica announces it (``bulletin``) so the others ask again
+  at once; they also ask every ``POLL_S`` in case an announcement was lost.
+
+If Redis does not answer, ``admit`` returns None and the pool falls back to a share of the
+backend of its own (``ceil(capacity / replicas)`` slots), as the rate limits do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+# How often a replica asks again for a slot when nobody said one freed up.
+POLL_S = 0.25
+# A timed-out call is a failed call: slots are the fallback's business then.
+TIMEOUT_S = 0.25
+
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+for _, gone in ipairs(dead) do
+  redis.call('ZREM', KEYS[2], gone)
+  redis.call('ZREM', KEYS[3], gone)
+  redis.call('HDEL', KEYS[4], gone .. ':ticket', gone .. ':since')
+end
+local replica, ticket = ARGV[1], ARGV[2]
+local priority, capacity = tonumber(ARGV[3]), tonumber(ARGV[4])
+local reserved, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
+if redis.call('HGET', KEYS[4], replica .. ':ticket') ~= ticket then
+  redis.call('HSET', KEYS[4], replica .. ':ticket', ticket, replica .. ':since', now)
+end
+local since = tonumber(redis.call('HGET', KEYS[4], replica .. ':since'))
+redis.call('ZADD', KEYS[2], priority * 1e13 + since, replica)
+redis.call('ZADD', KEYS[3], now + ttl, replica)
+local free = capacity - redis.call('ZCARD', KEYS[1])
+local rank = redis.call('ZRANK', KEYS[2], replica)
+if free - rank > reserved then
+  redis.call('ZADD', KEYS[1], now + ttl, ticket)
+  redis.call('ZREM', KEYS[2], replica)
+  redis.call('ZREM', KEYS[3], replica)
+  redis.call('HDEL', KEYS[4], replica .. ':ticket', replica .. ':since')
+  return 1
+end
+return 0
+"""
+
+_WITHDRAW = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1] .. ':ticket', ARGV[1] .. ':since')
+return 1
+"""
+
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[i])
+end
+return 1
+"""
+
+
+class SlotGate:
+    """The Redis side of shared backend slots (see the module's docstring)."""
+
+    def __init__(self, client: Redis, *, lease_ttl: float = 15.0) -> None:
+        self.client = client
+        self.lease_ttl = lease_ttl
+        self.replica = uuid.uuid4().hex[:12]
+        self._admit = client.register_script(_ADMIT)
+        self._withdraw = client.register_script(_WITHDRAW)
+        self._renew = client.register_script(_RENEW)
+
+    @staticmethod
+    def _keys(pool: str) -> list[str]:
+        base = f"lamplighter:pool:{pool}:"
+        return [base + "running", base + "heads", base + "alive", base + "meta"]
+
+    def ticket(self, local_id: int) -> str:
+        return f"{self.replica}:{local_id}"
+
+    async def admit(
+        self, pool: str, ticket: str, priority: int, capacity: int, reserved: int
+    ) -> bool | None:
+        """Put ``ticket`` forward as this replica's head and take a slot if it is its turn:
+        True (it holds a slot now), False (not yet), None (Redis did not answer)."""
+        args: list[str | int] = [
+            self.replica, ticket, priority, capacity, reserved, int(self.lease_ttl * 1000)
+        ]  # fmt: skip
+        try:
+            got = await asyncio.wait_for(self._admit(keys=self._keys(pool), args=args), TIMEOUT_S)
+        except (RedisError, OSError, TimeoutError):
+            return None
+        return bool(int(got))
+
+    async def withdraw(self, pool: str) -> None:
+        """This replica has nothing waiting any more."""
+        _, heads, alive, meta = self._keys(pool)
+        await self._quietly(self._withdraw(keys=[heads, alive, meta], args=[self.replica]))
+
+    async def release(self, pool: str, ticket: str) -> None:
+        await self._quietly(self.client.zrem(self._keys(pool)[0], ticket))
+
+    async def renew(self, pool: str, tickets: Sequence[str]) -> None:
+        if tickets:
+            args: list[str | int] = [int(self.lease_ttl * 1000), *tickets]
+            await self._quietly(self._renew(keys=self._keys(pool)[:1], args=args))
+
+    async def running(self, pool: str) -> int:
+        """Slots held on this backend by every replica together."""
+        return int(await self.client.zcard(self._keys(pool)[0]))
+
+    @staticmethod
+    async def _quietly(call: object) -> None:
+        """A release or renewal Redis missed is repaired by the lease's expiry."""
+        try:
+            await asyncio.wait_for(call, TIMEOUT_S)  # type: ignore[arg-type]
+        except (RedisError, OSError, TimeoutError) as error:
+            log.debug("shared slot bookkeeping failed: %s", error)

@@ -1,0 +1,190 @@
+"""Backend slots shared by replicas through the real Redis: each ``Admission`` below is one
+replica (its own queue and its own ``SlotGate``), all in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from lamplighter.exceptions import Overloaded
+from lamplighter.traffic.admission import Admission, Slot
+from lamplighter.traffic.clock import SystemClock
+from lamplighter.traffic.gate import SlotGate
+from lamplighter.traffic.plans import Plan
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+FREE = Plan("free", priority=2, queue_patience_s=20)
+PLUS = Plan("plus", priority=1, queue_patience_s=20)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Redis]:
+    redis = Redis.from_url(REDIS_URL)
+    yield redis
+    await redis.aclose()
+
+
+Fleet = Callable[..., list[Admission]]
+
+
+@pytest.fixture
+async def replicas(client: Redis) -> AsyncIterator[Fleet]:
+    """Makes ``count`` replicas that tell each other when a slot frees, as the bulletin does;
+    every replica made is closed after the test, passed or failed."""
+    made: list[Admission] = []
+
+    def make(count: int, lease_ttl: float = 15.0) -> list[Admission]:
+        fleet: list[Admission] = []
+
+        async def freed(name: str) -> None:
+            for replica in fleet:
+                replica.wake(name)
+
+        for _ in range(count):
+            gate = SlotGate(client, lease_ttl=lease_ttl)
+            fleet.append(Admission(SystemClock(), gate=gate, replicas=count, freed=freed))
+        made.extend(fleet)
+        return fleet
+
+    yield make
+    for replica in made:
+        await replica.close()
+
+
+async def until(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "never happened"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_backends_capacity_holds_across_replicas(replicas: Fleet) -> None:
+    backend = f"gpu-{uuid.uuid4().hex}"
+    fleet = replicas(3)
+    running = 0
+    most = 0
+    done = 0
+
+    async def request(replica: Admission) -> None:
+        nonlocal running, most, done
+        slot = await replica.pool(backend, 2).enter(uuid.uuid4().hex, FREE, 10)
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.02)  # generating
+        running -= 1
+        slot.release(10)
+        done += 1
+
+    await asyncio.gather(*(request(fleet[n % 3]) for n in range(15)))
+    assert (done, most) == (15, 2)
+    assert await fleet[0].gate.running(backend) == 0  # type: ignore[union-attr]
+
+
+async def test_a_better_plan_on_another_replica_goes_first(replicas: Fleet) -> None:
+    """Replica A holds the only slot and has a free request waiting; a plus request then
+    arrives at replica B. When the slot frees, B's plus request takes it."""
+    backend = f"gpu-{uuid.uuid4().hex}"
+    first, second = replicas(2)
+    order: list[str] = []
+
+    async def request(replica: Admission, plan: Plan, name: str) -> Slot:
+        slot = await replica.pool(backend, 1).enter(name, plan, 10)
+        order.append(name)
+        return slot
+
+    holder = await request(first, FREE, "holder")
+    waiting_free = asyncio.create_task(request(first, FREE, "free"))
+    await until(lambda: backend in first.pools and first.pools[backend].queued == 1)
+    waiting_plus = asyncio.create_task(request(second, PLUS, "plus"))
+    await until(lambda: backend in second.pools and second.pools[backend].queued == 1)
+    holder.release(10)
+    (await waiting_plus).release(10)
+    (await waiting_free).release(10)
+    assert order == ["holder", "plus", "free"]
+
+
+async def test_a_dead_replicas_slot_lapses_and_a_waiter_elsewhere_gets_it(replicas: Fleet) -> None:
+    backend = f"gpu-{uuid.uuid4().hex}"
+    first, second = replicas(2, lease_ttl=1.0)
+    await first.pool(backend, 1).enter("doomed", FREE, 10)
+    await first.close()  # the replica dies holding the slot: nobody renews or releases it
+    started = time.monotonic()
+    slot = await second.pool(backend, 1).enter("survivor", FREE, 10)
+    waited = time.monotonic() - started
+    assert 0.5 < waited < 5.0  # the lease's TTL, give or take a poll
+    slot.release(10)
+
+
+async def test_a_live_replica_keeps_its_slot_past_the_lease(replicas: Fleet) -> None:
+    backend = f"gpu-{uuid.uuid4().hex}"
+    first, second = replicas(2, lease_ttl=0.6)
+    held = await first.pool(backend, 1).enter("long answer", FREE, 10)
+    patient = Plan("free", priority=2, queue_patience_s=2.0)
+    with pytest.raises(Overloaded):  # three leases long, and the slot never came free
+        await second.pool(backend, 1).enter("waiter", patient, 10)
+    held.release(10)
+
+
+async def test_without_redis_a_replica_uses_its_share_of_the_backend() -> None:
+    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.1)
+    fleet = [Admission(SystemClock(), gate=SlotGate(dead), replicas=2) for _ in range(2)]
+    pool = fleet[0].pool(f"gpu-{uuid.uuid4().hex}", 4)
+    slots = [await pool.enter(f"user{n}", FREE, 1) for n in range(2)]
+    patient = Plan("free", priority=2, queue_patience_s=0.5)
+    with pytest.raises(Overloaded):  # 4 slots, 2 replicas: this one's share is 2
+        await pool.enter("third", patient, 1)
+    for slot in slots:
+        slot.release(1)
+    for replica in fleet:
+        await replica.close()
+    await dead.aclose()
+
+
+Step = tuple[int, int, bool]  # (replica, priority, release one running ticket first)
+
+
+@settings(max_examples=25, derandomize=True, deadline=None)
+@given(
+    capacity=st.integers(1, 3),
+    steps=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.booleans()), max_size=25),
+)
+async def test_the_gate_never_overfills_and_never_skips_a_better_head(
+    capacity: int, steps: list[Step]
+) -> None:
+    """Each step: a replica puts a head of some priority forward (maybe after one running
+    ticket finishes). Whatever the interleaving, at most ``capacity`` run, a head gets a slot
+    only if the better heads waiting elsewhere leave one for it, and the single best head gets
+    any free slot."""
+    redis = Redis.from_url(REDIS_URL)
+    pool = f"gpu-{uuid.uuid4().hex}"
+    gates = [SlotGate(redis) for _ in range(3)]
+    heads: dict[int, tuple[int, str]] = {}
+    running: list[tuple[int, str]] = []
+    try:
+        for number, (replica, priority, release) in enumerate(steps):
+            if release and running:
+                owner, ticket = running.pop(0)
+                await gates[owner].release(pool, ticket)
+            ticket = gates[replica].ticket(number)
+            heads[replica] = (priority, ticket)
+            better = sum(1 for r, (p, _) in heads.items() if r != replica and p < priority)
+            ties = sum(1 for r, (p, _) in heads.items() if r != replica and p == priority)
+            free = capacity - len(running)
+            granted = await gates[replica].admit(pool, ticket, priority, capacity, 0)
+            assert granted is not None
+            if granted:
+                assert better < free, "a slot went past better heads that needed it"
+                running.append((replica, ticket))
+                del heads[replica]
+            elif better == 0 and ties == 0:
+                assert free <= 0, "the best head was refused a free slot"
+            assert await gates[0].running(pool) == len(running) <= capacity
+    finally:
+        await redis.aclose()
