@@ -256,22 +256,44 @@ def keys_revoke(key_id: str, config: ConfigOption = None) -> None:
 
 @app.command()
 def export(
-    kind: Annotated[str, typer.Argument(help="sft, kto, dpo or conversations.")],
+    kind: Annotated[str, typer.Argument(help="sft, kto, dpo, conversations or votes.")],
     out: Annotated[Path, typer.Option("--out", help="Directory to write the dataset to.")],
+    format_: Annotated[
+        str, typer.Option("--format", help="jsonl (JSON lines) or parquet.")
+    ] = "jsonl",
     since: Annotated[
         datetime | None,
         typer.Option(help="Only answers after this time (ISO 8601), plus what was deleted."),
     ] = None,
+    min_trust: Annotated[
+        float | None,
+        typer.Option(
+            "--min-trust",
+            help="Leave out people whose rater trust (0 to 1) is below this.",
+            show_default=False,
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Export training data in Hugging Face TRL's formats, with a dataset card."""
+    """Export training data in Hugging Face TRL's formats (votes: Chatbot Arena's), with a
+    dataset card."""
     from tqdm import tqdm
 
-    from lamplighter.flywheel.export import KINDS, Exporter, count_messages
+    from lamplighter.flywheel.export import FORMATS, KINDS, Exporter, count_messages
+
+    def refuse(message: str) -> None:
+        typer.secho(f"error: {message}", fg="red", err=True)
+        raise typer.Exit(2)
 
     if kind not in KINDS:
-        typer.secho(f"error: unknown export {kind!r}; use {', '.join(KINDS)}", fg="red", err=True)
-        raise typer.Exit(2)
+        refuse(f"unknown export {kind!r}; use {', '.join(KINDS)}")
+    if format_ not in FORMATS:
+        refuse(f"unknown --format {format_!r}; use {' or '.join(FORMATS)}")
+    if min_trust is not None and not 0 <= min_trust <= 1:
+        refuse(f"--min-trust is a trust from 0 to 1, not {min_trust:g}")
+    if out.exists() and not out.is_dir():
+        refuse(f"--out {out} is a file, not a directory")
+    out = out.resolve()  # recorded with the run, for the console
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     settings = _settings(config)
@@ -284,14 +306,21 @@ def export(
             total = await count_messages(db)
             with tqdm(total=total, unit="msg", desc=f"export {kind}", file=sys.stderr) as bar:
                 exporter = Exporter(db, settings.training_consent_default)
-                return await exporter.run(kind, out, since=since, progress=bar.update)
+                return await exporter.run(
+                    kind,
+                    out,
+                    since=since,
+                    format=format_,
+                    min_trust=min_trust,
+                    progress=bar.update,
+                )
         finally:
             await db.close()
 
     report = asyncio.run(main())
     removed = sum(report.removed.values())
     typer.echo(
-        f"wrote {report.rows} rows to {out / (kind + '.jsonl')} ({removed} left out; see README.md)"
+        f"wrote {report.rows} rows to {out / report.filename} ({removed} left out; see README.md)"
     )
 
 
@@ -361,6 +390,107 @@ def db_upgrade(config: ConfigOption = None) -> None:
     typer.echo("database is at the latest revision")
 
 
+@db_app.command("copy")
+def db_copy(
+    to: Annotated[str, typer.Option("--to", help="The PostgreSQL database to move to.")],
+    batch: Annotated[int, typer.Option(min=1, help="Rows per read and write.")] = 1000,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Reconcile a target left by an interrupted copy.")
+    ] = False,
+    offline: Annotated[
+        bool,
+        typer.Option("--offline", help="No server uses the store: skip the read-only handshake."),
+    ] = False,
+    drain_timeout: Annotated[
+        float, typer.Option(help="Seconds to let running requests finish once read-only.")
+    ] = 60.0,
+    full_verify: Annotated[
+        bool,
+        typer.Option(
+            "--full-verify",
+            help="Checksum every table again inside the read-only window (longer window).",
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Move the store to PostgreSQL while the server keeps serving, then verify it table by
+    table. Writes are refused for a few seconds at the end; restart on the new URL after."""
+    from lamplighter.store.copy import CopyFailed, CopyOptions, CopyRefused, copy_store
+
+    settings = _settings(config)
+    options = CopyOptions(
+        batch=batch,
+        resume=resume,
+        offline=offline,
+        drain_timeout=drain_timeout,
+        full_verify=full_verify,
+    )
+    say = (lambda _: None) if as_json else (lambda line: typer.echo(line, err=True))
+    try:
+        report = asyncio.run(
+            copy_store(settings.resolved_database_url, to, settings.data_dir, options, say)
+        )
+    except CopyRefused as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    except CopyFailed as exc:
+        typer.secho(f"error: {exc} (the server is writable again)", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_copy_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_copy_report(report: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    typer.echo(f"from {report.source}\nto   {report.target} (migration {report.revision})")
+    table = Table()
+    for column in ("table", "rows", "in target", "sha256", "rechecked", "result"):
+        table.add_column(
+            column, justify="left" if column in ("table", "sha256") else "right", no_wrap=True
+        )
+    for row in report.tables:
+        same = row.source_sha256 == row.target_sha256
+        digest = (
+            row.source_sha256[:12] if same else f"{row.source_sha256[:5]}≠{row.target_sha256[:5]}"
+        )
+        table.add_row(
+            row.table, str(row.source_rows), str(row.target_rows), digest, str(row.rechecked),
+            "ok" if row.ok else "MISMATCH",
+        )  # fmt: skip
+    Console().print(table)
+    passes = ", ".join(str(n) for n in report.passes)
+    typer.echo(
+        f"copied {report.copied_rows} rows in {report.copy_seconds:.1f} s "
+        f"({report.rows_per_second:,.0f} rows/s); catch-up passes: {passes} rows"
+    )
+    if report.full_verify:
+        typer.echo("checksums were taken while read-only")
+    else:
+        typer.echo(
+            "checksums were taken live, from one snapshot of each side; the rows changed after "
+            "them were compared one by one (rechecked) while read-only"
+        )
+    typer.echo(f"read-only for {report.read_only_seconds:.2f} s")
+    if report.ok:
+        typer.echo(
+            "verified. The old store refuses writes from now on: restart the server with\n"
+            f"  LAMPLIGHTER_DATABASE_URL={report.target}\n"
+            "(the URL you passed to --to). To roll back instead, delete READ_ONLY in the data "
+            "directory."
+        )
+    else:
+        typer.secho(
+            "verification FAILED: the server is writable again on the old database", fg="red"
+        )
+
+
 # --- Simulation: sim-backend and bench surge (lamplighter/simulation) -------------------------
 @app.command()
 def top(
@@ -413,7 +543,7 @@ def top(
 # Commands parse arguments and call lamplighter.simulation; imports stay inside them so that the
 # other commands start without loading the simulator.
 
-bench = typer.Typer(help="Benchmarks in virtual time.", no_args_is_help=True)
+bench = typer.Typer(help="Benchmarks.", no_args_is_help=True)
 app.add_typer(bench, name="bench")
 
 GpuOption = Annotated[str, typer.Option("--gpu", help="Timing profile: h100 or a100.")]

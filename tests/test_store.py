@@ -69,6 +69,7 @@ async def test_ids_are_never_32_bit_on_postgresql(postgres_url: str) -> None:
         assert kinds.pop("abuse_reports") == "bigint"
         assert kinds.pop("deletions") == "bigint"
         assert kinds.pop("credits") == "bigint"
+        assert kinds.pop("export_runs") == "bigint"
         assert set(kinds.values()) == {"uuid"}
     finally:
         await db.close()

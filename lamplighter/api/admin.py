@@ -403,6 +403,7 @@ async def flywheel(_: Admin, state: State) -> dict[str, Any]:
         "feedback": {**feedback, "last_7_days": last},
         **figures,
         "leaderboard": top if top["votes"] else None,
+        "exports": await board.exports(state.db),
     }
 
 

@@ -15,7 +15,7 @@ from lamplighter.flywheel.credits import Credits
 from lamplighter.flywheel.leaderboard import Outcome, Vote, check_voters, leaderboard
 from lamplighter.flywheel.trust import PRIOR_TRUST
 from lamplighter.store.database import Database
-from lamplighter.store.models import Comparison, Credit, User
+from lamplighter.store.models import Comparison, Credit, ExportRun, User
 
 # Trust buckets the console draws: [0, 0.2), [0.2, 0.4), ... [0.8, 1].
 TRUST_BUCKETS = 5
@@ -113,3 +113,29 @@ async def figures(db: Database, credits: Credits, consent_default: bool) -> dict
             status: {"count": n, "tokens": tokens} for status, (n, tokens) in by_status.items()
         },
     }
+
+
+async def exports(db: Database, limit: int = 10) -> list[dict[str, Any]]:
+    """The latest export runs, newest first."""
+    async with db.transaction() as session:
+        runs = await session.scalars(
+            select(ExportRun)
+            .order_by(ExportRun.created_at.desc(), ExportRun.id.desc())
+            .limit(limit)
+        )
+        return [
+            {
+                "id": run.id,
+                "created_at": run.created_at.isoformat(),
+                "kind": run.kind,
+                "format": run.format,
+                "rows": run.rows,
+                "conversations": run.conversations,
+                "since": run.since.isoformat() if run.since else None,
+                "min_trust": run.min_trust,
+                "removed": run.removed,
+                "sha256": run.sha256,
+                "out": run.out,
+            }
+            for run in runs
+        ]

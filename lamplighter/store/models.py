@@ -390,3 +390,26 @@ class Deletion(Base):
     # conversation (deleted), user (account deleted or consent withdrawn)
     kind: Mapped[str] = mapped_column(String(16))
     subject_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+
+
+class ExportRun(Base):
+    """One ``lamplighter export``: what it wrote and from what, for the console's record and so
+    that the next incremental export knows where the last one ended."""
+
+    __tablename__ = "export_runs"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    format: Mapped[str] = mapped_column(String(16))
+    rows: Mapped[int] = mapped_column(Integer)
+    conversations: Mapped[int] = mapped_column(Integer)
+    since: Mapped[datetime | None] = mapped_column(Timestamp)
+    min_trust: Mapped[float | None] = mapped_column(Float)
+    # Rows each filter removed, by filter name.
+    removed: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # The directory written, as the exporting machine named it.
+    out: Mapped[str] = mapped_column(String(1000))

@@ -1,27 +1,65 @@
 """Exports end to end: data made through the real web chat and API, exported with the CLI,
-loaded with `datasets.load_dataset` as their users will; consent, deletion, cleaning and
-determinism checked on the files themselves."""
+loaded with `datasets.load_dataset` as their users will; consent, deletion, cleaning, rater trust
+and determinism checked on the files themselves."""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from lamplighter.cli import app
 from lamplighter.engines.base import Backend
 from lamplighter.engines.scripted import ScriptedBackend
+from lamplighter.flywheel.export import SCHEMAS
 from lamplighter.settings import Settings
-from tests.conftest import SCRIPTED, LiveServer, make_settings
+from tests.conftest import FAILING, ROOMY_PLAN, SCRIPTED, LiveServer, make_settings
 from tests.web.conftest import Browserless, new_person
 
 QUESTION = "Tell me about the lighthouse keepers of Maine"
+REGENERATED = "What did lighthouse keepers eat during the long winter months"
+CORRECTED = "Explain how a Fresnel lens concentrates the light of a lamp"
+CORRECTION = "A Fresnel lens bends light with concentric prisms into one strong beam."
+FAILED = "How did keepers warn passing ships during heavy fog"
+SHARED = [
+    "Why are so many lighthouses painted with stripes",
+    "How far out to sea can a lighthouse beam be seen",
+    "Who was the first woman to keep a lighthouse in America",
+    "What happened to lighthouse keepers when the lights were automated",
+]
+MALLORY = "Mallory wonders whether foghorns frighten the seals of Nantucket"
+TERSE_MODEL = "scripted-terse"
+TERSE = "Keepers trimmed the wicks at dusk."
+LEAKED = "Would chatgpt keep the lighthouse lamp burning all night long"
+# Distinct prompts for side-by-side votes: no two share more than an opener or a subject, so
+# none is a near duplicate of another.
+OPENERS = ["Tell me a story about", "Give three surprising facts about", "Why do historians study"]
+SUBJECTS = [
+    "the old tower on Pemaquid Point in Maine",
+    "foghorns along the rocky Scottish coast",
+    "tidal charts kept for Portland harbour",
+    "shipwrecks off Cape Hatteras in winter storms",
+    "storm petrels nesting on the western sea cliffs",
+    "whale oil lamps and the smell they left",
+    "lifesaving stations on the beaches of Cape Cod",
+    "the rebuilt Eddystone towers near Plymouth",
+    "ice storms on Lake Superior in November",
+    "supply ships that brought coal to remote islands",
+]
+SIDE_BY_SIDE_CONFIG = f"""
+[flywheel]
+side_by_side_rate = 1.0
+side_by_side_variants = ["{SCRIPTED}", "{TERSE_MODEL}"]
+"""
 
 
 class Store:
@@ -31,78 +69,206 @@ class Store:
         self.data_dir = data_dir
         self.ids: dict[str, str] = {}
         self.started = datetime.now(UTC)
+        self.voted: dict[str, list[str]] = {}  # voter -> their side-by-side questions
 
 
-def _web(server: LiveServer, *, consent: bool | None) -> tuple[Browserless, str]:
-    person = new_person(server, plan="roomy")
+def _web(server: LiveServer, *, consent: bool | None) -> Browserless:
     web = Browserless(server.base_url)
-    web.login(person)
+    web.login(new_person(server, plan="roomy"))
     if consent is not None:
         web.api("PUT", "/me/consent", json={"use_for_training": consent})
-    return web, person.email
+    return web
+
+
+def _done(events: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The answer a plain (not side-by-side) chat finished with."""
+    message: dict[str, Any] = next(p for name, p in events if name == "done")["message"]
+    return message
+
+
+def _ask_and_rate(web: Browserless, question: str, rating: int) -> None:
+    answer = _done(web.chat(content=question, model=SCRIPTED))
+    assert web.api("PUT", f"/messages/{answer['id']}/rating", json={"rating": rating}).is_success
+
+
+def _side_by_side(web: Browserless, question: str, pick: str) -> str:
+    """Ask a question answered side by side and vote: ``pick`` is "echo" or "terse" (the side
+    whose answer that is), or a winner as such ("tie", "both_bad"). Returns the conversation."""
+    events = web.chat(content=question)
+    comparison = next(p for name, p in events if name == "pair")["comparison"]
+    slots = {p["slot"]: p["message"]["content"] for name, p in events if name == "done"}
+    echo = next(slot for slot, content in slots.items() if content.startswith("You said:"))
+    winner = {"echo": echo, "terse": "b" if echo == "a" else "a"}.get(pick, pick)
+    voted = web.api("PUT", f"/comparisons/{comparison['id']}/vote", json={"winner": winner})
+    assert voted.is_success, voted.text
+    conversation: str = events[0][1]["conversation_id"]
+    return conversation
+
+
+def _make_answers_and_ratings(server: LiveServer, made: Store) -> None:
+    """Ratings, a regeneration verdict, a correction; consent, deletion; raters to trust."""
+    ada = _web(server, consent=True)
+    first = ada.chat(content=QUESTION, model=SCRIPTED)
+    conversation, question = first[0][1]["conversation_id"], first[0][1]["user_message"]["id"]
+    good = _done(first)["id"]
+    bad = _done(ada.chat(conversation_id=conversation, parent_id=question, model=SCRIPTED))["id"]
+    ada.api("PUT", f"/messages/{good}/rating", json={"rating": 1})
+    ada.api("PUT", f"/messages/{bad}/rating", json={"rating": -1, "reasons": ["too_long"]})
+    made.ids.update(good=good, bad=bad, conversation=conversation)
+    ada.chat(
+        content="My email is ada.lovelace@example.org and my card is 4111 1111 1111 1111",
+        model=SCRIPTED,
+    )
+    ada.chat(content="  tell me about the LIGHTHOUSE keepers of maine ", model=SCRIPTED)
+    ada.chat(content="hi", model=SCRIPTED)  # a one-word exchange
+
+    # A regeneration judged better than the answer before it, then another judged the same.
+    old = ada.chat(content=REGENERATED, model=SCRIPTED)
+    conversation, question = old[0][1]["conversation_id"], old[0][1]["user_message"]["id"]
+    new = _done(ada.chat(conversation_id=conversation, parent_id=question, model=SCRIPTED))
+    assert ada.api("PUT", f"/messages/{new['id']}/verdict", json={"verdict": "better"}).is_success
+    same = _done(ada.chat(conversation_id=conversation, parent_id=question, model=SCRIPTED))
+    assert ada.api("PUT", f"/messages/{same['id']}/verdict", json={"verdict": "same"}).is_success
+    made.ids.update(regenerated_old=_done(old)["id"], regenerated_new=new["id"])
+
+    # A regeneration that failed: "better" on it does not count.
+    asked = ada.chat(content=FAILED, model=SCRIPTED)
+    conversation, question = asked[0][1]["conversation_id"], asked[0][1]["user_message"]["id"]
+    failed = ada.chat(conversation_id=conversation, parent_id=question, model=FAILING)
+    failed_id = failed[0][1]["message"]["id"]
+    verdict = ada.api("PUT", f"/messages/{failed_id}/verdict", json={"verdict": "better"})
+    assert verdict.json()["discarded"] == "answer_cut_or_failed"
+
+    # A correction: the person's rewrite is preferred to the original.
+    original = _done(ada.chat(content=CORRECTED, model=SCRIPTED))
+    corrected = ada.api(
+        "POST", f"/messages/{original['id']}/correction", json={"content": CORRECTION}
+    )
+    assert corrected.status_code == 201, corrected.text
+    made.ids.update(original=original["id"], correction=corrected.json()["message"]["id"])
+    ada.close()
+
+    bob = _web(server, consent=None)  # the organisation's default: no
+    asked = bob.chat(content="Bob's private thoughts on the merger", model=SCRIPTED)
+    conversation, question = asked[0][1]["conversation_id"], asked[0][1]["user_message"]["id"]
+    again = _done(bob.chat(conversation_id=conversation, parent_id=question, model=SCRIPTED))
+    bob.api("PUT", f"/messages/{again['id']}/verdict", json={"verdict": "better"})
+    bob.close()
+
+    cleo = _web(server, consent=True)
+    gone = cleo.chat(content="Cleo's conversation that she deletes", model=SCRIPTED)
+    made.ids["deleted"] = gone[0][1]["conversation_id"]
+    cleo.api("DELETE", f"/conversations/{made.ids['deleted']}")
+    cleo.chat(content="Cleo changes her mind about training", model=SCRIPTED)
+    cleo.api("PUT", "/me/consent", json={"use_for_training": False})
+    cleo.close()
+
+    # Shared answers (the scripted model answers one question one way): three raters like
+    # them, Mallory, first to ask, rates every one down. Four shared items each, so that the
+    # honest raters (one network, as every test client) are not taken for sock puppets.
+    mallory = _web(server, consent=True)
+    for question in SHARED:
+        _ask_and_rate(mallory, question, -1)
+    mallory.chat(content=MALLORY, model=SCRIPTED)
+    mallory.close()
+    for _ in range(3):
+        honest = _web(server, consent=True)
+        for question in SHARED:
+            _ask_and_rate(honest, question, 1)
+        honest.close()
+
+
+def _make_votes(server: LiveServer, made: Store) -> None:
+    """Side-by-side votes: two honest voters prefer the echo, Vic always the other one."""
+    questions = iter(f"{o} {s}" for s, o in itertools.product(SUBJECTS, OPENERS))
+    honest = {"v1": [*(["echo"] * 6), "tie"], "v2": [*(["echo"] * 6), "both_bad"]}
+    for voter, picks in honest.items():
+        web = _web(server, consent=True)
+        made.voted[voter] = []
+        for pick in picks:
+            made.voted[voter].append(next(questions))
+            _side_by_side(web, made.voted[voter][-1], pick)
+        if voter == "v1":
+            _side_by_side(web, LEAKED, "echo")  # names a model: does not count
+        web.close()
+    vic = _web(server, consent=True)
+    made.voted["vic"] = [next(questions) for _ in range(10)]
+    for question in made.voted["vic"]:
+        _side_by_side(vic, question, "terse")
+    vic.close()
+
+    dora = _web(server, consent=True)  # votes, then withdraws consent
+    made.voted["dora"] = ["Dora asks how lighthouse keepers spent their Christmas evenings"]
+    _side_by_side(dora, made.voted["dora"][0], "echo")
+    dora.api("PUT", "/me/consent", json={"use_for_training": False})
+    dora.close()
+    eve = _web(server, consent=True)  # votes, then deletes the conversation
+    made.voted["eve"] = ["Eve asks which lighthouse keepers kept the best diaries"]
+    gone = _side_by_side(eve, made.voted["eve"][0], "echo")
+    assert eve.api("DELETE", f"/conversations/{gone}").status_code == 204
+    eve.close()
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     async def backends(_: Settings) -> list[Backend]:
-        return [ScriptedBackend(SCRIPTED)]
+        return [ScriptedBackend(SCRIPTED), ScriptedBackend(FAILING, fail_after=3)]
+
+    async def two_models(_: Settings) -> list[Backend]:
+        return [ScriptedBackend(SCRIPTED), ScriptedBackend(TERSE_MODEL, reply=lambda _: TERSE)]
 
     data_dir = tmp_path_factory.mktemp("flywheel")
-    config = data_dir / "lamplighter.toml"
-    config.write_text("[plans.roomy]\nrequests_per_minute = 100000\n")
-    settings = make_settings(data_dir, config=config, embedded_engine=False)
+    plain, side_by_side = data_dir / "plain.toml", data_dir / "side_by_side.toml"
+    plain.write_text(ROOMY_PLAN)
+    side_by_side.write_text(ROOMY_PLAN + SIDE_BY_SIDE_CONFIG)
     made = Store(data_dir)
-    with LiveServer(settings, backends) as server:
-        ada, _ = _web(server, consent=True)
-        first = ada.chat(content=QUESTION, model=SCRIPTED)
-        conversation, question = first[0][1]["conversation_id"], first[0][1]["user_message"]["id"]
-        good = first[-1][1]["message"]["id"]
-        bad = ada.chat(conversation_id=conversation, parent_id=question, model=SCRIPTED)[-1][1][
-            "message"
-        ]["id"]
-        ada.api("PUT", f"/messages/{good}/rating", json={"rating": 1})
-        ada.api("PUT", f"/messages/{bad}/rating", json={"rating": -1, "reasons": ["too_long"]})
-        made.ids.update(good=good, bad=bad, conversation=conversation)
-        ada.chat(
-            content="My email is ada.lovelace@example.org and my card is 4111 1111 1111 1111",
-            model=SCRIPTED,
-        )
-        ada.chat(content="  tell me about the LIGHTHOUSE keepers of maine ", model=SCRIPTED)
-        ada.chat(content="hi", model=SCRIPTED)  # a one-word exchange
-        ada.close()
-
-        bob, _ = _web(server, consent=None)  # the organisation's default: no
-        bob.chat(content="Bob's private thoughts on the merger", model=SCRIPTED)
-        bob.close()
-
-        cleo, _ = _web(server, consent=True)
-        gone = cleo.chat(content="Cleo's conversation that she deletes", model=SCRIPTED)
-        made.ids["deleted"] = gone[0][1]["conversation_id"]
-        cleo.api("DELETE", f"/conversations/{made.ids['deleted']}")
-        cleo.chat(content="Cleo changes her mind about training", model=SCRIPTED)
-        cleo.api("PUT", "/me/consent", json={"use_for_training": False})
-        cleo.close()
+    # Two servers in turn on one store: the second answers every new question side by side.
+    with LiveServer(make_settings(data_dir, config=plain, embedded_engine=False), backends) as s:
+        _make_answers_and_ratings(s, made)
+    settings = make_settings(data_dir, config=side_by_side, embedded_engine=False)
+    with LiveServer(settings, two_models) as server:
+        _make_votes(server, made)
     yield made
 
 
-def _export(store: Store, kind: str, out: Path, *extra: str) -> dict[str, Any]:
-    result = CliRunner().invoke(
+def _invoke(store: Store, kind: str, out: Path, *extra: str) -> Any:
+    return CliRunner().invoke(
         app,
         ["export", kind, "--out", str(out), *extra],
         env={"LAMPLIGHTER_DATA_DIR": str(store.data_dir)},
     )
+
+
+def _export(store: Store, kind: str, out: Path, *extra: str) -> dict[str, Any]:
+    result = _invoke(store, kind, out, *extra)
     assert result.exit_code == 0, result.output
+    parquet = "parquet" in extra
+    data = out / f"{kind}.{'parquet' if parquet else 'jsonl'}"
     return {
-        "rows": [json.loads(line) for line in (out / f"{kind}.jsonl").read_text().splitlines()],
+        "rows": [] if parquet else [json.loads(line) for line in data.read_text().splitlines()],
+        "index": [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()],
         "card": (out / "README.md").read_text(),
-        "raw": (out / f"{kind}.jsonl").read_bytes(),
+        "raw": data.read_bytes(),
     }
 
 
-def _load(out: Path, kind: str) -> datasets.Dataset:
-    loaded = datasets.load_dataset("json", data_files=str(out / f"{kind}.jsonl"), split="train")
+def _load(out: Path, kind: str, format: str = "json") -> datasets.Dataset:
+    extension = "jsonl" if format == "json" else format
+    loaded = datasets.load_dataset(
+        format, data_files=str(out / f"{kind}.{extension}"), split="train"
+    )
     assert isinstance(loaded, datasets.Dataset)
     return loaded
+
+
+def _texts(rows: list[dict[str, Any]]) -> list[str]:
+    return [
+        turn["content"]
+        for row in rows
+        for value in row.values()
+        if isinstance(value, list)
+        for turn in value
+    ]
 
 
 def test_sft_has_exactly_the_trl_fields_and_only_consenting_clean_rows(
@@ -111,41 +277,191 @@ def test_sft_has_exactly_the_trl_fields_and_only_consenting_clean_rows(
     export = _export(store, "sft", tmp_path)
     loaded = _load(tmp_path, "sft")
     assert loaded.column_names == ["messages"]
-    texts = [m["content"] for row in export["rows"] for m in row["messages"]]
+    texts = _texts(export["rows"])
     assert any(t == QUESTION for t in texts)
     assert not any("Bob" in t or "Cleo" in t for t in texts)  # no consent (now)
     assert not any("ada.lovelace@example.org" in t or "4111" in t for t in texts)
     assert any("[EMAIL]" in t and "[CARD]" in t for t in texts)
-    # The regeneration rated down is not a demonstration; the near-duplicate and "hi" are out.
-    assert len(export["rows"]) == 2
+    # Of the rated regeneration only the answer rated up; the near-duplicate and "hi" are out.
+    ids = {line["message_id"] for line in export["index"]}
+    assert store.ids["good"] in ids and store.ids["bad"] not in ids
+    # A correction is an answer to learn from; the answer it replaced is not.
+    assert store.ids["correction"] in ids and store.ids["original"] not in ids
+    assert CORRECTION in texts
     card = export["card"]
-    for reason in ("rated_down", "one_word_exchange", "no_consent (conversations)"):
-        assert reason in card
+    for reason in (
+        "rated_down",
+        "corrected",
+        "voted_both_bad",
+        "error_answer",
+        "one_word_exchange",
+        "no_consent (conversations)",
+    ):
+        assert f"| {reason} |" in card
     assert "near_duplicate_prompt" in card or "duplicate_prompt" in card
     assert "| EMAIL | " in card and "SHA-256" in card
 
 
 def test_kto_and_dpo_come_from_the_rated_regeneration(store: Store, tmp_path: Path) -> None:
-    _export(store, "kto", tmp_path / "kto")
-    kto = _load(tmp_path / "kto", "kto")
-    assert kto.column_names == ["prompt", "completion", "label"]
-    assert sorted(kto["label"]) == [False, True]
-    assert kto[0]["prompt"] == [{"role": "user", "content": QUESTION}]
-    _export(store, "dpo", tmp_path / "dpo")
-    dpo = _load(tmp_path / "dpo", "dpo")
-    assert dpo.column_names == ["prompt", "chosen", "rejected"]
-    assert len(dpo) == 1 and dpo[0]["chosen"][0]["role"] == "assistant"
-    index = [
-        json.loads(line) for line in (tmp_path / "dpo" / "index.jsonl").read_text().splitlines()
+    kto = _export(store, "kto", tmp_path / "kto")
+    assert _load(tmp_path / "kto", "kto").column_names == ["prompt", "completion", "label"]
+    ada = [
+        row
+        for row, line in zip(kto["rows"], kto["index"], strict=True)
+        if line["conversation_id"] == store.ids["conversation"]
     ]
-    assert index == [
-        {
-            "conversation_id": store.ids["conversation"],
-            "user_id": index[0]["user_id"],
-            "chosen_id": store.ids["good"],
-            "rejected_id": store.ids["bad"],
-        }
+    assert sorted(row["label"] for row in ada) == [False, True]
+    assert ada[0]["prompt"] == [{"role": "user", "content": QUESTION}]
+    dpo = _export(store, "dpo", tmp_path / "dpo")
+    assert {
+        "conversation_id": store.ids["conversation"],
+        "user_id": dpo["index"][0]["user_id"],
+        "chosen_id": store.ids["good"],
+        "rejected_id": store.ids["bad"],
+        "source": "rating",
+        "comparison_id": None,
+    } in dpo["index"]
+
+
+def test_dpo_pairs_come_from_every_source_with_exactly_the_trl_fields(
+    store: Store, tmp_path: Path
+) -> None:
+    export = _export(store, "dpo", tmp_path)
+    loaded = _load(tmp_path, "dpo")
+    assert loaded.column_names == ["prompt", "chosen", "rejected"]
+    sources = [line["source"] for line in export["index"]]
+    # Honest side-by-side votes for A or B: 6 + 6; Vic's are a suspicious voter's.
+    assert sorted(set(sources)) == ["correction", "rating", "regeneration", "side_by_side"]
+    assert sources.count("side_by_side") == 12 and len(sources) == 15
+    pairs = {line["source"]: (row, line) for row, line in zip(loaded, export["index"], strict=True)}
+    row, line = pairs["correction"]
+    assert row["chosen"] == [{"role": "assistant", "content": CORRECTION}]
+    assert row["rejected"] == [{"role": "assistant", "content": f"You said: {CORRECTED}"}]
+    assert row["prompt"] == [{"role": "user", "content": CORRECTED}]
+    _, line = pairs["regeneration"]
+    assert line["chosen_id"] == store.ids["regenerated_new"]
+    assert line["rejected_id"] == store.ids["regenerated_old"]
+    for row, line in zip(loaded, export["index"], strict=True):
+        if line["source"] == "side_by_side":  # the honest voters preferred the echo
+            assert row["chosen"][0]["content"].startswith("You said:")
+    texts = _texts(export["rows"])
+    assert not any(question in texts for question in store.voted["vic"])
+    assert not any(t in (LEAKED, FAILED) or "Dora" in t or "Eve " in t for t in texts)
+    assert not any("Bob" in t for t in texts)
+    card = export["card"]
+    for reason in (
+        "suspicious_voter",
+        "discarded_vote (identity_leaked)",
+        "discarded_vote (answer_cut_or_failed)",
+        "tie_vote (no pair)",
+        "both_bad_vote (no pair)",
+    ):
+        assert f"| {reason} |" in card
+    for source, count in (("rating", 1), ("regeneration", 1), ("correction", 1)):
+        assert f"| {source} | {count} |" in card
+    assert "| side_by_side | 12 |" in card
+
+
+def test_parquet_loads_with_the_same_rows_and_the_same_bytes_twice(
+    store: Store, tmp_path: Path
+) -> None:
+    jsonl = _export(store, "dpo", tmp_path / "jsonl")
+    one = _export(store, "dpo", tmp_path / "one", "--format", "parquet")
+    two = _export(store, "dpo", tmp_path / "two", "--format", "parquet")
+    assert one["raw"] == two["raw"] and one["card"] == two["card"]
+    assert hashlib.sha256(one["raw"]).hexdigest() in one["card"]
+    assert "Parquet" in one["card"]
+    loaded = _load(tmp_path / "one", "dpo", "parquet")
+    assert loaded.column_names == ["prompt", "chosen", "rejected"]
+    assert loaded.to_list() == jsonl["rows"]
+    assert one["index"] == jsonl["index"]
+    votes = _export(store, "votes", tmp_path / "votes", "--format", "parquet")
+    assert len(_load(tmp_path / "votes", "votes", "parquet")) == len(votes["index"]) == 14
+
+
+def test_an_empty_parquet_export_keeps_its_schema(store: Store, tmp_path: Path) -> None:
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    for kind in ("kto", "votes"):
+        export = _export(store, kind, tmp_path / kind, "--format", "parquet", "--since", future)
+        assert export["index"] == []
+        assert pq.read_schema(tmp_path / kind / f"{kind}.parquet").equals(SCHEMAS[kind])
+
+
+def test_votes_are_arena_rows_without_discarded_or_suspicious_ones(
+    store: Store, tmp_path: Path
+) -> None:
+    export = _export(store, "votes", tmp_path)
+    loaded = _load(tmp_path, "votes")
+    assert loaded.column_names == [
+        "prompt",
+        "model_a",
+        "model_b",
+        "answer_a",
+        "answer_b",
+        "winner",
     ]
+    rows = export["rows"]
+    prompts = [row["prompt"][-1]["content"] for row in rows]
+    assert sorted(prompts) == sorted(store.voted["v1"] + store.voted["v2"])
+    for row in rows:
+        assert row["prompt"][-1]["role"] == "user"
+        assert {row["model_a"], row["model_b"]} == {SCRIPTED, TERSE_MODEL}
+        echo = "model_a" if row["answer_a"][0]["content"].startswith("You said:") else "model_b"
+        assert row["winner"] in (echo, "tie", "tie (bothbad)")
+        assert row["answer_a"][0]["role"] == row["answer_b"][0]["role"] == "assistant"
+    assert sorted(row["winner"] for row in rows).count("tie (bothbad)") == 1
+    assert [row["winner"] for row in rows].count("tie") == 1
+    # Not the vote on answers that named a model, not the voter against the consensus, not
+    # the person who withdrew consent nor the conversation deleted.
+    assert LEAKED not in prompts
+    assert not set(prompts) & set(store.voted["vic"] + store.voted["dora"] + store.voted["eve"])
+    card = export["card"]
+    assert "| suspicious_voter | 10 |" in card
+    assert "| discarded_vote (identity_leaked) | 1 |" in card
+    assert "as Chatbot Arena screens voters): 1; their votes are left out" in card
+    assert set(export["index"][0]) == {
+        "conversation_id",
+        "user_id",
+        "comparison_id",
+        "a_id",
+        "b_id",
+    }
+
+
+def test_min_trust_drops_the_rows_of_a_rater_against_the_consensus(
+    store: Store, tmp_path: Path
+) -> None:
+    kto = _export(store, "kto", tmp_path / "all")
+    labels = {row["prompt"][-1]["content"]: row["label"] for row in kto["rows"]}
+    assert all(labels[question] is False for question in SHARED)  # Mallory asked first
+    trusted = _export(store, "kto", tmp_path / "trusted", "--min-trust", "0.5")
+    labels = {row["prompt"][-1]["content"]: row["label"] for row in trusted["rows"]}
+    assert all(labels[question] is True for question in SHARED)  # the next rater's
+    assert "| low_trust (conversations) | 5 |" in trusted["card"]
+    assert "Minimum rater trust: 0.5" in trusted["card"]
+    assert "low_trust" not in kto["card"]
+    # Rows with no rating in them go too: everything of the person not trusted.
+    sft = _export(store, "sft", tmp_path / "sft", "--min-trust", "0.5")
+    assert MALLORY not in _texts(sft["rows"])
+    assert MALLORY in _texts(_export(store, "sft", tmp_path / "sft-all")["rows"])
+    # Vic voted against everyone once (all his votes are one label): trust above 0.5, so only
+    # the voter check drops his votes.
+    votes = _export(store, "votes", tmp_path / "votes", "--min-trust", "0.5")
+    assert "| suspicious_voter | 10 |" in votes["card"]
+
+
+def test_the_cli_refuses_bad_arguments(store: Store, tmp_path: Path) -> None:
+    for args, message in (
+        (["rlhf"], "unknown export"),
+        (["sft", "--format", "csv"], "unknown --format"),
+        (["sft", "--min-trust", "1.5"], "--min-trust"),
+        (["sft", "--min-trust", "high"], "Invalid value"),
+        (["sft", "--since", "last tuesday"], "Invalid value"),
+    ):
+        result = _invoke(store, args[0], tmp_path / "out", *args[1:])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_same_store_gives_the_same_bytes(store: Store, tmp_path: Path) -> None:

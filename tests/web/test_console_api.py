@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from lamplighter.flywheel.export import Exporter
 from tests.conftest import SCRIPTED, LiveServer
 from tests.web.conftest import Browserless, new_person
 
@@ -178,7 +180,7 @@ def test_usage_report_ranks_users_by_tokens(server: LiveServer, operator: Browse
 
 
 def test_feedback_figures_count_ratings(
-    server: LiveServer, operator: Browserless, web: Browserless
+    server: LiveServer, operator: Browserless, web: Browserless, tmp_path: Path
 ) -> None:
     before = operator.api("GET", "/admin/flywheel").json()
     answer = web.chat(content="rate this")[-1][1]["message"]["id"]
@@ -188,7 +190,12 @@ def test_feedback_figures_count_ratings(
     unsafe = after["feedback"]["by_reason"].get("unsafe", 0)
     assert unsafe == before["feedback"]["by_reason"].get("unsafe", 0) + 1
     assert after["feedback"]["last_7_days"][-1]["thumbs_down"] >= 1
-    assert after["consent_rate"] is None and after["exports"] == []
+    assert 0 <= after["consent_rate"] <= 1
+    report = server.call(lambda s: Exporter(s.db, consent_default=True).run("kto", tmp_path))
+    [latest, *_] = operator.api("GET", "/admin/flywheel").json()["exports"]
+    assert latest["kind"] == "kto" and latest["format"] == "jsonl"
+    assert latest["rows"] == report.rows and latest["sha256"] == report.sha256
+    assert latest["out"] == str(tmp_path)
     metrics = httpx.get(server.base_url + "/metrics").text
     assert 'lamplighter_feedback_total{kind="thumbs_down"}' in metrics
 

@@ -8,12 +8,20 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from lamplighter.store.database import create_engine
+from lamplighter.store.migrate import LOCK_TIMEOUT
 from lamplighter.store.models import Base
 
 target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Online migrations: a statement that waits longer than this for a lock fails (and
+        # migrate.upgrade tries again) instead of stalling every query queued behind it.
+        timeout = str(context.config.attributes.get("lock_timeout", LOCK_TIMEOUT))
+        timeout = timeout.replace("'", "")
+        connection.exec_driver_sql(f"SET lock_timeout = '{timeout}'")
+        connection.commit()
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

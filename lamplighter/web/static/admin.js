@@ -1682,6 +1682,22 @@
   // Flywheel
 
   const NOT_YET = 'Not collected yet';
+  // Why credits were refused or clawed back, as the server names the reasons.
+  const CREDIT_REASONS = {
+    too_fast: 'too fast to have read the answer',
+    flagged_for_abuse: 'flagged for abuse',
+    same_on_everything: 'same rating on everything',
+    low_trust: 'low trust',
+  };
+  const creditReason = (reason) => CREDIT_REASONS[reason] || String(reason).replace(/_/g, ' ');
+  /** A score on the Elo scale: 1032. */
+  const fmtScore = (v) => (isNum(v) ? String(Math.round(v)) : '—');
+  /** A p-value to two significant digits: 0.42, 0.031, 0.0042; below 0.0001, "<0.0001". */
+  const fmtP = (p) => (!isNum(p) ? '—' : p < 1e-4 ? '<0.0001' : String(Number(p.toPrecision(2))));
+  /** A trust value or bucket edge: 0, 0.2, 0.67, 1. */
+  const fmtTrust = (v) => (isNum(v) ? String(Math.round(v * 100) / 100) : '?');
+  /** The first block of a user id, enough to tell voters apart. */
+  const shortId = (id) => String(id ?? '').split('-')[0].slice(0, 8) || '?';
 
   function initFlywheel() {
     const bodies = {
@@ -1689,13 +1705,17 @@
       reasons: $('fly-reasons-body'),
       consent: $('fly-consent-body'),
       trust: $('fly-trust-body'),
+      credits: $('fly-credits-body'),
       leaderboard: $('fly-leaderboard-body'),
       exports: $('fly-exports-body'),
     };
+    const reviewButton = $('review-now');
+    const reviewResult = $('review-result');
     let weekDays = [];
+    let trustShown = null;
 
-    function bigNumber(value, label, extraClass) {
-      return h('div', { class: `big${extraClass ? ` ${extraClass}` : ''}` },
+    function bigNumber(value, label, extraClass, testid) {
+      return h('div', { class: `big${extraClass ? ` ${extraClass}` : ''}`, testid },
         h('span', { class: 'big-value', text: value }), h('span', { class: 'big-label', text: label }));
     }
 
@@ -1711,6 +1731,12 @@
           h('span', { class: 'share-track', 'aria-hidden': 'true' }, fill),
           h('span', { class: 'bar-value', text: format(v), title: total ? fmtPercent(v / total) : '' }));
       }));
+    }
+
+    /** Small labelled figures (a <dl>): [[label, value, testid, title], ...]. */
+    function facts(extraClass, items) {
+      return h('dl', { class: `facts ${extraClass}` }, items.map(([label, value, testid, title]) =>
+        h('div', { title }, h('dt', { text: label }), h('dd', { testid, text: value }))));
     }
 
     function drawWeek() {
@@ -1755,61 +1781,327 @@
 
     function renderConsent(rate) {
       const el = clear(bodies.consent);
+      if (rate === null) { el.append(emptyState('No users yet')); return; }
       if (!isNum(rate)) { el.append(emptyState(NOT_YET)); return; }
-      el.append(bigNumber(fmtPercent(rate), 'of users opted in'), shareBar(rate, 'c2', ''));
+      el.append(bigNumber(fmtPercent(rate), 'of users opted in', null, 'consent-rate'), shareBar(rate, 'c2', ''));
+    }
+
+    // Rater trust ---------------------------------------------------------------------------
+
+    /** The trust histogram: one bar per bucket on a 0..1 axis, the minimum trust marked. */
+    function drawTrust() {
+      const chart = bodies.trust.querySelector('.trust-chart');
+      if (!chart || !trustShown) return;
+      const { buckets, min_trust: minTrust } = trustShown;
+      const width = Math.max(220, Math.floor(chart.clientWidth || 360));
+      const height = Math.max(110, Math.floor(chart.clientHeight || 150));
+      const n = buckets.length;
+      const { top, ticks } = yAxis(Math.max(0, ...buckets), { integer: true });
+      const x0 = Math.ceil(Math.max(...ticks.map((t) => textWidth(fmtCompact(t))), 12)) + 10;
+      const x1 = width - 10;
+      const y0 = 26; // room above the bars for the threshold's label and the counts
+      const y1 = height - 22;
+      const r1 = (v) => Math.round(v * 10) / 10;
+      const xOf = (trust) => x0 + trust * (x1 - x0);
+      const yOf = (v) => y1 - (v / top) * (y1 - y0);
+
+      const svg = s('svg', { width, height, viewBox: `0 0 ${width} ${height}`, class: 'chart-svg', focusable: 'false' });
+      const grid = s('g', { class: 'grid' });
+      for (const tick of ticks) {
+        const y = r1(yOf(tick)) + 0.5;
+        grid.append(s('line', { x1: x0, x2: x1, y1: y, y2: y, class: tick === 0 ? 'axis-line' : 'grid-line' }));
+        grid.append(s('text', { x: x0 - 7, y: y + 4, class: 'tick', 'text-anchor': 'end' }, fmtCompact(tick)));
+      }
+      for (let i = 0; i <= n; i += 1) {
+        grid.append(s('text', { x: r1(xOf(i / n)), y: height - 6, class: 'tick', 'text-anchor': 'middle' }, fmtTrust(i / n)));
+      }
+      svg.append(grid);
+
+      const slot = (x1 - x0) / n;
+      const gap = Math.min(6, slot * 0.12);
+      const bars = s('g', { class: 'plot' });
+      buckets.forEach((count, i) => {
+        const lo = i / n;
+        const hi = (i + 1) / n;
+        const below = isNum(minTrust) && hi <= minTrust;
+        const above = !isNum(minTrust) || lo >= minTrust;
+        const tone = below ? 'c4' : above ? 'c2' : 'c1';
+        const group = s('g', { class: 'bar-group', testid: 'trust-bar', 'data-count': count, 'data-low': lo, 'data-high': hi });
+        if (count > 0) {
+          const yTop = Math.min(yOf(count), y1 - 1);
+          group.append(s('rect', { x: r1(xOf(lo) + gap), y: r1(yTop), width: r1(slot - 2 * gap), height: r1(y1 - yTop), class: `bar ${tone}` }));
+        }
+        if (count > 0) {
+          group.append(s('text', { x: r1(xOf(lo) + slot / 2), y: r1(Math.min(yOf(count), y1) - 5), class: 'bar-count', 'text-anchor': 'middle' }, fmtCompact(count)));
+        }
+        group.append(s('rect', { x: r1(xOf(lo)), y: y0, width: r1(slot), height: y1 - y0, class: 'bar-hit' },
+          s('title', null, `Trust ${fmtTrust(lo)}–${fmtTrust(hi)}: ${plural(count, 'rater')}`)));
+        bars.append(group);
+      });
+      svg.append(bars);
+
+      if (isNum(minTrust) && minTrust >= 0 && minTrust <= 1) {
+        const x = r1(xOf(minTrust)) + 0.5;
+        const rightSide = x < (x0 + x1) / 2 || x + 90 < x1;
+        svg.append(s('g', { class: 'threshold', testid: 'trust-threshold', 'data-value': minTrust },
+          s('line', { x1: x, x2: x, y1: 2, y2: y1, class: 'threshold-line' }),
+          s('text', { x: rightSide ? x + 5 : x - 5, y: 10, class: 'threshold-label', 'text-anchor': rightSide ? 'start' : 'end' },
+            `minimum ${fmtTrust(minTrust)}`)));
+      }
+      clear(chart).append(svg);
     }
 
     function renderTrust(trust) {
       const el = clear(bodies.trust);
-      const buckets = Array.isArray(trust?.buckets) ? trust.buckets : null;
+      const buckets = Array.isArray(trust?.buckets) ? trust.buckets.map((b) => (isNum(b) ? b : 0)) : null;
+      trustShown = null;
       if (!buckets || !buckets.length) { el.append(emptyState(NOT_YET)); return; }
-      const label = (v) => (isNum(v) ? String(Math.round(v * 100) / 100) : '?');
-      const raters = sum(buckets.map((b) => b.raters));
-      el.append(h('p', { class: 'section-note', text: `${fmtCompact(raters)} raters` }),
-        barList(buckets.map((b) => [`${label(b.low)}–${label(b.high)}`, isNum(b.raters) ? b.raters : 0])));
+      const minTrust = isNum(trust.min_trust) ? trust.min_trust : null;
+      el.append(facts('trust-facts', [
+        ['Raters', fmtCount(trust.raters), 'trust-raters', 'Everyone whose ratings or votes can be compared with other people’s'],
+        ['Checked', fmtCount(trust.checked), 'trust-checked', 'Raters with enough labels that others also gave to be judged'],
+        [minTrust == null ? 'Below minimum' : `Below ${fmtTrust(minTrust)}`, fmtCount(trust.below), 'trust-below',
+          'Checked raters trusted less than the minimum: their feedback earns no credits'],
+        ['Sock-puppet groups', fmtCount(trust.puppet_groups), 'trust-groups',
+          'Accounts on one network that agree on nearly everything, counted as one rater'],
+      ]));
+      if (!sum(buckets)) {
+        el.append(emptyState('No rater has been checked yet', 'trust-none-checked'));
+      } else {
+        trustShown = { buckets, min_trust: minTrust };
+        const label = buckets.map((n, i) => `${fmtTrust(i / buckets.length)}–${fmtTrust((i + 1) / buckets.length)}: ${n}`).join(', ');
+        el.append(h('div', { class: 'chart trust-chart', testid: 'trust-chart', role: 'img', 'aria-label': `Checked raters by trust: ${label}` }));
+        drawTrust();
+      }
+      el.append(h('p', { class: 'section-note' },
+        minTrust == null ? '' : `Checked raters trusted less than ${fmtTrust(minTrust)} earn no credits. `,
+        isNum(trust.prior) ? `Raters not checked yet count at the prior trust, ${fmtTrust(trust.prior)}.` : ''));
     }
 
-    function renderLeaderboard(board) {
-      const el = clear(bodies.leaderboard);
-      if (!Array.isArray(board) || !board.length) { el.append(emptyState(NOT_YET)); return; }
-      const rows = [...board].sort((a, b) => (b.rating ?? 0) - (a.rating ?? 0));
-      el.append(h('div', { class: 'table-wrap' }, h('table', { class: 'table table-compact' },
-        h('thead', null, h('tr', null, h('th', { scope: 'col', class: 'num', text: '#' }), h('th', { scope: 'col', text: 'Model' }),
-          h('th', { scope: 'col', class: 'num', text: 'Rating' }), h('th', { scope: 'col', class: 'num', text: 'Votes' }))),
-        h('tbody', null, rows.map((r, i) => h('tr', { testid: 'leaderboard-row' },
-          h('td', { class: 'num muted', text: String(i + 1) }),
-          h('th', { scope: 'row', text: String(r.model) }),
-          h('td', { class: 'num', text: isNum(r.rating) ? r.rating.toFixed(0) : '—', title: isNum(r.rating) ? r.rating.toFixed(1) : '' }),
-          h('td', { class: 'num', text: fmtCount(r.votes) })))))));
+    function renderReview(report) {
+      const clawed = Object.entries(report?.clawed_back && typeof report.clawed_back === 'object' ? report.clawed_back : {})
+        .filter(([, n]) => isNum(n) && n > 0).sort((a, b) => b[1] - a[1]);
+      const untrusted = Array.isArray(report?.untrusted) ? report.untrusted.length : 0;
+      const total = sum(clawed.map(([, n]) => n));
+      clear(reviewResult).append(
+        h('p', { class: 'review-summary', testid: 'review-summary' },
+          h('strong', { text: `Reviewed at ${fmtClock(Date.now() / 1000)}: ` }),
+          `${plural(report?.raters ?? 0, 'rater')}, ${fmtExact(report?.checked ?? 0)} checked, `
+          + `${fmtExact(untrusted)} untrusted, ${plural(report?.puppet_groups ?? 0, 'sock-puppet group')}.`),
+        total
+          ? h('ul', { class: 'bar-list review-clawed', testid: 'review-clawed' }, clawed.map(([reason, n]) =>
+            h('li', { class: 'bar-item', dataset: { reason } },
+              h('span', { class: 'bar-name', text: `Clawed back: ${creditReason(reason)}`, title: creditReason(reason) }),
+              h('span', { class: 'bar-value', text: fmtExact(n), title: plural(n, 'credit') }))))
+          : h('p', { class: 'review-none', testid: 'review-none', text: 'Nothing clawed back.' }));
+      reviewResult.hidden = false;
+      announce(total ? `Review done: ${plural(total, 'credit')} clawed back.` : 'Review done: nothing clawed back.');
     }
 
-    /** Only same-origin paths and http(s) links become links. */
-    function safeHref(url) {
+    async function reviewNow() {
+      reviewButton.disabled = true;
+      reviewButton.textContent = 'Reviewing…';
       try {
-        const parsed = new URL(String(url), window.location.origin);
-        return parsed.protocol === 'http:' || parsed.protocol === 'https:' ? parsed.href : null;
-      } catch {
-        return null;
+        renderReview(await api('POST', '/api/admin/credits/review'));
+        await load(); // credits and trust have changed
+      } catch (err) {
+        showError(err);
+      } finally {
+        reviewButton.disabled = false;
+        reviewButton.textContent = 'Review now';
       }
     }
+
+    // Credits ------------------------------------------------------------------------------
+
+    const CREDIT_KINDS = [
+      { key: 'granted', label: 'granted', tone: 'good', colour: 'c2', note: (t) => `${fmtCompact(t)} tokens` },
+      { key: 'refused', label: 'refused', tone: '', colour: 'c5', note: () => 'earned nothing' },
+      { key: 'clawed_back', label: 'clawed back', tone: 'bad', colour: 'c4', note: (t) => `${fmtCompact(t)} tokens taken back` },
+    ];
+
+    function renderCredits(credits) {
+      const el = clear(bodies.credits);
+      if (!credits || typeof credits !== 'object') { el.append(emptyState(NOT_YET)); return; }
+      const rows = CREDIT_KINDS.map((kind) => ({
+        ...kind,
+        count: isNum(credits[kind.key]?.count) ? credits[kind.key].count : 0,
+        tokens: isNum(credits[kind.key]?.tokens) ? credits[kind.key].tokens : 0,
+      }));
+      const total = sum(rows.map((r) => r.count));
+      if (!total) { el.append(emptyState('No feedback has earned credits yet', 'credits-empty')); return; }
+      el.append(h('div', { class: 'bigs' }, rows.map((r) =>
+        h('div', {
+          class: `big${r.tone ? ` ${r.tone}` : ''}`, testid: `credits-${r.key.replace(/_/g, '-')}`,
+          title: `${plural(r.count, 'piece')} of feedback, ${fmtExact(r.tokens)} tokens`,
+        },
+        h('span', { class: 'big-value', text: fmtCompact(r.count) }),
+        h('span', { class: 'big-label' }, h('span', { class: `swatch ${r.colour}`, 'aria-hidden': 'true' }), r.label),
+        h('span', { class: 'big-note', text: r.note(r.tokens) })))));
+      const stack = h('div', { class: 'stack', 'aria-hidden': 'true' });
+      for (const r of rows) {
+        if (!r.count) continue;
+        const part = h('span', { class: r.colour });
+        part.style.width = `${((r.count / total) * 100).toFixed(2)}%`;
+        stack.append(part);
+      }
+      el.append(stack, h('p', { class: 'section-note', text: 'Each piece of feedback is judged once, when it is given; a review can claw credits back later.' }));
+    }
+
+    // Leaderboard --------------------------------------------------------------------------
+
+    /** One scale for every row's interval: round ticks around all the intervals and 1000. */
+    function boardScale(models) {
+      let lo = 1000;
+      let hi = 1000;
+      for (const m of models) {
+        for (const v of [m.lower, m.upper, m.score]) if (isNum(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+      }
+      const step = niceStep(Math.max(hi - lo, 40), 5);
+      const min = Math.floor(lo / step - 1e-9) * step;
+      const max = Math.ceil(hi / step + 1e-9) * step;
+      const ticks = [];
+      for (let v = min; v <= max + step * 1e-6; v += step) ticks.push(Math.round(v / step) * step);
+      const at = (v) => `${(((v - min) / (max - min)) * 100).toFixed(3)}%`;
+      return { ticks, at, fraction: (v) => (v - min) / (max - min) };
+    }
+
+    function intervalBar(m, scale) {
+      const has = isNum(m.lower) && isNum(m.upper);
+      const text = has ? `95% interval ${fmtScore(m.lower)} to ${fmtScore(m.upper)}, score ${fmtScore(m.score)}` : 'No interval';
+      const track = h('div', {
+        class: 'interval', testid: 'leaderboard-interval', role: 'img', 'aria-label': text, title: text,
+        dataset: has ? { lower: String(m.lower), upper: String(m.upper), score: String(m.score) } : null,
+      });
+      for (const tick of scale.ticks) {
+        const line = h('span', { class: tick === 1000 ? 'interval-tick centre' : 'interval-tick' });
+        line.style.left = scale.at(tick);
+        track.append(line);
+      }
+      if (has) {
+        const range = h('span', { class: 'interval-range' });
+        range.style.left = scale.at(m.lower);
+        range.style.width = `${((scale.fraction(m.upper) - scale.fraction(m.lower)) * 100).toFixed(3)}%`;
+        track.append(range);
+      }
+      if (isNum(m.score)) {
+        const point = h('span', { class: 'interval-point' });
+        point.style.left = scale.at(m.score);
+        track.append(point);
+      }
+      return track;
+    }
+
+    function intervalAxis(scale) {
+      const axis = h('div', { class: 'interval-axis', 'aria-hidden': 'true' });
+      for (const tick of scale.ticks) {
+        const label = h('span', { text: String(tick) });
+        label.style.left = scale.at(tick);
+        axis.append(label);
+      }
+      return axis;
+    }
+
+    function suspiciousVoters(board) {
+      const found = Array.isArray(board.suspicious_voters) ? board.suspicious_voters : [];
+      const box = h('div', { class: 'detail-section suspicious', testid: 'suspicious-voters' },
+        h('p', { class: 'suspicious-head' },
+          h('span', { class: `badge badge-${found.length ? 'warn' : 'ok'}`, testid: 'suspicious-count', text: String(found.length) }),
+          h('strong', { text: ` suspicious voter${found.length === 1 ? '' : 's'}` }),
+          h('span', { class: 'suspicious-note', text: found.length
+            ? ' — they agree with the board far less often than an honest voter would, so their votes are left out.'
+            : ' — everyone with enough votes to check agrees with the board about as often as an honest voter would.' })));
+      if (!found.length) return box;
+      box.append(h('details', { class: 'suspicious-details' },
+        h('summary', { text: found.length === 1 ? 'Show the voter' : `Show the ${found.length} voters` }),
+        h('div', { class: 'table-wrap' }, h('table', { class: 'table table-compact' },
+          h('thead', null, h('tr', null,
+            h('th', { scope: 'col', text: 'Voter' }),
+            h('th', { scope: 'col', class: 'num', text: 'Votes' }),
+            h('th', { scope: 'col', class: 'num', text: 'Agreed with the board' }),
+            h('th', { scope: 'col', class: 'num', text: 'An honest voter would' }),
+            h('th', { scope: 'col', class: 'num', text: 'p-value' }))),
+          h('tbody', null, found.map((v) => h('tr', { testid: 'suspicious-voter', dataset: { voter: String(v.voter) } },
+            h('th', { scope: 'row' }, h('code', { class: 'voter-id', text: shortId(v.voter), title: String(v.voter) })),
+            h('td', { class: 'num', text: fmtCount(v.votes), title: fmtExact(v.votes) }),
+            h('td', { class: 'num', text: fmtPercent(v.agreement) }),
+            h('td', { class: 'num', text: fmtPercent(v.expected) }),
+            h('td', { class: 'num', text: fmtP(v.p_value), title: isNum(v.p_value) ? String(v.p_value) : '' }))))))));
+      return box;
+    }
+
+    function wltTitle(m) {
+      const n = (v) => (isNum(v) ? v : 0);
+      return `${plural(n(m.wins), 'win')}, ${fmtExact(n(m.losses))} loss${n(m.losses) === 1 ? '' : 'es'}, `
+        + `${plural(n(m.ties), 'tie')} (or both bad)`;
+    }
+
+    function renderLeaderboard(board, { rounds } = {}) {
+      const el = clear(bodies.leaderboard);
+      if (board === undefined) { el.append(emptyState(NOT_YET)); return; }
+      const models = Array.isArray(board?.models) ? board.models.filter((m) => m && typeof m === 'object') : [];
+      if (!models.length) { el.append(emptyState('Not enough votes yet', 'leaderboard-empty')); return; }
+      const scale = boardScale(models);
+      const left = isNum(board.votes) && isNum(board.counted) ? board.votes - board.counted : 0;
+      el.append(h('p', { class: 'section-note board-summary', testid: 'leaderboard-summary' },
+        `${plural(board.votes ?? 0, 'vote')} from ${plural(board.voters ?? 0, 'voter')}`,
+        left > 0 ? `; ${fmtExact(board.counted)} counted, ${fmtExact(left)} from suspicious voters left out.` : '; all counted.'));
+      el.append(h('div', { class: 'table-wrap' }, h('table', { class: 'table table-compact board-table', testid: 'leaderboard-table' },
+        h('thead', null, h('tr', null,
+          h('th', { scope: 'col', class: 'num', text: 'Rank', title: 'Models whose intervals overlap share a rank' }),
+          h('th', { scope: 'col', text: 'Model' }),
+          h('th', { scope: 'col', class: 'num', text: 'Score' }),
+          h('th', { scope: 'col', class: 'interval-head' }, h('span', { text: '95% interval' }), intervalAxis(scale)),
+          h('th', { scope: 'col', class: 'num', text: 'Interval' }),
+          h('th', { scope: 'col', class: 'num', text: 'Votes' }),
+          h('th', { scope: 'col', class: 'num', text: 'W / L / T', title: 'Wins, losses, and ties (with “both bad”)' }))),
+        h('tbody', null, models.map((m) => h('tr', { testid: 'leaderboard-row', dataset: { model: String(m.model), rank: String(m.rank) } },
+          h('td', { class: `num rank-cell${m.rank === 1 ? ' first' : ''}`, testid: 'leaderboard-rank', text: String(m.rank ?? '—') }),
+          h('th', { scope: 'row', class: 'model-cell', testid: 'leaderboard-model', text: String(m.model), title: String(m.model) }),
+          h('td', { class: 'num score-cell', testid: 'leaderboard-score', text: fmtScore(m.score), title: isNum(m.score) ? m.score.toFixed(1) : '' }),
+          h('td', { class: 'interval-cell' }, intervalBar(m, scale)),
+          h('td', { class: 'num interval-text', text: `${fmtScore(m.lower)}–${fmtScore(m.upper)}` }),
+          h('td', { class: 'num', text: fmtCount(m.votes), title: fmtExact(m.votes) }),
+          h('td', { class: 'num wlt', testid: 'leaderboard-wlt', text: `${fmtCount(m.wins)} / ${fmtCount(m.losses)} / ${fmtCount(m.ties)}`,
+            title: wltTitle(m) })))))));
+      el.append(suspiciousVoters(board));
+      const foot = h('div', { class: 'board-foot' },
+        h('p', { class: 'section-note', testid: 'leaderboard-rounds', text: rounds
+          ? `Intervals from ${fmtExact(rounds)} bootstrap rounds.`
+          : 'Intervals from a quick bootstrap.' }));
+      if (!rounds) {
+        foot.append(h('button', { type: 'button', class: 'btn btn-small', testid: 'leaderboard-refine', text: 'Recompute with 1,000 rounds', onclick: (event) => refine(event.currentTarget) }));
+      }
+      el.append(foot);
+    }
+
+    async function refine(button) {
+      button.disabled = true;
+      button.textContent = 'Recomputing…';
+      try {
+        const rounds = 1000;
+        renderLeaderboard(await api('GET', `/api/admin/leaderboard?rounds=${rounds}`), { rounds });
+        announce('Leaderboard recomputed.');
+      } catch (err) {
+        button.disabled = false;
+        button.textContent = 'Recompute with 1,000 rounds';
+        showError(err);
+      }
+    }
+
+    // Exports ------------------------------------------------------------------------------
 
     function renderExports(exports) {
       const el = clear(bodies.exports);
       if (!Array.isArray(exports) || !exports.length) { el.append(emptyState(NOT_YET)); return; }
-      const rows = [...exports].sort((a, b) => String(b.created_at).localeCompare(String(a.created_at)));
       el.append(h('div', { class: 'table-wrap' }, h('table', { class: 'table table-compact' },
         h('thead', null, h('tr', null, h('th', { scope: 'col', text: 'Export' }), h('th', { scope: 'col', text: 'Created' }),
-          h('th', { scope: 'col', class: 'num', text: 'Rows' }), h('th', { scope: 'col' }, h('span', { class: 'sr-only', text: 'Card' })))),
-        h('tbody', null, rows.map((x) => {
-          const href = x.card_url ? safeHref(x.card_url) : null;
-          return h('tr', { testid: 'export-row' },
-            h('th', { scope: 'row' }, h('code', { text: String(x.id) })),
-            h('td', { text: fmtDate(x.created_at), title: fmtDateTime(x.created_at) }),
-            h('td', { class: 'num', text: fmtCount(x.rows), title: fmtExact(x.rows) }),
-            h('td', { class: 'actions-cell' }, href
-              ? h('a', { href, text: 'Data card', rel: 'noopener noreferrer' })
-              : h('span', { class: 'muted', text: '—' })));
-        })))));
+          h('th', { scope: 'col', class: 'num', text: 'Rows' }), h('th', { scope: 'col', text: 'Content hash' }))),
+        h('tbody', null, exports.map((x) => h('tr', { testid: 'export-row', title: String(x.out || '') },
+          h('th', { scope: 'row' }, h('code', { text: `${x.kind}.${x.format}` }), x.since ? h('span', { class: 'muted', text: ' incremental' }) : null),
+          h('td', { text: fmtDate(x.created_at), title: fmtDateTime(x.created_at) }),
+          h('td', { class: 'num', text: fmtCount(x.rows), title: fmtExact(x.rows) }),
+          h('td', null, h('code', { text: String(x.sha256 || '').slice(0, 12), title: String(x.sha256 || '') }))))))));
     }
 
     async function load() {
@@ -1819,16 +2111,20 @@
         renderReasons(data.feedback?.by_reason);
         renderConsent(data.consent_rate);
         renderTrust(data.rater_trust);
+        renderCredits(data.credits);
         renderLeaderboard(data.leaderboard);
         renderExports(data.exports);
         hideError();
       } catch (err) {
+        trustShown = null;
         for (const el of Object.values(bodies)) clear(el).append(h('p', { class: 'empty', text: 'Could not load.' }));
         showError(err);
       }
     }
 
     onResize(bodies.feedback, drawWeek);
+    onResize(bodies.trust, drawTrust);
+    reviewButton.addEventListener('click', reviewNow);
     load();
   }
 
