@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -24,11 +25,12 @@ from lamplighter.chat import ChatService
 from lamplighter.engines.base import Backend
 from lamplighter.engines.embedded import EmbeddedBackend, bundled_model_path
 from lamplighter.engines.router import Router
-from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
+from lamplighter.engines.upstream import UpstreamBackend, upstreams_from_config
 from lamplighter.flywheel.credits import Credits
 from lamplighter.flywheel.feedback import Feedback
 from lamplighter.flywheel.policy import FlywheelPolicy
 from lamplighter.flywheel.preferences import Preferences
+from lamplighter.readonly import ReadOnly
 from lamplighter.settings import Settings, read_config
 from lamplighter.store import migrate
 from lamplighter.store.database import Database
@@ -40,6 +42,7 @@ from lamplighter.traffic.bulletin import Bulletin
 from lamplighter.traffic.cache import ResponseCache
 from lamplighter.traffic.clock import SystemClock
 from lamplighter.traffic.degrade import rules_from_config
+from lamplighter.traffic.gate import SlotGate
 from lamplighter.traffic.planbook import PlanBook
 from lamplighter.traffic.plans import plans_from_config
 from lamplighter.traffic.ratelimits import RateLimiter
@@ -82,8 +85,8 @@ def announce_bootstrap(settings: Settings, created: Bootstrap) -> None:
 async def default_backends(settings: Settings) -> list[Backend]:
     """The embedded engine (unless disabled) and the ``[[backends]]`` of the config file."""
     backends: list[Backend] = [
-        UpstreamBackend(UpstreamConfig.from_table(table))
-        for table in read_config(settings.config).get("backends", [])
+        UpstreamBackend(config)
+        for config in upstreams_from_config(read_config(settings.config).get("backends", []))
     ]
     if settings.embedded_engine:
         embedded = EmbeddedBackend(
@@ -165,6 +168,7 @@ def create_app(
         for rule in degrade:
             if rule.model is not None:
                 router.route(rule.model)  # a rule naming a model nobody serves fails at start
+        await router.start()  # health checks: each upstream is checked once before serving
         clock = SystemClock()
         shared = (
             RedisState(
@@ -182,6 +186,22 @@ def create_app(
             metrics.watch_redis(shared)
             await shared.start()
         bulletin.on("plans", lambda _: plans.refresh())
+
+        async def freed(name: str) -> None:
+            await bulletin.publish("slot", pool=name)
+
+        admission = Admission(
+            clock,
+            headroom,
+            gate=SlotGate(shared.client) if shared is not None else None,
+            replicas=settings.replicas,
+            freed=freed,
+        )
+
+        async def slot_freed(message: dict[str, Any]) -> None:
+            admission.wake(str(message.get("pool")))
+
+        bulletin.on("slot", slot_freed)
         await bulletin.start()
         state = Services(
             settings=settings,
@@ -195,7 +215,7 @@ def create_app(
                 router,
                 plans,
                 limiter,
-                Admission(clock, headroom),
+                admission,
                 cache=ResponseCache(shared=shared.client if shared is not None else None),
                 degrade=degrade,
                 metrics=metrics,
@@ -235,6 +255,7 @@ def create_app(
             # Stop generating, let the cut answers and their usage be written, then close.
             await router.close()
             await state.chat.drain()
+            await admission.close()
             if shared is not None:
                 await shared.stop()  # after the drain, which settles and releases the slots
             await moderation.close()
@@ -249,6 +270,10 @@ def create_app(
         redoc_url=None,
     )
     errors.install(app)
+    # While `lamplighter db copy` moves the store: writes get 503, running ones finish.
+    app.add_middleware(
+        ReadOnly, data_dir=settings.data_dir, database_url=settings.resolved_database_url
+    )
     app.add_middleware(RequestLimits, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(RateLimitHeaders)

@@ -17,8 +17,10 @@ import asyncio
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any
 
 from opentelemetry.trace import (
     INVALID_SPAN,
@@ -40,8 +42,14 @@ from lamplighter.conversation.threading import (
     title_from,
 )
 from lamplighter.engines.base import Backend, Chunk, GenerationRequest, PreparedRequest
-from lamplighter.engines.router import Router
-from lamplighter.exceptions import APIError, ContextLengthExceeded, EngineFailed, NotFound
+from lamplighter.engines.router import Router, Unavailable
+from lamplighter.exceptions import (
+    APIError,
+    ContextLengthExceeded,
+    EngineFailed,
+    NotFound,
+    Overloaded,
+)
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.database import Database
 from lamplighter.store.models import Conversation, Message, Usage, new_id, utcnow
@@ -218,7 +226,7 @@ class Exchange:
                 if now - last_checkpoint >= CHECKPOINT_SECONDS:
                     last_checkpoint = now
                     self._save_partial()
-        except EngineFailed:
+        except (EngineFailed, Overloaded):
             # The backend broke: keep what it produced, marked as an error rather than a cut.
             if self._settling is None:
                 self.finish_reason = "error"
@@ -324,6 +332,9 @@ class ChatService:
         self._user_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        # Requests routed to a backend and not yet in its admission pool, by the task routing
+        # them: they count as load, or a burst would all go where the first one went.
+        self._routing: dict[asyncio.Task[Any], str] = {}
 
     async def open(
         self,
@@ -347,6 +358,7 @@ class ChatService:
             with use_span(span, end_on_exit=False):
                 exchange = await self._open(principal, request, store, placement)
         except BaseException as error:
+            self._routed()
             if isinstance(error, APIError):
                 self.metrics.refused(self.plans.get(principal.plan).name, error.code)
                 span.set_attribute("error.type", error.code or type(error).__name__)
@@ -383,7 +395,7 @@ class ChatService:
                 self.metrics.moderation.labels("input", category, action).inc()
             if verdict.flagged and action == "block":
                 raise ContentBlocked(verdict)
-        backend = self.router.route(request.model)
+        backend = self._route(request, plan)
         pool = self.admission.pool(backend.name, backend.capacity)
         cap = plan.max_tokens
         # Under pressure a lower plan is degraded (shorter answers, a smaller model) before
@@ -397,7 +409,7 @@ class ChatService:
             else:
                 rule = replace(rule, max_tokens=None)
             if model is not None:
-                backend = self.router.route(model)
+                backend = self._route(replace(request, model=model), plan)
                 pool = self.admission.pool(backend.name, backend.capacity)
                 request = replace(request, model=model)
             if model is not None or rule.max_tokens is not None:
@@ -426,6 +438,7 @@ class ChatService:
                     self.metrics.queue_wait.labels(plan.name, backend.name).observe(
                         time.perf_counter() - waited
                     )
+            self._routed()
             exchange = Exchange(
                 self,
                 principal,
@@ -441,6 +454,8 @@ class ChatService:
                 moderation=action,
                 flags_in=flags_in,
             )
+            if cached is None:
+                exchange.source = partial(self._generate, exchange, backend)
             lock = self._user_locks.setdefault(principal.user_id, asyncio.Lock())
             async with lock, self.db.transaction() as session:
                 conversations = Conversations(session)
@@ -466,6 +481,94 @@ class ChatService:
         if degraded is not None:
             self.metrics.degraded.labels(plan.name).inc()
         return exchange
+
+    def _route(
+        self, request: GenerationRequest, plan: Plan, exclude: Collection[str] = ()
+    ) -> Backend:
+        """The backend for a request: healthy, allowed to the plan, holding the conversation's
+        prefix if it can, else the least loaded (see engines/router.py)."""
+        route = self.router.choose(
+            request.model,
+            plan=plan.name,
+            turns=request.turns,
+            occupancy=self._occupancy,
+            exclude=exclude,
+        )
+        self.metrics.routed.labels(route.backend.name, route.reason).inc()
+        task = asyncio.current_task()
+        if task is not None:
+            self._routing[task] = route.backend.name
+        return route.backend
+
+    def _routed(self) -> None:
+        """This task's request is in its backend's pool now (or gave up)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._routing.pop(task, None)
+
+    def _occupancy(self, backend: str) -> int:
+        """Requests this gateway has on a backend: running, queued, or about to queue."""
+        pool = self.admission.pools.get(backend)
+        routing = sum(1 for name in self._routing.values() if name == backend)
+        return routing + (pool.in_use + pool.queued if pool is not None else 0)
+
+    async def _generate(
+        self, exchange: Exchange, backend: Backend, prepared: PreparedRequest
+    ) -> AsyncIterator[Chunk]:
+        """The backend's chunks. If it fails before its first chunk in a way another backend may
+        not (``Unavailable``: unreachable, 5xx, breaker open; or its own 429), the request moves
+        to the next backend that can serve it, taking a slot there; after the first chunk a
+        failure ends the answer. When no backend is left, or none frees a slot within the
+        plan's patience, the answer ends with a 503 that says why."""
+        tried = {backend.name}
+        while True:
+            chunks = backend.generate(prepared)
+            started = False
+            try:
+                async for chunk in chunks:
+                    started = True
+                    yield chunk
+                return
+            except (Unavailable, Overloaded) as error:
+                if started:
+                    raise
+                failure = error
+            finally:
+                await chunks.aclose()  # type: ignore[attr-defined]
+            try:
+                backend, prepared = await self._failover(exchange, backend, tried)
+            except Overloaded as refusal:
+                raise Overloaded(
+                    f"{failure.message} {refusal.message}",
+                    retry_after=refusal.retry_after,
+                    code=refusal.code,
+                ) from failure
+
+    async def _failover(
+        self, exchange: Exchange, failed: Backend, tried: set[str]
+    ) -> tuple[Backend, PreparedRequest]:
+        """Move an exchange that has produced nothing to a backend not ``tried`` yet, taking a
+        slot there (raises Overloaded when none is left or none has a slot in time)."""
+        request, plan = exchange.prepared.request, exchange.plan
+        try:
+            while True:
+                backend = self._route(request, plan, tried)
+                tried.add(backend.name)
+                try:
+                    prepared = await backend.prepare(request)  # its context may be smaller
+                except APIError:
+                    continue
+                break
+            self.metrics.failovers.labels(failed.name).inc()
+            if exchange.slot is not None:
+                exchange.slot.release(0)
+            pool = self.admission.pool(backend.name, backend.capacity)
+            cost = prepared.prompt_tokens + prepared.max_tokens
+            exchange.slot = await pool.enter(str(exchange.principal.user_id), plan, cost)
+        finally:
+            self._routed()
+        exchange.prepared = prepared
+        return backend, prepared
 
     @staticmethod
     async def _prepare(backend: Backend, request: GenerationRequest, fit: bool) -> PreparedRequest:

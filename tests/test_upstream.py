@@ -3,17 +3,33 @@ speaks the same protocol as vLLM and friends and lets the test look inside it.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
+import httpx
+import openai
 import pytest
 
+from lamplighter.app import default_backends
 from lamplighter.engines.base import Backend
 from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
 from lamplighter.exceptions import ConfigError
 from lamplighter.settings import Settings
-from tests.conftest import ROOMY_PLAN, SCRIPTED, LiveServer, make_settings
+from tests.conftest import ROOMY_PLAN, SCRIPTED, LiveServer, free_port, make_settings
+from tests.test_router import ANSWER
 from tests.test_streams import read_then_hang_up, settled, wait_until
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -87,3 +103,387 @@ def test_backend_tables_are_checked() -> None:
         {"name": "gpu", "url": "http://h:8000/v1/", "models": ["m"], "capacity": 32}
     )
     assert (config.url, config.capacity, config.n_ctx) == ("http://h:8000/v1", 32, 8192)
+
+
+def test_a_5xx_before_the_first_token_is_answered_by_another_backend(tmp_path: Path) -> None:
+    """Two upstreams (``httpx.MockTransport`` in place of the network): while one answers 502
+    the other answers everything; when both do, the client gets a 503 that says why, with
+    retry-after, and the answer is stored as an error."""
+    answers = {"x": 502, "y": 200}
+    tried: list[str] = []
+
+    def upstream(name: str) -> UpstreamBackend:
+        def handle(request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/v1/models":
+                return httpx.Response(200, json={"object": "list", "data": []})
+            if request.url.path != "/v1/chat/completions":
+                return httpx.Response(404)
+            tried.append(name)
+            if answers[name] != 200:
+                return httpx.Response(answers[name], text="bad gateway")
+            return httpx.Response(200, content=ANSWER)
+
+        config = UpstreamConfig(name=name, url=f"http://{name}/v1", models=("m",), capacity=4)
+        return UpstreamBackend(config, transport=httpx.MockTransport(handle))
+
+    async def backends(_: Settings) -> list[Backend]:
+        return [upstream("x"), upstream("y")]
+
+    (tmp_path / "c.toml").write_text(ROOMY_PLAN)
+    with LiveServer(make_settings(tmp_path, config=tmp_path / "c.toml"), backends) as live:
+        _, key = live.new_user(plan="roomy")
+        client = live.client(key)
+        for i in range(6):
+            answer = client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": f"question {i}"}]
+            )
+            assert answer.choices[0].message.content == "Hello"
+        assert "x" in tried and tried.count("y") == 6
+        answers["y"] = 503
+        with pytest.raises(openai.InternalServerError) as refused:
+            client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "and now?"}]
+            )
+        assert refused.value.status_code == 503
+        assert refused.value.response.headers["retry-after"]
+        error = refused.value.body
+        assert isinstance(error, dict) and error["code"] == "backend_unavailable"
+        assert "answered 503" in error["message"] and "y (tried)" in error["message"]
+        [outcome] = asyncio.run(streams(live, key, [{**ask("streamed?"), "model": "m"}]))
+        assert outcome.error is not None and outcome.error["code"] == "backend_unavailable"
+        message, _ = wait_until(lambda: settled(live, outcome.completion_id))
+        assert message.status == "error" and message.content == ""
+        live.close_clients()
+
+
+# -- A fleet of real sim-backend processes behind a live gateway ---------------------------------
+#
+# Three `lamplighter sim-backend` processes, each serving SIM_MODEL with two slots at the gateway:
+# a; b (runs --scheduling-policy priority and is sent the plan's priority); c (plan "vip" only).
+# Which backend served a request is read from the processes' own vllm:request_success_total.
+
+SIM_MODEL = "sim-fleet"
+DEADLINE_S = 30.0  # no request may take longer, whatever is killed
+VIP_PLAN = """
+[plans.vip]
+priority = 0
+requests_per_minute = 100000
+tokens_per_minute = 100000000
+tokens_per_day = 1000000000
+concurrent_streams = 1000
+max_tokens = 100000
+queue_patience_s = 300
+cache_ttl_s = 0
+"""
+
+
+class SimProcess:
+    """One ``lamplighter sim-backend`` process, which may be killed and started again."""
+
+    def __init__(self, name: str, logs: Path, *args: str) -> None:
+        self.name = name
+        self.port = free_port()
+        self.args = args
+        self.log = logs / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "lamplighter", "sim-backend", "--port", str(self.port)]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [*command, "--model", SIM_MODEL, *self.args], stdout=log, stderr=log
+            )
+
+    def wait_up(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sim {self.name} exited: {self.log.read_text()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            threading.Event().wait(0.05)
+        raise AssertionError(f"sim {self.name} did not start")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(self.url + "/metrics", timeout=5).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name + "{")
+        )
+
+    def served(self) -> int:
+        return int(self.metric("vllm:request_success_total"))
+
+
+Fleet = dict[str, SimProcess]
+
+
+def backend_table(sim: SimProcess, extra: str = "") -> str:
+    return f"""
+[[backends]]
+name = "{sim.name}"
+url = "{sim.url}/v1"
+models = ["{SIM_MODEL}"]
+capacity = 2
+n_ctx = 16384
+health_url = "/health"
+health_interval_s = 0.2
+breaker_failures = 2
+breaker_cooldown_s = 1.0
+connect_timeout_s = 2
+first_token_timeout_s = 15
+timeout_s = 15
+{extra}"""
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    logs = tmp_path_factory.mktemp("sims")
+    sims = {
+        "a": SimProcess("a", logs, "--seed", "1"),
+        "b": SimProcess("b", logs, "--seed", "2", "--scheduling-policy", "priority"),
+        "c": SimProcess("c", logs, "--seed", "3"),
+    }
+    try:
+        for sim in sims.values():
+            sim.start()
+        for sim in sims.values():
+            sim.wait_up()
+        yield sims
+    finally:
+        for sim in sims.values():
+            sim.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet_gateway(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    data = tmp_path_factory.mktemp("fleet-gateway")
+    config = data / "lamplighter.toml"
+    config.write_text(
+        ROOMY_PLAN
+        + VIP_PLAN
+        + backend_table(fleet["a"])
+        + backend_table(fleet["b"], "priority = true\n")
+        + backend_table(fleet["c"], 'plans = ["vip"]\n')
+    )
+    settings = make_settings(data, config=config, embedded_engine=False)
+    with LiveServer(settings, default_backends) as live:
+        yield live
+        live.close_clients()
+
+
+def served_by(fleet: Fleet, work: Callable[[], T]) -> tuple[T, list[str]]:
+    """Run ``work`` and name the backends that answered requests meanwhile (one per request)."""
+    before = {name: sim.served() for name, sim in fleet.items()}
+    result = work()
+    after = {name: sim.served() for name, sim in fleet.items()}
+    return result, [name for name in fleet for _ in range(after[name] - before[name])]
+
+
+def gateway_metric(gateway: LiveServer, name: str, backend: str, more: str = "") -> float | None:
+    text = httpx.get(gateway.base_url + "/metrics", timeout=5).text
+    prefix = f'{name}{{backend="{backend}"{more}}} '
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return None
+
+
+def poll(check: Callable[[], T | None], timeout: float = DEADLINE_S) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value is not None and value is not False:
+            return value
+        threading.Event().wait(0.02)
+    raise AssertionError("condition not met in time")
+
+
+@dataclass
+class Outcome:
+    status: int
+    completion_id: str = ""
+    text: list[str] = field(default_factory=list)
+    finish: str | None = None
+    error: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+async def stream(client: httpx.AsyncClient, url: str, key: str, body: dict[str, Any]) -> Outcome:
+    started = time.monotonic()
+    headers = {"authorization": f"Bearer {key}"}
+    async with client.stream("POST", url, json={**body, "stream": True}, headers=headers) as r:
+        outcome = Outcome(r.status_code)
+        if r.status_code != 200:
+            outcome.error = json.loads(await r.aread())["error"]
+        else:
+            async for line in r.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    outcome.error = event["error"]
+                    continue
+                outcome.completion_id = event["id"]
+                for choice in event["choices"]:
+                    if choice["delta"].get("content"):
+                        outcome.text.append(choice["delta"]["content"])
+                    outcome.finish = choice["finish_reason"] or outcome.finish
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+async def streams(gateway: LiveServer, key: str, bodies: list[dict[str, Any]]) -> list[Outcome]:
+    url = gateway.base_url + "/v1/chat/completions"
+    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
+        jobs = [stream(client, url, key, body) for body in bodies]
+        return await asyncio.wait_for(asyncio.gather(*jobs), DEADLINE_S)
+
+
+def ask(text: str, max_tokens: int = 5) -> dict[str, Any]:
+    return {
+        "model": SIM_MODEL,
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": max_tokens,
+    }
+
+
+def test_a_conversation_returns_to_the_backend_that_holds_its_prefix(
+    fleet: Fleet, fleet_gateway: LiveServer
+) -> None:
+    _, key = fleet_gateway.new_user(plan="roomy")
+    client = fleet_gateway.client(key)
+    homes: set[str] = set()
+    for topic in ("lighthouses", "tea", "rivers", "clocks", "owls", "maps"):
+        messages: list[dict[str, str]] = [{"role": "user", "content": f"Tell me about {topic}."}]
+        where: list[str] = []
+        for turn in range(3):
+            answer, by = served_by(
+                fleet,
+                lambda: client.chat.completions.create(
+                    model=SIM_MODEL,
+                    messages=messages,  # type: ignore[arg-type]  # noqa: B023
+                    max_tokens=4,
+                ),
+            )
+            where += by
+            messages += [
+                {"role": "assistant", "content": answer.choices[0].message.content or ""},
+                {"role": "user", "content": f"Go on ({turn})."},
+            ]
+        assert len(where) == 3 and len(set(where)) == 1, where
+        homes |= set(where)
+    # Conversations are spread; the plan may not use c.
+    assert homes == {"a", "b"}
+    affinity = gateway_metric(fleet_gateway, "lamplighter_routed_total", "a", ',reason="affinity"')
+    assert affinity is not None and affinity >= 3
+
+
+def test_a_backend_serves_only_the_plans_it_allows(fleet: Fleet, fleet_gateway: LiveServer) -> None:
+    _, roomy = fleet_gateway.new_user(plan="roomy")
+    _, vip = fleet_gateway.new_user(plan="vip")
+    everyone = fleet_gateway.client(roomy)
+    paying = fleet_gateway.client(vip)
+    questions = [f"Question number {i}?" for i in range(9)]
+    _, by = served_by(
+        fleet,
+        lambda: [everyone.chat.completions.create(**ask(q)) for q in questions],  # type: ignore[call-overload]
+    )
+    assert len(by) == 9 and "c" not in by
+    _, by = served_by(
+        fleet,
+        lambda: [paying.chat.completions.create(**ask(q)) for q in questions],  # type: ignore[call-overload]
+    )
+    assert len(by) == 9 and "c" in by
+
+
+def test_a_burst_of_one_conversation_is_spread_by_load(
+    fleet: Fleet, fleet_gateway: LiveServer
+) -> None:
+    """Eight identical requests at once: affinity would pile them on one backend, but once it
+    is full the rest go to the least loaded."""
+    _, key = fleet_gateway.new_user(plan="roomy")
+    outcomes, by = served_by(
+        fleet, lambda: asyncio.run(streams(fleet_gateway, key, [ask("Same again.", 20)] * 8))
+    )
+    assert all(o.status == 200 and o.error is None and o.finish for o in outcomes)
+    assert sorted(by) == ["a"] * by.count("a") + ["b"] * by.count("b") and len(by) == 8
+    assert by.count("a") >= 3 and by.count("b") >= 3
+
+
+def test_a_backend_killed_mid_load_loses_only_the_answers_it_had_begun(
+    fleet: Fleet, fleet_gateway: LiveServer
+) -> None:
+    """SIGKILL one backend while it streams and more requests wait for it: those that had no
+    token yet are answered by another, those it was streaming end with a clean error event
+    (their partial answers stored as errors), nothing hangs; its breaker opens, and closes
+    again once the process is back and a trial request succeeds."""
+    _, key = fleet_gateway.new_user(plan="roomy")
+    bodies = [ask(f"Tell me a long story, number {i}.", 300) for i in range(8)]
+    killed = fleet["a"]
+
+    async def scenario() -> list[Outcome]:
+        load = asyncio.create_task(streams(fleet_gateway, key, bodies))
+        deadline = time.monotonic() + DEADLINE_S
+        # Kill it once both its slots are generating.
+        while time.monotonic() < deadline and not load.done():
+            running = await asyncio.to_thread(killed.metric, "vllm:num_requests_running")
+            tokens = await asyncio.to_thread(killed.metric, "vllm:generation_tokens_total")
+            if running >= 2 and tokens > 0:
+                break
+        killed.kill()
+        return await load
+
+    outcomes = asyncio.run(scenario())
+    assert all(o.status == 200 and o.seconds < DEADLINE_S for o in outcomes)
+    broken = [o for o in outcomes if o.error is not None]
+    answered = [o for o in outcomes if o.error is None]
+    # Only streams that had begun end in an error, and those cleanly: an error event, no finish.
+    assert broken and all(o.text and o.finish is None for o in broken)
+    assert all(o.error and o.error["code"] == "engine_error" for o in broken)
+    assert all(o.finish in ("stop", "length") for o in answered)
+    assert len(answered) == len(outcomes) - len(broken) >= 8 - 2
+    for outcome in broken:
+        message, _ = wait_until(lambda o=outcome: settled(fleet_gateway, o.completion_id))
+        assert message.status == "error" and message.content == "".join(outcome.text)
+    assert (gateway_metric(fleet_gateway, "lamplighter_backend_failovers_total", "a") or 0) >= 1
+
+    # Down: marked so by the health check, its breaker open, and nobody is sent there.
+    poll(lambda: gateway_metric(fleet_gateway, "lamplighter_backend_up", "a") == 0)
+    assert gateway_metric(fleet_gateway, "lamplighter_backend_circuit", "a") == 2
+    after_kill = asyncio.run(streams(fleet_gateway, key, [ask(f"Now {i}?") for i in range(4)]))
+    assert all(o.error is None and o.finish for o in after_kill)
+
+    # Back: up again, and the breaker closes when a trial request gets through.
+    killed.start()
+    killed.wait_up()
+    poll(lambda: gateway_metric(fleet_gateway, "lamplighter_backend_up", "a") == 1)
+    client = fleet_gateway.client(key)
+    attempt = iter(range(1000))
+
+    def closed() -> bool:
+        client.chat.completions.create(**ask(f"Are you back? {next(attempt)}"))  # type: ignore[call-overload]
+        return gateway_metric(fleet_gateway, "lamplighter_backend_circuit", "a") == 0
+
+    poll(closed)
+    assert killed.served() >= 1

@@ -5,20 +5,35 @@ Prompts are counted before generation by an estimate (the upstream's tokenizer i
 the upstream's own usage report, asked for with ``stream_options.include_usage``, replaces the
 estimate when the answer ends. Closing the stream closes the HTTP connection, which these servers
 take as a cancellation.
+
+Each upstream has a health probe and a circuit breaker (``health.py``). A request fails *before
+its first token* with :class:`~lamplighter.engines.router.Unavailable` (which the chat service
+answers by trying another backend) when the breaker is open, the server cannot be reached,
+answers 5xx, or sends no token within ``first_token_timeout_s``; its own 429 is ``Overloaded``,
+also tried elsewhere. After the first token a failure ends the answer with ``EngineFailed``.
+Every call has a connect timeout and a read timeout, so none can hang.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
+import os
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest, grant
+from lamplighter.engines.health import Breaker, Load, Probe
+from lamplighter.engines.router import Unavailable
 from lamplighter.exceptions import ConfigError, EngineFailed, Overloaded
+from lamplighter.traffic.clock import Clock, SystemClock
+
+log = logging.getLogger(__name__)
 
 # Chat templates wrap each message in a few tokens of markup.
 TOKENS_PER_MESSAGE = 4
@@ -33,33 +48,166 @@ class UpstreamConfig:
     capacity: int = 16
     n_ctx: int = 8192
     api_key: str = ""
+    # Seconds to wait for the upstream's next bytes; connecting has its own limit, and so has
+    # the wait for the first token.
     timeout_s: float = 600.0
+    connect_timeout_s: float = 5.0
+    first_token_timeout_s: float = 60.0
     # Send the plan's priority (vLLM started with --scheduling-policy priority honours it, so
-    # paying requests also go first inside the engine's own queue).
+    # paying requests also go first inside the engine's own queue). TOML key: ``priority``.
     send_priority: bool = False
+    weight: float = 1.0
+    plans: tuple[str, ...] = ()  # empty: every plan
+    health_url: str = ""  # empty: {url}/models
+    metrics_url: str | None = None  # None: {server}/metrics; empty: not scraped
+    health_interval_s: float = 5.0
+    breaker_failures: int = 3
+    breaker_cooldown_s: float = 10.0
+
+    @property
+    def server(self) -> str:
+        """The server's root: the base URL without its trailing ``/v1``."""
+        return self.url.removesuffix("/v1")
+
+    @property
+    def resolved_health_url(self) -> str:
+        return _resolve(self.health_url, self.server) if self.health_url else self.url + "/models"
+
+    @property
+    def resolved_metrics_url(self) -> str | None:
+        if self.metrics_url is None:
+            return self.server + "/metrics"
+        return _resolve(self.metrics_url, self.server) if self.metrics_url else None
 
     @classmethod
-    def from_table(cls, table: Mapping[str, Any]) -> UpstreamConfig:
-        """One ``[[backends]]`` table of the config file."""
-        unknown = set(table) - {f.name for f in fields(cls)}
+    def from_table(
+        cls, table: Mapping[str, Any], env: Mapping[str, str] | None = None
+    ) -> UpstreamConfig:
+        """One ``[[backends]]`` table of the config file. ``api_key_env`` is looked up in
+        ``env`` (default: the process environment)."""
+        return _Table(table, os.environ if env is None else env).config()
+
+
+_KEYS = {
+    "name", "url", "models", "capacity", "weight", "plans", "n_ctx", "api_key", "api_key_env",
+    "timeout_s", "connect_timeout_s", "first_token_timeout_s", "priority", "send_priority",
+    "health_url", "metrics_url", "health_interval_s", "breaker_failures", "breaker_cooldown_s",
+}  # fmt: skip
+
+
+class _Table:
+    """Reads one ``[[backends]]`` table, refusing anything doubtful with a message that names
+    the backend and the key."""
+
+    def __init__(self, table: Mapping[str, Any], env: Mapping[str, str]) -> None:
+        self.table = table
+        self.env = env
+        name = table.get("name")
+        self.where = f"[[backends]] '{name}'" if isinstance(name, str) else "[[backends]]"
+
+    def fail(self, message: str) -> ConfigError:
+        return ConfigError(f"{self.where}: {message}")
+
+    def string(self, key: str, default: str | None = None) -> str:
+        value = self.table.get(key, default)
+        if value is None:
+            raise self.fail(f"'{key}' is required")
+        if not isinstance(value, str):
+            raise self.fail(f"'{key}' must be a string, not {value!r}")
+        return value
+
+    def integer(self, key: str, default: int, least: int) -> int:
+        value = self.table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise self.fail(f"'{key}' must be an integer of at least {least}, not {value!r}")
+        return value
+
+    def number(self, key: str, default: float, *, positive: bool = True) -> float:
+        value = self.table.get(key, default)
+        bad = isinstance(value, bool) or not isinstance(value, int | float)
+        if bad or not math.isfinite(value) or value < 0 or (positive and value == 0):
+            kind = "a positive number" if positive else "a number of at least 0"
+            raise self.fail(f"'{key}' must be {kind}, not {value!r}")
+        return float(value)
+
+    def strings(self, key: str, *, required: bool) -> tuple[str, ...]:
+        value = self.table.get(key, [] if not required else None)
+        if value is None:
+            raise self.fail(f"'{key}' is required")
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(f"'{key}' must be a list of names, not {value!r}")
+        if required and not value:
+            raise self.fail(f"'{key}' must name at least one")
+        return tuple(dict.fromkeys(value))
+
+    def config(self) -> UpstreamConfig:
+        unknown = set(self.table) - _KEYS
         if unknown:
-            raise ConfigError(f"[[backends]]: unknown keys {sorted(unknown)}")
-        try:
-            config = cls(
-                name=str(table["name"]),
-                url=str(table["url"]).rstrip("/"),
-                models=tuple(str(model) for model in table["models"]),
-                capacity=int(table.get("capacity", 16)),
-                n_ctx=int(table.get("n_ctx", 8192)),
-                api_key=str(table.get("api_key", "")),
-                timeout_s=float(table.get("timeout_s", 600.0)),
-                send_priority=bool(table.get("send_priority", False)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"[[backends]] entry {dict(table)!r}: {exc}") from exc
-        if not config.models or config.capacity < 1 or config.n_ctx < 1:
-            raise ConfigError(f"[[backends]] {config.name}: needs models, capacity and n_ctx")
-        return config
+            raise self.fail(f"unknown keys {sorted(unknown)}")
+        name = self.string("name")
+        if not name:
+            raise self.fail("'name' must not be empty")
+        url = self.string("url").rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise self.fail(f"'url' must be an http:// or https:// URL, not {url!r}")
+        api_key = self.string("api_key", "")
+        variable = self.string("api_key_env", "")
+        if variable:
+            if api_key:
+                raise self.fail("give 'api_key' or 'api_key_env', not both")
+            api_key = self.env.get(variable, "")
+            if not api_key:
+                raise self.fail(f"'api_key_env': the environment variable {variable} is not set")
+        if "priority" in self.table and "send_priority" in self.table:
+            raise self.fail("'send_priority' is the old name of 'priority': give one")
+        key = "send_priority" if "send_priority" in self.table else "priority"
+        priority = self.table.get(key, False)
+        if not isinstance(priority, bool):
+            raise self.fail(f"'{key}' must be true or false, not {priority!r}")
+        metrics = self.table.get("metrics_url")
+        if metrics is not None and not isinstance(metrics, str):
+            raise self.fail(f"'metrics_url' must be a string, not {metrics!r}")
+        for key in ("health_url", "metrics_url"):
+            value = self.string(key, "")
+            if value and not value.startswith(("/", "http://", "https://")):
+                raise self.fail(f"'{key}' must be a URL or a path starting with /, not {value!r}")
+        return UpstreamConfig(
+            name=name,
+            url=url,
+            models=self.strings("models", required=True),
+            capacity=self.integer("capacity", 16, 1),
+            n_ctx=self.integer("n_ctx", 8192, 1),
+            api_key=api_key,
+            timeout_s=self.number("timeout_s", 600.0),
+            connect_timeout_s=self.number("connect_timeout_s", 5.0),
+            first_token_timeout_s=self.number("first_token_timeout_s", 60.0),
+            send_priority=priority,
+            weight=self.number("weight", 1.0),
+            plans=self.strings("plans", required=False),
+            health_url=self.string("health_url", ""),
+            metrics_url=metrics,
+            health_interval_s=self.number("health_interval_s", 5.0),
+            breaker_failures=self.integer("breaker_failures", 3, 1),
+            breaker_cooldown_s=self.number("breaker_cooldown_s", 10.0, positive=False),
+        )
+
+
+def upstreams_from_config(
+    tables: object, env: Mapping[str, str] | None = None
+) -> list[UpstreamConfig]:
+    """Every ``[[backends]]`` table; names must be unique (they name admission pools)."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError("[[backends]] must be an array of tables")
+    configs = [UpstreamConfig.from_table(table, env) for table in tables]
+    names = [config.name for config in configs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"[[backends]]: names must be unique; given more than once: {twice}")
+    return configs
+
+
+def _resolve(value: str, server: str) -> str:
+    return server + value if value.startswith("/") else value
 
 
 def estimate_prompt_tokens(request: GenerationRequest) -> int:
@@ -69,16 +217,88 @@ def estimate_prompt_tokens(request: GenerationRequest) -> int:
     )
 
 
+class _Relay:
+    """Reads the upstream's server-sent events: text as it comes, then the finish reason and
+    usage at the end."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.finish: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.produced = 0
+
+    def feed(self, line: str) -> str:
+        if not line.startswith("data:"):
+            return ""
+        data = line[5:].strip()
+        if not data or data == "[DONE]":
+            return ""
+        try:
+            event = json.loads(data)
+        except ValueError as exc:
+            raise EngineFailed(f"Backend '{self.backend}' sent an unreadable event.") from exc
+        if not isinstance(event, dict):
+            return ""
+        if isinstance(event.get("error"), dict):
+            message = str(event["error"].get("message", ""))[:200]
+            raise EngineFailed(f"Backend '{self.backend}' failed: {message}")
+        if isinstance(event.get("usage"), dict):
+            self.usage = event["usage"]
+        text = ""
+        for choice in event.get("choices") or []:
+            text += (choice.get("delta") or {}).get("content") or ""
+            self.finish = choice.get("finish_reason") or self.finish
+        if text:
+            self.produced += 1
+        return text
+
+    def last(self) -> Chunk:
+        # The upstream's own count, when it gives one, is the truth about what was generated.
+        usage = self.usage or {}
+        completion, prompt = usage.get("completion_tokens"), usage.get("prompt_tokens")
+        if not isinstance(completion, int):
+            completion = self.produced
+        return Chunk(
+            "",
+            tokens=completion - self.produced,
+            finish_reason=self.finish or "stop",
+            prompt_tokens=int(prompt) if isinstance(prompt, int) else None,
+        )
+
+
 class UpstreamBackend:
-    def __init__(self, config: UpstreamConfig) -> None:
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        clock: Clock | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """``transport`` replaces the network (tests pass an ``httpx.MockTransport``)."""
         self.config = config
         self.name = config.name
+        self.clock = clock or SystemClock()
         headers = {"authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self._client = httpx.AsyncClient(
             base_url=config.url,
             headers=headers,
-            timeout=httpx.Timeout(config.timeout_s, connect=5.0),
+            timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
             limits=httpx.Limits(max_connections=config.capacity * 2),
+            transport=transport,
+        )
+        self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown_s)
+        probe_timeout = max(0.5, min(5.0, config.health_interval_s))
+        self.probe = Probe(
+            config.name,
+            httpx.AsyncClient(
+                headers=headers,
+                timeout=httpx.Timeout(probe_timeout, connect=min(probe_timeout, 2.0)),
+                limits=httpx.Limits(max_connections=2),
+                transport=transport,
+            ),
+            config.resolved_health_url,
+            config.resolved_metrics_url,
+            config.health_interval_s,
+            self.clock,
         )
 
     @property
@@ -87,11 +307,37 @@ class UpstreamBackend:
 
     @property
     def ready(self) -> bool:
-        return True
+        return self.probe.up
 
     @property
     def capacity(self) -> int:
         return self.config.capacity
+
+    @property
+    def weight(self) -> float:
+        return self.config.weight
+
+    @property
+    def plans(self) -> frozenset[str]:
+        return frozenset(self.config.plans)
+
+    @property
+    def circuit(self) -> str:
+        return self.breaker.state
+
+    def accepting(self) -> bool:
+        return self.probe.up and self.breaker.allows(self.clock.monotonic())
+
+    def published(self) -> Load | None:
+        return self.probe.published
+
+    def retry_after(self) -> float:
+        if not self.probe.up:
+            return self.config.health_interval_s
+        return self.breaker.retry_after(self.clock.monotonic())
+
+    async def start(self) -> None:
+        await self.probe.start()
 
     async def prepare(self, request: GenerationRequest) -> PreparedRequest:
         prompt = estimate_prompt_tokens(request)
@@ -128,48 +374,96 @@ class UpstreamBackend:
             body["presence_penalty"] = request.presence_penalty
         return body
 
+    def _failed(self) -> None:
+        was = self.breaker.state
+        self.breaker.failed(self.clock.monotonic())
+        if self.breaker.state == "open" and was != "open":
+            log.warning(
+                "backend %s: circuit breaker open for %gs after %s",
+                self.name,
+                self.config.breaker_cooldown_s,
+                "a failed trial" if was == "half_open" else f"{self.breaker.failures} failures",
+            )
+
+    def _succeeded(self) -> None:
+        if self.breaker.state != "closed":
+            log.warning("backend %s: circuit breaker closed, it answers again", self.name)
+        self.breaker.succeeded()
+
+    def _refusal(self, response: httpx.Response) -> Exception:
+        """What a non-200 answer means, told to the breaker too."""
+        said = f"Backend '{self.name}' answered {response.status_code}: {response.text[:200]}"
+        if response.status_code == 429:
+            self._succeeded()  # alive, only full
+            return Overloaded(
+                f"Backend '{self.name}' is at capacity.",
+                retry_after=_seconds(response.headers.get("retry-after")),
+            )
+        if response.status_code >= 500:
+            self._failed()
+            return Unavailable(said)
+        self._succeeded()
+        return EngineFailed(said)
+
     async def generate(self, prepared: PreparedRequest) -> AsyncIterator[Chunk]:
-        finish: str | None = None
-        produced = 0
-        usage: dict[str, Any] | None = None
+        if not self.breaker.acquire(self.clock.monotonic()):
+            raise Unavailable(
+                f"Backend '{self.name}' is resting after failures (circuit breaker open)."
+            )
+        relay = _Relay(self.name)
+        response: httpx.Response | None = None
+        judged = False  # the breaker has heard how this request went
         try:
-            async with self._client.stream(
-                "POST", "/chat/completions", json=self._body(prepared)
-            ) as response:
-                if response.status_code in (429, 503):
-                    # The upstream is full: to our client that is overload, to be retried.
-                    raise Overloaded(
-                        f"Backend '{self.name}' is at capacity.",
-                        retry_after=float(response.headers.get("retry-after") or 1),
+            text = ""
+            try:
+                async with asyncio.timeout(self.config.first_token_timeout_s):
+                    request = self._client.build_request(
+                        "POST", "/chat/completions", json=self._body(prepared)
                     )
-                if response.status_code != 200:
-                    await response.aread()
-                    raise EngineFailed(
-                        f"Backend '{self.name}' answered {response.status_code}: "
-                        f"{response.text[:200]}"
-                    )
-                async for line in response.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    event = json.loads(line[6:])
-                    if event.get("usage"):
-                        usage = event["usage"]
-                    for choice in event.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content") or ""
-                        finish = choice.get("finish_reason") or finish
+                    response = await self._client.send(request, stream=True)
+                    if response.status_code != 200:
+                        await response.aread()
+                        judged = True
+                        raise self._refusal(response)
+                    lines = response.aiter_lines()
+                    async for line in lines:
+                        text = relay.feed(line)
                         if text:
-                            produced += 1
+                            break
+            except (httpx.HTTPError, TimeoutError) as exc:
+                judged = True
+                self._failed()
+                why = str(exc) or type(exc).__name__
+                if isinstance(exc, TimeoutError):
+                    why = f"no token within {self.config.first_token_timeout_s:g}s"
+                raise Unavailable(f"Backend '{self.name}' failed: {why}") from exc
+            judged = True
+            self._succeeded()
+            if text:
+                yield Chunk(text)
+                try:
+                    async for line in lines:
+                        text = relay.feed(line)
+                        if text:
                             yield Chunk(text)
-        except httpx.HTTPError as exc:
-            raise EngineFailed(f"Backend '{self.name}' failed: {exc}") from exc
-        # The upstream's own count, when it gives one, is the truth about what was generated.
-        completion = int(usage["completion_tokens"]) if usage else produced
-        yield Chunk(
-            "",
-            tokens=completion - produced,
-            finish_reason=finish or "stop",
-            prompt_tokens=int(usage["prompt_tokens"]) if usage else None,
-        )
+                except httpx.HTTPError as exc:
+                    self._failed()
+                    why = str(exc) or type(exc).__name__
+                    raise EngineFailed(f"Backend '{self.name}' broke off: {why}") from exc
+            yield relay.last()
+        finally:
+            if not judged:
+                self.breaker.abandoned()
+            if response is not None:
+                await response.aclose()
 
     async def close(self) -> None:
+        await self.probe.stop()
         await self._client.aclose()
+
+
+def _seconds(value: str | None) -> float:
+    try:
+        return max(1.0, float(value)) if value else 1.0
+    except ValueError:
+        return 1.0

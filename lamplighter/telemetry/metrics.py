@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 PER_TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+CIRCUIT_STATES = ("closed", "half_open", "open")
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -119,6 +120,19 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.routed = Counter(
+            "lamplighter_routed",
+            "Requests routed to a backend, by why it was chosen (affinity: it holds the "
+            "conversation's prefix; least_loaded; only: the one candidate).",
+            ["backend", "reason"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            "lamplighter_backend_failovers",
+            "Requests moved off a backend that failed before their first token.",
+            ["backend"],
+            registry=r,
+        )
         self.feedback = Counter(
             "lamplighter_feedback",
             "Feedback given on answers, by kind (thumbs_up, thumbs_down).",
@@ -200,9 +214,25 @@ class _Live(Collector):
             "1 when a backend is ready to serve, 0 when it is not.",
             labels=["backend"],
         )
-        for backend in chat.router.backends:
-            up.add_metric([backend.name], 1.0 if backend.ready else 0.0)
+        circuit = GaugeMetricFamily(
+            "lamplighter_backend_circuit",
+            "An upstream's circuit breaker: 0 closed, 1 half-open (one trial request), 2 open.",
+            labels=["backend"],
+        )
+        load = GaugeMetricFamily(
+            "lamplighter_backend_load",
+            "The load an upstream publishes on its own /metrics, as a share of its capacity.",
+            labels=["backend"],
+        )
+        for status in chat.router.status():
+            up.add_metric([status.name], 1.0 if status.up else 0.0)
+            if status.circuit is not None:
+                circuit.add_metric([status.name], CIRCUIT_STATES.index(status.circuit))
+            if status.load is not None:
+                load.add_metric([status.name], status.load)
         yield up
+        yield circuit
+        yield load
         cache = CounterMetricFamily(
             "lamplighter_cache_lookups", "Response cache lookups, by result.", labels=["result"]
         )
