@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.chat import Principal
@@ -282,5 +283,8 @@ class AccountService:
             if await Accounts(session).count_users():
                 return None
         password = new_password()
-        await self.create_user(email, password=password, admin=True, plan="team")
+        try:
+            await self.create_user(email, password=password, admin=True, plan="team")
+        except (Conflict, IntegrityError):
+            return None  # replicas starting together: another one created it first
         return Bootstrap(email=normalise_email(email), password=password)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from lamplighter.exceptions import InvalidRequest, NotFound
 from lamplighter.store.audit import Audit
 from lamplighter.store.audit import write as write_audit
@@ -50,14 +52,22 @@ class PlanBook:
         self._plans = {row.name: _plan(row) for row in rows}
 
     async def load(self, configured: Mapping[str, Plan]) -> None:
-        """Store configured plans the database lacks, then cache every stored plan."""
+        """Store configured plans the database lacks, then cache every stored plan. Replicas
+        starting together on a new database race to store them: the loser tries once more,
+        and then finds them stored."""
+        try:
+            await self._store_missing(configured)
+        except IntegrityError:
+            await self._store_missing(configured)
+        await self.refresh()
+
+    async def _store_missing(self, configured: Mapping[str, Plan]) -> None:
         async with self.db.transaction() as session:
             plans = Plans(session)
             stored = {row.name for row in await plans.all()}
             for name, plan in configured.items():
                 if name not in stored:
                     await plans.put(_row(plan))
-        await self.refresh()
 
     def get(self, name: str) -> Plan:
         plan = self._plans.get(name)

@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from lamplighter.exceptions import Overloaded
@@ -226,13 +227,16 @@ class RedisState:
         self.use_server_time = use_server_time
         self.errors = 0  # Redis calls that failed or timed out
         self._where = _redact(url)
-        # No retries inside the client: a failed call falls back at once, and the outage logic
-        # below decides when to try again.
+        # A failed call falls back at once, and the outage logic below decides when to try
+        # again; the one retry inside the client is for a connection error only, on a fresh
+        # connection: after a Redis restart, each connection the pool kept from before fails
+        # once, which must not start a new outage (a server that is really down refuses the
+        # retry at once too). A timeout is not retried.
         self._redis: Redis = Redis.from_url(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             decode_responses=True,
         )
         self._reserve = self._redis.register_script(_RESERVE)
