@@ -48,6 +48,30 @@ def test_a_flood_is_reported_once_with_every_account() -> None:
     assert found[0].evidence["accounts"] == ["u0", "u1", "u2", "u3", "u4"]
 
 
+def test_accounts_that_asked_before_the_window_do_not_make_a_flood() -> None:
+    clock = Clock()
+    watch = Watch(WatchPolicy(flood_accounts=3, flood_window_s=600), clock)
+    for user in ("u0", "u1"):
+        assert watch.prompt(user, "the same question") == []
+    clock.now += 601
+    assert watch.prompt("u2", "the same question") == []  # u0 and u1 asked too long ago
+    clock.now += 1
+    [finding] = watch.prompt("u3", "the same question") + watch.prompt("u4", "the same question")
+    assert finding.evidence["accounts"] == ["u2", "u3", "u4"]
+
+
+def test_prompts_nobody_asks_again_are_forgotten_after_the_window() -> None:
+    clock = Clock()
+    watch = Watch(WatchPolicy(flood_window_s=600), clock)
+    for n in range(1000):
+        watch.prompt(f"u{n % 7}", f"a question of its own, number {n:x} with words {n * 7919:x}")
+    remembered = len(watch._prompts)
+    assert remembered > 500
+    clock.now += 601 + Watch.SWEEP_S
+    watch.prompt("u0", "one more")
+    assert len(watch._prompts) == 1
+
+
 @given(st.lists(st.floats(0.5, 5.0), min_size=12, max_size=12))
 def test_human_pauses_are_not_bot_timing(pauses: list[float]) -> None:
     gaps = pauses[1:]  # the first pause comes before the first request

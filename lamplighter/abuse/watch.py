@@ -78,8 +78,13 @@ class WatchPolicy:
         return policy
 
 
+def _last(seen: tuple[str, float] | dict[str, float]) -> float:
+    return seen[1] if isinstance(seen, tuple) else max(seen.values())
+
+
 class Watch:
     MAX_KEYS = 100_000
+    SWEEP_S = 60.0
 
     def __init__(
         self, policy: WatchPolicy | None = None, clock: Callable[[], float] = time.time
@@ -87,7 +92,10 @@ class Watch:
         self.policy = policy or WatchPolicy()
         self.clock = clock
         self._signups: dict[str, deque[tuple[float, str]]] = {}
-        self._prompts: dict[str, deque[tuple[float, str]]] = {}
+        # fingerprint -> (user, when) while one account asked it, else {user: last asked}.
+        # A prompt asked once is most prompts: it costs one small tuple until the sweep.
+        self._prompts: dict[str, tuple[str, float] | dict[str, float]] = {}
+        self._swept = self.clock()
         self._flagged: dict[tuple[str, str], float] = {}  # (kind, subject) -> when reported
         self._times: dict[str, deque[float]] = {}
 
@@ -128,19 +136,27 @@ class Watch:
         now = self.clock()
         found = []
         key = fingerprint(text)
-        seen = self._prompts.setdefault(key, deque())
-        seen.append((now, user))
-        self._window(seen, now, self.policy.flood_window_s)
-        accounts = list(dict.fromkeys(u for _, u in seen))
-        if len(accounts) >= self.policy.flood_accounts and self._first("prompt_flood", key):
-            found.append(
-                Finding(
-                    "prompt_flood",
-                    f"prompt:{key}",
-                    "throttle",
-                    {"accounts": accounts, "requests": len(seen), "sample": text[:200]},
-                )
-            )
+        since = now - self.policy.flood_window_s
+        seen = self._prompts.get(key)
+        if seen is None or (isinstance(seen, tuple) and (seen[0] == user or seen[1] <= since)):
+            self._prompts[key] = (user, now)
+        else:
+            if isinstance(seen, tuple):
+                seen = self._prompts[key] = {seen[0]: seen[1]}
+            seen[user] = now
+            if len(seen) >= self.policy.flood_accounts:
+                for gone in [u for u, when in seen.items() if when <= since]:
+                    del seen[gone]
+                if len(seen) >= self.policy.flood_accounts and self._first("prompt_flood", key):
+                    found.append(
+                        Finding(
+                            "prompt_flood",
+                            f"prompt:{key}",
+                            "throttle",
+                            {"accounts": list(seen), "sample": text[:200]},
+                        )
+                    )
+        self._sweep(now)
         times = self._times.setdefault(user, deque(maxlen=self.policy.timing_requests))
         times.append(now)
         if len(times) == times.maxlen:
@@ -182,6 +198,16 @@ class Watch:
         while entries and entries[0][0] <= now - span:
             entries.popleft()
         return entries
+
+    def _sweep(self, now: float) -> None:
+        """Forget prompts nobody asked within the flood window, once a minute: the table then
+        holds about one window of traffic instead of filling to ``MAX_KEYS``."""
+        if now - self._swept < self.SWEEP_S:
+            return
+        self._swept = now
+        since = now - self.policy.flood_window_s
+        for key in [k for k, seen in self._prompts.items() if _last(seen) <= since]:
+            del self._prompts[key]
 
     def _bound(self) -> None:
         tables: tuple[dict[Any, Any], ...] = (

@@ -37,7 +37,9 @@ from lamplighter.engines.health import Load
 from lamplighter.exceptions import EngineFailed, NotFound, Overloaded
 
 AFFINITY_SLACK = 0.5
-AFFINITY_ENTRIES = 100_000
+# A backend's prefix cache holds the recent conversations, not every one: an 8B model's KV
+# cache on one H100 is a few thousand long prompts. 20,000 is generous and about 4 MB.
+AFFINITY_ENTRIES = 20_000
 
 
 class Unavailable(EngineFailed):
