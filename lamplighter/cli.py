@@ -651,6 +651,51 @@ def bench_surge(
     typer.echo(json.dumps(result) if as_json else surge.render(result))
 
 
+@bench.command("overhead")
+def bench_overhead(
+    concurrency: Annotated[str, typer.Option(help="Concurrent requests, comma-separated.")] = (
+        "1,8,64"
+    ),
+    duration: Annotated[float, typer.Option(min=0.5, help="Seconds measured per cell.")] = 5.0,
+    warmup: Annotated[float, typer.Option(min=0, help="Seconds before each cell.")] = 1.0,
+    chunks: Annotated[int, typer.Option(min=1, help="Tokens (streamed chunks) an answer.")] = 32,
+    long_chunks: Annotated[
+        int, typer.Option(min=2, help="Tokens of the longer streams, for the CPU a chunk costs.")
+    ] = 128,
+    skip_litellm: Annotated[
+        bool, typer.Option("--skip-litellm", help="Compare with the mock only.")
+    ] = False,
+    soak: Annotated[
+        float, typer.Option(min=0, help="Run a soak of this many seconds instead.")
+    ] = 0.0,
+    soak_streams: Annotated[int, typer.Option(min=1, help="Streams held open.")] = 500,
+    soak_chunk_ms: Annotated[float, typer.Option(min=0, help="Pause before a chunk.")] = 20.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """What the gateway adds in front of a fast mock upstream, beside LiteLLM; or a soak."""
+    from lamplighter.overhead.run import Options, bench, parse_concurrency, render
+
+    try:
+        levels = parse_concurrency(concurrency)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--concurrency") from exc
+    if long_chunks <= chunks:
+        raise typer.BadParameter("must be more than --chunks", param_hint="--long-chunks")
+    options = Options(
+        concurrency=levels,
+        duration=duration,
+        warmup=warmup,
+        chunks=chunks,
+        long_chunks=long_chunks,
+        skip_litellm=skip_litellm,
+        soak=soak,
+        soak_streams=soak_streams,
+        soak_chunk_ms=soak_chunk_ms,
+    )
+    result = bench(options, lambda line: typer.echo(line, err=True))
+    typer.echo(json.dumps(result) if as_json else render(result))
+
+
 # --- end of simulation commands ---------------------------------------------------------------
 
 

@@ -1,0 +1,81 @@
+"""`lamplighter bench overhead`, run small: the mock upstream alone and the real gateway in front
+of it (LiteLLM left out), one short cell each, checked for shape and for sane figures."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from lamplighter.cli import app
+from lamplighter.overhead.run import Options, bench, parse_concurrency, render
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads CPU time from /proc"
+)
+
+
+@pytest.fixture(scope="module")
+def result() -> dict:
+    options = Options(
+        concurrency=(2,), duration=0.7, warmup=0.2, chunks=8, long_chunks=24, skip_litellm=True
+    )
+    return bench(options)
+
+
+def test_every_cell_is_measured(result: dict) -> None:
+    cells = {(c["target"], c["stream"], c["concurrency"], c["tokens"]): c for c in result["cells"]}
+    kinds = [(False, 8), (True, 8), (True, 24)]
+    assert set(cells) == {(t, s, 2, n) for t in ("mock", "gateway") for s, n in kinds}
+    for cell in cells.values():
+        assert cell["errors"] == 0, cell["sample_error"]
+        assert cell["requests"] > 0 and cell["requests_per_s"] > 0
+        assert cell["latency_ms"]["p50"] > 0
+        assert cell["latency_ms"]["p99"] >= cell["latency_ms"]["p50"]
+        assert cell["cpu_ms_per_request"] is not None and cell["cpu_ms_per_request"] >= 0
+        assert cell["server_cores"] > 0 and cell["other_cores"] >= 0
+    # Streams arrive as chunks, every one counted; the gateway relays them all.
+    for target in ("mock", "gateway"):
+        for tokens in (8, 24):
+            streamed = cells[(target, True, 2, tokens)]
+            assert streamed["chunks_per_request"] == tokens
+            assert streamed["first_chunk_ms"]["p50"] <= streamed["latency_ms"]["p50"]
+    # The mock alone is much faster than anything put in front of it.
+    mock, gateway = cells[("mock", False, 2, 8)], cells[("gateway", False, 2, 8)]
+    assert mock["requests_per_s"] > gateway["requests_per_s"]
+
+
+def test_the_comparisons_name_the_gateway(result: dict) -> None:
+    rows = result["compared"]["rows"]
+    assert {(r["stream"], r["concurrency"]) for r in rows} == {(False, 2), (True, 2)}
+    for row in rows:
+        assert row["gateway"]["added_p50_ms"] is not None
+        assert "litellm" not in row
+    assert result["compared"]["cpu_ms_per_chunk"]["gateway"]["2"] is not None
+    assert result["unavailable"] == {"litellm": "skipped (--skip-litellm)"}
+    names = [check["check"] for check in result["checks"]]
+    assert any("added p50 latency" in name for name in names)
+    assert any("CPU per relayed chunk" in name for name in names)
+    json.dumps(result)  # --json prints it as one object
+
+
+def test_the_report_is_a_table(result: dict) -> None:
+    text = render(result)
+    assert "gateway" in text and "mock" in text
+    assert "litellm not measured: skipped" in text
+
+
+def test_concurrency_is_a_list_of_counts() -> None:
+    assert parse_concurrency("1, 8,64") == (1, 8, 64)
+    for bad in ("", "0", "a,b"):
+        with pytest.raises(ValueError):
+            parse_concurrency(bad)
+
+
+def test_the_command_refuses_bad_options() -> None:
+    answer = CliRunner().invoke(app, ["bench", "overhead", "--concurrency", "x"])
+    assert answer.exit_code == 2
+    answer = CliRunner().invoke(app, ["bench", "overhead", "--chunks", "64", "--long-chunks", "8"])
+    assert answer.exit_code == 2
