@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -19,9 +20,14 @@ from lamplighter.abuse.violations import ViolationPolicy, Violations
 from lamplighter.abuse.watch import Watch, WatchPolicy
 from lamplighter.accounts import AccountService, Bootstrap
 from lamplighter.api import admin, errors, feedback, health, openai
+from lamplighter.api import billing as billing_api
+from lamplighter.api import config as config_api
 from lamplighter.api.middleware import RateLimitHeaders, RequestIds, RequestLimits, SecurityHeaders
 from lamplighter.api.state import Services
+from lamplighter.billing.service import Billing
+from lamplighter.billing.stripe import StripeClient
 from lamplighter.chat import ChatService
+from lamplighter.drain import Drain, DrainGate, DrainMetrics
 from lamplighter.engines.base import Backend
 from lamplighter.engines.embedded import EmbeddedBackend, bundled_model_path
 from lamplighter.engines.router import Router
@@ -31,6 +37,7 @@ from lamplighter.flywheel.feedback import Feedback
 from lamplighter.flywheel.policy import FlywheelPolicy
 from lamplighter.flywheel.preferences import Preferences
 from lamplighter.readonly import ReadOnly
+from lamplighter.reload import Reloader, ReloadMetrics
 from lamplighter.settings import Settings, read_config
 from lamplighter.store import migrate
 from lamplighter.store.database import Database
@@ -57,6 +64,8 @@ log = logging.getLogger(__name__)
 CREDITS_REVIEW_S = 600.0
 # How often replicas reread the plans from the database, besides hearing of changes at once.
 PLANS_RESYNC_S = 30.0
+# How often subscriptions' period ends and grace expiries are applied (idempotent, per replica).
+BILLING_SWEEP_S = 60.0
 
 
 def announce_bootstrap(settings: Settings, created: Bootstrap) -> None:
@@ -135,6 +144,8 @@ def create_app(
 ) -> FastAPI:
     """The app. ``backends`` replaces the embedded engine (tests pass a scripted one)."""
     tracing = Tracing(settings.otlp_endpoint)
+    # The shutdown sequence: GracefulServer (drain.py) starts it on SIGTERM.
+    drain = Drain(grace_s=settings.drain_grace, timeout_s=settings.shutdown_timeout)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -151,6 +162,16 @@ def create_app(
 
         plans = PlanBook(db, announce)
         await plans.load(plans_from_config(config.get("plans", {})))
+        billing = Billing(
+            db,
+            plans,
+            free_plan=settings.billing_free_plan,
+            grace=timedelta(days=settings.billing_grace_days),
+            stripe_client=StripeClient(settings.stripe_secret_key, settings.stripe_api_base)
+            if settings.stripe_secret_key
+            else None,
+            webhook_secret=settings.stripe_webhook_secret,
+        )
         traffic = config.get("traffic", {})
         degrade = rules_from_config(traffic.get("degrade", []))
         headroom = headroom_from_config(traffic.get("headroom", {}))
@@ -230,6 +251,7 @@ def create_app(
             feedback=Feedback(db, metrics, settings.training_consent_default, credits),
             credits=credits,
             preferences=Preferences(db, flywheel, credits, metrics),
+            billing=billing,
         )
         state.violations.on_ban = lambda ban: state.chat.metrics.bans.labels(
             ban.subject.split(":", 1)[0]
@@ -240,15 +262,27 @@ def create_app(
         created = await state.accounts.bootstrap_admin(settings.admin_email)
         if created is not None:
             on_bootstrap(settings, created)
+        state.drain, drain.chat = drain, state.chat
+        metrics.registry.register(DrainMetrics(drain))
+
+        async def reloaded() -> None:
+            await bulletin.publish("config")
+
+        state.reloader = reloader = Reloader(settings, state, config, announce=reloaded)
+        metrics.registry.register(ReloadMetrics(reloader))
+        bulletin.on("config", reloader.heard)  # another replica reloaded: reread our file
+        reloader.listen_for_sighup()
         app.state.services = state
         sampler = asyncio.create_task(_sample(state.chat.metrics, settings.stats_interval))
         reviewer = asyncio.create_task(_review_credits(state.credits))
+        sweeper = asyncio.create_task(billing.sweep_forever(BILLING_SWEEP_S))
         resync = asyncio.create_task(_resync_plans(plans)) if settings.redis_url else None
         try:
             yield
         finally:
             sampler.cancel()
             reviewer.cancel()
+            sweeper.cancel()
             if resync is not None:
                 resync.cancel()
             await bulletin.stop()
@@ -258,7 +292,9 @@ def create_app(
             await admission.close()
             if shared is not None:
                 await shared.stop()  # after the drain, which settles and releases the slots
-            await moderation.close()
+            await reloader.close()
+            await state.chat.moderation.close()  # the one a reload put in, if any
+            await billing.close()
             await db.close()
             await asyncio.to_thread(tracing.shutdown)  # flushes the spans not yet exported
 
@@ -278,10 +314,16 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(TraceRequests, tracing=tracing)
+    # Counts requests in flight; refuses new ones once a stopping server's grace is over.
+    app.add_middleware(DrainGate, drain=drain)
     app.add_middleware(RequestIds)  # added last, so it runs first: ids cover everything
+    app.state.drain = drain
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(admin.router)
+    app.include_router(config_api.router)
+    app.include_router(billing_api.router)
+    app.include_router(billing_api.admin_router)
     app.include_router(feedback.router)
     app.include_router(web_api.router)
     app.include_router(pages.router)

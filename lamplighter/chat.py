@@ -49,6 +49,7 @@ from lamplighter.exceptions import (
     EngineFailed,
     NotFound,
     Overloaded,
+    ShuttingDown,
 )
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.database import Database
@@ -151,6 +152,11 @@ class Exchange:
     span: Span = INVALID_SPAN  # "chat {model}", from open to settle
     _settling: asyncio.Future[None] | None = None
     _checkpoint: asyncio.Task[None] | None = None
+    # A shutdown's deadline ended the answer early (see ``interrupt``): why, as told the client.
+    interrupted: str | None = None
+    _task: asyncio.Task[Any] | None = None  # the task reading the stream
+    _pulling: bool = False  # that task awaits the source's next chunk
+    _cancelled_it: bool = False  # interrupt() cancelled that wait
 
     @property
     def cached(self) -> bool:
@@ -196,8 +202,26 @@ class Exchange:
         the answer and its usage are durable."""
         chunks = self.source(self.prepared)
         last_checkpoint = time.perf_counter()
+        self._task = asyncio.current_task()
         try:
-            async for chunk in chunks:
+            while True:
+                if self.interrupted is not None:
+                    # Ended by a shutdown: what was generated is the answer, settled as cut.
+                    self.finish_reason = "shutdown"
+                    await self._settle("cut")
+                    yield Chunk("", tokens=0, finish_reason="length")
+                    return
+                self._pulling = True
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except asyncio.CancelledError:
+                    if not self._interrupt_cancelled():
+                        raise
+                    continue
+                finally:
+                    self._pulling = False
                 if self.ttft is None:
                     self.ttft = time.perf_counter() - self._started
                 self.completion_tokens += chunk.tokens
@@ -235,6 +259,27 @@ class Exchange:
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
             await self.close()
+
+    def interrupt(self, why: str) -> bool:
+        """End the answer now (a stopping server's deadline passed): the stream yields a last
+        chunk with ``finish_reason`` "length" instead of waiting for the next token, and what was
+        generated is settled as cut. False if the answer was already ending."""
+        if self._settling is not None or self.interrupted is not None:
+            return False
+        self.interrupted = why
+        if self._pulling and self._task is not None:
+            # Waiting on the backend, perhaps for a long time: stop waiting.
+            self._cancelled_it = True
+            self._task.cancel()
+        return True
+
+    def _interrupt_cancelled(self) -> bool:
+        """Whether the cancellation just caught was interrupt()'s alone (then it is taken back);
+        a client that left at the same moment still cancels the stream."""
+        if not self._cancelled_it or self._task is None:
+            return False
+        self._cancelled_it = False
+        return self._task.uncancel() == 0
 
     def flag_output(self, categories: tuple[str, ...]) -> None:
         for category in categories:
@@ -327,6 +372,8 @@ class ChatService:
         self.metrics.watch(self)
         # Exchanges opened and not yet settled; shutdown settles them before closing the database.
         self.live: set[Exchange] = set()
+        # Set by ``interrupt_all`` at a shutdown's deadline: why no answer may run any more.
+        self.stopping: str | None = None
         # Threading a request reads then writes the user's tree; one at a time per user keeps
         # two identical requests from storing the same path twice.
         self._user_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
@@ -427,6 +474,8 @@ class ChatService:
         cached = await self.cache.lookup(key, self.limiter.clock.monotonic()) if key else None
         slot: Slot | None = None
         try:
+            if self.stopping is not None:
+                raise ShuttingDown(self.stopping, retry_after=1)
             if cached is None:
                 waited = time.perf_counter()
                 try:
@@ -477,6 +526,8 @@ class ChatService:
                 error.headers.update(await self.limiter.headers(plan, principal.user_id))
             raise
         self.live.add(exchange)
+        if self.stopping is not None:
+            exchange.interrupt(self.stopping)
         self.metrics.admitted.labels(plan.name).inc()
         if degraded is not None:
             self.metrics.degraded.labels(plan.name).inc()
@@ -783,6 +834,14 @@ class ChatService:
                     ttft_ms=usage.ttft_ms,
                     finish_reason=usage.finish_reason,
                 )
+
+    def interrupt_all(self, why: str) -> int:
+        """A stopping server's deadline: end every open answer now (each stream's last chunk
+        says so, and what it generated is settled), refuse the requests still waiting for a
+        backend slot, and any request that gets this far from now on. How many were ended."""
+        self.stopping = why
+        self.admission.refuse_waiting(why)
+        return sum(exchange.interrupt(why) for exchange in list(self.live))
 
     async def drain(self) -> None:
         """Settle every exchange still open (as cut, unless it finished meanwhile) and wait

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -10,7 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TextIO, TypeVar
 
 import typer
 
@@ -79,6 +80,7 @@ def serve(
     import uvicorn
 
     from lamplighter.app import create_app
+    from lamplighter.drain import CUT_WAIT_S, GracefulServer
     from lamplighter.logs import configure_logging
 
     settings = _settings(config, host=host, port=port)
@@ -86,14 +88,23 @@ def serve(
     logging.getLogger("lamplighter").info(
         "starting", extra={"url": f"http://{settings.host}:{settings.port}"}
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,  # RequestIds writes a structured access line instead
-        timeout_graceful_shutdown=settings.shutdown_timeout,
+    app = create_app(settings)
+    server = GracefulServer(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,  # RequestIds writes a structured access line instead
+            # The drain (drain.py) has already waited for the requests: only a backstop.
+            timeout_graceful_shutdown=int(CUT_WAIT_S),
+        ),
+        app.state.drain,
     )
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, re-raised once the server is down
+        server.run()
+    if not server.started:
+        raise typer.Exit(3)  # uvicorn's status for a failed start
 
 
 @users.command("create")
@@ -697,6 +708,200 @@ def bench_overhead(
 
 
 # --- end of simulation commands ---------------------------------------------------------------
+
+
+# --- Billing: grants, statements, teams (lamplighter/billing) ---------------------------------
+
+billing_app = typer.Typer(help="Paid plans: grants, statements, period ends.", no_args_is_help=True)
+teams_app = typer.Typer(help="Teams that share a subscription's seats.", no_args_is_help=True)
+app.add_typer(billing_app, name="billing")
+app.add_typer(teams_app, name="teams")
+
+UserOption = Annotated[str | None, typer.Option("--user", help="The user, by email.")]
+TeamOption = Annotated[str | None, typer.Option("--team", help="The team, by name.")]
+
+
+def _billing(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Migrate, load the plans, then run ``action`` with the billing service (Stripe too when
+    configured, to cancel there); API errors become exit 1."""
+    from lamplighter.billing.service import Billing
+    from lamplighter.billing.stripe import StripeClient
+    from lamplighter.settings import read_config
+    from lamplighter.traffic.planbook import PlanBook
+    from lamplighter.traffic.plans import plans_from_config
+
+    async def run(db: Database) -> T:
+        plans = PlanBook(db)
+        await plans.load(plans_from_config(read_config(settings.config).get("plans", {})))
+        key = settings.stripe_secret_key
+        billing = Billing(
+            db,
+            plans,
+            free_plan=settings.billing_free_plan,
+            grace=timedelta(days=settings.billing_grace_days),
+            stripe_client=StripeClient(key, settings.stripe_api_base) if key else None,
+        )
+        try:
+            return await action(billing)
+        finally:
+            await billing.close()
+
+    try:
+        return _with_db(settings, run)
+    except APIError as exc:
+        typer.secho(f"error: {exc.message}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _one_subject(user: str | None, team: str | None) -> None:
+    if (user is None) == (team is None):
+        typer.secho("error: give --user EMAIL or --team NAME", fg="red", err=True)
+        raise typer.Exit(2)
+
+
+@billing_app.command("grant")
+def billing_grant(
+    plan: Annotated[str, typer.Option(help="The plan to grant.")],
+    user: UserOption = None,
+    team: TeamOption = None,
+    until: Annotated[
+        datetime | None, typer.Option(help="When it ends (ISO 8601, UTC unless it says).")
+    ] = None,
+    months: Annotated[int | None, typer.Option(min=1, help="Months from now.")] = None,
+    days: Annotated[int | None, typer.Option(min=1, help="Days from now.")] = None,
+    seats: Annotated[int, typer.Option(min=1, help="Seats, for a team.")] = 1,
+    config: ConfigOption = None,
+) -> None:
+    """Grant a plan to a user or team for a period (the organisation invoices it). It applies
+    to their next request; when it ends they fall to the free plan."""
+    from lamplighter.billing.subscriptions import add_period
+
+    _one_subject(user, team)
+    if sum(x is not None for x in (until, months, days)) != 1:
+        typer.secho("error: give one of --until, --months or --days", fg="red", err=True)
+        raise typer.Exit(2)
+    now = datetime.now(UTC)
+    if until is not None:
+        end = until if until.tzinfo else until.replace(tzinfo=UTC)
+    elif months is not None:
+        end = add_period(now, "month", months)
+    else:
+        end = now + timedelta(days=days or 0)
+    row = _billing(
+        _settings(config),
+        lambda billing: billing.grant(plan=plan, until=end, email=user, team=team, seats=seats),
+    )
+    typer.echo(f"granted {row.plan} to {user or team} until {row.period_end:%Y-%m-%d %H:%M} UTC")
+
+
+@billing_app.command("end")
+def billing_end(
+    user: UserOption = None, team: TeamOption = None, config: ConfigOption = None
+) -> None:
+    """End a user's or team's subscription now; they fall to the free plan."""
+    _one_subject(user, team)
+    _billing(_settings(config), lambda billing: billing.end(email=user, team=team))
+    typer.echo(f"ended the subscription of {user or team}")
+
+
+@billing_app.command("statement")
+def billing_statement(
+    period: Annotated[str, typer.Option(help="The month, YYYY-MM.")],
+    team: TeamOption = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="CSV file to write (default: standard output).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Usage per user and plan in a month, with the plan's price, as CSV."""
+    from lamplighter.billing import statements
+
+    settings = _settings(config)
+    try:
+        when = statements.period(period)
+    except APIError as exc:
+        typer.secho(f"error: {exc.message}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+    async def write(billing: Any, file: TextIO) -> int:
+        team_id = await statements.team_id(billing.db, team)
+        count = -1  # the header is no line of usage
+        async for values in statements.rows(billing.db, billing.plans, when, team_id):
+            file.writelines(statements.csv_lines([values]))
+            count += 1
+        return count
+
+    with open(out, "w", newline="") if out else contextlib.nullcontext(sys.stdout) as file:
+        lines = _billing(settings, lambda billing: write(billing, file))
+    if out is not None:
+        typer.echo(f"wrote {lines} lines to {out}", err=True)
+
+
+@billing_app.command("sweep")
+def billing_sweep(config: ConfigOption = None) -> None:
+    """Apply the period ends and grace expiries that are due (the server does it every
+    minute)."""
+    changed = _billing(_settings(config), lambda billing: billing.sweep())
+    typer.echo(f"{changed} subscriptions changed")
+
+
+@teams_app.command("create")
+def teams_create(
+    name: str,
+    owner: Annotated[
+        str | None, typer.Option(help="Email of the owner, who may buy its subscription.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create a team (its owner joins it first)."""
+    _billing(_settings(config), lambda billing: billing.create_team(name, owner))
+    typer.echo(f"created team {name}")
+
+
+@teams_app.command("add")
+def teams_add(name: str, email: str, config: ConfigOption = None) -> None:
+    """Add a person to a team; with a subscription, only while a seat is free."""
+    _billing(_settings(config), lambda billing: billing.add_member(name, email))
+    typer.echo(f"added {email} to {name}")
+
+
+@teams_app.command("remove")
+def teams_remove(name: str, email: str, config: ConfigOption = None) -> None:
+    """Remove a person from a team; they lose its plan at once."""
+    _billing(_settings(config), lambda billing: billing.remove_member(name, email))
+    typer.echo(f"removed {email} from {name}")
+
+
+@teams_app.command("show")
+def teams_show(
+    name: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """A team's subscription and members, and who holds a seat."""
+    team = _billing(_settings(config), lambda billing: billing.team(name))
+    if as_json:
+        typer.echo(json.dumps(team, indent=2))
+        return
+    sub = team["subscription"]
+    typer.echo(
+        f"{team['name']} (owner {team['owner'] or '-'}): "
+        + (f"{sub['plan']}, {sub['seats']} seats, {sub['status']}" if sub else "no subscription")
+    )
+    for member in team["members"]:
+        typer.echo(
+            f"  {member['email']:<32} {member['plan']:<8} {'seat' if member['seat'] else ''}"
+        )
+
+
+@teams_app.command("list")
+def teams_list(config: ConfigOption = None) -> None:
+    """Every team and how many members it has."""
+    for team in _billing(_settings(config), lambda billing: billing.teams()):
+        typer.echo(f"{team['name']:<32} {team['members']} members")
+
+
+# --- end of billing commands ------------------------------------------------------------------
 
 
 def main() -> None:

@@ -11,7 +11,8 @@
         ├── RateLimited          429  requests|tokens         code=rate_limit_exceeded
         ├── QuotaExceeded        429  insufficient_quota      code=insufficient_quota
         ├── ServiceUnavailable   503  server_error            (engine not loaded)
-        │   └── Overloaded       503  server_error            code=overloaded (queue patience)
+        │   ├── Overloaded       503  server_error            code=overloaded (queue patience)
+        │   └── ShuttingDown     503  server_error            code=server_shutting_down (drain)
         └── EngineFailed         500  server_error            (a backend broke mid-request)
 
 Refusals that a client should retry (429, 503) carry ``retry-after`` (whole seconds, as the
@@ -136,6 +137,14 @@ class Overloaded(_Retryable):
     status_code = 503
     type = "server_error"
     code = "overloaded"
+
+
+class ShuttingDown(_Retryable):
+    """This replica is stopping (see drain.py): ask again, and another replica answers."""
+
+    status_code = 503
+    type = "server_error"
+    code = "server_shutting_down"
 
 
 class EngineFailed(APIError):

@@ -89,8 +89,39 @@ class Settings:
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
     shutdown_timeout: int = _setting(
         10,
-        "Seconds a stopping server lets running answers finish before it cuts them "
-        "(they are stored as cut, with their usage).",
+        "Seconds a stopping server (SIGTERM) lets running answers finish, counted from the "
+        "signal; then it ends them with a final event (they are stored as cut, with their usage).",
+    )
+    drain_grace: int = _setting(
+        5,
+        "Seconds a stopping server keeps serving new requests while /readyz already answers "
+        "503, so that load balancers take it out first; within SHUTDOWN_TIMEOUT.",
+    )
+    stripe_secret_key: str = field(
+        default="",
+        repr=False,
+        metadata={
+            "help": "Stripe secret API key (sk_live_... or sk_test_...) for Checkout and plan "
+            "changes. Empty: no online payments; admins grant plans by hand."
+        },
+    )
+    stripe_webhook_secret: str = field(
+        default="",
+        repr=False,
+        metadata={
+            "help": "Signing secret (whsec_...) of the Stripe webhook endpoint "
+            "/api/billing/stripe/webhook. Empty: the endpoint answers 404."
+        },
+    )
+    stripe_api_base: str = _setting(
+        "https://api.stripe.com", "Base URL of Stripe's API (tests point it at a local server)."
+    )
+    billing_grace_days: int = _setting(
+        7,
+        "Days a subscription whose payment failed keeps its plan before falling to the free plan.",
+    )
+    billing_free_plan: str = _setting(
+        "free", "Plan of people whose subscription ended (or lapsed unpaid)."
     )
 
     @property
@@ -204,6 +235,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("setting 'redis_failure': use open or closed")
     if settings.replicas < 1:
         raise ConfigError("setting 'replicas': must be at least 1")
+    if settings.shutdown_timeout < 0 or settings.drain_grace < 0:
+        raise ConfigError("settings 'shutdown_timeout' and 'drain_grace': must be 0 or more")
     if settings.n_ctx < 128:
         raise ConfigError("setting 'n_ctx': must be at least 128 tokens")
+    if settings.billing_grace_days < 0:
+        raise ConfigError("setting 'billing_grace_days': must be 0 or more")
     return settings

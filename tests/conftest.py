@@ -60,8 +60,9 @@ class ThreadedServer:
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.loop = asyncio.new_event_loop()
+        # The server is looked up when the thread starts, so a subclass may replace it.
         self.thread = threading.Thread(
-            target=self.loop.run_until_complete, args=(self.server.serve(),), daemon=True
+            target=lambda: self.loop.run_until_complete(self.server.serve()), daemon=True
         )
 
     @property

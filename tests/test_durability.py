@@ -63,7 +63,9 @@ def stream_essay(
     ):
         for line in response.iter_lines():
             if line.startswith("data: {"):
-                seen += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                event = json.loads(line[6:])
+                if event.get("choices"):  # not the error event that ends a cut stream
+                    seen += event["choices"][0]["delta"].get("content") or ""
             if len(seen.split()) >= signal_at and not signalled:
                 server.send_signal(sent)
                 signalled = True
@@ -127,13 +129,13 @@ def test_a_stopped_server_settles_the_answers_it_was_generating(tmp_path: Path) 
 
     engine = create_engine(f"sqlite:///{tmp_path / 'lamplighter.db'}")
     with engine.connect() as conn:
-        status, content, tokens = conn.execute(
+        status, finish, content, tokens = conn.execute(
             text(
-                "SELECT m.status, m.content, u.completion_tokens FROM messages m "
+                "SELECT m.status, m.finish_reason, m.content, u.completion_tokens FROM messages m "
                 "JOIN usage u ON u.message_id = m.id WHERE m.role = 'assistant'"
             )
         ).one()
     engine.dispose()
-    assert status == "cut"
+    assert (status, finish) == ("cut", "shutdown")
     assert content.startswith(seen)
     assert 20 <= tokens < 1800

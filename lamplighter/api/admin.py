@@ -75,6 +75,10 @@ class PlanChanges(Body):
     ttft_slo_s: float | None = Field(default=None, gt=0, le=3600)
     cache_ttl_s: float | None = Field(default=None, ge=0, le=86400)
     browser_only: bool | None = None
+    # Prices per seat in minor units of currency (cents); 0: not sold for that period.
+    monthly_price: int | None = Field(default=None, ge=0, le=10**12)
+    yearly_price: int | None = Field(default=None, ge=0, le=10**12)
+    currency: str | None = Field(default=None, pattern=r"^[a-z]{3}$")
 
 
 class PlanChoice(Body):

@@ -19,13 +19,14 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(state: State) -> JSONResponse:
-    """Ready to serve chat: every model loaded and the database reachable; 503 otherwise."""
+    """Ready to serve chat: every model loaded and the database reachable; 503 otherwise, and
+    503 "draining" from the moment the server is asked to stop (see drain.py)."""
     checks = {"models": state.router.ready, "database": await state.db.ping()}
     ready = all(checks.values())
-    return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks},
-        status_code=200 if ready else 503,
-    )
+    status = "ready" if ready else "not ready"
+    if state.drain is not None and state.drain.draining:
+        ready, status = False, "draining"
+    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)
 
 
 @router.get(

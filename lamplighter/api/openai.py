@@ -29,10 +29,13 @@ from lamplighter.exceptions import (
     ContextLengthExceeded,
     NotFound,
     PermissionDenied,
+    ShuttingDown,
 )
 from lamplighter.store.audit import Audit
 
 router = APIRouter(prefix="/v1")
+# Sent with a non-streamed answer that a stopping server cut short.
+CUT_WARNING = "the server stopped before this answer was finished; finish_reason is length"
 log = logging.getLogger(__name__)
 
 
@@ -164,6 +167,8 @@ async def chat_completions(
                 pass
         except APIError as error:
             return error.status_code, error.body(), error.headers
+        if exchange.interrupted is not None:
+            return 200, _completion(exchange), {"x-lamplighter-warning": CUT_WARNING}
         return 200, _completion(exchange), {}
 
     return DeferredJSONResponse(produce, headers, finally_=exchange.close)
@@ -182,7 +187,8 @@ def _completion(exchange: Exchange) -> dict[str, Any]:
                 "index": 0,
                 "message": {"role": "assistant", "content": exchange.content, "refusal": None},
                 "logprobs": None,
-                "finish_reason": exchange.finish_reason,
+                # A shutdown's cut reads as "length": the answer stopped at a limit.
+                "finish_reason": "length" if exchange.interrupted else exchange.finish_reason,
             }
         ],
         "usage": {
@@ -233,4 +239,7 @@ async def _events(exchange: Exchange, include_usage: bool) -> AsyncIterator[byte
                 },
             }
         )
+    if exchange.interrupted is not None:
+        # Said after the usage, which a client reading until an error still gets.
+        yield sse(ShuttingDown(exchange.interrupted, retry_after=1).body())
     yield SSE_DONE

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -11,6 +11,7 @@ from lamplighter.abuse.reports import ReviewQueue
 from lamplighter.abuse.violations import Violations
 from lamplighter.abuse.watch import Watch
 from lamplighter.accounts import AccountService
+from lamplighter.billing.service import Billing
 from lamplighter.chat import ChatService
 from lamplighter.engines.router import Router
 from lamplighter.flywheel.credits import Credits
@@ -21,6 +22,10 @@ from lamplighter.store.database import Database
 from lamplighter.traffic.planbook import PlanBook
 from lamplighter.traffic.ratelimits import RateLimiter
 from lamplighter.web.auth import WebAuth
+
+if TYPE_CHECKING:
+    from lamplighter.drain import Drain
+    from lamplighter.reload import Reloader
 
 
 @dataclass
@@ -39,6 +44,9 @@ class Services:
     feedback: Feedback
     credits: Credits
     preferences: Preferences
+    billing: Billing
+    drain: Drain | None = None  # the shutdown sequence (drain.py)
+    reloader: Reloader | None = None  # live configuration reloads (reload.py)
 
 
 def services(request: Request) -> Services:

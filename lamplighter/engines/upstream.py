@@ -286,6 +286,7 @@ class UpstreamBackend:
             transport=transport,
         )
         self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown_s)
+        self.streams = 0  # generations running: a backend a reload replaced closes at 0
         probe_timeout = max(0.5, min(5.0, config.health_interval_s))
         self.probe = Probe(
             config.name,
@@ -413,6 +414,7 @@ class UpstreamBackend:
         relay = _Relay(self.name)
         response: httpx.Response | None = None
         judged = False  # the breaker has heard how this request went
+        self.streams += 1
         try:
             text = ""
             try:
@@ -452,6 +454,7 @@ class UpstreamBackend:
                     raise EngineFailed(f"Backend '{self.name}' broke off: {why}") from exc
             yield relay.last()
         finally:
+            self.streams -= 1
             if not judged:
                 self.breaker.abandoned()
             if response is not None:

@@ -4,22 +4,32 @@ On PostgreSQL every migration runs with a short ``lock_timeout`` (``env.py``): a
 that has to wait for a lock (behind a long query, say) gives up after ``LOCK_TIMEOUT`` instead of
 queueing every later query on that table behind it, which would stall a live service. The
 migration's transaction rolls back and :func:`upgrade` tries again a few times, backing off.
+
+Replicas that start together all migrate at start. On PostgreSQL they take turns: each holds the
+advisory lock ``MIGRATION_LOCK`` (:func:`one_at_a_time`, taken in ``env.py``) from before it
+reads the database's revision until it is done, so the first applies what is pending and the
+others then find the database at the latest revision. (SQLite serves one process.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.engine import Connection
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 LOCK_TIMEOUT = "5s"
 LOCK_RETRIES = 3
 # PostgreSQL's SQLSTATE for "lock_not_available": lock_timeout ran out.
 _LOCK_NOT_AVAILABLE = "55P03"
+# The advisory lock that migrating processes take in turn: any fixed 64-bit key ("lampligh").
+MIGRATION_LOCK = 0x6C616D706C696768
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,33 @@ def lock_timed_out(error: BaseException) -> bool:
         orig = getattr(found, "orig", None)
         found = orig if isinstance(orig, BaseException) else (found.__cause__ or found.__context__)
     return False
+
+
+@contextlib.contextmanager
+def one_at_a_time(connection: Connection) -> Iterator[None]:
+    """Hold PostgreSQL's advisory lock ``MIGRATION_LOCK`` on ``connection`` for the block,
+    waiting while another process holds it. The lock is the session's: it outlives each
+    migration's transaction and ends with the connection if the process dies."""
+    if connection.dialect.name != "postgresql":
+        yield
+        return
+    taken = connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({MIGRATION_LOCK})").scalar()
+    if not taken:
+        log.info("another process is migrating the database; waiting for it to finish")
+        connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+    connection.commit()
+    unlock = f"SELECT pg_advisory_unlock({MIGRATION_LOCK})"
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):  # a broken connection: closing it ends the lock
+            connection.rollback()
+            connection.exec_driver_sql(unlock)
+            connection.commit()
+        raise
+    connection.commit()
+    connection.exec_driver_sql(unlock)
+    connection.commit()
 
 
 def upgrade(

@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     ColumnElement,
     DateTime,
     Float,
@@ -221,6 +222,10 @@ class PlanRow(Base):
     cache_ttl_s: Mapped[float] = mapped_column(Float)
     browser_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    # Prices per seat in minor units of currency (migration 0013); 0: not sold for that period.
+    monthly_price: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    yearly_price: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    currency: Mapped[str] = mapped_column(String(3), default="usd", server_default="usd")
 
 
 class WebSession(Base):
@@ -413,3 +418,82 @@ class ExportRun(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     # The directory written, as the exporting machine named it.
     out: Mapped[str] = mapped_column(String(1000))
+
+
+class Team(Base):
+    """People who share a subscription: its seats go to the members, first come first served.
+    The owner may buy and change the team's subscription."""
+
+    __tablename__ = "teams"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    owner_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class TeamMember(Base):
+    """A person's place in a team (one team at most). Seats go by ``joined_at``."""
+
+    __tablename__ = "team_members"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    team_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), index=True
+    )
+    joined_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class SubscriptionRow(Base):
+    """A user's or a team's subscription to a plan, as billing/subscriptions.py's state machine
+    left it. ``provider`` is stripe (``provider_ref`` is Stripe's subscription id) or manual
+    (an admin's grant)."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    # Exactly one of the two: who subscribes.
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    team_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), index=True
+    )
+    provider: Mapped[str] = mapped_column(String(16))
+    provider_ref: Mapped[str | None] = mapped_column(String(255), unique=True)
+    customer_ref: Mapped[str | None] = mapped_column(String(255), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    plan: Mapped[str] = mapped_column(String(64))
+    period: Mapped[str] = mapped_column(String(8))
+    seats: Mapped[int] = mapped_column(Integer, default=1)
+    period_end: Mapped[datetime] = mapped_column(Timestamp)
+    renews: Mapped[bool] = mapped_column(Boolean)
+    pending_plan: Mapped[str | None] = mapped_column(String(64))
+    grace_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    ended_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    provider_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    payment_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("(user_id IS NULL) <> (team_id IS NULL)", name="ck_subscriptions_subject"),
+    )
+
+
+class BillingEvent(Base):
+    """A payment provider's event, once handled: a replay of its id is dropped."""
+
+    __tablename__ = "billing_events"
+
+    # The provider's name and its event id: "stripe:evt_1Nq...".
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
+    subscription_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("subscriptions.id", ondelete="SET NULL")
+    )
+    # What handling it did: applied, ignored, unmatched (no subscription of ours).
+    outcome: Mapped[str] = mapped_column(String(16))

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lamplighter.exceptions import ConfigError, Overloaded
+from lamplighter.exceptions import ConfigError, Overloaded, ShuttingDown
 from lamplighter.traffic.clock import Clock
 from lamplighter.traffic.gate import POLL_S, SlotGate
 from lamplighter.traffic.plans import Plan
@@ -136,6 +136,22 @@ class Pool:
                         retry_after=refusal.retry_after,
                     )
                 )
+
+    def refuse_waiting(self, why: str) -> int:
+        """Refuse every request still waiting for a slot (the server is stopping): 503 with
+        ``retry-after``, so that its client asks another replica."""
+        refused = 0
+        for ticket_id, waiter in list(self.waiters.items()):
+            if not waiter.done() and self.scheduler.cancel(ticket_id):
+                waiter.set_exception(ShuttingDown(why, retry_after=1))
+                refused += 1
+        return refused
+
+    def resize(self, capacity: int, reserved: dict[int, int]) -> None:
+        """A reloaded configuration changed the backend's capacity or the headroom."""
+        self.scheduler.slots = capacity
+        self.scheduler.reserved = reserved
+        self._dispatch()
 
     # -- slots shared through the gate ----------------------------------------------------
 
@@ -257,13 +273,32 @@ class Admission:
         for pool in self.pools.values():
             await pool.close()
 
+    def refuse_waiting(self, why: str) -> int:
+        """Refuse every request waiting for a slot, in every pool (the server is stopping)."""
+        return sum(pool.refuse_waiting(why) for pool in self.pools.values())
+
+    def resize(self, name: str, capacity: int) -> None:
+        """Backend ``name`` now runs ``capacity`` requests at once (a reloaded configuration)."""
+        pool = self.pools.get(name)
+        if pool is not None and pool.scheduler.slots != capacity:
+            pool.resize(capacity, self._reserved(capacity))
+
+    def set_headroom(self, headroom: Mapping[int, float]) -> None:
+        """New shares kept for better plans (a reloaded configuration), in every pool."""
+        self.headroom = dict(headroom)
+        for pool in self.pools.values():
+            pool.resize(pool.scheduler.slots, self._reserved(pool.scheduler.slots))
+
+    def _reserved(self, capacity: int) -> dict[int, int]:
+        return {
+            priority: min(capacity - 1, math.floor(share * capacity))
+            for priority, share in self.headroom.items()
+        }
+
     def pool(self, name: str, capacity: int) -> Pool:
         pool = self.pools.get(name)
         if pool is None:
-            reserved = {
-                priority: min(capacity - 1, math.floor(share * capacity))
-                for priority, share in self.headroom.items()
-            }
+            reserved = self._reserved(capacity)
             scheduler = Scheduler(slots=capacity, reserved=reserved)
             pool = self.pools[name] = Pool(
                 name, scheduler, self.clock, gate=self.gate, replicas=self.replicas,

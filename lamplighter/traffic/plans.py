@@ -8,11 +8,17 @@ admin API edits it live.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from lamplighter.exceptions import ConfigError
+
+# Billing periods a plan may be sold for, and the most a price may be (in minor units).
+PERIODS = ("month", "year")
+MAX_PRICE = 10**12
+CURRENCY = re.compile(r"[a-z]{3}")
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,11 @@ class Plan:
     cache_ttl_s: float = 300.0
     # For the web chat only: API keys on this plan are refused (and count as abuse).
     browser_only: bool = False
+    # What a seat on the plan costs, in minor units of ``currency`` (cents for usd), for a month
+    # and for a year; 0 means the plan is not sold for that period (both 0: a free plan).
+    monthly_price: int = 0
+    yearly_price: int = 0
+    currency: str = "usd"
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 64:
@@ -53,9 +64,24 @@ class Plan:
             raise ValueError("priority must be 0 or more")
         if self.queue_patience_s < 0 or self.ttft_slo_s <= 0 or self.cache_ttl_s < 0:
             raise ValueError("queue_patience_s and cache_ttl_s must be >= 0, ttft_slo_s > 0")
+        if not 0 <= self.monthly_price <= MAX_PRICE or not 0 <= self.yearly_price <= MAX_PRICE:
+            raise ValueError(f"monthly_price and yearly_price must be from 0 to {MAX_PRICE}")
+        if not CURRENCY.fullmatch(self.currency):
+            raise ValueError("currency must be a three-letter ISO 4217 code in lower case")
 
     def allows(self, model: str) -> bool:
         return not self.models or model in self.models
+
+    def price(self, period: str) -> int:
+        """A seat's price for one ``period`` (month or year), in minor units; 0: not sold."""
+        if period not in PERIODS:
+            raise ValueError(f"a billing period is one of {', '.join(PERIODS)}, not {period!r}")
+        return self.monthly_price if period == "month" else self.yearly_price
+
+    @property
+    def monthly_cost(self) -> int:
+        """A seat's price for a month, from the yearly price when only that is set."""
+        return self.monthly_price or round(self.yearly_price / 12)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)

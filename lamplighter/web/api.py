@@ -558,7 +558,7 @@ async def _events(
         **answer,
         "content": exchange.content,
         "html": render(exchange.content),
-        "status": "complete",
+        "status": "cut" if exchange.interrupted else "complete",
         "finish_reason": exchange.finish_reason,
     }
     yield event("done", {"message": done, "ask_verdict": ask_verdict, **tag})

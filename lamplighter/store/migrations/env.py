@@ -8,13 +8,19 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from lamplighter.store.database import create_engine
-from lamplighter.store.migrate import LOCK_TIMEOUT
+from lamplighter.store.migrate import LOCK_TIMEOUT, one_at_a_time
 from lamplighter.store.models import Base
 
 target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
+    # Replicas starting together take turns (an advisory lock), before the revision is read.
+    with one_at_a_time(connection):
+        _migrate(connection)
+
+
+def _migrate(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         # Online migrations: a statement that waits longer than this for a lock fails (and
         # migrate.upgrade tries again) instead of stalling every query queued behind it.

@@ -1,0 +1,707 @@
+"""The billing service: applies subscription events, persists them, and gives people their plans.
+
+Every change goes the same way: load the subscription (locked, on PostgreSQL), run the pure
+state machine (``subscriptions.step``), store the result, and in the same transaction set
+``users.plan`` of everyone it covers (the subscriber, or a team's members within its seats) to
+the best plan their live subscriptions give, or the free plan. A request reads its user's plan
+from the database every time (``AccountService.authenticate``, the web session), so the change
+binds the very next request on every replica, mid-conversation, with nothing to announce. Plan
+definitions (limits and prices) are cached per replica and announced on the bulletin by
+``PlanBook.put``, as before.
+
+Provider events are stored by id in the same transaction as their effect, so a replay is
+dropped; the state machine makes late and out-of-order events harmless. ``sweep`` applies period
+ends and grace expiries (the server runs it every minute on each replica; it is idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from lamplighter.billing import stripe
+from lamplighter.billing.providers import ManualProvider, Provider
+from lamplighter.billing.subscriptions import (
+    LIVE,
+    Cancel,
+    ChangePlan,
+    Event,
+    Granted,
+    Period,
+    Policy,
+    Resume,
+    Snapshot,
+    Started,
+    Subscription,
+    Terminated,
+    Tick,
+    entitlement,
+    step,
+)
+from lamplighter.chat import Principal
+from lamplighter.exceptions import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ServiceUnavailable,
+)
+from lamplighter.store.accounts import Accounts
+from lamplighter.store.audit import Audit
+from lamplighter.store.audit import write as write_audit
+from lamplighter.store.billing import BillingEvents, Subscriptions, Teams
+from lamplighter.store.database import Database
+from lamplighter.store.models import BillingEvent, SubscriptionRow, Team, TeamMember, User, utcnow
+from lamplighter.traffic.planbook import PlanBook
+from lamplighter.traffic.plans import Plan
+
+log = logging.getLogger(__name__)
+# The fields of the state machine's Subscription, stored as columns of the same names.
+STATE_FIELDS = tuple(f.name for f in fields(Subscription))
+# How many times a webhook event is tried when two replicas race to create one subscription.
+RACE_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Who subscribes: a user or a team."""
+
+    kind: Literal["user", "team"]
+    id: uuid.UUID
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> Subject | None:
+        kind, _, raw = (text or "").partition(":")
+        try:
+            found = uuid.UUID(raw)
+        except ValueError:
+            return None
+        if kind == "user":
+            return cls("user", found)
+        if kind == "team":
+            return cls("team", found)
+        return None
+
+    def owns(self, row: SubscriptionRow) -> None:
+        if self.kind == "user":
+            row.user_id = self.id
+        else:
+            row.team_id = self.id
+
+
+def state_of(row: SubscriptionRow) -> Subscription:
+    values: dict[str, Any] = {name: getattr(row, name) for name in STATE_FIELDS}
+    return Subscription(**values)
+
+
+def subscription_json(row: SubscriptionRow) -> dict[str, Any]:
+    def moment(value: datetime | None) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "id": str(row.id),
+        "provider": row.provider,
+        "status": row.status,
+        "plan": row.plan,
+        "pending_plan": row.pending_plan,
+        "period": row.period,
+        "seats": row.seats,
+        "period_end": moment(row.period_end),
+        "renews": row.renews,
+        "grace_until": moment(row.grace_until),
+        "ended_at": moment(row.ended_at),
+    }
+
+
+class Billing:
+    def __init__(
+        self,
+        db: Database,
+        plans: PlanBook,
+        *,
+        free_plan: str = "free",
+        grace: timedelta = timedelta(days=7),
+        stripe_client: stripe.StripeClient | None = None,
+        webhook_secret: str = "",
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.plans = plans
+        self.free_plan = free_plan
+        self.grace = grace
+        self.webhook_secret = webhook_secret
+        self.clock = clock
+        self.providers: dict[str, Provider] = {"manual": ManualProvider()}
+        if stripe_client is not None:
+            self.providers["stripe"] = stripe_client
+
+    @property
+    def online(self) -> bool:
+        """Whether people can pay online (Stripe is configured)."""
+        return "stripe" in self.providers
+
+    async def close(self) -> None:
+        for provider in self.providers.values():
+            await provider.close()
+
+    def policy(self) -> Policy:
+        """Plans rank by their monthly price, then by priority: moving up a rank applies now."""
+        ranks = {plan.name: (plan.monthly_cost, -plan.priority) for plan in self.plans.all()}
+        return Policy(grace=self.grace, ranks=ranks)
+
+    # --- Applying events ------------------------------------------------------------------------
+
+    async def _apply(
+        self,
+        session: AsyncSession,
+        row: SubscriptionRow | None,
+        event: Event,
+        *,
+        new: Callable[[], SubscriptionRow] | None = None,
+    ) -> tuple[SubscriptionRow | None, bool]:
+        """Run ``event`` through the state machine, store the result and settle the plans of
+        the people it covers. Returns the row (made with ``new`` when there was none) and
+        whether anything changed."""
+        policy = self.policy()
+        # A sweep's clock may run ahead (tests, a late sweep); settle plans at its time.
+        now = event.at if isinstance(event, Tick) else self.clock()
+        before = state_of(row) if row is not None else None
+        after = step(before, event, policy)
+        if after is None or after == before:
+            return row, False
+        if row is None:
+            if new is None:
+                return None, False
+            row = new()
+            row.created_at = self.clock()
+            session.add(row)
+        for name in STATE_FIELDS:
+            setattr(row, name, getattr(after, name))
+        row.updated_at = self.clock()
+        await session.flush()
+        await self._settle(session, await self._covered(session, row), policy, now)
+        return row, True
+
+    async def _covered(self, session: AsyncSession, row: SubscriptionRow) -> list[uuid.UUID]:
+        if row.user_id is not None:
+            return [row.user_id]
+        assert row.team_id is not None
+        return [member.user_id for member, _ in await Teams(session).members(row.team_id)]
+
+    async def _settle(
+        self,
+        session: AsyncSession,
+        user_ids: Sequence[uuid.UUID],
+        policy: Policy,
+        now: datetime | None = None,
+    ) -> None:
+        """Give each user the best plan their live subscriptions (their own, and their team's
+        when they hold one of its seats) give at ``now``, or the free plan."""
+        if not user_ids:
+            return
+        now = now or self.clock()
+        subscriptions, teams = Subscriptions(session), Teams(session)
+        best: dict[uuid.UUID, list[str]] = {user_id: [] for user_id in user_ids}
+        for row in await subscriptions.live_of_users(list(user_ids)):
+            plan = entitlement(state_of(row), now, policy)
+            if plan is not None and row.user_id in best:
+                best[row.user_id].append(plan)
+        seats: dict[uuid.UUID, tuple[str | None, list[uuid.UUID]]] = {}
+        for user_id in user_ids:
+            membership = await teams.membership(user_id)
+            if membership is None:
+                continue
+            if membership.team_id not in seats:
+                team_row = await subscriptions.live_of_team(membership.team_id)
+                plan = entitlement(state_of(team_row), now, policy) if team_row else None
+                members = [m.user_id for m, _ in await teams.members(membership.team_id)]
+                held = members[: team_row.seats] if team_row is not None else []
+                seats[membership.team_id] = (plan, held)
+            plan, held = seats[membership.team_id]
+            if plan is not None and user_id in held:
+                best[user_id].append(plan)
+        for user_id, plans in best.items():
+            user = await session.get(User, user_id)
+            if user is None:
+                continue
+            chosen = max(plans, key=policy.rank) if plans else self.free_plan
+            if user.plan != chosen:
+                log.info(
+                    "plan changed by billing",
+                    extra={"user": str(user_id), "from": user.plan, "to": chosen},
+                )
+                user.plan = chosen
+
+    # --- Subjects -------------------------------------------------------------------------------
+
+    async def _user(self, session: AsyncSession, email: str) -> User:
+        user = await Accounts(session).user_by_email(email.strip().lower())
+        if user is None:
+            raise NotFound(f"no user with email {email}", param="email")
+        return user
+
+    async def _team(self, session: AsyncSession, name: str) -> Team:
+        team = await Teams(session).by_name(name.strip())
+        if team is None:
+            raise NotFound(f"no team named {name!r}", param="team", code="team_not_found")
+        return team
+
+    async def _subject(
+        self, session: AsyncSession, *, email: str | None, team: str | None
+    ) -> Subject:
+        if (email is None) == (team is None):
+            raise InvalidRequest("Name either a user (email) or a team, not both.")
+        if team is not None:
+            return Subject("team", (await self._team(session, team)).id)
+        assert email is not None
+        return Subject("user", (await self._user(session, email)).id)
+
+    async def _own_subject(
+        self, session: AsyncSession, who: Principal, team: str | None
+    ) -> Subject:
+        """The subject a person acts for: themselves, or a team they own (admins: any team)."""
+        if team is None:
+            return Subject("user", who.user_id)
+        found = await self._team(session, team)
+        if found.owner_id != who.user_id and not who.is_admin:
+            raise PermissionDenied(
+                f"Only the owner of team {found.name!r} can change its subscription.",
+                param="team",
+            )
+        return Subject("team", found.id)
+
+    @staticmethod
+    async def _current(session: AsyncSession, subject: Subject) -> SubscriptionRow | None:
+        subscriptions = Subscriptions(session)
+        if subject.kind == "user":
+            return await subscriptions.current(user_id=subject.id)
+        return await subscriptions.current(team_id=subject.id)
+
+    # --- Teams ----------------------------------------------------------------------------------
+
+    async def create_team(
+        self, name: str, owner: str | None = None, *, audit: Audit | None = None
+    ) -> Team:
+        name = name.strip()
+        if not name or len(name) > 64:
+            raise InvalidRequest("A team name is 1 to 64 characters.", param="name")
+        async with self.db.transaction() as session:
+            teams = Teams(session)
+            if await teams.by_name(name) is not None:
+                raise Conflict(f"a team named {name!r} already exists", param="name")
+            owner_user = await self._user(session, owner) if owner else None
+            team = await teams.add(
+                Team(name=name, owner_id=owner_user.id if owner_user else None, created_at=utcnow())
+            )
+            if owner_user is not None:
+                await self._join(session, team, owner_user)
+            await write_audit(session, audit)
+            return team
+
+    async def _join(self, session: AsyncSession, team: Team, user: User) -> None:
+        teams = Teams(session)
+        membership = await teams.membership(user.id)
+        if membership is not None:
+            if membership.team_id == team.id:
+                return
+            raise Conflict(
+                f"{user.email} is already in another team; remove them from it first",
+                param="email",
+            )
+        live = await Subscriptions(session).live_of_team(team.id)
+        if live is not None and len(await teams.members(team.id)) >= live.seats:
+            raise Conflict(
+                f"team {team.name!r} has no free seat ({live.seats} of {live.seats} taken); "
+                "buy more seats first",
+                code="no_free_seat",
+            )
+        await teams.join(TeamMember(user_id=user.id, team_id=team.id, joined_at=self.clock()))
+        if live is not None:
+            await self._settle(session, [user.id], self.policy())
+
+    async def add_member(self, team: str, email: str, *, audit: Audit | None = None) -> None:
+        async with self.db.transaction() as session:
+            await self._join(
+                session, await self._team(session, team), await self._user(session, email)
+            )
+            await write_audit(session, audit)
+
+    async def remove_member(self, team: str, email: str, *, audit: Audit | None = None) -> None:
+        async with self.db.transaction() as session:
+            found = await self._team(session, team)
+            user = await self._user(session, email)
+            teams = Teams(session)
+            membership = await teams.membership(user.id)
+            if membership is None or membership.team_id != found.id:
+                raise NotFound(f"{user.email} is not in team {found.name!r}", param="email")
+            await teams.leave(membership)
+            if await Subscriptions(session).live_of_team(found.id) is not None:
+                # The leaver loses the seat; the next member in line may get one.
+                remaining = [m.user_id for m, _ in await teams.members(found.id)]
+                await self._settle(session, [user.id, *remaining], self.policy())
+            await write_audit(session, audit)
+
+    async def team(self, name: str) -> dict[str, Any]:
+        async with self.db.transaction() as session:
+            found = await self._team(session, name)
+            members = await Teams(session).members(found.id)
+            live = await Subscriptions(session).live_of_team(found.id)
+            owner = await session.get(User, found.owner_id) if found.owner_id else None
+            return {
+                "name": found.name,
+                "owner": owner.email if owner else None,
+                "created_at": found.created_at.isoformat(),
+                "subscription": subscription_json(live) if live else None,
+                "members": [
+                    {
+                        "email": user.email,
+                        "plan": user.plan,
+                        "joined_at": member.joined_at.isoformat(),
+                        "seat": live is not None and index < live.seats,
+                    }
+                    for index, (member, user) in enumerate(members)
+                ],
+            }
+
+    async def teams(self) -> list[dict[str, Any]]:
+        async with self.db.transaction() as session:
+            found = await Teams(session).list()
+            return [
+                {"name": team.name, "members": count, "created_at": team.created_at.isoformat()}
+                for team, count in found
+            ]
+
+    # --- The manual provider: grants ------------------------------------------------------------
+
+    async def grant(
+        self,
+        *,
+        plan: str,
+        until: datetime,
+        email: str | None = None,
+        team: str | None = None,
+        seats: int = 1,
+        audit: Audit | None = None,
+    ) -> SubscriptionRow:
+        """Give a user or team ``plan`` until ``until`` (invoiced outside Lamplighter). It
+        applies at once, up or down, replacing the previous grant; it simply ends then."""
+        self.plans.require(plan)
+        now = self.clock()
+        if until <= now:
+            raise InvalidRequest("A grant must end in the future.", param="until")
+        if seats < 1:
+            raise InvalidRequest("A grant is for one seat or more.", param="seats")
+        async with self.db.transaction() as session:
+            subject = await self._subject(session, email=email, team=team)
+            row = await self._current(session, subject)
+            if row is not None and row.status != "ended" and row.provider != "manual":
+                raise Conflict(
+                    f"{email or team} pays through {row.provider}; cancel that subscription "
+                    "before granting a plan by hand",
+                    code="subscription_exists",
+                )
+            if row is not None and row.status == "ended":
+                row = None
+
+            def new() -> SubscriptionRow:
+                made = SubscriptionRow(provider="manual")
+                subject.owns(made)
+                return made
+
+            applied, _ = await self._apply(session, row, Granted(now, plan, seats, until), new=new)
+            assert applied is not None
+            await write_audit(session, audit)
+            return applied
+
+    async def end(
+        self, *, email: str | None = None, team: str | None = None, audit: Audit | None = None
+    ) -> SubscriptionRow:
+        """End a user's or team's subscription now (a Stripe one is cancelled in Stripe too)."""
+        async with self.db.transaction() as session:
+            subject = await self._subject(session, email=email, team=team)
+            row = await self._current(session, subject)
+            if row is None or row.status == "ended":
+                raise NotFound(f"{email or team} has no subscription to end")
+            ref = row.provider_ref
+        if ref is not None:
+            await self._provider(row).cancel(ref, at_period_end=False)
+        async with self.db.transaction() as session:
+            locked = await Subscriptions(session).lock(row.id)
+            assert locked is not None
+            await self._apply(session, locked, Terminated(self.clock()))
+            await write_audit(session, audit)
+            return locked
+
+    # --- Self-service ---------------------------------------------------------------------------
+
+    def for_sale(self) -> list[Plan]:
+        return [plan for plan in self.plans.all() if plan.monthly_price or plan.yearly_price]
+
+    async def overview(self, who: Principal) -> dict[str, Any]:
+        """What the person's billing page shows: their plan, their subscription and team, and
+        the plans they could buy."""
+        async with self.db.transaction() as session:
+            user = await session.get(User, who.user_id)
+            own = await Subscriptions(session).current(user_id=who.user_id, lock=False)
+            membership = await Teams(session).membership(who.user_id)
+            team_json: dict[str, Any] | None = None
+            if membership is not None:
+                team = await session.get(Team, membership.team_id)
+                live = await Subscriptions(session).live_of_team(membership.team_id)
+                assert team is not None
+                members = [m.user_id for m, _ in await Teams(session).members(team.id)]
+                team_json = {
+                    "name": team.name,
+                    "owner": team.owner_id == who.user_id,
+                    "subscription": subscription_json(live) if live else None,
+                    "seat": live is not None and who.user_id in members[: live.seats],
+                    "members": len(members),
+                }
+        return {
+            "plan": user.plan if user else who.plan,
+            "subscription": subscription_json(own) if own and own.status != "ended" else None,
+            "team": team_json,
+            "online": self.online,
+            "plans": [
+                {
+                    "name": plan.name,
+                    "monthly_price": plan.monthly_price,
+                    "yearly_price": plan.yearly_price,
+                    "currency": plan.currency,
+                    "priority": plan.priority,
+                    "requests_per_minute": plan.requests_per_minute,
+                    "tokens_per_day": plan.tokens_per_day,
+                }
+                for plan in self.for_sale()
+            ],
+        }
+
+    async def checkout(
+        self,
+        who: Principal,
+        *,
+        plan: str,
+        period: Period,
+        success_url: str,
+        cancel_url: str,
+        team: str | None = None,
+        seats: int | None = None,
+    ) -> stripe.CheckoutSession:
+        """A Stripe Checkout session to subscribe (oneself, or a team one owns)."""
+        chosen = self.plans.require(plan)
+        if not chosen.price(period):
+            raise InvalidRequest(f"Plan {chosen.name!r} is not sold by the {period}.", param="plan")
+        if not self.online:
+            raise InvalidRequest(
+                "Paying online is not set up here: ask an admin to grant you the plan.",
+                code="billing_not_configured",
+            )
+        async with self.db.transaction() as session:
+            subject = await self._own_subject(session, who, team)
+            row = await self._current(session, subject)
+            if row is not None and row.status in LIVE:
+                raise Conflict(
+                    "There is a subscription already: change its plan instead.",
+                    code="subscription_exists",
+                )
+            if subject.kind == "team":
+                members = len(await Teams(session).members(subject.id))
+                count = seats if seats is not None else max(1, members)
+            else:
+                count = 1
+            customer = await Subscriptions(session).customer_of(
+                **({"user_id": subject.id} if subject.kind == "user" else {"team_id": subject.id})
+            )
+        return await self.providers["stripe"].checkout(
+            plan=chosen,
+            period=period,
+            seats=count,
+            subject=str(subject),
+            success_url=success_url,
+            cancel_url=cancel_url,
+            customer=customer,
+            email=who.email if customer is None else None,
+        )
+
+    async def _self_service_row(
+        self, session: AsyncSession, who: Principal, team: str | None
+    ) -> SubscriptionRow:
+        subject = await self._own_subject(session, who, team)
+        row = await self._current(session, subject)
+        if row is None or row.status == "ended":
+            raise NotFound("There is no subscription to change.", code="no_subscription")
+        if row.provider == "manual" and not who.is_admin:
+            raise PermissionDenied(
+                "This plan was granted by an admin; ask them to change it.",
+                code="granted_plan",
+            )
+        return row
+
+    async def change_plan(
+        self, who: Principal, plan: str, *, team: str | None = None
+    ) -> SubscriptionRow:
+        """Move a subscription to another plan: an upgrade applies now (the very next request,
+        on every replica), a downgrade at the end of the period."""
+        chosen = self.plans.require(plan)
+        async with self.db.transaction() as session:
+            row = await self._self_service_row(session, who, team)
+            if row.status not in LIVE:
+                raise Conflict(f"A {row.status} subscription cannot change plan.")
+            period: Period = "year" if row.period == "year" else "month"
+            if not chosen.price(period) and row.provider != "manual":
+                raise InvalidRequest(
+                    f"Plan {chosen.name!r} is not sold by the {period}.", param="plan"
+                )
+            upgrade = self.policy().upgrade(row.plan, chosen.name)
+            ref, seats = row.provider_ref, row.seats
+        if ref is not None:
+            await self._provider(row).change_plan(
+                ref, plan=chosen, period=period, seats=seats, upgrade=upgrade
+            )
+        return await self._decide(row.id, ChangePlan(self.clock(), chosen.name))
+
+    async def cancel(self, who: Principal, *, team: str | None = None) -> SubscriptionRow:
+        """Cancel at the end of the period (the plan stays until then)."""
+        async with self.db.transaction() as session:
+            row = await self._self_service_row(session, who, team)
+            ref, paid_up = row.provider_ref, row.status in ("active", "trialing")
+        if ref is not None:
+            await self._provider(row).cancel(ref, at_period_end=paid_up)
+        return await self._decide(row.id, Cancel(self.clock()))
+
+    async def resume(self, who: Principal, *, team: str | None = None) -> SubscriptionRow:
+        """Take a cancellation back before the period ends."""
+        async with self.db.transaction() as session:
+            row = await self._self_service_row(session, who, team)
+            if row.status != "canceling":
+                raise Conflict("The subscription is not being cancelled.")
+            ref = row.provider_ref
+        if ref is not None:
+            await self._provider(row).resume(ref)
+        return await self._decide(row.id, Resume(self.clock()))
+
+    def _provider(self, row: SubscriptionRow) -> Provider:
+        provider = self.providers.get(row.provider)
+        if provider is None:
+            raise ServiceUnavailable(
+                f"This subscription is paid through {row.provider}, which is not configured "
+                "here (LAMPLIGHTER_STRIPE_SECRET_KEY)."
+            )
+        return provider
+
+    async def _decide(self, subscription_id: uuid.UUID, event: Event) -> SubscriptionRow:
+        async with self.db.transaction() as session:
+            row = await Subscriptions(session).lock(subscription_id)
+            if row is None:
+                raise NotFound("The subscription is gone.")
+            await self._apply(session, row, event)
+            return row
+
+    # --- Stripe's webhook -----------------------------------------------------------------------
+
+    async def stripe_event(self, payload: bytes, signature: str | None) -> str:
+        """Verify and apply one webhook delivery; returns what became of it: applied,
+        unchanged, ignored, unmatched or duplicate."""
+        if not self.webhook_secret:
+            raise NotFound(
+                "Stripe webhooks are not configured here (LAMPLIGHTER_STRIPE_WEBHOOK_SECRET).",
+                code="billing_not_configured",
+            )
+        stripe.verify(payload, signature, self.webhook_secret)
+        event = stripe.parse(payload)
+        event_id = f"stripe:{event['id']}"
+        translation = stripe.translate(event, {p.name: p for p in self.plans.all()})
+        for attempt in range(RACE_RETRIES):
+            try:
+                async with self.db.transaction() as session:
+                    events = BillingEvents(session)
+                    if await events.seen(event_id):
+                        return "duplicate"
+                    outcome, subscription_id = await self._stripe(session, translation)
+                    await events.record(
+                        BillingEvent(
+                            id=event_id,
+                            type=str(event.get("type", ""))[:64],
+                            received_at=self.clock(),
+                            subscription_id=subscription_id,
+                            outcome=outcome,
+                        )
+                    )
+                    return outcome
+            except IntegrityError:
+                # Another replica handled this event, or created its subscription, at the same
+                # moment: try again, and find out which.
+                if attempt == RACE_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _stripe(
+        self, session: AsyncSession, translation: stripe.Translation
+    ) -> tuple[str, uuid.UUID | None]:
+        if translation.ref is None or translation.event is None:
+            return "ignored", None
+        row = await Subscriptions(session).by_ref(translation.ref)
+        if row is not None:
+            if translation.customer and not row.customer_ref:
+                row.customer_ref = translation.customer
+            _, changed = await self._apply(session, row, translation.event)
+            return ("applied" if changed else "unchanged"), row.id
+        first = translation.creates or translation.event
+        subject = Subject.parse(translation.subject)
+        known = isinstance(first, Started) or (isinstance(first, Snapshot) and bool(first.plan))
+        if subject is None or not known:
+            # An invoice before its subscription, or a subscription made outside Lamplighter:
+            # the subscription's own events carry everything, so nothing is lost.
+            return "unmatched", None
+        exists = await session.get(User if subject.kind == "user" else Team, subject.id)
+        if exists is None:
+            return "unmatched", None
+
+        def new() -> SubscriptionRow:
+            made = SubscriptionRow(
+                provider="stripe", provider_ref=translation.ref, customer_ref=translation.customer
+            )
+            subject.owns(made)
+            return made
+
+        made, _ = await self._apply(session, None, first, new=new)
+        if made is None:
+            return "ignored", None
+        return "applied", made.id
+
+    # --- Time -----------------------------------------------------------------------------------
+
+    async def sweep(self, now: datetime | None = None) -> int:
+        """Apply every period end and grace expiry due by ``now``; how many changed."""
+        now = now or self.clock()
+        async with self.db.transaction() as session:
+            due = await Subscriptions(session).due(now, now - self.grace)
+        changed = 0
+        for subscription_id in due:
+            async with self.db.transaction() as session:
+                row = await Subscriptions(session).lock(subscription_id)
+                if row is None:
+                    continue
+                _, moved = await self._apply(session, row, Tick(now))
+                changed += moved
+        return changed
+
+    async def sweep_forever(self, interval: float) -> None:
+        """Sweep every ``interval`` seconds, for as long as the server runs."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("applying subscription period ends failed; trying again later")

@@ -1,0 +1,83 @@
+"""A local HTTP server that stands in for Stripe's API, because the tests have no network. It
+answers the calls Lamplighter makes, as Stripe does, and keeps each request (form-decoded) so a
+test can check what was sent: Stripe takes ``application/x-www-form-urlencoded`` bodies with
+bracketed keys and the secret key as a bearer token."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+SECRET_KEY = "sk_test_lamplighter"
+
+
+class FakeStripe:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self._ids = itertools.count(1)
+        self.app = Starlette(
+            routes=[
+                Route("/v1/checkout/sessions", self.checkout, methods=["POST"]),
+                Route("/v1/prices", self.price, methods=["POST"]),
+                Route(
+                    "/v1/subscriptions/{id}",
+                    self.subscription,
+                    methods=["GET", "POST", "DELETE"],
+                ),
+            ]
+        )
+
+    async def _form(self, request: Request) -> dict[str, str] | JSONResponse:
+        if request.headers.get("authorization") != f"Bearer {SECRET_KEY}":
+            return JSONResponse({"error": {"message": "Invalid API Key provided"}}, 401)
+        form: dict[str, str] = {}
+        if request.method != "GET":
+            kind = request.headers.get("content-type", "")
+            if not kind.startswith("application/x-www-form-urlencoded"):
+                return JSONResponse({"error": {"message": f"bad content type {kind}"}}, 400)
+            form = dict(parse_qsl((await request.body()).decode(), strict_parsing=False))
+        self.requests.append((request.method, request.url.path, form))
+        return form
+
+    async def checkout(self, request: Request) -> JSONResponse:
+        form = await self._form(request)
+        if isinstance(form, JSONResponse):
+            return form
+        for required in ("mode", "success_url", "cancel_url", "line_items[0][quantity]"):
+            if required not in form:
+                return JSONResponse({"error": {"message": f"Missing {required}"}}, 400)
+        number = next(self._ids)
+        return JSONResponse(
+            {
+                "id": f"cs_test_{number}",
+                "object": "checkout.session",
+                "url": f"https://checkout.stripe.test/c/pay/cs_test_{number}",
+            }
+        )
+
+    async def price(self, request: Request) -> JSONResponse:
+        form = await self._form(request)
+        if isinstance(form, JSONResponse):
+            return form
+        return JSONResponse({"id": f"price_{next(self._ids)}", "object": "price"})
+
+    async def subscription(self, request: Request) -> JSONResponse:
+        form = await self._form(request)
+        if isinstance(form, JSONResponse):
+            return form
+        ref = request.path_params["id"]
+        body: dict[str, Any] = {
+            "id": ref,
+            "object": "subscription",
+            "items": {"data": [{"id": f"si_{ref}", "quantity": 1}]},
+        }
+        return JSONResponse(body)
+
+    def sent(self, path: str) -> list[dict[str, str]]:
+        return [form for _, at, form in self.requests if at == path]
