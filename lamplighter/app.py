@@ -196,6 +196,7 @@ def create_app(
                 settings.redis_url,
                 failure="closed" if settings.redis_failure == "closed" else "open",
                 replicas=settings.replicas,
+                lease_ttl=settings.redis_lease_s,
             )
             if settings.redis_url
             else None
@@ -214,7 +215,11 @@ def create_app(
         admission = Admission(
             clock,
             headroom,
-            gate=SlotGate(shared.client) if shared is not None else None,
+            gate=(
+                SlotGate(shared.client, lease_ttl=settings.redis_lease_s)
+                if shared is not None
+                else None
+            ),
             replicas=settings.replicas,
             freed=freed,
         )

@@ -43,6 +43,11 @@ class Settings:
     replicas: int = _setting(
         1, "Gateway replicas sharing REDIS_URL: each one's share of the limits while Redis is down."
     )
+    redis_lease_s: int = _setting(
+        15,
+        "Seconds a stream's lease and a backend slot outlive a replica that died holding them "
+        "(live replicas renew theirs every third of it).",
+    )
     config: Path | None = _setting(None, "Path of a TOML file with settings, plans and backends.")
     host: str = _setting("127.0.0.1", "Address the HTTP server listens on.")
     port: int = _setting(8080, "Port the HTTP server listens on.")
@@ -235,6 +240,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("setting 'redis_failure': use open or closed")
     if settings.replicas < 1:
         raise ConfigError("setting 'replicas': must be at least 1")
+    if settings.redis_lease_s < 1:
+        raise ConfigError("setting 'redis_lease_s': must be at least 1 second")
     if settings.shutdown_timeout < 0 or settings.drain_grace < 0:
         raise ConfigError("settings 'shutdown_timeout' and 'drain_grace': must be 0 or more")
     if settings.n_ctx < 128:

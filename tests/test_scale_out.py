@@ -64,7 +64,7 @@ pytestmark = [
 
 FLEET = "sim-fleet"  # served by s1, s2 and s3 (two slots each; s3 weighs three times as much)
 SOLO = "sim-solo"  # served by solo alone, one request at a time
-LEASE_TTL = 15.0  # stream leases and backend-slot leases (redis_state.py, gate.py)
+LEASE_TTL = 6  # LAMPLIGHTER_REDIS_LEASE_S: stream leases and backend-slot leases
 DEADLINE = 30.0  # no request may take longer, whatever is killed
 RPM = 6  # the "metered" plan's requests_per_minute
 REPLICAS = 3  # LAMPLIGHTER_REPLICAS of the open replicas
@@ -173,6 +173,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             "database_url": database,
             "redis_url": store.url,
             "replicas": REPLICAS,
+            "redis_lease_s": LEASE_TTL,
             "embedded_engine": "false",
             "log_level": "warning",
             "shutdown_timeout": 2,

@@ -46,6 +46,7 @@ def test_data_dir_and_database_url_follow_the_environment(tmp_path: Path) -> Non
         ({"LAMPLIGHTER_N_CTX": "16"}, "n_ctx"),
         ({"LAMPLIGHTER_LOG_LEVEL": "loud"}, "log_level"),
         ({"LAMPLIGHTER_N_THREADS": "-1"}, "n_threads"),
+        ({"LAMPLIGHTER_REDIS_LEASE_S": "0"}, "redis_lease_s"),
         ({"LAMPLIGHTER_CONFIG": "/nonexistent/lamplighter.toml"}, "config file"),
     ],
 )
