@@ -184,10 +184,15 @@ class Pool:
         assert gate is not None
         now = self.clock.monotonic()
         self._refused(self.scheduler.expire(now))
-        running = [gate.ticket(i) for i in self.scheduler.running]
+        running = list(self.scheduler.running)
         if running and now - self._renewed >= gate.lease_ttl / 3:
-            await gate.renew(self.name, running)
+            await gate.renew(self.name, [gate.ticket(i) for i in running])
             self._renewed = now
+            # A ticket that finished while the renewal was on its way may have been added back
+            # after its release: release it again, now that the renewal is done.
+            for ticket_id in running:
+                if ticket_id not in self.scheduler.running:
+                    await gate.release(self.name, gate.ticket(ticket_id))
         while (ticket := self.scheduler.next()) is not None:
             reserve = self.scheduler.reserve(ticket.priority)
             shared = gate.ticket(ticket.id)

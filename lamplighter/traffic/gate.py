@@ -10,8 +10,8 @@ inside each. Everything is decided by one Lua script per attempt, so two replica
 the last slot cannot both get it.
 
 - ``running``: sorted set of tickets holding a slot, scored by their lease's expiry. A replica
-  renews its tickets' leases every few seconds; a replica that dies loses its slots when they
-  lapse.
+  renews its tickets' leases every few seconds (adding back any a restarted Redis lost); a
+  replica that dies loses its slots when they lapse.
 - ``heads``: sorted set of replicas with a request waiting, scored ``priority * 1e13 + since``;
   ``alive`` expires a head whose replica stopped asking (it died).
 - When a slot frees, the releasing replica announces it (``bulletin``) so the others ask again
@@ -81,7 +81,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
 for i = 2, #ARGV do
-  redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[i])
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
 end
 return 1
 """
@@ -129,6 +129,9 @@ class SlotGate:
         await self._quietly(self.client.zrem(self._keys(pool)[0], ticket))
 
     async def renew(self, pool: str, tickets: Sequence[str]) -> None:
+        """Extend the leases of ``tickets`` (running here), adding back any Redis lost: after a
+        Redis restart, or admitted on this replica's own share during an outage, they still
+        hold a slot of the backend. The caller releases again whatever finished meanwhile."""
         if tickets:
             args: list[str | int] = [int(self.lease_ttl * 1000), *tickets]
             await self._quietly(self._renew(keys=self._keys(pool)[:1], args=args))

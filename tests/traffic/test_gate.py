@@ -132,6 +132,32 @@ async def test_a_live_replica_keeps_its_slot_past_the_lease(replicas: Fleet) -> 
     held.release(10)
 
 
+async def test_a_slot_redis_lost_is_added_back_by_the_replica_that_holds_it(
+    client: Redis, replicas: Fleet
+) -> None:
+    """Redis restarted empty while a request runs: its replica's next renewal puts the slot
+    back, so another replica cannot start a second request on a one-slot backend."""
+    backend = f"gpu-{uuid.uuid4().hex}"
+    first, second = replicas(2, lease_ttl=0.6)
+    held = await first.pool(backend, 1).enter("long answer", FREE, 10)
+    gate = first.gate
+    assert gate is not None
+    await client.delete(f"lamplighter:pool:{backend}:running")  # what a restart forgets
+    assert await gate.running(backend) == 0
+    deadline = time.monotonic() + 5
+    while await gate.running(backend) == 0:
+        assert time.monotonic() < deadline, "the slot was never added back"
+        await asyncio.sleep(0.02)
+    patient = Plan("free", priority=2, queue_patience_s=1.0)
+    with pytest.raises(Overloaded):
+        await second.pool(backend, 1).enter("second", patient, 10)
+    held.release(10)
+    deadline = time.monotonic() + 5
+    while await gate.running(backend) != 0:  # released, and not added back by a late renewal
+        assert time.monotonic() < deadline, "the finished request's slot stayed taken"
+        await asyncio.sleep(0.02)
+
+
 async def test_without_redis_a_replica_uses_its_share_of_the_backend() -> None:
     dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.1)
     fleet = [Admission(SystemClock(), gate=SlotGate(dead), replicas=2) for _ in range(2)]
