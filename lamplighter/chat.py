@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -31,6 +31,7 @@ from opentelemetry.trace import (
     Tracer,
     use_span,
 )
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.abuse.moderation import ContentBlocked, Moderation
 from lamplighter.conversation.threading import (
@@ -53,8 +54,9 @@ from lamplighter.exceptions import (
 )
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.database import Database
-from lamplighter.store.models import Conversation, Message, Usage, new_id, utcnow
+from lamplighter.store.models import new_id, utcnow
 from lamplighter.store.usage import UsageLedger
+from lamplighter.store.writer import Writer
 from lamplighter.telemetry.metrics import Metrics
 from lamplighter.traffic.admission import Admission, Slot
 from lamplighter.traffic.cache import CachedAnswer, ResponseCache, cache_key
@@ -140,6 +142,9 @@ class Exchange:
     flags_in: tuple[str, ...] = ()
     flags_out: tuple[str, ...] = ()
     usage_id: int | None = None  # the ledger row, written at open and completed at settle
+    # The write that stores the question and opens the ledger row, when ``open`` did not wait
+    # for it: the first chunk does.
+    opened: asyncio.Future[None] | None = None
     conversation_id: uuid.UUID | None = None
     question_id: uuid.UUID | None = None  # the user message a placed exchange stored
     parent_hash: str = ROOT_HASH
@@ -151,7 +156,7 @@ class Exchange:
     _started: float = field(default_factory=time.perf_counter)
     span: Span = INVALID_SPAN  # "chat {model}", from open to settle
     _settling: asyncio.Future[None] | None = None
-    _checkpoint: asyncio.Task[None] | None = None
+    _checkpoint: asyncio.Future[None] | None = None
     # A shutdown's deadline ended the answer early (see ``interrupt``): why, as told the client.
     interrupted: str | None = None
     _task: asyncio.Task[Any] | None = None  # the task reading the stream
@@ -224,6 +229,9 @@ class Exchange:
                     self._pulling = False
                 if self.ttft is None:
                     self.ttft = time.perf_counter() - self._started
+                    if self.opened is not None:
+                        # Nothing of the answer is shown before its question is durable.
+                        await asyncio.shield(self.opened)
                 self.completion_tokens += chunk.tokens
                 self.text.append(chunk.text)
                 if chunk.finish_reason is not None:
@@ -297,8 +305,8 @@ class Exchange:
     def _save_partial(self) -> None:
         if self._checkpoint is not None and not self._checkpoint.done():
             return
-        self._checkpoint = asyncio.create_task(
-            self.service.save_partial(self, self.content, self.completion_tokens)
+        self._checkpoint = self.service.writer.submit(
+            partial(self.service.save_partial, self, self.content, self.completion_tokens)
         )
 
     async def _settle(self, status: str) -> None:
@@ -312,9 +320,9 @@ class Exchange:
     async def _write(self, status: str) -> None:
         used = self.prepared.prompt_tokens + self.completion_tokens
         try:
-            if self._checkpoint is not None:
+            await self.service.settle(self, status)  # queued after any checkpoint
+            if self._checkpoint is not None:  # a failed checkpoint is only a missed one
                 await asyncio.gather(self._checkpoint, return_exceptions=True)
-            await self.service.settle(self, status)
             self.service.metrics.observe(self, status, time.perf_counter() - self._started)
             self._end_span(status)
             if status == "complete" and self.cache_key is not None and not self.cached:
@@ -374,11 +382,10 @@ class ChatService:
         self.live: set[Exchange] = set()
         # Set by ``interrupt_all`` at a shutdown's deadline: why no answer may run any more.
         self.stopping: str | None = None
-        # Threading a request reads then writes the user's tree; one at a time per user keeps
-        # two identical requests from storing the same path twice.
-        self._user_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
+        # Every exchange's writes go through one queue, in order, committed in groups. Threading
+        # a request reads then writes the user's tree; one job at a time keeps two identical
+        # requests from storing the same path twice.
+        self.writer = Writer(db)
         # Requests routed to a backend and not yet in its admission pool, by the task routing
         # them: they count as load, or a burst would all go where the first one went.
         self._routing: dict[asyncio.Task[Any], str] = {}
@@ -488,6 +495,9 @@ class ChatService:
                         time.perf_counter() - waited
                     )
             self._routed()
+            # Ids are time-ordered: the answer's must sort after its question's, which are stored
+            # later (by ``_begin``) but named now.
+            question_ids = [new_id() for _ in request.turns] if placement is None else []
             exchange = Exchange(
                 self,
                 principal,
@@ -505,18 +515,15 @@ class ChatService:
             )
             if cached is None:
                 exchange.source = partial(self._generate, exchange, backend)
-            lock = self._user_locks.setdefault(principal.user_id, asyncio.Lock())
-            async with lock, self.db.transaction() as session:
-                conversations = Conversations(session)
-                if placement is not None:
-                    await self._place(conversations, exchange, placement, request)
-                elif store:
-                    message, exchange.conversation_id, exchange.parent_hash = await self._thread(
-                        conversations, principal.user_id, request.turns, request.model
-                    )
-                    exchange.message_id = message.id
-                # The ledger row exists from the start, so even a crash leaves the usage behind.
-                exchange.usage_id = await UsageLedger(session).record(self._usage(exchange))
+            if placement is not None:
+                # Placing can be refused (the parent was deleted meanwhile): said before the
+                # response starts.
+                await self.writer.run(partial(self._place, exchange, placement, request))
+            else:
+                # Written while the backend starts; the first chunk waits for it (``stream``).
+                exchange.opened = self.writer.submit(
+                    partial(self._begin, exchange, request, question_ids)
+                )
         except BaseException as error:
             # Refused, failed or abandoned before generating: nothing was used.
             if slot is not None:
@@ -658,182 +665,216 @@ class ChatService:
         now = self.limiter.clock.monotonic()
         self.cache.keep(exchange.cache_key, answer, exchange.plan.cache_ttl_s, now)
 
+    async def _begin(
+        self,
+        exchange: Exchange,
+        request: GenerationRequest,
+        question_ids: list[uuid.UUID],
+        session: AsyncSession,
+    ) -> None:
+        """The write that opens an API exchange: its question threaded into the user's tree
+        (unless the caller said ``store: false``) and its ledger row, which exists from the start
+        so that even a crash leaves the usage behind."""
+        if exchange.stored:
+            await self._thread(Conversations(session), exchange, request, question_ids)
+        exchange.usage_id = await UsageLedger(session).record(self._usage(exchange))
+
     async def _thread(
-        self, conversations: Conversations, user_id: uuid.UUID, turns: tuple[Turn, ...], model: str
-    ) -> tuple[Message, uuid.UUID, str]:
+        self,
+        conversations: Conversations,
+        exchange: Exchange,
+        request: GenerationRequest,
+        ids: list[uuid.UUID],
+    ) -> None:
+        """Store the request's messages the tree does not hold yet (found by their path hashes,
+        named by ``ids``), and the answer, in progress, under the last of them."""
+        user_id, turns = exchange.principal.user_id, request.turns
         hashes = path_hashes(turns)
         known = await conversations.nodes_by_path(user_id, hashes)
         reused = stored_prefix(hashes, known, turns)
         now = utcnow()
         parent = known[hashes[reused - 1]] if reused else None
+        answer_id = exchange.message_id
         if parent is None:
-            conversation = await conversations.add_conversation(
-                Conversation(
-                    user_id=user_id, title=title_from(turns), created_at=now, updated_at=now
-                )
+            conversation_id = new_id()
+            await conversations.insert_conversation(
+                {
+                    "id": conversation_id,
+                    "user_id": user_id,
+                    "title": title_from(turns),
+                    "current_leaf_id": answer_id,
+                    "created_at": now,
+                    "updated_at": now,
+                }
             )
-            conversation_id = conversation.id
         else:
             conversation_id = parent.conversation_id
+            await conversations.move_leaf(conversation_id, answer_id, now)
+        rows: list[dict[str, Any]] = []
+        parent_id = parent.id if parent else None
         for depth in range(reused, len(turns)):
-            parent = await conversations.add_message(
-                Message(
-                    conversation_id=conversation_id,
-                    user_id=user_id,
-                    parent_id=parent.id if parent else None,
-                    role=turns[depth].role,
-                    content=turns[depth].content,
-                    path_hash=hashes[depth],
-                    depth=depth,
-                    created_at=now,
-                    updated_at=now,
-                )
+            node_id = ids[depth]
+            rows.append(
+                _message_row(node_id, conversation_id, user_id, parent_id, turns[depth], depth, now)
+                | {"path_hash": hashes[depth]}
             )
-        answer_id = new_id()
-        answer = await conversations.add_message(
-            Message(
-                id=answer_id,
-                conversation_id=conversation_id,
-                user_id=user_id,
-                parent_id=parent.id if parent else None,
-                role="assistant",
-                content="",
+            parent_id = node_id
+        answer = Turn("assistant", "")
+        rows.append(
+            _message_row(answer_id, conversation_id, user_id, parent_id, answer, len(turns), now)
+            | {
                 # Replaced by the real path hash once the answer's text is known.
-                path_hash=f"pending:{answer_id.hex}",
-                depth=len(turns),
-                status="in_progress",
-                model=model,
-                created_at=now,
-                updated_at=now,
-            )
+                "path_hash": f"pending:{answer_id.hex}",
+                "status": "in_progress",
+                "model": request.model,
+            }
         )
-        await conversations.move_leaf(conversation_id, answer.id, now)
-        return answer, conversation_id, parent.path_hash if parent else ROOT_HASH
+        await conversations.insert_messages(rows)
+        exchange.conversation_id = conversation_id
+        exchange.parent_hash = hashes[-1] if turns else ROOT_HASH
 
     async def _place(
         self,
-        conversations: Conversations,
         exchange: Exchange,
         placement: Placement,
         request: GenerationRequest,
+        session: AsyncSession,
     ) -> None:
-        """Store an exchange where the caller placed it (see ``Placement``). Path hashes chain
-        from the stored parent, so they stay right when the caller sent the model only the
-        latest part of a long conversation."""
+        """The write that opens a placed exchange (see ``Placement``) and its ledger row. Path
+        hashes chain from the stored parent, so they stay right when the caller sent the model
+        only the latest part of a long conversation."""
+        conversations = Conversations(session)
         user_id, turns, now = exchange.principal.user_id, request.turns, utcnow()
         parent = None
         if placement.parent_id is not None:
             parent = await conversations.message_of(user_id, placement.parent_id)
             if parent is None:  # deleted since the caller looked
                 raise NotFound("That message no longer exists.", code="message_not_found")
+        parent_id = parent.id if parent else None
+        if placement.new_turn:
+            # Ids are time-ordered: the answer's must sort after its question's.
+            exchange.question_id = new_id()
+            exchange.message_id = new_id()
         conversation_id = placement.conversation_id
         if conversation_id is None:
-            conversation = await conversations.add_conversation(
-                Conversation(
-                    user_id=user_id, title=title_from(turns), created_at=now, updated_at=now
-                )
+            conversation_id = new_id()
+            await conversations.insert_conversation(
+                {
+                    "id": conversation_id,
+                    "user_id": user_id,
+                    "title": title_from(turns),
+                    "current_leaf_id": exchange.message_id,
+                    "created_at": now,
+                    "updated_at": now,
+                }
             )
-            conversation_id = conversation.id
+        else:
+            await conversations.move_leaf(conversation_id, exchange.message_id, now)
         parent_hash = parent.path_hash if parent else ROOT_HASH
         depth = parent.depth + 1 if parent else 0
-        if placement.new_turn:
+        rows: list[dict[str, Any]] = []
+        if exchange.question_id is not None:
             parent_hash = node_hash(parent_hash, turns[-1])
-            parent = await conversations.add_message(
-                Message(
-                    conversation_id=conversation_id,
-                    user_id=user_id,
-                    parent_id=parent.id if parent else None,
-                    role=turns[-1].role,
-                    content=turns[-1].content,
-                    path_hash=parent_hash,
-                    depth=depth,
-                    created_at=now,
-                    updated_at=now,
-                )
+            question = _message_row(
+                exchange.question_id, conversation_id, user_id, parent_id, turns[-1], depth, now
             )
-            exchange.question_id = parent.id
-            # Ids are time-ordered: the answer's must sort after its question's.
-            exchange.message_id = new_id()
+            rows.append(question | {"path_hash": parent_hash})
+            parent_id = exchange.question_id
             depth += 1
-        answer = await conversations.add_message(
-            Message(
-                id=exchange.message_id,
-                conversation_id=conversation_id,
-                user_id=user_id,
-                parent_id=parent.id if parent else None,
-                role="assistant",
-                content="",
-                path_hash=f"pending:{exchange.message_id.hex}",
-                depth=depth,
-                status="in_progress",
-                model=request.model,
-                created_at=now,
-                updated_at=now,
+        rows.append(
+            _message_row(
+                exchange.message_id,
+                conversation_id,
+                user_id,
+                parent_id,
+                Turn("assistant", ""),
+                depth,
+                now,
             )
+            | {
+                "path_hash": f"pending:{exchange.message_id.hex}",
+                "status": "in_progress",
+                "model": request.model,
+            }
         )
-        await conversations.move_leaf(conversation_id, answer.id, now)
+        await conversations.insert_messages(rows)
         exchange.conversation_id = conversation_id
         exchange.parent_hash = parent_hash
+        exchange.usage_id = await UsageLedger(session).record(self._usage(exchange))
 
-    async def save_partial(self, exchange: Exchange, content: str, tokens: int) -> None:
-        """Checkpoint a streaming answer and the tokens it has used so far."""
-        async with self.db.transaction() as session:
-            if exchange.stored:
-                await Conversations(session).finish_message(
-                    exchange.message_id,
-                    content=content,
-                    status="in_progress",
-                    finish_reason=None,
-                    when=utcnow(),
-                )
-            if exchange.usage_id is not None:
-                await UsageLedger(session).update(exchange.usage_id, completion_tokens=tokens)
+    async def save_partial(
+        self, exchange: Exchange, content: str, tokens: int, session: AsyncSession
+    ) -> None:
+        """Checkpoint a streaming answer and the tokens it has used so far (a writer job)."""
+        if exchange.stored:
+            await Conversations(session).finish_message(
+                exchange.message_id,
+                content=content,
+                status="in_progress",
+                finish_reason=None,
+                when=utcnow(),
+            )
+        if exchange.usage_id is not None:
+            await UsageLedger(session).update(exchange.usage_id, completion_tokens=tokens)
 
-    def _usage(self, exchange: Exchange) -> Usage:
+    def _usage(self, exchange: Exchange) -> dict[str, Any]:
+        """The exchange's ledger row as it stands."""
         elapsed = time.perf_counter() - exchange._started
-        return Usage(
-            user_id=exchange.principal.user_id,
-            api_key_id=exchange.principal.api_key_id,
-            message_id=exchange.message_id if exchange.stored else None,
-            model=exchange.model,
-            prompt_tokens=exchange.prepared.prompt_tokens,
-            completion_tokens=exchange.completion_tokens,
-            latency_ms=round(elapsed * 1000),
-            ttft_ms=None if exchange.ttft is None else round(exchange.ttft * 1000),
-            finish_reason=exchange.finish_reason or "in_progress",
-            created_at=utcnow(),
-            plan=exchange.plan.name,
-            cached=exchange.cached,
-        )
+        return {
+            "user_id": exchange.principal.user_id,
+            "api_key_id": exchange.principal.api_key_id,
+            "message_id": exchange.message_id if exchange.stored else None,
+            "model": exchange.model,
+            "prompt_tokens": exchange.prepared.prompt_tokens,
+            "completion_tokens": exchange.completion_tokens,
+            "latency_ms": round(elapsed * 1000),
+            "ttft_ms": None if exchange.ttft is None else round(exchange.ttft * 1000),
+            "finish_reason": exchange.finish_reason or "in_progress",
+            "created_at": utcnow(),
+            "plan": exchange.plan.name,
+            "cached": exchange.cached,
+        }
 
     async def settle(self, exchange: Exchange, status: str) -> None:
-        """Make the answer (if stored) and its usage durable, in one transaction."""
-        now = utcnow()
-        async with self.db.transaction() as session:
-            if exchange.stored:
-                await Conversations(session).finish_message(
-                    exchange.message_id,
-                    content=exchange.content,
-                    status=status,
-                    finish_reason=exchange.finish_reason,
-                    when=now,
-                    path_hash=node_hash(exchange.parent_hash, Turn("assistant", exchange.content)),
-                    moderation=exchange.flags,
+        """Make the answer (if stored) and its usage durable, in one transaction (shared with
+        whatever else is being written)."""
+        await self.writer.run(partial(self._finish, exchange, status))
+
+    async def _finish(self, exchange: Exchange, status: str, session: AsyncSession) -> None:
+        opened = exchange.opened
+        if opened is not None and opened.done() and opened.exception() is not None:
+            # The write that opened the exchange failed (the client was told at its first
+            # chunk): nothing of it is stored, but the tokens it used are still counted.
+            exchange.stored, exchange.usage_id = False, None
+        if exchange.stored:
+            await Conversations(session).finish_message(
+                exchange.message_id,
+                content=exchange.content,
+                status=status,
+                finish_reason=exchange.finish_reason,
+                when=utcnow(),
+                path_hash=node_hash(exchange.parent_hash, Turn("assistant", exchange.content)),
+                moderation=exchange.flags,
+            )
+        usage = self._usage(exchange)
+        usage["finish_reason"] = exchange.finish_reason or status
+        ledger = UsageLedger(session)
+        if exchange.usage_id is None:
+            await ledger.record(usage)
+            return
+        await ledger.update(
+            exchange.usage_id,
+            **{
+                name: usage[name]
+                for name in (
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "latency_ms",
+                    "ttft_ms",
+                    "finish_reason",
                 )
-            usage = self._usage(exchange)
-            usage.finish_reason = exchange.finish_reason or status
-            ledger = UsageLedger(session)
-            if exchange.usage_id is None:
-                await ledger.record(usage)
-            else:
-                await ledger.update(
-                    exchange.usage_id,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                    latency_ms=usage.latency_ms,
-                    ttft_ms=usage.ttft_ms,
-                    finish_reason=usage.finish_reason,
-                )
+            },
+        )
 
     def interrupt_all(self, why: str) -> int:
         """A stopping server's deadline: end every open answer now (each stream's last chunk
@@ -848,6 +889,7 @@ class ChatService:
         until its answer and usage are written."""
         while self.live:
             await asyncio.gather(*(e.close() for e in list(self.live)), return_exceptions=True)
+        await self.writer.close()
 
     async def recover(self) -> int:
         """On start: answers a crashed process left in progress are marked cut (keeping their
@@ -857,3 +899,32 @@ class ChatService:
             cut = await Conversations(session).cut_unfinished(utcnow())
             await UsageLedger(session).interrupt_unfinished()
             return cut
+
+
+def _message_row(
+    message_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    user_id: uuid.UUID,
+    parent_id: uuid.UUID | None,
+    turn: Turn,
+    depth: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """A ``messages`` row for ``Conversations.insert_messages``; the caller adds its path hash
+    and, for an answer, its status and model."""
+    return {
+        "id": message_id,
+        "conversation_id": conversation_id,
+        "user_id": user_id,
+        "parent_id": parent_id,
+        "role": turn.role,
+        "content": turn.content,
+        "depth": depth,
+        "status": "complete",
+        "finish_reason": None,
+        "model": None,
+        "created_at": now,
+        "updated_at": now,
+        "moderation": None,
+        "author": None,
+    }

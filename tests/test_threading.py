@@ -162,7 +162,9 @@ async def test_nodes_by_path_prefers_the_oldest_duplicate(database_url: str) -> 
         user = await AccountService(db).create_user(f"{uuid.uuid4().hex}@example.org")
         async with db.transaction() as session:
             repo = Conversations(session)
-            conversation = await repo.add_conversation(Conversation(user_id=user.id))
+            conversation = Conversation(user_id=user.id)
+            session.add(conversation)
+            await session.flush()
             ids = [new_id(), new_id()]
             for message_id in ids:
                 await repo.add_message(

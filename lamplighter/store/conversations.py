@@ -5,34 +5,46 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import delete, exists, func, or_, select, update
+from sqlalchemy import Table, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.conversation.threading import ROOT_HASH, Turn, node_hash
 from lamplighter.store.models import Conversation, Message, Rating
 
 
+class Node(NamedTuple):
+    """A stored message, as much as threading a request needs of it."""
+
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    path_hash: str
+
+
 class Conversations:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def nodes_by_path(self, user_id: uuid.UUID, hashes: Sequence[str]) -> dict[str, Message]:
+    async def nodes_by_path(self, user_id: uuid.UUID, hashes: Sequence[str]) -> dict[str, Node]:
         """The user's stored nodes whose path hash is among ``hashes``; the oldest wins when
         the same path was stored twice (two identical requests racing)."""
         if not hashes:
             return {}
         result = await self.session.execute(
-            select(Message)
+            select(Message.id, Message.conversation_id, Message.path_hash)
             .where(Message.user_id == user_id, Message.path_hash.in_(set(hashes)))
             .order_by(Message.id.desc())
         )
-        return {node.path_hash: node for node in result.scalars()}
+        return {row.path_hash: Node(*row) for row in result}
 
-    async def add_conversation(self, conversation: Conversation) -> Conversation:
-        self.session.add(conversation)
-        await self.session.flush()
-        return conversation
+    # The chat's hot path writes with plain INSERTs, not the ORM's unit of work: a tenth of the
+    # CPU, and a whole new path goes in as one statement.
+    async def insert_conversation(self, values: dict[str, Any]) -> None:
+        await self.session.execute(insert(cast(Table, Conversation.__table__)), [values])
+
+    async def insert_messages(self, rows: Sequence[dict[str, Any]]) -> None:
+        await self.session.execute(insert(cast(Table, Message.__table__)), list(rows))
 
     async def add_message(self, message: Message) -> Message:
         self.session.add(message)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.store.models import Usage
@@ -16,10 +16,10 @@ class UsageLedger:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def record(self, usage: Usage) -> int:
-        self.session.add(usage)
-        await self.session.flush()
-        return usage.id
+    async def record(self, values: dict[str, Any]) -> int:
+        """A new row (a plain INSERT: the chat's hot path); its id."""
+        result = await self.session.execute(insert(cast(Table, Usage.__table__)).values(values))
+        return int(result.inserted_primary_key[0])  # type: ignore[attr-defined]
 
     async def update(self, usage_id: int, **values: Any) -> None:
         await self.session.execute(update(Usage).where(Usage.id == usage_id).values(**values))

@@ -30,10 +30,11 @@ START = datetime(2031, 3, 1, tzinfo=UTC)
 async def _spend(db: Database, user: User, plan: str, at: datetime, prompt: int, done: int) -> None:
     async with db.transaction() as session:
         await UsageLedger(session).record(
-            Usage(
-                user_id=user.id, model="m", prompt_tokens=prompt, completion_tokens=done,
-                latency_ms=1, finish_reason="stop", created_at=at, plan=plan,
-            )
+            {
+                "user_id": user.id, "model": "m", "prompt_tokens": prompt,
+                "completion_tokens": done, "latency_ms": 1, "finish_reason": "stop",
+                "created_at": at, "plan": plan,
+            }
         )  # fmt: skip
 
 
