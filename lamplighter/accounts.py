@@ -258,23 +258,22 @@ class AccountService:
                     f"Incorrect API key provided: {secret[:6]}…. Create one with "
                     "`lamplighter keys create EMAIL`."
                 )
-            key, user = found
             now = utcnow()
-            if key.expires_at is not None and key.expires_at <= now:
+            if found.expires_at is not None and found.expires_at <= now:
                 raise AuthenticationFailed(
-                    f"The API key {key.prefix}… expired at {key.expires_at.isoformat()}. "
+                    f"The API key {found.prefix}… expired at {found.expires_at.isoformat()}. "
                     "Create a new one.",
                     code="expired_api_key",
                 )
-            if key.last_used_at is None or now - key.last_used_at > TOUCH_INTERVAL:
-                await accounts.touch_key(key.id, now)
+            if found.last_used_at is None or now - found.last_used_at > TOUCH_INTERVAL:
+                await accounts.touch_key(found.key_id, now)
         return Principal(
-            user_id=user.id,
-            email=user.email,
-            plan=user.plan,
-            is_admin=user.is_admin,
-            api_key_id=key.id,
-            scopes=frozenset(key.scopes),
+            user_id=found.user_id,
+            email=found.email,
+            plan=found.plan,
+            is_admin=found.is_admin,
+            api_key_id=found.key_id,
+            scopes=frozenset(found.scopes),
         )
 
     async def bootstrap_admin(self, email: str) -> Bootstrap | None:
