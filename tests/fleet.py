@@ -1,7 +1,11 @@
-"""A small production fleet for end-to-end tests: real ``lamplighter serve`` processes on
-PostgreSQL and Redis, a ``lamplighter sim-backend`` as their GPU server, a load balancer in front
-that health-checks ``/readyz`` the way nginx, an ingress or a Kubernetes Service does, and a
-steady load of ``openai`` SDK clients that records what every request got.
+"""Real processes for end-to-end tests: ``lamplighter serve`` replicas on PostgreSQL and Redis,
+``lamplighter sim-backend`` servers as their GPUs and, where a test kills Redis, a redis-server of
+its own; each on a free port with its output in a log file, waited for by polling with a deadline.
+
+Around them: a fresh PostgreSQL database per test (migrated before any replica starts, as the
+deploy's ``migrate`` job does) with accounts made in it directly, as ``lamplighter users create``
+would; a load balancer that health-checks ``/readyz`` the way nginx, an ingress or a Kubernetes
+Service does; and a steady load of ``openai`` SDK clients that records what every request got.
 """
 
 from __future__ import annotations
@@ -10,36 +14,40 @@ import asyncio
 import contextlib
 import itertools
 import json
-import math
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
 import time
 import tomllib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, NamedTuple, Self, TypeVar
 
 import asyncpg
 import httpx
 import openai
+import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from lamplighter.accounts import AccountService
 from lamplighter.settings import async_database_url
-from lamplighter.simulation import server as sim
+from lamplighter.simulation import server as simulation
 from lamplighter.store import migrate
 from lamplighter.store.database import Database
 from lamplighter.traffic.planbook import PlanBook
 from lamplighter.traffic.plans import plans_from_config
 from tests.conftest import POSTGRES_URL, ThreadedServer, _postgres_available, free_port
 
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("LAMPLIGHTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_SERVER = "/usr/bin/redis-server"
 SIM_MODEL = "sim-llama-3-8b-instruct"
 ROOMY = """
 [plans.roomy]
@@ -54,192 +62,418 @@ cache_ttl_s = 0
 """
 
 
-def wait_for(check: Callable[[], bool], seconds: float, what: str) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``seconds``."""
+# -- waiting ----------------------------------------------------------------------------------
+
+
+def wait_for(check: Callable[[], T | None], seconds: float, what: str, every: float = 0.05) -> T:
+    """Call ``check`` until it returns something other than None or False; fail after
+    ``seconds``, saying ``what`` never happened."""
     deadline = time.monotonic() + seconds
-    while not check():
+    while True:
+        value = check()
+        if value is not None and value is not False:
+            return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+            raise AssertionError(f"timed out after {seconds:g}s waiting until {what}")
+        time.sleep(every)
 
 
-def redis_answers() -> bool:
+async def until(
+    check: Callable[[], Awaitable[T | None]], seconds: float, what: str, every: float = 0.05
+) -> T:
+    """:func:`wait_for` in a coroutine, awaiting ``check()``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = await check()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:g}s waiting until {what}")
+        await asyncio.sleep(every)
+
+
+async def wait_for_async(
+    check: Callable[[], T | None], seconds: float, what: str, every: float = 0.05
+) -> T:
+    """:func:`until` for a blocking ``check``, which runs in a thread."""
+    return await until(lambda: asyncio.to_thread(check), seconds, what, every)
+
+
+# -- Redis ------------------------------------------------------------------------------------
+
+
+def redis_answers(url: str = REDIS_URL) -> bool:
     try:
-        with redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2) as r:
+        with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as r:
             return bool(r.ping())
     except (redis.RedisError, OSError):
         return False
 
 
-def _admin_sql(sql: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(POSTGRES_URL)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
+# For tests whose replicas share the Redis at REDIS_URL (the default of :class:`Gateway`).
+needs_redis = pytest.mark.skipif(not redis_answers(), reason=f"no Redis answers at {REDIS_URL}")
 
 
-@contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
-    """An empty PostgreSQL database of its own (plain ``postgresql://`` URL), dropped after."""
-    import pytest
-
-    if not _postgres_available():
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}")
-    if not redis_answers():
-        pytest.skip(f"no Redis answers at {REDIS_URL}")
-    name = f"lamplighter_fleet_{uuid.uuid4().hex[:10]}"
-    _admin_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        _admin_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-def make_users(url: str, count: int, plans: str = ROOMY) -> list[tuple[uuid.UUID, str]]:
-    """Migrate the database, store the ``plans`` (TOML) and make ``count`` users on the first
-    of them with a key each, plus an admin (so no replica makes one at start): [(user id,
-    key)], the admin's last."""
-    table = tomllib.loads(plans)["plans"]
-    plan = next(iter(table))
-    url = async_database_url(url)
-    migrate.upgrade(url)
-
-    async def make() -> list[tuple[uuid.UUID, str]]:
-        db = Database(url)
-        accounts = AccountService(db)
-        made = []
-        try:
-            await PlanBook(db).load(plans_from_config(table))
-            for index in range(count + 1):
-                admin = index == count
-                email = f"{'admin' if admin else 'load'}-{uuid.uuid4().hex[:8]}@example.org"
-                user = await accounts.create_user(email, admin=admin, plan=plan)
-                made.append((user.id, (await accounts.create_key(email, "fleet")).secret))
-        finally:
-            await db.close()
-        return made
-
-    return asyncio.run(make())
-
-
-def _environment(**values: object) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMPLIGHTER_")}
-    env.update({f"LAMPLIGHTER_{k.upper()}": str(v) for k, v in values.items()})
-    return env
+# -- processes --------------------------------------------------------------------------------
 
 
 class Process:
-    """A child process whose output goes to a log file."""
+    """One child process on its own port, with its output in ``<logs>/<name>.log``. It may be
+    stopped or killed and started again (on the same port)."""
 
-    def __init__(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.command = command
-        self.log = log
-        self.env = env
+    def __init__(self, name: str, logs: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.log = logs / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str] | None:
+        """Its environment; None: the test's own."""
+        return None
+
     def start(self) -> None:
-        with self.log.open("ab") as out:
+        if self.alive:
+            raise RuntimeError(f"{self.name} is already running")
+        with self.log.open("ab") as log:
+            # A session of its own: a Ctrl-C meant for pytest does not reach it first.
             self.process = subprocess.Popen(
-                self.command, stdout=out, stderr=out, env=self.env, cwd=Path(__file__).parents[1]
+                self.command(),
+                cwd=ROOT,
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def check_alive(self) -> bool:
+    def check_alive(self) -> None:
+        """Fail, with the end of its log, unless it runs."""
         if not self.alive:
-            raise AssertionError(f"{self.command[3]} exited: {self.log.read_text()[-3000:]}")
-        return True
+            how = "never started" if self.process is None else f"exited with {self.process.poll()}"
+            raise RuntimeError(f"{self.name} {how}:\n{self.tail()}")
 
-    def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM, and wait for the exit; returns its status."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
+    def terminate(self) -> None:
+        """SIGTERM, without waiting."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds; its exit
+        status (None if it never started)."""
+        if self.process is None:
+            return None
+        self.terminate()
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.process.returncode
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+        """SIGKILL: no chance to clean anything up, as when a machine dies."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
             self.process.wait(timeout=10)
 
+    def tail(self, characters: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-characters:]
+        except OSError:
+            return ""
 
-class SimBackend(Process):
+
+class HttpServer(Process):
+    """A process that serves HTTP on its port."""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def answers(self, path: str) -> bool:
+        """Whether ``GET path`` is answered 200; fails at once if the process has exited."""
+        self.check_alive()
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(self.url + path, timeout=2).status_code == 200
+        return False
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The samples of ``name`` on its ``/metrics`` (a counter by its ``_total`` name) that
+        carry ``labels``, summed; None if there are none."""
+        text = httpx.get(self.url + "/metrics", timeout=5).text
+        values = [
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        ]
+        return float(sum(values)) if values else None
+
+
+class SimBackend(HttpServer):
     """``lamplighter sim-backend``: a simulated vLLM server."""
 
-    def __init__(self, log_dir: Path, time_scale: float = 1.0) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "lamplighter", "sim-backend", "--port", str(self.port)]
-        command += ["--model", SIM_MODEL, "--time-scale", str(time_scale)]
-        super().__init__(command, log_dir / "sim.log")
+    def __init__(
+        self, name: str, logs: Path, model: str = SIM_MODEL, *, time_scale: float = 1.0
+    ) -> None:
+        super().__init__(name, logs)
+        self.model = model
+        self.time_scale = time_scale
 
-    def wait_up(self) -> None:
-        def up() -> bool:
-            self.check_alive()
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(self.url + "/health", timeout=1).status_code == 200
-            return False
+    def command(self) -> list[str]:
+        return [
+            *(sys.executable, "-m", "lamplighter", "sim-backend", "--port", str(self.port)),
+            *("--model", self.model, "--time-scale", str(self.time_scale)),
+        ]
 
-        wait_for(up, 30, "the sim backend")
+    def wait_up(self, seconds: float = 60.0) -> None:
+        wait_for(lambda: self.answers("/health"), seconds, f"sim-backend {self.name} answers")
 
-    def table(self, name: str, **extra: object) -> str:
+    def table(self, name: str | None = None, /, **settings: object) -> str:
+        """The ``[[backends]]`` table that sends its model here: named ``name`` (by default,
+        as this process), with ``settings`` over a capacity of 64 and a health check a second.
+        Replicas that share a Redis share each backend's slots by its name."""
+        settings = {"capacity": 64, "health_interval_s": 1, **settings}
         lines = [
             "[[backends]]",
-            f'name = "{name}"',
+            f'name = "{name or self.name}"',
             f'url = "{self.url}/v1"',
-            f'models = ["{SIM_MODEL}"]',
-            "capacity = 64",
-            "health_interval_s = 1",
-            *(f"{key} = {json.dumps(value)}" for key, value in extra.items()),
+            f'models = ["{self.model}"]',
+            *(f"{key} = {json.dumps(value)}" for key, value in settings.items()),
         ]
         return "\n".join(lines) + "\n"
 
 
-class Replica(Process):
-    """One ``lamplighter serve`` on its own port, sharing the database and Redis."""
+class RedisServer(Process):
+    """A redis-server of the test's own that keeps nothing on disk: killed and started again
+    on the same port, it comes back empty, as after a crash."""
 
-    def __init__(self, index: int, work: Path, database_url: str, config: Path, **env: object):
-        self.index = index
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        data_dir = work / f"replica-{index}"
-        settings = {
-            "database_url": database_url,
+    def command(self) -> list[str]:
+        return [
+            *(REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no"),
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def wait_up(self, seconds: float = 10.0) -> None:
+        def up() -> bool:
+            self.check_alive()
+            return redis_answers(self.url)
+
+        wait_for(up, seconds, f"redis-server {self.name} answers")
+
+
+class Gateway(HttpServer):
+    """``lamplighter serve``, configured the documented way: LAMPLIGHTER_* variables (one for
+    each of ``settings``) and the TOML file LAMPLIGHTER_CONFIG names. Nothing of the test's own
+    environment leaks in. Unless ``settings`` say otherwise, one of three replicas sharing the
+    Redis at REDIS_URL, with no embedded engine, its data in ``<logs>/<name>``."""
+
+    def __init__(self, name: str, logs: Path, **settings: object) -> None:
+        super().__init__(name, logs)
+        self.settings = {
+            "port": self.port,
+            "data_dir": logs / name,
             "redis_url": REDIS_URL,
             "replicas": 3,
-            "config": config,
-            "port": self.port,
-            "data_dir": data_dir,
             "embedded_engine": "false",
-            "log_level": "info",
-            **env,
+            **settings,
         }
-        command = [sys.executable, "-m", "lamplighter", "serve"]
-        super().__init__(command, work / f"replica-{index}.log", _environment(**settings))
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "lamplighter", "serve"]
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LAMPLIGHTER_")}
+        env.update({f"LAMPLIGHTER_{k.upper()}": str(v) for k, v in self.settings.items()})
+        return env
 
     def ready(self) -> bool:
-        self.check_alive()
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
-        return False
+        return self.answers("/readyz")
 
-    def wait_ready(self, seconds: float = 60) -> None:
-        wait_for(self.ready, seconds, f"replica {self.index} to be ready")
+    def wait_ready(self, seconds: float = 90.0) -> None:
+        wait_for(self.ready, seconds, f"replica {self.name} is ready (/readyz)", every=0.1)
 
     def logs(self) -> list[dict[str, Any]]:
-        lines = []
+        """Its log's JSON entries."""
+        entries = []
         for line in self.log.read_text().splitlines():
             with contextlib.suppress(ValueError):
                 entry = json.loads(line)
                 if isinstance(entry, dict):
-                    lines.append(entry)
-        return lines
+                    entries.append(entry)
+        return entries
+
+    def client(self, key: str, timeout: float = 60.0) -> openai.AsyncOpenAI:
+        """The official SDK pointed at this replica, retrying nothing (the tests count)."""
+        return openai.AsyncOpenAI(
+            base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=timeout
+        )
+
+
+P = TypeVar("P", bound=Process)
+
+
+class Processes:
+    """Owns processes and stops every one of them on exit: all are asked to stop at once, then
+    each is waited for (and killed if it has not stopped within ten seconds)."""
+
+    def __init__(self) -> None:
+        self.owned: list[Process] = []
+
+    def add(self, process: P) -> P:
+        self.owned.append(process)
+        return process
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        for process in reversed(self.owned):
+            with contextlib.suppress(Exception):
+                process.terminate()
+        for process in reversed(self.owned):
+            with contextlib.suppress(Exception):
+                process.stop(timeout=10)
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+
+def run_sql(url: str, sql: str, *args: object) -> Any:
+    """The first value of the first row ``sql`` returns (None if it returns no rows)."""
+
+    async def fetch() -> Any:
+        conn = await asyncpg.connect(url)
+        try:
+            return await conn.fetchval(sql, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+@contextlib.contextmanager
+def fresh_database(*, migrated: bool = True) -> Iterator[str]:
+    """A new database on the test server (its plain ``postgresql://`` URL, as an operator
+    writes it), migrated unless told not to, dropped afterwards. Where PostgreSQL does not
+    answer, the test is skipped."""
+    if not _postgres_available():
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}")
+    name = f"lamplighter_fleet_{uuid.uuid4().hex[:10]}"
+    run_sql(POSTGRES_URL, f'CREATE DATABASE "{name}"')
+    try:
+        url = f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
+        if migrated:
+            migrate.upgrade(async_database_url(url))
+        yield url
+    finally:
+        run_sql(POSTGRES_URL, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def store_plans(database_url: str, config: str) -> None:
+    """Migrate the database and store the plans of ``config`` (TOML), as a replica starting
+    with it does: for users made before any replica has started."""
+    url = async_database_url(database_url)
+    migrate.upgrade(url)
+
+    async def store() -> None:
+        db = Database(url)
+        try:
+            await PlanBook(db).load(plans_from_config(tomllib.loads(config)["plans"]))
+        finally:
+            await db.close()
+
+    asyncio.run(store())
+
+
+class User(NamedTuple):
+    id: uuid.UUID
+    key: str
+
+
+def new_users(database_url: str, *plans: str, admin: bool = False) -> list[User]:
+    """One new user per plan, each with an API key; with ``admin``, an admin on the first plan
+    after them, so that no replica starting on the database makes one."""
+
+    async def make() -> list[User]:
+        db = Database(async_database_url(database_url))
+        try:
+            accounts = AccountService(db)
+            made = []
+            roles = [(plan, False) for plan in plans] + ([(plans[0], True)] if admin else [])
+            for plan, is_admin in roles:
+                email = f"{'admin' if is_admin else plan}-{uuid.uuid4().hex[:10]}@example.org"
+                user = await accounts.create_user(email, admin=is_admin, plan=plan)
+                made.append(User(user.id, (await accounts.create_key(email, "fleet")).secret))
+            return made
+        finally:
+            await db.close()
+
+    return asyncio.run(make())
+
+
+def count_admins(database_url: str) -> int:
+    return int(run_sql(database_url, "SELECT count(*) FROM users WHERE is_admin"))
+
+
+def ledger_totals(url: str, users: list[uuid.UUID]) -> tuple[int, int, int, dict[str, int]]:
+    """The usage ledger for ``users``: (rows, prompt tokens, completion tokens, rows by finish
+    reason)."""
+
+    async def read() -> tuple[int, int, int, dict[str, int]]:
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetch(
+                "SELECT finish_reason, count(*) AS n, sum(prompt_tokens) AS p, "
+                "sum(completion_tokens) AS c FROM usage WHERE user_id = ANY($1::uuid[]) "
+                "GROUP BY finish_reason",
+                users,
+            )
+        finally:
+            await conn.close()
+        return (
+            sum(r["n"] for r in rows),
+            sum(r["p"] for r in rows),
+            sum(r["c"] for r in rows),
+            {r["finish_reason"]: r["n"] for r in rows},
+        )
+
+    return asyncio.run(read())
+
+
+# -- sim-backend answers ----------------------------------------------------------------------
+
+
+def long_answer_seed(content: str, tokens: int, *, start: int = 0) -> int:
+    """A request ``seed`` for which a sim-backend (its own ``--seed`` left at 0) answers the one
+    user message ``content`` with all of ``max_tokens=tokens``: the simulator draws each
+    answer's length from the seed and the prompt, so asking one here tells what the server will
+    do. Long answers keep a stream (and its slot) busy until the test lets go of it."""
+    for seed in range(start, start + 10_000):
+        sim = simulation.SimBackend(simulation.SimSettings())
+        body = {"messages": [{"role": "user", "content": content}], "max_tokens": tokens}
+        if sim.submit({**body, "seed": seed}).request.output_tokens >= tokens:
+            return seed
+    raise AssertionError(f"no seed gives {tokens} tokens for {content!r}")
+
+
+# -- a load balancer and a load ---------------------------------------------------------------
 
 
 class Balancer:
@@ -394,7 +628,7 @@ class Load:
 
     def wait_for_requests(self, more: int, seconds: float = 30) -> None:
         target = self.requests + more
-        wait_for(lambda: self.requests >= target, seconds, f"{more} more requests")
+        wait_for(lambda: self.requests >= target, seconds, f"{more} more requests are answered")
 
     def _client(self, base_url: str, key: str) -> openai.OpenAI:
         return openai.OpenAI(
@@ -417,7 +651,8 @@ class Load:
         """One streamed answer of exactly ``tokens`` tokens straight from ``base_url`` (a
         replica the balancer had chosen, say), counted like the others; ``started`` is set at
         its first token."""
-        question, seed = long_question(tokens)
+        question = "Tell me everything about lamps."
+        seed = long_answer_seed(question, tokens)
         with self._client(base_url, self.keys[0]) as client:
             self._ask(client, question, tokens, True, started, seed)
 
@@ -483,54 +718,3 @@ class Load:
             if chunk.usage is not None:
                 usage = chunk.usage
         return usage, finish
-
-
-def long_question(tokens: int) -> tuple[str, int]:
-    """A question and a seed for which the simulated GPU's answer runs to at least ``tokens``
-    tokens (its length is drawn from the seed and the prompt's size; see simulation/server.py)."""
-    question = "Tell me everything about lamps."
-    prompt = sim._prompt_tokens({"messages": [{"role": "user", "content": question}]})
-    for seed in range(1000):
-        draw = random.Random(f"{sim.SimSettings().seed}:{seed}:{prompt}")
-        length = draw.lognormvariate(math.log(sim.OUTPUT_MEDIAN), sim.OUTPUT_SIGMA)
-        if round(length) >= tokens:
-            return question, seed
-    raise AssertionError(f"no seed draws {tokens} tokens")
-
-
-def ledger_totals(url: str, users: list[uuid.UUID]) -> tuple[int, int, int, dict[str, int]]:
-    """The usage ledger for ``users``: (rows, prompt tokens, completion tokens, rows by finish
-    reason)."""
-
-    async def read() -> tuple[int, int, int, dict[str, int]]:
-        conn = await asyncpg.connect(url)
-        try:
-            rows = await conn.fetch(
-                "SELECT finish_reason, count(*) AS n, sum(prompt_tokens) AS p, "
-                "sum(completion_tokens) AS c FROM usage WHERE user_id = ANY($1::uuid[]) "
-                "GROUP BY finish_reason",
-                users,
-            )
-        finally:
-            await conn.close()
-        return (
-            sum(r["n"] for r in rows),
-            sum(r["p"] for r in rows),
-            sum(r["c"] for r in rows),
-            {r["finish_reason"]: r["n"] for r in rows},
-        )
-
-    return asyncio.run(read())
-
-
-def run_sql(url: str, sql: str, *args: object) -> Any:
-    """The first value of the first row ``sql`` returns."""
-
-    async def fetch() -> Any:
-        conn = await asyncpg.connect(url)
-        try:
-            return await conn.fetchval(sql, *args)
-        finally:
-            await conn.close()
-
-    return asyncio.run(fetch())

@@ -26,13 +26,15 @@ from lamplighter.store.lint import lint_source
 from lamplighter.store.models import Base
 from tests.fleet import (
     ROOMY,
+    Gateway,
     Load,
-    Replica,
     SimBackend,
     fresh_database,
     ledger_totals,
-    make_users,
+    needs_redis,
+    new_users,
     run_sql,
+    store_plans,
 )
 
 EXPAND = '''
@@ -95,9 +97,11 @@ def upgrade() -> None:
 '''
 
 
+@needs_redis
 def test_expand_migrate_contract_on_a_live_database_fails_no_request(tmp_path: Path) -> None:
     with fresh_database() as url:
-        users = make_users(url, 2)
+        store_plans(url, ROOMY)
+        users = new_users(url, "roomy", "roomy", admin=True)
         # A ledger with some history, so that the index build and the backfill take a while.
         history = (
             "WITH made AS (INSERT INTO usage (user_id, model, prompt_tokens, completion_tokens, "
@@ -105,7 +109,7 @@ def test_expand_migrate_contract_on_a_live_database_fails_no_request(tmp_path: P
             "'stop', now() - g * interval '1 second', 'roomy' FROM generate_series(1, $2) g "
             "RETURNING 1) SELECT count(*) FROM made"
         )
-        assert run_sql(url, history, users[-1][0], HISTORY) == HISTORY
+        assert run_sql(url, history, users[-1].id, HISTORY) == HISTORY
         config = migrate.alembic_config(async_database_url(url))
         head = ScriptDirectory.from_config(config).get_current_head()
         versions = tmp_path / "versions"
@@ -121,16 +125,16 @@ def test_expand_migrate_contract_on_a_live_database_fails_no_request(tmp_path: P
             os.pathsep.join([str(migrate.MIGRATIONS / "versions"), str(versions)]),
         )
 
-        sim = SimBackend(tmp_path, time_scale=4)
+        sim = SimBackend("sim", tmp_path, time_scale=4)
         sim.start()
         settings = tmp_path / "lamplighter.toml"
         settings.write_text(ROOMY + sim.table(f"sim-{tmp_path.name[-12:]}"))
-        replica = Replica(0, tmp_path, url, settings)
+        replica = Gateway("replica-0", tmp_path, database_url=url, config=settings)
         try:
             sim.wait_up()
             replica.start()
             replica.wait_ready()
-            load = Load(replica.url, [key for _, key in users[:-1]], workers=4)
+            load = Load(replica.url, [user.key for user in users[:-1]], workers=4)
             load.start()
             try:
                 load.wait_for_requests(10)
@@ -149,7 +153,7 @@ def test_expand_migrate_contract_on_a_live_database_fails_no_request(tmp_path: P
             sim.kill()
 
         assert not load.failures, load.failures[:5]
-        rows, prompt, completion, _ = ledger_totals(url, [u for u, _ in users[:-1]])
+        rows, prompt, completion, _ = ledger_totals(url, [user.id for user in users[:-1]])
         assert (rows, prompt, completion) == (load.ok, load.prompt_tokens, load.completion_tokens)
         assert run_sql(url, "SELECT version_num FROM alembic_version") == "9003"
         column = "SELECT count(*) FROM information_schema.columns WHERE column_name = $1"
@@ -164,7 +168,7 @@ def test_replicas_starting_together_migrate_one_at_a_time(tmp_path: Path) -> Non
     """Four processes upgrade an empty database at once: one applies every migration, the
     others wait for it and find nothing left to do. (Without the advisory lock, three of them
     fail on tables and revisions the first one is creating.)"""
-    with fresh_database() as url:
+    with fresh_database(migrated=False) as url:
         code = dedent(
             """
             import logging, sys

@@ -21,10 +21,11 @@ from lamplighter.simulation.server import create_app as sim_app
 from tests.conftest import SCRIPTED, LiveServer, ThreadedServer, free_port, make_settings
 from tests.fleet import (
     REDIS_URL,
-    Replica,
+    Gateway,
     SimBackend,
-    make_users,
-    redis_answers,
+    needs_redis,
+    new_users,
+    store_plans,
     wait_for,
 )
 
@@ -266,7 +267,7 @@ def _metric(server: LiveServer, name: str) -> float:
     return 0.0
 
 
-@pytest.mark.skipif(not redis_answers(), reason=f"no Redis answers at {REDIS_URL}")
+@needs_redis
 def test_a_reload_on_one_replica_reaches_every_replica(tmp_path: Path, sim: ThreadedServer) -> None:
     config = tmp_path / "lamplighter.toml"
     config.write_text(plans(1000))
@@ -286,7 +287,7 @@ def test_a_reload_on_one_replica_reaches_every_replica(tmp_path: Path, sim: Thre
             headers={"authorization": f"Bearer {admin}"},
         )
         assert answer.status_code == 200, answer.text
-        wait_for(lambda: EXTRA in second.call(_models), 10, "the other replica to reload")
+        wait_for(lambda: EXTRA in second.call(_models), 10, "the other replica has reloaded")
 
 
 async def _models(services: Any) -> list[str]:
@@ -294,15 +295,16 @@ async def _models(services: Any) -> list[str]:
 
 
 def test_sighup_reloads_a_running_server_and_a_bad_file_is_logged(tmp_path: Path) -> None:
-    sim = SimBackend(tmp_path, time_scale=0.05)
+    sim = SimBackend("sim", tmp_path, time_scale=0.05)
     sim.start()
     config = tmp_path / "lamplighter.toml"
     config.write_text(plans(100) + sim.table("sim"))
     url = f"sqlite:///{tmp_path / 'lamplighter.db'}"
-    replica = Replica(0, tmp_path, url, config, redis_url="")
+    replica = Gateway("replica-0", tmp_path, database_url=url, config=config, redis_url="")
     try:
         sim.wait_up()
-        key = make_users(url, 1, plans(100))[0][1]
+        store_plans(url, plans(100))
+        key = new_users(url, "reloadable", admin=True)[0].key
         replica.start()
         replica.wait_ready()
         limit = _limit(replica.url, key)
@@ -310,11 +312,11 @@ def test_sighup_reloads_a_running_server_and_a_bad_file_is_logged(tmp_path: Path
         config.write_text(plans(7) + sim.table("sim"))
         assert replica.process is not None
         replica.process.send_signal(signal.SIGHUP)
-        wait_for(lambda: _limit(replica.url, key) == "7", 10, "the reload")
+        wait_for(lambda: _limit(replica.url, key) == "7", 10, "the new limit holds")
 
         config.write_text("[plans.reloadable]\nrequests_per_minute = -1\n")
         replica.process.send_signal(signal.SIGHUP)
-        wait_for(lambda: _refused(replica) == 1, 10, "the refusal")
+        wait_for(lambda: _refused(replica) == 1, 10, "the reload is refused")
         assert replica.alive
         assert _limit(replica.url, key) == "7"
         errors = [e for e in replica.logs() if e["level"] == "error"]
@@ -343,7 +345,7 @@ def _limit(base_url: str, key: str) -> str | None:
     return None
 
 
-def _refused(replica: Replica) -> float:
+def _refused(replica: Gateway) -> float:
     text = httpx.get(replica.url + "/metrics", timeout=5).text
     for line in text.splitlines():
         if line.startswith('lamplighter_config_reloads_total{outcome="refused"}'):

@@ -16,26 +16,34 @@ from pathlib import Path
 
 from tests.fleet import (
     ROOMY,
+    Gateway,
     Load,
-    Replica,
     SimBackend,
     balancer,
     fresh_database,
     ledger_totals,
-    make_users,
+    needs_redis,
+    new_users,
+    store_plans,
     wait_for,
 )
+
+pytestmark = needs_redis
 
 
 def test_a_rolling_restart_under_load_loses_no_request_and_no_usage(tmp_path: Path) -> None:
     with fresh_database() as url:
-        users = make_users(url, 3)
-        sim = SimBackend(tmp_path, time_scale=4)
+        store_plans(url, ROOMY)
+        users = new_users(url, "roomy", "roomy", "roomy", admin=True)
+        sim = SimBackend("sim", tmp_path, time_scale=4)
         sim.start()
         config = tmp_path / "lamplighter.toml"
         config.write_text(ROOMY + sim.table(f"sim-{tmp_path.name[-12:]}"))
         settings = {"drain_grace": 2, "shutdown_timeout": 20}
-        replicas = [Replica(i, tmp_path, url, config, **settings) for i in range(3)]
+        replicas = [
+            Gateway(f"replica-{i}", tmp_path, database_url=url, config=config, **settings)
+            for i in range(3)
+        ]
         try:
             sim.wait_up()
             for replica in replicas:
@@ -43,8 +51,8 @@ def test_a_rolling_restart_under_load_loses_no_request_and_no_usage(tmp_path: Pa
             for replica in replicas:
                 replica.wait_ready()
             with balancer([r.url for r in replicas]) as (front, base_url):
-                wait_for(lambda: len(front.ready) == 3, 10, "the balancer to see every replica")
-                load = Load(base_url, [key for _, key in users[:-1]], workers=6)
+                wait_for(lambda: len(front.ready) == 3, 10, "the balancer sees every replica")
+                load = Load(base_url, [user.key for user in users[:-1]], workers=6)
                 load.start()
                 try:
                     load.wait_for_requests(20)
@@ -67,7 +75,7 @@ def test_a_rolling_restart_under_load_loses_no_request_and_no_usage(tmp_path: Pa
                         assert replica.url not in front.ready
                         replica.start()
                         replica.wait_ready()
-                        wait_for(lambda r=replica: r.url in front.ready, 10, "the balancer")
+                        wait_for(lambda r=replica: r.url in front.ready, 10, "the balancer sees it")
                         load.wait_for_requests(10)
                         assert front.sent[replica.url] > served_before
                 finally:
@@ -79,7 +87,7 @@ def test_a_rolling_restart_under_load_loses_no_request_and_no_usage(tmp_path: Pa
                 replica.kill()
             sim.kill()
         assert not load.failures, load.failures[:5]
-        rows, prompt, completion, finishes = ledger_totals(url, [u for u, _ in users[:-1]])
+        rows, prompt, completion, finishes = ledger_totals(url, [user.id for user in users[:-1]])
         waited = [  # in flight when each restart's grace ended
             next(e["in_flight"] for e in replica.logs() if e.get("phase") == "refusing")
             for replica in replicas

@@ -15,7 +15,7 @@ import pytest
 from lamplighter.traffic.limiters import Rate
 from lamplighter.traffic.redis_state import RedisState
 from lamplighter.traffic.state import Limit
-from tests.scale_support import REDIS_SERVER, RedisServer
+from tests.fleet import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason=f"no {REDIS_SERVER}")
 
