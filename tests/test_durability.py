@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -38,10 +39,16 @@ def start(data_dir: Path, port: int) -> subprocess.Popen[str]:
 
 
 def stream_essay(
-    server: subprocess.Popen[str], port: int, key: str, signal_at: int, sent: signal.Signals
+    server: subprocess.Popen[str],
+    port: int,
+    key: str,
+    signal_at: int,
+    sent: signal.Signals,
+    ready: Callable[[], bool] = lambda: True,
 ) -> str:
-    """Stream a long answer; after ``signal_at`` words send ``sent`` to the server and read on
-    until the server ends the stream. Returns the text the client saw."""
+    """Stream a long answer; once the client has seen ``signal_at`` words and ``ready()`` holds,
+    send ``sent`` to the server and read on until the server ends the stream. Returns the text
+    the client saw."""
     body = {
         "model": MODEL,
         "stream": True,
@@ -66,10 +73,26 @@ def stream_essay(
                 event = json.loads(line[6:])
                 if event.get("choices"):  # not the error event that ends a cut stream
                     seen += event["choices"][0]["delta"].get("content") or ""
-            if len(seen.split()) >= signal_at and not signalled:
+            if len(seen.split()) >= signal_at and not signalled and ready():
                 server.send_signal(sent)
                 signalled = True
     return seen
+
+
+def checkpointed(home: Path) -> bool:
+    """Whether the answer being generated has a checkpoint in the store yet."""
+    engine = create_engine(f"sqlite:///{home / 'lamplighter.db'}")
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                text(
+                    "SELECT 1 FROM messages WHERE role = 'assistant' AND status = 'in_progress' "
+                    "AND content != ''"
+                )
+            ).first()
+    finally:
+        engine.dispose()
+    return found is not None
 
 
 def test_a_killed_server_keeps_the_partial_answer_and_marks_it_cut(tmp_path: Path) -> None:
@@ -78,8 +101,8 @@ def test_a_killed_server_keeps_the_partial_answer_and_marks_it_cut(tmp_path: Pat
     try:
         wait_ready(port, server)
         key = run(tmp_path, "keys", "create", "admin@localhost").stdout.strip()
-        # About two seconds of tokens: at least one checkpoint has been written.
-        seen = stream_essay(server, port, key, 120, signal.SIGKILL)
+        # Killed once a checkpoint of the answer is on disk (about once a second).
+        seen = stream_essay(server, port, key, 20, signal.SIGKILL, lambda: checkpointed(tmp_path))
         server.wait(timeout=30)
     finally:
         if server.poll() is None:
