@@ -1,17 +1,17 @@
 """Choosing a backend: the circuit breaker's state machine, published load, plan restrictions,
 least-loaded by weight and prefix affinity; and an upstream's failures as the router sees them
-(an ``httpx.MockTransport`` stands in for the server)."""
+(a real HTTP server on 127.0.0.1, ``tests/upstream_server.py``, plays the upstream)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import pytest
+from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +22,7 @@ from lamplighter.engines.router import Router, Unavailable, rendezvous
 from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig, upstreams_from_config
 from lamplighter.exceptions import ConfigError, EngineFailed, NotFound, Overloaded
 from lamplighter.traffic.clock import ManualClock
+from tests.upstream_server import Upstream
 
 # -- the circuit breaker -------------------------------------------------------------------------
 
@@ -292,14 +293,16 @@ ANSWER = sse(
     "[DONE]",
 )
 
-Handler = Callable[[httpx.Request], Any]
 
-
-def upstream(handler: Handler, clock: ManualClock | None = None, **table: Any) -> UpstreamBackend:
+def upstream(server: Upstream, clock: ManualClock | None = None, **table: Any) -> UpstreamBackend:
     config = UpstreamConfig.from_table(
-        {"name": "u", "url": "http://gpu:8000/v1", "models": ["m"], **table}, env={}
+        {"name": "u", "url": server.url + "/v1", "models": ["m"], **table}, env={}
     )
-    return UpstreamBackend(config, clock or ManualClock(), httpx.MockTransport(handler))
+    return UpstreamBackend(config, clock or ManualClock())
+
+
+def events(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="text/event-stream")
 
 
 async def collect(backend: UpstreamBackend) -> list[Chunk]:
@@ -309,13 +312,14 @@ async def collect(backend: UpstreamBackend) -> list[Chunk]:
 async def test_usage_comes_from_the_upstreams_final_chunk_and_priority_is_passed() -> None:
     bodies: list[dict[str, Any]] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        bodies.append(json.loads(request.content))
-        return httpx.Response(200, content=ANSWER)
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        bodies.append(await request.json())
+        return events(ANSWER)
 
-    backend = upstream(handler, priority=True)
-    chunks = await collect(backend)
-    await backend.close()
+    async with Upstream(handler) as server:
+        backend = upstream(server, priority=True)
+        chunks = await collect(backend)
+        await backend.close()
     assert "".join(c.text for c in chunks) == "Hello"
     assert sum(c.tokens for c in chunks) == 3 and chunks[-1].prompt_tokens == 5
     assert chunks[-1].finish_reason == "stop"
@@ -325,99 +329,112 @@ async def test_usage_comes_from_the_upstreams_final_chunk_and_priority_is_passed
 
 async def test_failures_before_the_first_token_are_unavailable_and_trip_the_breaker() -> None:
     calls: list[str] = []
-    answers = iter(
-        [
-            lambda: httpx.Response(502, text="bad gateway"),
-            lambda: (_ for _ in ()).throw(httpx.ConnectError("refused")),
-        ]
-    )
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(request.url.path)
-        answer: httpx.Response = next(answers, lambda: httpx.Response(200, content=ANSWER))()
-        return answer
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        calls.append(request.path)
+        if len(calls) == 1:
+            refused = web.Response(status=502, text="bad gateway")
+            refused.force_close()  # no kept-alive connection: the next request must connect
+            return refused
+        return events(ANSWER)
 
     clock = ManualClock()
-    backend = upstream(handler, clock, breaker_failures=2, breaker_cooldown_s=10)
-    with pytest.raises(Unavailable, match="502"):
-        await collect(backend)
-    with pytest.raises(Unavailable, match="refused"):
-        await collect(backend)
-    assert backend.circuit == "open" and not backend.accepting()
-    with pytest.raises(Unavailable, match="circuit breaker"):
-        await collect(backend)
-    assert len(calls) == 2  # an open breaker does not even try
-    assert backend.retry_after() == pytest.approx(10)
-    clock.advance(10)
-    assert backend.accepting()
-    assert "".join(c.text for c in await collect(backend)) == "Hello"  # the trial
-    assert backend.circuit == "closed"
-    await backend.close()
+    async with Upstream(handler) as server:
+        backend = upstream(server, clock, breaker_failures=2, breaker_cooldown_s=10)
+        with pytest.raises(Unavailable, match="502"):
+            await collect(backend)
+        await server.refuse()  # nothing listens on its port: the connection is refused
+        with pytest.raises(Unavailable, match="failed: Cannot connect to host"):
+            await collect(backend)
+        await server.listen()
+        assert backend.circuit == "open" and not backend.accepting()
+        with pytest.raises(Unavailable, match="circuit breaker"):
+            await collect(backend)
+        assert len(calls) == 1  # an open breaker does not even try (the server listens again)
+        assert backend.retry_after() == pytest.approx(10)
+        clock.advance(10)
+        assert backend.accepting()
+        assert "".join(c.text for c in await collect(backend)) == "Hello"  # the trial
+        assert backend.circuit == "closed" and len(calls) == 2
+        await backend.close()
 
 
 async def test_a_429_is_overload_and_a_400_is_not_retried_elsewhere() -> None:
     status = iter([429, 400])
 
-    def handler(_: httpx.Request) -> httpx.Response:
-        return httpx.Response(next(status), headers={"retry-after": "4"}, text="no")
+    async def handler(_: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(status=next(status), headers={"retry-after": "4"}, text="no")
 
-    backend = upstream(handler, breaker_failures=1)
-    with pytest.raises(Overloaded) as full:
-        await collect(backend)
-    assert full.value.headers["retry-after"] == "4"
-    with pytest.raises(EngineFailed) as bad:
-        await collect(backend)
-    assert not isinstance(bad.value, Unavailable)
-    assert backend.circuit == "closed"  # the server is alive: neither opens the breaker
-    await backend.close()
+    async with Upstream(handler) as server:
+        backend = upstream(server, breaker_failures=1)
+        with pytest.raises(Overloaded) as full:
+            await collect(backend)
+        assert full.value.headers["retry-after"] == "4"
+        with pytest.raises(EngineFailed, match="answered 400: no") as bad:
+            await collect(backend)
+        assert not isinstance(bad.value, Unavailable)
+        assert backend.circuit == "closed"  # the server is alive: neither opens the breaker
+        await backend.close()
 
 
 async def test_no_token_in_time_is_unavailable_and_a_broken_stream_is_an_engine_error() -> None:
-    async def silent() -> AsyncIterator[bytes]:
-        await asyncio.Event().wait()  # never says anything
-        yield b""
+    read = asyncio.Event()  # the client has the first token
 
-    async def breaks() -> AsyncIterator[bytes]:
-        yield sse(delta("Hel"))
-        raise httpx.ReadError("connection reset")
+    async def silent(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await asyncio.Event().wait()  # never says anything
+        return response
+
+    async def breaks(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(sse(delta("Hel")))
+        await read.wait()
+        assert request.transport is not None
+        request.transport.abort()  # the connection is cut in the middle of the answer
+        return response
 
     streams = iter([silent, breaks])
 
-    def handler(_: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=next(streams)())
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return await next(streams)(request)
 
-    backend = upstream(handler, first_token_timeout_s=0.05, breaker_failures=5)
-    with pytest.raises(Unavailable, match="no token within"):
-        await collect(backend)
-    seen: list[str] = []
-    with pytest.raises(EngineFailed, match="broke off") as broken:
-        async for chunk in backend.generate(PREPARED):
-            seen.append(chunk.text)
-    assert seen == ["Hel"] and not isinstance(broken.value, Unavailable)
-    # The timeout counted, the first token reset the count, the broken stream counted.
-    assert backend.breaker.failures == 1
-    await backend.close()
+    async with Upstream(handler) as server:
+        backend = upstream(server, first_token_timeout_s=0.05, breaker_failures=5)
+        with pytest.raises(Unavailable, match="no token within"):
+            await collect(backend)
+        seen: list[str] = []
+        with pytest.raises(EngineFailed, match="broke off") as broken:
+            async for chunk in backend.generate(PREPARED):
+                seen.append(chunk.text)
+                read.set()
+        assert seen == ["Hel"] and not isinstance(broken.value, Unavailable)
+        # The timeout counted, the first token reset the count, the broken stream counted.
+        assert backend.breaker.failures == 1
+        await backend.close()
 
 
 async def test_the_health_check_reads_up_down_and_published_load() -> None:
     healthy = True
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/health":
-            return httpx.Response(200 if healthy else 503)
-        assert request.url.path == "/metrics"
-        return httpx.Response(200, text=VLLM)
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path == "/health":
+            return web.Response(status=200 if healthy else 503)
+        assert request.path == "/metrics"
+        return web.Response(text=VLLM)
 
     clock = ManualClock(100)
-    backend = upstream(handler, clock, health_url="/health", capacity=10, health_interval_s=60)
-    await backend.start()  # checks once at once
-    assert backend.ready and backend.published() == Load(5, 4, 0.5, 100)
-    clock.advance(181)  # three intervals and more: stale figures are not used
-    assert backend.published() is None
-    healthy = False
-    assert not await backend.probe.check()
-    assert not backend.ready and not backend.accepting() and backend.retry_after() == 60
-    await backend.close()
+    async with Upstream(handler) as server:
+        backend = upstream(server, clock, health_url="/health", capacity=10, health_interval_s=60)
+        await backend.start()  # checks once at once
+        assert backend.ready and backend.published() == Load(5, 4, 0.5, 100)
+        clock.advance(181)  # three intervals and more: stale figures are not used
+        assert backend.published() is None
+        healthy = False
+        assert not await backend.probe.check()
+        assert not backend.ready and not backend.accepting() and backend.retry_after() == 60
+        await backend.close()
 
 
 # -- configuration -------------------------------------------------------------------------------

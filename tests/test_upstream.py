@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import openai
 import pytest
+from aiohttp import web
 
 from lamplighter.app import default_backends
 from lamplighter.engines.base import Backend
@@ -28,6 +29,7 @@ from lamplighter.settings import Settings
 from tests.conftest import ROOMY_PLAN, SCRIPTED, LiveServer, free_port, make_settings
 from tests.test_router import ANSWER
 from tests.test_streams import read_then_hang_up, settled, wait_until
+from tests.upstream_server import Handler, serve_in_thread
 
 T = TypeVar("T")
 
@@ -106,54 +108,60 @@ def test_backend_tables_are_checked() -> None:
 
 
 def test_a_5xx_before_the_first_token_is_answered_by_another_backend(tmp_path: Path) -> None:
-    """Two upstreams (``httpx.MockTransport`` in place of the network): while one answers 502
-    the other answers everything; when both do, the client gets a 503 that says why, with
-    retry-after, and the answer is stored as an error."""
+    """Two upstreams (real HTTP servers on 127.0.0.1): while one answers 502 the other answers
+    everything; when both do, the client gets a 503 that says why, with retry-after, and the
+    answer is stored as an error."""
     answers = {"x": 502, "y": 200}
     tried: list[str] = []
 
-    def upstream(name: str) -> UpstreamBackend:
-        def handle(request: httpx.Request) -> httpx.Response:
-            if request.url.path == "/v1/models":
-                return httpx.Response(200, json={"object": "list", "data": []})
-            if request.url.path != "/v1/chat/completions":
-                return httpx.Response(404)
+    def handler(name: str) -> Handler:
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            if request.path == "/v1/models":
+                return web.json_response({"object": "list", "data": []})
+            if request.path != "/v1/chat/completions":
+                return web.Response(status=404)
             tried.append(name)
             if answers[name] != 200:
-                return httpx.Response(answers[name], text="bad gateway")
-            return httpx.Response(200, content=ANSWER)
+                return web.Response(status=answers[name], text="bad gateway")
+            return web.Response(body=ANSWER, content_type="text/event-stream")
 
-        config = UpstreamConfig(name=name, url=f"http://{name}/v1", models=("m",), capacity=4)
-        return UpstreamBackend(config, transport=httpx.MockTransport(handle))
+        return handle
 
-    async def backends(_: Settings) -> list[Backend]:
-        return [upstream("x"), upstream("y")]
+    with serve_in_thread(handler("x")) as x, serve_in_thread(handler("y")) as y:
+        servers = {"x": x, "y": y}
 
-    (tmp_path / "c.toml").write_text(ROOMY_PLAN)
-    with LiveServer(make_settings(tmp_path, config=tmp_path / "c.toml"), backends) as live:
-        _, key = live.new_user(plan="roomy")
-        client = live.client(key)
-        for i in range(6):
-            answer = client.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": f"question {i}"}]
-            )
-            assert answer.choices[0].message.content == "Hello"
-        assert "x" in tried and tried.count("y") == 6
-        answers["y"] = 503
-        with pytest.raises(openai.InternalServerError) as refused:
-            client.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": "and now?"}]
-            )
-        assert refused.value.status_code == 503
-        assert refused.value.response.headers["retry-after"]
-        error = refused.value.body
-        assert isinstance(error, dict) and error["code"] == "backend_unavailable"
-        assert "answered 503" in error["message"] and "y (tried)" in error["message"]
-        [outcome] = asyncio.run(streams(live, key, [{**ask("streamed?"), "model": "m"}]))
-        assert outcome.error is not None and outcome.error["code"] == "backend_unavailable"
-        message, _ = wait_until(lambda: settled(live, outcome.completion_id))
-        assert message.status == "error" and message.content == ""
-        live.close_clients()
+        def upstream(name: str) -> UpstreamBackend:
+            url = servers[name].url + "/v1"
+            return UpstreamBackend(UpstreamConfig(name=name, url=url, models=("m",), capacity=4))
+
+        async def backends(_: Settings) -> list[Backend]:
+            return [upstream("x"), upstream("y")]
+
+        (tmp_path / "c.toml").write_text(ROOMY_PLAN)
+        with LiveServer(make_settings(tmp_path, config=tmp_path / "c.toml"), backends) as live:
+            _, key = live.new_user(plan="roomy")
+            client = live.client(key)
+            for i in range(6):
+                answer = client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": f"question {i}"}]
+                )
+                assert answer.choices[0].message.content == "Hello"
+            assert "x" in tried and tried.count("y") == 6
+            answers["y"] = 503
+            with pytest.raises(openai.InternalServerError) as refused:
+                client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": "and now?"}]
+                )
+            assert refused.value.status_code == 503
+            assert refused.value.response.headers["retry-after"]
+            error = refused.value.body
+            assert isinstance(error, dict) and error["code"] == "backend_unavailable"
+            assert "answered 503" in error["message"] and "y (tried)" in error["message"]
+            [outcome] = asyncio.run(streams(live, key, [{**ask("streamed?"), "model": "m"}]))
+            assert outcome.error is not None and outcome.error["code"] == "backend_unavailable"
+            message, _ = wait_until(lambda: settled(live, outcome.completion_id))
+            assert message.status == "error" and message.content == ""
+            live.close_clients()
 
 
 # -- A fleet of real sim-backend processes behind a live gateway ---------------------------------

@@ -18,10 +18,13 @@ import asyncio
 import contextlib
 import logging
 import re
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-import httpx
+import aiohttp
 
 from lamplighter.traffic.clock import Clock
 
@@ -145,22 +148,50 @@ class Probe:
     def __init__(
         self,
         name: str,
-        client: httpx.AsyncClient,
         health_url: str,
         metrics_url: str | None,
         interval_s: float,
         clock: Clock,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float = 5.0,
     ) -> None:
+        """Each visit waits at most ``timeout_s`` for every read (and for a connection, at most
+        two seconds to connect)."""
         self.name = name
-        self.client = client
         self.health_url = health_url
         self.metrics_url = metrics_url
         self.interval_s = interval_s
         self.clock = clock
+        self.headers = dict(headers or {})
+        self.timeout_s = timeout_s
         self.up = True  # until a check says otherwise
         self.load: Load | None = None
         self.checks = 0
         self._task: asyncio.Task[None] | None = None
+        self._http: aiohttp.ClientSession | None = None  # made in the running loop, at first use
+        self._stopped = False
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            if self._stopped:
+                raise RuntimeError(f"the health checks of backend {self.name} are stopped")
+            self._http = aiohttp.ClientSession(
+                headers=self.headers,
+                connector=aiohttp.TCPConnector(limit=2),
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=self.timeout_s,  # a free connection, and a new one made
+                    sock_connect=min(self.timeout_s, 2.0),
+                    sock_read=self.timeout_s,
+                ),
+            )
+        return self._http
+
+    async def _get(self, url: str) -> tuple[int, str]:
+        """The status and text of a GET (aiohttp.ClientError or TimeoutError if none came)."""
+        async with self._session().get(url, proxy=env_proxy(url)) as response:
+            return response.status, await response.text(errors="replace")
 
     @property
     def published(self) -> Load | None:
@@ -173,9 +204,9 @@ class Probe:
 
     async def check(self) -> bool:
         try:
-            response = await self.client.get(self.health_url)
-            healthy, why = response.status_code == 200, f"answered {response.status_code}"
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            status, _ = await self._get(self.health_url)
+            healthy, why = status == 200, f"answered {status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
             healthy, why = False, f"{type(exc).__name__}: {exc}"
         if healthy and self.metrics_url:
             await self._scrape(self.metrics_url)
@@ -194,14 +225,14 @@ class Probe:
 
     async def _scrape(self, url: str) -> None:
         try:
-            response = await self.client.get(url)
-        except (httpx.HTTPError, httpx.InvalidURL):
+            status, text = await self._get(url)
+        except (aiohttp.ClientError, TimeoutError):
             self.load = None
             return
-        if response.status_code != 200:
+        if status != 200:
             self.load = None
             return
-        self.load = parse_load(response.text, self.clock.monotonic())
+        self.load = parse_load(text, self.clock.monotonic())
 
     async def start(self) -> None:
         """Check once now (so readiness is right from the start), then keep checking."""
@@ -222,4 +253,18 @@ class Probe:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.client.aclose()
+        self._stopped = True
+        if self._http is not None:
+            await self._http.close()
+
+
+def env_proxy(url: str) -> str | None:
+    """The HTTP proxy the environment names for ``url`` (``HTTP_PROXY``, ``HTTPS_PROXY``,
+    ``ALL_PROXY``, less ``NO_PROXY``), as httpx, the client before aiohttp, honoured; None for
+    none. aiohttp's own ``trust_env`` would also look for a ``.netrc`` on every request."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    return proxy if proxy and proxy.startswith(("http://", "https://")) else None
