@@ -49,7 +49,8 @@ class Services:
     reloader: Reloader | None = None  # live configuration reloads (reload.py)
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    # async: FastAPI runs a plain function dependency in a worker thread, on every request.
     found: Services = request.app.state.services
     return found
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.store.models import ApiKey, User, user_active, utcnow
@@ -25,6 +25,28 @@ class KeyOwner(NamedTuple):
     email: str
     plan: str
     is_admin: bool
+
+
+# Built once, values bound at execution: every API request authenticates.
+_KEY_OWNER = (
+    select(
+        ApiKey.id,
+        ApiKey.prefix,
+        ApiKey.scopes,
+        ApiKey.expires_at,
+        ApiKey.last_used_at,
+        User.id,
+        User.email,
+        User.plan,
+        User.is_admin,
+    )
+    .join(User, User.id == ApiKey.user_id)
+    .where(
+        ApiKey.key_hash == bindparam("key_hash"),
+        ApiKey.revoked_at.is_(None),
+        user_active(bindparam("now", type_=User.disabled_until.type)),
+    )
+)
 
 
 class Accounts:
@@ -58,25 +80,7 @@ class Accounts:
     async def key_with_user(self, key_hash: str) -> KeyOwner | None:
         """The live key with this hash and its enabled owner, or None. Columns, not ORM
         objects: every API request asks, and loading two entities costs twice the query."""
-        result = await self.session.execute(
-            select(
-                ApiKey.id,
-                ApiKey.prefix,
-                ApiKey.scopes,
-                ApiKey.expires_at,
-                ApiKey.last_used_at,
-                User.id,
-                User.email,
-                User.plan,
-                User.is_admin,
-            )
-            .join(User, User.id == ApiKey.user_id)
-            .where(
-                ApiKey.key_hash == key_hash,
-                ApiKey.revoked_at.is_(None),
-                user_active(utcnow()),
-            )
-        )
+        result = await self.session.execute(_KEY_OWNER, {"key_hash": key_hash, "now": utcnow()})
         row = result.first()
         return None if row is None else KeyOwner(*row)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Table, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.conversation.threading import ROOT_HASH, Turn, node_hash
@@ -22,6 +22,25 @@ class Node(NamedTuple):
     path_hash: str
 
 
+# The chat's hot path: statements built once, their values bound at execution (building a
+# statement per request cost more CPU than running it), and plain INSERTs and UPDATEs rather
+# than the ORM's unit of work, so that a whole new path goes in as one statement.
+_MESSAGES = cast(Table, Message.__table__)
+_CONVERSATIONS = cast(Table, Conversation.__table__)
+_NODES = (
+    select(Message.id, Message.conversation_id, Message.path_hash)
+    .where(
+        Message.user_id == bindparam("user"),
+        Message.path_hash.in_(bindparam("hashes", expanding=True)),
+    )
+    .order_by(Message.id.desc())
+)
+_INSERT_MESSAGES = insert(_MESSAGES)
+_INSERT_CONVERSATION = insert(_CONVERSATIONS)
+_MOVE_LEAF = update(_CONVERSATIONS).where(_CONVERSATIONS.c.id == bindparam("conversation"))
+_FINISH = update(_MESSAGES).where(_MESSAGES.c.id == bindparam("message"))
+
+
 class Conversations:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -31,20 +50,14 @@ class Conversations:
         the same path was stored twice (two identical requests racing)."""
         if not hashes:
             return {}
-        result = await self.session.execute(
-            select(Message.id, Message.conversation_id, Message.path_hash)
-            .where(Message.user_id == user_id, Message.path_hash.in_(set(hashes)))
-            .order_by(Message.id.desc())
-        )
+        result = await self.session.execute(_NODES, {"user": user_id, "hashes": list(set(hashes))})
         return {row.path_hash: Node(*row) for row in result}
 
-    # The chat's hot path writes with plain INSERTs, not the ORM's unit of work: a tenth of the
-    # CPU, and a whole new path goes in as one statement.
     async def insert_conversation(self, values: dict[str, Any]) -> None:
-        await self.session.execute(insert(cast(Table, Conversation.__table__)), [values])
+        await self.session.execute(_INSERT_CONVERSATION, [values])
 
     async def insert_messages(self, rows: Sequence[dict[str, Any]]) -> None:
-        await self.session.execute(insert(cast(Table, Message.__table__)), list(rows))
+        await self.session.execute(_INSERT_MESSAGES, list(rows))
 
     async def add_message(self, message: Message) -> Message:
         self.session.add(message)
@@ -65,9 +78,8 @@ class Conversations:
         self, conversation_id: uuid.UUID, leaf_id: uuid.UUID, when: datetime
     ) -> None:
         await self.session.execute(
-            update(Conversation)
-            .where(Conversation.id == conversation_id)
-            .values(current_leaf_id=leaf_id, updated_at=when)
+            _MOVE_LEAF,
+            {"conversation": conversation_id, "current_leaf_id": leaf_id, "updated_at": when},
         )
 
     async def finish_message(
@@ -91,10 +103,7 @@ class Conversations:
             values["moderation"] = moderation
         if path_hash is not None:
             values["path_hash"] = path_hash
-        messages = cast(Table, Message.__table__)  # a plain UPDATE, for the chat's hot path
-        await self.session.execute(
-            update(messages).where(messages.c.id == message_id).values(values)
-        )
+        await self.session.execute(_FINISH, {"message": message_id, **values})
 
     async def cut_unfinished(self, when: datetime) -> int:
         """Mark answers left in progress by a crashed process as cut, with the path hash of the

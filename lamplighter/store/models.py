@@ -97,8 +97,8 @@ class User(Base):
         return "banned" if self.banned else "suspended"
 
 
-def user_active(now: datetime) -> ColumnElement[bool]:
-    """SQL for ``User.active(now)``."""
+def user_active(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
+    """SQL for ``User.active(now)`` (``now`` may be a bound parameter)."""
     return or_(
         User.disabled_at.is_(None),
         and_(User.disabled_until.is_not(None), User.disabled_until <= now),

@@ -6,10 +6,15 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.store.models import Usage
+
+# Built once, values bound at execution: the chat's hot path writes every exchange's row.
+_LEDGER = cast(Table, Usage.__table__)
+_INSERT = insert(_LEDGER)
+_UPDATE = update(_LEDGER).where(_LEDGER.c.id == bindparam("row"))
 
 
 class UsageLedger:
@@ -18,12 +23,11 @@ class UsageLedger:
 
     async def record(self, values: dict[str, Any]) -> int:
         """A new row (a plain INSERT: the chat's hot path); its id."""
-        result = await self.session.execute(insert(cast(Table, Usage.__table__)).values(values))
+        result = await self.session.execute(_INSERT, values)
         return int(result.inserted_primary_key[0])  # type: ignore[attr-defined]
 
     async def update(self, usage_id: int, **values: Any) -> None:
-        ledger = cast(Table, Usage.__table__)  # a plain UPDATE, for the chat's hot path
-        await self.session.execute(update(ledger).where(ledger.c.id == usage_id).values(values))
+        await self.session.execute(_UPDATE, {"row": usage_id, **values})
 
     async def interrupt_unfinished(self) -> int:
         """Close the records of exchanges a crashed process left open."""
