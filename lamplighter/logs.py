@@ -41,7 +41,16 @@ class JSONFormatter(logging.Formatter):
 
 # Libraries whose debug lines carry request data (SQL parameters: prompts, answers, key
 # hashes; HTTP bodies and headers). Only their warnings are logged, whatever the level.
-CHATTY = ("aiosqlite", "sqlalchemy.engine", "asyncpg", "httpx", "httpcore", "hpack", "multipart")
+CHATTY = (
+    "aiosqlite",
+    "sqlalchemy.engine",
+    "asyncpg",
+    "aiohttp",
+    "httpx",
+    "httpcore",
+    "hpack",
+    "multipart",
+)
 
 
 def configure_logging(level: str) -> None:
