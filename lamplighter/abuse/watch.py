@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 import statistics
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -37,11 +38,12 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
-def fingerprint(text: str) -> str:
+def fingerprint(text: str) -> int:
     """Near-identical prompts share a fingerprint: case, digits, punctuation and spacing are
-    ignored ("Write 5 jokes!!" and "write 7 jokes" match)."""
+    ignored ("Write 5 jokes!!" and "write 7 jokes" match). 64 bits, kept as an int: the watch
+    holds one per distinct prompt of its window, and an int costs half a hex string."""
     words = re.sub(r"[\W\d_]+", " ", text.lower()).split()
-    return hashlib.sha256(" ".join(words).encode()).hexdigest()[:16]
+    return int.from_bytes(hashlib.sha256(" ".join(words).encode()).digest()[:8])
 
 
 def disposable(email: str) -> bool:
@@ -94,7 +96,7 @@ class Watch:
         self._signups: dict[str, deque[tuple[float, str]]] = {}
         # fingerprint -> (user, when) while one account asked it, else {user: last asked}.
         # A prompt asked once is most prompts: it costs one small tuple until the sweep.
-        self._prompts: dict[str, tuple[str, float] | dict[str, float]] = {}
+        self._prompts: dict[int, tuple[str, float] | dict[str, float]] = {}
         self._swept = self.clock()
         self._flagged: dict[tuple[str, str], float] = {}  # (kind, subject) -> when reported
         self._times: dict[str, deque[float]] = {}
@@ -136,6 +138,7 @@ class Watch:
         now = self.clock()
         found = []
         key = fingerprint(text)
+        user = sys.intern(user)  # one string per account, however many prompts refer to it
         since = now - self.policy.flood_window_s
         seen = self._prompts.get(key)
         if seen is None or (isinstance(seen, tuple) and (seen[0] == user or seen[1] <= since)):
@@ -147,11 +150,12 @@ class Watch:
             if len(seen) >= self.policy.flood_accounts:
                 for gone in [u for u, when in seen.items() if when <= since]:
                     del seen[gone]
-                if len(seen) >= self.policy.flood_accounts and self._first("prompt_flood", key):
+                subject = f"prompt:{key:016x}"
+                if len(seen) >= self.policy.flood_accounts and self._first("prompt_flood", subject):
                     found.append(
                         Finding(
                             "prompt_flood",
-                            f"prompt:{key}",
+                            subject,
                             "throttle",
                             {"accounts": list(seen), "sample": text[:200]},
                         )
