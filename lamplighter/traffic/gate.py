@@ -90,9 +90,12 @@ return 1
 class SlotGate:
     """The Redis side of shared backend slots (see the module's docstring)."""
 
-    def __init__(self, client: Redis, *, lease_ttl: float = 15.0) -> None:
+    def __init__(
+        self, client: Redis, *, lease_ttl: float = 15.0, timeout_s: float = TIMEOUT_S
+    ) -> None:
         self.client = client
         self.lease_ttl = lease_ttl
+        self.timeout_s = timeout_s
         self.replica = uuid.uuid4().hex[:12]
         self._admit = client.register_script(_ADMIT)
         self._withdraw = client.register_script(_WITHDRAW)
@@ -115,7 +118,8 @@ class SlotGate:
             self.replica, ticket, priority, capacity, reserved, int(self.lease_ttl * 1000)
         ]  # fmt: skip
         try:
-            got = await asyncio.wait_for(self._admit(keys=self._keys(pool), args=args), TIMEOUT_S)
+            call = self._admit(keys=self._keys(pool), args=args)
+            got = await asyncio.wait_for(call, self.timeout_s)
         except (RedisError, OSError, TimeoutError):
             return None
         return bool(int(got))
@@ -140,10 +144,9 @@ class SlotGate:
         """Slots held on this backend by every replica together."""
         return int(await self.client.zcard(self._keys(pool)[0]))
 
-    @staticmethod
-    async def _quietly(call: object) -> None:
+    async def _quietly(self, call: object) -> None:
         """A release or renewal Redis missed is repaired by the lease's expiry."""
         try:
-            await asyncio.wait_for(call, TIMEOUT_S)  # type: ignore[arg-type]
+            await asyncio.wait_for(call, self.timeout_s)  # type: ignore[arg-type]
         except (RedisError, OSError, TimeoutError) as error:
             log.debug("shared slot bookkeeping failed: %s", error)

@@ -48,7 +48,9 @@ async def replicas(client: Redis) -> AsyncIterator[Fleet]:
                 replica.wake(name)
 
         for _ in range(count):
-            gate = SlotGate(client, lease_ttl=lease_ttl)
+            # Generous: these tests are about sharing slots, not a slow machine's Redis calls
+            # falling back to a replica's own share after a quarter second.
+            gate = SlotGate(client, lease_ttl=lease_ttl, timeout_s=10.0)
             fleet.append(Admission(SystemClock(), gate=gate, replicas=count, freed=freed))
         made.extend(fleet)
         return fleet
@@ -190,7 +192,9 @@ async def test_the_gate_never_overfills_and_never_skips_a_better_head(
     any free slot."""
     redis = Redis.from_url(REDIS_URL)
     pool = f"gpu-{uuid.uuid4().hex}"
-    gates = [SlotGate(redis) for _ in range(3)]
+    # The maths under test, not Redis's latency: a busy machine may take longer than the
+    # quarter second after which a replica falls back to its own share.
+    gates = [SlotGate(redis, timeout_s=10.0) for _ in range(3)]
     heads: dict[int, tuple[int, str]] = {}
     running: list[tuple[int, str]] = []
     try:
