@@ -694,22 +694,9 @@ class ChatService:
         reused = stored_prefix(hashes, known, turns)
         now = utcnow()
         parent = known[hashes[reused - 1]] if reused else None
-        answer_id = exchange.message_id
-        if parent is None:
-            conversation_id = new_id()
-            await conversations.insert_conversation(
-                {
-                    "id": conversation_id,
-                    "user_id": user_id,
-                    "title": title_from(turns),
-                    "current_leaf_id": answer_id,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-        else:
-            conversation_id = parent.conversation_id
-            await conversations.move_leaf(conversation_id, answer_id, now)
+        conversation_id = await _lead_to_answer(
+            conversations, exchange, parent.conversation_id if parent else None, turns, now
+        )
         rows: list[dict[str, Any]] = []
         parent_id = parent.id if parent else None
         for depth in range(reused, len(turns)):
@@ -719,16 +706,7 @@ class ChatService:
                 | {"path_hash": hashes[depth]}
             )
             parent_id = node_id
-        answer = Turn("assistant", "")
-        rows.append(
-            _message_row(answer_id, conversation_id, user_id, parent_id, answer, len(turns), now)
-            | {
-                # Replaced by the real path hash once the answer's text is known.
-                "path_hash": f"pending:{answer_id.hex}",
-                "status": "in_progress",
-                "model": request.model,
-            }
-        )
+        rows.append(_answer_row(exchange, conversation_id, parent_id, len(turns), now))
         await conversations.insert_messages(rows)
         exchange.conversation_id = conversation_id
         exchange.parent_hash = hashes[-1] if turns else ROOT_HASH
@@ -755,21 +733,9 @@ class ChatService:
             # Ids are time-ordered: the answer's must sort after its question's.
             exchange.question_id = new_id()
             exchange.message_id = new_id()
-        conversation_id = placement.conversation_id
-        if conversation_id is None:
-            conversation_id = new_id()
-            await conversations.insert_conversation(
-                {
-                    "id": conversation_id,
-                    "user_id": user_id,
-                    "title": title_from(turns),
-                    "current_leaf_id": exchange.message_id,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-        else:
-            await conversations.move_leaf(conversation_id, exchange.message_id, now)
+        conversation_id = await _lead_to_answer(
+            conversations, exchange, placement.conversation_id, turns, now
+        )
         parent_hash = parent.path_hash if parent else ROOT_HASH
         depth = parent.depth + 1 if parent else 0
         rows: list[dict[str, Any]] = []
@@ -781,22 +747,7 @@ class ChatService:
             rows.append(question | {"path_hash": parent_hash})
             parent_id = exchange.question_id
             depth += 1
-        rows.append(
-            _message_row(
-                exchange.message_id,
-                conversation_id,
-                user_id,
-                parent_id,
-                Turn("assistant", ""),
-                depth,
-                now,
-            )
-            | {
-                "path_hash": f"pending:{exchange.message_id.hex}",
-                "status": "in_progress",
-                "model": request.model,
-            }
-        )
+        rows.append(_answer_row(exchange, conversation_id, parent_id, depth, now))
         await conversations.insert_messages(rows)
         exchange.conversation_id = conversation_id
         exchange.parent_hash = parent_hash
@@ -899,6 +850,54 @@ class ChatService:
             cut = await Conversations(session).cut_unfinished(utcnow())
             await UsageLedger(session).interrupt_unfinished()
             return cut
+
+
+async def _lead_to_answer(
+    conversations: Conversations,
+    exchange: Exchange,
+    conversation_id: uuid.UUID | None,
+    turns: tuple[Turn, ...],
+    now: datetime,
+) -> uuid.UUID:
+    """The conversation the exchange's answer goes in, its current leaf moved to the answer: a
+    new one, titled from ``turns``, when ``conversation_id`` is None."""
+    if conversation_id is not None:
+        await conversations.move_leaf(conversation_id, exchange.message_id, now)
+        return conversation_id
+    conversation_id = new_id()
+    await conversations.insert_conversation(
+        {
+            "id": conversation_id,
+            "user_id": exchange.principal.user_id,
+            "title": title_from(turns),
+            "current_leaf_id": exchange.message_id,
+            "created_at": now,
+            "updated_at": now,
+        }
+    )
+    return conversation_id
+
+
+def _answer_row(
+    exchange: Exchange,
+    conversation_id: uuid.UUID,
+    parent_id: uuid.UUID | None,
+    depth: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """The exchange's answer as stored before any of it is generated: empty, in progress."""
+    answer = _message_row(
+        exchange.message_id,
+        conversation_id,
+        exchange.principal.user_id,
+        parent_id,
+        Turn("assistant", ""),
+        depth,
+        now,
+    )
+    # The path hash is replaced by the real one once the answer's text is known.
+    pending = {"path_hash": f"pending:{exchange.message_id.hex}", "status": "in_progress"}
+    return answer | pending | {"model": exchange.model}
 
 
 def _message_row(
