@@ -79,10 +79,12 @@ def serve(
     """Start the HTTP server (migrates the database and loads the model first)."""
     import uvicorn
 
+    from lamplighter.allocator import limit_arenas
     from lamplighter.app import create_app
     from lamplighter.drain import CUT_WAIT_S, GracefulServer
     from lamplighter.logs import configure_logging
 
+    limit_arenas()  # before the database pool's threads exist
     settings = _settings(config, host=host, port=port)
     configure_logging(settings.log_level)
     logging.getLogger("lamplighter").info(

@@ -4,6 +4,7 @@ ending in the review queue, where one click suspends every account involved."""
 
 from __future__ import annotations
 
+import tracemalloc
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import httpx
 import openai
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from lamplighter.abuse.watch import Watch, WatchPolicy, disposable, fingerprint
@@ -60,16 +62,67 @@ def test_accounts_that_asked_before_the_window_do_not_make_a_flood() -> None:
     assert finding.evidence["accounts"] == ["u2", "u3", "u4"]
 
 
-def test_prompts_nobody_asks_again_are_forgotten_after_the_window() -> None:
+def _letters(number: int) -> str:
+    """A word per number: the fingerprint ignores digits."""
+    return "".join(chr(ord("a") + int(digit)) for digit in str(number))
+
+
+def test_memory_does_not_grow_with_distinct_prompts() -> None:
     clock = Clock()
     watch = Watch(WatchPolicy(flood_window_s=600), clock)
-    for n in range(1000):
-        watch.prompt(f"u{n % 7}", f"a question of its own, number {n:x} with words {n * 7919:x}")
-    remembered = len(watch._prompts)
-    assert remembered > 500
-    clock.now += 601 + Watch.SWEEP_S
-    watch.prompt("u0", "one more")
-    assert len(watch._prompts) == 1
+    watch.prompt("u0", "the first question")
+    tracemalloc.start()
+    try:
+        for n in range(20_000):
+            clock.now += 0.01
+            watch.prompt(f"u{n % 7}", f"a question of its own, number {_letters(n)}")
+        grown = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert grown < 50_000  # bytes, for 20,000 prompts still in the window (a dict took 2.9 MB)
+
+
+def test_a_full_table_forgets_its_oldest_lone_prompts_first() -> None:
+    def flood_after(others: int) -> list[str]:
+        clock = Clock()
+        watch = Watch(WatchPolicy(flood_accounts=5), clock, sightings=64)
+        watch.prompt("u0", "the same question")
+        for n in range(others):
+            clock.now += 0.01
+            watch.prompt("u9", f"a question of its own, number {_letters(n)}")
+        found = [f for u in ("u1", "u2", "u3", "u4") for f in watch.prompt(u, "the same question")]
+        return [a for f in found for a in f.evidence["accounts"]]
+
+    assert flood_after(20) == ["u0", "u1", "u2", "u3", "u4"]
+    assert flood_after(1000) == []  # u0's question gave way; four accounts are no flood yet
+
+
+Ask = tuple[int, int, float]  # account, prompt, seconds since the previous question
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 9), st.floats(0, 200)), max_size=80))
+def test_floods_match_a_watch_that_remembers_everything(asks: list[Ask]) -> None:
+    """With room for every prompt, the fixed table finds exactly the floods a plain record of
+    every question finds: the same prompts, at the same question, with the same accounts."""
+    policy = WatchPolicy(flood_accounts=3, flood_window_s=600, timing_requests=1000)
+    clock = Clock()
+    watch = Watch(policy, clock, sightings=1024)
+    asked: dict[int, dict[str, float]] = {}
+    reported: dict[int, float] = {}
+    for index, (account, prompt, pause) in enumerate(asks):
+        clock.now += pause
+        user, text = f"u{account}", f"question number {'x' * prompt}"
+        got = {frozenset(f.evidence["accounts"]) for f in watch.prompt(user, text)}
+        asked.setdefault(prompt, {})[user] = clock.now
+        recent = {u for u, at in asked[prompt].items() if at > clock.now - policy.flood_window_s}
+        expected = set()
+        if len(recent) >= policy.flood_accounts and (
+            prompt not in reported or clock.now - reported[prompt] >= policy.flood_window_s
+        ):
+            reported[prompt] = clock.now
+            expected = {frozenset(recent)}
+        assert got == expected, f"question {index}"
 
 
 @given(st.lists(st.floats(0.5, 5.0), min_size=12, max_size=12))

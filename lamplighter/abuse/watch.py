@@ -9,16 +9,20 @@
   (coefficient of variation below ``timing_max_cv``) that no person typed them.
 
 Each pattern yields a :class:`Finding` with its evidence and a graded response (throttle,
-verify, suspend) that goes to the admin review queue. State is per process and bounded.
+verify, suspend) that goes to the admin review queue. State is per process and bounded; the
+prompts of the flood window, which grow with traffic, sit in a table of fixed size
+(:class:`Sightings`), so the watch's memory does not grow with traffic.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import statistics
 import sys
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -80,23 +84,63 @@ class WatchPolicy:
         return policy
 
 
-def _last(seen: tuple[str, float] | dict[str, float]) -> float:
-    return seen[1] if isinstance(seen, tuple) else max(seen.values())
+class Sightings:
+    """Who last asked each prompt (by fingerprint) and when, in a table of fixed size.
+
+    Most prompts are asked once, and a flood window of them in a dict grew with traffic
+    (100,000 prompts took 12 MB and churned the garbage collector). This table is allocated
+    once: ``slots`` fingerprints, times and account references in three flat arrays, 24 bytes a
+    slot. A fingerprint lives in one of ``PROBE`` slots from its value; when every one of them
+    holds a prompt still in the window, the one asked longest ago gives way, so a window with
+    more distinct prompts than slots forgets its oldest lone prompts first.
+    """
+
+    PROBE = 8
+
+    def __init__(self, slots: int) -> None:
+        size = 1 << max(self.PROBE, slots - 1).bit_length()  # a power of two, for the mask
+        self._mask = size - 1
+        self._keys = array("Q", bytes(8 * size))
+        self._when = array("d", bytes(8 * size))  # 0.0: never used
+        self._who: list[str | None] = [None] * size
+
+    def __len__(self) -> int:
+        return len(self._who)
+
+    def see(self, key: int, user: str, now: float, since: float) -> tuple[str, float] | None:
+        """Record that ``user`` asked ``key`` at ``now``; the other account that asked it after
+        ``since`` (and when), if there was one."""
+        keys, when, who = self._keys, self._when, self._who
+        free, oldest = -1, math.inf
+        for step in range(self.PROBE):
+            slot = (key + step) & self._mask
+            if keys[slot] == key and when[slot] > since:
+                earlier = who[slot]
+                asked = when[slot]
+                who[slot], when[slot] = user, now
+                return None if earlier == user or earlier is None else (earlier, asked)
+            if when[slot] < oldest:  # a lapsed slot is older than any in the window
+                free, oldest = slot, when[slot]
+        keys[free], when[free], who[free] = key, now, user
+        return None
 
 
 class Watch:
     MAX_KEYS = 100_000
+    SIGHTINGS = 1 << 17  # 3 MB; a window of up to ~100,000 distinct prompts is remembered whole
     SWEEP_S = 60.0
 
     def __init__(
-        self, policy: WatchPolicy | None = None, clock: Callable[[], float] = time.time
+        self,
+        policy: WatchPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        sightings: int = SIGHTINGS,
     ) -> None:
         self.policy = policy or WatchPolicy()
         self.clock = clock
         self._signups: dict[str, deque[tuple[float, str]]] = {}
-        # fingerprint -> (user, when) while one account asked it, else {user: last asked}.
-        # A prompt asked once is most prompts: it costs one small tuple until the sweep.
-        self._prompts: dict[int, tuple[str, float] | dict[str, float]] = {}
+        self._sightings = Sightings(sightings)  # prompts one account asked
+        self._crowds: dict[int, dict[str, float]] = {}  # asked by several: {user: last asked}
         self._swept = self.clock()
         self._flagged: dict[tuple[str, str], float] = {}  # (kind, subject) -> when reported
         self._times: dict[str, deque[float]] = {}
@@ -140,28 +184,32 @@ class Watch:
         key = fingerprint(text)
         user = sys.intern(user)  # one string per account, however many prompts refer to it
         since = now - self.policy.flood_window_s
-        seen = self._prompts.get(key)
-        if seen is None or (isinstance(seen, tuple) and (seen[0] == user or seen[1] <= since)):
-            self._prompts[key] = (user, now)
-        else:
-            if isinstance(seen, tuple):
-                seen = self._prompts[key] = {seen[0]: seen[1]}
-            seen[user] = now
-            if len(seen) >= self.policy.flood_accounts:
-                for gone in [u for u, when in seen.items() if when <= since]:
-                    del seen[gone]
+        crowd = self._crowds.get(key)
+        if crowd is None:
+            earlier = self._sightings.see(key, user, now, since)
+            if earlier is not None:  # a second account: from now on the prompt has a crowd
+                crowd = self._crowds[key] = {earlier[0]: earlier[1]}
+        if crowd is not None:
+            crowd[user] = now
+            if len(crowd) >= self.policy.flood_accounts:
+                for gone in [u for u, when in crowd.items() if when <= since]:
+                    del crowd[gone]
                 subject = f"prompt:{key:016x}"
-                if len(seen) >= self.policy.flood_accounts and self._first("prompt_flood", subject):
+                if len(crowd) >= self.policy.flood_accounts and self._first(
+                    "prompt_flood", subject
+                ):
                     found.append(
                         Finding(
                             "prompt_flood",
                             subject,
                             "throttle",
-                            {"accounts": list(seen), "sample": text[:200]},
+                            {"accounts": list(crowd), "sample": text[:200]},
                         )
                     )
         self._sweep(now)
-        times = self._times.setdefault(user, deque(maxlen=self.policy.timing_requests))
+        times = self._times.get(user)
+        if times is None:
+            times = self._times[user] = deque(maxlen=self.policy.timing_requests)
         times.append(now)
         if len(times) == times.maxlen:
             gaps = [b - a for a, b in zip(times, list(times)[1:], strict=False)]
@@ -204,19 +252,18 @@ class Watch:
         return entries
 
     def _sweep(self, now: float) -> None:
-        """Forget prompts nobody asked within the flood window, once a minute: the table then
-        holds about one window of traffic instead of filling to ``MAX_KEYS``."""
+        """Forget crowds nobody joined within the flood window, once a minute."""
         if now - self._swept < self.SWEEP_S:
             return
         self._swept = now
         since = now - self.policy.flood_window_s
-        for key in [k for k, seen in self._prompts.items() if _last(seen) <= since]:
-            del self._prompts[key]
+        for key in [k for k, crowd in self._crowds.items() if max(crowd.values()) <= since]:
+            del self._crowds[key]
 
     def _bound(self) -> None:
         tables: tuple[dict[Any, Any], ...] = (
             self._signups,
-            self._prompts,
+            self._crowds,
             self._times,
             self._flagged,
         )
