@@ -22,7 +22,7 @@ import threading
 import time
 import tomllib
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -218,19 +218,27 @@ class HttpServer(Process):
 
 
 class SimBackend(HttpServer):
-    """``lamplighter sim-backend``: a simulated vLLM server."""
+    """``lamplighter sim-backend``: a simulated vLLM server, with ``args`` (``--seed 1``, say)
+    added to its command line."""
 
     def __init__(
-        self, name: str, logs: Path, model: str = SIM_MODEL, *, time_scale: float = 1.0
+        self,
+        name: str,
+        logs: Path,
+        model: str = SIM_MODEL,
+        *,
+        time_scale: float = 1.0,
+        args: Sequence[str] = (),
     ) -> None:
         super().__init__(name, logs)
         self.model = model
         self.time_scale = time_scale
+        self.args = tuple(args)
 
     def command(self) -> list[str]:
         return [
             *(sys.executable, "-m", "lamplighter", "sim-backend", "--port", str(self.port)),
-            *("--model", self.model, "--time-scale", str(self.time_scale)),
+            *("--model", self.model, "--time-scale", str(self.time_scale), *self.args),
         ]
 
     def wait_up(self, seconds: float = 60.0) -> None:

@@ -4,11 +4,7 @@ speaks the same protocol as vLLM and friends and lets the test look inside it.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +22,8 @@ from lamplighter.engines.base import Backend
 from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
 from lamplighter.exceptions import ConfigError
 from lamplighter.settings import Settings
-from tests.conftest import ROOMY_PLAN, SCRIPTED, LiveServer, free_port, make_settings
+from tests.conftest import ROOMY_PLAN, SCRIPTED, LiveServer, make_settings
+from tests.fleet import Processes, SimBackend
 from tests.test_router import ANSWER
 from tests.test_streams import read_then_hang_up, settled, wait_until
 from tests.upstream_server import Handler, serve_in_thread
@@ -185,102 +182,44 @@ cache_ttl_s = 0
 """
 
 
-class SimProcess:
-    """One ``lamplighter sim-backend`` process, which may be killed and started again."""
-
-    def __init__(self, name: str, logs: Path, *args: str) -> None:
-        self.name = name
-        self.port = free_port()
-        self.args = args
-        self.log = logs / f"{name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        command = [sys.executable, "-m", "lamplighter", "sim-backend", "--port", str(self.port)]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [*command, "--model", SIM_MODEL, *self.args], stdout=log, stderr=log
-            )
-
-    def wait_up(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sim {self.name} exited: {self.log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            threading.Event().wait(0.05)
-        raise AssertionError(f"sim {self.name} did not start")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def metric(self, name: str) -> float:
-        text = httpx.get(self.url + "/metrics", timeout=5).text
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(name + "{")
-        )
-
-    def served(self) -> int:
-        return int(self.metric("vllm:request_success_total"))
+def served(sim: SimBackend) -> int:
+    """The requests ``sim`` has answered, by its own vllm:request_success_total."""
+    return int(sim.metric("vllm:request_success_total") or 0)
 
 
-Fleet = dict[str, SimProcess]
+Fleet = dict[str, SimBackend]
 
-
-def backend_table(sim: SimProcess, extra: str = "") -> str:
-    return f"""
-[[backends]]
-name = "{sim.name}"
-url = "{sim.url}/v1"
-models = ["{SIM_MODEL}"]
-capacity = 2
-n_ctx = 16384
-health_url = "/health"
-health_interval_s = 0.2
-breaker_failures = 2
-breaker_cooldown_s = 1.0
-connect_timeout_s = 2
-first_token_timeout_s = 15
-timeout_s = 15
-{extra}"""
+# Each backend's [[backends]] table: two slots, and quick to notice a process that dies.
+BACKEND = {
+    "capacity": 2,
+    "n_ctx": 16384,
+    "health_url": "/health",
+    "health_interval_s": 0.2,
+    "breaker_failures": 2,
+    "breaker_cooldown_s": 1.0,
+    "connect_timeout_s": 2,
+    "first_token_timeout_s": 15,
+    "timeout_s": 15,
+}
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     logs = tmp_path_factory.mktemp("sims")
-    sims = {
-        "a": SimProcess("a", logs, "--seed", "1"),
-        "b": SimProcess("b", logs, "--seed", "2", "--scheduling-policy", "priority"),
-        "c": SimProcess("c", logs, "--seed", "3"),
-    }
-    try:
+    with Processes() as processes:
+        sims = {
+            name: processes.add(SimBackend(name, logs, SIM_MODEL, args=args))
+            for name, args in (
+                ("a", ("--seed", "1")),
+                ("b", ("--seed", "2", "--scheduling-policy", "priority")),
+                ("c", ("--seed", "3")),
+            )
+        }
         for sim in sims.values():
             sim.start()
         for sim in sims.values():
             sim.wait_up()
         yield sims
-    finally:
-        for sim in sims.values():
-            sim.stop()
 
 
 @pytest.fixture(scope="module")
@@ -290,9 +229,9 @@ def fleet_gateway(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Ite
     config.write_text(
         ROOMY_PLAN
         + VIP_PLAN
-        + backend_table(fleet["a"])
-        + backend_table(fleet["b"], "priority = true\n")
-        + backend_table(fleet["c"], 'plans = ["vip"]\n')
+        + fleet["a"].table(**BACKEND)
+        + fleet["b"].table(**BACKEND, priority=True)
+        + fleet["c"].table(**BACKEND, plans=["vip"])
     )
     settings = make_settings(data, config=config, embedded_engine=False)
     with LiveServer(settings, default_backends) as live:
@@ -302,9 +241,9 @@ def fleet_gateway(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def served_by(fleet: Fleet, work: Callable[[], T]) -> tuple[T, list[str]]:
     """Run ``work`` and name the backends that answered requests meanwhile (one per request)."""
-    before = {name: sim.served() for name, sim in fleet.items()}
+    before = {name: served(sim) for name, sim in fleet.items()}
     result = work()
-    after = {name: sim.served() for name, sim in fleet.items()}
+    after = {name: served(sim) for name, sim in fleet.items()}
     return result, [name for name in fleet for _ in range(after[name] - before[name])]
 
 
@@ -457,7 +396,7 @@ def test_a_backend_killed_mid_load_loses_only_the_answers_it_had_begun(
         while time.monotonic() < deadline and not load.done():
             running = await asyncio.to_thread(killed.metric, "vllm:num_requests_running")
             tokens = await asyncio.to_thread(killed.metric, "vllm:generation_tokens_total")
-            if running >= 2 and tokens > 0:
+            if (running or 0) >= 2 and (tokens or 0) > 0:
                 break
         killed.kill()
         return await load
@@ -494,4 +433,4 @@ def test_a_backend_killed_mid_load_loses_only_the_answers_it_had_begun(
         return gateway_metric(fleet_gateway, "lamplighter_backend_circuit", "a") == 0
 
     poll(closed)
-    assert killed.served() >= 1
+    assert served(killed) >= 1
