@@ -22,7 +22,7 @@ from lamplighter.credentials import (
     password_problem,
 )
 from lamplighter.exceptions import AuthenticationFailed, Conflict, InvalidRequest, NotFound
-from lamplighter.store.accounts import Accounts
+from lamplighter.store.accounts import Accounts, key_owner
 from lamplighter.store.audit import Audit
 from lamplighter.store.audit import write as write_audit
 from lamplighter.store.database import Database
@@ -250,23 +250,23 @@ class AccountService:
         """The principal behind an API key; AuthenticationFailed for unknown or revoked keys."""
         if not secret.startswith(KEY_PREFIX):
             raise AuthenticationFailed("Incorrect API key provided.")
-        async with self.db.transaction() as session:
-            accounts = Accounts(session)
-            found = await accounts.key_with_user(hash_key(secret))
-            if found is None:
-                raise AuthenticationFailed(
-                    f"Incorrect API key provided: {secret[:6]}…. Create one with "
-                    "`lamplighter keys create EMAIL`."
-                )
-            now = utcnow()
-            if found.expires_at is not None and found.expires_at <= now:
-                raise AuthenticationFailed(
-                    f"The API key {found.prefix}… expired at {found.expires_at.isoformat()}. "
-                    "Create a new one.",
-                    code="expired_api_key",
-                )
-            if found.last_used_at is None or now - found.last_used_at > TOUCH_INTERVAL:
-                await accounts.touch_key(found.key_id, now)
+        async with self.db.read() as conn:
+            found = await key_owner(conn, hash_key(secret))
+        if found is None:
+            raise AuthenticationFailed(
+                f"Incorrect API key provided: {secret[:6]}…. Create one with "
+                "`lamplighter keys create EMAIL`."
+            )
+        now = utcnow()
+        if found.expires_at is not None and found.expires_at <= now:
+            raise AuthenticationFailed(
+                f"The API key {found.prefix}… expired at {found.expires_at.isoformat()}. "
+                "Create a new one.",
+                code="expired_api_key",
+            )
+        if found.last_used_at is None or now - found.last_used_at > TOUCH_INTERVAL:
+            async with self.db.transaction() as session:
+                await Accounts(session).touch_key(found.key_id, now)
         return Principal(
             user_id=found.user_id,
             email=found.email,

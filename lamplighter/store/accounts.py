@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy import bindparam, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from lamplighter.store.models import ApiKey, User, user_active, utcnow
 
@@ -49,6 +49,14 @@ _KEY_OWNER = (
 )
 
 
+async def key_owner(conn: AsyncConnection, key_hash: str) -> KeyOwner | None:
+    """The live key with this hash and its enabled owner, or None. Columns, not ORM objects,
+    on a plain connection (``Database.read``): every API request asks."""
+    result = await conn.execute(_KEY_OWNER, {"key_hash": key_hash, "now": utcnow()})
+    row = result.first()
+    return None if row is None else KeyOwner(*row)
+
+
 class Accounts:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -76,13 +84,6 @@ class Accounts:
         self.session.add(key)
         await self.session.flush()
         return key
-
-    async def key_with_user(self, key_hash: str) -> KeyOwner | None:
-        """The live key with this hash and its enabled owner, or None. Columns, not ORM
-        objects: every API request asks, and loading two entities costs twice the query."""
-        result = await self.session.execute(_KEY_OWNER, {"key_hash": key_hash, "now": utcnow()})
-        row = result.first()
-        return None if row is None else KeyOwner(*row)
 
     async def touch_key(self, key_id: uuid.UUID, when: datetime) -> None:
         await self.session.execute(
