@@ -103,9 +103,6 @@ class Sightings:
         self._when = array("d", bytes(8 * size))  # 0.0: never used
         self._who: list[str | None] = [None] * size
 
-    def __len__(self) -> int:
-        return len(self._who)
-
     def see(self, key: int, user: str, now: float, since: float) -> tuple[str, float] | None:
         """Record that ``user`` asked ``key`` at ``now``; the other account that asked it after
         ``since`` (and when), if there was one."""
