@@ -8,7 +8,10 @@ priority-and-fairness queue for at most its plan's patience, and is refused with
 
 With several replicas (a :class:`SlotGate` in Redis) the backend's slots are shared: the local
 queue still orders this replica's requests, and a worker task puts its head forward in Redis and
-starts it when the gate grants a slot (see ``gate.py``).
+starts it when the gate grants a slot (see ``gate.py``). Replicas route on what they see, so
+several of them can send requests to the same backend at the same instant and find it full while
+another is idle: ``try_enter`` takes a shared slot only if one is free for it now, so that the
+caller can look for room elsewhere before it queues (``ChatService`` does).
 """
 
 from __future__ import annotations
@@ -103,6 +106,31 @@ class Pool:
             raise
         finally:
             self.waiters.pop(ticket.id, None)
+        return Slot(self, ticket)
+
+    async def try_enter(self, user: str, plan: Plan, cost: int) -> Slot | None:
+        """With shared slots, a slot now if one is free without overtaking anyone waiting for
+        this backend on any replica; else None at once, queuing nothing. None as well without a
+        gate, and while Redis is away: then only ``enter`` decides."""
+        gate = self.gate
+        if gate is None or self._closed or self.scheduler.waiting:
+            return None
+        now = self.clock.monotonic()
+        ticket = Ticket(next(_ids), user, plan.priority, cost, now, now + plan.queue_patience_s)
+        shared = gate.ticket(ticket.id)
+        reserve = self.scheduler.reserve(plan.priority)
+        try:
+            taken = await gate.take(self.name, shared, plan.priority, self.scheduler.slots, reserve)
+        except asyncio.CancelledError:
+            self._chore(self._free(shared))  # whether or not Redis gave it the slot
+            raise
+        if not taken:
+            return None
+        if self.scheduler.submit(ticket, now) is not None:  # resized meanwhile: not here, then
+            self._chore(self._free(shared))
+            return None
+        self.scheduler.start(ticket.id, now)
+        self.wake()  # the worker renews its lease while it runs
         return Slot(self, ticket)
 
     def finish(self, ticket_id: int, used: int) -> None:

@@ -38,7 +38,8 @@ POLL_S = 0.25
 # A timed-out call is a failed call: slots are the fallback's business then.
 TIMEOUT_S = 0.25
 
-_ADMIT = """
+# Both scripts start here: the server's clock, lapsed slots dropped, dead replicas' heads too.
+_SWEEP = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -48,6 +49,11 @@ for _, gone in ipairs(dead) do
   redis.call('ZREM', KEYS[3], gone)
   redis.call('HDEL', KEYS[4], gone .. ':ticket', gone .. ':since')
 end
+"""
+
+_ADMIT = (
+    _SWEEP
+    + """
 local replica, ticket = ARGV[1], ARGV[2]
 local priority, capacity = tonumber(ARGV[3]), tonumber(ARGV[4])
 local reserved, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -68,6 +74,23 @@ if free - rank > reserved then
 end
 return 0
 """
+)
+
+# A slot only if one is free beyond the reservation after every head of the same or a better
+# priority has had one: nobody waiting for this backend is overtaken.
+_TAKE = (
+    _SWEEP
+    + """
+local ticket, priority = ARGV[1], tonumber(ARGV[2])
+local capacity, reserved, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local ahead = redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. tostring((priority + 1) * 1e13))
+if capacity - redis.call('ZCARD', KEYS[1]) - ahead > reserved then
+  redis.call('ZADD', KEYS[1], now + ttl, ticket)
+  return 1
+end
+return 0
+"""
+)
 
 _WITHDRAW = """
 redis.call('ZREM', KEYS[1], ARGV[1])
@@ -98,6 +121,7 @@ class SlotGate:
         self.timeout_s = timeout_s
         self.replica = uuid.uuid4().hex[:12]
         self._admit = client.register_script(_ADMIT)
+        self._take = client.register_script(_TAKE)
         self._withdraw = client.register_script(_WITHDRAW)
         self._renew = client.register_script(_RENEW)
 
@@ -119,6 +143,20 @@ class SlotGate:
         ]  # fmt: skip
         try:
             call = self._admit(keys=self._keys(pool), args=args)
+            got = await asyncio.wait_for(call, self.timeout_s)
+        except (RedisError, OSError, TimeoutError):
+            return None
+        return bool(int(got))
+
+    async def take(
+        self, pool: str, ticket: str, priority: int, capacity: int, reserved: int
+    ) -> bool | None:
+        """Take a slot for ``ticket`` now if that overtakes nobody waiting on any replica, without
+        queuing for one: True (it holds a slot), False (no slot for it now), None (Redis did not
+        answer)."""
+        args: list[str | int] = [ticket, priority, capacity, reserved, int(self.lease_ttl * 1000)]
+        try:
+            call = self._take(keys=self._keys(pool), args=args)
             got = await asyncio.wait_for(call, self.timeout_s)
         except (RedisError, OSError, TimeoutError):
             return None

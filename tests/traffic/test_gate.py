@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from hypothesis import given, settings
@@ -175,21 +175,63 @@ async def test_without_redis_a_replica_uses_its_share_of_the_backend() -> None:
     await dead.aclose()
 
 
-Step = tuple[int, int, bool]  # (replica, priority, release one running ticket first)
+async def test_a_replica_takes_a_free_slot_at_once_but_never_one_somebody_waits_for(
+    replicas: Fleet,
+) -> None:
+    """``try_enter`` (what a replica asks before it queues, to look for room elsewhere): a slot
+    at once while the backend has one free, None, queuing nothing, once it is full or while a
+    request waits for it on another replica; and a slot taken so is renewed like any other."""
+    backend = f"gpu-{uuid.uuid4().hex}"
+    first, second = replicas(2, lease_ttl=0.6)
+    gate = first.gate
+    assert gate is not None
+    taken = await first.pool(backend, 2).try_enter("quick", FREE, 10)
+    assert taken is not None and await gate.running(backend) == 1
+    held = await second.pool(backend, 2).enter("holder", FREE, 10)
+    assert await first.pools[backend].try_enter("late", PLUS, 10) is None  # full
+    assert first.pools[backend].queued == 0
+    waiting = asyncio.create_task(second.pools[backend].enter("waiter", FREE, 10))
+    await until(lambda: second.pools[backend].queued == 1)
+    held.release(10)  # the waiter's slot, not the next one to ask
+    assert await first.pools[backend].try_enter("late", FREE, 10) is None
+    (await waiting).release(10)
+    # Its lease is renewed while it runs: three leases on, the backend is still full.
+    patient = Plan("free", priority=2, queue_patience_s=2.0)
+    tail = await second.pools[backend].enter("tail", FREE, 10)
+    with pytest.raises(Overloaded):
+        await second.pools[backend].enter("one too many", patient, 10)
+    taken.release(10)
+    tail.release(10)
+    await until_async(lambda: gate.running(backend), 0)
 
 
-@settings(max_examples=25, derandomize=True, deadline=None)
+async def until_async(value: Callable[[], Awaitable[int]], wanted: int) -> None:
+    deadline = time.monotonic() + 5.0
+    while await value() != wanted:
+        assert time.monotonic() < deadline, "never happened"
+        await asyncio.sleep(0.01)
+
+
+# (replica, priority, release one running ticket first, take instead of putting a head forward)
+Step = tuple[int, int, bool, bool]
+
+
+@settings(max_examples=40, derandomize=True, deadline=None)
 @given(
     capacity=st.integers(1, 3),
-    steps=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.booleans()), max_size=25),
+    steps=st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 2), st.booleans(), st.booleans()),
+        max_size=25,
+    ),
 )
 async def test_the_gate_never_overfills_and_never_skips_a_better_head(
     capacity: int, steps: list[Step]
 ) -> None:
-    """Each step: a replica puts a head of some priority forward (maybe after one running
-    ticket finishes). Whatever the interleaving, at most ``capacity`` run, a head gets a slot
-    only if the better heads waiting elsewhere leave one for it, and the single best head gets
-    any free slot."""
+    """Each step: a replica puts a head of some priority forward, or takes a slot without
+    queuing (maybe after one running ticket finishes). Whatever the interleaving, at most
+    ``capacity`` run, a head gets a slot only if the better heads waiting elsewhere leave one
+    for it, the single best head gets any free slot, and a take gets one exactly when a slot
+    is left after every head of its priority or better has had one."""
     redis = Redis.from_url(REDIS_URL)
     pool = f"gpu-{uuid.uuid4().hex}"
     # The maths under test, not Redis's latency: a busy machine may take longer than the
@@ -198,15 +240,23 @@ async def test_the_gate_never_overfills_and_never_skips_a_better_head(
     heads: dict[int, tuple[int, str]] = {}
     running: list[tuple[int, str]] = []
     try:
-        for number, (replica, priority, release) in enumerate(steps):
+        for number, (replica, priority, release, take) in enumerate(steps):
             if release and running:
                 owner, ticket = running.pop(0)
                 await gates[owner].release(pool, ticket)
             ticket = gates[replica].ticket(number)
+            free = capacity - len(running)
+            if take:
+                ahead = sum(1 for p, _ in heads.values() if p <= priority)
+                taken = await gates[replica].take(pool, ticket, priority, capacity, 0)
+                assert taken == (free - ahead > 0)
+                if taken:
+                    running.append((replica, ticket))
+                assert await gates[0].running(pool) == len(running) <= capacity
+                continue
             heads[replica] = (priority, ticket)
             better = sum(1 for r, (p, _) in heads.items() if r != replica and p < priority)
             ties = sum(1 for r, (p, _) in heads.items() if r != replica and p == priority)
-            free = capacity - len(running)
             granted = await gates[replica].admit(pool, ticket, priority, capacity, 0)
             assert granted is not None
             if granted:
