@@ -43,7 +43,7 @@ from lamplighter.conversation.threading import (
     title_from,
 )
 from lamplighter.engines.base import Backend, Chunk, GenerationRequest, PreparedRequest
-from lamplighter.engines.router import Router, Unavailable
+from lamplighter.engines.router import Route, Router, Unavailable, load_of
 from lamplighter.exceptions import (
     APIError,
     ContextLengthExceeded,
@@ -449,7 +449,8 @@ class ChatService:
                 self.metrics.moderation.labels("input", category, action).inc()
             if verdict.flagged and action == "block":
                 raise ContentBlocked(verdict)
-        backend = self._route(request, plan)
+        route = self._route(request, plan)
+        backend = route.backend
         pool = self.admission.pool(backend.name, backend.capacity)
         cap = plan.max_tokens
         # Under pressure a lower plan is degraded (shorter answers, a smaller model) before
@@ -463,16 +464,14 @@ class ChatService:
             else:
                 rule = replace(rule, max_tokens=None)
             if model is not None:
-                backend = self._route(replace(request, model=model), plan)
+                route = self._route(replace(request, model=model), plan)
+                backend = route.backend
                 pool = self.admission.pool(backend.name, backend.capacity)
                 request = replace(request, model=model)
             if model is not None or rule.max_tokens is not None:
                 degraded = Degradation(rule.max_tokens, model)
-        prepared = await self._prepare(
-            backend,
-            replace(request, max_tokens_cap=cap, priority=plan.priority),
-            fit=placement is not None,
-        )
+        asked = replace(request, max_tokens_cap=cap, priority=plan.priority)
+        prepared = await self._prepare(backend, asked, fit=placement is not None)
         cost = prepared.prompt_tokens + prepared.max_tokens
         reservation = await self.limiter.reserve(
             plan, principal.user_id, cost, await self.bonus(principal.user_id)
@@ -485,15 +484,25 @@ class ChatService:
                 raise ShuttingDown(self.stopping, retry_after=1)
             if cached is None:
                 waited = time.perf_counter()
+                user = str(principal.user_id)
                 try:
                     with self.tracer.start_as_current_span(
                         "admission", attributes={"lamplighter.backend": backend.name}
-                    ):
-                        slot = await pool.enter(str(principal.user_id), plan, cost)
+                    ) as admission:
+                        slot = await pool.try_enter(user, plan, cost)
+                        if slot is None and pool.gate is not None:
+                            moved = await self._overflow(user, asked, plan, route, placement)
+                            if moved is not None:
+                                route, prepared, slot = moved
+                                backend = route.backend
+                                admission.set_attribute("lamplighter.backend", backend.name)
+                        if slot is None:
+                            slot = await pool.enter(user, plan, cost)
                 finally:
                     self.metrics.queue_wait.labels(plan.name, backend.name).observe(
                         time.perf_counter() - waited
                     )
+            self.metrics.routed.labels(backend.name, route.reason).inc()
             self._routed()
             # Ids are time-ordered: the answer's must sort after its question's, which are stored
             # later (by ``_begin``) but named now.
@@ -542,7 +551,7 @@ class ChatService:
 
     def _route(
         self, request: GenerationRequest, plan: Plan, exclude: Collection[str] = ()
-    ) -> Backend:
+    ) -> Route:
         """The backend for a request: healthy, allowed to the plan, holding the conversation's
         prefix if it can, else the least loaded (see engines/router.py)."""
         route = self.router.choose(
@@ -552,11 +561,56 @@ class ChatService:
             occupancy=self._occupancy,
             exclude=exclude,
         )
-        self.metrics.routed.labels(route.backend.name, route.reason).inc()
+        self._route_to(route.backend.name)
+        return route
+
+    def _route_to(self, backend: str) -> None:
+        """This task's request is on its way to ``backend`` (counted in ``_occupancy``)."""
         task = asyncio.current_task()
         if task is not None:
-            self._routing[task] = route.backend.name
-        return route.backend
+            self._routing[task] = backend
+
+    async def _overflow(
+        self,
+        user: str,
+        request: GenerationRequest,
+        plan: Plan,
+        full: Route,
+        placement: Placement | None,
+    ) -> tuple[Route, PreparedRequest, Slot] | None:
+        """Another backend with a slot free now, for a request whose backend, shared with other
+        replicas, has none: replicas routing at the same instant do not see each other's
+        choices, and could otherwise all queue on the backend their conversation hashes to
+        while others sit idle. Only backends that look free from here are asked; None when
+        none of them has room (the request then queues where it was routed)."""
+        tried = {full.backend.name}
+        try:
+            while True:
+                try:
+                    route = self._route(request, plan, tried)
+                except APIError:  # no other candidate
+                    break
+                backend = route.backend
+                tried.add(backend.name)
+                if load_of(backend, self._occupancy(backend.name) - 1) > 1.0:
+                    break  # the least loaded of the rest is full too
+                try:
+                    prepared = await self._prepare(backend, request, fit=placement is not None)
+                except APIError:  # its context is smaller
+                    continue
+                pool = self.admission.pool(backend.name, backend.capacity)
+                cost = prepared.prompt_tokens + prepared.max_tokens
+                slot = await pool.try_enter(user, plan, cost)
+                if slot is not None:
+                    self.metrics.overflows.labels(full.backend.name).inc()
+                    return Route(backend, "overflow"), prepared, slot
+        except BaseException:
+            self._route_to(full.backend.name)
+            raise
+        # It queues where it was routed after all.
+        self._route_to(full.backend.name)
+        self.router.serves(request.turns, full.backend.name)
+        return None
 
     def _routed(self) -> None:
         """This task's request is in its backend's pool now (or gave up)."""
@@ -610,7 +664,8 @@ class ChatService:
         request, plan = exchange.prepared.request, exchange.plan
         try:
             while True:
-                backend = self._route(request, plan, tried)
+                backend = self._route(request, plan, tried).backend
+                self.metrics.routed.labels(backend.name, "failover").inc()
                 tried.add(backend.name)
                 try:
                     prepared = await backend.prepare(request)  # its context may be smaller

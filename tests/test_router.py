@@ -249,6 +249,19 @@ def test_a_conversation_returns_to_the_backend_that_served_it() -> None:
     assert other.choose("m", turns=turns[:3]).backend.name == home
 
 
+def test_a_conversation_that_queued_where_it_was_first_routed_returns_there() -> None:
+    """A replica asked another backend for room before queuing (overflow) and found none: the
+    conversation's next turn goes back where it ran after all, not to the one last asked."""
+    router = Router([Fake("a"), Fake("b"), Fake("c")])
+    asked = talk("Summarise this contract.")
+    home = router.choose("m", turns=asked).backend.name
+    elsewhere = router.choose("m", turns=asked, exclude={home}).backend.name
+    assert elsewhere != home
+    router.serves(asked, home)
+    follow_up = (*asked, Turn("assistant", "It says..."), Turn("user", "Shorter?"))
+    assert router.choose("m", turns=follow_up).backend.name == home
+
+
 def test_rendezvous_hashing_is_stable_and_weighted() -> None:
     a, b, c = Fake("a", weight=3), Fake("b"), Fake("c")
     keys = [f"conversation-{i}" for i in range(2000)]

@@ -3,6 +3,8 @@ one failing closed) over one fresh PostgreSQL database and a redis-server of thi
 in front of four ``lamplighter sim-backend`` servers. What an operator checks:
 
 - replicas started together on a new database all come up;
+- requests racing to one backend on several replicas start at once on idle backends instead of
+  queuing there;
 - one user's limits hold exactly across replicas: the plan's requests_per_minute and
   concurrent_streams in all, not once per replica;
 - a ``plus`` request arriving at one replica takes a busy backend's next slot ahead of a ``free``
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -221,6 +224,7 @@ class Outcome:
     finish: str | None = None
     first_token_at: float | None = None
     seconds: float = 0.0
+    ended_at: float = 0.0
 
 
 async def stream(replica: Gateway, key: str, body: dict[str, Any]) -> Outcome:
@@ -240,7 +244,8 @@ async def stream(replica: Gateway, key: str, body: dict[str, Any]) -> Outcome:
             outcome.status, outcome.code = refused.status_code, _code(refused.body)
         except openai.APIError as broken:  # an error event in the stream
             outcome.code = _code(broken.body)
-    outcome.seconds = time.monotonic() - started
+    outcome.ended_at = time.monotonic()
+    outcome.seconds = outcome.ended_at - started
     return outcome
 
 
@@ -433,6 +438,30 @@ def test_a_backend_killed_mid_load_loses_only_the_answers_it_had_begun(fleet: Fl
     assert all(o.status == 200 and o.code is None and o.finish for o in after)
 
 
+def test_requests_racing_to_one_backend_on_several_replicas_overflow_to_idle_ones(
+    fleet: Fleet,
+) -> None:
+    """Four long answers to the same question, asked at the same instant on replicas a, b, c
+    and a again: each replica routes it to the backend the conversation hashes to, two slots,
+    before any sees the others' choice. Two find it full and start at once on another backend
+    instead of queuing there while the others sit idle: every answer's first token arrives
+    before any answer has finished."""
+    (roomy,) = fleet.keys("roomy")
+    body = long("One question, asked on every replica at once.")
+    on = [*fleet.open, fleet.open[0]]
+
+    async def race() -> list[Outcome]:
+        asked = (stream(replica, roomy, body) for replica in on)
+        return await asyncio.wait_for(asyncio.gather(*asked), DEADLINE)
+
+    outcomes = asyncio.run(race())
+    assert all(o.status == 200 and o.finish == "length" for o in outcomes)
+    first_tokens = [o.first_token_at or math.inf for o in outcomes]
+    assert max(first_tokens) < min(o.ended_at for o in outcomes), "one waited for another"
+    overflowed = [r.metric("lamplighter_routed_total", reason="overflow") for r in fleet.open]
+    assert sum(n or 0 for n in overflowed) >= 1
+
+
 def test_redis_killed_mid_load_and_started_again(fleet: Fleet) -> None:
     """SIGKILL Redis while streams run, and start it again (empty) on the same port. Failing
     open, replicas a, b and c finish those streams and keep serving, each enforcing a third of
@@ -448,8 +477,8 @@ def test_redis_killed_mid_load_and_started_again(fleet: Fleet) -> None:
 
     async def outage() -> list[Outcome]:
         load = []
-        # One after another: started at the same instant, all three can route to the backend
-        # their prompts hash to, and the third waits there for a slot instead of streaming.
+        # One after another, each seen streaming before the next starts: every open replica
+        # holds a stream when Redis dies.
         for replica, body in zip(fleet.open, bodies, strict=True):
             load.append(asyncio.create_task(stream(replica, roomy, body)))
             await wait_for_async(

@@ -16,6 +16,12 @@ A backend's load is the larger of what this gateway has running or queued on it 
 backend publishes itself (requests running and waiting, KV-cache usage), counting the request
 being routed, as a share of its capacity. Publishing backends are seen with every replica's load.
 
+Replicas do not see each other's choices until a backend publishes its load again: requests
+routed at the same instant on several replicas can all pick one backend and find its shared
+slots taken. Before such a request queues, ``ChatService`` asks the other candidates, least
+loaded first, for a slot free now (overflow; ``Router.serves`` keeps affinity right when none
+has one).
+
 A backend whose ``generate`` raises :class:`Unavailable` before its first chunk has failed in a
 way another backend may not: the caller moves the request elsewhere (see ``ChatService``).
 """
@@ -282,6 +288,12 @@ class Router:
         # New here: its first turns (system prompt and first question) decide.
         first = next((i for i, turn in enumerate(turns) if turn.role == "user"), 0)
         return rendezvous(hashes[first], candidates)
+
+    def serves(self, turns: Sequence[Turn], name: str) -> None:
+        """Backend ``name`` serves the conversation ``turns`` after all (the last ``choose``
+        for it named another, which had no room)."""
+        if turns:
+            self._remember(path_hashes(turns)[-1], name)
 
     def _remember(self, path_hash: str, name: str) -> None:
         self._served[path_hash] = name

@@ -123,13 +123,22 @@ class Metrics:
         self.routed = Counter(
             "lamplighter_routed",
             "Requests routed to a backend, by why it was chosen (affinity: it holds the "
-            "conversation's prefix; least_loaded; only: the one candidate).",
+            "conversation's prefix; least_loaded; only: the one candidate; overflow: the "
+            "backend first chosen had no slot free, shared with other replicas, and this one "
+            "had; failover: the backend first chosen failed before the first token).",
             ["backend", "reason"],
             registry=r,
         )
         self.failovers = Counter(
             "lamplighter_backend_failovers",
             "Requests moved off a backend that failed before their first token.",
+            ["backend"],
+            registry=r,
+        )
+        self.overflows = Counter(
+            "lamplighter_backend_overflows",
+            "Requests that found this backend's slots, shared with other replicas, all taken "
+            "and started at once on another backend instead of queuing here.",
             ["backend"],
             registry=r,
         )
