@@ -490,7 +490,7 @@ class ChatService:
                         "admission", attributes={"lamplighter.backend": backend.name}
                     ) as admission:
                         slot = await pool.try_enter(user, plan, cost)
-                        if slot is None and pool.gate is not None:
+                        if slot is None and pool.gate is not None and pool.gate.answering:
                             moved = await self._overflow(user, asked, plan, route, placement)
                             if moved is not None:
                                 route, prepared, slot = moved
@@ -604,6 +604,8 @@ class ChatService:
                 if slot is not None:
                     self.metrics.overflows.labels(full.backend.name).inc()
                     return Route(backend, "overflow"), prepared, slot
+                if pool.gate is None or not pool.gate.answering:
+                    break  # Redis is away: each replica keeps to its own share
         except BaseException:
             self._route_to(full.backend.name)
             raise

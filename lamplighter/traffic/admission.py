@@ -113,7 +113,7 @@ class Pool:
         this backend on any replica; else None at once, queuing nothing. None as well without a
         gate, and while Redis is away: then only ``enter`` decides."""
         gate = self.gate
-        if gate is None or self._closed or self.scheduler.waiting:
+        if gate is None or not gate.answering or self._closed or self.scheduler.waiting:
             return None
         now = self.clock.monotonic()
         ticket = Ticket(next(_ids), user, plan.priority, cost, now, now + plan.queue_patience_s)

@@ -120,6 +120,9 @@ class SlotGate:
         self.lease_ttl = lease_ttl
         self.timeout_s = timeout_s
         self.replica = uuid.uuid4().hex[:12]
+        # Whether Redis answered the last admission: while it does not, nobody asks it for a
+        # slot elsewhere before queuing (each try could wait ``timeout_s``).
+        self.answering = True
         self._admit = client.register_script(_ADMIT)
         self._take = client.register_script(_TAKE)
         self._withdraw = client.register_script(_WITHDRAW)
@@ -145,7 +148,9 @@ class SlotGate:
             call = self._admit(keys=self._keys(pool), args=args)
             got = await asyncio.wait_for(call, self.timeout_s)
         except (RedisError, OSError, TimeoutError):
+            self.answering = False
             return None
+        self.answering = True
         return bool(int(got))
 
     async def take(
@@ -159,7 +164,9 @@ class SlotGate:
             call = self._take(keys=self._keys(pool), args=args)
             got = await asyncio.wait_for(call, self.timeout_s)
         except (RedisError, OSError, TimeoutError):
+            self.answering = False
             return None
+        self.answering = True
         return bool(int(got))
 
     async def withdraw(self, pool: str) -> None:

@@ -164,6 +164,11 @@ async def test_without_redis_a_replica_uses_its_share_of_the_backend() -> None:
     dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.1)
     fleet = [Admission(SystemClock(), gate=SlotGate(dead), replicas=2) for _ in range(2)]
     pool = fleet[0].pool(f"gpu-{uuid.uuid4().hex}", 4)
+    # No slot taken elsewhere while Redis is away, and nobody asks it again before queuing
+    # (each try could cost a timeout) until an admission through it succeeds.
+    assert pool.gate is not None and pool.gate.answering
+    assert await pool.try_enter("early", FREE, 1) is None
+    assert not pool.gate.answering
     slots = [await pool.enter(f"user{n}", FREE, 1) for n in range(2)]
     patient = Plan("free", priority=2, queue_patience_s=0.5)
     with pytest.raises(Overloaded):  # 4 slots, 2 replicas: this one's share is 2
