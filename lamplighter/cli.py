@@ -678,6 +678,13 @@ def bench_overhead(
     skip_litellm: Annotated[
         bool, typer.Option("--skip-litellm", help="Compare with the mock only.")
     ] = False,
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            help="Also measure a gateway whose traffic state is in this Redis (as with several "
+            "replicas); give it a database of its own, e.g. redis://127.0.0.1:6379/15."
+        ),
+    ] = None,
     soak: Annotated[
         float, typer.Option(min=0, help="Run a soak of this many seconds instead.")
     ] = 0.0,
@@ -701,6 +708,7 @@ def bench_overhead(
         chunks=chunks,
         long_chunks=long_chunks,
         skip_litellm=skip_litellm,
+        redis=redis,
         soak=soak,
         soak_streams=soak_streams,
         soak_chunk_ms=soak_chunk_ms,

@@ -1,5 +1,6 @@
-"""`lamplighter bench overhead`, run small: the mock upstream alone and the real gateway in front
-of it (LiteLLM left out), one short cell each, checked for shape and for sane figures."""
+"""`lamplighter bench overhead`, run small: the mock upstream alone, the real gateway in front of
+it, and the gateway again with its traffic state in this machine's Redis (LiteLLM left out), one
+short cell each, checked for shape and for sane figures."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from typer.testing import CliRunner
 
 from lamplighter.cli import app
 from lamplighter.overhead.run import Options, bench, parse_concurrency, render
+from tests.fleet import redis_answers
+
+REDIS = "redis://127.0.0.1:6379/15"  # a database of its own: the benchmark's keys stay there
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads CPU time from /proc"
@@ -19,8 +23,16 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def result() -> dict:
+    if not redis_answers(REDIS):
+        pytest.skip("no Redis on 127.0.0.1:6379")
     options = Options(
-        concurrency=(2,), duration=0.7, warmup=0.2, chunks=8, long_chunks=24, skip_litellm=True
+        concurrency=(2,),
+        duration=0.7,
+        warmup=0.2,
+        chunks=8,
+        long_chunks=24,
+        skip_litellm=True,
+        redis=REDIS,
     )
     return bench(options)
 
@@ -28,7 +40,8 @@ def result() -> dict:
 def test_every_cell_is_measured(result: dict) -> None:
     cells = {(c["target"], c["stream"], c["concurrency"], c["tokens"]): c for c in result["cells"]}
     kinds = [(False, 8), (True, 8), (True, 24)]
-    assert set(cells) == {(t, s, 2, n) for t in ("mock", "gateway") for s, n in kinds}
+    targets = ("mock", "gateway", "gw-redis")
+    assert set(cells) == {(t, s, 2, n) for t in targets for s, n in kinds}
     for cell in cells.values():
         assert cell["errors"] == 0, cell["sample_error"]
         assert cell["requests"] > 0 and cell["requests_per_s"] > 0
@@ -37,7 +50,7 @@ def test_every_cell_is_measured(result: dict) -> None:
         assert cell["cpu_ms_per_request"] is not None and cell["cpu_ms_per_request"] >= 0
         assert cell["server_cores"] > 0 and cell["other_cores"] >= 0
     # Streams arrive as chunks, every one counted; the gateway relays them all.
-    for target in ("mock", "gateway"):
+    for target in targets:
         for tokens in (8, 24):
             streamed = cells[(target, True, 2, tokens)]
             assert streamed["chunks_per_request"] == tokens
@@ -52,6 +65,8 @@ def test_the_comparisons_name_the_gateway(result: dict) -> None:
     assert {(r["stream"], r["concurrency"]) for r in rows} == {(False, 2), (True, 2)}
     for row in rows:
         assert row["gateway"]["added_p50_ms"] is not None
+        assert row["gw-redis"]["added_p50_ms"] is not None
+        assert row["redis_cpu_over_gateway"] > 0 and row["redis_rps_over_gateway"] > 0
         assert "litellm" not in row
     assert result["compared"]["cpu_ms_per_chunk"]["gateway"]["2"] is not None
     assert result["unavailable"] == {"litellm": "skipped (--skip-litellm)"}
@@ -63,7 +78,8 @@ def test_the_comparisons_name_the_gateway(result: dict) -> None:
 
 def test_the_report_is_a_table(result: dict) -> None:
     text = render(result)
-    assert "gateway" in text and "mock" in text
+    assert "gateway" in text and "mock" in text and "gw-redis" in text
+    assert "with Redis, requests/s over without" in text
     assert "litellm not measured: skipped" in text
 
 
@@ -79,3 +95,14 @@ def test_the_command_refuses_bad_options() -> None:
     assert answer.exit_code == 2
     answer = CliRunner().invoke(app, ["bench", "overhead", "--chunks", "64", "--long-chunks", "8"])
     assert answer.exit_code == 2
+
+
+def test_a_redis_the_gateway_cannot_reach_is_named_not_measured() -> None:
+    options = Options(
+        concurrency=(1,), duration=0.3, warmup=0.1, chunks=4, long_chunks=8, skip_litellm=True,
+        redis="redis://127.0.0.1:1/0",
+    )  # fmt: skip
+    result = bench(options)
+    assert "gw-redis" in result["unavailable"]
+    assert "does not reach Redis" in result["unavailable"]["gw-redis"]
+    assert {cell["target"] for cell in result["cells"]} == {"mock", "gateway"}

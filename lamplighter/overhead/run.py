@@ -20,8 +20,13 @@ gateway for that long, with a pause before each chunk (``--soak-chunk-ms``) so t
 as long as real ones, and samples the gateway's resident memory every few seconds; growth from
 the end of the warm-up to the end must stay under 5%.
 
+With ``--redis URL`` a second gateway (``gw-redis``) keeps its traffic state in that Redis, as
+replicas do (rate limits, stream leases, shared backend slots, the cache), and takes its turn in
+every cell: what sharing the state costs a request, as ratios to the gateway without it.
+
     lamplighter bench overhead                       # 1, 8, 64; 5 s a cell; about 3 minutes
     lamplighter bench overhead --json --skip-litellm --duration 2
+    lamplighter bench overhead --skip-litellm --redis redis://127.0.0.1:6379/15
     lamplighter bench overhead --soak 600 --soak-streams 500
 """
 
@@ -73,6 +78,8 @@ class Options:
     chunks: int = 32
     long_chunks: int = 128  # the second streamed cell, for the CPU a chunk costs
     skip_litellm: bool = False
+    # A Redis URL: also measure a gateway keeping its traffic state there ("gw-redis").
+    redis: str | None = None
     soak: float = 0.0  # seconds; 0: no soak, run the matrix
     soak_streams: int = 500
     soak_interval: float = 5.0
@@ -212,7 +219,7 @@ def compare(cells: list[dict[str, Any]], options: Options) -> dict[str, Any]:
         for n in options.concurrency:
             mock = at.get(("mock", stream, n))
             row: dict[str, Any] = {"stream": stream, "concurrency": n}
-            for name in ("gateway", "litellm"):
+            for name in ("gateway", "gw-redis", "litellm"):
                 mine = at.get((name, stream, n))
                 if mine is None or mock is None:
                     continue
@@ -225,6 +232,14 @@ def compare(cells: list[dict[str, Any]], options: Options) -> dict[str, Any]:
                     "share_of_mock_rps": _over(mine["requests_per_s"], mock["requests_per_s"]),
                 }
             gateway, litellm = at.get(("gateway", stream, n)), at.get(("litellm", stream, n))
+            redis = at.get(("gw-redis", stream, n))
+            if gateway is not None and redis is not None:
+                row["redis_cpu_over_gateway"] = _over(
+                    redis["cpu_ms_per_request"], gateway["cpu_ms_per_request"]
+                )
+                row["redis_rps_over_gateway"] = _over(
+                    redis["requests_per_s"], gateway["requests_per_s"]
+                )
             if gateway is not None and litellm is not None:
                 row["gateway_over_litellm_rps"] = _over(
                     gateway["requests_per_s"], litellm["requests_per_s"]
@@ -234,7 +249,7 @@ def compare(cells: list[dict[str, Any]], options: Options) -> dict[str, Any]:
                 )
             rows.append(row)
     per_chunk: dict[str, dict[str, float | None]] = {}
-    for name in ("mock", "gateway", "litellm"):
+    for name in ("mock", "gateway", "gw-redis", "litellm"):
         for n in options.concurrency:
             short, long = at.get((name, True, n)), longer.get((name, True, n))
             if short is None or long is None:
@@ -306,6 +321,13 @@ def matrix(options: Options, workdir: Path, say: Say) -> dict[str, Any]:
         targets.append(mock)
         say("starting lamplighter serve in front of it")
         targets.append(start_gateway(workdir, mock))
+        if options.redis:
+            say("starting lamplighter serve with its traffic state in Redis")
+            try:
+                targets.append(start_gateway(workdir, mock, redis_url=options.redis))
+            except NotAvailable as exc:
+                unavailable["gw-redis"] = str(exc)
+                say(f"the gateway with Redis is NOT measured: {exc}")
         if options.skip_litellm:
             unavailable["litellm"] = "skipped (--skip-litellm)"
         else:
@@ -489,6 +511,13 @@ def render(result: dict[str, Any]) -> str:
                     f"LiteLLM's CPU a request over the gateway's: "
                     f"{_f(row['litellm_cpu_over_gateway'])}"
                 )
+        for row in result["compared"]["rows"]:
+            if "redis_cpu_over_gateway" in row:
+                lines.append(
+                    f"{'streamed' if row['stream'] else 'whole':9}x{row['concurrency']:<3} "
+                    f"with Redis, requests/s over without: {_f(row['redis_rps_over_gateway'])}; "
+                    f"CPU a request over without: {_f(row['redis_cpu_over_gateway'])}"
+                )
         for name, values in result["compared"]["cpu_ms_per_chunk"].items():
             shown = ", ".join(f"x{n}: {_f(v, 4)}" for n, v in values.items())
             lines.append(f"CPU ms per relayed chunk, {name}: {shown}")
@@ -537,6 +566,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunks", type=int, default=32, help="tokens (chunks) an answer")
     parser.add_argument("--long-chunks", type=int, default=128, help="for the CPU a chunk costs")
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument("--redis", help="also a gateway with its traffic state in this Redis")
     parser.add_argument("--soak", type=float, default=0.0, help="seconds; runs the soak instead")
     parser.add_argument("--soak-streams", type=int, default=500)
     parser.add_argument("--soak-chunk-ms", type=float, default=20.0)
@@ -549,6 +579,7 @@ def main(argv: list[str] | None = None) -> None:
         chunks=args.chunks,
         long_chunks=args.long_chunks,
         skip_litellm=args.skip_litellm,
+        redis=args.redis,
         soak=args.soak,
         soak_streams=args.soak_streams,
         soak_chunk_ms=args.soak_chunk_ms,

@@ -230,10 +230,15 @@ first_token_timeout_s = 600
 """
 
 
-def start_gateway(workdir: Path, upstream: Target, capacity: int = 1024) -> Target:
+def start_gateway(
+    workdir: Path, upstream: Target, capacity: int = 1024, redis_url: str | None = None
+) -> Target:
     """``lamplighter serve`` with a fresh SQLite store, the mock as its one backend, and an API
-    key for the admin it creates on first start (on the ``team`` plan, raised above)."""
-    home = workdir / "gateway"
+    key for the admin it creates on first start (on the ``team`` plan, raised above). With
+    ``redis_url``, its traffic state (limits, stream leases, backend slots, cache) is in Redis,
+    as for several replicas; the target is then named ``gw-redis``."""
+    name = "gw-redis" if redis_url else "gateway"
+    home = workdir / name
     home.mkdir(parents=True, exist_ok=True)
     config = home / "lamplighter.toml"
     config.write_text(GATEWAY_CONFIG.format(url=upstream.url, model=MODEL, capacity=capacity))
@@ -248,9 +253,14 @@ def start_gateway(workdir: Path, upstream: Target, capacity: int = 1024) -> Targ
         LAMPLIGHTER_PORT=str(port),
         LAMPLIGHTER_EMBEDDED_ENGINE="false",
     )
+    if redis_url:
+        env["LAMPLIGHTER_REDIS_URL"] = redis_url
     command = [sys.executable, "-m", "lamplighter", "serve"]
-    target = Target("gateway", port, _spawn(command, home / "serve.log", env), home / "serve.log")
+    target = Target(name, port, _spawn(command, home / "serve.log", env), home / "serve.log")
     target.wait_ready("/readyz")
+    if redis_url and not _redis_up(target):
+        target.stop()
+        raise NotAvailable(f"the gateway does not reach Redis at {redis_url}")
     made = subprocess.run(
         [sys.executable, "-m", "lamplighter", "keys", "create", "admin@localhost"],
         env=env,
@@ -266,6 +276,17 @@ def start_gateway(workdir: Path, upstream: Target, capacity: int = 1024) -> Targ
         raise NotAvailable(f"`lamplighter keys create` failed: {made.stderr.strip()[-500:]}")
     target.api_key = words[-1]
     return target
+
+
+def _redis_up(target: Target) -> bool:
+    """Whether the gateway's ``lamplighter_redis_up`` gauge says 1 (it fails open otherwise,
+    and would measure nothing of Redis)."""
+    try:
+        with urllib.request.urlopen(target.url + "/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except (urllib.error.URLError, OSError):
+        return False
+    return any(line.split() == ["lamplighter_redis_up", "1.0"] for line in text.splitlines())
 
 
 def litellm_venv() -> Path:
