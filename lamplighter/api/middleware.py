@@ -65,8 +65,9 @@ RATE_LIMIT_HEADERS = "ratelimit_headers"
 class RateLimitHeaders:
     """Adds the caller's ``x-ratelimit-*`` headers to every ``/v1`` answer, errors included.
 
-    Authentication leaves them in the request state (``RATE_LIMIT_HEADERS``); a route that
-    reserved capacity has set fresher ones on its response, which are kept.
+    Authentication leaves a way to read them in the request state (``RATE_LIMIT_HEADERS``, an
+    async function), used only when the answer starts without them: a route that reserved
+    capacity has set fresher ones on its response, which are kept.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -79,10 +80,10 @@ class RateLimitHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                found = scope.get("state", {}).get(RATE_LIMIT_HEADERS)
-                if found:
-                    headers = MutableHeaders(scope=message)
-                    for name, value in found.items():
+                read = scope.get("state", {}).get(RATE_LIMIT_HEADERS)
+                headers = MutableHeaders(scope=message)
+                if read is not None and "x-ratelimit-remaining-requests" not in headers:
+                    for name, value in (await read()).items():
                         if name not in headers:
                             headers[name] = value
             await send(message)

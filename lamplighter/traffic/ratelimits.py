@@ -112,10 +112,11 @@ class RateLimiter:
             return
         reservation.settled = True
         unused = max(0, reservation.reserved - used)
-        now = self.clock.monotonic()
-        await self.state.refund(reservation.tokens, unused, now)
-        await self.state.refund(reservation.daily, unused, now)
-        await self.state.release_stream(reservation.user, reservation.lease)
+        await self.state.settle(
+            [(reservation.tokens, unused), (reservation.daily, unused)],
+            self.clock.monotonic(),
+            (reservation.user, reservation.lease),
+        )
 
     async def remaining(
         self, plan: Plan, user_id: uuid.UUID, bonus: int = 0

@@ -3,8 +3,9 @@ rate limits and concurrent-stream caps hold exactly as with one.
 
 - **One script per decision.** ``reserve`` is one Lua script that runs the GCRA arithmetic of
   ``limiters.check`` for every limit of a request and spends them all or none; Redis runs a
-  script alone, so two replicas racing for the last unit cannot both get it. ``refund`` (a
-  read-modify-write) and ``peek`` are scripts too. Each limit is a hash of its TAT and the
+  script alone, so two replicas racing for the last unit cannot both get it. ``settle`` (the
+  unused tokens back in each bucket and the stream slot released, one call a request) and
+  ``peek`` are scripts too. Each limit is a hash of its TAT and the
   interval it was computed with, so a changed plan is rescaled exactly as ``MemoryState`` does,
   and it expires just after its TAT: an expired key is a full bucket, so idle users cost nothing.
 - **Server time.** The scripts read ``TIME`` on the Redis server, one clock for every replica:
@@ -85,6 +86,13 @@ local function store(key, tat, interval, now, server)
   if server then ttl = math.ceil((tat - now) * 1000) + 1000 end
   redis.call('PEXPIRE', key, ttl)
 end
+local function give_back(key, now, interval, units, server)  -- unused units of a reservation
+  local tat = load(key, now, interval)
+  if tat == nil or not (units > 0) then return end
+  local new_tat = tat - units * interval
+  if new_tat < now then new_tat = now end
+  store(key, new_tat, interval, now, server)
+end
 """
 
 # KEYS: one hash per limit. ARGV[1]: now ('' for the server's clock); then, per limit,
@@ -126,17 +134,19 @@ return out
 """
 )
 
-# KEYS[1]: the limit's hash. ARGV: now, interval, units.
-_REFUND = (
+# KEYS: the limits' hashes, then the stream's lease set when ARGV[2] names a lease to give back.
+# ARGV: now, the lease ('' for none), then per limit interval and units given back. Settling a
+# request is one call: its unused tokens back in every bucket, its stream slot released.
+_SETTLE = (
     _COMMON
     + """
 local now, server = clock(ARGV[1])
-local interval, units = tonumber(ARGV[2]), tonumber(ARGV[3])
-local tat = load(KEYS[1], now, interval)
-if tat == nil or not (units > 0) then return 0 end
-local new_tat = tat - units * interval
-if new_tat < now then new_tat = now end
-store(KEYS[1], new_tat, interval, now, server)
+local lease, limits = ARGV[2], #KEYS
+if lease ~= '' then limits = limits - 1 end
+for i = 1, limits do
+  give_back(KEYS[i], now, tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2]), server)
+end
+if lease ~= '' then redis.call('ZREM', KEYS[#KEYS], lease) end
 return 1
 """
 )
@@ -240,7 +250,7 @@ class RedisState:
             decode_responses=True,
         )
         self._reserve = self._redis.register_script(_RESERVE)
-        self._refund = self._redis.register_script(_REFUND)
+        self._settle = self._redis.register_script(_SETTLE)
         self._peek = self._redis.register_script(_PEEK)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._renew = self._redis.register_script(_RENEW)
@@ -315,15 +325,38 @@ class RedisState:
             for i in range(0, len(out), 5)
         ]
 
-    async def refund(self, limit: Limit, units: float, now: float) -> None:
-        args = [self._now(now), repr(limit.rate.interval), repr(float(units))]
-        try:
-            await self._call(lambda: self._refund(keys=[self._key(limit)], args=args))
-        except _Down:
-            # Giving back can only make limits looser: when failing closed it is dropped, not
-            # refused (the request it settles has already been answered).
-            if self.failure == "open":
-                await self._local.refund(self._share(limit), units, now)
+    async def settle(
+        self,
+        refunds: Sequence[tuple[Limit, float]],
+        now: float,
+        stream: tuple[str, str] | None = None,
+    ) -> None:
+        keys = [self._key(limit) for limit, _ in refunds]
+        args = [self._now(now), ""]
+        for limit, units in refunds:
+            args += [repr(limit.rate.interval), repr(float(units))]
+        local_lease = None
+        if stream is not None:
+            key, lease = stream
+            if lease in self._local_leases:
+                local_lease = stream
+            elif self._held.pop(lease, None) is not None:
+                self._lost.discard(lease)
+                keys.append(self._lease_key(key))
+                args[1] = lease
+        if keys:
+            try:
+                await self._call(lambda: self._settle(keys=keys, args=args))
+            except _Down:
+                # Giving back can only make limits looser: when failing closed it is dropped,
+                # not refused (the request it settles has already been answered). A lease not
+                # given back is no longer renewed: it lapses within lease_ttl.
+                if self.failure == "open":
+                    shares = [(self._share(limit), units) for limit, units in refunds]
+                    await self._local.settle(shares, now)
+        if local_lease is not None:
+            self._local_leases.discard(local_lease[1])
+            await self._local.release_stream(*local_lease)
 
     async def peek(self, limit: Limit, now: float) -> tuple[int, float]:
         args = [self._now(now), repr(limit.rate.interval), repr(limit.rate.capacity)]

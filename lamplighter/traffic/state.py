@@ -37,8 +37,14 @@ class TrafficState(Protocol):
     async def reserve(self, limits: Sequence[Limit], now: float) -> list[Verdict]:
         """Verdicts for every limit; all were spent if and only if all allowed."""
 
-    async def refund(self, limit: Limit, units: float, now: float) -> None:
-        """Give back ``units`` of a reservation that were not used."""
+    async def settle(
+        self,
+        refunds: Sequence[tuple[Limit, float]],
+        now: float,
+        stream: tuple[str, str] | None = None,
+    ) -> None:
+        """Give back the units of a reservation that were not used, (limit, units) each, and
+        the concurrent-stream slot ``stream`` (key, lease) holds, if given: all at once."""
 
     async def peek(self, limit: Limit, now: float) -> tuple[int, float]:
         """(remaining, seconds until full) for a limit, spending nothing."""
@@ -73,10 +79,18 @@ class MemoryState:
         self._forget_idle(now)
         return verdicts
 
-    async def refund(self, limit: Limit, units: float, now: float) -> None:
-        tat = self._get(limit, now)
-        if tat is not None and units > 0:
-            self._tat[limit.key] = (refund(limit.rate, tat, now, units), limit.rate.interval)
+    async def settle(
+        self,
+        refunds: Sequence[tuple[Limit, float]],
+        now: float,
+        stream: tuple[str, str] | None = None,
+    ) -> None:
+        for limit, units in refunds:
+            tat = self._get(limit, now)
+            if tat is not None and units > 0:
+                self._tat[limit.key] = (refund(limit.rate, tat, now, units), limit.rate.interval)
+        if stream is not None:
+            await self.release_stream(*stream)
 
     async def peek(self, limit: Limit, now: float) -> tuple[int, float]:
         return peek(limit.rate, self._get(limit, now), now)
