@@ -461,6 +461,24 @@ def _f(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+# The comparisons ``compare`` makes, as the report words them: (requests/s key, its words, CPU a
+# request key, its words).
+RATIO_LINES = (
+    (
+        "gateway_over_litellm_rps",
+        "gateway's requests/s over LiteLLM's",
+        "litellm_cpu_over_gateway",
+        "LiteLLM's CPU a request over the gateway's",
+    ),
+    (
+        "redis_rps_over_gateway",
+        "with Redis, requests/s over without",
+        "redis_cpu_over_gateway",
+        "CPU a request over without",
+    ),
+)
+
+
 def render(result: dict[str, Any]) -> str:
     """The result as text tables."""
     lines: list[str] = []
@@ -503,21 +521,13 @@ def render(result: dict[str, Any]) -> str:
             f"{NOISY_CORES:g})"
         )
         lines.append("")
-        for row in result["compared"]["rows"]:
-            if "gateway_over_litellm_rps" in row:
-                lines.append(
-                    f"{'streamed' if row['stream'] else 'whole':9}x{row['concurrency']:<3} "
-                    f"gateway's requests/s over LiteLLM's: {_f(row['gateway_over_litellm_rps'])}; "
-                    f"LiteLLM's CPU a request over the gateway's: "
-                    f"{_f(row['litellm_cpu_over_gateway'])}"
-                )
-        for row in result["compared"]["rows"]:
-            if "redis_cpu_over_gateway" in row:
-                lines.append(
-                    f"{'streamed' if row['stream'] else 'whole':9}x{row['concurrency']:<3} "
-                    f"with Redis, requests/s over without: {_f(row['redis_rps_over_gateway'])}; "
-                    f"CPU a request over without: {_f(row['redis_cpu_over_gateway'])}"
-                )
+        for rps, rps_says, cpu, cpu_says in RATIO_LINES:
+            for row in result["compared"]["rows"]:
+                if rps in row:
+                    lines.append(
+                        f"{'streamed' if row['stream'] else 'whole':9}x{row['concurrency']:<3} "
+                        f"{rps_says}: {_f(row[rps])}; {cpu_says}: {_f(row[cpu])}"
+                    )
         for name, values in result["compared"]["cpu_ms_per_chunk"].items():
             shown = ", ".join(f"x{n}: {_f(v, 4)}" for n, v in values.items())
             lines.append(f"CPU ms per relayed chunk, {name}: {shown}")

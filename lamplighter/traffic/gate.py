@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -144,14 +145,7 @@ class SlotGate:
         args: list[str | int] = [
             self.replica, ticket, priority, capacity, reserved, int(self.lease_ttl * 1000)
         ]  # fmt: skip
-        try:
-            call = self._admit(keys=self._keys(pool), args=args)
-            got = await asyncio.wait_for(call, self.timeout_s)
-        except (RedisError, OSError, TimeoutError):
-            self.answering = False
-            return None
-        self.answering = True
-        return bool(int(got))
+        return await self._decide(self._admit, pool, args)
 
     async def take(
         self, pool: str, ticket: str, priority: int, capacity: int, reserved: int
@@ -160,9 +154,13 @@ class SlotGate:
         queuing for one: True (it holds a slot), False (no slot for it now), None (Redis did not
         answer)."""
         args: list[str | int] = [ticket, priority, capacity, reserved, int(self.lease_ttl * 1000)]
+        return await self._decide(self._take, pool, args)
+
+    async def _decide(self, script: AsyncScript, pool: str, args: list[str | int]) -> bool | None:
+        """Run an admission script on ``pool``'s keys: its yes or no, or None (and
+        ``answering`` false) when Redis does not answer in time."""
         try:
-            call = self._take(keys=self._keys(pool), args=args)
-            got = await asyncio.wait_for(call, self.timeout_s)
+            got = await asyncio.wait_for(script(keys=self._keys(pool), args=args), self.timeout_s)
         except (RedisError, OSError, TimeoutError):
             self.answering = False
             return None
