@@ -161,7 +161,9 @@ class Watch:
         recent = self._signups.setdefault(net, deque())
         recent.append((now, email))
         self._window(recent, now, self.policy.signup_window_s)
-        if len(recent) >= self.policy.signups_per_network and self._first("network_signups", net):
+        if len(recent) >= self.policy.signups_per_network and self._first(
+            "network_signups", net, self.policy.signup_window_s
+        ):
             found.append(
                 Finding(
                     "network_signups",
@@ -192,7 +194,7 @@ class Watch:
                     del crowd[gone]
                 subject = f"prompt:{key:016x}"
                 if len(crowd) >= self.policy.flood_accounts and self._first(
-                    "prompt_flood", subject
+                    "prompt_flood", subject, self.policy.flood_window_s
                 ):
                     found.append(
                         Finding(
@@ -213,7 +215,9 @@ class Watch:
             # In floats: ``statistics.pstdev`` is exact (fractions) and took 27 us a question.
             spread = math.sqrt(math.fsum((gap - mean) ** 2 for gap in gaps) / len(gaps))
             cv = spread / mean if mean > 0 else 0.0
-            if cv < self.policy.timing_max_cv and self._first("bot_timing", user):
+            # Timing has no window of its own: a bot is reported again after the longest one.
+            window = max(self.policy.signup_window_s, self.policy.flood_window_s)
+            if cv < self.policy.timing_max_cv and self._first("bot_timing", user, window):
                 found.append(
                     Finding(
                         "bot_timing",
@@ -229,10 +233,10 @@ class Watch:
         self._bound()
         return found
 
-    def _first(self, kind: str, subject: str) -> bool:
-        """True once per (kind, subject) and window, so one pattern is one report."""
+    def _first(self, kind: str, subject: str, window: float) -> bool:
+        """True once per (kind, subject) and ``window`` (the pattern's own), so one pattern is
+        one report, and one that goes on is reported again once a window has passed."""
         now = self.clock()
-        window = max(self.policy.signup_window_s, self.policy.flood_window_s)
         last = self._flagged.get((kind, subject))
         if last is not None and now - last < window:
             return False
