@@ -82,7 +82,7 @@ async def surge(base_url: str, keys: dict[str, str], plans: list[str]) -> list[O
     """Offer about three times what the GPU serves: one request every ~60 ms, each asking for
     20 tokens, with every user giving up after USERS_PATIENCE seconds without a first token."""
 
-    async def one(delay: float, plan: str) -> Outcome:
+    async def one(client: httpx.AsyncClient, delay: float, plan: str) -> Outcome:
         await asyncio.sleep(delay)
         body = {
             "model": SIM_MODEL,
@@ -93,26 +93,29 @@ async def surge(base_url: str, keys: dict[str, str], plans: list[str]) -> list[O
         started = time.monotonic()
         first: float | None = None
         headers = {"authorization": f"Bearer {keys[plan]}"} if keys[plan] else {}
-        async with httpx.AsyncClient(timeout=60) as client:
-            try:
-                async with (
-                    asyncio.timeout(USERS_PATIENCE) as patience,
-                    client.stream(
-                        "POST", base_url + "/v1/chat/completions", json=body, headers=headers
-                    ) as response,
-                ):
-                    if response.status_code in (429, 503):
-                        return Outcome(plan, "refused")
-                    assert response.status_code == 200
-                    async for line in response.aiter_lines():
-                        if first is None and '"content":"' in line and '"content":""' not in line:
-                            first = time.monotonic() - started
-                            patience.reschedule(None)  # an answer has begun: read it all
-            except TimeoutError:
-                return Outcome(plan, "silent_timeout")
+        try:
+            async with (
+                asyncio.timeout(USERS_PATIENCE) as patience,
+                client.stream(
+                    "POST", base_url + "/v1/chat/completions", json=body, headers=headers
+                ) as response,
+            ):
+                if response.status_code in (429, 503):
+                    return Outcome(plan, "refused")
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if first is None and '"content":"' in line and '"content":""' not in line:
+                        first = time.monotonic() - started
+                        patience.reschedule(None)  # an answer has begun: read it all
+        except TimeoutError:
+            return Outcome(plan, "silent_timeout")
         return Outcome(plan, "answered" if first is not None else "silent_timeout", first)
 
-    return await asyncio.gather(*(one(i * 0.06, plan) for i, plan in enumerate(plans)))
+    # One client (one connection each) for everyone: making a client costs ~60 ms of CPU here
+    # (its TLS context), which in this process would slow the simulated GPU and the gateway.
+    limits = httpx.Limits(max_connections=len(plans), max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        return await asyncio.gather(*(one(client, i * 0.06, p) for i, p in enumerate(plans)))
 
 
 def summary(outcomes: list[Outcome], plan: str) -> dict[str, float]:
