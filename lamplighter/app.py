@@ -208,20 +208,19 @@ def create_app(
             metrics.watch_redis(shared)
             await shared.start()
         bulletin.on("plans", lambda _: plans.refresh())
-
-        async def freed(name: str) -> None:
-            await bulletin.publish("slot", pool=name)
-
         admission = Admission(
             clock,
             headroom,
             gate=(
-                SlotGate(shared.client, lease_ttl=settings.redis_lease_s)
+                SlotGate(
+                    shared.client,
+                    lease_ttl=settings.redis_lease_s,
+                    announce=lambda pool: bulletin.envelope("slot", pool=pool),
+                )
                 if shared is not None
                 else None
             ),
             replicas=settings.replicas,
-            freed=freed,
         )
 
         async def slot_freed(message: dict[str, Any]) -> None:

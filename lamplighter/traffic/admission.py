@@ -21,7 +21,7 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,21 +48,16 @@ class Slot:
             self.pool.finish(self.ticket.id, used_tokens)
 
 
-async def _nobody(_: str) -> None:
-    """One replica has no one to tell that a slot freed."""
-
-
 @dataclass
 class Pool:
     name: str
     scheduler: Scheduler
     clock: Clock
     waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
-    # Shared slots (several replicas): the gate, how many replicas share the backend (for the
-    # fallback while Redis is away), and how to tell the others a slot freed.
+    # Shared slots (several replicas): the gate, and how many replicas share the backend (for
+    # the fallback while Redis is away).
     gate: SlotGate | None = None
     replicas: int = 1
-    freed: Callable[[str], Awaitable[None]] = _nobody
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _worker: asyncio.Task[None] | None = None
     _chores: set[asyncio.Task[None]] = field(default_factory=set)
@@ -245,7 +240,6 @@ class Pool:
     async def _free(self, shared: str) -> None:
         assert self.gate is not None
         await self.gate.release(self.name, shared)
-        await self.freed(self.name)
 
     def _chore(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -285,15 +279,12 @@ class Admission:
         *,
         gate: SlotGate | None = None,
         replicas: int = 1,
-        freed: Callable[[str], Awaitable[None]] = _nobody,
     ) -> None:
-        """With ``gate``, backend slots are shared with the other replicas (see ``gate.py``);
-        ``freed`` tells them a slot freed up."""
+        """With ``gate``, backend slots are shared with the other replicas (see ``gate.py``)."""
         self.clock = clock
         self.headroom = dict(headroom or {})
         self.gate = gate
         self.replicas = replicas
-        self.freed = freed
         self.pools: dict[str, Pool] = {}
 
     def wake(self, name: str) -> None:
@@ -334,9 +325,8 @@ class Admission:
             reserved = self._reserved(capacity)
             scheduler = Scheduler(slots=capacity, reserved=reserved)
             pool = self.pools[name] = Pool(
-                name, scheduler, self.clock, gate=self.gate, replicas=self.replicas,
-                freed=self.freed,
-            )  # fmt: skip
+                name, scheduler, self.clock, gate=self.gate, replicas=self.replicas
+            )
         return pool
 
 

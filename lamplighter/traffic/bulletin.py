@@ -46,14 +46,19 @@ class Bulletin:
     def on(self, topic: str, handler: Handler) -> None:
         self._handlers[topic] = handler
 
+    def envelope(self, topic: str, **payload: Any) -> tuple[str, str]:
+        """(channel, message) of an announcement, for a caller that publishes it itself (from
+        a Lua script, say: ``SlotGate.release``)."""
+        return self.channel, json.dumps({"topic": topic, "from": self.me, **payload})
+
     async def publish(self, topic: str, **payload: Any) -> None:
         """Tell the other replicas; an unreachable Redis is logged, not raised: the change is
         already stored, and the others' timers will find it."""
         if self._redis is None:
             return
-        message = json.dumps({"topic": topic, "from": self.me, **payload})
+        channel, message = self.envelope(topic, **payload)
         try:
-            await asyncio.wait_for(self._redis.publish(self.channel, message), timeout=1.0)
+            await asyncio.wait_for(self._redis.publish(channel, message), timeout=1.0)
         except (RedisError, OSError, TimeoutError) as error:
             log.warning("could not announce a change to other replicas: %s", error)
 

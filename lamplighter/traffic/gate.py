@@ -14,8 +14,11 @@ the last slot cannot both get it.
   replica that dies loses its slots when they lapse.
 - ``heads``: sorted set of replicas with a request waiting, scored ``priority * 1e13 + since``;
   ``alive`` expires a head whose replica stopped asking (it died).
-- When a slot frees, the releasing replica announces it (``bulletin``) so the others ask again
-  at once; they also ask every ``POLL_S`` in case an announcement was lost.
+- When a slot frees while a head waits on some replica, the releasing replica announces it
+  (on the ``bulletin`` channel, from the same script, so releasing costs one round trip) and the
+  others ask again at once; they also ask every ``POLL_S`` in case an announcement was lost.
+  With nobody waiting nothing is announced: a fleet's announcements grow with its queueing, not
+  with its traffic times its replicas.
 
 If Redis does not answer, ``admit`` returns None and the pool falls back to a share of the
 backend of its own (``ceil(capacity / replicas)`` slots), as the rate limits do.
@@ -26,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -100,6 +103,16 @@ redis.call('HDEL', KEYS[3], ARGV[1] .. ':ticket', ARGV[1] .. ':since')
 return 1
 """
 
+# KEYS: running, heads. ARGV: the ticket, then the channel and message announcing the freed
+# slot ('' for none), published only if a head is waiting for one.
+_RELEASE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' and redis.call('ZCARD', KEYS[2]) > 0 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return 1
+"""
+
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -115,11 +128,19 @@ class SlotGate:
     """The Redis side of shared backend slots (see the module's docstring)."""
 
     def __init__(
-        self, client: Redis, *, lease_ttl: float = 15.0, timeout_s: float = TIMEOUT_S
+        self,
+        client: Redis,
+        *,
+        lease_ttl: float = 15.0,
+        timeout_s: float = TIMEOUT_S,
+        announce: Callable[[str], tuple[str, str]] | None = None,
     ) -> None:
+        """``announce`` gives the (channel, message) telling the other replicas that a slot of
+        a pool freed up (see ``Bulletin.envelope``); without it, they find out by polling."""
         self.client = client
         self.lease_ttl = lease_ttl
         self.timeout_s = timeout_s
+        self.announce = announce
         self.replica = uuid.uuid4().hex[:12]
         # Whether Redis answered the last admission: while it does not, nobody asks it for a
         # slot elsewhere before queuing (each try could wait ``timeout_s``).
@@ -127,6 +148,7 @@ class SlotGate:
         self._admit = client.register_script(_ADMIT)
         self._take = client.register_script(_TAKE)
         self._withdraw = client.register_script(_WITHDRAW)
+        self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
 
     @staticmethod
@@ -173,7 +195,11 @@ class SlotGate:
         await self._quietly(self._withdraw(keys=[heads, alive, meta], args=[self.replica]))
 
     async def release(self, pool: str, ticket: str) -> None:
-        await self._quietly(self.client.zrem(self._keys(pool)[0], ticket))
+        """Give ``ticket``'s slot back, and announce it if anyone is waiting for one."""
+        running, heads = self._keys(pool)[:2]
+        channel, message = self.announce(pool) if self.announce is not None else ("", "")
+        args = [ticket, channel, message]
+        await self._quietly(self._release(keys=[running, heads], args=args))
 
     async def renew(self, pool: str, tickets: Sequence[str]) -> None:
         """Extend the leases of ``tickets`` (running here), adding back any Redis lost: after a

@@ -64,45 +64,39 @@ class RateLimiter:
     ) -> Reservation:
         """Spend one request and ``tokens`` tokens, or raise 429 saying which limit and when."""
         user = str(user_id)
-        requests, per_minute, daily = self.limits(plan, user, tokens, bonus)
-        lease = await self.state.acquire_stream(user, plan.concurrent_streams)
-        if lease is None:
+        limits = self.limits(plan, user, tokens, bonus)
+        reserved = await self.state.reserve(
+            limits, self.clock.monotonic(), (user, plan.concurrent_streams)
+        )
+        # The requests and tokens buckets as they stand now: spent if granted, untouched if not.
+        headers = _headers(plan, reserved.standing[0], reserved.standing[1])
+        if reserved.no_stream_slot:
             breach = RateLimited(
                 f"Too many concurrent requests on plan '{plan.name}': the limit is "
                 f"{plan.concurrent_streams} at a time. Wait for one to finish.",
                 retry_after=1.0,
-                headers=await self.headers(plan, user_id),
+                headers=headers,
             )
             breach.violation = "concurrency"
             raise breach
-        try:
-            verdicts = await self.state.reserve(
-                (requests, per_minute, daily), self.clock.monotonic()
+        if not reserved.granted:
+            limit, verdict = max(
+                (
+                    (limit, verdict)
+                    for limit, verdict in zip(limits, reserved.verdicts, strict=True)
+                    if not verdict.allowed
+                ),
+                key=lambda pair: pair[1].retry_after,
             )
-        except BaseException:  # e.g. the shared state failing closed: the slot is not kept
-            await self.state.release_stream(user, lease)
-            raise
-        headers = _headers(
-            plan,
-            (verdicts[0].remaining, verdicts[0].reset_after),
-            (verdicts[1].remaining, verdicts[1].reset_after),
-        )
-        refused = [
-            (limit, v)
-            for limit, v in zip((requests, per_minute, daily), verdicts, strict=True)
-            if not v.allowed
-        ]
-        if refused:
-            await self.state.release_stream(user, lease)
-            limit, verdict = max(refused, key=lambda pair: pair[1].retry_after)
-            # Nothing was spent: the headers say what is left, not what would have been.
-            raise _refusal(plan, limit, verdict, await self.headers(plan, user_id))
+            raise _refusal(plan, limit, verdict, headers)
+        assert reserved.lease is not None
+        _, per_minute, daily = limits
         return Reservation(
             user=user,
             tokens=per_minute,
             daily=daily,
             reserved=tokens,
-            lease=lease,
+            lease=reserved.lease,
             headers=headers,
         )
 
@@ -123,19 +117,18 @@ class RateLimiter:
     ) -> dict[str, tuple[int, int]]:
         """(limit, remaining) of each rate, as things stand, spending nothing: what the web
         page shows a person about their plan."""
-        now = self.clock.monotonic()
+        limits = self.limits(plan, str(user_id), 0, bonus)
+        standing = await self.state.peek(limits, self.clock.monotonic())
         return {
-            limit.name: (int(limit.rate.capacity), (await self.state.peek(limit, now))[0])
-            for limit in self.limits(plan, str(user_id), 0, bonus)
+            limit.name: (int(limit.rate.capacity), remaining)
+            for limit, (remaining, _) in zip(limits, standing, strict=True)
         }
 
     async def headers(self, plan: Plan, user_id: uuid.UUID) -> dict[str, str]:
         """The rate-limit headers for a user as things stand, spending nothing."""
         requests, per_minute, _ = self.limits(plan, str(user_id), 0)
-        now = self.clock.monotonic()
-        return _headers(
-            plan, await self.state.peek(requests, now), await self.state.peek(per_minute, now)
-        )
+        standing = await self.state.peek((requests, per_minute), self.clock.monotonic())
+        return _headers(plan, *standing)
 
 
 def _headers(plan: Plan, requests: tuple[int, float], tokens: tuple[int, float]) -> dict[str, str]:

@@ -1,20 +1,22 @@
 """Limiter state in Redis, shared by every gateway replica, so that with N replicas each plan's
 rate limits and concurrent-stream caps hold exactly as with one.
 
-- **One script per decision.** ``reserve`` is one Lua script that runs the GCRA arithmetic of
-  ``limiters.check`` for every limit of a request and spends them all or none; Redis runs a
-  script alone, so two replicas racing for the last unit cannot both get it. ``settle`` (the
-  unused tokens back in each bucket and the stream slot released, one call a request) and
-  ``peek`` are scripts too. Each limit is a hash of its TAT and the
-  interval it was computed with, so a changed plan is rescaled exactly as ``MemoryState`` does,
-  and it expires just after its TAT: an expired key is a full bucket, so idle users cost nothing.
+- **One script per decision.** ``reserve`` is one Lua script that takes a concurrent-stream
+  slot and runs the GCRA arithmetic of ``limiters.check`` for every limit of a request, and
+  spends them all or none; Redis runs a script alone, so two replicas racing for the last unit
+  cannot both get it. It also returns what is left, so a request is admitted, or refused with
+  its headers, in one round trip. ``settle`` (the unused tokens back in each bucket and the
+  stream slot released, one call a request) and ``peek`` (any number of limits) are scripts too.
+  Each limit is a hash of its TAT and the interval it was computed with, so a changed plan is
+  rescaled exactly as ``MemoryState`` does, and it expires just after its TAT: an expired key is
+  a full bucket, so idle users cost nothing.
 - **Server time.** The scripts read ``TIME`` on the Redis server, one clock for every replica:
   replicas' clocks drift and would hand out extra units. The ``now`` the protocol passes is the
   caller's clock; it is used only by the local fallback (below), or, for tests, instead of the
   server's clock when built with ``use_server_time=False`` (so a property test can replay the
   same sequence on ``MemoryState`` and expect identical verdicts).
 - **Leases.** A concurrent-stream slot is a member of a sorted set per key, scored by its expiry
-  in server milliseconds; acquiring drops expired members, counts and adds in one script. A
+  in server milliseconds; reserving drops expired members, counts and adds in the same script. A
   background task renews this replica's leases every ``lease_ttl / 3``, so a live stream keeps its
   slot however long it runs and a replica that dies loses its slots ``lease_ttl`` later.
 - **Failure.** Calls time out after ``timeout`` seconds. While Redis does not answer (logged at
@@ -53,7 +55,7 @@ from redis.exceptions import RedisError
 
 from lamplighter.exceptions import Overloaded
 from lamplighter.traffic.limiters import Rate, Verdict
-from lamplighter.traffic.state import Limit, MemoryState
+from lamplighter.traffic.state import Limit, MemoryState, Reserved
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,11 @@ local function load(key, now, interval)  -- the key's TAT rescaled to interval, 
   if tat <= now or old == interval then return tat end
   return now + (tat - now) / old * interval
 end
+local function begin(key, now, interval)  -- where the key's next units start: max(TAT, now)
+  local tat = load(key, now, interval)
+  if tat and tat > now then return tat end
+  return now
+end
 local function remaining(capacity, interval, tat, now)
   return math.max(0, math.floor(capacity - (tat - now) / interval + 1e-9))
 end
@@ -95,22 +102,42 @@ local function give_back(key, now, interval, units, server)  -- unused units of 
 end
 """
 
-# KEYS: one hash per limit. ARGV[1]: now ('' for the server's clock); then, per limit,
-# interval, capacity, cost. Returns per limit: allowed, tat, remaining, reset_after, retry_after.
+# KEYS: one hash per limit, then the stream's lease set when ARGV[2] names a lease to take.
+# ARGV: now ('' for the server's clock), the lease ('' for none), the most slots, the lease's
+# ttl (ms), then per limit interval, capacity, cost. Returns 'full' and per limit (remaining,
+# reset_after) when every stream slot is taken (nothing else is checked); else 'ok' or
+# 'refused' and per limit allowed, tat, remaining, reset_after, retry_after and the
+# (remaining, reset_after) it had before, which still stand when the request is refused.
 _RESERVE = (
     _COMMON
     + """
 local now, server = clock(ARGV[1])
-local out, tats, intervals, all = {}, {}, {}, true
-for i = 1, #KEYS do
-  local interval = tonumber(ARGV[3 * i - 1])
-  local capacity = tonumber(ARGV[3 * i])
-  local cost = tonumber(ARGV[3 * i + 1])
-  local tat = load(KEYS[i], now, interval)
-  local start = now
-  if tat and tat > now then start = tat end
+local lease, limits, set, ms = ARGV[2], #KEYS, nil, nil
+if lease ~= '' then
+  limits, set = limits - 1, KEYS[#KEYS]
+  local t = redis.call('TIME')
+  ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', set, '-inf', ms)
+  if redis.call('ZCARD', set) >= tonumber(ARGV[3]) then
+    local out = {'full'}
+    for i = 1, limits do
+      local interval, capacity = tonumber(ARGV[3 * i + 2]), tonumber(ARGV[3 * i + 3])
+      local start = begin(KEYS[i], now, interval)
+      out[#out + 1] = num(remaining(capacity, interval, start, now))
+      out[#out + 1] = num(start - now)
+    end
+    return out
+  end
+end
+local out, tats, intervals, all = {''}, {}, {}, true
+for i = 1, limits do
+  local interval = tonumber(ARGV[3 * i + 2])
+  local capacity = tonumber(ARGV[3 * i + 3])
+  local cost = tonumber(ARGV[3 * i + 4])
+  local start = begin(KEYS[i], now, interval)
   local new_tat = start + cost * interval
   local horizon = now + capacity * interval
+  local before = remaining(capacity, interval, start, now)
   if new_tat <= horizon + 1e-9 then
     tats[i], intervals[i] = new_tat, interval
     out[#out + 1] = '1'
@@ -122,14 +149,24 @@ for i = 1, #KEYS do
     all = false
     out[#out + 1] = '0'
     out[#out + 1] = num(start)
-    out[#out + 1] = num(remaining(capacity, interval, start, now))
+    out[#out + 1] = num(before)
     out[#out + 1] = num(start - now)
     if cost > capacity then out[#out + 1] = 'inf' else out[#out + 1] = num(new_tat - horizon) end
   end
+  out[#out + 1] = num(before)
+  out[#out + 1] = num(start - now)
 end
-if all then
-  for i = 1, #KEYS do store(KEYS[i], tats[i], intervals[i], now, server) end
+if not all then
+  out[1] = 'refused'
+  return out
 end
+for i = 1, limits do store(KEYS[i], tats[i], intervals[i], now, server) end
+if set then
+  local ttl = tonumber(ARGV[4])
+  redis.call('ZADD', set, ms + ttl, lease)
+  redis.call('PEXPIRE', set, ttl + 1000)
+end
+out[1] = 'ok'
 return out
 """
 )
@@ -151,16 +188,20 @@ return 1
 """
 )
 
-# KEYS[1]: the limit's hash. ARGV: now, interval, capacity. Returns remaining, reset_after.
+# KEYS: the limits' hashes. ARGV: now, then per limit interval, capacity. Returns per limit
+# remaining, reset_after.
 _PEEK = (
     _COMMON
     + """
 local now = clock(ARGV[1])
-local interval, capacity = tonumber(ARGV[2]), tonumber(ARGV[3])
-local tat = load(KEYS[1], now, interval)
-local start = now
-if tat and tat > now then start = tat end
-return {num(remaining(capacity, interval, start, now)), num(start - now)}
+local out = {}
+for i = 1, #KEYS do
+  local interval, capacity = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local start = begin(KEYS[i], now, interval)
+  out[#out + 1] = num(remaining(capacity, interval, start, now))
+  out[#out + 1] = num(start - now)
+end
+return out
 """
 )
 
@@ -168,19 +209,6 @@ _MILLISECONDS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
-
-# KEYS[1]: the key's lease set. ARGV: most, ttl (ms), lease. Returns 1 if the lease was taken.
-_ACQUIRE = (
-    _MILLISECONDS
-    + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-local ttl = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ttl + 1000)
-return 1
-"""
-)
 
 # KEYS: the lease sets of the leases held (repeats allowed). ARGV[1]: ttl (ms); then, per key,
 # lease, most. A lease still there is extended; one that is gone (it lapsed while this replica
@@ -252,7 +280,6 @@ class RedisState:
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
         self._peek = self._redis.register_script(_PEEK)
-        self._acquire = self._redis.register_script(_ACQUIRE)
         self._renew = self._redis.register_script(_RENEW)
         self._held: dict[str, tuple[str, int]] = {}  # lease -> (key, most): renewed in Redis
         self._lost: set[str] = set()  # held leases that found no room on renewal (logged once)
@@ -304,17 +331,25 @@ class RedisState:
 
     # -- TrafficState -----------------------------------------------------------------------
 
-    async def reserve(self, limits: Sequence[Limit], now: float) -> list[Verdict]:
+    async def reserve(
+        self, limits: Sequence[Limit], now: float, stream: tuple[str, int] | None = None
+    ) -> Reserved:
         keys = [self._key(limit) for limit in limits]
-        args: list[str] = [self._now(now)]
+        lease = uuid.uuid4().hex if stream is not None else ""
+        args: list[str] = [self._now(now), lease, "0", str(math.ceil(self.lease_ttl * 1000))]
+        if stream is not None:
+            keys.append(self._lease_key(stream[0]))
+            args[2] = str(stream[1])
         for limit in limits:
             args += [repr(limit.rate.interval), repr(limit.rate.capacity), repr(float(limit.cost))]
         try:
             out: list[str] = await self._call(lambda: self._reserve(keys=keys, args=args))
         except _Down:
             self._refuse_if_closed()
-            return await self._local.reserve([self._share(limit) for limit in limits], now)
-        return [
+            return await self._reserve_locally(limits, now, stream)
+        if out[0] == "full":
+            return Reserved([], _pairs(out[1:]), no_stream_slot=True)
+        verdicts = [
             Verdict(
                 allowed=out[i] == "1",
                 tat=float(out[i + 1]),
@@ -322,8 +357,26 @@ class RedisState:
                 reset_after=float(out[i + 3]),
                 retry_after=float(out[i + 4]),
             )
-            for i in range(0, len(out), 5)
+            for i in range(1, len(out), 7)
         ]
+        if out[0] != "ok":
+            before = [value for i in range(1, len(out), 7) for value in out[i + 5 : i + 7]]
+            return Reserved(verdicts, _pairs(before))
+        if stream is not None:
+            self._held[lease] = stream
+        standing = [(v.remaining, v.reset_after) for v in verdicts]
+        return Reserved(verdicts, standing, lease or None)
+
+    async def _reserve_locally(
+        self, limits: Sequence[Limit], now: float, stream: tuple[str, int] | None
+    ) -> Reserved:
+        """This replica's share of every limit and stream cap, while Redis is down."""
+        if stream is not None:
+            stream = (stream[0], math.ceil(stream[1] / self.replicas))
+        reserved = await self._local.reserve([self._share(limit) for limit in limits], now, stream)
+        if reserved.lease is not None:
+            self._local_leases.add(reserved.lease)
+        return reserved
 
     async def settle(
         self,
@@ -356,50 +409,22 @@ class RedisState:
                     await self._local.settle(shares, now)
         if local_lease is not None:
             self._local_leases.discard(local_lease[1])
-            await self._local.release_stream(*local_lease)
+            await self._local.settle([], now, local_lease)
 
-    async def peek(self, limit: Limit, now: float) -> tuple[int, float]:
-        args = [self._now(now), repr(limit.rate.interval), repr(limit.rate.capacity)]
+    async def peek(self, limits: Sequence[Limit], now: float) -> list[tuple[int, float]]:
+        args = [self._now(now)]
+        for limit in limits:
+            args += [repr(limit.rate.interval), repr(limit.rate.capacity)]
+        keys = [self._key(limit) for limit in limits]
         try:
-            out: list[str] = await self._call(
-                lambda: self._peek(keys=[self._key(limit)], args=args)
-            )
+            out: list[str] = await self._call(lambda: self._peek(keys=keys, args=args))
         except _Down:
             # Peeking spends nothing, so it is never refused (every /v1 call shows the headers);
             # failing closed, nothing can be spent until Redis answers, and that is what it says.
             if self.failure == "closed":
-                return 0, self.retry_interval
-            return await self._local.peek(self._share(limit), now)
-        return int(float(out[0])), float(out[1])
-
-    async def acquire_stream(self, key: str, most: int) -> str | None:
-        lease = uuid.uuid4().hex
-        ttl = str(math.ceil(self.lease_ttl * 1000))
-        try:
-            taken = await self._call(
-                lambda: self._acquire(keys=[self._lease_key(key)], args=[most, ttl, lease])
-            )
-        except _Down:
-            self._refuse_if_closed()
-            local = await self._local.acquire_stream(key, math.ceil(most / self.replicas))
-            if local is not None:
-                self._local_leases.add(local)
-            return local
-        if not int(taken):
-            return None
-        self._held[lease] = (key, most)
-        return lease
-
-    async def release_stream(self, key: str, lease: str) -> None:
-        if lease in self._local_leases:
-            self._local_leases.discard(lease)
-            await self._local.release_stream(key, lease)
-            return
-        if self._held.pop(lease, None) is None:
-            return
-        self._lost.discard(lease)
-        with contextlib.suppress(_Down):  # if so, no longer renewed: it lapses within lease_ttl
-            await self._call(lambda: self._redis.zrem(self._lease_key(key), lease))
+                return [(0, self.retry_interval) for _ in limits]
+            return await self._local.peek([self._share(limit) for limit in limits], now)
+        return _pairs(out)
 
     # -- internals --------------------------------------------------------------------------
 
@@ -508,6 +533,11 @@ class RedisState:
                 )
         # Leases renewed again are no longer lost.
         self._lost &= {leases[position - 1][0] for position in lost}
+
+
+def _pairs(flat: Sequence[str]) -> list[tuple[int, float]]:
+    """(remaining, reset_after) pairs from a script's flat list of them."""
+    return [(int(float(flat[i])), float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
 
 def _redact(url: str) -> str:

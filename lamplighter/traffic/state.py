@@ -10,9 +10,11 @@ server's clock instead (replicas' clocks disagree) and uses ``now`` only for its
 while Redis is unreachable. A TAT in a verdict is therefore in the state's own timebase: compare
 ``reset_after`` and ``retry_after``, never ``tat``, with the caller's clock.
 
-Concurrent streams are leases: ``acquire_stream`` hands out a token that ``release_stream`` gives
-back, so releasing twice, or a release after the lease expired, can never free someone else's
-slot.
+Concurrent streams are leases: ``reserve`` takes a slot along with the limits and hands out a
+token that ``settle`` gives back, so releasing twice, or a release after the lease expired, can
+never free someone else's slot. One call decides a request, refused or not, and tells what is
+left, so that with Redis a request costs one round trip to admit (and a refusal no more), not one
+per limit, slot and header.
 """
 
 from __future__ import annotations
@@ -26,6 +28,21 @@ from lamplighter.traffic.limiters import Rate, Verdict, check, peek, refund, res
 
 
 @dataclass(frozen=True)
+class Reserved:
+    """What ``reserve`` decided. The limits were spent, and ``lease`` holds a stream slot when
+    one was asked for, if and only if ``granted``."""
+
+    verdicts: list[Verdict]  # each limit's check (``allowed`` even if another refused)
+    standing: list[tuple[int, float]]  # each limit's (remaining, seconds until full) afterwards
+    lease: str | None = None
+    no_stream_slot: bool = False  # every concurrent-stream slot was taken: nothing was checked
+
+    @property
+    def granted(self) -> bool:
+        return not self.no_stream_slot and all(verdict.allowed for verdict in self.verdicts)
+
+
+@dataclass(frozen=True)
 class Limit:
     key: str  # whose bucket: "<user id>:<name>"
     name: str  # which limit, for messages and headers: "requests", "tokens", "daily_tokens"
@@ -34,8 +51,11 @@ class Limit:
 
 
 class TrafficState(Protocol):
-    async def reserve(self, limits: Sequence[Limit], now: float) -> list[Verdict]:
-        """Verdicts for every limit; all were spent if and only if all allowed."""
+    async def reserve(
+        self, limits: Sequence[Limit], now: float, stream: tuple[str, int] | None = None
+    ) -> Reserved:
+        """Check every limit and, with ``stream`` (key, most), take one of ``most``
+        concurrent-stream slots for ``key``: all are spent if and only if all allow it."""
 
     async def settle(
         self,
@@ -46,15 +66,8 @@ class TrafficState(Protocol):
         """Give back the units of a reservation that were not used, (limit, units) each, and
         the concurrent-stream slot ``stream`` (key, lease) holds, if given: all at once."""
 
-    async def peek(self, limit: Limit, now: float) -> tuple[int, float]:
-        """(remaining, seconds until full) for a limit, spending nothing."""
-
-    async def acquire_stream(self, key: str, most: int) -> str | None:
-        """Take one of ``most`` concurrent-stream slots for ``key``: a lease token, or None if
-        no slot is free."""
-
-    async def release_stream(self, key: str, lease: str) -> None:
-        """Give back the slot ``lease`` holds; a lease already given back is ignored."""
+    async def peek(self, limits: Sequence[Limit], now: float) -> list[tuple[int, float]]:
+        """(remaining, seconds until full) for each limit, spending nothing."""
 
 
 class MemoryState:
@@ -71,13 +84,22 @@ class MemoryState:
             return None
         return rescale(entry[0], now, entry[1], limit.rate.interval)
 
-    async def reserve(self, limits: Sequence[Limit], now: float) -> list[Verdict]:
-        verdicts = [check(limit.rate, self._get(limit, now), now, limit.cost) for limit in limits]
-        if all(verdict.allowed for verdict in verdicts):
-            for limit, verdict in zip(limits, verdicts, strict=True):
-                self._tat[limit.key] = (verdict.tat, limit.rate.interval)
+    async def reserve(
+        self, limits: Sequence[Limit], now: float, stream: tuple[str, int] | None = None
+    ) -> Reserved:
         self._forget_idle(now)
-        return verdicts
+        if stream is not None and len(self._streams.get(stream[0], ())) >= stream[1]:
+            return Reserved([], await self.peek(limits, now), no_stream_slot=True)
+        verdicts = [check(limit.rate, self._get(limit, now), now, limit.cost) for limit in limits]
+        if not all(verdict.allowed for verdict in verdicts):
+            return Reserved(verdicts, await self.peek(limits, now))
+        for limit, verdict in zip(limits, verdicts, strict=True):
+            self._tat[limit.key] = (verdict.tat, limit.rate.interval)
+        lease = None
+        if stream is not None:
+            lease = uuid.uuid4().hex
+            self._streams.setdefault(stream[0], set()).add(lease)
+        return Reserved(verdicts, [(v.remaining, v.reset_after) for v in verdicts], lease)
 
     async def settle(
         self,
@@ -90,25 +112,15 @@ class MemoryState:
             if tat is not None and units > 0:
                 self._tat[limit.key] = (refund(limit.rate, tat, now, units), limit.rate.interval)
         if stream is not None:
-            await self.release_stream(*stream)
+            key, lease = stream
+            leases = self._streams.get(key)
+            if leases is not None:
+                leases.discard(lease)
+                if not leases:
+                    del self._streams[key]
 
-    async def peek(self, limit: Limit, now: float) -> tuple[int, float]:
-        return peek(limit.rate, self._get(limit, now), now)
-
-    async def acquire_stream(self, key: str, most: int) -> str | None:
-        if len(self._streams.get(key, ())) >= most:
-            return None
-        lease = uuid.uuid4().hex
-        self._streams.setdefault(key, set()).add(lease)
-        return lease
-
-    async def release_stream(self, key: str, lease: str) -> None:
-        leases = self._streams.get(key)
-        if leases is None:
-            return
-        leases.discard(lease)
-        if not leases:
-            del self._streams[key]
+    async def peek(self, limits: Sequence[Limit], now: float) -> list[tuple[int, float]]:
+        return [peek(limit.rate, self._get(limit, now), now) for limit in limits]
 
     def _forget_idle(self, now: float) -> None:
         """A TAT in the past means a full bucket, the same as no entry: drop them now and then

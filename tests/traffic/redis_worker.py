@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from lamplighter.traffic.limiters import Rate
 from lamplighter.traffic.redis_state import RedisState
-from lamplighter.traffic.state import Limit
+from lamplighter.traffic.state import Limit, TrafficState
 
 DAY = 86_400.0
 # 100 requests and 500 tokens a day (nothing refills during a test): at 7 tokens a request,
@@ -25,6 +25,15 @@ LIMITS = (
     Limit("hammered:requests", "requests", Rate(100, DAY), 1),
     Limit("hammered:tokens", "tokens", Rate(500, DAY), 7),
 )
+
+
+async def take_slot(state: TrafficState, key: str, most: int) -> str | None:
+    """One of ``most`` concurrent-stream slots for ``key`` and no limit: its lease, or None."""
+    return (await state.reserve([], 0.0, (key, most))).lease
+
+
+async def give_back_slot(state: TrafficState, key: str, lease: str) -> None:
+    await state.settle([], 0.0, (key, lease))
 
 
 def go_key(prefix: str) -> str:
@@ -39,14 +48,13 @@ async def hammer(url: str, prefix: str, attempts: int) -> None:
         await signal.aclose()
         allowed = 0
         for _ in range(attempts):
-            verdicts = await state.reserve(LIMITS, 0.0)
-            allowed += all(verdict.allowed for verdict in verdicts)
+            allowed += (await state.reserve(LIMITS, 0.0)).granted
     print(allowed, flush=True)
 
 
 async def hold(url: str, prefix: str, key: str, most: int, lease_ttl: float) -> None:
     async with RedisState(url, prefix=prefix, lease_ttl=lease_ttl, timeout=5.0) as state:
-        if await state.acquire_stream(key, most) is None:
+        if await take_slot(state, key, most) is None:
             raise SystemExit("no free slot")
         print("held", flush=True)
         await asyncio.Event().wait()

@@ -4,9 +4,12 @@ replica (its own queue and its own ``SlotGate``), all in one event loop."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +18,7 @@ from redis.asyncio import Redis
 
 from lamplighter.exceptions import Overloaded
 from lamplighter.traffic.admission import Admission, Slot
+from lamplighter.traffic.bulletin import Bulletin
 from lamplighter.traffic.clock import SystemClock
 from lamplighter.traffic.gate import SlotGate
 from lamplighter.traffic.plans import Plan
@@ -31,33 +35,52 @@ async def client() -> AsyncIterator[Redis]:
     await redis.aclose()
 
 
-Fleet = Callable[..., list[Admission]]
+Fleet = Callable[..., Awaitable[list[Admission]]]
 
 
 @pytest.fixture
 async def replicas(client: Redis) -> AsyncIterator[Fleet]:
-    """Makes ``count`` replicas that tell each other when a slot frees, as the bulletin does;
-    every replica made is closed after the test, passed or failed."""
+    """Makes ``count`` replicas that tell each other when a slot frees through a bulletin of
+    their own (on a channel of the test's own), as in the gateway; every replica made is closed
+    after the test, passed or failed."""
     made: list[Admission] = []
+    bulletins: list[Bulletin] = []
+    channel = f"test:{uuid.uuid4().hex}:bulletin"
 
-    def make(count: int, lease_ttl: float = 15.0) -> list[Admission]:
+    async def make(count: int, lease_ttl: float = 15.0) -> list[Admission]:
         fleet: list[Admission] = []
-
-        async def freed(name: str) -> None:
-            for replica in fleet:
-                replica.wake(name)
-
         for _ in range(count):
+            bulletin = Bulletin(REDIS_URL, channel=channel)
             # Generous: these tests are about sharing slots, not a slow machine's Redis calls
             # falling back to a replica's own share after a quarter second.
-            gate = SlotGate(client, lease_ttl=lease_ttl, timeout_s=10.0)
-            fleet.append(Admission(SystemClock(), gate=gate, replicas=count, freed=freed))
+            gate = SlotGate(
+                client,
+                lease_ttl=lease_ttl,
+                timeout_s=10.0,
+                announce=partial(_announcement, bulletin),
+            )
+            admission = Admission(SystemClock(), gate=gate, replicas=count)
+            bulletin.on("slot", partial(_wake, admission))
+            await bulletin.start()
+            await asyncio.wait_for(bulletin.subscribed.wait(), 10)
+            bulletins.append(bulletin)
+            fleet.append(admission)
         made.extend(fleet)
         return fleet
 
     yield make
     for replica in made:
         await replica.close()
+    for bulletin in bulletins:
+        await bulletin.stop()
+
+
+def _announcement(bulletin: Bulletin, pool: str) -> tuple[str, str]:
+    return bulletin.envelope("slot", pool=pool)
+
+
+async def _wake(admission: Admission, message: dict[str, Any]) -> None:
+    admission.wake(str(message["pool"]))
 
 
 async def until(check: Callable[[], bool], seconds: float = 5.0) -> None:
@@ -69,7 +92,7 @@ async def until(check: Callable[[], bool], seconds: float = 5.0) -> None:
 
 async def test_a_backends_capacity_holds_across_replicas(replicas: Fleet) -> None:
     backend = f"gpu-{uuid.uuid4().hex}"
-    fleet = replicas(3)
+    fleet = await replicas(3)
     running = 0
     most = 0
     done = 0
@@ -93,7 +116,7 @@ async def test_a_better_plan_on_another_replica_goes_first(replicas: Fleet) -> N
     """Replica A holds the only slot and has a free request waiting; a plus request then
     arrives at replica B. When the slot frees, B's plus request takes it."""
     backend = f"gpu-{uuid.uuid4().hex}"
-    first, second = replicas(2)
+    first, second = await replicas(2)
     order: list[str] = []
 
     async def request(replica: Admission, plan: Plan, name: str) -> Slot:
@@ -114,7 +137,7 @@ async def test_a_better_plan_on_another_replica_goes_first(replicas: Fleet) -> N
 
 async def test_a_dead_replicas_slot_lapses_and_a_waiter_elsewhere_gets_it(replicas: Fleet) -> None:
     backend = f"gpu-{uuid.uuid4().hex}"
-    first, second = replicas(2, lease_ttl=1.0)
+    first, second = await replicas(2, lease_ttl=1.0)
     await first.pool(backend, 1).enter("doomed", FREE, 10)
     await first.close()  # the replica dies holding the slot: nobody renews or releases it
     started = time.monotonic()
@@ -126,7 +149,7 @@ async def test_a_dead_replicas_slot_lapses_and_a_waiter_elsewhere_gets_it(replic
 
 async def test_a_live_replica_keeps_its_slot_past_the_lease(replicas: Fleet) -> None:
     backend = f"gpu-{uuid.uuid4().hex}"
-    first, second = replicas(2, lease_ttl=0.6)
+    first, second = await replicas(2, lease_ttl=0.6)
     held = await first.pool(backend, 1).enter("long answer", FREE, 10)
     patient = Plan("free", priority=2, queue_patience_s=2.0)
     with pytest.raises(Overloaded):  # three leases long, and the slot never came free
@@ -140,7 +163,7 @@ async def test_a_slot_redis_lost_is_added_back_by_the_replica_that_holds_it(
     """Redis restarted empty while a request runs: its replica's next renewal puts the slot
     back, so another replica cannot start a second request on a one-slot backend."""
     backend = f"gpu-{uuid.uuid4().hex}"
-    first, second = replicas(2, lease_ttl=0.6)
+    first, second = await replicas(2, lease_ttl=0.6)
     held = await first.pool(backend, 1).enter("long answer", FREE, 10)
     gate = first.gate
     assert gate is not None
@@ -187,7 +210,7 @@ async def test_a_replica_takes_a_free_slot_at_once_but_never_one_somebody_waits_
     at once while the backend has one free, None, queuing nothing, once it is full or while a
     request waits for it on another replica; and a slot taken so is renewed like any other."""
     backend = f"gpu-{uuid.uuid4().hex}"
-    first, second = replicas(2, lease_ttl=0.6)
+    first, second = await replicas(2, lease_ttl=0.6)
     gate = first.gate
     assert gate is not None
     taken = await first.pool(backend, 2).try_enter("quick", FREE, 10)
@@ -208,6 +231,42 @@ async def test_a_replica_takes_a_free_slot_at_once_but_never_one_somebody_waits_
     taken.release(10)
     tail.release(10)
     await until_async(lambda: gate.running(backend), 0)
+
+
+async def test_a_freed_slot_is_announced_only_while_a_replica_waits_for_one(
+    replicas: Fleet, client: Redis
+) -> None:
+    """Releasing a slot tells the other replicas only when one of them has a request waiting:
+    a fleet's announcements follow its queueing, not its traffic times its replicas."""
+    backend = f"gpu-{uuid.uuid4().hex}"
+    first, second = await replicas(2)
+    gate = first.gate
+    assert gate is not None and gate.announce is not None
+    channel = gate.announce(backend)[0]
+    async with client.pubsub() as pubsub:
+        await pubsub.subscribe(channel)
+        for n in range(10):  # nobody waits: nothing is announced
+            (await first.pool(backend, 2).enter(f"u{n}", FREE, 10)).release(10)
+        held = [await first.pools[backend].enter(f"h{n}", FREE, 10) for n in range(2)]
+        waiting = asyncio.create_task(second.pool(backend, 2).enter("waiter", FREE, 10))
+        heads = gate._keys(backend)[1]
+        await until_async(lambda: client.zcard(heads), 1)  # its head is forward in Redis
+        held[0].release(10)  # a replica waits: announced, and its request gets the slot
+        (await waiting).release(10)
+        held[1].release(10)
+        await until_async(lambda: gate.running(backend), 0)
+        await client.publish(channel, "end")  # after every release above, on the same channel
+        heard: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 10
+        while True:
+            assert time.monotonic() < deadline, "the end of the test's messages never came"
+            message = await pubsub.get_message(timeout=1)
+            if message is None or message["type"] != "message":
+                continue
+            if message["data"] == b"end":
+                break
+            heard.append(json.loads(message["data"]))
+    assert [(m["topic"], m["pool"]) for m in heard] == [("slot", backend)]
 
 
 async def until_async(value: Callable[[], Awaitable[int]], wanted: int) -> None:

@@ -50,7 +50,7 @@ async def test_once_redis_is_back_the_connections_from_before_start_no_new_outag
         errors = state.errors
         for _ in range(3):
             verdicts = await asyncio.gather(*(state.reserve([limit], 0.0) for _ in range(10)))
-            assert state.up and all(v[0].allowed for v in verdicts)
+            assert state.up and all(v.granted for v in verdicts)
         assert state.errors == errors
     levels = [r.levelno for r in caplog.records if r.name == "lamplighter.traffic.redis_state"]
     assert levels == [logging.ERROR, logging.WARNING]  # one outage, one recovery

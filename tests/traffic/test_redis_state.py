@@ -33,6 +33,7 @@ from lamplighter.traffic.redis_state import RedisState
 from lamplighter.traffic.state import Limit, MemoryState
 from tests.conftest import SCRIPTED, LiveServer, make_settings
 from tests.traffic import redis_worker
+from tests.traffic.redis_worker import give_back_slot, take_slot
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("LAMPLIGHTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -101,8 +102,8 @@ async def test_limits_hold_exactly_across_four_processes(prefix: str) -> None:
     assert allowed == 71
     async with RedisState(REDIS_URL, prefix=prefix) as state:
         # The 89 refused attempts spent neither requests nor tokens.
-        assert (await state.peek(requests, 0.0))[0] == 100 - 71
-        assert (await state.peek(tokens, 0.0))[0] == 500 - 71 * 7
+        assert (await state.peek([requests], 0.0))[0][0] == 100 - 71
+        assert (await state.peek([tokens], 0.0))[0][0] == 500 - 71 * 7
 
 
 async def test_stream_caps_and_limits_hold_exactly_across_racing_replicas(prefix: str) -> None:
@@ -111,23 +112,23 @@ async def test_stream_caps_and_limits_hold_exactly_across_racing_replicas(prefix
     replicas = [RedisState(REDIS_URL, prefix=prefix, timeout=5.0) for _ in range(5)]
     try:
         racers = [replicas[i % 5] for i in range(60)]
-        leases = await asyncio.gather(*(state.acquire_stream("u", 7) for state in racers))
+        leases = await asyncio.gather(*(take_slot(state, "u", 7) for state in racers))
         held = [(state, lease) for state, lease in zip(racers, leases, strict=True) if lease]
         assert len(held) == 7
         # A slot given back goes to exactly one of the next racers.
-        await held[0][0].release_stream("u", held[0][1])
-        again = await asyncio.gather(*(state.acquire_stream("u", 7) for state in racers))
+        await give_back_slot(held[0][0], "u", held[0][1])
+        again = await asyncio.gather(*(take_slot(state, "u", 7) for state in racers))
         assert sum(lease is not None for lease in again) == 1
 
         # Settling a request gives its slot back in the same call as its unused tokens.
         state, lease = held[1]
         await state.settle([], 0.0, ("u", lease))
-        again = await asyncio.gather(*(state.acquire_stream("u", 7) for state in racers))
+        again = await asyncio.gather(*(take_slot(state, "u", 7) for state in racers))
         assert sum(lease is not None for lease in again) == 1
 
         limit = Limit("u:requests", "requests", Rate(37, DAY), 1)
         verdicts = await asyncio.gather(*(state.reserve([limit], 0.0) for state in racers * 3))
-        assert sum(v[0].allowed for v in verdicts) == 37
+        assert sum(v.granted for v in verdicts) == 37
     finally:
         for state in replicas:
             await state.stop()
@@ -162,7 +163,9 @@ steps = st.lists(
                 max_size=3,
                 unique_by=lambda pair: pair[0],
             ),
+            st.one_of(st.none(), st.integers(min_value=1, max_value=3)),  # a stream cap, if any
         ),
+        st.tuples(st.just("end"), st.integers(min_value=0, max_value=5)),  # a stream ends
         st.tuples(
             st.just("settle"),
             st.lists(
@@ -199,6 +202,7 @@ async def _replay(initial: list[Rate], sequence: list[tuple[object, ...]]) -> No
         assert isinstance(key, int) and isinstance(cost, int)
         return Limit(f"u:{key}", "n", rate[key], cost)
 
+    streams: list[tuple[str, str]] = []  # the leases each state holds, in the same order
     try:
         for step in sequence:
             match step:
@@ -206,20 +210,32 @@ async def _replay(initial: list[Rate], sequence: list[tuple[object, ...]]) -> No
                     now += seconds
                 case ("change", int(key), Rate() as new):
                     rate[key] = new
-                case ("reserve", list(costs)):
+                case ("reserve", list(costs), most):
                     limits = [limit(key, cost) for key, cost in costs]
-                    got = await shared.reserve(limits, now)
-                    assert got == await memory.reserve(limits, now), step
+                    stream = None if most is None else ("s", most)
+                    got = await shared.reserve(limits, now, stream)
+                    expected = await memory.reserve(limits, now, stream)
+                    assert got.verdicts == expected.verdicts, step
+                    assert got.standing == expected.standing, step
+                    assert got.no_stream_slot == expected.no_stream_slot, step
+                    assert (got.lease is None) == (expected.lease is None), step
+                    if got.lease is not None and expected.lease is not None:
+                        streams.append((got.lease, expected.lease))
+                case ("end", int(which)):
+                    if streams:
+                        ours, theirs = streams.pop(which % len(streams))
+                        await shared.settle([], now, ("s", ours))
+                        await memory.settle([], now, ("s", theirs))
                 case ("settle", list(given_back)):
                     refunds = [(limit(key), float(units)) for key, units in given_back]
                     await shared.settle(refunds, now)
                     await memory.settle(refunds, now)
-                    for key, _ in given_back:
-                        assert await shared.peek(limit(key), now) == await memory.peek(
-                            limit(key), now
-                        )
+                    touched = [limit(key) for key, _ in given_back]
+                    assert await shared.peek(touched, now) == await memory.peek(touched, now)
                 case ("peek", key):
-                    assert await shared.peek(limit(key), now) == await memory.peek(limit(key), now)
+                    assert await shared.peek([limit(key)], now) == await memory.peek(
+                        [limit(key)], now
+                    )
                 case _:
                     raise AssertionError(f"unknown step {step}")
         assert shared.errors == 0
@@ -237,7 +253,7 @@ async def test_a_dead_replicas_slots_lapse_and_a_live_ones_are_renewed(prefix: s
         RedisState(REDIS_URL, prefix=prefix, lease_ttl=ttl, timeout=5.0) as live,
         RedisState(REDIS_URL, prefix=prefix, lease_ttl=ttl, timeout=5.0) as probe,
     ):
-        kept = await live.acquire_stream("u", 2)
+        kept = await take_slot(live, "u", 2)
         since = time.monotonic()
         doomed = await asyncio.create_subprocess_exec(
             *worker("hold", REDIS_URL, prefix, "u", "2", str(ttl)),
@@ -246,16 +262,16 @@ async def test_a_dead_replicas_slots_lapse_and_a_live_ones_are_renewed(prefix: s
         )
         assert doomed.stdout is not None
         assert await asyncio.wait_for(doomed.stdout.readline(), 30) == b"held\n"
-        assert await probe.acquire_stream("u", 2) is None  # both slots are held
+        assert await take_slot(probe, "u", 2) is None  # both slots are held
         doomed.kill()  # SIGKILL: no chance to give anything back
         await doomed.wait()
         killed = time.monotonic()
-        assert await probe.acquire_stream("u", 2) is None  # its lease runs on for a while
+        assert await take_slot(probe, "u", 2) is None  # its lease runs on for a while
 
         freed: list[str] = []
 
         async def reclaim() -> bool:
-            lease = await probe.acquire_stream("u", 2)
+            lease = await take_slot(probe, "u", 2)
             if lease is not None:
                 freed.append(lease)
             return lease is not None
@@ -264,18 +280,18 @@ async def test_a_dead_replicas_slots_lapse_and_a_live_ones_are_renewed(prefix: s
         while not await reclaim():
             assert time.monotonic() < deadline, "the dead replica's slot never came back"
             await asyncio.sleep(0.05)
-        await probe.release_stream("u", freed[0])
+        await give_back_slot(probe, "u", freed[0])
 
         # Past three TTLs, the live replica's slot is still its own: only the dead one's frees.
         while time.monotonic() < since + 3 * ttl:
-            lease = await probe.acquire_stream("u", 2)
+            lease = await take_slot(probe, "u", 2)
             assert lease is not None
-            assert await probe.acquire_stream("u", 2) is None
-            await probe.release_stream("u", lease)
+            assert await take_slot(probe, "u", 2) is None
+            await give_back_slot(probe, "u", lease)
             await asyncio.sleep(0.1)
         assert kept is not None
-        await live.release_stream("u", kept)
-        assert None not in [await probe.acquire_stream("u", 2) for _ in range(2)]
+        await give_back_slot(live, "u", kept)
+        assert None not in [await take_slot(probe, "u", 2) for _ in range(2)]
 
 
 # -- Redis going away -------------------------------------------------------------------------
@@ -339,24 +355,24 @@ async def test_an_outage_fails_open_to_a_share_or_closed_and_recovers_by_itself(
         RedisState(throwaway.url, failure="closed", retry_interval=0.2) as closed,
     ):
         metrics.watch_redis(open_)
-        assert [(await open_.reserve([daily], 0.0))[0].allowed for _ in range(3)] == [True] * 3
+        assert [(await open_.reserve([daily], 0.0)).granted for _ in range(3)] == [True] * 3
         assert gauge(metrics, "lamplighter_redis_up") == 1.0
 
         throwaway.stop()
         # Failing open, this replica allows its share: 10 a day over 2 replicas is 5 here,
         # whatever the shared bucket had left.
-        verdicts = [(await open_.reserve([daily], 0.0))[0].allowed for _ in range(8)]
+        verdicts = [(await open_.reserve([daily], 0.0)).granted for _ in range(8)]
         assert verdicts == [True] * 5 + [False] * 3
         assert gauge(metrics, "lamplighter_redis_up") == 0.0
         assert gauge(metrics, "lamplighter_redis_errors_total") >= 1
-        leases = [await open_.acquire_stream("u", 3) for _ in range(3)]
+        leases = [await take_slot(open_, "u", 3) for _ in range(3)]
         assert [lease is not None for lease in leases] == [True, True, False]  # ceil(3 / 2)
         # Failing closed, it refuses with a 503 that says why.
         with pytest.raises(Overloaded, match="Redis"):
             await closed.reserve([daily], 0.0)
         with pytest.raises(Overloaded):
-            await closed.acquire_stream("u", 3)
-        assert await closed.peek(daily, 0.0) == (0, 0.2)  # headers: nothing to spend for now
+            await take_slot(closed, "u", 3)
+        assert await closed.peek([daily], 0.0) == [(0, 0.2)]  # headers: nothing to spend for now
         ours = [r for r in caplog.records if r.name == "lamplighter.traffic.redis_state"]
         assert [r.levelno for r in ours] == [
             logging.ERROR
@@ -369,11 +385,11 @@ async def test_an_outage_fails_open_to_a_share_or_closed_and_recovers_by_itself(
         assert [r.levelno for r in ours] == [logging.ERROR] * 2 + [logging.WARNING] * 2
         for lease in leases:
             if lease is not None:
-                await open_.release_stream("u", lease)
+                await give_back_slot(open_, "u", lease)
         # Shared again: the two replicas together get the plan's 10, not 5 each.
-        together = [(await state.reserve([daily], 0.0))[0].allowed for state in [open_, closed] * 6]
+        together = [(await state.reserve([daily], 0.0)).granted for state in [open_, closed] * 6]
         assert sum(together) == 10
-        remaining, refilled_in = await closed.peek(daily, 0.0)
+        [(remaining, refilled_in)] = await closed.peek([daily], 0.0)
         assert remaining == 0
         assert refilled_in == pytest.approx(DAY, abs=60)
 
