@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lamplighter.abuse.violations import ViolationPolicy, Violations
@@ -64,6 +64,41 @@ def test_repeated_bans_double_up_to_the_cap(repeats: int) -> None:
     assert lengths == [min(10_000, 100 * 2**i) for i in range(repeats)]
 
 
+def test_a_client_that_waits_as_told_is_never_scored_for_being_refused() -> None:
+    """The OpenAI SDKs retry a 429 twice, waiting as ``retry-after`` says: a program that runs
+    more requests at once than its plan allows is refused, call after call, and never banned."""
+    clock = Clock()
+    scores = Violations(POLICY, clock)
+    for _ in range(200):  # three attempts a call, a second apart, for a while
+        assert scores.record("concurrency", "user:a", "ip:198.51.100.1", retry_after=1.0) == []
+        clock.now += 1.0
+    assert scores.score("user:a") == scores.score("ip:198.51.100.1") == 0.0
+    # Coming back early is scored, from the second refusal on: ten weigh 2 each past the
+    # threshold of 10 (the first told it to wait; the fifth scored bans).
+    bans = [scores.record("concurrency", "user:a", retry_after=1.0) for _ in range(6)]
+    assert [len(b) for b in bans] == [0, 0, 0, 0, 0, 1]
+    assert bans[-1][0].reason == "concurrency"
+
+
+@settings(max_examples=200)
+@given(st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 2.0, 5.0]), max_size=40))
+def test_a_refusal_is_scored_when_it_came_sooner_than_the_last_one_said(gaps: list[float]) -> None:
+    """Against a model: refusal i (after ``gaps[i]`` seconds) is scored when an earlier one
+    told the caller to wait longer than that (with 0.1 s of slack)."""
+    clock = Clock()
+    policy = ViolationPolicy(threshold=1e9, half_life_s=1e12)  # no decay, no ban: a count
+    scores = Violations(policy, clock)
+    told: float | None = None
+    expected = 0
+    for gap in gaps:
+        clock.now += gap
+        scores.record("rate_limited", "user:a", retry_after=1.0)
+        if told is not None and clock.now + 0.1 < told:
+            expected += 1
+        told = clock.now + 1.0
+    assert scores.score("user:a") == pytest.approx(expected)
+
+
 def test_loopback_is_never_banned_and_weights_come_from_config() -> None:
     policy = ViolationPolicy.from_config(
         {"threshold": 3, "weights": {"login_failed": 0.5}, "exempt": ["10.0.0.0/8"]}
@@ -113,9 +148,10 @@ def test_a_scripted_scraper_is_banned_with_its_address(strict: LiveServer) -> No
             if response.status_code == 403:
                 break
         banned = response
-    # Ten refusals reach the threshold (a hair later, as the score decays meanwhile).
+    # It never waits as told: every refusal after the first is scored, and ten reach the
+    # threshold (a hair later, as the score decays meanwhile).
     refused = statuses[1:-1]
-    assert statuses[0] == 200 and set(refused) == {429} and 10 <= len(refused) <= 11
+    assert statuses[0] == 200 and set(refused) == {429} and 11 <= len(refused) <= 12
     assert statuses[-1] == 403
     error = banned.json()["error"]
     assert error["code"] == "temporarily_banned" and "rate limited" in error["message"]

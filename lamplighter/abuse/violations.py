@@ -7,6 +7,12 @@ a limit now and then never gets near the threshold, while a script hammering the
 climbs fast. At ``threshold`` the subject is banned for ``ban_s``, doubling with each repeat up to
 ``max_ban_s``, and its score starts again from zero. Weights and thresholds come from the
 ``[abuse]`` table of the config file. State is per process (shared state comes with Redis).
+
+A refusal that tells the caller when to come back (a 429 with ``retry-after``) counts only if the
+caller came back sooner than a refusal of the same kind told it to. Clients that honour
+``retry-after``, as the OpenAI SDKs do with their automatic retries, are never scored for being
+refused: five calls of the SDK over a plan's concurrent-stream cap (three attempts each, a
+second apart) once got a person banned. A script that ignores it climbs as fast as before.
 """
 
 from __future__ import annotations
@@ -114,6 +120,9 @@ class _Score:
 
 class Violations:
     MAX_SUBJECTS = 200_000
+    # How much sooner than told a caller may come back and still count as having waited:
+    # clients' timers and the network are not exact.
+    EARLY_S = 0.1
 
     def __init__(
         self,
@@ -127,6 +136,7 @@ class Violations:
         self._scores: dict[str, _Score] = {}
         self._bans: dict[str, Ban] = {}
         self._repeats: dict[str, int] = {}
+        self._told: dict[tuple[str, str], float] = {}  # (subject, kind) -> come back after
 
     def score(self, subject: str) -> float:
         entry = self._scores.get(subject)
@@ -135,8 +145,10 @@ class Violations:
         elapsed = max(0.0, self.clock() - entry.at)
         return entry.value * math.pow(0.5, elapsed / self.policy.half_life_s)
 
-    def record(self, kind: str, *subjects: str) -> list[Ban]:
-        """Count a violation against each subject; the bans it started, if any."""
+    def record(self, kind: str, *subjects: str, retry_after: float | None = None) -> list[Ban]:
+        """Count a violation against each subject; the bans it started, if any. A refusal that
+        told the caller to come back in ``retry_after`` seconds counts against a subject only
+        if an earlier one of the same kind told it to wait longer than it did."""
         weight = self.policy.weights.get(kind, 1.0)
         if weight <= 0:
             return []
@@ -145,6 +157,11 @@ class Violations:
         for subject in subjects:
             if self.policy.exempted(subject):
                 continue
+            if retry_after is not None:
+                told = self._told.get((subject, kind), -math.inf)
+                self._told[(subject, kind)] = max(told, now + retry_after)
+                if now + self.EARLY_S >= told:  # it waited as told (or was never told)
+                    continue
             value = self.score(subject) + weight
             if value >= self.policy.threshold and self.banned(subject) is None:
                 repeat = self._repeats.get(subject, 0) + 1
@@ -161,7 +178,7 @@ class Violations:
                 started.append(ban)
             else:
                 self._scores[subject] = _Score(value, now)
-        if len(self._scores) > self.MAX_SUBJECTS:
+        if len(self._scores) > self.MAX_SUBJECTS or len(self._told) > self.MAX_SUBJECTS:
             self._forget()
         return started
 
@@ -172,6 +189,8 @@ class Violations:
         return max(found, key=lambda ban: ban.until, default=None)
 
     def _forget(self) -> None:
-        """Drop scores that have decayed to almost nothing."""
+        """Drop scores that have decayed to almost nothing, and waits that are over."""
         for subject in [s for s in self._scores if self.score(s) < 0.01]:
             del self._scores[subject]
+        now = self.clock()
+        self._told = {told: until for told, until in self._told.items() if until > now}

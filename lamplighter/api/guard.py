@@ -38,10 +38,12 @@ def refuse_banned(state: Services, *of: str) -> None:
 
 
 def count(state: Services, error: APIError, *of: str) -> None:
-    """Count a refusal against ``of`` when it is the kind that abuse is made of."""
+    """Count a refusal against ``of`` when it is the kind that abuse is made of (and, if it
+    says when to come back, the caller did not wait as an earlier one told it to)."""
     if error.violation is not None:
         state.chat.metrics.violations.labels(error.violation).inc()
-        state.violations.record(error.violation, *of)
+        retry_after = getattr(error, "retry_after", None)
+        state.violations.record(error.violation, *of, retry_after=retry_after)
 
 
 async def watch_prompt(state: Services, who: Principal, question: str) -> None:
