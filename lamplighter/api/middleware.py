@@ -35,7 +35,7 @@ class RequestIds:
         rid = given if _CLIENT_ID.match(given) else uuid7().hex
         token = request_id.set(rid)
         started = time.perf_counter()
-        status = 500
+        status: int | None = None
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -44,9 +44,15 @@ class RequestIds:
                 MutableHeaders(scope=message)["x-request-id"] = rid
             await send(message)
 
+        failed = True
         try:
             await self.app(scope, receive, send_with_id)
+            failed = False
         finally:
+            if status is None:
+                # Nothing was sent: the app raised (500), or it gave up on a client that had
+                # left (a response abandoned on disconnect: 499, as proxies log it).
+                status = 500 if failed else 499
             access.info(
                 "request",
                 extra={
