@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import MODEL, SCRIPTED, LiveServer
 
 HELLO = [{"role": "user", "content": "hi"}]
+HELLO_PART = {"type": "text", "text": "What is in this picture?"}
 
 
 def post(server: LiveServer, key: str | None, body: Any, **kwargs: Any) -> httpx.Response:
@@ -54,6 +55,7 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
             "stream_options",
         ),
         ({"model": MODEL, "messages": HELLO, "wat": 1}, "wat"),
+        ({"model": MODEL, "messages": [{"role": "user"}]}, "messages[0].content"),
     ],
 )
 def test_bad_requests_are_400_naming_the_parameter(
@@ -65,6 +67,52 @@ def test_bad_requests_are_400_naming_the_parameter(
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
     assert param.split("[")[0].split(".")[0] in error["message"] or error["code"]
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code", "says"),
+    [
+        # OpenAI parameters not offered here: unsupported, and why, not "unrecognized".
+        (
+            {"model": MODEL, "messages": HELLO, "tools": [{"type": "function"}]},
+            "tools",
+            "unsupported_parameter",
+            "Unsupported parameter: 'tools' is not supported here: tool calling",
+        ),
+        (
+            {"model": MODEL, "messages": HELLO, "response_format": {"type": "json_object"}},
+            "response_format",
+            "unsupported_parameter",
+            "structured output",
+        ),
+        (
+            {"model": MODEL, "messages": [{"role": "assistant", "tool_calls": []}, *HELLO]},
+            "messages[0].tool_calls",
+            "unsupported_parameter",
+            "tool calling is not offered",
+        ),
+        # An image among the parts: that part is named, not "should be a valid string".
+        (
+            {"model": MODEL, "messages": [{"role": "user", "content": [HELLO_PART, IMAGE]}]},
+            "messages[0].content[1].type",
+            None,
+            "only text content parts are supported here, not 'image_url'",
+        ),
+        # Not a JSON object at all.
+        ([1], None, None, "The request body must be a JSON object"),
+    ],
+)
+def test_what_is_refused_says_why(
+    server: LiveServer, user: tuple[str, str], body: Any, param: str, code: str, says: str
+) -> None:
+    response = post(server, user[1], body)
+    assert response.status_code == 400, response.text
+    error = error_of(response)
+    assert (error["param"], error["code"]) == (param, code)
+    assert says in error["message"] and "None" not in error["message"]
 
 
 def test_a_prompt_longer_than_the_context_is_400(server: LiveServer, user: tuple[str, str]) -> None:

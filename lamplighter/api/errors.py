@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,10 +21,53 @@ def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
 
 
+# OpenAI parameters this server does not offer, and why: refused as unsupported, which says more
+# than "unrecognized" about a field a developer copied from OpenAI's reference.
+UNSUPPORTED = {
+    "tools": "tool calling is not offered",
+    "tool_choice": "tool calling is not offered",
+    "functions": "function calling is not offered",
+    "function_call": "function calling is not offered",
+    "tool_calls": "tool calling is not offered",
+    "tool_call_id": "tool calling is not offered",
+    "response_format": "structured output (JSON mode and JSON schemas) is not offered",
+    "logit_bias": "the engines here take no logit bias",
+    "top_logprobs": "log probabilities are not offered",
+    "audio": "only text is offered",
+    "modalities": "only text is offered",
+    "prediction": "predicted outputs are not offered",
+    "reasoning_effort": "the models here do not reason in separate steps",
+    "service_tier": "there is one service tier; plans set priorities",
+    "web_search_options": "web search is not offered",
+}
+
+
+def _union_branch(part: int | str) -> bool:
+    """Whether a location part names the member of a union pydantic tried ("str",
+    "list[TextPart]") rather than a field."""
+    return isinstance(part, str) and ("[" in part or part in {"str", "int"})
+
+
+def _most_telling(errors: Sequence[Any]) -> Any:
+    """The error to report. For a union (a message's content: a string or a list of parts)
+    pydantic reports one error per member; the one from the member the input's type matches
+    says what is wrong (a list of parts with an image: that part, not "should be a string")."""
+    first = errors[0]
+    location = tuple(first.get("loc", ()))
+    branch = next((i for i, part in enumerate(location) if _union_branch(part)), None)
+    if branch is None or not isinstance(first.get("input"), list) or "[" in str(location[branch]):
+        return first
+    prefix = location[:branch]
+    for error in errors[1:]:
+        other = tuple(error.get("loc", ()))
+        if other[:branch] == prefix and len(other) > branch and "[" in str(other[branch]):
+            return error
+    return first
+
+
 def _param(location: tuple[int | str, ...]) -> str | None:
     parts = [part for part in location if part != "body"]
-    # pydantic names the member of a union it tried ("str", "list[TextPart]"); drop those.
-    parts = [p for p in parts if not (isinstance(p, str) and ("[" in p or p in {"str", "int"}))]
+    parts = [part for part in parts if not _union_branch(part)]
     if not parts:
         return None
     name = str(parts[0])
@@ -33,21 +77,36 @@ def _param(location: tuple[int | str, ...]) -> str | None:
 
 
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
-    first = cast(RequestValidationError, exc).errors()[0]
+    errors = cast(RequestValidationError, exc).errors()
+    first = errors[0]
     if first.get("type") == "json_invalid":
         message = "We could not parse the JSON body of your request. Send valid JSON."
         return error_response(_InvalidBody(message))
     if first.get("type") == "missing" and first.get("loc") == ("body",):
         return error_response(_InvalidBody("The request needs a JSON body."))
-    param = _param(tuple(first.get("loc", ())))
+    first = _most_telling(errors)
+    location = tuple(first.get("loc", ()))
+    param = _param(location)
     detail = first.get("msg", "invalid value")
-    if first.get("type") == "extra_forbidden":
+    field = location[-1] if location else None
+    code = None
+    if param is None:
+        message = f"The request body must be a JSON object: {detail}."
+    elif first.get("type") == "extra_forbidden" and field in UNSUPPORTED:
+        message = f"Unsupported parameter: '{param}' is not supported here: {UNSUPPORTED[field]}."
+        code = "unsupported_parameter"
+    elif first.get("type") == "extra_forbidden":
         message = f"Unrecognized request argument supplied: {param}"
     elif first.get("type") == "missing":
         message = f"Missing required parameter: '{param}'."
+    elif field == "type" and "content" in location and isinstance(first.get("input"), str):
+        message = (
+            f"Invalid value for '{param}': only text content parts are supported here, "
+            f"not '{first['input']}'."
+        )
     else:
         message = f"Invalid value for '{param}': {detail}."
-    return error_response(_InvalidBody(message, param=param))
+    return error_response(_InvalidBody(message, param=param, code=code))
 
 
 class _InvalidBody(APIError):

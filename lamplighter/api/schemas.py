@@ -91,6 +91,12 @@ class ChatCompletionRequest(Body):
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
+        for index, message in enumerate(self.messages):
+            # Only an assistant's message may leave its content out (OpenAI's rule: there it
+            # may carry tool calls instead); anyone else's missing content is a mistake.
+            if message.role != "assistant" and "content" not in message.model_fields_set:
+                param = f"messages[{index}].content"
+                raise InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
         if isinstance(self.stop, list) and len(self.stop) > 4:
             raise InvalidRequest("'stop' takes at most 4 sequences", param="stop")
         if self.logprobs:
