@@ -212,6 +212,29 @@ def test_a_rating_with_reason_and_comment_is_stored_and_shown_after_a_reload(
     )
 
 
+def test_the_feedback_form_opens_in_view_with_the_focus_in_it(tabs: Tabs, person: Person) -> None:
+    tab = tabs.open(viewport={"width": 1280, "height": 560})
+    tab.login(person)
+    tab.pick_model(SCRIPTED)
+    for n in range(3):  # enough to fill the thread, so the last answer ends at its bottom
+        tab.echo(f"question {n}: " + "a few more words to make it longer " * 8)
+    answer = tab.answers().last
+    answer.get_by_test_id("thumbs-down").click()
+    form = answer.get_by_test_id("rating-form")
+    expect(form).to_be_visible()
+    expect(form).to_contain_text("What was wrong with this answer?")
+    expect(form.get_by_test_id("rating-reason").first).to_be_focused()
+    shown = tab.page.locator("#thread").bounding_box()
+    box = form.bounding_box()
+    assert shown and box
+    assert shown["y"] - 1 <= box["y"], (shown, box)
+    assert box["y"] + box["height"] <= shown["y"] + shown["height"] + 1, (shown, box)
+
+    tab.page.keyboard.press("Escape")  # closes the form, back on the thumb
+    expect(form).to_have_count(0)
+    expect(answer.get_by_test_id("thumbs-down")).to_be_focused()
+
+
 # 4. Nothing a model writes runs ----------------------------------------------------------------
 
 XSS = [

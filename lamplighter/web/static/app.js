@@ -158,6 +158,8 @@
     ratingOpen: null, // id of the assistant message whose rating form is open
     ratingThanks: null, // id of the message that just got "Thanks for the feedback"
     notes: new Map(), // message id -> 'stopped' | 'lost' | 'error' (what this page saw happen)
+    unsent: new Map(), // conversation id ('' for a new chat) -> a message not sent (see keepUnsent)
+    bannerKind: null, // 'connection' while the banner says the server cannot be reached, else 'other'
     verdicts: new Map(), // regenerated answer id -> 'ask' | 'thanks' (see buildVerdict)
     improving: null, // id of the answer whose "Improve this answer" editor is open
     reveal: null, // { id, conv, timer } while a side-by-side's vote result is shown (see vote)
@@ -228,6 +230,7 @@
     } catch {
       throw new ApiError('Could not reach the server. Check your connection and try again.', 0, 'network_error', null);
     }
+    clearConnectionError(); // the server answered: whatever it said, it can be reached again
     if (res.status === 401) {
       goToLogin();
       throw new ApiError('Your session has expired. Please log in again.', 401, 'authentication_error', null);
@@ -247,19 +250,29 @@
   // ---------------------------------------------------------------------------------------------
   // Error banner and announcements
 
-  function showError(message) {
+  /** Show the banner. kind 'connection' is for "could not reach the server": it goes away by
+   *  itself once a request gets an answer; any other banner stays until dismissed or replaced. */
+  function showError(message, kind = 'other') {
     els.bannerText.textContent = message;
     els.banner.hidden = false;
+    state.bannerKind = kind;
   }
 
   function hideError() {
     els.banner.hidden = true;
     els.bannerText.textContent = '';
+    state.bannerKind = null;
   }
+
+  function clearConnectionError() {
+    if (state.bannerKind === 'connection') hideError();
+  }
+
+  const isNetworkError = (err) => err instanceof ApiError && err.status === 0;
 
   function reportError(err) {
     if (err instanceof ApiError && err.status === 401) return; // already leaving for /login
-    showError(err && err.message ? err.message : String(err));
+    showError(err && err.message ? err.message : String(err), isNetworkError(err) ? 'connection' : 'other');
   }
 
   function announce(text) {
@@ -281,6 +294,7 @@
       path: [],
       pending: null,
       loading: false,
+      loadError: null, // why the conversation could not be loaded (then it has an id and nothing else)
       comparisons: new Map(), // id -> comparison JSON (side-by-sides, verdicts, corrections)
     };
     for (const m of data?.messages ?? []) addMsg(conv, m);
@@ -1089,7 +1103,20 @@
     } catch (err) {
       reportError(err);
     }
-    if (isShown(conv)) rerenderMessage(conv, id, focusId);
+    if (!isShown(conv)) return;
+    rerenderMessage(conv, id, focusId);
+    if (state.ratingOpen === id) revealRatingForm(id);
+  }
+
+  /** Bring a just-opened feedback form into view and put the focus in its first field (Escape
+   *  or its × closes it and returns the focus to the thumb). */
+  function revealRatingForm(id) {
+    const el = els.messages.querySelector(`[data-testid="message"][data-id="${CSS.escape(id)}"]`);
+    const form = el && el.querySelector('[data-testid="rating-form"]');
+    if (!form) return;
+    form.scrollIntoView({ block: 'nearest' });
+    const first = form.querySelector('input, textarea');
+    if (first) first.focus({ preventScroll: true });
   }
 
   /** Replace one message's element in place, keeping focus on the control with `focusTestId`. */
@@ -1126,6 +1153,7 @@
       nodes.push(pair ? buildPair(conv, pair) : buildMessage(conv, m));
     }
     if (conv.pending) nodes.push(...buildPending(conv));
+    if (conv.loadError) nodes.push(buildLoadFailed(conv));
     els.messages.replaceChildren(...nodes);
     els.loading.hidden = !conv.loading;
     els.welcome.hidden = conv.loading || nodes.length > 0;
@@ -1137,9 +1165,26 @@
 
   function renderTitle() {
     const conv = state.conv;
-    const title = conv && conv.id ? (conv.title || 'Untitled chat') : 'New chat';
+    if (conv && conv.loadError && !conv.title) {
+      // Not loaded: the sidebar may know its title (it may also arrive after the failure).
+      const summary = state.conversations.find((c) => c.id === conv.id);
+      if (summary && summary.title) conv.title = summary.title;
+    }
+    let title = 'New chat';
+    if (conv && conv.id) title = conv.title || (conv.loadError ? 'Chat not loaded' : 'Untitled chat');
     els.title.textContent = conv && conv.loading ? '' : title;
     document.title = conv && conv.id && conv.title ? `${conv.title} · Lamplighter` : 'Lamplighter';
+  }
+
+  /** In place of the thread of a conversation that could not be loaded. */
+  function buildLoadFailed(conv) {
+    return h('section', { class: 'load-failed', testid: 'load-failed', 'aria-labelledby': 'load-failed-title' },
+      h('div', { role: 'alert' },
+        h('p', { class: 'load-failed-title', id: 'load-failed-title', text: `Couldn't load this chat` }),
+        h('p', { class: 'load-failed-detail', text: conv.loadError })),
+      h('button', {
+        type: 'button', class: 'btn btn-small', testid: 'load-retry', onclick: () => retryLoad(conv),
+      }, icon('regenerate'), 'Retry'));
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -1252,10 +1297,14 @@
     // A side-by-side waiting for its vote: the next message would continue one of two answers
     // nobody has chosen yet, so the composer asks for the vote first.
     const vote = !state.stream && !!conv && !conv.loading && needsVote(conv);
-    const blocked = !!state.stream || !conv || conv.loading || vote;
-    els.composer.disabled = vote;
-    els.composer.placeholder = vote ? 'Pick the better answer to continue' : 'Message Lamplighter';
-    els.form.classList.toggle('is-waiting', vote);
+    // A conversation that did not load: a message now would have no parent to go under, and the
+    // server would file it as a new first message, beside the whole history, without its context.
+    const unloaded = !!conv && !!conv.loadError;
+    const blocked = !!state.stream || !conv || conv.loading || vote || unloaded;
+    els.composer.disabled = vote || unloaded;
+    els.composer.placeholder = vote ? 'Pick the better answer to continue'
+      : unloaded ? 'Load this chat to continue' : 'Message Lamplighter';
+    els.form.classList.toggle('is-waiting', vote || unloaded);
     els.send.disabled = blocked || !els.composer.value.trim();
   }
 
@@ -1282,6 +1331,7 @@
     state.editing = null;
     state.ratingOpen = null;
     state.improving = null;
+    state.unsent.delete(conv.id || ''); // this message takes the place of one that was not sent
     conv.path = parentId ? pathTo(conv, parentId) : [];
     conv.pending = {
       content: content ?? null, parentId: parentId ?? null, kind, lost: false,
@@ -1511,6 +1561,7 @@
         showError(s.error.message);
       } else if (conv.pending) {
         conv.pending.lost = true;
+        keepUnsent(conv);
       }
     } else {
       for (const t of s.tracks.values()) settleTrack(conv, t, t === main ? outcome : (s.stopped ? 'stopped' : 'lost'));
@@ -1571,6 +1622,7 @@
         const under = childrenOf(conv, conv.pending.parentId);
         if (under.length > conv.pending.siblingsBefore) {
           conv.pending = null;
+          state.unsent.delete(conv.id);
           conv.path = branchThrough(conv, under[under.length - 1]);
         }
       } else if (seenLeaf && conv.msgs.has(seenLeaf)) {
@@ -1581,6 +1633,39 @@
       if (isShown(conv) && !state.editing && !state.ratingOpen && !state.improving) renderThread();
       if (!unsettled) return;
     }
+  }
+
+  /**
+   * A message whose request failed before the server said it had it (`conv.pending.lost`) exists
+   * only in this page: keep it per conversation, so that leaving the chat and coming back shows
+   * it again, with its Retry, instead of losing what the person wrote.
+   */
+  function keepUnsent(conv) {
+    const p = conv.pending;
+    if (!p || p.content == null) return; // a regeneration: nothing was written to keep
+    state.unsent.set(conv.id || '', {
+      content: p.content, parentId: p.parentId, kind: p.kind, siblingsBefore: p.siblingsBefore,
+    });
+  }
+
+  /** Show a conversation's unsent message again (conv was just built from the server's copy). */
+  function restoreUnsent(conv) {
+    const key = conv.id || '';
+    const u = state.unsent.get(key);
+    if (!u) return;
+    if (u.parentId !== null && !conv.msgs.has(u.parentId)) {
+      // What it answered is gone (deleted elsewhere): give the text back rather than drop it.
+      state.unsent.delete(key);
+      if (!els.composer.value) els.composer.value = u.content;
+      return;
+    }
+    const later = childrenOf(conv, u.parentId).slice(u.siblingsBefore);
+    if (later.some((id) => conv.msgs.get(id).content === u.content)) {
+      state.unsent.delete(key); // the server stored it after all: the tree shows it
+      return;
+    }
+    conv.pending = { ...u, lost: true };
+    conv.path = u.parentId ? pathTo(conv, u.parentId) : [];
   }
 
   function stopStreaming() {
@@ -1734,6 +1819,7 @@
       if (token !== state.listToken) return;
       state.conversations = Array.isArray(data && data.data) ? data.data : [];
       renderSidebar();
+      if (state.conv && state.conv.loadError) renderTitle();
     } catch (err) {
       if (token === state.listToken) reportError(err);
     }
@@ -1786,6 +1872,7 @@
       return;
     }
     state.conversations = state.conversations.filter((c) => c.id !== id);
+    state.unsent.delete(id);
     if (state.renaming && state.renaming.id === id) state.renaming = null;
     renderSidebar();
     if (state.stream && state.stream.conv.id === id) stopStreaming();
@@ -1940,12 +2027,13 @@
     state.improving = null;
     endReveal();
     state.conv = newConv(null);
+    restoreUnsent(state.conv);
     renderThread();
     highlightCurrent();
     if (!NARROW.matches) els.composer.focus();
   }
 
-  async function openConversation(id, { push = false } = {}) {
+  async function openConversation(id, { push = false, keepFocus = false } = {}) {
     if (push) history.pushState({}, '', `/c/${encodeURIComponent(id)}`);
     state.editing = null;
     state.ratingOpen = null;
@@ -1967,21 +2055,42 @@
     try {
       const data = await api('GET', convUrl(id));
       if (token !== state.loadToken) return;
-      state.conv = newConv(data);
+      const conv = newConv(data);
+      restoreUnsent(conv);
+      state.conv = conv;
       renderThread();
       highlightCurrent();
       scrollToBottom(true);
+      // The Retry button that had the focus is gone: give it to the message box.
+      if (keepFocus && focusLost() && !NARROW.matches) els.composer.focus();
     } catch (err) {
       if (token !== state.loadToken) return;
       if (err instanceof ApiError && (err.status === 404 || err.status === 422 || err.status === 400)) {
         showError('That chat does not exist or was deleted.');
         showNewChat({ replace: true });
       } else {
+        // Keep the failure in view with a way to try again; never show it as an empty chat,
+        // which would invite a message with no history under it.
+        const refocus = keepFocus || focusLost();
         placeholder.loading = false;
+        placeholder.loadError = err && err.message ? err.message : String(err);
         renderThread();
-        reportError(err);
+        const retry = els.messages.querySelector('[data-testid="load-retry"]');
+        if (refocus && retry) retry.focus();
       }
     }
+  }
+
+  /** Whether the focus is nowhere in particular, or in a message box that is about to be disabled. */
+  function focusLost() {
+    const active = document.activeElement;
+    return !active || active === document.body || active === els.composer;
+  }
+
+  function retryLoad(conv) {
+    if (state.conv !== conv || !conv.loadError) return;
+    const keepFocus = els.messages.contains(document.activeElement) || focusLost();
+    openConversation(conv.id, { keepFocus });
   }
 
   function route() {
@@ -1993,7 +2102,7 @@
       } catch {
         // keep raw
       }
-      if (!(state.conv && state.conv.id === id && !state.conv.loading)) openConversation(id);
+      if (!(state.conv && state.conv.id === id && !state.conv.loading && !state.conv.loadError)) openConversation(id);
     } else {
       showNewChat();
     }
@@ -2032,7 +2141,7 @@
     const text = els.composer.value;
     const conv = state.conv;
     if (state.reveal && state.reveal.conv === conv) collapsePair(conv, state.reveal.id, false);
-    if (!text.trim() || state.stream || !conv || conv.loading || needsVote(conv)) return;
+    if (!text.trim() || state.stream || !conv || conv.loading || conv.loadError || needsVote(conv)) return;
     const parentId = conv.pending ? conv.pending.parentId : leafOf(conv);
     els.composer.value = '';
     autogrow(els.composer, 200);
@@ -2153,6 +2262,10 @@
     });
 
     window.addEventListener('popstate', () => route());
+    // Back online: a chat that could not be loaded tries again by itself.
+    window.addEventListener('online', () => {
+      if (state.conv && state.conv.loadError) retryLoad(state.conv);
+    });
   }
 
   wire();
