@@ -126,6 +126,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 404:
         error.message = f"Unknown request URL: {request.method} {request.url.path}."
         error.code = "unknown_url"
+    elif exc.status_code == 405:
+        allowed = next((v for k, v in error.headers.items() if k.lower() == "allow"), "")
+        error.message = f"{request.method} is not allowed on {request.url.path}" + (
+            f"; use {allowed}." if allowed else "."
+        )
+        error.code = "method_not_allowed"
     return error_response(error)
 
 
