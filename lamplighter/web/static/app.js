@@ -157,7 +157,7 @@
     editing: null, // id of the user message being edited
     ratingOpen: null, // id of the assistant message whose rating form is open
     ratingThanks: null, // id of the message that just got "Thanks for the feedback"
-    notes: new Map(), // message id -> 'stopped' | 'lost' | 'error' (what this page saw happen)
+    notes: new Map(), // message id -> 'stopped' | 'lost' | 'interrupted' | 'error' (what this page saw happen)
     unsent: new Map(), // conversation id ('' for a new chat) -> a message not sent (see keepUnsent)
     bannerKind: null, // 'connection' while the banner says the server cannot be reached, else 'other'
     verdicts: new Map(), // regenerated answer id -> 'ask' | 'thanks' (see buildVerdict)
@@ -484,13 +484,17 @@
     }
   }
 
-  const NOTE_TEXT = { stopped: 'Stopped', lost: 'Connection lost', error: 'Error' };
+  const NOTE_TEXT = { stopped: 'Stopped', lost: 'Connection lost', interrupted: 'Interrupted', error: 'Error' };
+  // How the server stores an answer it cut off itself: at a shutdown's deadline ('shutdown'), or
+  // found unfinished after a crash ('interrupted'). One the person stopped is 'cancelled'.
+  const CUT_BY_SERVER = new Set(['shutdown', 'interrupted']);
+  const SHUTTING_DOWN = 'server_shutting_down';
 
   function noteKindFor(m, streaming) {
     if (streaming) return null;
     const seen = state.notes.get(m.id);
     if (seen) return seen;
-    if (m.status === 'cut') return 'stopped';
+    if (m.status === 'cut') return CUT_BY_SERVER.has(m.finish_reason) ? 'interrupted' : 'stopped';
     if (m.status === 'error') return 'error';
     return null;
   }
@@ -582,7 +586,7 @@
 
     const noteKind = noteKindFor(m, streaming);
     if (noteKind) {
-      const retry = (noteKind === 'lost' || noteKind === 'error') && !pair
+      const retry = (noteKind === 'lost' || noteKind === 'interrupted' || noteKind === 'error') && !pair
         ? () => startChat({ conv, parentId: m.parent_id ?? null, content: null, kind: 'regenerate' })
         : null;
       content.append(buildNote(noteKind, m._errorMessage || null, m.role === 'assistant' ? retry : null));
@@ -1392,7 +1396,7 @@
     const content = m.content || '';
     // Usually empty; if the answer already has text, later deltas continue it.
     const html = content && typeof m.html === 'string' ? m.html : '';
-    return { id: m.id, html, tail: content && !html ? content : '', bodyEl: null, done: false, error: null };
+    return { id: m.id, html, tail: content && !html ? content : '', bodyEl: null, done: false, error: null, interrupted: false };
   }
 
   /** Re-render the thread during a stream (the pair's layout changed), keeping the scroll. */
@@ -1495,8 +1499,14 @@
       }
       case 'error': {
         const err = data.error || data;
-        const message = (err && typeof err.message === 'string' && err.message) || 'The answer could not be completed.';
         const t = trackFor(s, data);
+        if (err && err.code === SHUTTING_DOWN) {
+          // The server is stopping and cut the answer off: not a failure of the answer, and not
+          // the person's Stop. What arrived stays, with Retry (another server answers it).
+          if (t) t.interrupted = true;
+          break;
+        }
+        const message = (err && typeof err.message === 'string' && err.message) || 'The answer could not be completed.';
         if (t) t.error = { message };
         if (data.slot !== 'b') s.error = { message };
         break;
@@ -1513,6 +1523,7 @@
     if (t.done) {
       state.notes.delete(m.id);
       if (m.status === 'error') state.notes.set(m.id, 'error');
+      else if (m.status === 'cut' && (t.interrupted || CUT_BY_SERVER.has(m.finish_reason))) state.notes.set(m.id, 'interrupted');
       return;
     }
     m._partial = { html: t.html, tail: t.tail };
@@ -1523,6 +1534,9 @@
     } else if (outcome === 'stopped') {
       m.status = 'cut';
       state.notes.set(m.id, 'stopped');
+    } else if (t.interrupted) {
+      m.status = 'cut';
+      state.notes.set(m.id, 'interrupted');
     } else {
       m.status = 'cut';
       state.notes.set(m.id, 'lost');
@@ -1706,7 +1720,29 @@
     return 'Older';
   }
 
+  /** Which sidebar control has the focus, to put it back on the same one after a re-render. */
+  function sidebarFocus() {
+    const el = document.activeElement;
+    if (!el || !els.convList.contains(el)) return null;
+    const li = el.closest('[data-testid="conversation-item"]');
+    if (!li) return null;
+    return { id: li.dataset.id, testid: el.dataset.testid || null, link: el.classList.contains('conv-link') };
+  }
+
+  function restoreSidebarFocus(kept) {
+    if (!kept || (document.activeElement && document.activeElement !== document.body)) return;
+    const li = els.convList.querySelector(`[data-testid="conversation-item"][data-id="${CSS.escape(kept.id)}"]`);
+    if (!li) return;
+    // The same control if it is still there; the rename field, once renaming ends, gives way to
+    // the Rename button it came from.
+    const target = (kept.link && li.querySelector('.conv-link'))
+      || (kept.testid && li.querySelector(`[data-testid="${CSS.escape(kept.testid)}"]`))
+      || (kept.testid === 'rename-input' && li.querySelector('[data-testid="rename"]'));
+    if (target) target.focus({ preventScroll: true });
+  }
+
   function renderSidebar() {
+    const kept = sidebarFocus();
     const items = [];
     let lastGroup = null;
     for (const c of state.conversations) {
@@ -1718,6 +1754,7 @@
       items.push(buildConvItem(c));
     }
     els.convList.replaceChildren(...items);
+    restoreSidebarFocus(kept);
     if (!state.conversations.length) {
       els.convEmpty.textContent = state.query ? 'No chats match your search.' : 'Your chats will appear here.';
       els.convEmpty.hidden = false;
