@@ -141,6 +141,18 @@ class Tab:
         expect(self.page.get_by_test_id("send")).to_be_visible()
         return answer
 
+    def retry_completes(self, cut: Locator, text: str) -> Locator:
+        """Click Retry on the cut answer ``cut`` (its stream no longer intercepted): a new
+        answer to ``text`` from scripted-echo, whole, beside it as branch 2 / 2. Returns it."""
+        cut_id = cut.get_attribute("data-id")
+        cut.get_by_test_id("retry").click()
+        answer = self.answer_done()
+        expect(answer.locator(BODY)).to_have_text(f"You said: {text}")
+        expect(answer.get_by_test_id("branch-label")).to_have_text("2 / 2")
+        expect(answer.get_by_test_id("message-note")).to_have_count(0)
+        assert answer.get_attribute("data-id") not in (None, cut_id)
+        return answer
+
     def echo(self, text: str) -> Locator:
         """Send a message to scripted-echo and wait for its whole answer; returns the answer."""
         count = self.answers().count()
