@@ -46,7 +46,10 @@ from tests.conftest import POSTGRES_URL, ThreadedServer, _postgres_available, fr
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
-REDIS_URL = os.environ.get("LAMPLIGHTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# A Redis database per pytest-xdist worker (gw0 -> 0, gw1 -> 1): fleets running side by side in
+# two workers must not hear each other's bulletins. The overhead benchmark's test keeps to 15.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+REDIS_URL = os.environ.get("LAMPLIGHTER_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{_WORKER}")
 REDIS_SERVER = "/usr/bin/redis-server"
 SIM_MODEL = "sim-llama-3-8b-instruct"
 ROOMY = """
@@ -285,7 +288,8 @@ class Gateway(HttpServer):
     """``lamplighter serve``, configured the documented way: LAMPLIGHTER_* variables (one for
     each of ``settings``) and the TOML file LAMPLIGHTER_CONFIG names. Nothing of the test's own
     environment leaks in. Unless ``settings`` say otherwise, one of three replicas sharing the
-    Redis at REDIS_URL, with no embedded engine, its data in ``<logs>/<name>``."""
+    Redis at REDIS_URL, with no embedded engine, its data in ``<logs>/<name>``, and no drain
+    grace (no load balancer needs time to notice it stopping, unless a test puts one in front)."""
 
     def __init__(self, name: str, logs: Path, **settings: object) -> None:
         super().__init__(name, logs)
@@ -295,6 +299,7 @@ class Gateway(HttpServer):
             "redis_url": REDIS_URL,
             "replicas": 3,
             "embedded_engine": "false",
+            "drain_grace": 0,
             **settings,
         }
 

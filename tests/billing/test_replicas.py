@@ -23,8 +23,7 @@ from lamplighter.store.usage import UsageLedger
 from tests.billing.conftest import PRICED_TOML, user_id_of, webhook
 from tests.billing.factories import SECRET, checkout_completed, signed, subscription_event
 from tests.conftest import SCRIPTED, LiveServer, make_settings
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from tests.fleet import REDIS_URL
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from lamplighter.traffic.bulletin import Bulletin
 from lamplighter.traffic.clock import SystemClock
 from lamplighter.traffic.gate import SlotGate
 from lamplighter.traffic.plans import Plan
+from tests.fleet import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 FREE = Plan("free", priority=2, queue_patience_s=20)
 PLUS = Plan("plus", priority=1, queue_patience_s=20)
 

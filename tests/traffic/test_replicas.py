@@ -17,8 +17,8 @@ from lamplighter.engines.scripted import ScriptedBackend
 from lamplighter.settings import Settings
 from lamplighter.traffic.cache import SHARED_PREFIX
 from tests.conftest import SCRIPTED, LiveServer, make_settings
+from tests.fleet import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 PLAN = """
 [plans.shared]
 requests_per_minute = 100
