@@ -168,7 +168,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             "redis_lease_s": LEASE_TTL,
             "log_level": "warning",
             "shutdown_timeout": 2,
-            "drain_grace": 0,  # stopping at the end of the module need not wait for a balancer
         }
         replicas = [
             processes.add(Gateway(name, logs, redis_failure=failure, **shared))

@@ -252,6 +252,8 @@ def start_gateway(
         LAMPLIGHTER_HOST="127.0.0.1",
         LAMPLIGHTER_PORT=str(port),
         LAMPLIGHTER_EMBEDDED_ENGINE="false",
+        # No load balancer in front: stopping need not keep serving while one notices.
+        LAMPLIGHTER_DRAIN_GRACE="0",
     )
     if redis_url:
         env["LAMPLIGHTER_REDIS_URL"] = redis_url
