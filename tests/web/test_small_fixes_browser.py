@@ -1,6 +1,7 @@
-"""Three small things in the web pages, in a real Chromium against the real server: an answer a
+"""Small things in the web pages, in a real Chromium against the real server: an answer a
 stopping server cut off says so and offers Retry (not "Stopped"), the operator console fits a
-phone, and renaming a chat with Enter leaves the focus on that chat's Rename button.
+phone, renaming a chat with Enter leaves the focus on that chat's Rename button, and the plan's
+requests this minute read as what is left.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Route, ViewportSize, expect
 
-from tests.conftest import SCRIPTED
+from tests.conftest import SCRIPTED, LiveServer
 from tests.web.browser import BODY, Tab, Tabs
-from tests.web.conftest import Person
+from tests.web.conftest import Person, new_person
 
 expect.set_options(timeout=15_000)
 
@@ -196,3 +197,18 @@ def test_renaming_a_chat_with_enter_leaves_the_focus_on_its_rename_button(tab: T
     expect(item.get_by_test_id("rename-input")).to_be_focused()
     page.keyboard.press("Escape")
     expect(item.get_by_test_id("rename")).to_be_focused()
+
+
+# 4. What is left of the plan ---------------------------------------------------------------------
+
+
+def test_the_requests_this_minute_read_as_what_is_left(tabs: Tabs, server: LiveServer) -> None:
+    """It read "0/60 requests this minute", as if none were used when none were left."""
+    tab = tabs.open()
+    tab.login(new_person(server, plan="plus"))  # 60 requests a minute
+    tab.pick_model(SCRIPTED)
+    limits = tab.page.get_by_test_id("limits")
+    expect(limits).to_contain_text("60 of 60 requests left this minute")
+    tab.send("count me")
+    tab.answer_done()
+    expect(limits).to_contain_text("59 of 60 requests left this minute")

@@ -1941,8 +1941,8 @@
     const details = [];
     const rpm = limits.requests_per_minute;
     if (rpm && typeof rpm.limit === 'number') {
-      parts.push(`${rpm.remaining ?? rpm.limit}/${rpm.limit} requests this minute`);
-      details.push(`Requests: ${rpm.remaining ?? rpm.limit} of ${rpm.limit} left this minute`);
+      parts.push(`${compact(rpm.remaining ?? rpm.limit)} of ${compact(rpm.limit)} requests left this minute`);
+      details.push(`Requests: ${compact(rpm.remaining ?? rpm.limit)} of ${compact(rpm.limit)} left this minute`);
     }
     const tpm = limits.tokens_per_minute;
     if (tpm && typeof tpm.limit === 'number') {
