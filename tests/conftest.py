@@ -37,6 +37,9 @@ MODEL = "smollm2-135m-instruct"
 SCRIPTED = "scripted-echo"
 FAILING = "scripted-failing"
 _skipped_postgres: list[str] = []
+# llama.cpp's threads spin while they wait for each other: under `make test`'s two workers on two
+# cores, each worker's model gets one, so the two never fight over a core.
+THREADS = 1 if "PYTEST_XDIST_WORKER" in os.environ else 2
 
 
 def free_port() -> int:
@@ -48,7 +51,9 @@ def free_port() -> int:
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     """Settings for a test instance: nothing read from this machine's environment."""
-    return load_settings(env={}, data_dir=data_dir, port=free_port(), n_threads=2, **overrides)
+    return load_settings(
+        env={}, data_dir=data_dir, port=free_port(), n_threads=THREADS, **overrides
+    )
 
 
 class ThreadedServer:
@@ -135,7 +140,7 @@ def server(
     """One server for the session: the real embedded model (loaded once) and a scripted one."""
 
     async def backends(_: Settings) -> list[Backend]:
-        embedded = EmbeddedBackend(bundled_model_path(), MODEL, n_ctx=2048, n_threads=2)
+        embedded = EmbeddedBackend(bundled_model_path(), MODEL, n_ctx=2048, n_threads=THREADS)
         await embedded.load()
         return [embedded, scripted, ScriptedBackend(FAILING, fail_after=3)]
 

@@ -28,6 +28,7 @@ def start(data_dir: Path, port: int) -> subprocess.Popen[str]:
         "LAMPLIGHTER_DATA_DIR": str(data_dir),
         "LAMPLIGHTER_PORT": str(port),
         "LAMPLIGHTER_SHUTDOWN_TIMEOUT": "1",
+        "LAMPLIGHTER_N_THREADS": "1",  # the model's threads spin: leave the other core be
     }
     return subprocess.Popen(
         [sys.executable, "-m", "lamplighter", "serve"],
