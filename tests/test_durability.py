@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
-from tests.conftest import MODEL, free_port
+from tests.conftest import MODEL, THREADS, free_port
 from tests.test_cli import run, wait_ready
 
 
@@ -28,7 +28,7 @@ def start(data_dir: Path, port: int) -> subprocess.Popen[str]:
         "LAMPLIGHTER_DATA_DIR": str(data_dir),
         "LAMPLIGHTER_PORT": str(port),
         "LAMPLIGHTER_SHUTDOWN_TIMEOUT": "1",
-        "LAMPLIGHTER_N_THREADS": "1",  # the model's threads spin: leave the other core be
+        "LAMPLIGHTER_N_THREADS": str(THREADS),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "lamplighter", "serve"],

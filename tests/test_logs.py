@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import MODEL, SCRIPTED, LiveServer, free_port
+from tests.conftest import MODEL, SCRIPTED, THREADS, LiveServer, free_port
 from tests.test_cli import run, wait_ready
 
 
@@ -34,7 +34,7 @@ def test_logs_are_json_with_request_ids_and_no_secrets(tmp_path: Path) -> None:
         "LAMPLIGHTER_PORT": str(port),
         "LAMPLIGHTER_LOG_LEVEL": "debug",
         "LAMPLIGHTER_DRAIN_GRACE": "0",  # no load balancer to wait for when it stops
-        "LAMPLIGHTER_N_THREADS": "1",  # the model's threads spin: leave the other core be
+        "LAMPLIGHTER_N_THREADS": str(THREADS),
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "lamplighter", "serve"],

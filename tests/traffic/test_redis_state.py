@@ -30,7 +30,7 @@ from lamplighter.traffic.limiters import Rate
 from lamplighter.traffic.redis_state import RedisState
 from lamplighter.traffic.state import Limit, MemoryState
 from tests.conftest import SCRIPTED, LiveServer, make_settings
-from tests.fleet import REDIS_URL, redis_answers
+from tests.fleet import REDIS_URL, needs_redis, redis_answers
 from tests.traffic import redis_worker
 from tests.traffic.redis_worker import give_back_slot, take_slot
 
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DAY = 86_400.0
 
 
-pytestmark = pytest.mark.skipif(not redis_answers(), reason=f"no Redis answers at {REDIS_URL}")
+pytestmark = needs_redis
 
 
 async def forget(prefix: str, url: str = REDIS_URL) -> None:
