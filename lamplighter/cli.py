@@ -11,15 +11,19 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TextIO, TypeVar
 
 import typer
 
-from lamplighter.accounts import AccountService
 from lamplighter.exceptions import APIError, ConfigError
 from lamplighter.settings import Settings, load_settings
-from lamplighter.store import migrate
-from lamplighter.store.database import Database
+
+if TYPE_CHECKING:
+    # The store, its migrations and the services import SQLAlchemy, Alembic and the rest of the
+    # gateway (0.9 s); each command imports what it uses, so `sim-backend`, `top` and `bench`
+    # start without them.
+    from lamplighter.accounts import AccountService
+    from lamplighter.store.database import Database
 
 T = TypeVar("T")
 
@@ -46,10 +50,19 @@ def _settings(config: Path | None = None, **overrides: Any) -> Settings:
         raise typer.Exit(2) from exc
 
 
-def _with_db(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> T:
-    """Migrate, then run ``action`` with the database."""
+def _upgrade(settings: Settings) -> None:
+    """Create the data directory and apply every pending migration."""
+    from lamplighter.store import migrate
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(settings.resolved_database_url)
+
+
+def _with_db(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> T:
+    """Migrate, then run ``action`` with the database."""
+    from lamplighter.store.database import Database
+
+    _upgrade(settings)
 
     async def main() -> T:
         db = Database(settings.resolved_database_url)
@@ -63,6 +76,8 @@ def _with_db(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> 
 
 def _run(settings: Settings, action: Callable[[AccountService], Awaitable[T]]) -> T:
     """Migrate, then run ``action`` against the account service; API errors become exit 1."""
+    from lamplighter.accounts import AccountService
+
     try:
         return _with_db(settings, lambda db: action(AccountService(db)))
     except APIError as exc:
@@ -310,27 +325,21 @@ def export(
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     settings = _settings(config)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings.resolved_database_url)
 
-    async def main() -> Any:
-        db = Database(settings.resolved_database_url)
-        try:
-            total = await count_messages(db)
-            with tqdm(total=total, unit="msg", desc=f"export {kind}", file=sys.stderr) as bar:
-                exporter = Exporter(db, settings.training_consent_default)
-                return await exporter.run(
-                    kind,
-                    out,
-                    since=since,
-                    format=format_,
-                    min_trust=min_trust,
-                    progress=bar.update,
-                )
-        finally:
-            await db.close()
+    async def main(db: Database) -> Any:
+        total = await count_messages(db)
+        with tqdm(total=total, unit="msg", desc=f"export {kind}", file=sys.stderr) as bar:
+            exporter = Exporter(db, settings.training_consent_default)
+            return await exporter.run(
+                kind,
+                out,
+                since=since,
+                format=format_,
+                min_trust=min_trust,
+                progress=bar.update,
+            )
 
-    report = asyncio.run(main())
+    report = _with_db(settings, main)
     removed = sum(report.removed.values())
     typer.echo(
         f"wrote {report.rows} rows to {out / report.filename} ({removed} left out; see README.md)"
@@ -397,9 +406,7 @@ def credits_review(config: ConfigOption = None) -> None:
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Apply every pending migration."""
-    settings = _settings(config)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings.resolved_database_url)
+    _upgrade(_settings(config))
     typer.echo("database is at the latest revision")
 
 
