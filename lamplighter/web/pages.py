@@ -234,7 +234,12 @@ async def _chat_page(request: Request, state: Services, conversation: str | None
         "chat.html",
         {
             "csrf_token": visitor.csrf_token,
-            "user": {"email": who.email, "plan": who.plan, "is_admin": who.is_admin},
+            "user": {
+                "id": str(who.user_id),
+                "email": who.email,
+                "plan": who.plan,
+                "is_admin": who.is_admin,
+            },
         },
         headers={"cache-control": "no-store"},
     )
@@ -266,7 +271,12 @@ async def _console(request: Request, state: Services, section: str) -> Response:
         {
             "csrf_token": visitor.csrf_token,
             "section": section,
-            "user": {"email": who.email, "plan": who.plan, "is_admin": who.is_admin},
+            "user": {
+                "id": str(who.user_id),
+                "email": who.email,
+                "plan": who.plan,
+                "is_admin": who.is_admin,
+            },
         },
         headers={"cache-control": "no-store"},
     )

@@ -71,8 +71,9 @@ def test_a_chat_that_fails_to_load_offers_retry_and_cannot_be_written_to_until_i
     page = tab.page
     conversation_id, answer_id = new_chat_with(tab, "the first question")
     title = page.get_by_test_id("conversation-title").first.inner_text()
+    tab.composer.fill("a draft")  # this chat's own
     page.get_by_test_id("new-chat").click()
-    tab.composer.fill("a draft")
+    expect(tab.composer).to_have_value("")
     before = web.tree(conversation_id)
 
     page.route(f"**/api/conversations/{conversation_id}", refuse)
@@ -87,7 +88,7 @@ def test_a_chat_that_fails_to_load_offers_retry_and_cannot_be_written_to_until_i
     # Nothing can be sent into a chat whose history the page does not have: it would start a
     # new branch beside the old one, without its context.
     expect(tab.composer).to_be_disabled()
-    expect(tab.composer).to_have_value("a draft")  # kept for later
+    expect(tab.composer).to_have_value("a draft")  # kept for when it loads
     expect(page.get_by_test_id("send")).to_be_disabled()
     retry = page.get_by_test_id("load-retry")
     expect(retry).to_be_enabled()

@@ -11,6 +11,8 @@
   const csrfToken = document.querySelector('meta[name="csrf-token"]')?.content ?? '';
   const NARROW = window.matchMedia('(max-width: 719.98px)');
   const MODEL_KEY = 'lamplighter.model';
+  // Drafts are kept per account: another person logging in on this browser never sees them.
+  const DRAFT_PREFIX = `lamplighter.draft.${document.querySelector('meta[name="user-id"]')?.content ?? ''}.`;
 
   // ---------------------------------------------------------------------------------------------
   // Small DOM helpers
@@ -159,7 +161,8 @@
     ratingThanks: null, // id of the message that just got "Thanks for the feedback"
     notes: new Map(), // message id -> 'stopped' | 'lost' | 'interrupted' | 'error' (what this page saw happen)
     unsent: new Map(), // conversation id ('' for a new chat) -> a message not sent (see keepUnsent)
-    bannerKind: null, // 'connection' while the banner says the server cannot be reached, else 'other'
+    bannerKind: null, // 'connection' while the banner says the server cannot be reached, 'wait' while it counts down to a retry, else 'other'
+    waitTimer: null, // the countdown's interval while bannerKind is 'wait'
     verdicts: new Map(), // regenerated answer id -> 'ask' | 'thanks' (see buildVerdict)
     improving: null, // id of the answer whose "Improve this answer" editor is open
     reveal: null, // { id, conv, timer } while a side-by-side's vote result is shown (see vote)
@@ -171,12 +174,24 @@
   // API
 
   class ApiError extends Error {
-    constructor(message, status, type, code) {
+    /** retryAfterMs: how long a refusal asks to wait (null: it does not say); requestsLeft: the
+     *  plan's requests left this minute, from `x-ratelimit-remaining-requests` (null: not sent). */
+    constructor(message, status, type, code, { retryAfterMs = null, requestsLeft = null } = {}) {
       super(message);
       this.status = status;
       this.type = type;
       this.code = code;
+      this.retryAfterMs = retryAfterMs;
+      this.requestsLeft = requestsLeft;
     }
+  }
+
+  /** How long a response asks to wait, in ms: `retry-after-ms`, else `retry-after` in seconds. */
+  function retryAfterMs(headers) {
+    const ms = Number(headers.get('retry-after-ms'));
+    if (ms > 0) return ms;
+    const s = Number(headers.get('retry-after'));
+    return s > 0 ? s * 1000 : null;
   }
 
   function goToLogin() {
@@ -207,7 +222,11 @@
       else if (res.status >= 500) message = `The server had a problem (HTTP ${res.status}). Please try again.`;
       else message = `Request failed (HTTP ${res.status}).`;
     }
-    return new ApiError(message, res.status, type, code);
+    const left = res.headers.get('x-ratelimit-remaining-requests');
+    return new ApiError(message, res.status, type, code, {
+      retryAfterMs: retryAfterMs(res.headers),
+      requestsLeft: left === null || left === '' || Number.isNaN(Number(left)) ? null : Number(left),
+    });
   }
 
   function jsonHeaders() {
@@ -253,15 +272,72 @@
   /** Show the banner. kind 'connection' is for "could not reach the server": it goes away by
    *  itself once a request gets an answer; any other banner stays until dismissed or replaced. */
   function showError(message, kind = 'other') {
+    stopWaiting();
     els.bannerText.textContent = message;
     els.banner.hidden = false;
     state.bannerKind = kind;
   }
 
   function hideError() {
+    stopWaiting();
     els.banner.hidden = true;
     els.bannerText.textContent = '';
     state.bannerKind = null;
+  }
+
+  function stopWaiting() {
+    clearInterval(state.waitTimer);
+    state.waitTimer = null;
+  }
+
+  /** A wait as a person reads it: "45 s", "12 min", "3 h 20 min". */
+  function waitText(ms) {
+    const seconds = Math.max(1, Math.ceil(ms / 1000));
+    if (seconds < 90) return `${seconds} s`;
+    const minutes = Math.round(seconds / 60);
+    if (minutes < 90) return `${minutes} min`;
+    const hours = Math.floor(minutes / 60);
+    return minutes % 60 ? `${hours} h ${minutes % 60} min` : `${hours} h`;
+  }
+
+  /** A refusal in the words of someone chatting; the API's own wording names its buckets. */
+  function refusalHeadline(err) {
+    if (err.code === 'insufficient_quota') return 'You have used your plan’s tokens for today.';
+    if (err.status === 429 && err.type === 'tokens') return 'You have used your plan’s tokens for this minute.';
+    if (err.status === 429 && err.type === 'requests' && err.requestsLeft === 0) {
+      return 'You have sent as many messages this minute as your plan allows.';
+    }
+    if (err.status === 503 && err.code === 'overloaded') {
+      return 'Too many people are chatting right now, and your message could not start in time.';
+    }
+    return err.message;
+  }
+
+  /**
+   * A refusal that says when to come back: the banner counts down to that moment, then goes
+   * away by itself and the sidebar's limits are read again. The countdown is hidden from screen
+   * readers (the banner is an alert, and would be read out every second); they hear the wait once.
+   */
+  function showWait(err) {
+    hideError();
+    const deadline = Date.now() + err.retryAfterMs;
+    const lead = err.status === 429 ? 'You can send again in' : 'Try again in';
+    const ticking = h('span', { 'aria-hidden': 'true', testid: 'wait' });
+    const spoken = h('span', { class: 'sr-only', text: `${lead} ${waitText(err.retryAfterMs)}.` });
+    els.bannerText.replaceChildren(`${refusalHeadline(err)} `, ticking, spoken);
+    els.banner.hidden = false;
+    state.bannerKind = 'wait';
+    const tick = () => {
+      const left = deadline - Date.now(); // not a count of ticks: timers in a hidden tab slow down
+      if (left > 0) {
+        ticking.textContent = `${lead} ${waitText(left)}.`;
+        return;
+      }
+      hideError();
+      refreshMe();
+    };
+    tick();
+    state.waitTimer = setInterval(tick, 1000);
   }
 
   function clearConnectionError() {
@@ -272,6 +348,10 @@
 
   function reportError(err) {
     if (err instanceof ApiError && err.status === 401) return; // already leaving for /login
+    if (err instanceof ApiError && err.retryAfterMs) {
+      showWait(err);
+      return;
+    }
     showError(err && err.message ? err.message : String(err), isNetworkError(err) ? 'connection' : 'other');
   }
 
@@ -1552,13 +1632,10 @@
 
     if (outcome === 'http-error') {
       conv.pending = null;
-      if (httpError) showError(httpError.message);
+      if (httpError) reportError(httpError);
       conv.path = s.prevPath.filter((id) => conv.msgs.has(id));
-      if (isShown(conv)) {
-        if ((s.kind === 'new') && s.request.content && !els.composer.value) {
-          els.composer.value = s.request.content;
-          autogrow(els.composer, 200);
-        }
+      if (isShown(conv) && s.kind === 'new' && s.request.content && !els.composer.value) {
+        setComposer(s.request.content);
       }
     } else if (!m) {
       // Ended before `start`: nothing of the answer is known.
@@ -1566,8 +1643,7 @@
         conv.pending = null;
         conv.path = s.prevPath.filter((id) => conv.msgs.has(id));
         if (isShown(conv) && s.kind === 'new' && s.request.content && !els.composer.value) {
-          els.composer.value = s.request.content;
-          autogrow(els.composer, 200);
+          setComposer(s.request.content);
         }
       } else if (outcome === 'error') {
         conv.pending = null;
@@ -1670,7 +1746,7 @@
     if (u.parentId !== null && !conv.msgs.has(u.parentId)) {
       // What it answered is gone (deleted elsewhere): give the text back rather than drop it.
       state.unsent.delete(key);
-      if (!els.composer.value) els.composer.value = u.content;
+      if (!els.composer.value) setComposer(u.content);
       return;
     }
     const later = childrenOf(conv, u.parentId).slice(u.siblingsBefore);
@@ -1910,6 +1986,7 @@
     }
     state.conversations = state.conversations.filter((c) => c.id !== id);
     state.unsent.delete(id);
+    safeStorageRemove(`${DRAFT_PREFIX}${id}`);
     if (state.renaming && state.renaming.id === id) state.renaming = null;
     renderSidebar();
     if (state.stream && state.stream.conv.id === id) stopStreaming();
@@ -1941,7 +2018,7 @@
     const details = [];
     const rpm = limits.requests_per_minute;
     if (rpm && typeof rpm.limit === 'number') {
-      parts.push(`${compact(rpm.remaining ?? rpm.limit)} of ${compact(rpm.limit)} requests left this minute`);
+      parts.push(`${compact(rpm.remaining ?? rpm.limit)} of ${compact(rpm.limit)} request${rpm.limit === 1 ? '' : 's'} left this minute`);
       details.push(`Requests: ${compact(rpm.remaining ?? rpm.limit)} of ${compact(rpm.limit)} left this minute`);
     }
     const tpm = limits.tokens_per_minute;
@@ -2008,6 +2085,14 @@
     try {
       window.localStorage.setItem(key, value);
     } catch {
+      // storage disabled or full
+    }
+  }
+
+  function safeStorageRemove(key) {
+    try {
+      window.localStorage.removeItem(key);
+    } catch {
       // storage disabled
     }
   }
@@ -2064,6 +2149,7 @@
     state.improving = null;
     endReveal();
     state.conv = newConv(null);
+    showDraft(state.conv);
     restoreUnsent(state.conv);
     renderThread();
     highlightCurrent();
@@ -2079,6 +2165,7 @@
     const token = ++state.loadToken;
     if (state.stream && state.stream.conv.id === id) {
       state.conv = state.stream.conv;
+      showDraft(state.conv);
       renderThread();
       highlightCurrent();
       scrollToBottom(true);
@@ -2087,6 +2174,7 @@
     const placeholder = newConv({ id });
     placeholder.loading = true;
     state.conv = placeholder;
+    showDraft(placeholder);
     renderThread();
     highlightCurrent();
     try {
@@ -2174,15 +2262,50 @@
     area.classList.toggle('is-scrolling', area.scrollHeight + 2 > max);
   }
 
+  // Drafts: what is typed in the message box is kept per chat in this browser, so that opening
+  // another chat, or reloading the page, does not lose it. Written on every input: a draft is a
+  // few kB at most, and a timer would risk writing it under the next chat's name.
+  const draftKey = (conv) => `${DRAFT_PREFIX}${conv.id || ''}`;
+
+  function saveDraft() {
+    const conv = state.conv;
+    if (!conv) return;
+    const text = els.composer.value;
+    if (text.trim()) safeStorageSet(draftKey(conv), text);
+    else safeStorageRemove(draftKey(conv));
+  }
+
+  /** Put a chat's draft (or nothing) in the message box; for the chat just shown. */
+  function showDraft(conv) {
+    els.composer.value = safeStorageGet(draftKey(conv)) ?? '';
+    autogrow(els.composer, 200);
+    updateComposer();
+  }
+
+  /** Put text in the message box, as if typed: it is the shown chat's draft too. */
+  function setComposer(text) {
+    els.composer.value = text;
+    autogrow(els.composer, 200);
+    updateComposer();
+    saveDraft();
+  }
+
+  function forgetDrafts() {
+    try {
+      const keys = Array.from({ length: window.localStorage.length }, (_, i) => window.localStorage.key(i));
+      for (const key of keys) if (key && key.startsWith(DRAFT_PREFIX)) window.localStorage.removeItem(key);
+    } catch {
+      // storage disabled
+    }
+  }
+
   function sendFromComposer() {
     const text = els.composer.value;
     const conv = state.conv;
     if (state.reveal && state.reveal.conv === conv) collapsePair(conv, state.reveal.id, false);
     if (!text.trim() || state.stream || !conv || conv.loading || conv.loadError || needsVote(conv)) return;
     const parentId = conv.pending ? conv.pending.parentId : leafOf(conv);
-    els.composer.value = '';
-    autogrow(els.composer, 200);
-    updateComposer();
+    setComposer('');
     startChat({ conv, parentId, content: text, kind: 'new' });
   }
 
@@ -2212,7 +2335,10 @@
     els.composer.addEventListener('input', () => {
       autogrow(els.composer, 200);
       updateComposer();
+      saveDraft();
     });
+    // A draft is this account's: leaving the account leaves none behind in this browser.
+    for (const form of document.querySelectorAll('.logout-form')) form.addEventListener('submit', forgetDrafts);
     els.stop.addEventListener('click', () => stopStreaming());
 
     els.bannerClose.addEventListener('click', () => {

@@ -1,0 +1,121 @@
+"""In a real Chromium against the real server: a refusal for the plan's limits reads in a
+person's words and counts down to when a message can be sent again (on the page's clock, moved
+on by Playwright rather than waited for), and what is typed but not sent is kept per chat across
+chats, reloads and sends, and never shown to the next account on the same browser.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from playwright.sync_api import expect
+
+from tests.conftest import SCRIPTED, LiveServer
+from tests.web.browser import Tab, Tabs
+from tests.web.conftest import new_person
+from tests.web.test_connection_browser import sidebar_link
+
+expect.set_options(timeout=15_000)
+
+WAIT = re.compile(r"^You can send again in (\d+) s\.$")
+
+
+def drafts_in_storage(tab: Tab) -> list[str]:
+    return list(
+        tab.page.evaluate(
+            "Object.keys(localStorage).filter((k) => k.startsWith('lamplighter.draft.'))"
+        )
+    )
+
+
+def test_a_rate_limit_says_so_plainly_counts_down_and_then_goes(
+    tabs: Tabs, server: LiveServer
+) -> None:
+    plan = f"trickle-{uuid.uuid4().hex[:6]}"
+    server.call(
+        lambda s: s.plans.put(plan, {"requests_per_minute": 1, "cache_ttl_s": 0}, create=True)
+    )
+    tab = tabs.open()
+    page = tab.page
+    page.clock.install()  # runs at the real pace until paused
+    tab.login(new_person(server, plan=plan))
+    tab.pick_model(SCRIPTED)
+    limits = page.get_by_test_id("limits")
+    tab.echo("the one message this minute")
+    expect(limits).to_contain_text("0 of 1 request left this minute")
+
+    tabs.expect_console_error(r"Failed to load resource: .* 429")
+    tab.send("one too many")
+    banner = page.get_by_test_id("error-banner")
+    # Not the API's "Rate limit reached for requests per minute on plan '...': limit 1, used 1".
+    expect(banner).to_contain_text(
+        "You have sent as many messages this minute as your plan allows."
+    )
+    countdown = banner.get_by_test_id("wait")
+    expect(countdown).to_have_text(WAIT)
+    expect(tab.composer).to_have_value("one too many")  # nothing typed is lost
+    tab.screenshot("rate-limit-countdown.png")
+
+    now_ms = page.evaluate("Date.now()")
+    page.clock.pause_at((now_ms + 1_000) / 1_000)  # Python's clock takes seconds
+    shown = WAIT.match(countdown.inner_text())
+    assert shown, countdown.inner_text()
+    left = int(shown.group(1))
+    assert 1 < left <= 60, f"the wait for a 1-request-a-minute plan was {left} s"
+    page.clock.run_for(1_000)
+    expect(countdown).to_have_text(f"You can send again in {left - 1} s.")
+    page.clock.run_for((left - 1) * 1_000)
+    expect(banner).to_be_hidden()  # the moment has come: the banner goes by itself
+    expect(tab.composer).to_have_value("one too many")
+    page.clock.resume()
+
+
+def test_an_unsent_message_is_kept_per_chat_across_reloads_until_it_is_sent(
+    tabs: Tabs, server: LiveServer
+) -> None:
+    tab = tabs.open()
+    page = tab.page
+    tab.login(new_person(server))
+    tab.pick_model(SCRIPTED)
+    tab.echo("a first chat")
+    first = tab.conversation_id()
+
+    tab.composer.fill("half a thought for the first chat")
+    page.get_by_test_id("new-chat").click()
+    expect(tab.composer).to_have_value("")  # a new chat starts empty
+    tab.composer.fill("an opening for a new chat")
+    sidebar_link(page, first).click()
+    expect(tab.composer).to_have_value("half a thought for the first chat")
+
+    tab.reload()
+    expect(tab.composer).to_have_value("half a thought for the first chat")
+    page.get_by_test_id("new-chat").click()
+    expect(tab.composer).to_have_value("an opening for a new chat")
+    tab.reload()
+    expect(tab.composer).to_have_value("an opening for a new chat")
+
+    # Sending it is the end of that draft; the other chat's stays.
+    tab.composer.press("Enter")
+    answer = tab.answer_done()
+    expect(answer).to_contain_text("You said: an opening for a new chat")
+    expect(tab.composer).to_have_value("")
+    page.get_by_test_id("new-chat").click()
+    tab.reload()
+    expect(tab.composer).to_have_value("")
+    sidebar_link(page, first).click()
+    expect(tab.composer).to_have_value("half a thought for the first chat")
+
+    # Clearing the box forgets the draft.
+    tab.composer.fill("")
+    tab.reload()
+    expect(tab.composer).to_have_value("")
+
+    # Logging out leaves no drafts behind for the next person on this browser.
+    tab.composer.fill("private words")
+    assert len(drafts_in_storage(tab)) == 1
+    page.get_by_test_id("logout").click()
+    expect(page).to_have_url(re.compile(r"/login"))
+    assert drafts_in_storage(tab) == []
+    tab.login(new_person(server))
+    expect(tab.composer).to_have_value("")
