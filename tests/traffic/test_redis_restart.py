@@ -7,26 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from lamplighter.traffic.limiters import Rate
 from lamplighter.traffic.redis_state import RedisState
 from lamplighter.traffic.state import Limit
-from tests.fleet import REDIS_SERVER, RedisServer
-
-pytestmark = pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason=f"no {REDIS_SERVER}")
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    redis = RedisServer("redis", tmp_path)
-    redis.start()
-    redis.wait_up()
-    yield redis
-    redis.stop()
+from tests.fleet import RedisServer
 
 
 async def test_once_redis_is_back_the_connections_from_before_start_no_new_outage(

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -30,7 +29,7 @@ from lamplighter.traffic.limiters import Rate
 from lamplighter.traffic.redis_state import RedisState
 from lamplighter.traffic.state import Limit, MemoryState
 from tests.conftest import SCRIPTED, LiveServer, make_settings
-from tests.fleet import REDIS_URL, needs_redis, redis_answers
+from tests.fleet import REDIS_URL, RedisServer, needs_redis
 from tests.traffic import redis_worker
 from tests.traffic.redis_worker import give_back_slot, take_slot
 
@@ -285,46 +284,6 @@ async def test_a_dead_replicas_slots_lapse_and_a_live_ones_are_renewed(prefix: s
 # -- Redis going away -------------------------------------------------------------------------
 
 
-class ThrowawayRedis:
-    """A redis-server of the test's own, on a free port, that keeps nothing on disk."""
-
-    def __init__(self) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not redis_answers(self.url):
-            assert self.process.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-
-@pytest.fixture
-def throwaway() -> Iterator[ThrowawayRedis]:
-    server = ThrowawayRedis()
-    server.start()
-    yield server
-    server.stop()
-
-
 def gauge(metrics: Metrics, name: str) -> float:
     for line in metrics.render().decode().splitlines():
         if line.startswith(name + " "):
@@ -333,20 +292,20 @@ def gauge(metrics: Metrics, name: str) -> float:
 
 
 async def test_an_outage_fails_open_to_a_share_or_closed_and_recovers_by_itself(
-    throwaway: ThrowawayRedis, caplog: pytest.LogCaptureFixture
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="lamplighter.traffic.redis_state")
     daily = Limit("u:requests", "requests", Rate(10, DAY), 1)
     metrics = Metrics()
     async with (
-        RedisState(throwaway.url, replicas=2, retry_interval=0.2) as open_,
-        RedisState(throwaway.url, failure="closed", retry_interval=0.2) as closed,
+        RedisState(redis_server.url, replicas=2, retry_interval=0.2) as open_,
+        RedisState(redis_server.url, failure="closed", retry_interval=0.2) as closed,
     ):
         metrics.watch_redis(open_)
         assert [(await open_.reserve([daily], 0.0)).granted for _ in range(3)] == [True] * 3
         assert gauge(metrics, "lamplighter_redis_up") == 1.0
 
-        throwaway.stop()
+        redis_server.stop()
         # Failing open, this replica allows its share: 10 a day over 2 replicas is 5 here,
         # whatever the shared bucket had left.
         verdicts = [(await open_.reserve([daily], 0.0)).granted for _ in range(8)]
@@ -366,7 +325,8 @@ async def test_an_outage_fails_open_to_a_share_or_closed_and_recovers_by_itself(
             logging.ERROR
         ] * 2  # once per state and outage, however many calls failed
 
-        throwaway.start()  # empty: Redis keeps nothing across restarts here
+        redis_server.start()  # empty: Redis keeps nothing across restarts here
+        redis_server.wait_up()
         await poll(lambda: open_.up and closed.up, 5, "both states see Redis again")
         assert gauge(metrics, "lamplighter_redis_up") == 1.0
         ours = [r for r in caplog.records if r.name == "lamplighter.traffic.redis_state"]
