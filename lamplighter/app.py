@@ -40,7 +40,7 @@ from lamplighter.readonly import ReadOnly
 from lamplighter.reload import Reloader, ReloadMetrics
 from lamplighter.settings import Settings, read_config
 from lamplighter.store import migrate
-from lamplighter.store.database import Database
+from lamplighter.store.database import Database, masked
 from lamplighter.telemetry.metrics import Metrics
 from lamplighter.telemetry.series import Series
 from lamplighter.telemetry.tracing import TraceRequests, Tracing
@@ -76,7 +76,8 @@ def announce_bootstrap(settings: Settings, created: Bootstrap) -> None:
     if settings.config:
         where += f"LAMPLIGHTER_CONFIG={settings.config} "
     if settings.database_url:
-        where += f"LAMPLIGHTER_DATABASE_URL='{settings.database_url}' "
+        # Masked: this goes to the logs, which are no place for the database's password.
+        where += f"LAMPLIGHTER_DATABASE_URL='{masked(settings.database_url)}' "
     print(
         "\n"
         "  Lamplighter created its first account, an admin:\n"

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     # start without them.
     from lamplighter.accounts import AccountService
     from lamplighter.store.database import Database
+    from lamplighter.traffic.planbook import PlanBook
 
 T = TypeVar("T")
 
@@ -74,15 +75,46 @@ def _with_db(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> 
     return asyncio.run(main())
 
 
-def _run(settings: Settings, action: Callable[[AccountService], Awaitable[T]]) -> T:
-    """Migrate, then run ``action`` against the account service; API errors become exit 1."""
+async def _store_plans(settings: Settings, db: Database) -> PlanBook:
+    """The config file's plans, stored where the database lacks them, as `serve` does at start:
+    a person can be put on a plan of the file before the server has ever run."""
+    from lamplighter.settings import read_config
+    from lamplighter.traffic.planbook import PlanBook
+    from lamplighter.traffic.plans import plans_from_config
+
+    plans = PlanBook(db)
+    await plans.load(plans_from_config(read_config(settings.config).get("plans", {})))
+    return plans
+
+
+def _run(
+    settings: Settings,
+    action: Callable[[AccountService], Awaitable[T]],
+    *,
+    with_plans: bool = False,
+) -> T:
+    """Migrate (and with ``with_plans`` store the config's plans), then run ``action`` against
+    the account service; API errors become exit 1, config errors exit 2."""
     from lamplighter.accounts import AccountService
 
+    async def run(db: Database) -> T:
+        if with_plans:
+            await _store_plans(settings, db)
+        return await action(AccountService(db))
+
+    return _guarded(settings, run)
+
+
+def _guarded(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> T:
+    """``_with_db``, with API errors as exit 1 and config errors as exit 2."""
     try:
-        return _with_db(settings, lambda db: action(AccountService(db)))
+        return _with_db(settings, action)
     except APIError as exc:
         typer.secho(f"error: {exc.message}", fg="red", err=True)
         raise typer.Exit(1) from exc
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -139,6 +171,7 @@ def users_create(
     user = _run(
         _settings(config),
         lambda accounts: accounts.create_user(email, password=password, admin=admin, plan=plan),
+        with_plans=True,
     )
     typer.echo(
         f"created user {user.email} ({user.id}), plan {user.plan}{', admin' if admin else ''}"
@@ -159,6 +192,7 @@ def users_invite(
     token = _run(
         settings,
         lambda accounts: WebAuth(accounts.db, accounts, settings.session_days).invite(email, plan),
+        with_plans=True,
     )
     typer.echo(f"invited {email}; send them this link (valid {INVITE_DAYS} days, works once):")
     typer.echo(f"  {settings.local_url}/invite/{token}")
@@ -740,16 +774,12 @@ TeamOption = Annotated[str | None, typer.Option("--team", help="The team, by nam
 
 def _billing(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
     """Migrate, load the plans, then run ``action`` with the billing service (Stripe too when
-    configured, to cancel there); API errors become exit 1."""
+    configured, to cancel there); API errors become exit 1, config errors exit 2."""
     from lamplighter.billing.service import Billing
     from lamplighter.billing.stripe import StripeClient
-    from lamplighter.settings import read_config
-    from lamplighter.traffic.planbook import PlanBook
-    from lamplighter.traffic.plans import plans_from_config
 
     async def run(db: Database) -> T:
-        plans = PlanBook(db)
-        await plans.load(plans_from_config(read_config(settings.config).get("plans", {})))
+        plans = await _store_plans(settings, db)
         key = settings.stripe_secret_key
         billing = Billing(
             db,
@@ -763,11 +793,7 @@ def _billing(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
         finally:
             await billing.close()
 
-    try:
-        return _with_db(settings, run)
-    except APIError as exc:
-        typer.secho(f"error: {exc.message}", fg="red", err=True)
-        raise typer.Exit(1) from exc
+    return _guarded(settings, run)
 
 
 def _one_subject(user: str | None, team: str | None) -> None:

@@ -15,8 +15,10 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
+from lamplighter.accounts import Bootstrap
+from lamplighter.app import announce_bootstrap
 from lamplighter.cli import app
-from tests.conftest import MODEL, free_port
+from tests.conftest import MODEL, free_port, make_settings
 
 LAMPLIGHTER = [sys.executable, "-m", "lamplighter"]
 
@@ -90,6 +92,41 @@ def test_bad_email_is_refused(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "not an email address" in result.stderr
 
 
+def test_a_plan_of_the_config_file_can_be_given_before_the_server_ever_ran(tmp_path: Path) -> None:
+    config = tmp_path / "lamplighter.toml"
+    config.write_text("[plans.research]\nrequests_per_minute = 5\n")
+    unknown = cli(tmp_path, "users", "create", "ann@example.org", "--plan", "nosuch")
+    assert unknown.exit_code == 1
+    assert "no plan named 'nosuch'; known plans: free, plus, team" in unknown.stderr
+
+    created = cli(
+        tmp_path,
+        "users",
+        "create",
+        "bea@example.org",
+        "--plan",
+        "research",
+        "--config",
+        str(config),
+    )
+    assert created.exit_code == 0, created.stderr
+    assert "plan research" in created.stdout
+    invited = cli(
+        tmp_path, "users", "invite", "cy@example.org", "--plan", "research", "--config", str(config)
+    )
+    assert invited.exit_code == 0, invited.stderr
+    listed = cli(tmp_path, "users", "list")
+    # Each line: id, email, plan.
+    assert {line.split()[1]: line.split()[2] for line in listed.stdout.splitlines()} == {
+        "bea@example.org": "research",
+        "cy@example.org": "research",
+    }
+
+    config.write_text("[plans.research]\nrequests_per_minute = -1\n")
+    refused = cli(tmp_path, "users", "create", "di@example.org", "--config", str(config))
+    assert refused.exit_code == 2 and "[plans.research]" in refused.stderr
+
+
 @pytest.fixture
 def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Two instances side by side, each on its own port and data directory."""
@@ -153,3 +190,18 @@ def test_serve_bootstraps_an_admin_and_instances_run_side_by_side(served) -> Non
         out, _ = process.communicate(timeout=30)
         assert "admin@localhost" in out and "password:" in out
         assert "lamplighter keys create admin@localhost" in out
+
+
+def test_the_first_admin_notice_names_the_database_but_not_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "postgresql://lamplighter:s3cret-pw@db.internal:5432/lamplighter"
+    announce_bootstrap(
+        make_settings(tmp_path, database_url=url), Bootstrap("admin@localhost", "pw")
+    )
+    notice = capsys.readouterr().out
+    assert (
+        "LAMPLIGHTER_DATABASE_URL='postgresql://lamplighter:***@db.internal:5432/lamplighter'"
+        in notice
+    )
+    assert "s3cret-pw" not in notice  # the notice goes to the logs

@@ -33,13 +33,13 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import make_url
 
 from lamplighter import readonly
 from lamplighter.exceptions import LamplighterError
 from lamplighter.settings import async_database_url
 from lamplighter.store import migrate
 from lamplighter.store.capture import CHANGES, SqliteSource
+from lamplighter.store.database import masked
 from lamplighter.store.models import Base
 from lamplighter.store.rows import (
     Checksum,
@@ -127,11 +127,6 @@ class CopyReport:
         for table, result in zip(data["tables"], self.tables, strict=True):
             table["ok"] = result.ok
         return {**data, "ok": self.ok, "rows_per_second": round(self.rows_per_second)}
-
-
-def masked(url: str) -> str:
-    """A URL fit to print: the password hidden."""
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def _split_forward_refs(
