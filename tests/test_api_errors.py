@@ -132,6 +132,21 @@ def test_unparseable_json_is_400(server: LiveServer, user: tuple[str, str]) -> N
     assert "JSON" in error_of(response)["message"]
 
 
+@pytest.mark.parametrize("key", [None, "ll-not-a-real-key"])
+def test_a_bad_key_is_401_before_an_unparseable_body_is_400(
+    server: LiveServer, key: str | None
+) -> None:
+    """As OpenAI answers: the key is checked first, whatever the body."""
+    headers = {"content-type": "application/json"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    response = httpx.post(
+        server.base_url + "/v1/chat/completions", content=b"{not json", headers=headers
+    )
+    assert response.status_code == 401, response.text
+    assert error_of(response)["code"] in ("missing_api_key", "invalid_api_key")
+
+
 def test_unknown_model_is_404_model_not_found(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="gpt-17", messages=HELLO)  # type: ignore[arg-type]

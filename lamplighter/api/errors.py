@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from lamplighter.api.openai import principal
+from lamplighter.api.state import services
 from lamplighter.exceptions import APIError
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,13 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     errors = cast(RequestValidationError, exc).errors()
     first = errors[0]
     if first.get("type") == "json_invalid":
+        if request.url.path.startswith("/v1/"):
+            # FastAPI reads the body before any dependency runs; OpenAI checks the key first,
+            # and a client with a bad key should hear about the key.
+            try:
+                await principal(request, await services(request))
+            except APIError as error:
+                return error_response(error)
         message = "We could not parse the JSON body of your request. Send valid JSON."
         return error_response(_InvalidBody(message))
     if first.get("type") == "missing" and first.get("loc") == ("body",):
