@@ -116,7 +116,7 @@ def test_a_chat_that_fails_to_load_offers_retry_and_cannot_be_written_to_until_i
     assert roots(after) == roots(before)  # no second root beside the first question
 
 
-def test_a_message_that_could_not_be_sent_is_kept_across_chats_and_retry_sends_it(
+def test_a_message_that_could_not_be_sent_is_kept_across_chats_and_reloads_and_retry_sends_it(
     tab: Tab, web: Browserless
 ) -> None:
     page = tab.page
@@ -141,6 +141,10 @@ def test_a_message_that_could_not_be_sent_is_kept_across_chats_and_retry_sends_i
     expect(tab.questions().last.locator(BODY)).to_have_text("Are you there?")
     expect(note).to_have_text("Connection lost")
     expect(page.get_by_test_id("error-banner")).to_be_hidden()  # the server answered again
+    tab.reload()  # the page forgets; the browser does not
+    expect(tab.questions()).to_have_count(2)
+    expect(tab.questions().last.locator(BODY)).to_have_text("Are you there?")
+    expect(note).to_have_text("Connection lost")
 
     page.get_by_test_id("retry").click()
     answer = tab.answer_done()
@@ -161,11 +165,18 @@ def test_a_message_that_could_not_be_sent_is_kept_across_chats_and_retry_sends_i
     expect(note).to_have_count(0)
     page.get_by_test_id("new-chat").click()
     expect(tab.questions().last.locator(BODY)).to_have_text("Hello from a new chat")
+    tab.reload()
+    expect(tab.questions().last.locator(BODY)).to_have_text("Hello from a new chat")
+    expect(note).to_have_text("Connection lost")
     page.get_by_test_id("retry").click()
     answer = tab.answer_done()
     expect(answer.locator(BODY)).to_have_text("You said: Hello from a new chat")
     expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}$"))
     assert tab.conversation_id() not in (conversation_id, other_id)
+    tab.reload()  # sent: nothing unsent is left to show
+    expect(note).to_have_count(0)
+    page.get_by_test_id("new-chat").click()
+    expect(tab.questions()).to_have_count(0)
 
 
 def test_the_connection_banner_clears_once_the_server_answers_but_a_rate_limit_one_stays(

@@ -21,10 +21,11 @@ expect.set_options(timeout=15_000)
 WAIT = re.compile(r"^You can send again in (\d+) s\.$")
 
 
-def drafts_in_storage(tab: Tab) -> list[str]:
+def kept_in_storage(tab: Tab) -> list[str]:
+    """The drafts and unsent messages this browser keeps, of every account."""
     return list(
         tab.page.evaluate(
-            "Object.keys(localStorage).filter((k) => k.startsWith('lamplighter.draft.'))"
+            "Object.keys(localStorage).filter((k) => /^lamplighter[.](draft|unsent)[.]/.test(k))"
         )
     )
 
@@ -113,9 +114,9 @@ def test_an_unsent_message_is_kept_per_chat_across_reloads_until_it_is_sent(
 
     # Logging out leaves no drafts behind for the next person on this browser.
     tab.composer.fill("private words")
-    assert len(drafts_in_storage(tab)) == 1
+    assert len(kept_in_storage(tab)) == 1
     page.get_by_test_id("logout").click()
     expect(page).to_have_url(re.compile(r"/login"))
-    assert drafts_in_storage(tab) == []
+    assert kept_in_storage(tab) == []
     tab.login(new_person(server))
     expect(tab.composer).to_have_value("")

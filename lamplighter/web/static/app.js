@@ -11,8 +11,11 @@
   const csrfToken = document.querySelector('meta[name="csrf-token"]')?.content ?? '';
   const NARROW = window.matchMedia('(max-width: 719.98px)');
   const MODEL_KEY = 'lamplighter.model';
-  // Drafts are kept per account: another person logging in on this browser never sees them.
-  const DRAFT_PREFIX = `lamplighter.draft.${document.querySelector('meta[name="user-id"]')?.content ?? ''}.`;
+  // Drafts and unsent messages are kept per account: another person logging in on this browser
+  // never sees them, and logging out removes them.
+  const USER_ID = document.querySelector('meta[name="user-id"]')?.content ?? '';
+  const DRAFT_PREFIX = `lamplighter.draft.${USER_ID}.`;
+  const UNSENT_PREFIX = `lamplighter.unsent.${USER_ID}.`;
 
   // ---------------------------------------------------------------------------------------------
   // Small DOM helpers
@@ -160,7 +163,7 @@
     ratingOpen: null, // id of the assistant message whose rating form is open
     ratingThanks: null, // id of the message that just got "Thanks for the feedback"
     notes: new Map(), // message id -> 'stopped' | 'lost' | 'interrupted' | 'error' (what this page saw happen)
-    unsent: new Map(), // conversation id ('' for a new chat) -> a message not sent (see keepUnsent)
+    unsent: unsentMessages(), // conversation id ('' for a new chat) -> a message not sent (see keepUnsent)
     bannerKind: null, // 'connection' while the banner says the server cannot be reached, 'wait' while it counts down to a retry, else 'other'
     waitTimer: null, // the countdown's interval while bannerKind is 'wait'
     verdicts: new Map(), // regenerated answer id -> 'ask' | 'thanks' (see buildVerdict)
@@ -1727,8 +1730,8 @@
 
   /**
    * A message whose request failed before the server said it had it (`conv.pending.lost`) exists
-   * only in this page: keep it per conversation, so that leaving the chat and coming back shows
-   * it again, with its Retry, instead of losing what the person wrote.
+   * only in this browser: keep it per conversation, so that leaving the chat and coming back, or
+   * reloading the page, shows it again, with its Retry, instead of losing what the person wrote.
    */
   function keepUnsent(conv) {
     const p = conv.pending;
@@ -1736,6 +1739,22 @@
     state.unsent.set(conv.id || '', {
       content: p.content, parentId: p.parentId, kind: p.kind, siblingsBefore: p.siblingsBefore,
     });
+  }
+
+  /** Unsent messages by conversation id, kept in localStorage: a Map's get, set and delete. */
+  function unsentMessages() {
+    const key = (id) => `${UNSENT_PREFIX}${id}`;
+    return {
+      get: (id) => {
+        try {
+          return JSON.parse(safeStorageGet(key(id))) ?? undefined;
+        } catch {
+          return undefined; // damaged
+        }
+      },
+      set: (id, message) => safeStorageSet(key(id), JSON.stringify(message)),
+      delete: (id) => safeStorageRemove(key(id)),
+    };
   }
 
   /** Show a conversation's unsent message again (conv was just built from the server's copy). */
@@ -2293,7 +2312,9 @@
   function forgetDrafts() {
     try {
       const keys = Array.from({ length: window.localStorage.length }, (_, i) => window.localStorage.key(i));
-      for (const key of keys) if (key && key.startsWith(DRAFT_PREFIX)) window.localStorage.removeItem(key);
+      for (const key of keys) {
+        if (key && (key.startsWith(DRAFT_PREFIX) || key.startsWith(UNSENT_PREFIX))) window.localStorage.removeItem(key);
+      }
     } catch {
       // storage disabled
     }
