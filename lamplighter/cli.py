@@ -427,8 +427,12 @@ def credits_review(config: ConfigOption = None) -> None:
     from lamplighter.settings import read_config
 
     settings = _settings(config)
-    policy = FlywheelPolicy.from_config(read_config(settings.config).get("flywheel", {}))
-    report = _with_db(settings, lambda db: Credits(db, policy.credits).review())
+
+    async def review(db: Database) -> Any:
+        policy = FlywheelPolicy.from_config(read_config(settings.config).get("flywheel", {}))
+        return await Credits(db, policy.credits).review()
+
+    report = _guarded(settings, review)
     clawed = ", ".join(f"{n} for {reason}" for reason, n in report.clawed_back.items())
     typer.echo(
         f"{report.raters} raters, {report.checked} with enough evidence to judge, "

@@ -192,6 +192,14 @@ def test_serve_bootstraps_an_admin_and_instances_run_side_by_side(served) -> Non
         assert "lamplighter keys create admin@localhost" in out
 
 
+def test_a_mistake_in_the_flywheel_table_is_an_error_line_not_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "lamplighter.toml"
+    config.write_text("[flywheel]\nbogus = 1\n")
+    result = cli(tmp_path, "credits", "review", "--config", str(config))
+    assert result.exit_code == 2
+    assert "error: unknown keys in [flywheel]: bogus" in result.stderr
+
+
 def test_the_first_admin_notice_names_the_database_but_not_its_password(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
