@@ -115,10 +115,20 @@ def completion_id(message_id: uuid.UUID) -> str:
     return f"chatcmpl-{message_id.hex}"
 
 
-def message_id_from(completion: str) -> uuid.UUID | None:
-    """The stored message a completion id names (``chatcmpl-<hex>`` or a bare UUID)."""
+def response_id(message_id: uuid.UUID) -> str:
+    """The Responses API's name for a stored answer (the one its completion id names)."""
+    return f"resp_{message_id.hex}"
+
+
+def message_id_from(name: str) -> uuid.UUID | None:
+    """The stored message a completion or response id names (``chatcmpl-<hex>``,
+    ``resp_<hex>`` or a bare UUID)."""
+    for prefix in ("chatcmpl-", "resp_"):
+        if name.startswith(prefix):
+            name = name.removeprefix(prefix)
+            break
     try:
-        return uuid.UUID(completion.removeprefix("chatcmpl-"))
+        return uuid.UUID(name)
     except ValueError:
         return None
 

@@ -40,6 +40,12 @@ UNSUPPORTED = {
     "prediction": "predicted outputs are not offered",
     "reasoning_effort": "the models here do not reason in separate steps",
     "service_tier": "there is one service tier; plans set priorities",
+    "reasoning": "the models here do not reason in separate steps",
+    "background": "a response is generated while its request is open",
+    "conversation": "continue a conversation with previous_response_id",
+    "include": "there is nothing more to include than the text",
+    "prompt": "stored prompt templates are not offered",
+    "max_tool_calls": "tool calling is not offered",
     "web_search_options": "web search is not offered",
 }
 

@@ -27,7 +27,6 @@ from lamplighter.engines.base import GenerationRequest
 from lamplighter.exceptions import (
     APIError,
     AuthenticationFailed,
-    ContextLengthExceeded,
     NotFound,
     PermissionDenied,
     ShuttingDown,
@@ -122,6 +121,35 @@ async def get_model(model: str, _: Caller, state: State) -> dict[str, Any]:
     return _model_card(model)
 
 
+async def open_exchange(
+    http: Request,
+    who: Principal,
+    state: Services,
+    request: GenerationRequest,
+    *,
+    store: bool,
+    token_param: str,
+) -> tuple[Exchange, dict[str, str]]:
+    """Open an exchange for an API request, and the headers its answer carries. Validation,
+    prompt counting and storing the question happen before the response starts, so every
+    refusal is a plain HTTP error rather than an error inside a stream; a refusal about the
+    answer's length names the field the client used for it (``token_param``)."""
+    try:
+        # Waiting for admission ends the moment the client leaves: its place in the queue goes
+        # to someone who is still there.
+        exchange = await unless_disconnected(http, state.chat.open(who, request, store=store))
+    except APIError as error:
+        guard.count(state, error, *guard.subjects(http, who))
+        if error.param == "max_tokens":
+            error.param = token_param
+        raise
+    headers = exchange.headers
+    headers.update(await leak_warning(state, who, [turn.content for turn in request.turns]))
+    question = next((t.content for t in reversed(request.turns) if t.role == "user"), "")
+    await guard.watch_prompt(state, who, question)
+    return exchange, headers
+
+
 @router.post("/chat/completions")
 async def chat_completions(
     http: Request,
@@ -140,24 +168,10 @@ async def chat_completions(
         frequency_penalty=body.frequency_penalty or 0.0,
         presence_penalty=body.presence_penalty or 0.0,
     )
-    # Validation, prompt counting and storing the question happen before the response starts,
-    # so every refusal is a plain HTTP error rather than an error inside a stream.
-    try:
-        # Waiting for admission ends the moment the client leaves: its place in the queue goes
-        # to someone who is still there.
-        exchange = await unless_disconnected(
-            http, state.chat.open(who, request, store=body.store is not False)
-        )
-    except APIError as error:
-        guard.count(state, error, *guard.subjects(http, who))
-        renamed = error.param == "max_tokens" and body.max_completion_tokens
-        if isinstance(error, ContextLengthExceeded) and renamed:
-            error.param = "max_completion_tokens"
-        raise
-    headers = exchange.headers
-    headers.update(await leak_warning(state, who, [turn.content for turn in request.turns]))
-    question = next((t.content for t in reversed(request.turns) if t.role == "user"), "")
-    await guard.watch_prompt(state, who, question)
+    token_param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    exchange, headers = await open_exchange(
+        http, who, state, request, store=body.store is not False, token_param=token_param
+    )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return EventStreamResponse(

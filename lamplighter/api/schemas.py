@@ -116,3 +116,78 @@ class ChatCompletionRequest(Body):
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens else self.max_tokens
+
+
+# OpenAI's Responses API --------------------------------------------------------------------------
+
+
+class ResponseTextPart(Body):
+    # A client sending a response's output back as input sends "output_text" parts, with their
+    # (empty) annotations and logprobs.
+    type: Literal["input_text", "output_text"]
+    text: str
+    annotations: list[object] | None = None
+    logprobs: list[object] | None = None
+
+
+class ResponseInputMessage(Body):
+    type: Literal["message"] = "message"
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | Annotated[list[ResponseTextPart], Field(max_length=256)]
+    # Set on a response's output item sent back as input; not needed to place it.
+    id: str | None = Field(default=None, max_length=200)
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+    def turn(self) -> Turn:
+        if isinstance(self.content, list):
+            text = "".join(part.text for part in self.content)
+        else:
+            text = self.content
+        return Turn(ROLE_ALIASES.get(self.role, self.role), text)
+
+
+class TextFormat(Body):
+    type: Literal["text"]
+
+
+class TextConfig(Body):
+    format: TextFormat | None = None
+
+
+class ResponsesRequest(Body):
+    model: str = Field(min_length=1, max_length=200)
+    input: str | Annotated[list[ResponseInputMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    instructions: str | None = None
+    previous_response_id: str | None = Field(default=None, max_length=200)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stream: bool | None = False
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = Field(default=None, max_length=256)
+    safety_identifier: str | None = Field(default=None, max_length=256)
+    text: TextConfig | None = None
+    truncation: Literal["disabled"] | None = None
+    # Harmless without tools, which are refused when any are given.
+    tools: list[object] | None = None
+    tool_choice: Literal["none", "auto"] | None = None
+    parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ResponsesRequest:
+        if self.tools:
+            raise InvalidRequest(
+                "Unsupported parameter: 'tools' is not supported here: tool calling is not "
+                "offered.",
+                param="tools",
+                code="unsupported_parameter",
+            )
+        return self
+
+    @property
+    def turns(self) -> tuple[Turn, ...]:
+        """The input as turns; a plain string is one user message."""
+        if isinstance(self.input, str):
+            return (Turn("user", self.input),)
+        return tuple(message.turn() for message in self.input)

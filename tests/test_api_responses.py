@@ -1,0 +1,158 @@
+"""OpenAI's Responses API through the real ``openai`` SDK: whole and streamed answers, a
+conversation continued with ``previous_response_id`` (and stored as one path), the token limit,
+and clear refusals for what is not offered."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from lamplighter.store.conversations import Conversations
+from tests.conftest import MODEL, SCRIPTED, LiveServer
+
+
+def stored_path(server: LiveServer, response_id: str) -> list[tuple[str, str]]:
+    """(role, content) from the root of the stored conversation to the answer a response is."""
+    message_id = uuid.UUID(response_id.removeprefix("resp_"))
+
+    async def path(services: Any) -> list[tuple[str, str]]:
+        async with services.db.transaction() as session:
+            return [(m.role, m.content) for m in await Conversations(session).path_to(message_id)]
+
+    return server.call(path)
+
+
+def test_a_whole_response(client: openai.OpenAI, server: LiveServer) -> None:
+    response = client.responses.create(model=SCRIPTED, input="Hello there")
+    assert response.output_text == "You said: Hello there"
+    assert response.id.startswith("resp_") and response.object == "response"
+    assert response.status == "completed" and response.incomplete_details is None
+    assert response.model == SCRIPTED
+    [item] = response.output
+    assert item.type == "message" and item.role == "assistant" and item.status == "completed"
+    usage = response.usage
+    assert usage is not None and usage.input_tokens > 0 and usage.output_tokens > 0
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+    assert stored_path(server, response.id) == [
+        ("user", "Hello there"),
+        ("assistant", "You said: Hello there"),
+    ]
+
+
+def test_a_streamed_response_is_the_same_answer_in_events(client: openai.OpenAI) -> None:
+    events = list(client.responses.create(model=SCRIPTED, input="stream me", stream=True))
+    kinds = [event.type for event in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) > 1 and "".join(deltas) == "You said: stream me"
+    done = events[-1].response  # type: ignore[union-attr]
+    assert done.output_text == "You said: stream me" and done.status == "completed"
+    assert done.usage is not None and done.usage.output_tokens > 0
+    assert events[0].response.id == done.id  # type: ignore[union-attr]
+
+
+def test_previous_response_id_continues_the_stored_conversation(
+    client: openai.OpenAI, server: LiveServer
+) -> None:
+    first = client.responses.create(model=SCRIPTED, input="first", instructions="Be terse.")
+    second = client.responses.create(
+        model=SCRIPTED, input="second", previous_response_id=first.id, instructions="Be terse."
+    )
+    assert second.output_text == "You said: second"
+    assert second.previous_response_id == first.id
+    assert second.usage and first.usage
+    assert second.usage.input_tokens > first.usage.input_tokens  # the history was sent
+    assert stored_path(server, second.id) == [
+        ("system", "Be terse."),
+        ("user", "first"),
+        ("assistant", "You said: first"),
+        ("user", "second"),
+        ("assistant", "You said: second"),
+    ]
+    # A response's output sent back as input, as the SDK's docs show, is the same history.
+    third = client.responses.create(
+        model=SCRIPTED,
+        instructions="Be terse.",
+        input=[
+            {"role": "user", "content": "first"},
+            *first.output,  # type: ignore[list-item]
+            {"role": "user", "content": [{"type": "input_text", "text": "third"}]},
+        ],
+    )
+    assert stored_path(server, third.id)[:3] == stored_path(server, second.id)[:3]
+
+
+def test_a_response_can_be_rated_by_its_id(server: LiveServer, user: tuple[str, str]) -> None:
+    response = server.client(user[1]).responses.create(model=SCRIPTED, input="rate me")
+    rated = httpx.post(
+        server.base_url + "/api/feedback",
+        json={"message_id": response.id, "rating": 1},
+        headers={"authorization": f"Bearer {user[1]}"},
+    )
+    assert rated.status_code == 200, rated.text
+    assert rated.json() == {"message_id": response.id, "rating": 1, "reasons": [], "comment": None}
+
+
+def test_a_previous_response_of_someone_else_or_nobody_is_404(
+    client: openai.OpenAI, server: LiveServer
+) -> None:
+    stranger = server.client(server.new_user(plan="roomy")[1])
+    theirs = stranger.responses.create(model=SCRIPTED, input="mine")
+    for previous in (theirs.id, f"resp_{uuid.uuid4().hex}", "not-an-id"):
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.responses.create(model=SCRIPTED, input="hi", previous_response_id=previous)
+        assert caught.value.code == "previous_response_not_found"
+    unstored = client.responses.create(model=SCRIPTED, input="forget me", store=False)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model=SCRIPTED, input="hi", previous_response_id=unstored.id)
+
+
+def test_the_token_limit_makes_an_incomplete_response(client: openai.OpenAI) -> None:
+    response = client.responses.create(
+        model=MODEL, input="Tell me a long story about a lighthouse.", max_output_tokens=3
+    )
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.usage is not None and response.usage.output_tokens == 3
+    assert response.output_text  # what was generated is there
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": [{"type": "web_search"}]}, "tools"),
+        ({"reasoning": {"effort": "low"}}, "reasoning"),
+        ({"background": True}, "background"),
+    ],
+)
+def test_what_is_not_offered_is_refused_by_name(
+    client: openai.OpenAI, extra: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=SCRIPTED, input="hi", **extra)
+    assert caught.value.code == "unsupported_parameter"
+    assert param in caught.value.message
+
+
+def test_the_answer_length_refusal_names_max_output_tokens(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=MODEL, input="hi", max_output_tokens=100_000)
+    assert caught.value.code == "context_length_exceeded"
+    assert caught.value.param == "max_output_tokens"
