@@ -4,6 +4,7 @@ and clear refusals for what is not offered."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from lamplighter.store.conversations import Conversations
 from tests.conftest import MODEL, SCRIPTED, LiveServer
+from tests.test_streams import settled, wait_until
 
 
 def stored_path(server: LiveServer, response_id: str) -> list[tuple[str, str]]:
@@ -65,6 +67,40 @@ def test_a_streamed_response_is_the_same_answer_in_events(client: openai.OpenAI)
     assert done.output_text == "You said: stream me" and done.status == "completed"
     assert done.usage is not None and done.usage.output_tokens > 0
     assert events[0].response.id == done.id  # type: ignore[union-attr]
+
+
+def test_a_client_that_leaves_a_stream_stops_it_and_what_was_made_is_kept_and_charged(
+    server: LiveServer, user: tuple[str, str]
+) -> None:
+    seen: list[str] = []
+    body = {
+        "model": MODEL,
+        "input": "Write a very long essay about the history of lighthouses.",
+        "max_output_tokens": 1500,
+        "temperature": 0.0,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST",
+        server.base_url + "/v1/responses",
+        json=body,
+        headers={"authorization": f"Bearer {user[1]}"},
+        timeout=60,
+    ) as stream:
+        assert stream.status_code == 200
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line.removeprefix("data: "))
+                if event["type"] == "response.created":
+                    response_id = event["response"]["id"]
+                elif event["type"] == "response.output_text.delta":
+                    seen.append(event["delta"])
+                    if len(seen) == 8:
+                        break
+    message, usage = wait_until(lambda: settled(server, response_id))
+    assert message.status == "cut" and message.content.startswith("".join(seen))
+    assert usage.finish_reason == "cancelled"
+    assert 8 <= usage.completion_tokens <= 8 + 16  # stopped within the tokens in flight
 
 
 def test_previous_response_id_continues_the_stored_conversation(
