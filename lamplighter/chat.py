@@ -94,11 +94,16 @@ class Placement:
     answer goes under it (a new message, or an edit when the parent already has children);
     without, the parent is the question and the answer is a new child of it (a regeneration).
     The caller has checked that the conversation and the parent are the user's.
+
+    With ``fit`` (the web chat, which sends whole conversations), the oldest turns are left
+    out until the prompt fits the model; without, a prompt too long is refused (the Responses
+    API, whose ``truncation`` is "disabled").
     """
 
     conversation_id: uuid.UUID | None
     parent_id: uuid.UUID | None
     new_turn: bool
+    fit: bool = True
 
 
 @dataclass(frozen=True)
@@ -481,7 +486,7 @@ class ChatService:
             if model is not None or rule.max_tokens is not None:
                 degraded = Degradation(rule.max_tokens, model)
         asked = replace(request, max_tokens_cap=cap, priority=plan.priority)
-        prepared = await self._prepare(backend, asked, fit=placement is not None)
+        prepared = await self._prepare(backend, asked, fit=placement is not None and placement.fit)
         cost = prepared.prompt_tokens + prepared.max_tokens
         reservation = await self.limiter.reserve(
             plan, principal.user_id, cost, await self.bonus(principal.user_id)
@@ -605,7 +610,9 @@ class ChatService:
                 if load_of(backend, self._occupancy(backend.name) - 1) > 1.0:
                     break  # the least loaded of the rest is full too
                 try:
-                    prepared = await self._prepare(backend, request, fit=placement is not None)
+                    prepared = await self._prepare(
+                        backend, request, fit=placement is not None and placement.fit
+                    )
                 except APIError:  # its context is smaller
                     continue
                 pool = self.admission.pool(backend.name, backend.capacity)

@@ -132,17 +132,16 @@ def test_unparseable_json_is_400(server: LiveServer, user: tuple[str, str]) -> N
     assert "JSON" in error_of(response)["message"]
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
 @pytest.mark.parametrize("key", [None, "ll-not-a-real-key"])
 def test_a_bad_key_is_401_before_an_unparseable_body_is_400(
-    server: LiveServer, key: str | None
+    server: LiveServer, key: str | None, path: str
 ) -> None:
     """As OpenAI answers: the key is checked first, whatever the body."""
     headers = {"content-type": "application/json"}
     if key:
         headers["authorization"] = f"Bearer {key}"
-    response = httpx.post(
-        server.base_url + "/v1/chat/completions", content=b"{not json", headers=headers
-    )
+    response = httpx.post(server.base_url + path, content=b"{not json", headers=headers)
     assert response.status_code == 401, response.text
     assert error_of(response)["code"] in ("missing_api_key", "invalid_api_key")
 

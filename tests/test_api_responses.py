@@ -11,9 +11,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.responses import Response
 
 from lamplighter.store.conversations import Conversations
-from tests.conftest import MODEL, SCRIPTED, LiveServer
+from tests.conftest import FAILING, MODEL, SCRIPTED, LiveServer
 from tests.test_streams import settled, wait_until
 
 
@@ -29,7 +30,9 @@ def stored_path(server: LiveServer, response_id: str) -> list[tuple[str, str]]:
 
 
 def test_a_whole_response(client: openai.OpenAI, server: LiveServer) -> None:
-    response = client.responses.create(model=SCRIPTED, input="Hello there")
+    raw = client.responses.with_raw_response.create(model=SCRIPTED, input="Hello there")
+    Response.model_validate_json(raw.text)  # every field the SDK's type requires is there
+    response = raw.parse()
     assert response.output_text == "You said: Hello there"
     assert response.id.startswith("resp_") and response.object == "response"
     assert response.status == "completed" and response.incomplete_details is None
@@ -64,9 +67,31 @@ def test_a_streamed_response_is_the_same_answer_in_events(client: openai.OpenAI)
     deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
     assert len(deltas) > 1 and "".join(deltas) == "You said: stream me"
     done = events[-1].response  # type: ignore[union-attr]
+    Response.model_validate(done.model_dump())
     assert done.output_text == "You said: stream me" and done.status == "completed"
     assert done.usage is not None and done.usage.output_tokens > 0
     assert events[0].response.id == done.id  # type: ignore[union-attr]
+
+
+def test_the_sdks_stream_helper_builds_the_same_answer(client: openai.OpenAI) -> None:
+    with client.responses.stream(model=SCRIPTED, input="help me stream") as stream:
+        snapshots = [e.snapshot for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert snapshots[-1] == final.output_text == "You said: help me stream"
+    assert len(snapshots) > 1
+
+
+def test_a_backend_failing_mid_stream_ends_it_with_response_failed(
+    client: openai.OpenAI,
+) -> None:
+    events = list(client.responses.create(model=FAILING, input="one two three four", stream=True))
+    last = events[-1]
+    assert last.type == "response.failed"
+    failed = last.response
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error.code == "server_error"
+    assert failed.output_text == "You said: one"  # what was generated before the failure
+    assert "response.completed" not in [e.type for e in events]
 
 
 def test_a_client_that_leaves_a_stream_stops_it_and_what_was_made_is_kept_and_charged(
@@ -121,6 +146,14 @@ def test_previous_response_id_continues_the_stored_conversation(
         ("user", "second"),
         ("assistant", "You said: second"),
     ]
+    # Instructions are per request (OpenAI's rule): without them, or with others, the answer
+    # still goes on in the same stored conversation, under the response it follows.
+    plain = client.responses.create(model=SCRIPTED, input="again", previous_response_id=second.id)
+    assert stored_path(server, plain.id) == [
+        *stored_path(server, second.id),
+        ("user", "again"),
+        ("assistant", "You said: again"),
+    ]
     # A response's output sent back as input, as the SDK's docs show, is the same history.
     third = client.responses.create(
         model=SCRIPTED,
@@ -170,12 +203,75 @@ def test_the_token_limit_makes_an_incomplete_response(client: openai.OpenAI) -> 
     assert response.output_text  # what was generated is there
 
 
+def test_the_defaults_that_frameworks_send_are_accepted(client: openai.OpenAI) -> None:
+    response = client.responses.create(
+        model=SCRIPTED,
+        input="defaults",
+        tools=[],
+        tool_choice="auto",
+        parallel_tool_calls=True,
+        include=[],
+        reasoning=None,
+        background=False,
+        service_tier="auto",
+        truncation="disabled",
+        text={"format": {"type": "text"}},
+        metadata={"run": "42"},
+    )
+    assert response.output_text == "You said: defaults"
+    assert response.metadata == {"run": "42"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "says"),
+    [
+        ('"metadata": {"k": "\\ud800"}', "metadata.k", "valid string"),
+        (
+            '"metadata": {' + ", ".join(f'"k{n}": "v"' for n in range(17)) + "}",
+            "metadata",
+            "at most 16",
+        ),
+        ('"metadata": {"k": "' + "v" * 513 + '"}', "metadata.k", "at most 512"),
+        (
+            '"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]',
+            "input[0].content[0].type",
+            "only text parts",
+        ),
+        (
+            '"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]',
+            "input[0].type",
+            "only messages",
+        ),
+    ],
+)
+def test_bad_input_is_a_400_that_names_it_before_anything_is_generated(
+    server: LiveServer, user: tuple[str, str], body: str, param: str, says: str
+) -> None:
+    text = (
+        '{"model": "'
+        + SCRIPTED
+        + '", '
+        + (body if '"input"' in body else f'"input": "hi", {body}')
+        + "}"
+    )
+    response = httpx.post(
+        server.base_url + "/v1/responses",
+        content=text.encode(),
+        headers={"authorization": f"Bearer {user[1]}", "content-type": "application/json"},
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and says in error["message"], error
+
+
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
         ({"tools": [{"type": "web_search"}]}, "tools"),
         ({"reasoning": {"effort": "low"}}, "reasoning"),
         ({"background": True}, "background"),
+        ({"include": ["reasoning.encrypted_content"]}, "include"),
+        ({"conversation": "conv_1"}, "conversation"),
     ],
 )
 def test_what_is_not_offered_is_refused_by_name(

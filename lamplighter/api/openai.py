@@ -22,7 +22,7 @@ from lamplighter.api.responses import (
 )
 from lamplighter.api.schemas import ChatCompletionRequest
 from lamplighter.api.state import Services, State
-from lamplighter.chat import Exchange, Principal
+from lamplighter.chat import Exchange, Placement, Principal
 from lamplighter.engines.base import GenerationRequest
 from lamplighter.exceptions import (
     APIError,
@@ -129,6 +129,7 @@ async def open_exchange(
     *,
     store: bool,
     token_param: str,
+    placement: Placement | None = None,
 ) -> tuple[Exchange, dict[str, str]]:
     """Open an exchange for an API request, and the headers its answer carries. Validation,
     prompt counting and storing the question happen before the response starts, so every
@@ -137,7 +138,9 @@ async def open_exchange(
     try:
         # Waiting for admission ends the moment the client leaves: its place in the queue goes
         # to someone who is still there.
-        exchange = await unless_disconnected(http, state.chat.open(who, request, store=store))
+        exchange = await unless_disconnected(
+            http, state.chat.open(who, request, store=store, placement=placement)
+        )
     except APIError as error:
         guard.count(state, error, *guard.subjects(http, who))
         if error.param == "max_tokens":

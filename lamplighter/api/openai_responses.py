@@ -2,9 +2,11 @@
 
 A response is a chat exchange like any other (same plan, limits, queue, backends, storage and
 usage); only the shapes differ. Its id names the stored answer (``resp_<hex>``, the hex of the
-id that ``chatcmpl-<hex>`` names), so ``previous_response_id`` continues a conversation from
-the stored path that ends at that answer, and the conversation tree grows as with chat
-completions. Text in and out only: tools, structured output and background runs are refused.
+id that ``chatcmpl-<hex>`` names). With ``previous_response_id`` the model sees the stored path
+that ends at that answer, and a new question is stored under that answer, whatever the
+request's instructions (which are per request, as at OpenAI); without, the request's messages
+are threaded into the tree as chat completions' are. Text in and out only: tools, structured
+output and background runs are refused.
 """
 
 from __future__ import annotations
@@ -21,20 +23,21 @@ from lamplighter.api.openai import Caller, open_exchange
 from lamplighter.api.responses import DeferredJSONResponse, EventStreamResponse
 from lamplighter.api.schemas import ResponsesRequest
 from lamplighter.api.state import Services, State
-from lamplighter.chat import Exchange, Principal, message_id_from, response_id
+from lamplighter.chat import Exchange, Placement, Principal, message_id_from, response_id
 from lamplighter.conversation.threading import Turn
 from lamplighter.engines.base import GenerationRequest
-from lamplighter.exceptions import APIError, NotFound, ShuttingDown
+from lamplighter.exceptions import APIError, NotFound
 from lamplighter.store.conversations import Conversations
+from lamplighter.store.models import Message
 
 router = APIRouter(prefix="/v1")
 
-CUT_WARNING = "the server stopped before this answer was finished; its status is incomplete"
+CUT_WARNING = "the server stopped before this answer was finished; its status is failed"
 
 
-async def _history(state: Services, who: Principal, previous: str) -> list[Turn]:
-    """The turns of the stored path that ends at the answer ``previous`` names: the caller's
-    own, stored answer, or 404 as at OpenAI. Its instructions are not carried over (OpenAI's
+async def _history(state: Services, who: Principal, previous: str) -> tuple[Message, list[Turn]]:
+    """The answer ``previous`` names (the caller's own, stored; else 404, as at OpenAI) and the
+    turns of the stored path that ends at it. Its instructions are not carried over (OpenAI's
     rule): a request gives its own."""
     missing = NotFound(
         f"Previous response with id '{previous}' not found.",
@@ -50,7 +53,7 @@ async def _history(state: Services, who: Principal, previous: str) -> list[Turn]
         if answer is None or answer.role != "assistant":
             raise missing
         path = await conversations.path_to(answer.id)
-    return [Turn(m.role, m.content) for m in path if m.role != "system"]
+    return answer, [Turn(m.role, m.content) for m in path if m.role != "system"]
 
 
 @router.post("/responses")
@@ -60,8 +63,15 @@ async def create_response(
     turns: list[Turn] = []
     if body.instructions:
         turns.append(Turn("system", body.instructions))
+    placement = None
+    store = body.store is not False
     if body.previous_response_id is not None:
-        turns.extend(await _history(state, who, body.previous_response_id))
+        answer, history = await _history(state, who, body.previous_response_id)
+        turns.extend(history)
+        if store and [turn.role for turn in body.turns] == ["user"]:
+            # The question goes under the answer it follows. (Several messages at once are
+            # threaded from the root, as chat completions' are: placing stores one turn.)
+            placement = Placement(answer.conversation_id, answer.id, new_turn=True, fit=False)
     turns.extend(body.turns)
     request = GenerationRequest(
         model=body.model,
@@ -71,7 +81,7 @@ async def create_response(
         top_p=1.0 if body.top_p is None else body.top_p,
     )
     exchange, headers = await open_exchange(
-        http, who, state, request, store=body.store is not False, token_param="max_output_tokens"
+        http, who, state, request, store=store, token_param="max_output_tokens", placement=placement
     )
     shape = _Shape(exchange, body)
     if body.stream:
@@ -84,8 +94,8 @@ async def create_response(
         except APIError as error:
             return error.status_code, error.body(), error.headers
         if exchange.interrupted is not None:
-            return 200, shape.response(), {"x-lamplighter-warning": CUT_WARNING}
-        return 200, shape.response(), {}
+            return 200, shape.finished(), {"x-lamplighter-warning": CUT_WARNING}
+        return 200, shape.finished(), {}
 
     return DeferredJSONResponse(produce, headers, finally_=exchange.close)
 
@@ -102,13 +112,21 @@ class _Shape:
 
     @property
     def incomplete_reason(self) -> str | None:
-        """Why the answer is not all there: the token limit (or a shutdown's cut, which chat
-        completions also report as "length"), or moderation stopping it."""
+        """Why the answer stopped short: the token limit, or moderation stopping it."""
         if self.exchange.finish_reason == "content_filter":
             return "content_filter"
-        if self.exchange.finish_reason == "length" or self.exchange.interrupted is not None:
+        if self.exchange.finish_reason == "length":
             return "max_output_tokens"
         return None
+
+    def finished(self, failure: str | None = None) -> dict[str, Any]:
+        """The finished response. ``failure`` (the backend failed mid-answer), or a shutdown's
+        cut, makes it ``failed`` with a ``server_error``; what was generated stays in it."""
+        if failure is None and self.exchange.interrupted is not None:
+            failure = self.exchange.interrupted
+        if failure is not None:
+            return self.response("failed", {"code": "server_error", "message": failure})
+        return self.response("incomplete" if self.incomplete_reason else "completed")
 
     def item(self, status: str, text: str | None) -> dict[str, Any]:
         content = [] if text is None else [self.part(text)]
@@ -124,12 +142,10 @@ class _Shape:
     def part(text: str) -> dict[str, Any]:
         return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
-    def response(self, status: str | None = None) -> dict[str, Any]:
-        """The response object; without ``status``, the finished one."""
+    def response(self, status: str, error: dict[str, str] | None = None) -> dict[str, Any]:
+        """The response object, ``in_progress`` or finished."""
         exchange, body = self.exchange, self.body
-        finished = status is None
-        if status is None:
-            status = "incomplete" if self.incomplete_reason else "completed"
+        finished = status != "in_progress"
         usage = exchange.usage
         item_status = "completed" if status == "completed" else "incomplete"
         return {
@@ -138,9 +154,9 @@ class _Shape:
             "created_at": exchange.created,
             "completed_at": int(time.time()) if status == "completed" else None,
             "status": status,
-            "error": None,
+            "error": error,
             "incomplete_details": (
-                {"reason": self.incomplete_reason} if finished and self.incomplete_reason else None
+                {"reason": self.incomplete_reason} if status == "incomplete" else None
             ),
             "instructions": body.instructions,
             "max_output_tokens": body.max_output_tokens,
@@ -160,7 +176,7 @@ class _Shape:
             "usage": (
                 {
                     "input_tokens": usage.prompt_tokens,
-                    "input_tokens_details": {"cached_tokens": 0},
+                    "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                     "output_tokens": usage.completion_tokens,
                     "output_tokens_details": {"reasoning_tokens": 0},
                     "total_tokens": usage.total_tokens,
@@ -178,8 +194,9 @@ class _Shape:
 
     async def events(self) -> AsyncIterator[bytes]:
         """The stream: created, the item and its text part opened, the text deltas, then
-        everything closed again and ``response.completed`` (or ``response.incomplete``) with
-        the usage. An error after the start is an ``error`` event, as at OpenAI."""
+        everything closed again and ``response.completed`` (or ``.incomplete``) with the usage.
+        A failure after the start (the backend's, or a shutdown's cut) ends it with
+        ``response.failed``, the text so far and the usage in it, as at OpenAI."""
         at = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
         yield self.event("response.created", response=self.response("in_progress"))
         yield self.event("response.in_progress", response=self.response("in_progress"))
@@ -195,17 +212,16 @@ class _Shape:
                         "response.output_text.delta", **at, delta=chunk.text, logprobs=[]
                     )
         except APIError as error:
-            yield self.event("error", code=error.code, message=error.message, param=error.param)
+            yield self.event("response.failed", response=self.finished(error.message))
             return
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
+        done = self.finished()
+        if done["status"] == "failed":
+            yield self.event("response.failed", response=done)
+            return
         text = self.exchange.content
-        done = self.response()
         yield self.event("response.output_text.done", **at, text=text, logprobs=[])
         yield self.event("response.content_part.done", **at, part=self.part(text))
         yield self.event("response.output_item.done", output_index=0, item=done["output"][0])
         yield self.event(f"response.{done['status']}", response=done)
-        if self.exchange.interrupted is not None:
-            # After the usage, which a client reading until an error still gets.
-            cut = ShuttingDown(self.exchange.interrupted, retry_after=1)
-            yield self.event("error", code=cut.code, message=cut.message, param=None)

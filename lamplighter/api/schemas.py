@@ -16,6 +16,11 @@ from lamplighter.exceptions import InvalidRequest
 # "developer" is OpenAI's newer name for "system"; the model's template knows only the latter.
 ROLE_ALIASES = {"developer": "system"}
 MAX_MESSAGES = 2048
+# OpenAI's limits on `metadata`: 16 pairs, keys up to 64 characters, values up to 512.
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+    Field(max_length=16),
+]
 
 
 def _valid_text(value: object) -> object:
@@ -28,6 +33,10 @@ def _valid_text(value: object) -> object:
             raise ValueError("text must be valid Unicode (no lone surrogates)") from None
     elif isinstance(value, list | tuple):
         for item in value:
+            _valid_text(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _valid_text(key)
             _valid_text(item)
     return value
 
@@ -82,7 +91,7 @@ class ChatCompletionRequest(Body):
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=256)
     store: bool | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     logprobs: bool | None = None
@@ -164,25 +173,75 @@ class ResponsesRequest(Body):
     top_p: float | None = Field(default=None, gt=0, le=1)
     stream: bool | None = False
     store: bool | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     user: str | None = Field(default=None, max_length=256)
     safety_identifier: str | None = Field(default=None, max_length=256)
+    service_tier: Literal["auto", "default"] | None = None
     text: TextConfig | None = None
     truncation: Literal["disabled"] | None = None
-    # Harmless without tools, which are refused when any are given.
+    # Accepted at their defaults, which ask for nothing this server cannot do; refused (below)
+    # when they ask for more. Frameworks send the defaults.
     tools: list[object] | None = None
     tool_choice: Literal["none", "auto"] | None = None
     parallel_tool_calls: bool | None = None
+    include: list[str] | None = None
+    reasoning: dict[str, object] | None = None
+    background: bool | None = None
+    conversation: object | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, data: object) -> object:
+        """Say plainly that input other than text messages is not offered (pydantic would
+        say "Input should be a valid string" of an image part)."""
+        items = data.get("input") if isinstance(data, dict) else None
+        for index, item in enumerate(items if isinstance(items, list) else []):
+            if not isinstance(item, dict):
+                continue
+            kind = item.get("type", "message")
+            if kind != "message":
+                raise InvalidRequest(
+                    f"Invalid value for 'input[{index}].type': only messages are supported "
+                    f"here, not '{kind}'.",
+                    param=f"input[{index}].type",
+                )
+            parts = item.get("content")
+            for at, part in enumerate(parts if isinstance(parts, list) else []):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if isinstance(kind, str) and kind not in ("input_text", "output_text"):
+                    param = f"input[{index}].content[{at}].type"
+                    raise InvalidRequest(
+                        f"Invalid value for '{param}': only text parts (input_text, "
+                        f"output_text) are supported here, not '{kind}'.",
+                        param=param,
+                    )
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ResponsesRequest:
-        if self.tools:
-            raise InvalidRequest(
-                "Unsupported parameter: 'tools' is not supported here: tool calling is not "
-                "offered.",
-                param="tools",
-                code="unsupported_parameter",
-            )
+        refused = {
+            "tools": ("tool calling is not offered", bool(self.tools)),
+            "include": ("there is nothing more to include than the text", bool(self.include)),
+            "reasoning": (
+                "the models here do not reason in separate steps",
+                self.reasoning is not None,
+            ),
+            "background": (
+                "a response is generated while its request is open",
+                bool(self.background),
+            ),
+            "conversation": (
+                "continue a conversation with previous_response_id",
+                self.conversation is not None,
+            ),
+        }
+        for param, (why, asked) in refused.items():
+            if asked:
+                raise InvalidRequest(
+                    f"Unsupported parameter: '{param}' is not supported here: {why}.",
+                    param=param,
+                    code="unsupported_parameter",
+                )
         return self
 
     @property
