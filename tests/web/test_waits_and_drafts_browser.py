@@ -55,6 +55,9 @@ def test_a_rate_limit_says_so_plainly_counts_down_and_then_goes(
     )
     countdown = banner.get_by_test_id("wait")
     expect(countdown).to_have_text(WAIT)
+    # Read out once: the ticking text is hidden from screen readers, a still one is not.
+    expect(countdown).to_have_attribute("aria-hidden", "true")
+    expect(banner.locator(".sr-only")).to_have_text(WAIT)
     expect(tab.composer).to_have_value("one too many")  # nothing typed is lost
     tab.screenshot("rate-limit-countdown.png")
 
@@ -68,6 +71,8 @@ def test_a_rate_limit_says_so_plainly_counts_down_and_then_goes(
     expect(countdown).to_have_text(f"You can send again in {left - 1} s.")
     page.clock.run_for((left - 1) * 1_000)
     expect(banner).to_be_hidden()  # the moment has come: the banner goes by itself
+    page.clock.run_for(100)  # the announcement is set a moment later, to be heard
+    expect(page.locator("#announcer")).to_have_text("You can send messages again")
     expect(tab.composer).to_have_value("one too many")
     page.clock.resume()
 
@@ -111,6 +116,16 @@ def test_an_unsent_message_is_kept_per_chat_across_reloads_until_it_is_sent(
     tab.composer.fill("")
     tab.reload()
     expect(tab.composer).to_have_value("")
+
+    # Another account's drafts, left when its session ended without a logout, are removed
+    # when the page starts; this account's stay.
+    page.evaluate("localStorage.setItem('lamplighter.draft.someone-else.', 'their words')")
+    tab.reload()
+    assert kept_in_storage(tab) == []  # the first chat's draft was cleared above
+    tab.composer.fill("mine")
+    tab.reload()
+    expect(tab.composer).to_have_value("mine")
+    assert len(kept_in_storage(tab)) == 1
 
     # Logging out leaves no drafts behind for the next person on this browser.
     tab.composer.fill("private words")

@@ -337,6 +337,7 @@
         return;
       }
       hideError();
+      announce('You can send messages again');
       refreshMe();
     };
     tick();
@@ -1499,6 +1500,8 @@
       case 'start': {
         const wasNew = !conv.id;
         if (data.conversation_id) conv.id = data.conversation_id;
+        // Typed while the first message waited for the server: the new chat's draft now.
+        if (wasNew && conv.id && isShown(conv)) moveDraft('', conv.id);
         if (typeof data.title === 'string' && data.title) conv.title = data.title;
         if (data.user_message) addMsg(conv, data.user_message);
         if (!data.message) break;
@@ -2309,11 +2312,22 @@
     saveDraft();
   }
 
-  function forgetDrafts() {
+  function moveDraft(fromId, toId) {
+    const text = safeStorageGet(`${DRAFT_PREFIX}${fromId}`);
+    if (text === null) return;
+    safeStorageSet(`${DRAFT_PREFIX}${toId}`, text);
+    safeStorageRemove(`${DRAFT_PREFIX}${fromId}`);
+  }
+
+  /** Remove drafts and unsent messages: this account's (``mine``, at logout) or, when the page
+   *  starts, any other account's left in this browser (their session ended without a logout). */
+  function forgetDrafts({ mine = true } = {}) {
     try {
       const keys = Array.from({ length: window.localStorage.length }, (_, i) => window.localStorage.key(i));
       for (const key of keys) {
-        if (key && (key.startsWith(DRAFT_PREFIX) || key.startsWith(UNSENT_PREFIX))) window.localStorage.removeItem(key);
+        if (!key || !/^lamplighter[.](draft|unsent)[.]/.test(key)) continue;
+        const ours = key.startsWith(DRAFT_PREFIX) || key.startsWith(UNSENT_PREFIX);
+        if (ours === mine) window.localStorage.removeItem(key);
       }
     } catch {
       // storage disabled
@@ -2359,7 +2373,7 @@
       saveDraft();
     });
     // A draft is this account's: leaving the account leaves none behind in this browser.
-    for (const form of document.querySelectorAll('.logout-form')) form.addEventListener('submit', forgetDrafts);
+    for (const form of document.querySelectorAll('.logout-form')) form.addEventListener('submit', () => forgetDrafts());
     els.stop.addEventListener('click', () => stopStreaming());
 
     els.bannerClose.addEventListener('click', () => {
@@ -2452,6 +2466,7 @@
     });
   }
 
+  forgetDrafts({ mine: false });
   wire();
   route();
   refreshMe();
