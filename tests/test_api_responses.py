@@ -126,6 +126,24 @@ def test_a_client_that_leaves_a_stream_stops_it_and_what_was_made_is_kept_and_ch
     assert message.status == "cut" and message.content.startswith("".join(seen))
     assert usage.finish_reason == "cancelled"
     assert 8 <= usage.completion_tokens <= 8 + 16  # stopped within the tokens in flight
+    kept = server.client(user[1]).responses.retrieve(response_id)
+    assert kept.status == "cancelled" and kept.output_text == message.content
+    assert kept.usage is not None and kept.usage.output_tokens == usage.completion_tokens
+
+
+def test_a_stored_response_can_be_retrieved_by_its_owner_only(
+    client: openai.OpenAI, server: LiveServer
+) -> None:
+    made = client.responses.create(model=SCRIPTED, input="keep me", metadata={"a": "b"})
+    again = client.responses.retrieve(made.id)
+    assert (again.id, again.status, again.output_text) == (made.id, "completed", made.output_text)
+    assert again.usage == made.usage
+    assert again.model == SCRIPTED and again.metadata == {}  # the request is not stored
+    stranger = server.client(server.new_user(plan="roomy")[1])
+    unstored = client.responses.create(model=SCRIPTED, input="forget me", store=False)
+    for who, name in [(stranger, made.id), (client, unstored.id), (client, "resp_nothing")]:
+        with pytest.raises(openai.NotFoundError):
+            who.responses.retrieve(name)
 
 
 def test_previous_response_id_continues_the_stored_conversation(

@@ -13,22 +13,32 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from sqlalchemy import select
 
 from lamplighter.api.openai import Caller, open_exchange
 from lamplighter.api.responses import DeferredJSONResponse, EventStreamResponse
 from lamplighter.api.schemas import ResponsesRequest
 from lamplighter.api.state import Services, State
-from lamplighter.chat import Exchange, Placement, Principal, message_id_from, response_id
+from lamplighter.chat import (
+    Exchange,
+    Placement,
+    Principal,
+    TokenCount,
+    message_id_from,
+    response_id,
+)
 from lamplighter.conversation.threading import Turn
 from lamplighter.engines.base import GenerationRequest
 from lamplighter.exceptions import APIError, NotFound
 from lamplighter.store.conversations import Conversations
-from lamplighter.store.models import Message
+from lamplighter.store.models import Message, Usage
 
 router = APIRouter(prefix="/v1")
 
@@ -44,16 +54,56 @@ async def _history(state: Services, who: Principal, previous: str) -> tuple[Mess
         param="previous_response_id",
         code="previous_response_not_found",
     )
-    message_id = message_id_from(previous)
-    if message_id is None:
-        raise missing
     async with state.db.transaction() as session:
         conversations = Conversations(session)
-        answer = await conversations.message_of(who.user_id, message_id)
-        if answer is None or answer.role != "assistant":
+        answer = await _stored_answer(conversations, who, previous)
+        if answer is None:
             raise missing
         path = await conversations.path_to(answer.id)
     return answer, [Turn(m.role, m.content) for m in path if m.role != "system"]
+
+
+async def _stored_answer(conversations: Conversations, who: Principal, name: str) -> Message | None:
+    """The caller's stored answer a response id names, if any."""
+    message_id = message_id_from(name)
+    if message_id is None:
+        return None
+    answer = await conversations.message_of(who.user_id, message_id)
+    return answer if answer is not None and answer.role == "assistant" else None
+
+
+@router.get("/responses/{name}")
+async def retrieve_response(name: str, who: Caller, state: State) -> dict[str, Any]:
+    """A stored response, as it stands (one still being generated is ``in_progress``, one its
+    client left ``cancelled``). What the request asked for is not stored: ``instructions`` and
+    ``max_output_tokens`` read null, ``metadata`` empty, ``temperature`` and ``top_p`` 1."""
+    async with state.db.transaction() as session:
+        answer = await _stored_answer(Conversations(session), who, name)
+        if answer is None:
+            raise NotFound(
+                f"Response with id '{name}' not found.", param="response_id", code="not_found"
+            )
+        ledger = await session.scalar(select(Usage).where(Usage.message_id == answer.id))
+    usage = (
+        TokenCount(ledger.prompt_tokens, ledger.completion_tokens) if ledger else TokenCount(0, 0)
+    )
+    stored = _Stored(
+        answer.id,
+        int(answer.created_at.timestamp()),
+        answer.model or "",
+        answer.content,
+        usage,
+        answer.finish_reason,
+    )
+    shape = _Shape(stored, None)
+    if answer.status == "in_progress":
+        return shape.response("in_progress")
+    if answer.status == "error" or answer.finish_reason in ("shutdown", "interrupted"):
+        why = "The answer was cut off by a failure before it was finished."
+        return shape.response("failed", {"code": "server_error", "message": why})
+    if answer.status == "cut":
+        return shape.response("cancelled")  # the client left, or stopped it
+    return shape.finished()
 
 
 @router.post("/responses")
@@ -85,7 +135,7 @@ async def create_response(
     )
     shape = _Shape(exchange, body)
     if body.stream:
-        return EventStreamResponse(shape.events(), headers, finally_=exchange.close)
+        return EventStreamResponse(shape.events(exchange), headers, finally_=exchange.close)
 
     async def produce() -> tuple[int, Any, dict[str, str]]:
         try:
@@ -100,30 +150,44 @@ async def create_response(
     return DeferredJSONResponse(produce, headers, finally_=exchange.close)
 
 
-class _Shape:
-    """An exchange in the Responses API's shapes: the response object and its stream events."""
+@dataclass(frozen=True)
+class _Stored:
+    """A stored answer, with what a response object needs of an exchange."""
 
-    def __init__(self, exchange: Exchange, body: ResponsesRequest) -> None:
-        self.exchange = exchange
+    message_id: uuid.UUID
+    created: int
+    model: str
+    content: str
+    usage: TokenCount
+    finish_reason: str | None
+    interrupted: str | None = None
+
+
+class _Shape:
+    """An answer in the Responses API's shapes: the response object and, for an exchange, its
+    stream events. ``body`` is the request (None for a stored response: nothing of it is kept)."""
+
+    def __init__(self, answer: Exchange | _Stored, body: ResponsesRequest | None) -> None:
+        self.answer: Exchange | _Stored = answer
         self.body = body
-        self.id = response_id(exchange.message_id)
-        self.item_id = f"msg_{exchange.message_id.hex}"
+        self.id = response_id(answer.message_id)
+        self.item_id = f"msg_{answer.message_id.hex}"
         self.sequence = 0
 
     @property
     def incomplete_reason(self) -> str | None:
         """Why the answer stopped short: the token limit, or moderation stopping it."""
-        if self.exchange.finish_reason == "content_filter":
+        if self.answer.finish_reason == "content_filter":
             return "content_filter"
-        if self.exchange.finish_reason == "length":
+        if self.answer.finish_reason == "length":
             return "max_output_tokens"
         return None
 
     def finished(self, failure: str | None = None) -> dict[str, Any]:
         """The finished response. ``failure`` (the backend failed mid-answer), or a shutdown's
         cut, makes it ``failed`` with a ``server_error``; what was generated stays in it."""
-        if failure is None and self.exchange.interrupted is not None:
-            failure = self.exchange.interrupted
+        if failure is None and self.answer.interrupted is not None:
+            failure = self.answer.interrupted
         if failure is not None:
             return self.response("failed", {"code": "server_error", "message": failure})
         return self.response("incomplete" if self.incomplete_reason else "completed")
@@ -144,35 +208,35 @@ class _Shape:
 
     def response(self, status: str, error: dict[str, str] | None = None) -> dict[str, Any]:
         """The response object, ``in_progress`` or finished."""
-        exchange, body = self.exchange, self.body
+        answer, body = self.answer, self.body
         finished = status != "in_progress"
-        usage = exchange.usage
+        usage = answer.usage
         item_status = "completed" if status == "completed" else "incomplete"
         return {
             "id": self.id,
             "object": "response",
-            "created_at": exchange.created,
+            "created_at": answer.created,
             "completed_at": int(time.time()) if status == "completed" else None,
             "status": status,
             "error": error,
             "incomplete_details": (
                 {"reason": self.incomplete_reason} if status == "incomplete" else None
             ),
-            "instructions": body.instructions,
-            "max_output_tokens": body.max_output_tokens,
-            "model": exchange.model,
-            "output": [self.item(item_status, exchange.content)] if finished else [],
-            "parallel_tool_calls": bool(body.parallel_tool_calls),
-            "previous_response_id": body.previous_response_id,
-            "store": body.store is not False,
-            "temperature": 1.0 if body.temperature is None else body.temperature,
-            "top_p": 1.0 if body.top_p is None else body.top_p,
+            "instructions": body.instructions if body else None,
+            "max_output_tokens": body.max_output_tokens if body else None,
+            "model": answer.model,
+            "output": [self.item(item_status, answer.content)] if finished else [],
+            "parallel_tool_calls": bool(body and body.parallel_tool_calls),
+            "previous_response_id": body.previous_response_id if body else None,
+            "store": body is None or body.store is not False,
+            "temperature": body.temperature if body and body.temperature is not None else 1.0,
+            "top_p": body.top_p if body and body.top_p is not None else 1.0,
             "text": {"format": {"type": "text"}},
-            "tool_choice": body.tool_choice or "auto",
+            "tool_choice": (body.tool_choice if body else None) or "auto",
             "tools": [],
             "truncation": "disabled",
-            "metadata": body.metadata or {},
-            "user": body.user,
+            "metadata": (body.metadata if body else None) or {},
+            "user": body.user if body else None,
             "usage": (
                 {
                     "input_tokens": usage.prompt_tokens,
@@ -192,7 +256,7 @@ class _Shape:
         data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
         return f"event: {kind}\ndata: {data}\n\n".encode()
 
-    async def events(self) -> AsyncIterator[bytes]:
+    async def events(self, exchange: Exchange) -> AsyncIterator[bytes]:
         """The stream: created, the item and its text part opened, the text deltas, then
         everything closed again and ``response.completed`` (or ``.incomplete``) with the usage.
         A failure after the start (the backend's, or a shutdown's cut) ends it with
@@ -204,7 +268,7 @@ class _Shape:
             "response.output_item.added", output_index=0, item=self.item("in_progress", None)
         )
         yield self.event("response.content_part.added", **at, part=self.part(""))
-        chunks = self.exchange.stream()
+        chunks = exchange.stream()
         try:
             async for chunk in chunks:
                 if chunk.text:
@@ -220,7 +284,7 @@ class _Shape:
         if done["status"] == "failed":
             yield self.event("response.failed", response=done)
             return
-        text = self.exchange.content
+        text = exchange.content
         yield self.event("response.output_text.done", **at, text=text, logprobs=[])
         yield self.event("response.content_part.done", **at, part=self.part(text))
         yield self.event("response.output_item.done", output_index=0, item=done["output"][0])
