@@ -97,13 +97,16 @@ class Placement:
 
     With ``fit`` (the web chat, which sends whole conversations), the oldest turns are left
     out until the prompt fits the model; without, a prompt too long is refused (the Responses
-    API, whose ``truncation`` is "disabled").
+    API, whose ``truncation`` is "disabled"). ``earlier`` new turns before the last one (the
+    Responses API's input of several messages) are stored too, in order, between the parent
+    and the question.
     """
 
     conversation_id: uuid.UUID | None
     parent_id: uuid.UUID | None
     new_turn: bool
     fit: bool = True
+    earlier: int = 0
 
 
 @dataclass(frozen=True)
@@ -803,9 +806,12 @@ class ChatService:
             if parent is None:  # deleted since the caller looked
                 raise NotFound("That message no longer exists.", code="message_not_found")
         parent_id = parent.id if parent else None
+        new_ids: list[uuid.UUID] = []
         if placement.new_turn:
-            # Ids are time-ordered: the answer's must sort after its question's.
-            exchange.question_id = new_id()
+            # Ids are time-ordered: each new turn's must sort after the one before it, and the
+            # answer's after its question's.
+            new_ids = [new_id() for _ in range(placement.earlier + 1)]
+            exchange.question_id = new_ids[-1]
             exchange.message_id = new_id()
         conversation_id = await _lead_to_answer(
             conversations, exchange, placement.conversation_id, turns, now
@@ -813,13 +819,11 @@ class ChatService:
         parent_hash = parent.path_hash if parent else ROOT_HASH
         depth = parent.depth + 1 if parent else 0
         rows: list[dict[str, Any]] = []
-        if exchange.question_id is not None:
-            parent_hash = node_hash(parent_hash, turns[-1])
-            question = _message_row(
-                exchange.question_id, conversation_id, user_id, parent_id, turns[-1], depth, now
-            )
-            rows.append(question | {"path_hash": parent_hash})
-            parent_id = exchange.question_id
+        for message_id, turn in zip(new_ids, turns[len(turns) - len(new_ids) :], strict=True):
+            parent_hash = node_hash(parent_hash, turn)
+            row = _message_row(message_id, conversation_id, user_id, parent_id, turn, depth, now)
+            rows.append(row | {"path_hash": parent_hash})
+            parent_id = message_id
             depth += 1
         rows.append(_answer_row(exchange, conversation_id, parent_id, depth, now))
         await conversations.insert_messages(rows)

@@ -172,13 +172,32 @@ def test_previous_response_id_continues_the_stored_conversation(
         ("user", "again"),
         ("assistant", "You said: again"),
     ]
+    # Several messages at once go under it too, in order; a developer message among them is
+    # the caller's input, carried on (only the instructions are per request).
+    several = client.responses.create(
+        model=SCRIPTED,
+        previous_response_id=plain.id,
+        input=[
+            {"role": "developer", "content": "Answer in French."},
+            {"role": "user", "content": "encore"},
+        ],
+    )
+    assert stored_path(server, several.id) == [
+        *stored_path(server, plain.id),
+        ("system", "Answer in French."),
+        ("user", "encore"),
+        ("assistant", "You said: encore"),
+    ]
+    after = client.responses.create(model=SCRIPTED, input="fin", previous_response_id=several.id)
+    assert after.usage and several.usage
+    assert after.usage.input_tokens > several.usage.input_tokens  # the developer message too
     # A response's output sent back as input, as the SDK's docs show, is the same history.
     third = client.responses.create(
         model=SCRIPTED,
         instructions="Be terse.",
         input=[
             {"role": "user", "content": "first"},
-            *first.output,  # type: ignore[list-item]
+            *[item.model_dump() for item in first.output],  # with every field, phase too
             {"role": "user", "content": [{"type": "input_text", "text": "third"}]},
         ],
     )
@@ -194,6 +213,33 @@ def test_a_response_can_be_rated_by_its_id(server: LiveServer, user: tuple[str, 
     )
     assert rated.status_code == 200, rated.text
     assert rated.json() == {"message_id": response.id, "rating": 1, "reasons": [], "comment": None}
+
+
+def test_a_previous_response_still_being_generated_is_refused(
+    server: LiveServer, user: tuple[str, str]
+) -> None:
+    body = {"model": MODEL, "input": "Write a very long essay about lamps.", "stream": True}
+    with httpx.stream(
+        "POST",
+        server.base_url + "/v1/responses",
+        json={**body, "max_output_tokens": 1500},
+        headers={"authorization": f"Bearer {user[1]}"},
+        timeout=60,
+    ) as stream:
+        # Read up to the first piece of text without closing the stream (leaving the loop of
+        # iter_lines would: the answer would be cut, not in progress).
+        lines = stream.iter_lines()
+        event: dict[str, Any] = {}
+        while event.get("type") != "response.output_text.delta":
+            line = next(lines)
+            event = json.loads(line.removeprefix("data: ")) if line.startswith("data: ") else {}
+            if event.get("type") == "response.created":
+                running = event["response"]["id"]
+        with pytest.raises(openai.BadRequestError) as caught:
+            server.client(user[1]).responses.create(
+                model=SCRIPTED, input="too soon", previous_response_id=running
+            )
+    assert caught.value.code == "previous_response_in_progress"
 
 
 def test_a_previous_response_of_someone_else_or_nobody_is_404(
@@ -235,6 +281,9 @@ def test_the_defaults_that_frameworks_send_are_accepted(client: openai.OpenAI) -
         truncation="disabled",
         text={"format": {"type": "text"}},
         metadata={"run": "42"},
+        prompt_cache_key="session-7",
+        stream_options={"include_obfuscation": False},
+        stream=False,
     )
     assert response.output_text == "You said: defaults"
     assert response.metadata == {"run": "42"}

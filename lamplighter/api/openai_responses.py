@@ -36,7 +36,7 @@ from lamplighter.chat import (
 )
 from lamplighter.conversation.threading import Turn
 from lamplighter.engines.base import GenerationRequest
-from lamplighter.exceptions import APIError, NotFound
+from lamplighter.exceptions import APIError, InvalidRequest, NotFound
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.models import Message, Usage
 
@@ -46,9 +46,10 @@ CUT_WARNING = "the server stopped before this answer was finished; its status is
 
 
 async def _history(state: Services, who: Principal, previous: str) -> tuple[Message, list[Turn]]:
-    """The answer ``previous`` names (the caller's own, stored; else 404, as at OpenAI) and the
-    turns of the stored path that ends at it. Its instructions are not carried over (OpenAI's
-    rule): a request gives its own."""
+    """The answer ``previous`` names (the caller's own, stored and finished; else 404, as at
+    OpenAI, or 400 while it is still generated) and the turns of the stored path that ends at
+    it. The system message its conversation starts with, where instructions are stored, is not
+    carried over (OpenAI's rule: a request gives its own instructions)."""
     missing = NotFound(
         f"Previous response with id '{previous}' not found.",
         param="previous_response_id",
@@ -59,8 +60,17 @@ async def _history(state: Services, who: Principal, previous: str) -> tuple[Mess
         answer = await _stored_answer(conversations, who, previous)
         if answer is None:
             raise missing
+        if answer.status == "in_progress":
+            raise InvalidRequest(
+                f"Previous response with id '{previous}' is still being generated; continue "
+                "from it once it has finished.",
+                param="previous_response_id",
+                code="previous_response_in_progress",
+            )
         path = await conversations.path_to(answer.id)
-    return answer, [Turn(m.role, m.content) for m in path if m.role != "system"]
+    if path and path[0].role == "system":
+        path = path[1:]
+    return answer, [Turn(m.role, m.content) for m in path]
 
 
 async def _stored_answer(conversations: Conversations, who: Principal, name: str) -> Message | None:
@@ -95,7 +105,7 @@ async def retrieve_response(name: str, who: Caller, state: State) -> dict[str, A
         usage,
         answer.finish_reason,
     )
-    shape = _Shape(stored, None)
+    shape = _Shape(stored, None, completed_at=int(answer.updated_at.timestamp()))
     if answer.status == "in_progress":
         return shape.response("in_progress")
     if answer.status == "error" or answer.finish_reason in ("shutdown", "interrupted"):
@@ -118,10 +128,15 @@ async def create_response(
     if body.previous_response_id is not None:
         answer, history = await _history(state, who, body.previous_response_id)
         turns.extend(history)
-        if store and [turn.role for turn in body.turns] == ["user"]:
-            # The question goes under the answer it follows. (Several messages at once are
-            # threaded from the root, as chat completions' are: placing stores one turn.)
-            placement = Placement(answer.conversation_id, answer.id, new_turn=True, fit=False)
+        if store:
+            # The input goes under the answer it follows, whatever the instructions.
+            placement = Placement(
+                answer.conversation_id,
+                answer.id,
+                new_turn=True,
+                fit=False,
+                earlier=len(body.turns) - 1,
+            )
     turns.extend(body.turns)
     request = GenerationRequest(
         model=body.model,
@@ -167,9 +182,15 @@ class _Shape:
     """An answer in the Responses API's shapes: the response object and, for an exchange, its
     stream events. ``body`` is the request (None for a stored response: nothing of it is kept)."""
 
-    def __init__(self, answer: Exchange | _Stored, body: ResponsesRequest | None) -> None:
+    def __init__(
+        self,
+        answer: Exchange | _Stored,
+        body: ResponsesRequest | None,
+        completed_at: int | None = None,
+    ) -> None:
         self.answer: Exchange | _Stored = answer
         self.body = body
+        self.completed_at = completed_at  # None: now
         self.id = response_id(answer.message_id)
         self.item_id = f"msg_{answer.message_id.hex}"
         self.sequence = 0
@@ -216,7 +237,9 @@ class _Shape:
             "id": self.id,
             "object": "response",
             "created_at": answer.created,
-            "completed_at": int(time.time()) if status == "completed" else None,
+            "completed_at": (
+                (self.completed_at or int(time.time())) if status == "completed" else None
+            ),
             "status": status,
             "error": error,
             "incomplete_details": (

@@ -143,9 +143,11 @@ class ResponseInputMessage(Body):
     type: Literal["message"] = "message"
     role: Literal["system", "developer", "user", "assistant"]
     content: str | Annotated[list[ResponseTextPart], Field(max_length=256)]
-    # Set on a response's output item sent back as input; not needed to place it.
+    # Set on a response's output item sent back as input (the SDK asks to send them back);
+    # not needed to place it.
     id: str | None = Field(default=None, max_length=200)
     status: Literal["in_progress", "completed", "incomplete"] | None = None
+    phase: Literal["commentary", "final_answer"] | None = None
 
     def turn(self) -> Turn:
         if isinstance(self.content, list):
@@ -163,6 +165,10 @@ class TextConfig(Body):
     format: TextFormat | None = None
 
 
+class ResponsesStreamOptions(Body):
+    include_obfuscation: bool | None = None  # nothing here is obfuscated
+
+
 class ResponsesRequest(Body):
     model: str = Field(min_length=1, max_length=200)
     input: str | Annotated[list[ResponseInputMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
@@ -172,10 +178,14 @@ class ResponsesRequest(Body):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stream: bool | None = False
+    stream_options: ResponsesStreamOptions | None = None
     store: bool | None = None
     metadata: Metadata | None = None
     user: str | None = Field(default=None, max_length=256)
     safety_identifier: str | None = Field(default=None, max_length=256)
+    # A hint for the provider's prompt cache; prefix affinity already sends a conversation
+    # back to the backend that holds its prefix.
+    prompt_cache_key: str | None = Field(default=None, max_length=256)
     service_tier: Literal["auto", "default"] | None = None
     text: TextConfig | None = None
     truncation: Literal["disabled"] | None = None
