@@ -70,6 +70,7 @@ def test_bad_requests_are_400_naming_the_parameter(
 
 
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 
 
 @pytest.mark.parametrize(
@@ -89,7 +90,7 @@ IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}
             "structured output",
         ),
         (
-            {"model": MODEL, "messages": [{"role": "assistant", "tool_calls": []}, *HELLO]},
+            {"model": MODEL, "messages": [{"role": "assistant", "tool_calls": [CALL]}, *HELLO]},
             "messages[0].tool_calls",
             "unsupported_parameter",
             "tool calling is not offered",
@@ -204,3 +205,31 @@ def test_content_parts_and_developer_role_are_understood(client: openai.OpenAI) 
         ],
     )
     assert answer.choices[0].message.content == "You said: two parts"
+
+
+def test_the_defaults_that_frameworks_send_ask_for_nothing_and_are_accepted(
+    client: openai.OpenAI,
+) -> None:
+    first = client.chat.completions.create(
+        model=SCRIPTED,
+        messages=[{"role": "user", "content": "hi"}],
+        tools=[],
+        tool_choice="auto",
+        parallel_tool_calls=True,
+        response_format={"type": "text"},
+        logit_bias={},
+        service_tier="auto",
+        modalities=["text"],
+        extra_body={"reasoning_effort": None, "audio": None},
+    )
+    assert first.choices[0].message.content == "You said: hi"
+    # The answer sent back as the SDK made it: tool_calls, audio, annotations... all empty.
+    again = client.chat.completions.create(
+        model=SCRIPTED,
+        messages=[
+            {"role": "user", "content": "hi"},
+            first.choices[0].message.model_dump(),  # type: ignore[list-item]
+            {"role": "user", "content": "again"},
+        ],
+    )
+    assert again.choices[0].message.content == "You said: again"

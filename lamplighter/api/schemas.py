@@ -41,6 +41,40 @@ def _valid_text(value: object) -> object:
     return value
 
 
+# Fields this server does not offer (``errors.UNSUPPORTED`` says why), at values that ask for
+# nothing: frameworks send these defaults, and an assistant message sent back as the SDK made
+# it (``message.model_dump()``) carries them. They are dropped; any other value is refused.
+ASKS_NOTHING: dict[str, tuple[object, ...]] = {
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "functions": (None, []),
+    "function_call": (None, "none", "auto"),
+    "parallel_tool_calls": (None, True, False),
+    "response_format": (None, {"type": "text"}),
+    "logit_bias": (None, {}),
+    "top_logprobs": (None, 0),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+    "reasoning_effort": (None,),
+    "service_tier": (None, "auto", "default"),
+    "web_search_options": (None,),
+}
+# The same, on a message.
+MESSAGE_ASKS_NOTHING: dict[str, tuple[object, ...]] = {
+    "tool_calls": (None, []),
+    "function_call": (None,),
+    "audio": (None,),
+    "annotations": (None, []),
+}
+
+
+def _without_defaults(data: object, defaults: dict[str, tuple[object, ...]]) -> object:
+    if not isinstance(data, dict):
+        return data
+    return {k: v for k, v in data.items() if k not in defaults or v not in defaults[k]}
+
+
 class Body(BaseModel):
     """Every request body: unknown fields refused, every string valid Unicode."""
 
@@ -62,6 +96,11 @@ class ChatMessage(Body):
     content: str | Annotated[list[TextPart], Field(max_length=256)] | None = None
     name: str | None = Field(default=None, max_length=64)
     refusal: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_defaults(cls, data: object) -> object:
+        return _without_defaults(data, MESSAGE_ASKS_NOTHING)
 
     def turn(self) -> Turn:
         if isinstance(self.content, list):
@@ -95,8 +134,11 @@ class ChatCompletionRequest(Body):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     logprobs: bool | None = None
-    # Meaningless without tools (which are not offered), so any value is harmless.
-    parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_defaults(cls, data: object) -> object:
+        return _without_defaults(data, ASKS_NOTHING)
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
