@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from playwright.sync_api import expect
+from playwright.sync_api import Route, expect
 
 from tests.conftest import SCRIPTED, LiveServer
 from tests.web.browser import Tab, Tabs
@@ -135,3 +135,37 @@ def test_an_unsent_message_is_kept_per_chat_across_reloads_until_it_is_sent(
     assert kept_in_storage(tab) == []
     tab.login(new_person(server))
     expect(tab.composer).to_have_value("")
+
+
+def test_text_typed_while_a_new_chats_first_message_waits_is_that_chats_draft(
+    tabs: Tabs, server: LiveServer
+) -> None:
+    """The page learns a new chat's id only when the server starts answering (after the queue):
+    what was typed meanwhile must not stay behind as the next new chat's draft."""
+    tab = tabs.open()
+    page = tab.page
+    tab.login(new_person(server))
+    tab.pick_model(SCRIPTED)
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:  # the request waits here, as in a full queue
+        held.append(route)
+
+    page.route("**/api/chat", hold)
+    with page.expect_request("**/api/chat"):
+        tab.send("the first message")
+    tab.composer.fill("typed while it waited")
+    for _ in range(100):  # the route's handler runs while Playwright is being called
+        if held:
+            break
+        page.wait_for_timeout(20)
+    held[0].continue_()
+    page.unroute("**/api/chat")
+    tab.answer_done()
+    chat = tab.conversation_id()
+
+    page.get_by_test_id("new-chat").click()
+    expect(tab.composer).to_have_value("")  # not left behind for the next new chat
+    tab.goto(f"/c/{chat}")
+    tab.ready()
+    expect(tab.composer).to_have_value("typed while it waited")
