@@ -43,6 +43,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Literal, Self, TypeVar
 from urllib.parse import urlsplit
@@ -522,6 +523,14 @@ class RedisState:
         for lease, (_, most) in leases:
             args += [lease, most]
         lost: list[int] = await self._call(lambda: self._renew(keys=keys, args=args))
+        # A lease given back while the renewal was on its way may have reached Redis first, and
+        # then been taken again by it (its set had room): the slot would look taken for a whole
+        # TTL. Give those back once more.
+        gone = [
+            (self._lease_key(key), lease) for lease, (key, _) in leases if lease not in self._held
+        ]
+        for lease_key, lease in gone:
+            await self._call(partial(self._redis.zrem, lease_key, lease))
         for position in lost:
             lease = leases[position - 1][0]
             if lease in self._held and lease not in self._lost:

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -232,6 +233,33 @@ async def _replay(initial: list[Rate], sequence: list[tuple[object, ...]]) -> No
 
 
 # -- leases -----------------------------------------------------------------------------------
+
+
+async def test_a_lease_given_back_while_its_renewal_is_on_the_way_stays_given_back(
+    prefix: str,
+) -> None:
+    """The renewal re-takes a lease it finds gone when its set has room (for one that lapsed
+    while Redis was away). A stream that ends while its renewal is in flight must not be
+    brought back by it: the slot would look taken for a whole TTL."""
+    async with (
+        RedisState(REDIS_URL, prefix=prefix) as live,
+        RedisState(REDIS_URL, prefix=prefix) as probe,
+    ):
+        lease = await take_slot(live, "u", 1)
+        assert lease is not None
+        renew, given_back = live._renew, asyncio.Event()
+
+        async def late(**kwargs: Any) -> Any:  # the renewal reaches Redis after the give-back
+            await given_back.wait()
+            return await renew(**kwargs)
+
+        live._renew = late  # type: ignore[assignment]
+        renewing = asyncio.create_task(live._renew_held())
+        await asyncio.sleep(0)  # it has taken its list of the leases held
+        await give_back_slot(live, "u", lease)
+        given_back.set()
+        await renewing
+        assert await take_slot(probe, "u", 1) is not None
 
 
 async def test_a_dead_replicas_slots_lapse_and_a_live_ones_are_renewed(prefix: str) -> None:
