@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from lamplighter.api.openai import principal
+from lamplighter.api.schemas import unsupported
 from lamplighter.api.state import services
 from lamplighter.exceptions import APIError
 
@@ -100,12 +101,10 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     param = _param(location)
     detail = first.get("msg", "invalid value")
     field = location[-1] if location else None
-    code = None
     if param is None:
         message = f"The request body must be a JSON object: {detail}."
     elif first.get("type") == "extra_forbidden" and field in UNSUPPORTED:
-        message = f"Unsupported parameter: '{param}' is not supported here: {UNSUPPORTED[field]}."
-        code = "unsupported_parameter"
+        return error_response(unsupported(param, UNSUPPORTED[field]))
     elif first.get("type") == "extra_forbidden":
         message = f"Unrecognized request argument supplied: {param}"
     elif first.get("type") == "missing":
@@ -117,7 +116,7 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
         )
     else:
         message = f"Invalid value for '{param}': {detail}."
-    return error_response(_InvalidBody(message, param=param, code=code))
+    return error_response(_InvalidBody(message, param=param))
 
 
 class _InvalidBody(APIError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Annotated, Any
 
@@ -181,6 +181,15 @@ async def chat_completions(
             _events(exchange, include_usage), headers, finally_=exchange.close
         )
 
+    return whole_answer(exchange, headers, partial(_completion, exchange), CUT_WARNING)
+
+
+def whole_answer(
+    exchange: Exchange, headers: dict[str, str], render: Callable[[], Any], cut_warning: str
+) -> DeferredJSONResponse:
+    """A non-streamed answer: ``render()``'s body once the exchange has run to its end, or the
+    error it failed with; an answer a stopping server cut off says so in a header."""
+
     async def produce() -> tuple[int, Any, dict[str, str]]:
         try:
             async for _ in exchange.stream():
@@ -188,8 +197,8 @@ async def chat_completions(
         except APIError as error:
             return error.status_code, error.body(), error.headers
         if exchange.interrupted is not None:
-            return 200, _completion(exchange), {"x-lamplighter-warning": CUT_WARNING}
-        return 200, _completion(exchange), {}
+            return 200, render(), {"x-lamplighter-warning": cut_warning}
+        return 200, render(), {}
 
     return DeferredJSONResponse(produce, headers, finally_=exchange.close)
 

@@ -22,8 +22,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 
-from lamplighter.api.openai import Caller, open_exchange
-from lamplighter.api.responses import DeferredJSONResponse, EventStreamResponse
+from lamplighter.api.openai import Caller, open_exchange, whole_answer
+from lamplighter.api.responses import EventStreamResponse
 from lamplighter.api.schemas import ResponsesRequest
 from lamplighter.api.state import Services, State
 from lamplighter.chat import (
@@ -151,18 +151,7 @@ async def create_response(
     shape = _Shape(exchange, body)
     if body.stream:
         return EventStreamResponse(shape.events(exchange), headers, finally_=exchange.close)
-
-    async def produce() -> tuple[int, Any, dict[str, str]]:
-        try:
-            async for _ in exchange.stream():
-                pass
-        except APIError as error:
-            return error.status_code, error.body(), error.headers
-        if exchange.interrupted is not None:
-            return 200, shape.finished(), {"x-lamplighter-warning": CUT_WARNING}
-        return 200, shape.finished(), {}
-
-    return DeferredJSONResponse(produce, headers, finally_=exchange.close)
+    return whole_answer(exchange, headers, shape.finished, CUT_WARNING)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,15 @@ def _without_defaults(data: object, defaults: dict[str, tuple[object, ...]]) -> 
     return {k: v for k, v in data.items() if k not in defaults or v not in defaults[k]}
 
 
+def unsupported(param: str, why: str) -> InvalidRequest:
+    """The refusal of an OpenAI parameter this server does not offer: why, not "unrecognized"."""
+    return InvalidRequest(
+        f"Unsupported parameter: '{param}' is not supported here: {why}.",
+        param=param,
+        code="unsupported_parameter",
+    )
+
+
 class Body(BaseModel):
     """Every request body: unknown fields refused, every string valid Unicode."""
 
@@ -103,11 +112,7 @@ class ChatMessage(Body):
         return _without_defaults(data, MESSAGE_ASKS_NOTHING)
 
     def turn(self) -> Turn:
-        if isinstance(self.content, list):
-            text = "".join(part.text for part in self.content)
-        else:
-            text = self.content or ""
-        return Turn(ROLE_ALIASES.get(self.role, self.role), text)
+        return _turn(self.role, self.content)
 
 
 class StreamOptions(Body):
@@ -192,11 +197,7 @@ class ResponseInputMessage(Body):
     phase: Literal["commentary", "final_answer"] | None = None
 
     def turn(self) -> Turn:
-        if isinstance(self.content, list):
-            text = "".join(part.text for part in self.content)
-        else:
-            text = self.content
-        return Turn(ROLE_ALIASES.get(self.role, self.role), text)
+        return _turn(self.role, self.content)
 
 
 class TextFormat(Body):
@@ -289,11 +290,7 @@ class ResponsesRequest(Body):
         }
         for param, (why, asked) in refused.items():
             if asked:
-                raise InvalidRequest(
-                    f"Unsupported parameter: '{param}' is not supported here: {why}.",
-                    param=param,
-                    code="unsupported_parameter",
-                )
+                raise unsupported(param, why)
         return self
 
     @property
@@ -302,3 +299,9 @@ class ResponsesRequest(Body):
         if isinstance(self.input, str):
             return (Turn("user", self.input),)
         return tuple(message.turn() for message in self.input)
+
+
+def _turn(role: str, content: str | list[TextPart] | list[ResponseTextPart] | None) -> Turn:
+    """A message as a turn: its text parts joined, its role by the name the model knows."""
+    text = "".join(part.text for part in content) if isinstance(content, list) else content
+    return Turn(ROLE_ALIASES.get(role, role), text or "")
