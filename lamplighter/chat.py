@@ -153,6 +153,9 @@ class Exchange:
     slot: Slot | None  # None for a cache hit, which takes no backend capacity
     message_id: uuid.UUID
     stored: bool
+    # The client sees the answer only once it is whole (not streamed): until then, a backend
+    # that fails part-way can be replaced by another that answers from the beginning.
+    whole: bool = False
     cache_key: str | None = None
     degraded: Degradation | None = None
     # Moderation: the plan's action, and what was flagged in the question and in the answer.
@@ -306,6 +309,14 @@ class Exchange:
             return False
         self._cancelled_it = False
         return self._task.uncancel() == 0
+
+    def start_over(self, failed: str) -> None:
+        """Forget what a failed backend produced of an answer nobody has seen (``whole``), so
+        that another backend's answer replaces it; only the answer delivered is charged."""
+        self.service.metrics.discarded_tokens.labels(failed).inc(self.completion_tokens)
+        self.text.clear()
+        self.completion_tokens = 0
+        self.flags_out = ()
 
     def flag_output(self, categories: tuple[str, ...]) -> None:
         for category in categories:
@@ -651,9 +662,11 @@ class ChatService:
     ) -> AsyncIterator[Chunk]:
         """The backend's chunks. If it fails before its first chunk in a way another backend may
         not (``Unavailable``: unreachable, 5xx, breaker open; or its own 429), the request moves
-        to the next backend that can serve it, taking a slot there; after the first chunk a
-        failure ends the answer. When no backend is left, or none frees a slot within the
-        plan's patience, the answer ends with a 503 that says why."""
+        to the next backend that can serve it, taking a slot there. After the first chunk a
+        failure ends a streamed answer, whose client has part of it; a whole answer starts over
+        on the next backend, as its client has seen nothing yet. When no backend is left, or
+        none frees a slot within the plan's patience, the answer ends with a 503 that says
+        why."""
         tried = {backend.name}
         while True:
             chunks = backend.generate(prepared)
@@ -663,8 +676,10 @@ class ChatService:
                     started = True
                     yield chunk
                 return
-            except (Unavailable, Overloaded) as error:
-                if started:
+            except (EngineFailed, Overloaded) as error:
+                if started and exchange.whole:
+                    exchange.start_over(backend.name)
+                elif started or not isinstance(error, (Unavailable, Overloaded)):
                     raise
                 failure = error
             finally:

@@ -24,7 +24,7 @@ from lamplighter.exceptions import ConfigError
 from lamplighter.settings import Settings
 from tests.conftest import ROOMY_PLAN, SCRIPTED, LiveServer, make_settings
 from tests.fleet import Processes, SimBackend
-from tests.test_router import ANSWER
+from tests.test_router import ANSWER, delta, sse
 from tests.test_streams import read_then_hang_up, settled, wait_until
 from tests.upstream_server import Handler, serve_in_thread
 
@@ -313,6 +313,72 @@ def ask(text: str, max_tokens: int = 5) -> dict[str, Any]:
         "messages": [{"role": "user", "content": text}],
         "max_tokens": max_tokens,
     }
+
+
+def test_an_answer_not_streamed_starts_over_elsewhere_when_its_backend_fails_part_way(
+    tmp_path: Path,
+) -> None:
+    """A backend that fails after the first tokens of a non-streamed answer (an error event, as
+    vLLM sends when its engine dies) is replaced by the other: the client, which had seen
+    nothing, gets the whole answer from it, and only that answer is stored and charged; the
+    failed tokens are counted as discarded. A streamed answer's client already has part of it,
+    so its stream ends with the error."""
+    served: list[str] = []
+    fail_next = [True]  # whichever backend is asked next fails part-way
+
+    def handler(name: str) -> Handler:
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            if request.path == "/v1/models":
+                return web.json_response({"object": "list", "data": []})
+            if request.path != "/v1/chat/completions":
+                return web.Response(status=404)
+            served.append(name)
+            body = ANSWER
+            if fail_next[0]:
+                fail_next[0] = False
+                body = sse(delta("Went "), delta("wrong"), {"error": {"message": "engine died"}})
+            return web.Response(body=body, content_type="text/event-stream")
+
+        return handle
+
+    with serve_in_thread(handler("x")) as x, serve_in_thread(handler("y")) as y:
+
+        async def backends(_: Settings) -> list[Backend]:
+            configs = [
+                UpstreamConfig(n, u.url + "/v1", models=("m",)) for n, u in (("x", x), ("y", y))
+            ]
+            return [UpstreamBackend(config) for config in configs]
+
+        (tmp_path / "c.toml").write_text(ROOMY_PLAN)
+        with LiveServer(make_settings(tmp_path, config=tmp_path / "c.toml"), backends) as live:
+            _, key = live.new_user(plan="roomy")
+            client = live.client(key)
+            answer = client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "Hi?"}]
+            )
+            assert answer.choices[0].message.content == "Hello"
+            assert answer.choices[0].finish_reason == "stop"
+            assert answer.usage is not None and answer.usage.completion_tokens == 3
+            first, second = served
+            assert first != second
+            message, usage = wait_until(lambda: settled(live, answer.id))
+            assert (message.status, message.content) == ("complete", "Hello")
+            assert usage.completion_tokens == 3
+            discarded = gateway_metric(live, "lamplighter_backend_discarded_tokens_total", first)
+            assert discarded == 2
+            assert gateway_metric(live, "lamplighter_backend_failovers_total", first) == 1
+
+            fail_next[0] = True  # the Responses API's whole answers too
+            response = client.responses.create(model="m", input="Hi again?")
+            assert (response.status, response.output_text) == ("completed", "Hello")
+
+            fail_next[0] = True
+            [outcome] = asyncio.run(streams(live, key, [{**ask("Streamed?"), "model": "m"}]))
+            assert outcome.text == ["Went ", "wrong"] and outcome.finish is None
+            assert outcome.error is not None and outcome.error["code"] == "engine_error"
+            message, usage = wait_until(lambda: settled(live, outcome.completion_id))
+            assert (message.status, message.content) == ("error", "Went wrong")
+            assert usage.completion_tokens == 2
 
 
 def test_a_conversation_returns_to_the_backend_that_holds_its_prefix(

@@ -188,7 +188,9 @@ def whole_answer(
     exchange: Exchange, headers: dict[str, str], render: Callable[[], Any], cut_warning: str
 ) -> DeferredJSONResponse:
     """A non-streamed answer: ``render()``'s body once the exchange has run to its end, or the
-    error it failed with; an answer a stopping server cut off says so in a header."""
+    error it failed with; an answer a stopping server cut off says so in a header. Nothing is
+    sent before the end, so a backend failing part-way is replaced by another."""
+    exchange.whole = True
 
     async def produce() -> tuple[int, Any, dict[str, str]]:
         try:

@@ -131,7 +131,15 @@ class Metrics:
         )
         self.failovers = Counter(
             "lamplighter_backend_failovers",
-            "Requests moved off a backend that failed before their first token.",
+            "Requests moved off a backend that failed before their first token, or before the "
+            "end of an answer not streamed.",
+            ["backend"],
+            registry=r,
+        )
+        self.discarded_tokens = Counter(
+            "lamplighter_backend_discarded_tokens",
+            "Tokens of answers not streamed that a backend failed to finish, generated again on "
+            "another backend.",
             ["backend"],
             registry=r,
         )
