@@ -448,6 +448,13 @@ def test_requests_racing_to_one_backend_on_several_replicas_overflow_to_idle_one
     (roomy,) = fleet.keys("roomy")
     body = long("One question, asked on every replica at once.")
     on = [*fleet.open, fleet.open[0]]
+    # Every replica sees the backends idle first: a load the backends published during the last
+    # test's streams, read until the next health check, would make an idle one look full.
+    for replica in fleet.open:
+        for name in ("s1", "s2", "s3"):
+            if replica.metric("lamplighter_backend_up", backend=name) == 1:
+                idle = partial(_shows, replica, "lamplighter_backend_load", 0, {"backend": name})
+                wait_for(idle, DEADLINE, f"{replica.name} sees {name} idle")
 
     async def race() -> list[Outcome]:
         asked = (stream(replica, roomy, body) for replica in on)
