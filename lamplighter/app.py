@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -70,7 +73,7 @@ BILLING_SWEEP_S = 60.0
 
 def announce_bootstrap(settings: Settings, created: Bootstrap) -> None:
     """Tell the operator, once, how to log in and how to get an API key."""
-    base = settings.local_url
+    base = settings.base_url
     # The CLI must find the same database the server uses.
     where = f"LAMPLIGHTER_DATA_DIR={settings.data_dir} "
     if settings.config:
@@ -85,11 +88,24 @@ def announce_bootstrap(settings: Settings, created: Bootstrap) -> None:
         f"    password: {created.password}   (shown only now)\n"
         f"  Log in to the web chat at {base}/\n"
         "  Get an API key for it with:\n"
-        f"    {where}.venv/bin/lamplighter keys create {created.email}\n"
+        f"    {where}{cli_command()} keys create {created.email}\n"
         "  then point the OpenAI SDK at it:\n"
         f"    OpenAI(base_url='{base}/v1', api_key='ll-...')\n",
         flush=True,
     )
+
+
+def cli_command() -> str:
+    """How the operator runs the `lamplighter` command that started this server: by its name
+    where that is the one on PATH (a container's), else by the path it was started with
+    (`.venv/bin/lamplighter` from `make run`), else through this Python."""
+    started = Path(sys.argv[0])
+    if started.name != "lamplighter":
+        return f"{sys.executable} -m lamplighter"
+    if started.parent == Path("."):  # run by its name alone, from PATH
+        return "lamplighter"
+    found = shutil.which("lamplighter")
+    return "lamplighter" if found and Path(found).resolve() == started.resolve() else str(started)
 
 
 async def default_backends(settings: Settings) -> list[Backend]:
@@ -163,6 +179,8 @@ def create_app(
 
         plans = PlanBook(db, announce)
         await plans.load(plans_from_config(config.get("plans", {})))
+        plans.check_setting("signup_plan", settings.signup_plan)
+        plans.check_setting("billing_free_plan", settings.billing_free_plan)
         billing = Billing(
             db,
             plans,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO, TypeVar
 import typer
 
 from lamplighter.exceptions import APIError, ConfigError
-from lamplighter.settings import Settings, load_settings
+from lamplighter.settings import Settings, async_database_url, load_settings
 
 if TYPE_CHECKING:
     # The store, its migrations and the services import SQLAlchemy, Alembic and the rest of the
@@ -77,13 +78,16 @@ def _with_db(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> 
 
 async def _store_plans(settings: Settings, db: Database) -> PlanBook:
     """The config file's plans, stored where the database lacks them, as `serve` does at start:
-    a person can be put on a plan of the file before the server has ever run."""
+    a person can be put on a plan of the file before the server has ever run. The settings that
+    name a plan must name one of them."""
     from lamplighter.settings import read_config
     from lamplighter.traffic.planbook import PlanBook
     from lamplighter.traffic.plans import plans_from_config
 
     plans = PlanBook(db)
     await plans.load(plans_from_config(read_config(settings.config).get("plans", {})))
+    plans.check_setting("signup_plan", settings.signup_plan)
+    plans.check_setting("billing_free_plan", settings.billing_free_plan)
     return plans
 
 
@@ -133,6 +137,9 @@ def serve(
 
     limit_arenas()  # before the database pool's threads exist
     settings = _settings(config, host=host, port=port)
+    # A setting naming a plan that is not there is told here in a line, before the server's
+    # start (which checks it too) would fail with a traceback in the logs.
+    _guarded(settings, lambda db: _store_plans(settings, db))
     configure_logging(settings.log_level)
     logging.getLogger("lamplighter").info(
         "starting", extra={"url": f"http://{settings.host}:{settings.port}"}
@@ -195,7 +202,7 @@ def users_invite(
         with_plans=True,
     )
     typer.echo(f"invited {email}; send them this link (valid {INVITE_DAYS} days, works once):")
-    typer.echo(f"  {settings.local_url}/invite/{token}")
+    typer.echo(f"  {settings.base_url}/invite/{token}")
 
 
 @users.command("delete")
@@ -477,6 +484,11 @@ def db_copy(
     from lamplighter.store.copy import CopyFailed, CopyOptions, CopyRefused, copy_store
 
     settings = _settings(config)
+    if not async_database_url(to).startswith("postgresql+asyncpg://"):
+        typer.secho(
+            "error: --to: use postgresql://user[:password]@host[:port]/db", fg="red", err=True
+        )
+        raise typer.Exit(2)
     options = CopyOptions(
         batch=batch,
         resume=resume,
@@ -559,7 +571,7 @@ def top(
         str | None,
         typer.Option(help="An admin's API key (or LAMPLIGHTER_ADMIN_KEY).", show_default=False),
     ] = None,
-    interval: Annotated[float, typer.Option(help="Seconds between redraws.")] = 2.0,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between redraws.")] = 2.0,
     once: Annotated[bool, typer.Option("--once", help="Print one screen and exit.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -878,8 +890,13 @@ def billing_statement(
             count += 1
         return count
 
-    with open(out, "w", newline="") if out else contextlib.nullcontext(sys.stdout) as file:
-        lines = _billing(settings, lambda billing: write(billing, file))
+    try:
+        with open(out, "w", newline="") if out else contextlib.nullcontext(sys.stdout) as file:
+            lines = _billing(settings, lambda billing: write(billing, file))
+    except BaseException:
+        if out is not None:  # no half-written (or empty) statement left behind
+            out.unlink(missing_ok=True)
+        raise
     if out is not None:
         typer.echo(f"wrote {lines} lines to {out}", err=True)
 
@@ -952,4 +969,27 @@ def teams_list(config: ConfigOption = None) -> None:
 
 
 def main() -> None:
-    app()
+    """The command line. An operator's mistake met on the way (a database that cannot be
+    reached or refuses, a path that cannot be written) is one ``error:`` line and exit 1, not a
+    traceback."""
+    try:
+        app()
+    except Exception as exc:
+        problem = _operator_error(exc)
+        if problem is None:
+            raise
+        typer.secho(f"error: {problem}", fg="red", err=True)
+        raise SystemExit(1) from None
+
+
+def _operator_error(exc: Exception) -> str | None:
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return f"cannot connect to the database: {exc}"
+    if isinstance(exc, OSError):
+        return str(exc)
+    if "sqlalchemy" in sys.modules:  # imported by the commands that use a database
+        from sqlalchemy.exc import DBAPIError
+
+        if isinstance(exc, DBAPIError):
+            return f"the database refused: {str(exc.orig).strip() or type(exc.orig).__name__}"
+    return None

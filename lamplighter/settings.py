@@ -51,6 +51,12 @@ class Settings:
     config: Path | None = _setting(None, "Path of a TOML file with settings, plans and backends.")
     host: str = _setting("127.0.0.1", "Address the HTTP server listens on.")
     port: int = _setting(8080, "Port the HTTP server listens on.")
+    public_url: str = _setting(
+        "",
+        "Address people reach the server at (http(s)://host[:port], behind a proxy its public "
+        "one), for the links the server and `lamplighter users invite` print. Empty: "
+        "http://HOST:PORT (127.0.0.1 when HOST is every address).",
+    )
     model_path: Path | None = _setting(
         None,
         "GGUF file for the embedded engine. "
@@ -142,6 +148,11 @@ class Settings:
         return f"http://{host}:{self.port}"
 
     @property
+    def base_url(self) -> str:
+        """Where people reach the server, for the links it hands out."""
+        return self.public_url.rstrip("/") or self.local_url
+
+    @property
     def threads(self) -> int:
         return self.n_threads or (os.cpu_count() or 1)
 
@@ -163,6 +174,8 @@ def async_database_url(url: str) -> str:
 
 
 def _coerce(name: str, raw: Any, kind: Any) -> Any:
+    """A setting's value from the environment's text or the TOML file's value, which must be of
+    the setting's own type (a number for a number, text for text), never silently converted."""
     kind = str(kind)
     try:
         if "bool" in kind:
@@ -174,11 +187,13 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
             if text in {"0", "false", "no", "off"}:
                 return False
             raise ValueError(raw)
-        if "int" in kind:
+        if "int" in kind and isinstance(raw, str | int) and not isinstance(raw, bool):
             return int(raw)
+        if not isinstance(raw, str):
+            raise ValueError(raw)
         if "Path" in kind:
-            return Path(str(raw)).expanduser() if str(raw) else None
-        return str(raw)
+            return Path(raw).expanduser() if raw else None
+        return raw
     except ValueError:
         raise ConfigError(f"setting {name!r}: cannot read {raw!r} as {kind}") from None
 
@@ -210,7 +225,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     config_path = overrides.get("config") or env.get(ENV_PREFIX + "CONFIG")
     if config_path:
         path = Path(str(config_path)).expanduser()
-        for name, raw in read_config(path).get("lamplighter", {}).items():
+        table = read_config(path).get("lamplighter", {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[lamplighter] in {path} must be a table of settings")
+        for name, raw in table.items():
             if name not in kinds:
                 raise ConfigError(f"unknown setting {name!r} in [lamplighter] of {path}")
             values[name] = _coerce(name, raw, kinds[name])
@@ -222,6 +240,23 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         if raw is not None:
             values[name] = _coerce(name, raw, kinds[name]) if isinstance(raw, str) else raw
     settings = replace(Settings(), **values)
+    if settings.data_dir is None:
+        raise ConfigError("setting 'data_dir': must name a directory")
+    database = async_database_url(settings.database_url)
+    if database and not database.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise ConfigError(
+            "setting 'database_url': use postgresql://user@host/db or sqlite:///path/to/file.db"
+        )
+    if settings.redis_url and not settings.redis_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ConfigError("setting 'redis_url': use redis://host:port/db or rediss://...")
+    if settings.public_url and not settings.public_url.startswith(("http://", "https://")):
+        raise ConfigError("setting 'public_url': use http://host[:port] or https://host")
+    email = settings.admin_email
+    local, _, domain = email.partition("@")
+    if not local or not domain or any(ch.isspace() for ch in email):
+        raise ConfigError(f"setting 'admin_email': {email!r} is not an email address")
     if not 0 < settings.port < 65536:
         raise ConfigError(f"setting 'port': {settings.port} is not a TCP port")
     if settings.log_level.lower() not in {"debug", "info", "warning", "error"}:

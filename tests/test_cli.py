@@ -23,24 +23,26 @@ from tests.conftest import MODEL, free_port, make_settings
 LAMPLIGHTER = [sys.executable, "-m", "lamplighter"]
 
 
-def run(data_dir: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LAMPLIGHTER_DATA_DIR": str(data_dir)}
-    env = {
-        k: v
-        for k, v in env.items()
-        if not k.startswith("LAMPLIGHTER_") or k == "LAMPLIGHTER_DATA_DIR"
-    }
+def run(
+    data_dir: Path, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The command in a process of its own, with ``env``'s settings and no others but the data
+    directory."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LAMPLIGHTER_")}
+    clean |= {"LAMPLIGHTER_DATA_DIR": str(data_dir), **(env or {})}
     return subprocess.run(
-        [*LAMPLIGHTER, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60
+        [*LAMPLIGHTER, *args], env=clean, input=stdin, capture_output=True, text=True, timeout=60
     )
 
 
-def cli(data_dir: Path, *args: str, stdin: str | None = None) -> Result:
+def cli(
+    data_dir: Path, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> Result:
     """The command run in this process: what :func:`run` does without the ~2 s an interpreter
     takes to start and import here, for tests that run many commands."""
-    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("LAMPLIGHTER_")}
-    env["LAMPLIGHTER_DATA_DIR"] = str(data_dir)
-    return CliRunner().invoke(app, list(args), input=stdin, env=env)
+    settings: dict[str, str | None] = {k: None for k in os.environ if k.startswith("LAMPLIGHTER_")}
+    settings |= {"LAMPLIGHTER_DATA_DIR": str(data_dir), **(env or {})}
+    return CliRunner().invoke(app, list(args), input=stdin, env=settings)
 
 
 def test_users_and_keys_lifecycle(tmp_path: Path) -> None:
@@ -198,6 +200,61 @@ def test_a_mistake_in_the_flywheel_table_is_an_error_line_not_a_traceback(tmp_pa
     result = cli(tmp_path, "credits", "review", "--config", str(config))
     assert result.exit_code == 2
     assert "error: unknown keys in [flywheel]: bogus" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "status", "said"),
+    [
+        (
+            {"LAMPLIGHTER_DATABASE_URL": "postgresql://postgres@127.0.0.1:{closed}/x"},
+            ["users", "list"],
+            1,
+            "error: cannot connect to the database",
+        ),
+        (
+            {"LAMPLIGHTER_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/ll_no_such_db"},
+            ["users", "list"],
+            1,
+            'error: the database refused: database "ll_no_such_db" does not exist',
+        ),
+        ({}, ["export", "sft", "--out", "/proc/lamplighter"], 1, "/proc/lamplighter"),
+        (
+            {"LAMPLIGHTER_SIGNUP_PLAN": "gold", "LAMPLIGHTER_EMBEDDED_ENGINE": "false"},
+            ["serve", "--port", "{closed}"],
+            2,
+            "error: setting 'signup_plan': no plan named 'gold'; known plans: free, plus, team",
+        ),
+    ],
+)
+def test_operator_mistakes_are_an_error_line_not_a_traceback(
+    tmp_path: Path, env: dict[str, str], args: list[str], status: int, said: str
+) -> None:
+    closed = str(free_port())  # nothing listens there
+    env = {name: value.replace("{closed}", closed) for name, value in env.items()}
+    result = run(tmp_path, *(arg.replace("{closed}", closed) for arg in args), env=env)
+    assert result.returncode == status, result.stderr
+    assert said in result.stderr and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert [line for line in lines if not line.startswith("export sft:")] == [lines[-1]]
+
+
+def test_a_copy_to_what_is_not_postgresql_and_a_failed_statement_leave_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    copy = cli(tmp_path, "db", "copy", "--to", "notaurl", "--offline")
+    assert copy.exit_code == 2 and "--to: use postgresql://" in copy.stderr
+    out = tmp_path / "statement.csv"
+    args = ["billing", "statement", "--period", "2026-11", "--team", "nope", "--out", str(out)]
+    statement = cli(tmp_path, *args)
+    assert statement.exit_code == 1 and "no team named 'nope'" in statement.stderr
+    assert not out.exists()  # no empty statement to mistake for a month without usage
+
+
+def test_invite_links_are_built_on_the_public_url(tmp_path: Path) -> None:
+    env = {"LAMPLIGHTER_PUBLIC_URL": "https://chat.example.org"}
+    invited = cli(tmp_path, "users", "invite", "ada@example.org", env=env)
+    assert invited.exit_code == 0, invited.stderr
+    assert "  https://chat.example.org/invite/" in invited.stdout
 
 
 def test_the_first_admin_notice_names_the_database_but_not_its_password(

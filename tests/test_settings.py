@@ -48,6 +48,11 @@ def test_data_dir_and_database_url_follow_the_environment(tmp_path: Path) -> Non
         ({"LAMPLIGHTER_N_THREADS": "-1"}, "n_threads"),
         ({"LAMPLIGHTER_REDIS_LEASE_S": "0"}, "redis_lease_s"),
         ({"LAMPLIGHTER_CONFIG": "/nonexistent/lamplighter.toml"}, "config file"),
+        ({"LAMPLIGHTER_DATABASE_URL": "notaurl"}, "database_url"),
+        ({"LAMPLIGHTER_DATABASE_URL": "mysql://u@h/db"}, "database_url"),
+        ({"LAMPLIGHTER_REDIS_URL": "http://127.0.0.1:6379/0"}, "redis_url"),
+        ({"LAMPLIGHTER_PUBLIC_URL": "chat.example.org"}, "public_url"),
+        ({"LAMPLIGHTER_ADMIN_EMAIL": "ops"}, "admin_email"),
     ],
 )
 def test_bad_values_are_refused_with_the_setting_named(env: dict[str, str], words: str) -> None:
@@ -76,3 +81,29 @@ def test_every_setting_has_help_and_is_documented() -> None:
         assert f"`LAMPLIGHTER_{name.upper()}`" in docs, (
             f"LAMPLIGHTER_{name.upper()} is undocumented"
         )
+
+
+@pytest.mark.parametrize(
+    ("toml", "words"),
+    [
+        ("[lamplighter]\nport = 8080.5\n", "port"),
+        ("[lamplighter]\nport = true\n", "port"),
+        ('[lamplighter]\nhost = ["a", "b"]\n', "host"),
+        ("[lamplighter]\nlog_level = 3\n", "log_level"),
+        ('[lamplighter]\ndata_dir = ""\n', "data_dir"),
+        ("lamplighter = 5\n", r"\[lamplighter\]"),
+    ],
+)
+def test_file_values_of_the_wrong_type_are_refused_not_converted(
+    tmp_path: Path, toml: str, words: str
+) -> None:
+    config = tmp_path / "lamplighter.toml"
+    config.write_text(toml)
+    with pytest.raises(ConfigError, match=words):
+        load_settings(env={"LAMPLIGHTER_CONFIG": str(config)})
+
+
+def test_links_use_the_public_url_when_there_is_one() -> None:
+    assert load_settings(env={"LAMPLIGHTER_HOST": "0.0.0.0"}).base_url == "http://127.0.0.1:8080"
+    public = load_settings(env={"LAMPLIGHTER_PUBLIC_URL": "https://chat.example.org/"})
+    assert public.base_url == "https://chat.example.org"

@@ -55,6 +55,8 @@ class StatsClient:
         response = self.http.get("/api/admin/stats", params=params)
         if response.status_code == 404:
             raise PermissionError("not an admin API key (or not a Lamplighter server)")
+        if response.status_code in (401, 403):
+            raise PermissionError(f"the key was refused ({response.status_code})")
         response.raise_for_status()
         self.last = response.json()
         self.points = (self.points + self.last["points"])[-720:]

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from lamplighter.exceptions import InvalidRequest, NotFound
+from lamplighter.exceptions import ConfigError, InvalidRequest, NotFound
 from lamplighter.store.audit import Audit
 from lamplighter.store.audit import write as write_audit
 from lamplighter.store.database import Database
@@ -81,6 +81,13 @@ class PlanBook:
 
     def all(self) -> list[Plan]:
         return sorted(self._plans.values(), key=lambda p: (p.priority, p.name))
+
+    def check_setting(self, setting: str, name: str) -> None:
+        """A setting that names a plan must name one there is (a typo would otherwise surface
+        only when a person signs up, or is put on it)."""
+        if name not in self._plans:
+            known = ", ".join(sorted(self._plans))
+            raise ConfigError(f"setting {setting!r}: no plan named {name!r}; known plans: {known}")
 
     def require(self, name: str) -> Plan:
         if name not in self._plans:
