@@ -134,11 +134,18 @@ def serve(
     from lamplighter.app import create_app
     from lamplighter.drain import CUT_WAIT_S, GracefulServer
     from lamplighter.logs import configure_logging
+    from lamplighter.reload import read_tables
+    from lamplighter.settings import read_config
 
     limit_arenas()  # before the database pool's threads exist
     settings = _settings(config, host=host, port=port)
-    # A setting naming a plan that is not there is told here in a line, before the server's
-    # start (which checks it too) would fail with a traceback in the logs.
+    # A mistake in the file's tables, or a setting naming a plan that is not there, is told
+    # here in a line, before the server's start would fail on it with a traceback in the logs.
+    try:
+        read_tables(read_config(settings.config))
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
     _guarded(settings, lambda db: _store_plans(settings, db))
     configure_logging(settings.log_level)
     logging.getLogger("lamplighter").info(

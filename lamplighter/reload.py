@@ -94,10 +94,11 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class _Checked:
-    """A configuration that passed every check, not applied yet."""
+class Tables:
+    """The file's tables beyond ``[lamplighter]``, each read and checked on its own (what needs
+    the running server, such as which models it serves, is checked by :meth:`Reloader.check`;
+    ``[moderation]``, whose reader may open a connection, is read where it is used)."""
 
-    document: dict[str, Any]
     plans: dict[str, Plan]  # only those the file names
     upstreams: dict[str, UpstreamConfig]
     degrade: tuple[DegradeRule, ...]
@@ -105,6 +106,43 @@ class _Checked:
     violations: ViolationPolicy
     watch: WatchPolicy
     flywheel: FlywheelPolicy
+
+
+def read_tables(document: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Tables:
+    """Every table of a config file read with the readers ``serve`` uses, or a ConfigError that
+    names what is wrong (``serve`` checks the file with it before it starts, a reload before
+    it changes anything)."""
+    _table(document, "moderation")  # only its shape here
+    plans_table = _table(document, "plans")
+    every_plan = _read("[plans]", lambda: plans_from_config(plans_table))
+    traffic = _table(document, "traffic")
+    abuse = _table(document, "abuse")
+    return Tables(
+        plans={name: every_plan[name] for name in plans_table},
+        upstreams={
+            config.name: config
+            for config in _read(
+                "[[backends]]", lambda: upstreams_from_config(document.get("backends", []), env)
+            )
+        },
+        degrade=_read("[[traffic.degrade]]", lambda: rules_from_config(traffic.get("degrade", []))),
+        headroom=_read(
+            "[traffic] headroom", lambda: headroom_from_config(traffic.get("headroom", {}))
+        ),
+        violations=_read("[abuse]", lambda: ViolationPolicy.from_config(abuse)),
+        watch=_read("[abuse.watch]", lambda: WatchPolicy.from_config(abuse.get("watch", {}))),
+        flywheel=_read(
+            "[flywheel]", lambda: FlywheelPolicy.from_config(_table(document, "flywheel"))
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A configuration that passed every check, not applied yet."""
+
+    document: dict[str, Any]
+    tables: Tables
     policies: tuple[str, ...]  # the policy tables that changed
     restart_needed: tuple[str, ...]
     moderation: Moderation | None  # None: [moderation] did not change
@@ -200,13 +238,8 @@ class Reloader:
             for f in fields(Settings)
             if f.name in named and getattr(fresh, f.name) != getattr(self.settings, f.name)
         )
-        plans_table = _table(document, "plans")
-        every_plan = _read("[plans]", lambda: plans_from_config(plans_table))
-        plans = {name: every_plan[name] for name in plans_table}
-        upstreams = {
-            config.name: config
-            for config in upstreams_from_config(document.get("backends", []), self.env)
-        }
+        tables = read_tables(document, self.env)
+        upstreams = tables.upstreams
         others = [b for b in self.services.router.backends if not isinstance(b, UpstreamBackend)]
         taken = sorted(name for name in upstreams if name in {b.name for b in others})
         if taken:
@@ -219,25 +252,12 @@ class Reloader:
         served = {m for b in others for m in b.models} | {
             m for config in upstreams.values() for m in config.models
         }
-        traffic = _table(document, "traffic")
-        degrade = _read(
-            "[[traffic.degrade]]", lambda: rules_from_config(traffic.get("degrade", []))
-        )
-        for rule in degrade:
+        for rule in tables.degrade:
             if rule.model is not None and rule.model not in served:
                 raise ConfigError(
                     f"[[traffic.degrade]]: no backend serves the model {rule.model!r}; "
                     f"served: {', '.join(sorted(served)) or 'none'}"
                 )
-        headroom = _read(
-            "[traffic] headroom", lambda: headroom_from_config(traffic.get("headroom", {}))
-        )
-        abuse = _table(document, "abuse")
-        violations = _read("[abuse]", lambda: ViolationPolicy.from_config(abuse))
-        watch = _read("[abuse.watch]", lambda: WatchPolicy.from_config(abuse.get("watch", {})))
-        flywheel = _read(
-            "[flywheel]", lambda: FlywheelPolicy.from_config(_table(document, "flywheel"))
-        )
         policies = tuple(
             name for name in POLICY_TABLES if document.get(name, {}) != self.document.get(name, {})
         )
@@ -247,13 +267,7 @@ class Reloader:
             moderation = _read("[moderation]", lambda: Moderation.from_config(table))
         return _Checked(
             document=document,
-            plans=plans,
-            upstreams=upstreams,
-            degrade=degrade,
-            headroom=headroom,
-            violations=violations,
-            watch=watch,
-            flywheel=flywheel,
+            tables=tables,
             policies=policies,
             restart_needed=restart,
             moderation=moderation,
@@ -273,26 +287,26 @@ class Reloader:
         services = self.services
         chat = services.chat
         written = []
-        for name, plan in checked.plans.items():
+        for name, plan in checked.tables.plans.items():
             if name in services.plans.names() and services.plans.get(name) == plan:
                 continue
             values = {k: v for k, v in plan.as_dict().items() if k != "name"}
             audit = Audit(actor_id, actor, "plan.reload", name, {"source": "config file", **values})
             await services.plans.put(name, values, create=True, audit=audit)
             written.append(name)
-        added, removed, changed = await self._swap_backends(checked.upstreams)
+        added, removed, changed = await self._swap_backends(checked.tables.upstreams)
         if "traffic" in checked.policies:
-            chat.degrade = checked.degrade
-            chat.admission.set_headroom(checked.headroom)
+            chat.degrade = checked.tables.degrade
+            chat.admission.set_headroom(checked.tables.headroom)
         if checked.moderation is not None:
             self._retired.append(chat.moderation)
             chat.moderation = checked.moderation
         if "abuse" in checked.policies:
-            services.violations.policy = checked.violations
-            services.watch.policy = checked.watch
+            services.violations.policy = checked.tables.violations
+            services.watch.policy = checked.tables.watch
         if "flywheel" in checked.policies:
-            services.credits.policy = checked.flywheel.credits
-            services.preferences.policy = checked.flywheel
+            services.credits.policy = checked.tables.flywheel.credits
+            services.preferences.policy = checked.tables.flywheel
         self.document = checked.document
         outcome = Outcome(
             plans=tuple(written),

@@ -238,6 +238,24 @@ def test_operator_mistakes_are_an_error_line_not_a_traceback(
     assert [line for line in lines if not line.startswith("export sft:")] == [lines[-1]]
 
 
+@pytest.mark.parametrize(
+    ("toml", "said"),
+    [
+        ("plans = 3\n", "error: [plans] must be a table"),
+        ("moderation = 3\n", "error: [moderation] must be a table"),
+        ("[traffic]\ndegrade = 3\n", "error: [[traffic.degrade]]: "),
+        ('[[backends]]\nname = "gpu"\n', "error: [[backends]] 'gpu': 'url' is required"),
+    ],
+)
+def test_serve_names_a_mistake_in_the_config_tables_before_it_starts(
+    tmp_path: Path, toml: str, said: str
+) -> None:
+    config = tmp_path / "lamplighter.toml"
+    config.write_text(toml)
+    result = cli(tmp_path, "serve", "--config", str(config))
+    assert result.exit_code == 2 and said in result.stderr, result.stderr
+
+
 def test_a_copy_to_what_is_not_postgresql_and_a_failed_statement_leave_nothing_behind(
     tmp_path: Path,
 ) -> None:
