@@ -195,11 +195,14 @@ def users_create(
 @users.command("invite")
 def users_invite(
     email: str,
-    plan: Annotated[str, typer.Option(help="Plan name.")] = "free",
+    plan: Annotated[
+        str | None, typer.Option(help="Plan name (a new account's default: free).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Create an account and print a one-time link (valid 7 days) on which its owner chooses a
-    password for the web chat."""
+    password for the web chat. Inviting again someone who has not chosen one yet prints a new
+    link; the earlier one stops working."""
     from lamplighter.web.auth import INVITE_DAYS, WebAuth
 
     settings = _settings(config)
@@ -209,6 +212,22 @@ def users_invite(
         with_plans=True,
     )
     typer.echo(f"invited {email}; send them this link (valid {INVITE_DAYS} days, works once):")
+    typer.echo(f"  {settings.base_url}/invite/{token}")
+
+
+@users.command("reset-password")
+def users_reset_password(email: str, config: ConfigOption = None) -> None:
+    """Print a one-time link (valid 7 days) on which the account's owner chooses a new password
+    for the web chat. The old password works until then; setting the new one ends the account's
+    other web sessions. API keys are not affected."""
+    from lamplighter.web.auth import INVITE_DAYS, WebAuth
+
+    settings = _settings(config)
+    token = _run(
+        settings,
+        lambda accounts: WebAuth(accounts.db, accounts, settings.session_days).password_link(email),
+    )
+    typer.echo(f"send {email} this link to choose a new password (valid {INVITE_DAYS} days):")
     typer.echo(f"  {settings.base_url}/invite/{token}")
 
 

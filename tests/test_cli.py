@@ -268,11 +268,28 @@ def test_a_copy_to_what_is_not_postgresql_and_a_failed_statement_leave_nothing_b
     assert not out.exists()  # no empty statement to mistake for a month without usage
 
 
-def test_invite_links_are_built_on_the_public_url(tmp_path: Path) -> None:
+def test_invite_links_are_built_on_the_public_url_and_can_be_made_again(tmp_path: Path) -> None:
     env = {"LAMPLIGHTER_PUBLIC_URL": "https://chat.example.org"}
     invited = cli(tmp_path, "users", "invite", "ada@example.org", env=env)
     assert invited.exit_code == 0, invited.stderr
     assert "  https://chat.example.org/invite/" in invited.stdout
+    again = cli(tmp_path, "users", "invite", "ada@example.org", "--plan", "plus", env=env)
+    assert again.exit_code == 0, again.stderr
+    assert again.stdout.splitlines()[-1] != invited.stdout.splitlines()[-1]
+    listed = [
+        json.loads(line) for line in cli(tmp_path, "users", "list", "--json").stdout.splitlines()
+    ]
+    assert [(u["email"], u["plan"]) for u in listed] == [("ada@example.org", "plus")]
+
+    cli(
+        tmp_path, "users", "create", "bo@example.org", "--password-stdin", stdin="a fine password\n"
+    )
+    refused = cli(tmp_path, "users", "invite", "bo@example.org")
+    assert refused.exit_code == 1 and "users reset-password bo@example.org" in refused.stderr
+    reset = cli(tmp_path, "users", "reset-password", "bo@example.org", env=env)
+    assert reset.exit_code == 0 and "  https://chat.example.org/invite/" in reset.stdout
+    unknown = cli(tmp_path, "users", "reset-password", "nobody@example.org")
+    assert unknown.exit_code == 1 and "no user with email nobody@example.org" in unknown.stderr
 
 
 def test_the_first_admin_notice_names_the_database_but_not_its_password(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.store.models import Invite, Rating, User, WebSession, user_active
@@ -47,6 +47,14 @@ class WebStore:
     async def add_invite(self, invite: Invite) -> None:
         self.session.add(invite)
         await self.session.flush()
+
+    async def retire_invites(self, email: str, now: datetime) -> None:
+        """End the unused links of an account (a new one replaces them)."""
+        await self.session.execute(
+            update(Invite)
+            .where(Invite.email == email, Invite.used_at.is_(None), Invite.expires_at > now)
+            .values(expires_at=now)
+        )
 
     async def invite(self, token_hash: str, now: datetime) -> Invite | None:
         """An invite that can still be used."""

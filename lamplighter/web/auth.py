@@ -44,6 +44,14 @@ class Login:
 
 
 @dataclass(frozen=True)
+class Invitation:
+    """What a password link is for: the account, and whether it already has a password."""
+
+    email: str
+    resets: bool
+
+
+@dataclass(frozen=True)
 class Visitor:
     principal: Principal
     csrf_token: str
@@ -138,46 +146,75 @@ class WebAuth:
             ) from None
         return await self._start(user.id)
 
-    async def invite(self, email: str, plan: str) -> str:
-        """Make an account for ``email`` with no password, and a one-time token with which its
-        owner sets one. Returns the token."""
-        await self.accounts.create_user(email, plan=plan)
+    async def invite(self, email: str, plan: str | None = None) -> str:
+        """Make an account for ``email`` with no password (on ``plan``, else free), and a
+        one-time token with which its owner sets one. Inviting an account that has no password
+        yet again makes a new link (the lost or expired one stops working), and puts it on
+        ``plan`` if given; an account with a password is a Conflict (a reset is for that)."""
+        try:
+            await self.accounts.create_user(email, plan=plan or "free")
+        except Conflict:
+            async with self.db.transaction() as session:
+                user = await Accounts(session).user_by_email(normalise_email(email))
+            if user is None or user.password_hash is not None:
+                raise Conflict(
+                    f"{email} has set a password already: `lamplighter users reset-password "
+                    f"{email}` makes a link to choose a new one",
+                    param="email",
+                ) from None
+            if plan is not None and plan != user.plan:
+                await self.accounts.set_plan(email, plan)
+        return await self.password_link(email)
+
+    async def password_link(self, email: str) -> str:
+        """A one-time token (valid ``INVITE_DAYS``) with which the owner of an existing account
+        sets its password: the first one (an invitation, sent again when lost or expired) or a
+        new one (a reset). The account's earlier links stop working."""
+        email = normalise_email(email)
         token = new_token()
         now = utcnow()
         async with self.db.transaction() as session:
-            await WebStore(session).add_invite(
+            user = await Accounts(session).user_by_email(email)
+            if user is None:
+                raise NotFound(f"no user with email {email}")
+            store = WebStore(session)
+            await store.retire_invites(email, now)
+            await store.add_invite(
                 Invite(
                     token_hash=hash_key(token),
-                    email=normalise_email(email),
-                    plan=plan,
+                    email=email,
+                    plan=user.plan,
                     created_at=now,
                     expires_at=now + timedelta(days=INVITE_DAYS),
                 )
             )
         return token
 
-    async def invited_email(self, token: str) -> str:
+    async def invitation(self, token: str) -> Invitation:
+        """Whose password a link sets, and whether it replaces one."""
         async with self.db.transaction() as session:
             invite = await WebStore(session).invite(hash_key(token), utcnow())
-        if invite is None:
-            raise NotFound("This invitation is not valid any more. Ask for a new one.")
-        return invite.email
+            user = await Accounts(session).user_by_email(invite.email) if invite else None
+        if invite is None or user is None:
+            raise NotFound("This link is not valid any more. Ask for a new one.")
+        return Invitation(invite.email, resets=user.password_hash is not None)
 
     async def accept(self, token: str, password: str) -> Login:
-        """Set the invited account's password (once) and log it in."""
-        email = await self.invited_email(token)
+        """Set the account's password (the link works once), end its other web sessions (a
+        reset may follow a stolen password) and log it in."""
+        email = (await self.invitation(token)).email
         problem = password_problem(password, related=(email,))
         if problem is not None:
             raise InvalidRequest(problem, param="password")
         now = utcnow()
         async with self.db.transaction() as session:
-            invite = await WebStore(session).invite(hash_key(token), now)
-            if invite is None:
-                raise NotFound("This invitation is not valid any more. Ask for a new one.")
-            user = await Accounts(session).user_by_email(invite.email)
-            if user is None:
-                raise NotFound("This invitation is not valid any more. Ask for a new one.")
+            store = WebStore(session)
+            invite = await store.invite(hash_key(token), now)
+            user = await Accounts(session).user_by_email(invite.email) if invite else None
+            if invite is None or user is None:
+                raise NotFound("This link is not valid any more. Ask for a new one.")
             invite.used_at = now
             user.password_hash = hash_password(password)
+            await store.end_sessions_of(user.id)
             user_id = user.id
         return await self._start(user_id)

@@ -169,17 +169,19 @@ def screen_signup(state: Services, email: str, address: str) -> None:
 
 @router.get("/invite/{token}")
 async def invite_page(token: str, request: Request, state: State) -> Response:
+    """An invitation (choose a password) or a reset (choose a new one): both links from
+    `lamplighter users invite` / `users reset-password`."""
     try:
-        email = await state.web.invited_email(token)
+        invitation = await state.web.invitation(token)
     except APIError as error:
         return not_found(request, error.message)
-    return _form_page(request, "invite.html", email=email, token=token)
+    return _form_page(request, "invite.html", invitation=invitation, token=token)
 
 
 @router.post("/invite/{token}")
 async def accept_invite(token: str, request: Request, state: State) -> Response:
     try:
-        email = await state.web.invited_email(token)
+        invitation = await state.web.invitation(token)
     except APIError as error:
         return not_found(request, error.message)
     try:
@@ -191,7 +193,7 @@ async def accept_invite(token: str, request: Request, state: State) -> Response:
             "invite.html",
             status=error.status_code,
             error=error.message,
-            email=email,
+            invitation=invitation,
             token=token,
         )
     return _logged_in(request, state, login)

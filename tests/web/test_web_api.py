@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from lamplighter.exceptions import Conflict
 from lamplighter.store.models import Message, Rating, WebSession
 from tests.conftest import LiveServer
 from tests.web.conftest import Browserless, Person, form_token, new_person
@@ -129,6 +130,46 @@ def test_an_invite_works_once(server: LiveServer) -> None:
     assert httpx.get(f"{server.base_url}/invite/{token}").status_code == 404
     again = Browserless(server.base_url)
     assert again.login(Person(email, "a long enough password")).status_code == 303
+    again.close()
+
+
+def test_inviting_again_replaces_a_lost_link_and_a_reset_link_sets_a_new_password(
+    server: LiveServer,
+) -> None:
+    """An invite not yet accepted can be sent again (the first link stops working); once the
+    account has a password, inviting is refused and a reset link is the way: its page says so,
+    setting the new password ends the account's other sessions, and the old password stops
+    working."""
+    email = f"invited-{uuid.uuid4().hex[:12]}@example.org"
+    lost = server.call(lambda s: s.web.invite(email, "roomy"))
+    fresh = server.call(lambda s: s.web.invite(email))
+    assert httpx.get(f"{server.base_url}/invite/{lost}").status_code == 404
+    with httpx.Client(base_url=server.base_url) as http:
+        page = http.get(f"/invite/{fresh}")
+        assert "Create account" in page.text
+        http.post(
+            f"/invite/{fresh}",
+            data={"password": "the first password", "csrf_token": form_token(page.text)},
+        )
+    with pytest.raises(Conflict, match="reset-password"):
+        server.call(lambda s: s.web.invite(email))
+
+    elsewhere = Browserless(server.base_url)
+    assert elsewhere.login(Person(email, "the first password")).status_code == 303
+    reset = server.call(lambda s: s.web.password_link(email))
+    with httpx.Client(base_url=server.base_url) as http:
+        page = http.get(f"/invite/{reset}")
+        assert "Choose a new password" in page.text and "Set password" in page.text
+        done = http.post(
+            f"/invite/{reset}",
+            data={"password": "the second password", "csrf_token": form_token(page.text)},
+        )
+        assert done.status_code == 303 and http.get("/api/me").json()["email"] == email
+    assert elsewhere.api("GET", "/me").status_code == 401  # logged out everywhere else
+    elsewhere.close()
+    again = Browserless(server.base_url)
+    assert again.login(Person(email, "the first password")).status_code != 303
+    assert again.login(Person(email, "the second password")).status_code == 303
     again.close()
 
 
