@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import openai
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -55,6 +56,18 @@ SUBJECTS = [
     "ice storms on Lake Superior in November",
     "supply ships that brought coal to remote islands",
 ]
+# The audit store: what a client may send, and conversations that went wrong part-way.
+ASKED_FIRST = "Which lighthouse in Scotland is the oldest one still standing"
+MADE_UP = "The Bell Rock lighthouse was built of glass by Napoleon in 1750"
+ASKED_AFTER = "And who designed the tallest lighthouse in Scotland"
+AUDIT_CONFIG = """
+[moderation]
+action = "tag"
+
+[[moderation.rules]]
+category = "sea-monsters"
+words = ["kraken"]
+"""
 SIDE_BY_SIDE_CONFIG = f"""
 [flywheel]
 side_by_side_rate = 1.0
@@ -228,6 +241,73 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     settings = make_settings(data_dir, config=side_by_side, embedded_engine=False)
     with LiveServer(settings, two_models) as server:
         _make_votes(server, made)
+    yield made
+
+
+def _person(server: LiveServer) -> tuple[Browserless, openai.OpenAI]:
+    """Someone who consents, in the web chat and with an API key."""
+    person = new_person(server, plan="roomy")
+    web = Browserless(server.base_url)
+    web.login(person)
+    assert web.api("PUT", "/me/consent", json={"use_for_training": True}).is_success
+    key = server.call(lambda s: s.accounts.create_key(person.email, "test")).secret
+    return web, server.client(key)
+
+
+def _messages(web: Browserless) -> dict[str, dict[str, Any]]:
+    """Every message of the person's conversations, by its text."""
+    conversations = web.api("GET", "/conversations").json()["data"]
+    return {
+        message["content"]: message
+        for conversation in conversations
+        for message in web.tree(conversation["id"])["messages"]
+    }
+
+
+def _client_written(server: LiveServer) -> None:
+    """An API client sends an assistant turn of its own making; the person rates it up and
+    prefers it to the answer the service gave when regenerating."""
+    web, client = _person(server)
+    client.chat.completions.create(
+        model=SCRIPTED,
+        messages=[
+            {"role": "user", "content": ASKED_FIRST},
+            {"role": "assistant", "content": MADE_UP},
+            {"role": "user", "content": ASKED_AFTER},
+        ],
+    )
+    stored = _messages(web)
+    made_up, question = stored[MADE_UP], stored[ASKED_FIRST]
+    assert made_up["model"] is None and made_up["status"] == "complete"
+    after = stored[f"You said: {ASKED_AFTER}"]
+    for answer in (made_up, after):
+        rated = web.api("PUT", f"/messages/{answer['id']}/rating", json={"rating": 1})
+        assert rated.is_success, rated.text
+    conversation = web.api("GET", "/conversations").json()["data"][0]["id"]
+    again = _done(web.chat(conversation_id=conversation, parent_id=question["id"]))
+    verdict = web.api("PUT", f"/messages/{again['id']}/verdict", json={"verdict": "worse"})
+    assert verdict.is_success and verdict.json()["discarded"] is None, verdict.text
+    web.close()
+
+
+@pytest.fixture(scope="module")
+def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """A store of what the export must not learn from, each case beside a good one."""
+
+    async def backends(_: Settings) -> list[Backend]:
+        return [
+            ScriptedBackend(SCRIPTED),
+            ScriptedBackend(FAILING, fail_after=3),
+            ScriptedBackend(TERSE_MODEL, reply=lambda _: TERSE),
+        ]
+
+    data_dir = tmp_path_factory.mktemp("audit")
+    config = data_dir / "audit.toml"
+    config.write_text(ROOMY_PLAN + AUDIT_CONFIG)
+    made = Store(data_dir)
+    with LiveServer(make_settings(data_dir, config=config, embedded_engine=False), backends) as s:
+        _client_written(s)
+        s.close_clients()
     yield made
 
 
@@ -481,3 +561,31 @@ def test_incremental_exports_carry_deletions(store: Store, tmp_path: Path) -> No
         {k: v for k, v in d.items() if k == "conversation_id"} for d in deletions
     ]
     assert any("user_id" in d for d in deletions)  # Cleo withdrew her consent
+
+
+def test_an_assistant_turn_written_by_an_api_client_is_context_never_a_target(
+    audit: Store, tmp_path: Path
+) -> None:
+    # The model never said it: not a demonstration, not a rated completion, not a chosen answer.
+    sft = _export(audit, "sft", tmp_path / "sft")
+    assert MADE_UP not in [row["messages"][-1]["content"] for row in sft["rows"]]
+    assert "| client_written_answer | 1 |" in sft["card"]
+    kto = _export(audit, "kto", tmp_path / "kto")
+    assert MADE_UP not in [row["completion"][0]["content"] for row in kto["rows"]]
+    assert "| client_written_answer | 1 |" in kto["card"]
+    dpo = _export(audit, "dpo", tmp_path / "dpo")
+    assert not any(MADE_UP in _texts([row]) for row in dpo["rows"])
+    assert "| client_written_answer | 1 |" in dpo["card"]
+    # It stays as what it is, the context of the answer the service gave after it.
+    followed = [row for row in kto["rows"] if row["prompt"][-1]["content"] == ASKED_AFTER]
+    assert followed == [
+        {
+            "prompt": [
+                {"role": "user", "content": ASKED_FIRST},
+                {"role": "assistant", "content": MADE_UP},
+                {"role": "user", "content": ASKED_AFTER},
+            ],
+            "completion": [{"role": "assistant", "content": f"You said: {ASKED_AFTER}"}],
+            "label": True,
+        }
+    ]
