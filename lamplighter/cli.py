@@ -29,11 +29,17 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-app = typer.Typer(help="Lamplighter: a self-hosted ChatGPT-style service.", no_args_is_help=True)
-users = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
-keys = typer.Typer(help="Manage API keys.", no_args_is_help=True)
-db_app = typer.Typer(help="Manage the database.", no_args_is_help=True)
-credits_app = typer.Typer(help="Credits earned by feedback.", no_args_is_help=True)
+app = typer.Typer(
+    help="Lamplighter: a self-hosted ChatGPT-style service.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+users = typer.Typer(help="Manage user accounts.", no_args_is_help=True, rich_markup_mode="markdown")
+keys = typer.Typer(help="Manage API keys.", no_args_is_help=True, rich_markup_mode="markdown")
+db_app = typer.Typer(help="Manage the database.", no_args_is_help=True, rich_markup_mode="markdown")
+credits_app = typer.Typer(
+    help="Credits earned by feedback.", no_args_is_help=True, rich_markup_mode="markdown"
+)
 app.add_typer(users, name="users")
 app.add_typer(keys, name="keys")
 app.add_typer(db_app, name="db")
@@ -60,10 +66,23 @@ def _upgrade(settings: Settings) -> None:
     migrate.upgrade(settings.resolved_database_url)
 
 
-def _with_db(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> T:
-    """Migrate, then run ``action`` with the database."""
+def _with_db(
+    settings: Settings, action: Callable[[Database], Awaitable[T]], *, writes: bool = True
+) -> T:
+    """Migrate, then run ``action`` with the database; one that ``writes`` is refused while
+    `db copy` has frozen the database (what it wrote would not reach the new one)."""
+    from lamplighter.readonly import FLAG, applies, read_flag
     from lamplighter.store.database import Database
 
+    if writes and applies(read_flag(settings.data_dir), settings.resolved_database_url):
+        typer.secho(
+            f"error: this database is read-only ({settings.data_dir / FLAG}): `lamplighter db "
+            "copy` moved it. Run the command with LAMPLIGHTER_DATABASE_URL set to the new "
+            "database, or delete READ_ONLY to go back to this one.",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(1)
     _upgrade(settings)
 
     async def main() -> T:
@@ -96,6 +115,7 @@ def _run(
     action: Callable[[AccountService], Awaitable[T]],
     *,
     with_plans: bool = False,
+    writes: bool = True,
 ) -> T:
     """Migrate (and with ``with_plans`` store the config's plans), then run ``action`` against
     the account service; API errors become exit 1, config errors exit 2."""
@@ -106,13 +126,15 @@ def _run(
             await _store_plans(settings, db)
         return await action(AccountService(db))
 
-    return _guarded(settings, run)
+    return _guarded(settings, run, writes=writes)
 
 
-def _guarded(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> T:
+def _guarded(
+    settings: Settings, action: Callable[[Database], Awaitable[T]], *, writes: bool = True
+) -> T:
     """``_with_db``, with API errors as exit 1 and config errors as exit 2."""
     try:
-        return _with_db(settings, action)
+        return _with_db(settings, action, writes=writes)
     except APIError as exc:
         typer.secho(f"error: {exc.message}", fg="red", err=True)
         raise typer.Exit(1) from exc
@@ -250,7 +272,7 @@ def users_list(
     config: ConfigOption = None,
 ) -> None:
     """List users, oldest first."""
-    found = _run(_settings(config), lambda accounts: accounts.list_users())
+    found = _run(_settings(config), lambda accounts: accounts.list_users(), writes=False)
     for user in found:
         row = {
             "id": str(user.id),
@@ -295,7 +317,7 @@ def keys_create(
 @keys.command("list")
 def keys_list(email: str, config: ConfigOption = None) -> None:
     """A user's keys: id, prefix, name, scopes, and whether they are live."""
-    found = _run(_settings(config), lambda accounts: accounts.keys_of(email))
+    found = _run(_settings(config), lambda accounts: accounts.keys_of(email), writes=False)
     now = datetime.now(UTC)
     for key in found:
         if key.revoked_at is not None:
@@ -406,7 +428,7 @@ def export(
                 progress=bar.update,
             )
 
-    report = _with_db(settings, main)
+    report = _with_db(settings, main, writes=False)  # (but for its own record of the run)
     removed = sum(report.removed.values())
     typer.echo(
         f"wrote {report.rows} rows to {out / report.filename} ({removed} left out; see README.md)"
@@ -433,7 +455,9 @@ def leaderboard_command(
         raise typer.Exit(2)
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
-    board = _with_db(_settings(config), lambda db: standings(db, rounds=rounds, since=since))
+    board = _with_db(
+        _settings(config), lambda db: standings(db, rounds=rounds, since=since), writes=False
+    )
     if as_json:
         typer.echo(json.dumps(board, indent=2))
         return
@@ -639,7 +663,7 @@ def top(
 # Commands parse arguments and call lamplighter.simulation; imports stay inside them so that the
 # other commands start without loading the simulator.
 
-bench = typer.Typer(help="Benchmarks.", no_args_is_help=True)
+bench = typer.Typer(help="Benchmarks.", no_args_is_help=True, rich_markup_mode="markdown")
 app.add_typer(bench, name="bench")
 
 GpuOption = Annotated[str, typer.Option("--gpu", help="Timing profile: h100 or a100.")]
@@ -805,8 +829,16 @@ def bench_overhead(
 
 # --- Billing: grants, statements, teams (lamplighter/billing) ---------------------------------
 
-billing_app = typer.Typer(help="Paid plans: grants, statements, period ends.", no_args_is_help=True)
-teams_app = typer.Typer(help="Teams that share a subscription's seats.", no_args_is_help=True)
+billing_app = typer.Typer(
+    help="Paid plans: grants, statements, period ends.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+teams_app = typer.Typer(
+    help="Teams that share a subscription's seats.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 app.add_typer(billing_app, name="billing")
 app.add_typer(teams_app, name="teams")
 
@@ -814,7 +846,9 @@ UserOption = Annotated[str | None, typer.Option("--user", help="The user, by ema
 TeamOption = Annotated[str | None, typer.Option("--team", help="The team, by name.")]
 
 
-def _billing(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+def _billing(
+    settings: Settings, action: Callable[[Any], Awaitable[T]], *, writes: bool = True
+) -> T:
     """Migrate, load the plans, then run ``action`` with the billing service (Stripe too when
     configured, to cancel there); API errors become exit 1, config errors exit 2."""
     from lamplighter.billing.service import Billing
@@ -835,7 +869,7 @@ def _billing(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
         finally:
             await billing.close()
 
-    return _guarded(settings, run)
+    return _guarded(settings, run, writes=writes)
 
 
 def _one_subject(user: str | None, team: str | None) -> None:
@@ -918,7 +952,7 @@ def billing_statement(
 
     try:
         with open(out, "w", newline="") if out else contextlib.nullcontext(sys.stdout) as file:
-            lines = _billing(settings, lambda billing: write(billing, file))
+            lines = _billing(settings, lambda billing: write(billing, file), writes=False)
     except BaseException:
         if out is not None:  # no half-written (or empty) statement left behind
             out.unlink(missing_ok=True)
@@ -969,7 +1003,7 @@ def teams_show(
     config: ConfigOption = None,
 ) -> None:
     """A team's subscription and members, and who holds a seat."""
-    team = _billing(_settings(config), lambda billing: billing.team(name))
+    team = _billing(_settings(config), lambda billing: billing.team(name), writes=False)
     if as_json:
         typer.echo(json.dumps(team, indent=2))
         return
@@ -987,7 +1021,7 @@ def teams_show(
 @teams_app.command("list")
 def teams_list(config: ConfigOption = None) -> None:
     """Every team and how many members it has."""
-    for team in _billing(_settings(config), lambda billing: billing.teams()):
+    for team in _billing(_settings(config), lambda billing: billing.teams(), writes=False):
         typer.echo(f"{team['name']:<32} {team['members']} members")
 
 

@@ -89,6 +89,11 @@ def read_flag(data_dir: Path) -> Flag | None:
         return Flag(database="", token="", since="", reason="unreadable READ_ONLY file")
 
 
+def applies(flag: Flag | None, database_url: str) -> bool:
+    """Whether a flag freezes ``database_url`` (an unreadable flag freezes every database)."""
+    return flag is not None and (not flag.database or same_database(flag.database, database_url))
+
+
 def drained(data_dir: Path, flag: Flag) -> bool:
     """Whether a server has acknowledged ``flag`` with no write left running."""
     try:
@@ -138,10 +143,7 @@ class ReadOnly:
         key = (stat.st_ino, stat.st_mtime_ns)
         if key != self._seen:
             flag = read_flag(self.data_dir)
-            applies = flag is not None and (
-                not flag.database or same_database(flag.database, self.database_url)
-            )
-            self._seen, self._flag = key, flag if applies else None
+            self._seen, self._flag = key, flag if applies(flag, self.database_url) else None
         return self._flag
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -268,6 +268,25 @@ def test_a_copy_to_what_is_not_postgresql_and_a_failed_statement_leave_nothing_b
     assert not out.exists()  # no empty statement to mistake for a month without usage
 
 
+def test_commands_that_write_are_refused_while_db_copy_has_frozen_the_database(
+    tmp_path: Path,
+) -> None:
+    """After `db copy`, the old store is read-only: a user created there would be lost at the
+    switch-over, so commands that write say so; commands that read go on."""
+    from lamplighter.readonly import freeze, thaw
+
+    assert cli(tmp_path, "users", "create", "ada@example.org").exit_code == 0
+    freeze(tmp_path, make_settings(tmp_path).resolved_database_url, "moving")
+    late = cli(tmp_path, "users", "create", "late@example.org")
+    assert late.exit_code == 1 and "this database is read-only" in late.stderr
+    assert cli(tmp_path, "keys", "create", "ada@example.org").exit_code == 1
+    listed = cli(tmp_path, "users", "list")
+    assert listed.exit_code == 0 and "ada@example.org" in listed.stdout
+    assert "late@example.org" not in listed.stdout
+    thaw(tmp_path)  # rolled back: writable again
+    assert cli(tmp_path, "users", "create", "late@example.org").exit_code == 0
+
+
 def test_invite_links_are_built_on_the_public_url_and_can_be_made_again(tmp_path: Path) -> None:
     env = {"LAMPLIGHTER_PUBLIC_URL": "https://chat.example.org"}
     invited = cli(tmp_path, "users", "invite", "ada@example.org", env=env)
