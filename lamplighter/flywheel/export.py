@@ -1,8 +1,9 @@
 """Exports of training data in Hugging Face TRL's conversational formats, and of arena votes.
 
-- ``sft``: ``{"messages": [...]}``, every complete answer not rated down, with the
-  conversation that led to it; a person's correction of an answer is one, and the answer it
-  replaced is not (nor are answers a side-by-side voter called both bad);
+- ``sft``: ``{"messages": [...]}``, every complete answer, with the conversation that led to
+  it, except answers stopped at the length limit, rated down, or ruled out by a comparison (the
+  answer a correction replaced, both answers of a side-by-side voted both bad, the worse answer
+  of any verdict or vote that counts); a person's correction of an answer is one;
 - ``kto``: ``{"prompt": [...], "completion": [...], "label": bool}``, every rated answer;
 - ``dpo``: ``{"prompt": [...], "chosen": [...], "rejected": [...]}``, from four sources:
   sibling answers rated up and down (``rating``), regeneration verdicts (better or worse;
@@ -28,9 +29,9 @@ checkable labels has the prior trust (``trust.PRIOR_TRUST``, 2/3). The dataset c
 
 Rows stream from the database one conversation at a time, with the conversation's comparisons
 read beside it by a second cursor in the same order, so memory stays flat however big the store.
-One exception, for ``votes`` and ``dpo``: side-by-side voters whose votes disagree with the
-consensus (``leaderboard.check_voters``, as Arena screens voters) are dropped, which needs every
-vote first; a first pass streams the side-by-side votes (a few fields each, far fewer than
+One exception, for ``votes``, ``dpo`` and ``sft``: side-by-side voters whose votes disagree with
+the consensus (``leaderboard.check_voters``, as Arena screens voters) are dropped, which needs
+every vote first; a first pass streams the side-by-side votes (a few fields each, far fewer than
 messages) into memory for that check. Order and serialisation are fixed: the same store gives
 the same bytes, in JSON lines or Parquet. Each data row has a matching line in ``index.jsonl``
 (conversation, user and message ids) so that a later ``--since`` export's ``deletions.jsonl``
@@ -210,7 +211,7 @@ class Exporter:
         report = Report(kind, format=format, min_trust=min_trust)
         trusted = await self._trusted(min_trust)
         suspicious: frozenset[str] = frozenset()
-        if kind in ("dpo", "votes"):
+        if kind in ("sft", "dpo", "votes"):
             suspicious = await self._suspicious_voters()
             report.suspicious_voters = len(suspicious)
         context = _Context(kind, since, Deduplicator(), report, suspicious)
@@ -480,6 +481,7 @@ class _Rows:
         self.answers = [node for node in thread.nodes if node.role == "assistant"]
         self._clean: dict[uuid.UUID, str] = {}
         self._verdicts: dict[uuid.UUID, str] = {}
+        self._judged: dict[uuid.UUID, str] | None = None
 
     def rows(self) -> Iterator[tuple[Row, dict[str, str | None]]]:
         kind = self.context.kind
@@ -523,6 +525,43 @@ class _Rows:
             return "moderation_flagged"
         return None
 
+    def sft_fault(self, answer: Node) -> str | None:
+        """Why an answer is no demonstration to learn from (None: it is one): a ``fault``, or
+        stopped at the length limit, rated down, or ruled out by a comparison (``judged``)."""
+        if reason := self.fault(answer):
+            return reason
+        if answer.finish_reason == "length":
+            return "truncated"
+        if answer.rating == -1:
+            return "rated_down"
+        return self.judged().get(answer.id)
+
+    def judged(self) -> dict[uuid.UUID, str]:
+        """The answers the person's comparisons rule out as demonstrations, and why: the
+        answer a correction replaced, both answers of a side-by-side voted both bad, and the
+        worse answer of any vote that counts (a regeneration verdict, a side-by-side vote)."""
+        if self._judged is None:
+            corrected: set[uuid.UUID] = set()
+            both_bad: set[uuid.UUID] = set()
+            rejected: set[uuid.UUID] = set()
+            for pick in self.thread.picks:
+                if pick.kind == "correction":
+                    corrected.add(pick.a_id)
+                elif not self.counts(pick):
+                    continue
+                elif pick.winner == "both_bad":
+                    both_bad.update((pick.a_id, pick.b_id))
+                elif pick.winner in ("a", "b"):
+                    rejected.add(pick.b_id if pick.winner == "a" else pick.a_id)
+            # Later entries win: each answer gets the first reason of corrected, voted both
+            # bad, rejected that applies.
+            self._judged = (
+                dict.fromkeys(rejected, "rejected")
+                | dict.fromkeys(both_bad, "voted_both_bad")
+                | dict.fromkeys(corrected, "corrected")
+            )
+        return self._judged
+
     def usable(self, answer: Node, when: datetime | None = None) -> bool:
         """An answer worth learning from, and new to this export (``when`` it was judged,
         by default when it was written); counts what it drops."""
@@ -530,7 +569,8 @@ class _Rows:
         question = self.by_id.get(answer.parent_id) if answer.parent_id else None
         if since is not None and (when or answer.created_at) <= since:
             return False  # exported before: not a removal
-        reason = self.fault(answer) or _exchange_fault(question, answer)
+        fault = self.sft_fault if self.context.kind == "sft" else self.fault
+        reason = fault(answer) or _exchange_fault(question, answer)
         if reason is not None:
             self.report.removed[reason] += 1
             return False
@@ -545,35 +585,31 @@ class _Rows:
         self.report.saw(answer.created_at)
         return True
 
+    def discount(self, pick: Pick) -> str | None:
+        """Why a vote given does not count (None: it counts): discarded, or from a voter
+        found suspicious."""
+        if pick.discarded is not None:
+            return f"discarded_vote ({pick.discarded})"
+        if pick.kind == "side_by_side" and str(pick.user_id) in self.context.suspicious:
+            return "suspicious_voter"
+        return None
+
+    def counts(self, pick: Pick) -> bool:
+        """A vote that counts: given, not discarded, not from a voter found suspicious."""
+        return pick.winner is not None and self.discount(pick) is None
+
     def counted(self, pick: Pick) -> bool:
-        """A vote that counts: given, not discarded, not from a voter found suspicious;
-        counts what it drops (an open question is not a removal)."""
+        """``counts``, counting what it drops (an open question is not a removal)."""
         if pick.winner is None:
             return False
-        if pick.discarded is not None:
-            self.report.removed[f"discarded_vote ({pick.discarded})"] += 1
-            return False
-        if pick.kind == "side_by_side" and str(pick.user_id) in self.context.suspicious:
-            self.report.removed["suspicious_voter"] += 1
+        if reason := self.discount(pick):
+            self.report.removed[reason] += 1
             return False
         return True
 
     def sft(self) -> Iterator[tuple[Row, dict[str, str | None]]]:
-        corrected = {pick.a_id for pick in self.thread.picks if pick.kind == "correction"}
-        both_bad = {
-            answer_id
-            for pick in self.thread.picks
-            if pick.kind == "side_by_side" and pick.winner == "both_bad" and not pick.discarded
-            for answer_id in (pick.a_id, pick.b_id)
-        }
         for answer in self.answers:
-            if answer.rating == -1:
-                self.report.removed["rated_down"] += 1
-            elif answer.id in corrected:
-                self.report.removed["corrected"] += 1
-            elif answer.id in both_bad:
-                self.report.removed["voted_both_bad"] += 1
-            elif self.usable(answer):
+            if self.usable(answer):  # with the demonstration's own faults (sft_fault)
                 yield {"messages": self.path(answer)}, {"message_id": str(answer.id)}
 
     def kto(self) -> Iterator[tuple[Row, dict[str, str | None]]]:
@@ -794,8 +830,8 @@ def card(report: Report, since: datetime | None) -> str:
     if report.suspicious_voters is not None:
         lines.append(
             "Side-by-side voters who disagree with the consensus beyond chance (Bradley-Terry, "
-            f"as Chatbot Arena screens voters): {report.suspicious_voters}; their votes are left "
-            "out."
+            f"as Chatbot Arena screens voters): {report.suspicious_voters}; "
+            + ("their votes do not count." if report.kind == "sft" else "their votes are left out.")
         )
     if report.kind == "dpo":
         lines += ["", "## Where the pairs come from", "", "| source | pairs |", "|---|---|"]

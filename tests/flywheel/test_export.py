@@ -60,6 +60,8 @@ SUBJECTS = [
 ASKED_FIRST = "Which lighthouse in Scotland is the oldest one still standing"
 MADE_UP = "The Bell Rock lighthouse was built of glass by Napoleon in 1750"
 ASKED_AFTER = "And who designed the tallest lighthouse in Scotland"
+TRUNCATED = "Describe the daily routine of a lighthouse keeper in winter"
+JUDGED_WORSE = "What fuel did the first lighthouses of New England burn"
 AUDIT_CONFIG = """
 [moderation]
 action = "tag"
@@ -290,6 +292,21 @@ def _client_written(server: LiveServer) -> None:
     web.close()
 
 
+def _judged_worse(server: LiveServer) -> None:
+    """An answer stopped at the length limit, and one judged worse than its regeneration."""
+    web, client = _person(server)
+    cut_short = client.chat.completions.create(
+        model=SCRIPTED, messages=[{"role": "user", "content": TRUNCATED}], max_tokens=3
+    )
+    assert cut_short.choices[0].finish_reason == "length"
+    first = web.chat(content=JUDGED_WORSE)
+    conversation, question = first[0][1]["conversation_id"], first[0][1]["user_message"]["id"]
+    again = _done(web.chat(conversation_id=conversation, parent_id=question, model=TERSE_MODEL))
+    verdict = web.api("PUT", f"/messages/{again['id']}/verdict", json={"verdict": "better"})
+    assert verdict.is_success and verdict.json()["discarded"] is None, verdict.text
+    web.close()
+
+
 @pytest.fixture(scope="module")
 def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """A store of what the export must not learn from, each case beside a good one."""
@@ -307,6 +324,7 @@ def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     made = Store(data_dir)
     with LiveServer(make_settings(data_dir, config=config, embedded_engine=False), backends) as s:
         _client_written(s)
+        _judged_worse(s)
         s.close_clients()
     yield made
 
@@ -349,6 +367,15 @@ def _texts(rows: list[dict[str, Any]]) -> list[str]:
         if isinstance(value, list)
         for turn in value
     ]
+
+
+def _answers(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The answers of SFT rows, by the first message of their conversation."""
+    answers: dict[str, list[str]] = {}
+    for row in rows:
+        first, last = row["messages"][0]["content"], row["messages"][-1]["content"]
+        answers.setdefault(first, []).append(last)
+    return answers
 
 
 def test_sft_has_exactly_the_trl_fields_and_only_consenting_clean_rows(
@@ -589,3 +616,28 @@ def test_an_assistant_turn_written_by_an_api_client_is_context_never_a_target(
             "label": True,
         }
     ]
+
+
+def test_sft_leaves_out_truncated_answers_and_answers_judged_worse(
+    audit: Store, store: Store, tmp_path: Path
+) -> None:
+    sft = _export(audit, "sft", tmp_path / "audit")
+    answers = _answers(sft["rows"])
+    # Stopped at max_tokens: a demonstration of stopping mid-sentence.
+    assert TRUNCATED not in answers
+    assert "| truncated | 1 |" in sft["card"]
+    # The person said the regeneration was better: only it is a demonstration.
+    assert answers[JUDGED_WORSE] == [TERSE]
+    # Also the regeneration the person found worse than the API client's answer.
+    assert f"You said: {ASKED_FIRST}" not in answers.get(ASKED_FIRST, [])
+    assert "| rejected | 2 |" in sft["card"]
+    # The losers of side-by-side votes that count; a suspicious voter's votes do not count.
+    sft = _export(store, "sft", tmp_path / "store")
+    voted = _answers(sft["rows"])
+    for question in store.voted["v1"][:6] + store.voted["v2"][:6]:
+        assert voted[question] == [f"You said: {question}"]
+    for question in store.voted["vic"]:
+        assert sorted(voted[question]) == [TERSE, f"You said: {question}"]
+    # 12 side-by-side losers, and the answer a regeneration was judged better than.
+    assert "| rejected | 13 |" in sft["card"]
+    assert "as Chatbot Arena screens voters): 1; their votes do not count" in sft["card"]
