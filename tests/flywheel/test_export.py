@@ -62,6 +62,15 @@ MADE_UP = "The Bell Rock lighthouse was built of glass by Napoleon in 1750"
 ASKED_AFTER = "And who designed the tallest lighthouse in Scotland"
 TRUNCATED = "Describe the daily routine of a lighthouse keeper in winter"
 JUDGED_WORSE = "What fuel did the first lighthouses of New England burn"
+# Conversations that went on after an answer that went wrong, and one that went well.
+ERRED = "How did keepers signal to each other across the bay at night"
+AFTER_ERROR = "Please answer that question about signals once more"
+KRAKEN = "Tell me the legend of the kraken that sank lighthouse tenders"
+AFTER_KRAKEN = "Which sailors first reported seeing it off Norway"
+DOWNVOTED = "How tall is the lighthouse at Cape Hatteras in North Carolina"
+AFTER_DOWNVOTE = "And how far inland was it moved in the end"
+HEALTHY = "Why were lighthouse lenses made in France in the nineteenth century"
+AFTER_HEALTHY = "Which workshop in Paris made the most of them"
 AUDIT_CONFIG = """
 [moderation]
 action = "tag"
@@ -307,6 +316,43 @@ def _judged_worse(server: LiveServer) -> None:
     web.close()
 
 
+def _went_on(server: LiveServer) -> None:
+    """Follow-ups after an answer that failed, one flagged by moderation, one rated down, and
+    one that was fine; each follow-up's answer rated up, two of them regenerated and judged."""
+    web, _ = _person(server)
+
+    def follow(first: list[tuple[str, Any]], content: str) -> tuple[str, dict[str, Any]]:
+        conversation, answer = first[0][1]["conversation_id"], first[0][1]["message"]["id"]
+        events = web.chat(conversation_id=conversation, parent_id=answer, content=content)
+        after = _done(events)
+        assert web.api("PUT", f"/messages/{after['id']}/rating", json={"rating": 1}).is_success
+        return events[0][1]["user_message"]["id"], after
+
+    def regenerate(first: list[tuple[str, Any]], question: str) -> None:
+        conversation = first[0][1]["conversation_id"]
+        again = web.chat(conversation_id=conversation, parent_id=question, model=TERSE_MODEL)
+        verdict = web.api(
+            "PUT", f"/messages/{_done(again)['id']}/verdict", json={"verdict": "better"}
+        )
+        assert verdict.is_success and verdict.json()["discarded"] is None, verdict.text
+
+    failed = web.chat(content=ERRED, model=FAILING)
+    assert [name for name, _ in failed][-1] == "error"
+    follow(failed, AFTER_ERROR)
+    flagged = web.chat(content=KRAKEN)  # tagged by moderation, nothing shown
+    question, _ = follow(flagged, AFTER_KRAKEN)
+    regenerate(flagged, question)
+    downvoted = web.chat(content=DOWNVOTED)
+    assert web.api(
+        "PUT", f"/messages/{_done(downvoted)['id']}/rating", json={"rating": -1}
+    ).is_success
+    follow(downvoted, AFTER_DOWNVOTE)
+    healthy = web.chat(content=HEALTHY)
+    question, _ = follow(healthy, AFTER_HEALTHY)
+    regenerate(healthy, question)
+    web.close()
+
+
 @pytest.fixture(scope="module")
 def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """A store of what the export must not learn from, each case beside a good one."""
@@ -325,6 +371,7 @@ def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     with LiveServer(make_settings(data_dir, config=config, embedded_engine=False), backends) as s:
         _client_written(s)
         _judged_worse(s)
+        _went_on(s)
         s.close_clients()
     yield made
 
@@ -630,7 +677,8 @@ def test_sft_leaves_out_truncated_answers_and_answers_judged_worse(
     assert answers[JUDGED_WORSE] == [TERSE]
     # Also the regeneration the person found worse than the API client's answer.
     assert f"You said: {ASKED_FIRST}" not in answers.get(ASKED_FIRST, [])
-    assert "| rejected | 2 |" in sft["card"]
+    # With the two follow-ups judged worse than their regenerations (see the next test).
+    assert "| rejected | 4 |" in sft["card"]
     # The losers of side-by-side votes that count; a suspicious voter's votes do not count.
     sft = _export(store, "sft", tmp_path / "store")
     voted = _answers(sft["rows"])
@@ -641,3 +689,47 @@ def test_sft_leaves_out_truncated_answers_and_answers_judged_worse(
     # 12 side-by-side losers, and the answer a regeneration was judged better than.
     assert "| rejected | 13 |" in sft["card"]
     assert "as Chatbot Arena screens voters): 1; their votes do not count" in sft["card"]
+
+
+def _turns(*texts: str) -> list[dict[str, str]]:
+    """A conversation of these texts, from a user's question on, turn and turn about."""
+    return [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": text}
+        for i, text in enumerate(texts)
+    ]
+
+
+def test_a_row_is_left_out_when_an_earlier_turn_is_one_not_to_learn_from(
+    audit: Store, tmp_path: Path
+) -> None:
+    # TRL trains on every assistant turn of an SFT row: each must be a demonstration itself.
+    sft = _export(audit, "sft", tmp_path / "sft")
+    texts = _texts(sft["rows"])
+    for text in (ERRED, KRAKEN, DOWNVOTED, MADE_UP):
+        assert text not in texts
+    healthy = [row["messages"] for row in sft["rows"] if row["messages"][0]["content"] == HEALTHY]
+    assert healthy == [
+        _turns(HEALTHY, f"You said: {HEALTHY}"),
+        # The answer before the regeneration was judged worse (rejected), so only the new one.
+        _turns(HEALTHY, f"You said: {HEALTHY}", AFTER_HEALTHY, TERSE),
+    ]
+    # After an error, a flagged answer (its regeneration: the answer before is `rejected`), a
+    # rated down one, the API client's.
+    assert "| bad_context | 4 |" in sft["card"]
+    assert "| error_answer | 1 |" in sft["card"] and "| moderation_flagged | 1 |" in sft["card"]
+    # KTO and DPO prompts are context, not trained on: only answers cut, errored or flagged
+    # spoil them; an answer rated down or written by the API client does not.
+    kto = _export(audit, "kto", tmp_path / "kto")
+    prompts = [row["prompt"] for row in kto["rows"]]
+    assert not any(turn["content"] in (ERRED, KRAKEN) for prompt in prompts for turn in prompt)
+    assert _turns(DOWNVOTED, f"You said: {DOWNVOTED}", AFTER_DOWNVOTE) in prompts
+    assert _turns(ASKED_FIRST, MADE_UP, ASKED_AFTER) in prompts
+    assert "| bad_context | 2 |" in kto["card"]
+    dpo = _export(audit, "dpo", tmp_path / "dpo")
+    assert [row["prompt"] for row in dpo["rows"] if len(row["prompt"]) > 1] == [
+        _turns(HEALTHY, f"You said: {HEALTHY}", AFTER_HEALTHY)
+    ]
+    assert "| bad_context | 1 |" in dpo["card"]
+    conversations = _export(audit, "conversations", tmp_path / "conversations")
+    texts = _texts(conversations["rows"])
+    assert ERRED not in texts and KRAKEN not in texts and HEALTHY in texts
