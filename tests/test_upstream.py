@@ -454,6 +454,10 @@ def test_a_backend_killed_mid_load_loses_only_the_answers_it_had_begun(
     _, key = fleet_gateway.new_user(plan="roomy")
     bodies = [ask(f"Tell me a long story, number {i}.", 300) for i in range(8)]
     killed = fleet["a"]
+    # The load a and b published during the last test's burst, read until the next health
+    # check, would send this load to the one that looks idler: wait until both look idle.
+    for name in ("a", "b"):
+        poll(lambda n=name: gateway_metric(fleet_gateway, "lamplighter_backend_load", n) == 0)
 
     async def scenario() -> list[Outcome]:
         load = asyncio.create_task(streams(fleet_gateway, key, bodies))
