@@ -10,8 +10,10 @@
   "same" gives no pair), corrections (the rewrite over the original) and side-by-side votes
   (A or B; a tie or "both bad" gives no pair). Only votes that count (not discarded, not from a
   suspicious voter) on answers that are complete and not flagged make pairs. Rated pairs are
-  taken first, then comparisons in the order they were made; a pair met twice (the same chosen
-  and rejected answers) is kept once, and a question gives at most ``MAX_PAIRS_PER_QUESTION``;
+  taken first, then comparisons in the order they were made; two answers preferred each to the
+  other make no pair either way, a pair met twice (the same chosen and rejected answers) is kept
+  once, a pair of two identical texts is none, and a question gives at most
+  ``MAX_PAIRS_PER_QUESTION``;
 - ``conversations``: ``{"messages": [...]}``, the branch each conversation shows;
 - ``votes``: one row per counted side-by-side vote, named as in LMSYS's Chatbot Arena data:
   ``{"prompt", "model_a", "model_b", "answer_a", "answer_b", "winner"}``.
@@ -672,13 +674,22 @@ class _Rows:
             good, bad = (a, b) if pick.winner == "a" else (b, a)
             candidates[pick.question_id].append((good, bad, pick.kind, pick, pick.voted_at))
         for pairs in candidates.values():
+            # The person preferred each answer to the other, in two signals: neither stands.
+            taken = {(good.id, bad.id) for good, bad, *_ in pairs}
+            both_ways = {pair for pair in taken if pair[::-1] in taken}
             seen: set[tuple[uuid.UUID, uuid.UUID]] = set()
             kept = 0
             for good, bad, source, judged, when in pairs:
+                if (good.id, bad.id) in both_ways:
+                    self.report.removed["contradictory_pair"] += 1
+                    continue
                 if (good.id, bad.id) in seen:
                     self.report.removed["duplicate_pair"] += 1
                     continue
                 seen.add((good.id, bad.id))
+                if self.text(good).strip() == self.text(bad).strip():
+                    self.report.removed["identical_pair"] += 1  # nothing to prefer
+                    continue
                 if kept == MAX_PAIRS_PER_QUESTION:
                     self.report.removed["over_pair_cap"] += 1
                     continue
