@@ -22,7 +22,7 @@ from lamplighter.abuse.reports import ReviewQueue
 from lamplighter.abuse.violations import ViolationPolicy, Violations
 from lamplighter.abuse.watch import Watch, WatchPolicy
 from lamplighter.accounts import AccountService, Bootstrap
-from lamplighter.api import admin, errors, feedback, health, openai, openai_responses
+from lamplighter.api import admin, errors, feedback, health, openai, openai_responses, stored
 from lamplighter.api import billing as billing_api
 from lamplighter.api import config as config_api
 from lamplighter.api.middleware import RateLimitHeaders, RequestIds, RequestLimits, SecurityHeaders
@@ -344,6 +344,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(openai_responses.router)
+    app.include_router(stored.router)
     app.include_router(admin.router)
     app.include_router(config_api.router)
     app.include_router(billing_api.router)

@@ -119,3 +119,66 @@ async def test_concurrent_key_use_is_safe(database_url: str) -> None:
         assert {r.api_key_id for r in results} == {key.id}
     finally:
         await db.close()
+
+
+async def test_deleting_an_answer_prunes_its_branch_and_moves_the_shown_leaf(
+    database_url: str,
+) -> None:
+    """root question -> answer A -> follow-up -> answer B (shown) and, beside B, answer C: deleting
+    B keeps C and shows it; deleting A takes the rest and, nothing being left, the conversation."""
+    from sqlalchemy import select
+
+    from lamplighter.store.conversations import Conversations
+    from lamplighter.store.models import Conversation, Message, Rating, new_id
+
+    db = Database(database_url)
+    try:
+        user = await AccountService(db).create_user(_email())
+        conversation = Conversation(id=new_id(), user_id=user.id)
+        rows: dict[str, Message] = {}
+        parents = {"q": None, "a": "q", "f": "a", "b": "f", "c": "f"}
+        async with db.transaction() as session:
+            session.add(conversation)
+            for depth, (name, parent) in enumerate(parents.items()):
+                rows[name] = Message(
+                    id=new_id(),
+                    conversation_id=conversation.id,
+                    user_id=user.id,
+                    parent_id=rows[parent].id if parent else None,
+                    role="user" if name in "qf" else "assistant",
+                    content=name,
+                    path_hash=name,
+                    depth=depth,
+                )
+                session.add(rows[name])
+                await session.flush()
+            session.add(Rating(message_id=rows["b"].id, user_id=user.id, rating=1))
+            conversation.current_leaf_id = rows["b"].id
+
+        async def delete(name: str) -> tuple[set[uuid.UUID], uuid.UUID | None]:
+            async with db.transaction() as session:
+                answer = await session.get(Message, rows[name].id)
+                assert answer is not None
+                deleted = await Conversations(session).delete_answer(answer)
+            return set(deleted.answers), deleted.conversation
+
+        async def left() -> tuple[list[str], str | None]:
+            async with db.transaction() as session:
+                kept = await session.execute(
+                    select(Message.content)
+                    .where(Message.conversation_id == conversation.id)
+                    .order_by(Message.id)
+                )
+                shown = await session.get(Conversation, conversation.id)
+                leaf = await session.get(Message, shown.current_leaf_id) if shown else None
+                return [content for (content,) in kept], leaf.content if leaf else None
+
+        assert await delete("b") == ({rows["b"].id}, None)
+        assert await left() == (["q", "a", "f", "c"], "c")
+        assert await delete("a") == ({rows["a"].id, rows["c"].id}, conversation.id)
+        assert await left() == ([], None)
+        async with db.transaction() as session:
+            assert await session.get(Rating, rows["b"].id) is None
+            assert await session.get(Conversation, conversation.id) is None
+    finally:
+        await db.close()

@@ -22,7 +22,7 @@ from lamplighter.api.responses import (
 )
 from lamplighter.api.schemas import ChatCompletionRequest
 from lamplighter.api.state import Services, State
-from lamplighter.chat import Exchange, Placement, Principal
+from lamplighter.chat import Exchange, Placement, Principal, TokenCount
 from lamplighter.engines.base import GenerationRequest
 from lamplighter.exceptions import (
     APIError,
@@ -206,20 +206,29 @@ def whole_answer(
 
 
 def _completion(exchange: Exchange) -> dict[str, Any]:
-    usage = exchange.usage
+    # A shutdown's cut reads as "length": the answer stopped at a limit.
+    finish = "length" if exchange.interrupted else exchange.finish_reason
+    return completion_body(
+        exchange.id, exchange.created, exchange.model, exchange.content, finish, exchange.usage
+    )
+
+
+def completion_body(
+    name: str, created: int, model: str, content: str, finish: str | None, usage: TokenCount
+) -> dict[str, Any]:
+    """A ``chat.completion`` object."""
     return {
-        "id": exchange.id,
+        "id": name,
         "object": "chat.completion",
-        "created": exchange.created,
-        "model": exchange.model,
+        "created": created,
+        "model": model,
         "system_fingerprint": None,
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": exchange.content, "refusal": None},
+                "message": {"role": "assistant", "content": content, "refusal": None},
                 "logprobs": None,
-                # A shutdown's cut reads as "length": the answer stopped at a limit.
-                "finish_reason": "length" if exchange.interrupted else exchange.finish_reason,
+                "finish_reason": finish,
             }
         ],
         "usage": {

@@ -20,25 +20,24 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from sqlalchemy import select
 
 from lamplighter.api.openai import Caller, open_exchange, whole_answer
 from lamplighter.api.responses import EventStreamResponse
 from lamplighter.api.schemas import ResponsesRequest
 from lamplighter.api.state import Services, State
+from lamplighter.api.stored import delete_stored, stored_answer, stored_usage
 from lamplighter.chat import (
     Exchange,
     Placement,
     Principal,
     TokenCount,
-    message_id_from,
     response_id,
 )
 from lamplighter.conversation.threading import Turn
 from lamplighter.engines.base import GenerationRequest
 from lamplighter.exceptions import APIError, InvalidRequest, NotFound
 from lamplighter.store.conversations import Conversations
-from lamplighter.store.models import Message, Usage
+from lamplighter.store.models import Message
 
 router = APIRouter(prefix="/v1")
 
@@ -57,7 +56,7 @@ async def _history(state: Services, who: Principal, previous: str) -> tuple[Mess
     )
     async with state.db.transaction() as session:
         conversations = Conversations(session)
-        answer = await _stored_answer(conversations, who, previous)
+        answer = await stored_answer(conversations, who, previous)
         if answer is None:
             raise missing
         if answer.status == "in_progress":
@@ -73,13 +72,8 @@ async def _history(state: Services, who: Principal, previous: str) -> tuple[Mess
     return answer, [Turn(m.role, m.content) for m in path]
 
 
-async def _stored_answer(conversations: Conversations, who: Principal, name: str) -> Message | None:
-    """The caller's stored answer a response id names, if any."""
-    message_id = message_id_from(name)
-    if message_id is None:
-        return None
-    answer = await conversations.message_of(who.user_id, message_id)
-    return answer if answer is not None and answer.role == "assistant" else None
+def _not_found(name: str) -> NotFound:
+    return NotFound(f"Response with id '{name}' not found.", param="response_id", code="not_found")
 
 
 @router.get("/responses/{name}")
@@ -88,15 +82,10 @@ async def retrieve_response(name: str, who: Caller, state: State) -> dict[str, A
     client left ``cancelled``). What the request asked for is not stored: ``instructions`` and
     ``max_output_tokens`` read null, ``metadata`` empty, ``temperature`` and ``top_p`` 1."""
     async with state.db.transaction() as session:
-        answer = await _stored_answer(Conversations(session), who, name)
+        answer = await stored_answer(Conversations(session), who, name)
         if answer is None:
-            raise NotFound(
-                f"Response with id '{name}' not found.", param="response_id", code="not_found"
-            )
-        ledger = await session.scalar(select(Usage).where(Usage.message_id == answer.id))
-    usage = (
-        TokenCount(ledger.prompt_tokens, ledger.completion_tokens) if ledger else TokenCount(0, 0)
-    )
+            raise _not_found(name)
+        usage = await stored_usage(session, answer)
     stored = _Stored(
         answer.id,
         int(answer.created_at.timestamp()),
@@ -114,6 +103,13 @@ async def retrieve_response(name: str, who: Caller, state: State) -> dict[str, A
     if answer.status == "cut":
         return shape.response("cancelled")  # the client left, or stopped it
     return shape.finished()
+
+
+@router.delete("/responses/{name}")
+async def delete_response(name: str, who: Caller, state: State) -> dict[str, Any]:
+    """Delete a stored response: the same as deleting the chat completion of that answer."""
+    await delete_stored(state, who, name, _not_found(name))
+    return {"id": name, "object": "response", "deleted": True}
 
 
 @router.post("/responses")

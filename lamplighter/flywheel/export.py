@@ -424,11 +424,16 @@ class Exporter:
             )
             with open_text(path) as out:
                 async for (deletion,) in result:
-                    key = "conversation_id" if deletion.kind == "conversation" else "user_id"
+                    key = _DELETED.get(deletion.kind, "user_id")
                     line = {key: str(deletion.subject_id), "at": deletion.at.isoformat()}
                     out.write(json.dumps(line, separators=(",", ":")) + "\n")
                     count += 1
         return count
+
+
+# What each kind of deletion names in deletions.jsonl (the rest: a person, deleted or no longer
+# consenting).
+_DELETED = {"conversation": "conversation_id", "message": "message_id"}
 
 
 class _Merge:

@@ -22,6 +22,14 @@ class Node(NamedTuple):
     path_hash: str
 
 
+class Deleted(NamedTuple):
+    """What deleting an answer took: its id and the ids of the answers below it, and the
+    conversation when nothing was left of it."""
+
+    answers: list[uuid.UUID]
+    conversation: uuid.UUID | None
+
+
 # The chat's hot path: statements built once, their values bound at execution (building a
 # statement per request cost more CPU than running it), and plain INSERTs and UPDATEs rather
 # than the ORM's unit of work, so that a whole new path goes in as one statement.
@@ -187,6 +195,66 @@ class Conversations:
             .order_by(Message.id)
         )
         return [(message, rating) for message, rating in result]
+
+    async def delete_answer(self, answer: Message) -> Deleted:
+        """Delete an answer with everything that continues from it (each later turn had it in
+        its context), and the messages that led only to it, up to the answer before or a message
+        with other branches; the conversation too once nothing is left of it. A conversation
+        that showed a deleted branch shows the nearest one left. Their ratings and comparisons
+        go with them, through the foreign keys."""
+        conversation_id = answer.conversation_id
+        below = select(Message.id, Message.role).where(Message.id == answer.id).cte(recursive=True)
+        below = below.union_all(
+            select(Message.id, Message.role).where(Message.parent_id == below.c.id)
+        )
+        rows = (await self.session.execute(select(below.c.id, below.c.role))).all()
+        gone = {row.id for row in rows}
+        top, above = answer, await self._parent(answer)
+        while above is not None and above.role != "assistant":
+            siblings = await self.session.scalar(
+                select(func.count()).where(Message.parent_id == above.id, Message.id != top.id)
+            )
+            if siblings:
+                break
+            top, above = above, await self._parent(above)
+            gone.add(top.id)
+        await self.session.execute(delete(Message).where(Message.id == top.id))  # and below it
+        answers = [row.id for row in rows if row.role == "assistant"]
+        conversation = await self.session.get(Conversation, conversation_id)
+        root = await self._latest_child(None, conversation_id)
+        if root is None:
+            await self.delete(conversation_id)
+            return Deleted(answers, conversation_id)
+        if conversation is not None and conversation.current_leaf_id in gone:
+            conversation.current_leaf_id = await self._leaf_below(above.id if above else root)
+        return Deleted(answers, None)
+
+    async def _parent(self, message: Message) -> Message | None:
+        return await self.session.get(Message, message.parent_id) if message.parent_id else None
+
+    async def _latest_child(
+        self, parent_id: uuid.UUID | None, conversation_id: uuid.UUID
+    ) -> uuid.UUID | None:
+        """The newest child of ``parent_id`` (None: of the conversation's root)."""
+        parent = (
+            Message.parent_id.is_(None) if parent_id is None else Message.parent_id == parent_id
+        )
+        return await self.session.scalar(
+            select(Message.id)
+            .where(Message.conversation_id == conversation_id, parent)
+            .order_by(Message.id.desc())
+            .limit(1)
+        )
+
+    async def _leaf_below(self, message_id: uuid.UUID) -> uuid.UUID:
+        """The leaf reached from ``message_id`` by always taking the newest branch."""
+        conversation_id = await self.session.scalar(
+            select(Message.conversation_id).where(Message.id == message_id)
+        )
+        assert conversation_id is not None
+        while (child := await self._latest_child(message_id, conversation_id)) is not None:
+            message_id = child
+        return message_id
 
     async def delete(self, conversation_id: uuid.UUID) -> None:
         """Delete a conversation and, through the foreign keys, its messages and ratings."""

@@ -392,7 +392,8 @@ class Deletion(Base):
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
     at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
-    # conversation (deleted), user (account deleted or consent withdrawn)
+    # conversation (deleted), message (an answer deleted through the API, with what continued
+    # from it), user (account deleted or consent withdrawn)
     kind: Mapped[str] = mapped_column(String(16))
     subject_id: Mapped[uuid.UUID] = mapped_column(Uuid)
 

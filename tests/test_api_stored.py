@@ -1,0 +1,167 @@
+"""Stored completions through the real ``openai`` SDK: ``client.chat.completions.retrieve`` and
+``.delete``, ``client.responses.delete``; what a deletion takes with it, and the deletion log
+that incremental exports carry."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from sqlalchemy import select
+
+from lamplighter.chat import message_id_from
+from lamplighter.flywheel.export import Exporter
+from lamplighter.store.models import Conversation, Deletion, Message, User
+from tests.conftest import SCRIPTED, LiveServer
+
+
+def ask(client: openai.OpenAI, *turns: str) -> str:
+    """A chat completion of alternating user and assistant turns; its id."""
+    roles = ("user", "assistant")
+    messages: Any = [{"role": roles[i % 2], "content": text} for i, text in enumerate(turns)]
+    return client.chat.completions.create(model=SCRIPTED, messages=messages).id
+
+
+def stored(server: LiveServer, email: str) -> list[tuple[str, str]]:
+    """Every message the user has stored, as (role, content), oldest first."""
+
+    async def load(services: Any) -> list[tuple[str, str]]:
+        async with services.db.transaction() as session:
+            rows = await session.execute(
+                select(Message.role, Message.content)
+                .join(User, User.id == Message.user_id)
+                .where(User.email == email)
+                .order_by(Message.id)
+            )
+            return [(role, content) for role, content in rows]
+
+    return server.call(load)
+
+
+def shown(server: LiveServer, email: str) -> list[str | None]:
+    """The content of each of the user's conversations' current leaf."""
+
+    async def load(services: Any) -> list[str | None]:
+        async with services.db.transaction() as session:
+            rows = await session.execute(
+                select(Message.content)
+                .select_from(Conversation)
+                .join(User, User.id == Conversation.user_id)
+                .outerjoin(Message, Message.id == Conversation.current_leaf_id)
+                .where(User.email == email)
+            )
+            return [content for (content,) in rows]
+
+    return server.call(load)
+
+
+def conversation_of(server: LiveServer, name: str) -> uuid.UUID:
+    async def load(services: Any) -> uuid.UUID:
+        async with services.db.transaction() as session:
+            message = await session.get(Message, message_id_from(name))
+            return message.conversation_id
+
+    return server.call(load)
+
+
+def deletions(server: LiveServer, *ids: uuid.UUID | None) -> list[str]:
+    """The kinds of the deletions logged for these message or conversation ids."""
+
+    async def load(services: Any) -> list[str]:
+        async with services.db.transaction() as session:
+            rows = await session.execute(select(Deletion.kind).where(Deletion.subject_id.in_(ids)))
+            return sorted(kind for (kind,) in rows)
+
+    return server.call(load)
+
+
+def test_a_stored_completion_is_retrieved_by_its_owner_only(server: LiveServer) -> None:
+    _, key = server.new_user(plan="roomy")
+    _, other = server.new_user(plan="roomy")
+    answer = server.client(key).chat.completions.create(
+        model=SCRIPTED, messages=[{"role": "user", "content": "Keep this"}]
+    )
+    again = server.client(key).chat.completions.retrieve(answer.id)
+    assert again.model_dump(exclude={"created"}) == answer.model_dump(exclude={"created"})
+    assert again.choices[0].message.content == "You said: Keep this"
+    for client, name in ((server.client(other), answer.id), (server.client(key), "chatcmpl-x")):
+        with pytest.raises(openai.NotFoundError) as missing:
+            client.chat.completions.retrieve(name)
+        assert missing.value.code == "not_found"
+
+
+def test_deleting_an_answer_takes_what_continues_from_it_and_what_led_only_to_it(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    started = datetime.now(UTC)
+    email, key = server.new_user(plan="roomy")
+    client = server.client(key)
+    first = ask(client, "one")
+    second = ask(client, "one", "You said: one", "two")  # stored under the first answer
+    sibling = ask(client, "one", "You said: one", "two")  # a regeneration: the same question
+
+    deleted = client.chat.completions.delete(sibling)
+    assert (deleted.id, deleted.deleted, deleted.object) == (
+        sibling,
+        True,
+        "chat.completion.deleted",
+    )
+    # The question had another answer: it stays, and the conversation shows that answer.
+    assert stored(server, email) == [
+        ("user", "one"),
+        ("assistant", "You said: one"),
+        ("user", "two"),
+        ("assistant", "You said: two"),
+    ]
+    assert shown(server, email) == ["You said: two"]
+
+    client.chat.completions.delete(second)  # its question led only to it: it goes too
+    assert stored(server, email) == [("user", "one"), ("assistant", "You said: one")]
+    assert shown(server, email) == ["You said: one"]
+    assert client.chat.completions.retrieve(first).choices[0].message.content == "You said: one"
+
+    third = ask(client, "one", "You said: one", "three")
+    conversation = conversation_of(server, first)
+    client.chat.completions.delete(first)  # everything continues from it: nothing is left
+    assert stored(server, email) == [] and shown(server, email) == []
+    for gone in (first, third):
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.retrieve(gone)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.delete(first)
+    # Logged by id for incremental exports: each answer, and the conversation that went.
+    answers = [message_id_from(name) for name in (first, sibling, second, third)]
+    assert deletions(server, *answers) == ["message"] * 4
+    assert deletions(server, conversation) == ["conversation"]
+    # An incremental export tells copies made earlier which rows to drop.
+    out = tmp_path / "sft"
+    server.call(lambda s: Exporter(s.db, consent_default=True).run("sft", out, since=started))
+    lines = [json.loads(line) for line in (out / "deletions.jsonl").read_text().splitlines()]
+    named = {line.get("message_id") for line in lines} | {
+        line.get("conversation_id") for line in lines
+    }
+    assert {str(answer) for answer in answers} | {str(conversation)} <= named
+
+
+def test_a_response_is_deleted_by_its_owner_and_cannot_be_continued(server: LiveServer) -> None:
+    email, key = server.new_user(plan="roomy")
+    _, other = server.new_user(plan="roomy")
+    client = server.client(key)
+    first = client.responses.create(model=SCRIPTED, input="alpha")
+    second = client.responses.create(model=SCRIPTED, input="beta", previous_response_id=first.id)
+    with pytest.raises(openai.NotFoundError):
+        server.client(other).responses.delete(second.id)
+
+    client.responses.delete(second.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(second.id)
+    with pytest.raises(openai.NotFoundError) as refused:
+        client.responses.create(model=SCRIPTED, input="gamma", previous_response_id=second.id)
+    assert refused.value.code == "previous_response_not_found"
+    assert client.responses.retrieve(first.id).output_text == "You said: alpha"
+    assert stored(server, email) == [("user", "alpha"), ("assistant", "You said: alpha")]
