@@ -29,17 +29,18 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-app = typer.Typer(
-    help="Lamplighter: a self-hosted ChatGPT-style service.",
-    no_args_is_help=True,
-    rich_markup_mode="markdown",
-)
-users = typer.Typer(help="Manage user accounts.", no_args_is_help=True, rich_markup_mode="markdown")
-keys = typer.Typer(help="Manage API keys.", no_args_is_help=True, rich_markup_mode="markdown")
-db_app = typer.Typer(help="Manage the database.", no_args_is_help=True, rich_markup_mode="markdown")
-credits_app = typer.Typer(
-    help="Credits earned by feedback.", no_args_is_help=True, rich_markup_mode="markdown"
-)
+
+def _group(help: str) -> typer.Typer:
+    # Markdown: a docstring's paragraph is one paragraph in the command list, not the source's
+    # line breaks.
+    return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode="markdown")
+
+
+app = _group("Lamplighter: a self-hosted ChatGPT-style service.")
+users = _group("Manage user accounts.")
+keys = _group("Manage API keys.")
+db_app = _group("Manage the database.")
+credits_app = _group("Credits earned by feedback.")
 app.add_typer(users, name="users")
 app.add_typer(keys, name="keys")
 app.add_typer(db_app, name="db")
@@ -168,7 +169,8 @@ def serve(
     except ConfigError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
-    _guarded(settings, lambda db: _store_plans(settings, db))
+    # (A store that `db copy` froze still starts, read-only: the server refuses writes itself.)
+    _guarded(settings, lambda db: _store_plans(settings, db), writes=False)
     configure_logging(settings.log_level)
     logging.getLogger("lamplighter").info(
         "starting", extra={"url": f"http://{settings.host}:{settings.port}"}
@@ -663,7 +665,7 @@ def top(
 # Commands parse arguments and call lamplighter.simulation; imports stay inside them so that the
 # other commands start without loading the simulator.
 
-bench = typer.Typer(help="Benchmarks.", no_args_is_help=True, rich_markup_mode="markdown")
+bench = _group("Benchmarks.")
 app.add_typer(bench, name="bench")
 
 GpuOption = Annotated[str, typer.Option("--gpu", help="Timing profile: h100 or a100.")]
@@ -829,16 +831,8 @@ def bench_overhead(
 
 # --- Billing: grants, statements, teams (lamplighter/billing) ---------------------------------
 
-billing_app = typer.Typer(
-    help="Paid plans: grants, statements, period ends.",
-    no_args_is_help=True,
-    rich_markup_mode="markdown",
-)
-teams_app = typer.Typer(
-    help="Teams that share a subscription's seats.",
-    no_args_is_help=True,
-    rich_markup_mode="markdown",
-)
+billing_app = _group("Paid plans: grants, statements, period ends.")
+teams_app = _group("Teams that share a subscription's seats.")
 app.add_typer(billing_app, name="billing")
 app.add_typer(teams_app, name="teams")
 
