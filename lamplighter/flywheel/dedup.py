@@ -1,27 +1,30 @@
 """Exact and near-duplicate prompt detection for the training-data export, by MinHash LSH.
 
-``Deduplicator.check(text)`` sees the prompts of an export one at a time, in export order, and
-gives each one verdict. The first rule that applies wins:
+``Deduplicator.check(text, context)`` sees the prompts of an export one at a time, in export
+order, and gives each one verdict. A prompt is a text (the question) after its ``context``: the
+turns of its conversation before it, as a ``Context`` built turn by turn with ``Context.then``
+(none by default). The first rule that applies wins:
 
 ``"duplicate"``
-    The text equals an earlier text (kept or not) once case is folded and runs of whitespace are
-    collapsed to one space.
+    The prompt equals an earlier one (kept or not) once case is folded and runs of whitespace are
+    collapsed to one space, turn by turn: the same text after the same context.
 ``"near_duplicate"``
-    Its MinHash signature shares an LSH band with a text kept earlier: the two are estimated to
-    have a Jaccard similarity of at least ``threshold`` (see *Similarity* below).
+    Its MinHash signature shares an LSH band with a text kept earlier after the same context: the
+    two texts are estimated to have a Jaccard similarity of at least ``threshold`` (see
+    *Similarity* and *Context* below).
 ``"over_frequent"``
-    ``max_per_prompt`` texts with the same *skeleton* have already been kept. The skeleton is the
-    normalised text with ASCII digits and ASCII punctuation taken out, so
+    ``max_per_prompt`` prompts with the same *skeleton* have already been kept. The skeleton is
+    the normalised prompt, context and text, with ASCII digits and ASCII punctuation taken out, so
     ``"Where is order #1234?"`` and ``"Where is order #98?"`` share one: this caps templated
     prompts that differ only in numbers or punctuation, which are often too short to be near
     duplicates by the threshold. Texts without letters share the empty skeleton and so the cap.
 ``"keep"``
     Otherwise. Only kept texts enter the LSH index and count against their skeleton's cap, so at
-    most ``max_per_prompt`` texts of one skeleton are ever kept, and a text is a near duplicate
+    most ``max_per_prompt`` prompts of one skeleton are ever kept, and a text is a near duplicate
     only of something the export actually contains.
 
-Hence the first occurrence of a text is always ``"keep"`` unless it is near a kept text or its
-skeleton is full. Verdicts depend only on the sequence of texts checked: every hash and constant
+Hence the first occurrence of a prompt is always ``"keep"`` unless it is near a kept one or its
+skeleton is full. Verdicts depend only on the sequence of prompts checked: every hash and constant
 is fixed here (no per-process salt, no random generator whose stream may change between numpy
 versions), so the same store gives the same export, byte for byte.
 
@@ -34,6 +37,18 @@ Similarity
     a 0.8 threshold. With bigrams one changed word gives 0.93 and two give 0.87. A short text and
     a long one are never near duplicates of each other (their shingles differ in kind).
 
+Context
+    Exact duplicates and the cap look at the whole prompt; near duplicates are looked for only
+    among texts after the same context (the same turns, normalised), whose digest salts the
+    text's band keys. The shingles of the whole prompt would not do: a long context shared by
+    many prompts (a client's system prompt, a pasted document, the conversation's own earlier
+    turns, which every later prompt of it contains) would make every question after it a near
+    duplicate of the first. So the same follow-up after two different conversations is kept
+    twice, and a question reworded after the same turns (an edit) is a near duplicate; prompts
+    whose contexts differ at all (an answer sampled differently) are never near duplicates. A
+    context is two 64-bit digests chained turn by turn, so the contexts of all the questions of
+    a conversation cost one pass over its turns.
+
 LSH
     ``_NUM_PERM`` 32-bit min-hashes are split into ``bands`` bands of ``rows`` rows; two texts
     collide when all rows of one band agree, which happens with probability
@@ -44,16 +59,17 @@ LSH
 
 Memory
     Only 64-bit keys are stored, in open-addressing tables held in numpy arrays (8 bytes a slot,
-    at most 70% full): one key per distinct text checked (its exact form), ``bands`` keys per kept
-    text, and a key with a 4-byte count per distinct skeleton kept; never a text or a signature.
-    A million prompts, all kept, take about 150 MiB at the default threshold; a table that
-    doubles briefly needs a copy of its keys besides (under 100 MB up to that point).
+    at most 70% full): one key per distinct prompt checked (its exact form), ``bands`` keys per
+    kept text, and a key with a 4-byte count per distinct skeleton kept; never a text, a context
+    or a signature. A million prompts, all kept, take about 150 MiB at the default threshold; a
+    table that doubles briefly needs a copy of its keys besides (under 100 MB up to that point).
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cache
 from hashlib import blake2b
 from typing import Final, Literal
@@ -61,7 +77,7 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Deduplicator", "Verdict"]
+__all__ = ["Context", "Deduplicator", "Verdict"]
 
 Verdict = Literal["keep", "duplicate", "near_duplicate", "over_frequent"]
 
@@ -271,6 +287,41 @@ class _KeyTable:
             self._counts[: counts.size] = counts
 
 
+def _normalise(text: str) -> tuple[list[str], bytes]:
+    """The words of ``text`` with case folded, and the UTF-8 of them joined by single spaces."""
+    words = text.casefold().split()
+    # surrogatepass: a lone surrogate (valid in JSON) must not make check raise.
+    return words, " ".join(words).encode("utf-8", "surrogatepass")
+
+
+def _skeleton(encoded: bytes) -> bytes:
+    """Normalised text without ASCII digits and punctuation."""
+    return b" ".join(encoded.translate(_SKELETON_TABLE).split())
+
+
+def _after(context: int, data: bytes) -> bytes:
+    """``data`` prefixed by a context digest, if there is one (0: none)."""
+    return context.to_bytes(8, "little") + data if context else data
+
+
+@dataclass(frozen=True)
+class Context:
+    """What comes before a text in its prompt: the earlier turns of its conversation, as two
+    64-bit digests (of their normalised forms and of their skeletons), chained turn by turn so
+    that a conversation's contexts cost one pass over its turns. ``Context()`` is none."""
+
+    exact: int = 0
+    skeleton: int = 0
+
+    def then(self, turn: str) -> Context:
+        """This context followed by ``turn`` (which should say its role, if roles matter)."""
+        _, encoded = _normalise(turn)
+        return Context(
+            _digest(self.exact.to_bytes(8, "little") + encoded, b"context"),
+            _digest(self.skeleton.to_bytes(8, "little") + _skeleton(encoded), b"context-skeleton"),
+        )
+
+
 def _word_shingles(encoded: bytes) -> _U32:
     """Hashes of the word bigrams of normalised UTF-8 text of at least two words."""
     hashes = np.array([zlib.crc32(word) for word in encoded.split(b" ")], dtype=np.uint64)
@@ -336,28 +387,28 @@ class Deduplicator:
         """Bytes held by the tables (the bulk of this object's memory)."""
         return self._index.nbytes + self._skeletons.nbytes
 
-    def check(self, text: str) -> Verdict:
-        """The verdict for ``text``, recording it as seen (and as kept, if kept)."""
-        verdict = self._verdict(text)
+    def check(self, text: str, context: Context = Context()) -> Verdict:
+        """The verdict for ``text`` after ``context``, recording it as seen (and as kept, if
+        kept)."""
+        verdict = self._verdict(text, context)
         self.counts[verdict] += 1
         return verdict
 
-    def _verdict(self, text: str) -> Verdict:
-        words = text.casefold().split()
-        normalised = " ".join(words)
-        # surrogatepass: a lone surrogate (valid in JSON) must not make check raise.
-        encoded = normalised.encode("utf-8", "surrogatepass")
-        exact = _digest(encoded, b"exact")
+    def _verdict(self, text: str, context: Context) -> Verdict:
+        words, encoded = _normalise(text)
+        exact = _digest(_after(context.exact, encoded), b"exact")
         if exact in self._index:
             return "duplicate"
         self._index.add(exact)
         if len(words) >= _MIN_WORDS:
-            band_keys = self._band_keys(_word_shingles(encoded))
+            shingles = _word_shingles(encoded)
         else:
-            band_keys = self._band_keys(_char_shingles(normalised))
+            shingles = _char_shingles(" ".join(words))
+        # Salted with the context: only texts after the same one can collide.
+        band_keys = self._band_keys(shingles, context.exact & ~1)
         if self._index.contains_any(band_keys):
             return "near_duplicate"
-        skeleton = _digest(b" ".join(encoded.translate(_SKELETON_TABLE).split()), b"skeleton")
+        skeleton = _digest(_after(context.skeleton, _skeleton(encoded)), b"skeleton")
         if self._skeletons.count(skeleton) >= self.max_per_prompt:
             return "over_frequent"
         self._skeletons.increment(skeleton)
@@ -370,11 +421,13 @@ class Deduplicator:
         signature: _U32 = hashed.min(axis=0)
         return signature
 
-    def _band_keys(self, shingles: _U32) -> list[int]:
+    def _band_keys(self, shingles: _U32, salt: int) -> list[int]:
+        """The LSH band keys of a text's shingles, plus ``salt`` (even, so keys stay odd)."""
         signature = self._minhash(shingles[:_MINHASH_BLOCK])
         for start in range(_MINHASH_BLOCK, shingles.size, _MINHASH_BLOCK):
             block = shingles[start : start + _MINHASH_BLOCK]
             np.minimum(signature, self._minhash(block), signature)
         keys: _U64 = signature.reshape(self.bands, self.rows) @ self._band_mul + self._band_salt
+        keys += np.uint64(salt)  # mod 2**64
         band_keys: list[int] = keys.tolist()
         return band_keys

@@ -53,14 +53,14 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO, TypeVar
 
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 from sqlalchemy import and_, false, func, or_, select, true
 
 from lamplighter.flywheel.credits import Credits
-from lamplighter.flywheel.dedup import Deduplicator
+from lamplighter.flywheel.dedup import Context, Deduplicator, Verdict
 from lamplighter.flywheel.leaderboard import Outcome, Vote, check_voters
 from lamplighter.flywheel.pii import scrub
 from lamplighter.flywheel.policy import CreditPolicy
@@ -110,6 +110,7 @@ SCHEMAS: dict[str, Any] = {
 }
 
 Row = dict[str, Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -489,9 +490,10 @@ class _Rows:
             self.children[node.parent_id].append(node)
         self.answers = [node for node in thread.nodes if node.role == "assistant"]
         self._clean: dict[uuid.UUID, str] = {}
-        self._verdicts: dict[uuid.UUID, str] = {}
+        self._verdicts: dict[uuid.UUID, Verdict] = {}
         self._judged: dict[uuid.UUID, str] | None = None
         self._spoilt: dict[uuid.UUID, bool] = {}
+        self._contexts: dict[uuid.UUID, Context] = {}  # the prompt up to each node
 
     def rows(self) -> Iterator[tuple[Row, dict[str, str | None]]]:
         kind = self.context.kind
@@ -582,19 +584,41 @@ class _Rows:
         question flagged included) spoils it. Decided once per node, from the root down.
         """
         strict = self.context.kind == "sft"
+
+        def spoils(turn: Node) -> bool:
+            if turn.role != "assistant":
+                return False
+            if strict:
+                return self.sft_fault(turn) is not None
+            return turn.status != "complete" or turn.flagged
+
+        return self._fold(node, self._spoilt, False, lambda spoilt, turn: spoilt or spoils(turn))
+
+    def prompt(self, question: Node) -> Context:
+        """The turns before ``question`` in its prompt (scrubbed, as exported), for the
+        deduplicator: a prompt is the whole conversation up to the question."""
+        parent = self.by_id.get(question.parent_id) if question.parent_id else None
+        return self._fold(
+            parent,
+            self._contexts,
+            Context(),
+            lambda before, turn: before.then(f"{turn.role}: {self.text(turn)}"),
+        )
+
+    def _fold(
+        self, node: Node | None, memo: dict[uuid.UUID, T], start: T, step: Callable[[T, Node], T]
+    ) -> T:
+        """``step`` folded over the path from the root to ``node`` (``start`` before the
+        root), each node's value kept in ``memo``: each node of a conversation is folded once,
+        however many rows pass through it."""
         chain: list[Node] = []
-        while node is not None and node.id not in self._spoilt:
+        while node is not None and node.id not in memo:
             chain.append(node)
             node = self.by_id.get(node.parent_id) if node.parent_id else None
-        spoilt = node is not None and self._spoilt[node.id]
+        value = memo[node.id] if node is not None else start
         for turn in reversed(chain):
-            if not spoilt and turn.role == "assistant":
-                if strict:
-                    spoilt = self.sft_fault(turn) is not None
-                else:
-                    spoilt = turn.status != "complete" or turn.flagged
-            self._spoilt[turn.id] = spoilt
-        return spoilt
+            value = memo[turn.id] = step(value, turn)
+        return value
 
     def usable(self, answer: Node, when: datetime | None = None) -> bool:
         """An answer worth learning from, and new to this export (``when`` it was judged,
@@ -612,9 +636,10 @@ class _Rows:
             return False
         assert question is not None
         # Decided once per question: regenerations of one question share its verdict.
-        if question.id not in self._verdicts:
-            self._verdicts[question.id] = self.context.dedup.check(self.text(question))
-        verdict = self._verdicts[question.id]
+        verdict = self._verdicts.get(question.id)
+        if verdict is None:
+            verdict = self.context.dedup.check(self.text(question), self.prompt(question))
+            self._verdicts[question.id] = verdict
         if verdict != "keep":
             self.report.removed[f"{verdict}_prompt"] += 1
             return False

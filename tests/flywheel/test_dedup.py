@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lamplighter.flywheel.dedup import Deduplicator, _KeyTable
+from lamplighter.flywheel.dedup import Context, Deduplicator, _KeyTable
 
 
 def _words(rng: random.Random, n: int) -> list[str]:
@@ -123,6 +123,35 @@ def test_only_kept_texts_count_against_the_cap() -> None:
     assert d.check("hello 1") == "keep"
     assert d.check("hello 2") == "keep"
     assert d.check("hello, 3!") == "over_frequent"
+
+
+def test_a_prompt_is_its_text_after_the_turns_before_it() -> None:
+    """The same follow-up after different conversations is a different prompt."""
+    d = Deduplicator()
+    more = "Can you tell me more about that"
+    whales = Context().then("user: Tell me about whales").then("assistant: They are mammals.")
+    tides = Context().then("user: Tell me about tides").then("assistant: The moon pulls them.")
+    assert [d.check(more, whales), d.check(more, tides), d.check(more)] == ["keep"] * 3
+    again = Context().then("USER: tell me about  whales").then("assistant: they are mammals.")
+    assert d.check(more.upper(), again) == "duplicate"
+    # Near duplicates are looked for after the same turns only, so that a long context shared
+    # (a system prompt, a pasted text, the conversation's own earlier prompt) makes none.
+    assert d.check(more + "?", whales) == "near_duplicate"
+    assert d.check(more + "?", Context().then("user: Tell me about storms")) == "keep"
+    assert Context().then("a").then("b") != Context().then("b").then("a")
+
+
+def test_the_cap_counts_the_skeletons_of_whole_prompts() -> None:
+    rng = random.Random(5)
+    d = Deduplicator(max_per_prompt=5)
+    tickets = ["ticket " + " ".join(str(rng.randrange(10**8)) for _ in range(12)) for _ in range(7)]
+    orders = Context().then("system: You look orders up by number.")
+    assert [d.check(ticket, orders) for ticket in tickets[:6]] == ["keep"] * 5 + ["over_frequent"]
+    assert d.check(tickets[5]) == "keep"  # without the context: another skeleton
+    # Contexts that differ only in numbers and punctuation share a skeleton.
+    assert d.check(tickets[6], Context().then("system: You look orders up by number 2")) == (
+        "over_frequent"
+    )
 
 
 def _mixed_prompts() -> list[str]:

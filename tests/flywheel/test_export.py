@@ -65,6 +65,10 @@ JUDGED_WORSE = "What fuel did the first lighthouses of New England burn"
 # Preferences that say nothing: between one answer and its copy, and both ways.
 SAME_TWICE = "What colour was the light of the Boston harbour lighthouse"
 BOTH_WAYS = "Did keepers prefer living on islands or on the mainland"
+# The same follow-up in different conversations.
+HOOK_HEAD = "Tell me about the Hook Head lighthouse in Ireland"
+CORDOUAN = "Tell me about the Cordouan lighthouse on the Gironde"
+MORE = "Can you tell me more about that"
 # Conversations that went on after an answer that went wrong, and one that went well.
 ERRED = "How did keepers signal to each other across the bay at night"
 AFTER_ERROR = "Please answer that question about signals once more"
@@ -384,6 +388,17 @@ def _disagreeing(server: LiveServer) -> None:
     web.close()
 
 
+def _followed_up(server: LiveServer) -> None:
+    """Two conversations about different lighthouses with the same follow-up, and a third that
+    repeats the first word for word."""
+    web, _ = _person(server)
+    for question in (HOOK_HEAD, CORDOUAN, HOOK_HEAD):
+        first = web.chat(content=question)
+        conversation, answer = first[0][1]["conversation_id"], _done(first)["id"]
+        _done(web.chat(conversation_id=conversation, parent_id=answer, content=MORE))
+    web.close()
+
+
 @pytest.fixture(scope="module")
 def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """A store of what the export must not learn from, each case beside a good one."""
@@ -404,6 +419,7 @@ def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         _judged_worse(s)
         _went_on(s)
         _disagreeing(s)
+        _followed_up(s)
         s.close_clients()
     yield made
 
@@ -784,3 +800,17 @@ def test_dpo_has_no_pair_of_one_answer_twice_nor_a_pair_both_ways(
         (TERSE, True),
         (f"You said: {BOTH_WAYS}", False),
     ]
+
+
+def test_a_follow_up_is_a_duplicate_only_after_the_same_conversation(
+    audit: Store, tmp_path: Path
+) -> None:
+    sft = _export(audit, "sft", tmp_path)
+    more = [row["messages"] for row in sft["rows"] if row["messages"][-2]["content"] == MORE]
+    # The prompt is the whole conversation up to the question: these two are different.
+    assert more == [
+        _turns(HOOK_HEAD, f"You said: {HOOK_HEAD}", MORE, f"You said: {MORE}"),
+        _turns(CORDOUAN, f"You said: {CORDOUAN}", MORE, f"You said: {MORE}"),
+    ]
+    # The third conversation repeats the first: both of its prompts are duplicates.
+    assert "| duplicate_prompt | 2 |" in sft["card"]
