@@ -28,6 +28,8 @@ LOCK_TIMEOUT = "5s"
 LOCK_RETRIES = 3
 # PostgreSQL's SQLSTATE for "lock_not_available": lock_timeout ran out.
 _LOCK_NOT_AVAILABLE = "55P03"
+# How often a process waiting for another's migrations asks for the advisory lock again.
+LOCK_POLL_S = 0.1
 # The advisory lock that migrating processes take in turn: any fixed 64-bit key ("lampligh").
 MIGRATION_LOCK = 0x6C616D706C696768
 
@@ -66,10 +68,17 @@ def one_at_a_time(connection: Connection) -> Iterator[None]:
     if connection.dialect.name != "postgresql":
         yield
         return
-    taken = connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({MIGRATION_LOCK})").scalar()
-    if not taken:
+    take = f"SELECT pg_try_advisory_lock({MIGRATION_LOCK})"
+    if not connection.exec_driver_sql(take).scalar():
         log.info("another process is migrating the database; waiting for it to finish")
-        connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+        # Asking again and again, with no transaction open in between, rather than blocking in
+        # pg_advisory_lock: an index built concurrently waits for every open transaction, and
+        # one blocked on the lock its builder holds would be a deadlock.
+        while True:
+            connection.commit()
+            time.sleep(LOCK_POLL_S)
+            if connection.exec_driver_sql(take).scalar():
+                break
     connection.commit()
     unlock = f"SELECT pg_advisory_unlock({MIGRATION_LOCK})"
     try:

@@ -188,7 +188,7 @@ class Usage(Base):
         ForeignKey("api_keys.id", ondelete="SET NULL")
     )
     message_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("messages.id", ondelete="SET NULL")
+        ForeignKey("messages.id", ondelete="SET NULL"), index=True
     )
     model: Mapped[str] = mapped_column(String(200))
     prompt_tokens: Mapped[int] = mapped_column(Integer)
