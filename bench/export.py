@@ -67,8 +67,8 @@ class _Batches:
         )
         db.executemany(
             "INSERT INTO messages (id, conversation_id, user_id, parent_id, role, content,"
-            " path_hash, depth, status, finish_reason, created_at, updated_at, author) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " path_hash, depth, status, finish_reason, created_at, updated_at, author, model) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             self.messages,
         )
         db.executemany(
@@ -118,7 +118,7 @@ def generate(path: Path, messages: int, seed: int = 7) -> None:
             question = new_id().hex
             batches.messages.append(
                 (question, conversation, user, parent, "user", question_text, f"h{question}",
-                 2 * turn, "complete", None, stamp, stamp, None)
+                 2 * turn, "complete", None, stamp, stamp, None, None)
             )  # fmt: skip
             answers = [_answer(rng)]
             second = rng.random()
@@ -134,10 +134,12 @@ def generate(path: Path, messages: int, seed: int = 7) -> None:
             for index, text in enumerate(answers):
                 answer = new_id().hex
                 ids.append(answer)
+                # A person's correction, or an answer the model generated.
                 author = "person" if kind == "correction" and index == 1 else None
+                model = None if author else "model-a"
                 batches.messages.append(
                     (answer, conversation, user, question, "assistant", text, f"h{answer}",
-                     2 * turn + 1, "complete", "stop", stamp, stamp, author)
+                     2 * turn + 1, "complete", "stop", stamp, stamp, author, model)
                 )  # fmt: skip
                 if kind is None and rng.random() < 0.1:
                     batches.ratings.append(
