@@ -165,3 +165,38 @@ def test_a_response_is_deleted_by_its_owner_and_cannot_be_continued(server: Live
     assert refused.value.code == "previous_response_not_found"
     assert client.responses.retrieve(first.id).output_text == "You said: alpha"
     assert stored(server, email) == [("user", "alpha"), ("assistant", "You said: alpha")]
+
+
+def test_stored_completions_are_listed_page_by_page_with_the_messages_they_answered(
+    server: LiveServer,
+) -> None:
+    _, key = server.new_user(plan="roomy")
+    client = server.client(key)
+    first = ask(client, "one")
+    second = ask(client, "one", "You said: one", "two")  # the client's copy of an answer is
+    third = ask(client, "three", "A made-up answer", "four")  # not listed, nor one it made up
+    everything = list(client.chat.completions.list(limit=2))  # three pages, read as one
+    assert [c.id for c in everything] == [first, second, third]
+    assert [c.choices[0].message.content for c in everything][-1] == "You said: four"
+    newest = client.chat.completions.list(order="desc", limit=2)
+    assert [c.id for c in newest.data] == [third, second] and newest.has_more
+    assert [c.id for c in client.chat.completions.list(after=first)] == [second, third]
+    assert list(client.chat.completions.list(model="no-such-model")) == []
+    assert len(list(client.chat.completions.list(model=SCRIPTED))) == 3
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.list(metadata={"team": "a"})
+    assert refused.value.code == "unsupported_parameter"
+
+    messages = list(client.chat.completions.messages.list(third, limit=2))
+    assert [(m.role, m.content) for m in messages] == [
+        ("user", "three"),
+        ("assistant", "A made-up answer"),
+        ("user", "four"),
+    ]
+    assert [m.id for m in messages] == [f"{third}-0", f"{third}-1", f"{third}-2"]
+    backwards = client.chat.completions.messages.list(third, order="desc")
+    assert [m.content for m in backwards.data] == ["four", "A made-up answer", "three"]
+    _, other = server.new_user(plan="roomy")
+    with pytest.raises(openai.NotFoundError):
+        server.client(other).chat.completions.messages.list(third)
+    assert list(server.client(other).chat.completions.list()) == []

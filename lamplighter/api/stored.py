@@ -1,5 +1,6 @@
-"""What an API caller stored: ``GET`` and ``DELETE /v1/chat/completions/{id}``, and the lookups
-and deletion that ``/v1/responses/{id}`` shares with them.
+"""What an API caller stored: ``GET /v1/chat/completions`` (the list), ``GET`` and ``DELETE
+/v1/chat/completions/{id}``, ``GET /v1/chat/completions/{id}/messages``, and the lookups and
+deletion that ``/v1/responses/{id}`` shares with them.
 
 Every stored answer is both a chat completion (``chatcmpl-<hex>``) and a response
 (``resp_<hex>``): two names of one message in its owner's conversation tree. Deleting it deletes
@@ -10,16 +11,17 @@ carry it to training copies made earlier.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.api.openai import Caller, completion_body
+from lamplighter.api.schemas import unsupported
 from lamplighter.api.state import Services, State
 from lamplighter.chat import Principal, TokenCount, completion_id, message_id_from
-from lamplighter.exceptions import APIError, NotFound
+from lamplighter.exceptions import APIError, InvalidRequest, NotFound
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.models import Deletion, Message, Usage, utcnow
 
@@ -59,22 +61,98 @@ async def delete_stored(state: Services, who: Principal, name: str, missing: API
             session.add(Deletion(at=now, kind="conversation", subject_id=deleted.conversation))
 
 
-def _not_found(name: str) -> NotFound:
-    return NotFound(
-        f"No chat completion found with id '{name}'.", param="completion_id", code="not_found"
+def _page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """A cursor page, as the SDK's auto-pagination reads it (``after`` is the last id)."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+Limit = Annotated[int, Query(ge=1, le=100)]
+Order = Annotated[Literal["asc", "desc"], Query()]
+
+
+@router.get("/chat/completions")
+async def list_completions(
+    request: Request,
+    who: Caller,
+    state: State,
+    model: str | None = None,
+    after: str | None = None,
+    limit: Limit = 20,
+    order: Order = "asc",
+) -> dict[str, Any]:
+    """The caller's stored answers, oldest first (``order=desc``: newest first), ``limit`` at a
+    time after the one ``after`` names; ``model`` keeps one model's. Every answer the service
+    generated for the caller counts, the web chat's too: they are one store."""
+    if any(name.startswith("metadata") for name in request.query_params):
+        raise unsupported("metadata", "metadata is not stored, so it cannot select completions")
+    query = (
+        select(Message, Usage.prompt_tokens, Usage.completion_tokens)
+        .outerjoin(Usage, Usage.message_id == Message.id)
+        .where(
+            Message.user_id == who.user_id,
+            Message.role == "assistant",
+            Message.model.is_not(None),  # not the turns clients wrote into their messages
+        )
+        .order_by(Message.id.desc() if order == "desc" else Message.id)
+        .limit(limit + 1)
     )
-
-
-@router.get("/chat/completions/{name}")
-async def retrieve_completion(name: str, who: Caller, state: State) -> dict[str, Any]:
-    """A stored chat completion as it stands: one still being generated has the text so far
-    and no ``finish_reason``; one cut short (its client left, a failure, a stopping server)
-    reads ``length``, as a cut does when it is answered."""
+    if model is not None:
+        query = query.where(Message.model == model)
+    if after is not None:
+        cursor = message_id_from(after)
+        if cursor is None:
+            raise InvalidRequest(f"'{after}' is not a chat completion id.", param="after")
+        query = query.where(Message.id < cursor if order == "desc" else Message.id > cursor)
     async with state.db.transaction() as session:
-        answer = await stored_answer(Conversations(session), who, name)
+        rows = (await session.execute(query)).all()
+    found = [
+        _stored_completion(answer, TokenCount(prompt or 0, completion or 0))
+        for answer, prompt, completion in rows[:limit]
+    ]
+    return _page(found, has_more=len(rows) > limit)
+
+
+@router.get("/chat/completions/{name}/messages")
+async def completion_messages(
+    name: str,
+    who: Caller,
+    state: State,
+    after: str | None = None,
+    limit: Limit = 20,
+    order: Order = "asc",
+) -> dict[str, Any]:
+    """The messages a stored chat completion answered: its conversation from the start up to
+    the answer (the system message included), ``<id>-<n>`` each, ``n`` counting from 0."""
+    async with state.db.transaction() as session:
+        conversations = Conversations(session)
+        answer = await stored_answer(conversations, who, name)
         if answer is None:
             raise _not_found(name)
-        usage = await stored_usage(session, answer)
+        path = (await conversations.path_to(answer.id))[:-1]
+    messages = [
+        {"id": f"{name}-{n}", "role": m.role, "content": m.content, "content_parts": None}
+        for n, m in enumerate(path)
+    ]
+    if order == "desc":
+        messages.reverse()
+    if after is not None:
+        ids = [message["id"] for message in messages]
+        if after not in ids:
+            raise InvalidRequest(f"'{after}' is not a message of {name}.", param="after")
+        messages = messages[ids.index(after) + 1 :]
+    return _page(messages[:limit], has_more=len(messages) > limit)
+
+
+def _stored_completion(answer: Message, usage: TokenCount) -> dict[str, Any]:
+    """A stored answer as a ``chat.completion``, as it stands: one still being generated has
+    the text so far and no ``finish_reason``; one cut short (its client left, a failure, a
+    stopping server) reads ``length``, as a cut does when it is answered."""
     finish = answer.finish_reason if answer.status == "complete" else "length"
     return completion_body(
         completion_id(answer.id),
@@ -84,6 +162,23 @@ async def retrieve_completion(name: str, who: Caller, state: State) -> dict[str,
         None if answer.status == "in_progress" else finish,
         usage,
     )
+
+
+def _not_found(name: str) -> NotFound:
+    return NotFound(
+        f"No chat completion found with id '{name}'.", param="completion_id", code="not_found"
+    )
+
+
+@router.get("/chat/completions/{name}")
+async def retrieve_completion(name: str, who: Caller, state: State) -> dict[str, Any]:
+    """A stored chat completion as it stands (see ``_stored_completion``)."""
+    async with state.db.transaction() as session:
+        answer = await stored_answer(Conversations(session), who, name)
+        if answer is None:
+            raise _not_found(name)
+        usage = await stored_usage(session, answer)
+    return _stored_completion(answer, usage)
 
 
 @router.delete("/chat/completions/{name}")
