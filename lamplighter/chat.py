@@ -556,7 +556,14 @@ class ChatService:
             if placement is not None:
                 # Placing can be refused (the parent was deleted meanwhile): said before the
                 # response starts.
-                await self.writer.run(partial(self._place, exchange, placement, request))
+                placing = self.writer.submit(partial(self._place, exchange, placement, request))
+                try:
+                    await asyncio.shield(placing)
+                except asyncio.CancelledError:
+                    # The client left while its question was being stored. The write lands all
+                    # the same, and then its answer, never begun, is settled as cut.
+                    placing.add_done_callback(partial(self._abandon, exchange))
+                    raise
             else:
                 # Written while the backend starts; the first chunk waits for it (``stream``).
                 exchange.opened = self.writer.submit(
@@ -845,6 +852,30 @@ class ChatService:
         exchange.conversation_id = conversation_id
         exchange.parent_hash = parent_hash
         exchange.usage_id = await UsageLedger(session).record(self._usage(exchange))
+
+    def _abandon(self, exchange: Exchange, placing: asyncio.Future[None]) -> None:
+        """Settle the answer that a placement stored for a client that had left by then: cut,
+        with nothing in it and nothing charged (the slot and the reservation were given back
+        when it left). Otherwise it would read "in progress" until the next restart."""
+        if placing.exception() is not None:
+            return  # nothing was stored
+
+        async def settle(session: AsyncSession) -> None:
+            if exchange.stored:
+                await Conversations(session).finish_message(
+                    exchange.message_id,
+                    content="",
+                    status="cut",
+                    finish_reason="cancelled",
+                    when=utcnow(),
+                    path_hash=node_hash(exchange.parent_hash, Turn("assistant", "")),
+                )
+            if exchange.usage_id is not None:
+                await UsageLedger(session).update(
+                    exchange.usage_id, prompt_tokens=0, finish_reason="cancelled"
+                )
+
+        self.writer.submit(settle)
 
     async def save_partial(
         self, exchange: Exchange, content: str, tokens: int, session: AsyncSession

@@ -146,10 +146,14 @@ async def open_exchange(
         if error.param == "max_tokens":
             error.param = token_param
         raise
-    headers = exchange.headers
-    headers.update(await leak_warning(state, who, [turn.content for turn in request.turns]))
-    question = next((t.content for t in reversed(request.turns) if t.role == "user"), "")
-    await guard.watch_prompt(state, who, question)
+    try:
+        headers = exchange.headers
+        headers.update(await leak_warning(state, who, [turn.content for turn in request.turns]))
+        question = next((t.content for t in reversed(request.turns) if t.role == "user"), "")
+        await guard.watch_prompt(state, who, question)
+    except BaseException:
+        await exchange.close()  # no response will: its slot and answer must not be left open
+        raise
     return exchange, headers
 
 

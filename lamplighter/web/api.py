@@ -369,20 +369,26 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
         "message": answer,
         "side_by_side": pair is not None,
     }
-    headers = {**exchange.headers, **await leak_warning(state, who, [t.content for t in turns])}
-    if content is not None:
-        await guard.watch_prompt(state, who, content)
-    start["warning"] = headers.get("x-lamplighter-warning")
-    if pair is None:
-        ask = content is None and asks_verdict(
-            exchange.message_id, state.preferences.policy.verdict_rate
-        )
-        if ask and shown is not None:
-            await state.preferences.expect_verdict(who, shown, exchange.message_id, exchange.model)
-        events = _events(exchange, answer, ask_verdict=ask)
-    else:
-        second = SecondAnswer(who, _variant(request, pair[1]), pair, visitor.origin)
-        events = _pair(state, exchange, answer, second)
+    try:
+        headers = {**exchange.headers, **await leak_warning(state, who, [t.content for t in turns])}
+        if content is not None:
+            await guard.watch_prompt(state, who, content)
+        start["warning"] = headers.get("x-lamplighter-warning")
+        if pair is None:
+            ask = content is None and asks_verdict(
+                exchange.message_id, state.preferences.policy.verdict_rate
+            )
+            if ask and shown is not None:
+                await state.preferences.expect_verdict(
+                    who, shown, exchange.message_id, exchange.model
+                )
+            events = _events(exchange, answer, ask_verdict=ask)
+        else:
+            second = SecondAnswer(who, _variant(request, pair[1]), pair, visitor.origin)
+            events = _pair(state, exchange, answer, second)
+    except BaseException:
+        await exchange.close()  # no response will: its slot and answer must not be left open
+        raise
     return EventStreamResponse(_started(start, events), headers, finally_=exchange.close)
 
 

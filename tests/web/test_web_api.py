@@ -3,7 +3,9 @@ ratings, deletion, search, and that no user reaches another's data (404, never 4
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import time
 import uuid
 from typing import Any
@@ -13,8 +15,9 @@ import pytest
 from sqlalchemy import func, select
 
 from lamplighter.exceptions import Conflict
-from lamplighter.store.models import Message, Rating, WebSession
+from lamplighter.store.models import Message, Rating, Usage, User, WebSession
 from tests.conftest import LiveServer
+from tests.test_streams import wait_until
 from tests.web.conftest import Browserless, Person, form_token, new_person
 
 
@@ -379,6 +382,69 @@ def test_regenerating_needs_a_question(web: Browserless) -> None:
     )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "parent_id"
+
+
+def test_a_client_that_leaves_while_its_question_is_stored_leaves_no_answer_in_progress(
+    server: LiveServer, person: Person, web: Browserless
+) -> None:
+    """Send, then leave at once (Escape right after Enter): the client is gone while the
+    question's write waits its turn. The write lands all the same; its answer must then read
+    cut, not "in progress" for ever, and nothing is charged."""
+    held: dict[str, asyncio.Event] = {}
+
+    async def hold_the_writer(services: Any) -> None:
+        held["writer"] = asyncio.Event()
+
+        async def job(_: Any) -> None:
+            await held["writer"].wait()
+
+        services.chat.writer.submit(job)
+
+    async def release(_: Any) -> None:
+        held["writer"].set()
+
+    def in_use() -> int:
+        async def count(services: Any) -> int:
+            return sum(pool.in_use for pool in services.chat.admission.pools.values())
+
+        return server.call(count)
+
+    server.call(hold_the_writer)
+    body = json.dumps({"content": "Gone at once", "model": "scripted-echo"}).encode()
+    cookies = "; ".join(f"{name}={value}" for name, value in web.http.cookies.items())
+    port = int(server.base_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.sendall(
+            b"POST /api/chat HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            + f"x-csrf-token: {web.csrf}\r\ncookie: {cookies}\r\n".encode()
+            + f"content-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        wait_until(lambda: in_use() == 1)  # admitted, its question waiting for the writer
+    wait_until(lambda: in_use() == 0)  # the server saw it leave and gave the slot back
+    server.call(release)
+
+    def settled_answer() -> tuple[str, str, int, str] | None:
+        async def load(services: Any) -> tuple[str, str, int, str] | None:
+            async with services.db.transaction() as session:
+                row = (
+                    await session.execute(
+                        select(
+                            Message.status,
+                            Message.content,
+                            Usage.prompt_tokens,
+                            Usage.finish_reason,
+                        )
+                        .join(Usage, Usage.message_id == Message.id)
+                        .join(User, User.id == Message.user_id)
+                        .where(User.email == person.email, Message.role == "assistant")
+                    )
+                ).first()
+            return None if row is None or row[0] == "in_progress" else tuple(row)  # type: ignore[return-value]
+
+        return server.call(load)
+
+    assert wait_until(settled_answer) == ("cut", "", 0, "cancelled")
 
 
 def test_a_lost_connection_keeps_the_partial_answer_as_cut(
