@@ -186,11 +186,11 @@ def test_unknown_url_is_404_in_the_error_shape(server: LiveServer, user: tuple[s
 
 
 def test_wrong_method_is_405_in_the_error_shape(server: LiveServer) -> None:
-    response = httpx.get(server.base_url + "/v1/chat/completions")
+    response = httpx.get(server.base_url + "/v1/responses")
     assert response.status_code == 405
     error = error_of(response)
     assert error["code"] == "method_not_allowed"
-    assert error["message"] == "GET is not allowed on /v1/chat/completions; use POST."
+    assert error["message"] == "GET is not allowed on /v1/responses; use POST."
 
 
 def test_content_parts_and_developer_role_are_understood(client: openai.OpenAI) -> None:
