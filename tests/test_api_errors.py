@@ -147,6 +147,20 @@ def test_a_bad_key_is_401_before_an_unparseable_body_is_400(
     assert error_of(response)["code"] in ("missing_api_key", "invalid_api_key")
 
 
+def test_a_key_without_the_chat_scope_is_403_before_an_unparseable_body_is_400(
+    server: LiveServer,
+) -> None:
+    email, _ = server.new_user()
+    key = server.call(lambda s: s.accounts.create_key(email, "feedback", scopes=["feedback"]))
+    response = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        content=b"{not json",
+        headers={"authorization": f"Bearer {key.secret}", "content-type": "application/json"},
+    )
+    assert response.status_code == 403, response.text
+    assert error_of(response)["code"] == "insufficient_scope"
+
+
 def test_unknown_model_is_404_model_not_found(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="gpt-17", messages=HELLO)  # type: ignore[arg-type]

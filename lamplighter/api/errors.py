@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from lamplighter.api.openai import principal
+from lamplighter.api.openai import chat_principal
 from lamplighter.api.schemas import unsupported
 from lamplighter.api.state import services
 from lamplighter.exceptions import APIError
@@ -87,9 +87,10 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     if first.get("type") == "json_invalid":
         if request.url.path.startswith("/v1/"):
             # FastAPI reads the body before any dependency runs; OpenAI checks the key first,
-            # and a client with a bad key should hear about the key.
+            # and a client with a bad key (or a banned one, a key without the chat scope)
+            # should hear about that, as it would with a good body.
             try:
-                await principal(request, await services(request))
+                await chat_principal(request, await services(request))
             except APIError as error:
                 return error_response(error)
         message = "We could not parse the JSON body of your request. Send valid JSON."
