@@ -14,7 +14,9 @@ estimates every rater's trust and claws back credits granted to raters who have 
 untrustworthy, uniform or abusive. Trust is a one-coin Dawid-Skene estimate (``trust.py``) over
 the signals that can be checked against other people: ratings of answers several people were
 shown (the same question and the same answer, as the response cache serves them) and
-side-by-side votes on the same pair of models. Accounts that rate from one network and agree
+side-by-side votes, each judged against the other voters' votes on the same pair of models (one
+label per vote, so a voter who votes against everyone again and again loses trust with every
+vote). Accounts that rate from one network and agree
 almost always are merged into one rater first, so sock puppets cannot vouch for each other.
 """
 
@@ -249,6 +251,7 @@ class Credits:
                     origins[str(user_id)][origin] += 1
             votes = await session.stream(
                 select(
+                    Comparison.id,
                     Comparison.user_id,
                     Comparison.origin,
                     Comparison.a_variant,
@@ -260,12 +263,14 @@ class Credits:
                     Comparison.discarded.is_(None),
                 )
             )
-            async for user_id, origin, a, b, winner in votes:
+            async for comparison_id, user_id, origin, a, b, winner in votes:
                 if a == b:
                     continue
                 first, second = sorted((a, b))
                 won = a if winner == "a" else b
-                labels.append(Label(str(user_id), f"pair:{first}|{second}", int(won == first)))
+                pair = f"pair:{first}|{second}"
+                vote = Label(str(user_id), f"vote:{comparison_id}", int(won == first), pair)
+                labels.append(vote)
                 if origin:
                     origins[str(user_id)][origin] += 1
         return labels, puppet_groups(labels, origins)
@@ -322,8 +327,8 @@ def puppet_groups(labels: list[Label], origins: dict[str, Counter[str]]) -> dict
     group (named after one of them); every other rater is a group of their own."""
     home = {rater: counts.most_common(1)[0][0] for rater, counts in origins.items()}
     by_item: defaultdict[str, dict[str, int]] = defaultdict(dict)
-    for label in labels:
-        by_item[label.item][label.rater] = label.value
+    for label in labels:  # votes compared per pair of models, each voter's last vote on it
+        by_item[label.pool or label.item][label.rater] = label.value
     everyone = {label.rater for label in labels}
     agree: Counter[tuple[str, str]] = Counter()
     shared: Counter[tuple[str, str]] = Counter()

@@ -33,13 +33,28 @@ Groups (the sock-puppet defence)
     labelled only within one group is a single-source item, and five accounts agreeing count as
     one rater, not five. A rater outside any group is a source of their own, so their repeated
     labels on one item also collapse to one.
+
+Pools (side-by-side votes)
+    A side-by-side vote is a label on its own item, the comparison (which of its two answers was
+    better), and nobody else labels that item: on its own it says nothing about the voter. What
+    the other voters said about the same two models does: a label may name a ``pool`` (the model
+    pair), and an item in a pool takes, in place of pi, a prior learnt from the *other* sources'
+    items in the pool: (their summed posteriors + 1) / (their number + 2), so that a source
+    never vouches for itself (as ``leaderboard.check_voters`` fits the board without the voter).
+    The model is the one above with a class prior per pool: each vote is one label, so a voter
+    who voted against everyone else on a pair ten times is wrong ten times, not once, and a
+    voter's evidence counts their labels in pools another source labelled too. Votes on a pair
+    the others find evenly matched (a prior near 1/2) move the voter's accuracy little either
+    way; an honest voter who sometimes prefers the weaker model keeps their trust. Each item in
+    a pool is labelled by one source (a comparison is one voter's); pooled items start from
+    the pool's prior made of the other sources' labels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +63,7 @@ __all__ = ["PRIOR_TRUST", "Label", "Trust", "estimate"]
 
 _F64 = npt.NDArray[np.float64]
 _I64 = npt.NDArray[np.int64]
+K = TypeVar("K", str, str | None)
 
 _DEFAULT_PRIOR: Final = (4.0, 2.0)
 PRIOR_TRUST: Final = _DEFAULT_PRIOR[0] / (_DEFAULT_PRIOR[0] + _DEFAULT_PRIOR[1])
@@ -55,15 +71,20 @@ PRIOR_TRUST: Final = _DEFAULT_PRIOR[0] / (_DEFAULT_PRIOR[0] + _DEFAULT_PRIOR[1])
 
 @dataclass(frozen=True)
 class Label:
+    """``rater`` says ``item`` is ``value`` (0 or 1); items of one ``pool`` (a model pair's
+    comparisons) are judged against the other sources' items in it."""
+
     rater: str
     item: str
     value: int
+    pool: str | None = None
 
 
 @dataclass(frozen=True)
 class Trust:
     """``raters``: posterior mean accuracy; ``items``: P(true label is 1); ``evidence``: the
-    rater's (or their group's) labels on items that another source also labelled."""
+    rater's (or their group's) labels on items that another source also labelled, or in pools
+    that another source also labelled in."""
 
     raters: dict[str, float]
     items: dict[str, float]
@@ -91,11 +112,12 @@ class _Sources:
     source: _I64
     item: _I64
     value: _F64
+    pool_of_item: _I64  # -1: in no pool
 
 
-def _index(names: list[str]) -> tuple[dict[str, int], _I64]:
+def _index(names: list[K]) -> tuple[dict[K, int], _I64]:
     """Each distinct name's index, by first appearance, and every name's index."""
-    index: dict[str, int] = {}
+    index: dict[K, int] = {}
     positions = [index.setdefault(name, len(index)) for name in names]
     return index, np.array(positions, dtype=np.int64)
 
@@ -105,6 +127,13 @@ def _collapse(labels: Iterable[Label], groups: Mapping[str, str]) -> _Sources:
     rater_index, raters = _index([label.rater for label in labels])
     item_index, items = _index([label.item for label in labels])
     values = np.array([label.value for label in labels], dtype=np.int64)
+    pool_names, pools = _index([label.pool for label in labels])
+    pools = np.where(pool_names.get(None, -1) == pools, -1, pools)  # -1: in no pool
+    pool_of_item = np.full(len(item_index), -1, dtype=np.int64)
+    pool_of_item[items] = pools
+    mixed = np.flatnonzero(pool_of_item[items] != pools)
+    if mixed.size:
+        raise ValueError(f"item {labels[mixed[0]].item!r} is labelled in two pools (or in none)")
     wrong = np.flatnonzero((values != 0) & (values != 1))
     if wrong.size:
         label = labels[wrong[0]]
@@ -136,7 +165,41 @@ def _collapse(labels: Iterable[Label], groups: Mapping[str, str]) -> _Sources:
         source=keys[kept] // max(n_items, 1),
         item=keys[kept] % max(n_items, 1),
         value=(2 * ones[kept] > total[kept]).astype(np.float64),
+        pool_of_item=pool_of_item,
     )
+
+
+class _Pools:
+    """The labels on pooled items, and for each the prior its pool gives it."""
+
+    def __init__(self, data: _Sources) -> None:
+        pool = data.pool_of_item[data.item]
+        self.labels = np.flatnonzero(pool >= 0)
+        self.items = data.item[self.labels]
+        self.source = data.source[self.labels]
+        self.value = data.value[self.labels]
+        self.pool = pool[self.labels]
+        self.n_pools = int(self.pool.max(initial=-1)) + 1
+        _, self.cell = np.unique(self.pool * data.sources + self.source, return_inverse=True)
+        self.others = (
+            np.bincount(self.pool, minlength=self.n_pools)[self.pool]
+            - np.bincount(self.cell, minlength=self.cell.size)[self.cell]
+        )
+
+    def prior(self, accuracy: _F64) -> _F64:
+        """For each pooled label, P(its item is 1) from the other sources' labels in its pool,
+        each read through its source's accuracy alone: (their sum + 1) / (their number + 2)."""
+        q = accuracy[self.source]
+        says = self.value * q + (1 - self.value) * (1 - q)
+        in_pool = np.bincount(self.pool, says, self.n_pools)[self.pool]
+        own = np.bincount(self.cell, says, self.cell.size)[self.cell]
+        result: _F64 = (in_pool - own + 1) / (self.others + 2)
+        return result
+
+    def posterior(self, accuracy: _F64) -> _F64:
+        """P(each pooled label's item is 1): its pool's prior and its own label."""
+        sign = 2 * self.value - 1
+        return _sigmoid(_logit(self.prior(accuracy)) + sign * _logit(accuracy[self.source]))
 
 
 def estimate(
@@ -156,8 +219,14 @@ def estimate(
     data = _collapse(labels, groups or {})
     n_items = len(data.items)
     sources_per_item = np.bincount(data.item, minlength=n_items)
-    shared_items = sources_per_item >= 2
+    pooled_items = data.pool_of_item >= 0
+    crowded = np.flatnonzero(pooled_items & (sources_per_item > 1))
+    if crowded.size:
+        raise ValueError(f"item {data.items[crowded[0]]!r} is in a pool: one source labels it")
+    pools = _Pools(data)
+    shared_items = (sources_per_item >= 2) & ~pooled_items  # pi is learnt from these
     shared = shared_items[data.item]
+    shared[pools.labels] = pools.others > 0
     source, item, value = data.source[shared], data.item[shared], data.value[shared]
     evidence = np.bincount(source, minlength=data.sources)
     sign = 2 * data.value - 1
@@ -166,15 +235,17 @@ def estimate(
     posterior = np.divide(
         ones, sources_per_item, out=np.full(n_items, 0.5), where=sources_per_item > 0
     )
-    accuracy = np.full(data.sources, np.inf)  # no accuracy yet: the first step never stops
-    for _ in range(iterations):
+    accuracy = np.full(data.sources, (a - 1) / (a + b - 2))  # the prior's mode, to start
+    posterior[pools.items] = pools.posterior(accuracy)
+    for step in range(iterations):
         truth = posterior[item]
         correct = np.bincount(source, value * truth + (1 - value) * (1 - truth), data.sources)
         updated = (a - 1 + correct) / (a + b - 2 + evidence)
         pi = (posterior[shared_items].sum() + 1) / (shared_items.sum() + 2)
         weights = sign * _logit(updated)[data.source]
         posterior = _sigmoid(_logit(np.array(pi)) + np.bincount(data.item, weights, n_items))
-        converged = bool(np.all(np.abs(updated - accuracy) < tolerance))
+        posterior[pools.items] = pools.posterior(updated)
+        converged = step > 0 and bool(np.all(np.abs(updated - accuracy) < tolerance))
         accuracy = updated
         if converged:
             break

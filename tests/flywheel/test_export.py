@@ -4,6 +4,7 @@ and determinism checked on the files themselves."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
@@ -16,13 +17,18 @@ import datasets
 import openai
 import pyarrow.parquet as pq
 import pytest
+from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from lamplighter.cli import app
 from lamplighter.engines.base import Backend
 from lamplighter.engines.scripted import ScriptedBackend
+from lamplighter.flywheel.credits import Credits
 from lamplighter.flywheel.export import SCHEMAS
+from lamplighter.flywheel.policy import CreditPolicy
 from lamplighter.settings import Settings
+from lamplighter.store.database import Database
+from lamplighter.store.models import Credit, User
 from tests.conftest import FAILING, ROOMY_PLAN, SCRIPTED, LiveServer, make_settings
 from tests.web.conftest import Browserless, new_person
 
@@ -101,6 +107,7 @@ class Store:
         self.ids: dict[str, str] = {}
         self.started = datetime.now(UTC)
         self.voted: dict[str, list[str]] = {}  # voter -> their side-by-side questions
+        self.emails: dict[str, str] = {}  # voter -> their email
 
 
 def _web(server: LiveServer, *, consent: bool | None) -> Browserless:
@@ -217,6 +224,7 @@ def _make_votes(server: LiveServer, made: Store) -> None:
     honest = {"v1": [*(["echo"] * 6), "tie"], "v2": [*(["echo"] * 6), "both_bad"]}
     for voter, picks in honest.items():
         web = _web(server, consent=True)
+        made.emails[voter] = web.api("GET", "/me").json()["email"]
         made.voted[voter] = []
         for pick in picks:
             made.voted[voter].append(next(questions))
@@ -225,6 +233,7 @@ def _make_votes(server: LiveServer, made: Store) -> None:
             _side_by_side(web, LEAKED, "echo")  # names a model: does not count
         web.close()
     vic = _web(server, consent=True)
+    made.emails["vic"] = vic.api("GET", "/me").json()["email"]
     made.voted["vic"] = [next(questions) for _ in range(10)]
     for question in made.voted["vic"]:
         _side_by_side(vic, question, "terse")
@@ -639,17 +648,79 @@ def test_min_trust_drops_the_rows_of_a_rater_against_the_consensus(
     trusted = _export(store, "kto", tmp_path / "trusted", "--min-trust", "0.5")
     labels = {row["prompt"][-1]["content"]: row["label"] for row in trusted["rows"]}
     assert all(labels[question] is True for question in SHARED)  # the next rater's
-    assert "| low_trust (conversations) | 5 |" in trusted["card"]
+    # Mallory's five conversations, and Vic's ten (he voted against everyone: see below).
+    assert "| low_trust (conversations) | 15 |" in trusted["card"]
     assert "Minimum rater trust: 0.5" in trusted["card"]
     assert "low_trust" not in kto["card"]
     # Rows with no rating in them go too: everything of the person not trusted.
     sft = _export(store, "sft", tmp_path / "sft", "--min-trust", "0.5")
     assert MALLORY not in _texts(sft["rows"])
     assert MALLORY in _texts(_export(store, "sft", tmp_path / "sft-all")["rows"])
-    # Vic voted against everyone once (all his votes are one label): trust above 0.5, so only
-    # the voter check drops his votes.
+    # Vic voted against everyone ten times: each vote is evidence, and his trust is below 0.5
+    # too, so his conversations go before the voter check sees his votes.
     votes = _export(store, "votes", tmp_path / "votes", "--min-trust", "0.5")
-    assert "| suspicious_voter | 10 |" in votes["card"]
+    assert "| low_trust (conversations) | 15 |" in votes["card"]  # Mallory's 5, Vic's 10
+    assert "| suspicious_voter |" not in votes["card"]
+    assert sorted(row["prompt"][-1]["content"] for row in votes["rows"]) == sorted(
+        store.voted["v1"] + store.voted["v2"]
+    )
+
+
+async def _grant_votes(store: Store) -> None:
+    """Grant each vote its credit, as if given after reading the answers (not at once)."""
+    db = Database(f"sqlite+aiosqlite:///{store.data_dir / 'lamplighter.db'}")
+    try:
+        async with db.transaction() as session:
+            voters = select(User.id).where(User.email.in_(store.emails.values()))
+            granted = await session.execute(
+                update(Credit)
+                .where(Credit.user_id.in_(voters), Credit.signal == "comparison")
+                .values(status="granted", reason=None, tokens=500)
+            )
+            # Vic's 10 votes, 7 each of the honest (v1's on an answer naming its model earned none).
+            assert granted.rowcount == 10 + 7 + 7  # type: ignore[attr-defined]
+    finally:
+        await db.close()
+
+
+async def _trust_and_credits(store: Store) -> dict[str, tuple[float, int, list[str]]]:
+    """Each voter's trust, evidence and credit statuses."""
+    db = Database(f"sqlite+aiosqlite:///{store.data_dir / 'lamplighter.db'}")
+    try:
+        trust, _ = await Credits(db, CreditPolicy()).estimate()
+        found: dict[str, tuple[float, int, list[str]]] = {}
+        async with db.transaction() as session:
+            for voter, email in store.emails.items():
+                user_id = await session.scalar(select(User.id).where(User.email == email))
+                statuses = await session.scalars(
+                    select(Credit.status).where(Credit.user_id == user_id).distinct()
+                )
+                key = str(user_id)
+                found[voter] = (trust.raters[key], trust.evidence[key], sorted(statuses.all()))
+        return found
+    finally:
+        await db.close()
+
+
+def test_a_voter_against_everyone_loses_trust_and_credits(store: Store) -> None:
+    """Vic voted against the other voters' choice on every one of his ten questions: each vote
+    is checked against theirs, so his trust falls below the threshold and the review claws his
+    credits back; the honest voters keep theirs."""
+    asyncio.run(_grant_votes(store))
+    reviewed = CliRunner().invoke(
+        app, ["credits", "review"], env={"LAMPLIGHTER_DATA_DIR": str(store.data_dir)}
+    )
+    assert reviewed.exit_code == 0, reviewed.output
+    found = asyncio.run(_trust_and_credits(store))
+    trust, evidence, statuses = found["vic"]
+    assert trust < 0.35 and evidence == 10
+    assert statuses == ["clawed_back"]
+    for voter in ("v1", "v2"):
+        trust, evidence, statuses = found[voter]
+        assert trust > 0.75 and evidence == 6
+        assert statuses == ["granted"]
+    assert "1 below the trust threshold" in reviewed.output
+    assert "credits clawed back: 10 for low_trust" in reviewed.output
 
 
 def test_the_cli_refuses_bad_arguments(store: Store, tmp_path: Path) -> None:

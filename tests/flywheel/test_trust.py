@@ -110,6 +110,48 @@ def test_a_split_group_drops_the_item_and_repeats_collapse() -> None:
     assert trust.items["split"] > 0.5  # only the honest rater's label is left on it
 
 
+def votes(voter: str, firsts: list[int], pool: str = "pair:x|y") -> list[Label]:
+    """One side-by-side vote a comparison, each its own item in the pair's pool."""
+    return [Label(voter, f"{voter}-{k}", first, pool) for k, first in enumerate(firsts)]
+
+
+def test_each_vote_against_the_other_voters_on_a_pair_counts() -> None:
+    """As one label per pair, eleven votes against everyone were one wrong label: trust 0.57,
+    above the 0.5 threshold, with evidence 1. Each vote is a label now."""
+    labels = votes("h1", [1] * 6) + votes("h2", [1] * 6) + votes("contrary", [0] * 11)
+    trust = estimate(labels)
+    assert trust.evidence == {"h1": 6, "h2": 6, "contrary": 11}
+    assert trust.raters["contrary"] < 0.3
+    assert trust.raters["h1"] == trust.raters["h2"] > 0.8
+    assert trust.items["contrary-0"] > 0.9  # the first model was the better one after all
+    # A voter who outvotes everyone else put together still cannot vouch for themselves.
+    prolific = estimate(votes("h1", [1] * 6) + votes("h2", [1] * 6) + votes("spam", [0] * 40))
+    assert prolific.raters["spam"] < 0.2 and prolific.raters["h1"] > 0.8
+
+
+def test_honest_voters_keep_their_trust_on_a_close_pair() -> None:
+    """Honest voters pick the weaker model of two now and then; on a pair the others find
+    evenly matched, a vote either way says little about the voter."""
+    rng = np.random.default_rng(4)
+    close = [vote for k in range(20) for vote in votes(f"h{k}", (rng.random(20) < 0.55).tolist())]
+    trust = estimate(close + votes("contrary", [0] * 20))
+    assert min(trust.raters[f"h{k}"] for k in range(20)) > 0.65
+    assert trust.raters["contrary"] > 0.65  # undetectable here, as for the leaderboard's check
+    lopsided = [vote for k in range(20) for vote in votes(f"h{k}", (rng.random(20) < 0.8).tolist())]
+    trust = estimate(lopsided + votes("contrary", [0] * 20))
+    assert min(trust.raters[f"h{k}"] for k in range(20)) > 0.65
+    assert trust.raters["contrary"] < 0.3
+
+
+def test_a_lone_voter_on_a_pair_and_a_group_of_voters_keep_the_prior() -> None:
+    alone = estimate(votes("solo", [0] * 10) + votes("other", [1] * 10, pool="pair:y|z"))
+    assert alone.raters["solo"] == alone.raters["other"] == PRIOR_TRUST
+    assert alone.evidence["solo"] == 0
+    members = {f"acct{k}": "net" for k in range(3)}
+    grouped = estimate([vote for m in members for vote in votes(m, [1] * 10)], groups=members)
+    assert all(grouped.raters[m] == PRIOR_TRUST for m in members)
+
+
 def test_empty_input_and_bad_arguments() -> None:
     assert estimate([]) == Trust({}, {}, {})
     with pytest.raises(ValueError, match="0 or 1"):
@@ -118,6 +160,10 @@ def test_empty_input_and_bad_arguments() -> None:
         estimate([], prior=(1.0, 2.0))
     with pytest.raises(ValueError, match="iterations"):
         estimate([], iterations=0)
+    with pytest.raises(ValueError, match="one source labels it"):
+        estimate([Label("r", "c", 1, "pair"), Label("s", "c", 1, "pair")])
+    with pytest.raises(ValueError, match="two pools"):
+        estimate([Label("r", "c", 1, "pair"), Label("r", "c", 1)])
 
 
 labels_strategy = st.lists(
@@ -129,16 +175,25 @@ labels_strategy = st.lists(
     ),
     max_size=60,
 )
+votes_strategy = st.lists(
+    st.tuples(
+        st.sampled_from([f"r{k}" for k in range(6)]),
+        st.sampled_from(["pair:a|b", "pair:a|c"]),
+        st.integers(0, 1),
+    ),
+    max_size=40,
+).map(lambda drawn: [Label(r, f"vote{k}", v, pool) for k, (r, pool, v) in enumerate(drawn)])
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
-@given(labels_strategy, st.booleans())
+@given(labels_strategy, votes_strategy, st.booleans())
 def test_trust_is_a_probability_and_ignores_which_value_is_called_1(
-    labels: list[Label], grouped: bool
+    labels: list[Label], pooled: list[Label], grouped: bool
 ) -> None:
+    labels = labels + pooled
     groups = {"r0": "g", "r1": "g", "r2": "h"} if grouped else None
     trust = estimate(labels, groups=groups)
-    flipped = estimate([Label(x.rater, x.item, 1 - x.value) for x in labels], groups=groups)
+    flipped = estimate([Label(x.rater, x.item, 1 - x.value, x.pool) for x in labels], groups=groups)
     assert set(trust.raters) == {x.rater for x in labels}
     assert set(trust.items) == {x.item for x in labels}
     for rater, q in trust.raters.items():
