@@ -210,6 +210,19 @@ def test_a_rating_with_reason_and_comment_is_stored_and_shown_after_a_reload(
         lambda: (stored_answer(web, conversation_id, answer_id)["rating"] or {}).get("rating") == 1,
         what="the thumbs-up to be stored",
     )
+    # A thumbs-up asks what was good, with praise to pick, not the complaints of a thumbs-down.
+    expect(form).to_contain_text("What did you like about this answer?")
+    expect(form.get_by_test_id("rating-reason").locator("xpath=..")).to_have_text(
+        ["Accurate", "Helpful", "Clear and well written", "Other"]
+    )
+    form.get_by_text("Clear and well written").click()
+    form.get_by_test_id("rating-save").click()
+    expect(answer.get_by_text("Thanks for your feedback!")).to_be_visible()
+    assert stored_answer(web, conversation_id, answer_id)["rating"] == {
+        "rating": 1,
+        "reasons": ["well_written"],
+        "comment": None,
+    }
 
 
 def test_the_feedback_form_opens_in_view_with_the_focus_in_it(tabs: Tabs, person: Person) -> None:

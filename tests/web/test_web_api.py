@@ -186,7 +186,8 @@ def test_me_shows_the_plan_and_what_is_left_of_it(server: LiveServer) -> None:
     after = web.api("GET", "/me").json()["limits"]
     assert after["requests_per_minute"]["remaining"] == 59
     assert after["tokens_per_day"]["remaining"] < after["tokens_per_day"]["limit"]
-    assert {r["id"] for r in me["rating_reasons"]} >= {"not_factual", "unsafe", "too_long"}
+    assert {r["id"] for r in me["rating_reasons"]["down"]} >= {"not_factual", "unsafe", "too_long"}
+    assert {r["id"] for r in me["rating_reasons"]["up"]} >= {"accurate", "helpful"}
     web.close()
 
 
@@ -270,6 +271,23 @@ def test_ratings_are_stored_changed_and_removed(server: LiveServer, web: Browser
 
     bad = web.api("PUT", f"/messages/{answer['id']}/rating", json={"rating": 1, "reasons": ["meh"]})
     assert bad.status_code == 400
+
+    liked = web.api(
+        "PUT",
+        f"/messages/{answer['id']}/rating",
+        json={"rating": 1, "reasons": ["helpful", "accurate"]},
+    )
+    assert liked.json()["reasons"] == ["accurate", "helpful"]
+    for rating, reason in ((1, "not_factual"), (-1, "accurate")):
+        crossed = web.api(
+            "PUT",
+            f"/messages/{answer['id']}/rating",
+            json={"rating": rating, "reasons": [reason]},
+        )
+        assert crossed.status_code == 400
+        error = crossed.json()["error"]
+        assert error["param"] == "reasons"
+        assert reason in error["message"] and "thumbs-" in error["message"]
     assert web.api("PUT", f"/messages/{answer['id']}/rating", json={"rating": 0}).status_code == 400
     assert web.api("DELETE", f"/messages/{answer['id']}/rating").status_code == 204
     assert {m["id"]: m for m in web.tree(conversation)["messages"]}[answer["id"]]["rating"] is None

@@ -1104,7 +1104,10 @@
 
   function buildRatingForm(conv, m) {
     const rating = m.rating;
-    const reasons = (state.me && Array.isArray(state.me.rating_reasons)) ? state.me.rating_reasons : [];
+    // A thumbs-up says what was good, a thumbs-down what was wrong: each has its own reasons.
+    const sets = (state.me && state.me.rating_reasons) || {};
+    const own = rating.rating === 1 ? sets.up : sets.down;
+    const reasons = Array.isArray(own) ? own : [];
     const chosen = new Set(rating.reasons || []);
     const formId = `rating-${m.id}`;
     const boxes = reasons.map((r) => h('label', { class: 'reason-chip' },
