@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from lamplighter.web.markdown import render
 
 ALLOWED = {
-    "p", "br", "hr", "strong", "em", "del", "code", "pre", "blockquote", "ul", "ol", "li",
+    "p", "br", "hr", "strong", "em", "del", "s", "code", "pre", "blockquote", "ul", "ol", "li",
     "h1", "h2", "h3", "h4", "h5", "h6", "a", "table", "thead", "tbody", "tr", "th", "td",
 }  # fmt: skip
 
@@ -42,6 +42,33 @@ def test_markdown_renders_the_usual_structures() -> None:
     assert 'rel="noopener noreferrer nofollow"' in html
 
 
+def test_struck_text_images_and_aligned_columns_keep_their_meaning() -> None:
+    """~~wrong~~ stays struck through; an image is a link named by its alt text, with no
+    stray "!" and nothing loaded; a table's column alignment survives as a class."""
+    assert render("~~wrong~~ right") == "<p><s>wrong</s> right</p>\n"
+    image = render("see ![a cat](https://example.org/cat.png) here")
+    assert "!" not in image and "<img" not in image
+    assert Elements(image).found[-1] == (
+        "a",
+        {
+            "href": "https://example.org/cat.png",
+            "target": "_blank",
+            "rel": "noopener noreferrer nofollow",
+        },
+    )
+    assert ">a cat</a> here" in image
+    assert ">https://example.org/x.png</a>" in render("![](https://example.org/x.png)")
+    table = Elements(render("| a | b | c | d |\n|:-|:-:|-:|-|\n| 1 | 2 | 3 | 4 |"))
+    cells = [attrs for tag, attrs in table.found if tag in {"th", "td"}]
+    assert [c.get("class") for c in cells] == [
+        "align-left",
+        "align-center",
+        "align-right",
+        None,
+    ] * 2
+    assert not any("style" in c for c in cells)
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -58,12 +85,15 @@ def test_markdown_renders_the_usual_structures() -> None:
         '<div style="background:url(https://evil.example)">x</div>',
         "[x](vbscript:msgbox(1))",
         "<form action=https://evil.example><input></form>",
+        '<td class="align-left" style="color:red">x</td>',
+        "| a |\n|:-|\n| <span class=x>1</span> |",
     ],
 )
 def test_hostile_output_is_inert(payload: str) -> None:
     for tag, attrs in Elements(render(payload)).found:
         assert tag in ALLOWED
         assert not any(name.startswith("on") or name in {"style", "src"} for name in attrs)
+        assert attrs.get("class") in {None, "align-left", "align-center", "align-right"}
         href = (attrs.get("href") or "https:").lower()
         assert href.startswith(("https:", "http:", "mailto:")), href
 
