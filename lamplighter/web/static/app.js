@@ -629,7 +629,7 @@
     });
 
     if (m.role === 'system') {
-      const body = h('div', { class: 'message-body plain', testid: 'message-body', text: m.content });
+      const body = h('div', { class: 'message-body plain', testid: 'message-body', dir: 'auto', text: m.content });
       article.append(h('details', { class: 'system-prompt' }, h('summary', { text: 'System instructions' }), body));
       return article;
     }
@@ -649,7 +649,7 @@
     if (byPerson) {
       content.append(h('p', { class: 'msg-author', testid: 'author-label' }, icon('improve'), 'Your improved answer'));
     }
-    const body = h('div', { class: 'message-body', testid: 'message-body' });
+    const body = h('div', { class: 'message-body', testid: 'message-body', dir: 'auto' });
     if (m.role === 'assistant') {
       if (streaming) {
         fillAnswerBody(body, track.html, track.tail);
@@ -793,7 +793,7 @@
     const titleId = `improve-${m.id}`;
     const original = m.content || '';
     const area = h('textarea', {
-      class: 'improve-input', testid: 'improve-input', rows: '4', 'aria-labelledby': titleId, spellcheck: 'true',
+      class: 'improve-input', testid: 'improve-input', dir: 'auto', rows: '4', 'aria-labelledby': titleId, spellcheck: 'true',
     });
     area.value = original;
     const save = h('button', { type: 'submit', class: 'btn btn-primary btn-small', testid: 'improve-save', disabled: true }, 'Save');
@@ -900,7 +900,7 @@
         col.append(h('article', {
           class: 'msg msg-assistant pending', testid: 'message', 'data-role': 'assistant', 'data-id': '',
           'data-status': 'in_progress', 'aria-busy': 'true', 'aria-label': 'Answer B',
-        }, h('div', { class: 'msg-content' }, h('div', { class: 'message-body', testid: 'message-body' }))));
+        }, h('div', { class: 'msg-content' }, h('div', { class: 'message-body', testid: 'message-body', dir: 'auto' }))));
       }
       if (revealed) {
         const model = slot === 'a' ? c.a_model : c.b_model;
@@ -1050,9 +1050,9 @@
       nodes.push(h('article', {
         class: 'msg msg-user pending', testid: 'message', 'data-role': 'user', 'data-id': '',
         'data-status': p.lost ? 'complete' : 'in_progress',
-      }, h('div', { class: 'msg-content' }, h('div', { class: 'message-body plain', testid: 'message-body', text: p.content }))));
+      }, h('div', { class: 'msg-content' }, h('div', { class: 'message-body plain', testid: 'message-body', dir: 'auto', text: p.content }))));
     }
-    const content = h('div', { class: 'msg-content' }, h('div', { class: 'message-body', testid: 'message-body' }));
+    const content = h('div', { class: 'msg-content' }, h('div', { class: 'message-body', testid: 'message-body', dir: 'auto' }));
     if (p.lost) {
       content.append(buildNote('lost', null, () => startChat({
         conv, parentId: p.parentId, content: p.content, kind: p.kind,
@@ -1066,7 +1066,7 @@
   }
 
   function buildEditor(conv, m) {
-    const area = h('textarea', { class: 'edit-input', testid: 'edit-input', rows: '1', 'aria-label': 'Edit message' });
+    const area = h('textarea', { class: 'edit-input', testid: 'edit-input', dir: 'auto', rows: '1', 'aria-label': 'Edit message' });
     area.value = m.content || '';
     const save = h('button', { type: 'submit', class: 'btn btn-primary btn-small', testid: 'edit-save', disabled: !!state.stream }, 'Send');
     const cancel = h('button', { type: 'button', class: 'btn btn-ghost btn-small', testid: 'edit-cancel' }, 'Cancel');
@@ -1114,7 +1114,7 @@
       h('input', { type: 'checkbox', testid: 'rating-reason', value: r.id, name: 'reason', checked: chosen.has(r.id) }),
       h('span', { text: r.label })));
     const comment = h('textarea', {
-      class: 'rating-comment', testid: 'rating-comment', rows: '2', id: `${formId}-comment`,
+      class: 'rating-comment', testid: 'rating-comment', dir: 'auto', rows: '2', id: `${formId}-comment`,
       placeholder: 'Anything else? (optional)', maxlength: '2000',
     });
     comment.value = rating.comment || '';
@@ -1878,7 +1878,7 @@
     if (state.renaming && state.renaming.id === c.id) {
       li.classList.add('renaming');
       const input = h('input', {
-        type: 'text', class: 'rename-input', testid: 'rename-input', 'aria-label': 'Chat title', maxlength: '200',
+        type: 'text', class: 'rename-input', testid: 'rename-input', dir: 'auto', 'aria-label': 'Chat title', maxlength: '200',
       });
       input.value = state.renaming.draft;
       let finished = false;
@@ -1918,7 +1918,7 @@
       return li;
     }
     const link = h('a', { class: 'conv-link', href: `/c/${encodeURIComponent(c.id)}`, title },
-      h('span', { class: 'conversation-title', testid: 'conversation-title', text: title }));
+      h('span', { class: 'conversation-title', testid: 'conversation-title', dir: 'auto', text: title }));
     link.addEventListener('click', (e) => {
       if (e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
       e.preventDefault();
