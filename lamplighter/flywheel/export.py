@@ -126,6 +126,7 @@ class Node:
     created_at: datetime
     author: str | None = None
     model: str | None = None
+    rated_at: datetime | None = None  # when the rating was given or last changed
 
     @property
     def generated(self) -> bool:
@@ -371,6 +372,7 @@ class Exporter:
                 in_good_standing.label("standing"),
                 Message.author,
                 Message.model,
+                Rating.updated_at,
             )
             .join(Conversation, Conversation.id == Message.conversation_id)
             .join(User, User.id == Conversation.user_id)
@@ -408,6 +410,7 @@ class Exporter:
                         created_at=row[10],
                         author=row[14],
                         model=row[15],
+                        rated_at=row[16],
                     )
                 )
             if thread is not None:
@@ -621,8 +624,8 @@ class _Rows:
         return value
 
     def usable(self, answer: Node, when: datetime | None = None) -> bool:
-        """An answer worth learning from, and new to this export (``when`` it was judged,
-        by default when it was written); counts what it drops."""
+        """An answer worth learning from, and new to this export (``when`` it was rated or
+        judged, by default when it was written); counts what it drops."""
         since = self.context.since
         question = self.by_id.get(answer.parent_id) if answer.parent_id else None
         if since is not None and (when or answer.created_at) <= since:
@@ -675,7 +678,7 @@ class _Rows:
 
     def kto(self) -> Iterator[tuple[Row, dict[str, str | None]]]:
         for answer in self.answers:
-            if answer.rating is not None and self.usable(answer):
+            if answer.rating is not None and self.usable(answer, answer.rated_at):
                 turns = self.path(answer)
                 row = {"prompt": turns[:-1], "completion": turns[-1:], "label": answer.rating == 1}
                 yield row, {"message_id": str(answer.id)}
@@ -691,7 +694,8 @@ class _Rows:
             rated = [a for a in siblings if a.role == "assistant" and a.rating is not None]
             for good in (a for a in rated if a.rating == 1):
                 for bad in (a for a in rated if a.rating == -1):
-                    candidates[question_id].append((good, bad, "rating", None, None))
+                    when = max(filter(None, (good.rated_at, bad.rated_at)), default=None)
+                    candidates[question_id].append((good, bad, "rating", None, when))
         for pick in self.thread.picks:
             if not self.counted(pick):
                 continue

@@ -108,6 +108,7 @@ class Store:
         self.started = datetime.now(UTC)
         self.voted: dict[str, list[str]] = {}  # voter -> their side-by-side questions
         self.emails: dict[str, str] = {}  # voter -> their email
+        self.rated_late = self.started  # after every answer rated late was written
 
 
 def _web(server: LiveServer, *, consent: bool | None) -> Browserless:
@@ -169,7 +170,10 @@ def _make_answers_and_ratings(server: LiveServer, made: Store) -> None:
     assert ada.api("PUT", f"/messages/{new['id']}/verdict", json={"verdict": "better"}).is_success
     same = _done(ada.chat(conversation_id=conversation, parent_id=question, model=SCRIPTED))
     assert ada.api("PUT", f"/messages/{same['id']}/verdict", json={"verdict": "same"}).is_success
-    made.ids.update(regenerated_old=_done(old)["id"], regenerated_new=new["id"])
+    assert ada.api("PUT", f"/messages/{same['id']}/rating", json={"rating": 1}).is_success
+    made.ids.update(
+        regenerated_old=_done(old)["id"], regenerated_new=new["id"], regenerated_same=same["id"]
+    )
 
     # A regeneration that failed: "better" on it does not count.
     asked = ada.chat(content=FAILED, model=SCRIPTED)
@@ -186,6 +190,12 @@ def _make_answers_and_ratings(server: LiveServer, made: Store) -> None:
     )
     assert corrected.status_code == 201, corrected.text
     made.ids.update(original=original["id"], correction=corrected.json()["message"]["id"])
+    # Later, Ada rates an answer she had not rated and changes her mind about another: the
+    # two make a pair.
+    made.rated_late = datetime.now(UTC)
+    for answer, rating in (("regenerated_new", 1), ("regenerated_same", -1)):
+        rated = ada.api("PUT", f"/messages/{made.ids[answer]}/rating", json={"rating": rating})
+        assert rated.is_success, rated.text
     ada.close()
 
     bob = _web(server, consent=None)  # the organisation's default: no
@@ -543,7 +553,7 @@ def test_dpo_pairs_come_from_every_source_with_exactly_the_trl_fields(
     sources = [line["source"] for line in export["index"]]
     # Honest side-by-side votes for A or B: 6 + 6; Vic's are a suspicious voter's.
     assert sorted(set(sources)) == ["correction", "rating", "regeneration", "side_by_side"]
-    assert sources.count("side_by_side") == 12 and len(sources) == 15
+    assert sources.count("side_by_side") == 12 and len(sources) == 16
     pairs = {line["source"]: (row, line) for row, line in zip(loaded, export["index"], strict=True)}
     row, line = pairs["correction"]
     assert row["chosen"] == [{"role": "assistant", "content": CORRECTION}]
@@ -568,7 +578,7 @@ def test_dpo_pairs_come_from_every_source_with_exactly_the_trl_fields(
         "both_bad_vote (no pair)",
     ):
         assert f"| {reason} |" in card
-    for source, count in (("rating", 1), ("regeneration", 1), ("correction", 1)):
+    for source, count in (("rating", 2), ("regeneration", 1), ("correction", 1)):
         assert f"| {source} | {count} |" in card
     assert "| side_by_side | 12 |" in card
 
@@ -754,6 +764,41 @@ def test_incremental_exports_carry_deletions(store: Store, tmp_path: Path) -> No
         {k: v for k, v in d.items() if k == "conversation_id"} for d in deletions
     ]
     assert any("user_id" in d for d in deletions)  # Cleo withdrew her consent
+
+
+def test_an_incremental_export_has_the_ratings_given_or_changed_since(
+    store: Store, tmp_path: Path
+) -> None:
+    """Both answers were written before ``--since``; one was rated after it for the first time,
+    the other rated up before it and down after it: each is a new KTO row, labelled as rated
+    now, and the two are a new DPO pair."""
+    since = store.rated_late.isoformat()
+    kto = _export(store, "kto", tmp_path / "kto", "--since", since)
+    late = {
+        line["message_id"]: row
+        for row, line in zip(kto["rows"], kto["index"], strict=True)
+        if line["message_id"] in (store.ids["regenerated_new"], store.ids["regenerated_same"])
+    }
+    prompt = [{"role": "user", "content": REGENERATED}]
+    assert late == {
+        store.ids["regenerated_new"]: {
+            "prompt": prompt,
+            "completion": [{"role": "assistant", "content": TERSE}],
+            "label": True,
+        },
+        store.ids["regenerated_same"]: {
+            "prompt": prompt,
+            "completion": [{"role": "assistant", "content": f"You said: {REGENERATED}"}],
+            "label": False,
+        },
+    }
+    # Ada's other ratings were given before it: exported before, not again.
+    assert store.ids["good"] not in [line["message_id"] for line in kto["index"]]
+    dpo = _export(store, "dpo", tmp_path / "dpo", "--since", since)
+    rated = [line for line in dpo["index"] if line["source"] == "rating"]
+    assert [(line["chosen_id"], line["rejected_id"]) for line in rated] == [
+        (store.ids["regenerated_new"], store.ids["regenerated_same"])
+    ]
 
 
 def test_an_assistant_turn_written_by_an_api_client_is_context_never_a_target(
