@@ -60,6 +60,14 @@ def test_a_rate_limit_says_so_plainly_counts_down_and_then_goes(
     expect(banner.locator(".sr-only")).to_have_text(WAIT)
     expect(tab.composer).to_have_value("one too many")  # nothing typed is lost
     tab.screenshot("rate-limit-countdown.png")
+    # Sending waits for the countdown: Send is disabled and Enter sends nothing.
+    send = page.get_by_test_id("send")
+    expect(send).to_be_disabled()
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if r.url.endswith("/api/chat") else None)
+    tab.composer.press("Enter")
+    expect(tab.composer).to_have_value("one too many")
+    expect(countdown).to_have_text(WAIT)
 
     now_ms = page.evaluate("Date.now()")
     page.clock.pause_at((now_ms + 1_000) / 1_000)  # Python's clock takes seconds
@@ -74,6 +82,8 @@ def test_a_rate_limit_says_so_plainly_counts_down_and_then_goes(
     page.clock.run_for(100)  # the announcement is set a moment later, to be heard
     expect(page.locator("#announcer")).to_have_text("You can send messages again")
     expect(tab.composer).to_have_value("one too many")
+    expect(send).to_be_enabled()
+    assert sent == [], "Enter sent the message during the countdown"
     page.clock.resume()
 
 

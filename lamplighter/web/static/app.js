@@ -279,6 +279,7 @@
     els.bannerText.textContent = message;
     els.banner.hidden = false;
     state.bannerKind = kind;
+    updateComposer();
   }
 
   function hideError() {
@@ -286,6 +287,7 @@
     els.banner.hidden = true;
     els.bannerText.textContent = '';
     state.bannerKind = null;
+    updateComposer();
   }
 
   function stopWaiting() {
@@ -330,6 +332,7 @@
     els.bannerText.replaceChildren(`${refusalHeadline(err)} `, ticking, spoken);
     els.banner.hidden = false;
     state.bannerKind = 'wait';
+    updateComposer(); // no sending until the countdown ends: it would only be refused again
     const tick = () => {
       const left = deadline - Date.now(); // not a count of ticks: timers in a hidden tab slow down
       if (left > 0) {
@@ -342,6 +345,11 @@
     };
     tick();
     state.waitTimer = setInterval(tick, 1000);
+  }
+
+  /** A limit's countdown is on: a message sent now would only be refused again. */
+  function waitingOutLimit() {
+    return state.bannerKind === 'wait';
   }
 
   function clearConnectionError() {
@@ -1391,7 +1399,7 @@
     // A conversation that did not load: a message now would have no parent to go under, and the
     // server would file it as a new first message, beside the whole history, without its context.
     const unloaded = !!conv && !!conv.loadError;
-    const blocked = !!state.stream || !conv || conv.loading || vote || unloaded;
+    const blocked = !!state.stream || !conv || conv.loading || vote || unloaded || waitingOutLimit();
     els.composer.disabled = vote || unloaded;
     els.composer.placeholder = vote ? 'Pick the better answer to continue'
       : unloaded ? 'Load this chat to continue' : 'Message Lamplighter';
@@ -2342,6 +2350,7 @@
     const conv = state.conv;
     if (state.reveal && state.reveal.conv === conv) collapsePair(conv, state.reveal.id, false);
     if (!text.trim() || state.stream || !conv || conv.loading || conv.loadError || needsVote(conv)) return;
+    if (waitingOutLimit()) return;
     const parentId = conv.pending ? conv.pending.parentId : leafOf(conv);
     setComposer('');
     startChat({ conv, parentId, content: text, kind: 'new' });
