@@ -49,7 +49,7 @@ def _board(votes: list[Vote], rounds: int, seed: int) -> dict[str, Any]:
     return {
         "votes": len(votes),
         "counted": len(kept),
-        "voters": len({vote.voter for vote in votes}),
+        "voters": len({vote.voter for vote in kept}),  # whose votes are counted, as "counted"
         "models": [asdict(standing) for standing in leaderboard(kept, rounds=rounds, seed=seed)],
         "suspicious_voters": [asdict(check) for check in checks if check.suspicious],
     }

@@ -733,6 +733,19 @@ def test_a_voter_against_everyone_loses_trust_and_credits(store: Store) -> None:
     assert "credits clawed back: 10 for low_trust" in reviewed.output
 
 
+def test_the_leaderboard_counts_the_voters_whose_votes_it_counts(store: Store) -> None:
+    env = {"LAMPLIGHTER_DATA_DIR": str(store.data_dir)}
+    shown = CliRunner().invoke(app, ["leaderboard", "--json", "--rounds", "10"], env=env)
+    assert shown.exit_code == 0, shown.output
+    board = json.loads(shown.output)
+    # v1's and v2's seven each and Dora's one; not Vic's ten, nor Vic among the voters.
+    assert (board["votes"], board["counted"], board["voters"]) == (25, 15, 3)
+    assert [check["votes"] for check in board["suspicious_voters"]] == [10]
+    table = CliRunner().invoke(app, ["leaderboard", "--rounds", "10"], env=env)
+    assert "15 votes from 3 voters" in table.output
+    assert "1 voters left out" in table.output
+
+
 def test_the_cli_refuses_bad_arguments(store: Store, tmp_path: Path) -> None:
     for args, message in (
         (["rlhf"], "unknown export"),
