@@ -1,11 +1,12 @@
 """Details of the chat page that a browser audit found wanting, in a real Chromium against the
-real server: right-to-left text reads right to left.
+real server: right-to-left text reads right to left, and an answer still being written when
+the chat is opened says so until it is finished.
 """
 
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import Locator, expect
+from playwright.sync_api import Locator, Route, expect
 
 from tests.conftest import SCRIPTED
 from tests.web.browser import BODY, Tab, Tabs
@@ -48,3 +49,78 @@ def test_right_to_left_text_reads_right_to_left_where_people_write_and_read_it(t
     assert direction(title) == "rtl"
     tab.composer.fill("And English again")
     assert direction(tab.composer) == "ltr"
+
+
+# An answer still being written when the chat is opened -----------------------------------------
+
+
+def test_an_answer_still_being_written_after_a_reload_shows_so_until_it_settles(
+    tab: Tab,
+) -> None:
+    """The page was reloaded while an answer streamed: the server still has it in progress.
+    The page says it is being written, offers nothing to rate or regenerate, and reads the
+    chat again, less and less often, until it is finished; then it stops asking."""
+    page = tab.page
+    tab.echo("first question")
+    answer = tab.echo("second question")
+    conversation = tab.conversation_id()
+    answer_id = answer.get_attribute("data-id")
+    reads: list[str] = []
+    unfinished = {"reads": 2}  # how many reads find the answer still in progress
+
+    def tree(route: Route) -> None:
+        reads.append(route.request.url)
+        response = route.fetch()
+        body = response.json()
+        if len(reads) <= unfinished["reads"]:
+            for m in body["messages"]:
+                if m["id"] == answer_id:
+                    m.update(status="in_progress", content="You said", html="<p>You said</p>")
+        route.fulfill(response=response, json=body)
+
+    def run_minutes(minutes: int) -> None:
+        """Move the page's clock on a minute at a time; after each minute, a request of our
+        own goes to the server and back, so that a read the page began has been answered."""
+        for _ in range(minutes):
+            page.clock.run_for(60_000)
+            assert page.evaluate("fetch('/api/me').then((r) => r.status)") == 200
+
+    page.route(f"**/api/conversations/{conversation}", tree)
+    page.clock.install()
+    tab.reload()
+    answer, first = tab.answers().last, tab.answers().first
+    expect(answer).to_have_attribute("data-status", "in_progress")
+    expect(answer).to_have_attribute("aria-busy", "true")
+    expect(answer.get_by_test_id("still-writing")).to_have_text("Still being written…")
+    expect(answer.get_by_test_id("thumbs-up")).to_have_count(0)
+    expect(answer.get_by_test_id("regenerate")).to_have_count(0)
+    expect(first.get_by_test_id("thumbs-up")).to_be_visible()  # the finished one is as before
+
+    with page.expect_request(f"**/api/conversations/{conversation}"):
+        page.clock.run_for(1_000)  # the first re-read: still in progress
+    expect(answer.get_by_test_id("still-writing")).to_be_visible()
+    with page.expect_request(f"**/api/conversations/{conversation}"):
+        page.clock.run_for(2_000)  # the next, a little later: finished
+    expect(answer).to_have_attribute("data-status", "complete")
+    expect(answer.locator(BODY)).to_have_text("You said: second question")
+    expect(answer.get_by_test_id("still-writing")).to_have_count(0)
+    expect(answer.get_by_test_id("thumbs-up")).to_be_visible()
+    expect(answer.get_by_test_id("regenerate")).to_be_enabled()
+    run_minutes(5)
+    assert len(reads) == 3, reads  # settled: no more reads
+
+    # One that never settles is read a bounded number of times, and not after leaving.
+    unfinished["reads"] = 1_000
+    reads.clear()
+    tab.reload()
+    expect(answer.get_by_test_id("still-writing")).to_be_visible()
+    run_minutes(25)
+    assert 5 < len(reads) <= 12, reads  # it gave up, after a few minutes
+    expect(answer.get_by_test_id("still-writing")).to_be_visible()
+    reads.clear()
+    tab.reload()
+    expect(answer.get_by_test_id("still-writing")).to_be_visible()
+    page.get_by_test_id("new-chat").click()
+    expect(tab.answers()).to_have_count(0)
+    run_minutes(3)
+    assert len(reads) == 1, reads  # only the read that opened it

@@ -625,6 +625,9 @@
   function buildMessage(conv, m) {
     const track = streamTrack(conv, m.id);
     const streaming = !!track;
+    // An answer still being written that this page is not streaming (the page was reloaded
+    // mid-answer, or another tab asked): shown as being written until a re-read settles it.
+    const elsewhere = !streaming && m.role === 'assistant' && m.status === 'in_progress';
     const status = streaming ? 'in_progress' : (m.status || 'complete');
     const pair = m.role === 'assistant' ? pairFor(conv, m.id) : null;
     const byPerson = m.role === 'assistant' && m.author === 'person';
@@ -633,7 +636,7 @@
     else if (byPerson) label = 'Your improved answer';
     const article = h('article', {
       class: `msg msg-${m.role}${byPerson ? ' msg-by-person' : ''}`, testid: 'message', 'data-role': m.role, 'data-id': m.id,
-      'data-status': status, 'data-author': m.author || null, 'aria-busy': streaming ? 'true' : null, 'aria-label': label,
+      'data-status': status, 'data-author': m.author || null, 'aria-busy': streaming || elsewhere ? 'true' : null, 'aria-label': label,
     });
 
     if (m.role === 'system') {
@@ -682,6 +685,8 @@
         ? () => startChat({ conv, parentId: m.parent_id ?? null, content: null, kind: 'regenerate' })
         : null;
       content.append(buildNote(noteKind, m._errorMessage || null, m.role === 'assistant' ? retry : null));
+    } else if (elsewhere) {
+      content.append(h('div', { class: 'msg-status msg-status-info', testid: 'still-writing', text: 'Still being written…' }));
     } else if (!streaming && m.role === 'assistant' && m.finish_reason === 'length') {
       content.append(h('div', { class: 'msg-status msg-status-info', text: 'The answer reached its length limit.' }));
     }
@@ -705,6 +710,8 @@
           rerenderMessage(conv, m.id, 'edit-input');
         },
       }));
+    } else if (elsewhere) {
+      // Nothing to rate, regenerate or improve until it is finished.
     } else if (m.role === 'assistant' && !streaming && byPerson) {
       // The person's own rewrite: nothing to rate, regenerate or improve.
       actions.append(iconButton('copy', 'Copy answer', {
@@ -741,7 +748,7 @@
     }
     if (actions.childNodes.length) content.append(actions);
 
-    if (m.role === 'assistant' && !streaming) {
+    if (m.role === 'assistant' && !streaming && !elsewhere) {
       if (state.verdicts.has(m.id)) content.append(buildVerdict(conv, m));
       if (state.ratingOpen === m.id && m.rating) content.append(buildRatingForm(conv, m));
       else if (state.ratingThanks === m.id) content.append(h('p', { class: 'rating-thanks', text: 'Thanks for your feedback!' }));
@@ -1742,6 +1749,49 @@
     }
   }
 
+  // Waits between re-reads of a conversation whose answer is being written elsewhere: soon at
+  // first, then less often; after about three minutes the page stops asking.
+  const SETTLE_WAITS_MS = [1000, 2000, 3000, 5000, 8000, 13000, 20000, 30000, 30000, 30000, 30000];
+
+  function writtenElsewhere(conv) {
+    return conv.order.filter((id) => {
+      const m = conv.msgs.get(id);
+      return m.role === 'assistant' && m.status === 'in_progress' && !isStreamingMsg(conv, id);
+    });
+  }
+
+  /** Re-read a conversation just opened with answers still being written (not by this page)
+   *  until they settle, the person leaves the chat or starts an answer here, or it gives up. */
+  async function followUnsettled(conv) {
+    for (const wait of SETTLE_WAITS_MS) {
+      await sleep(wait);
+      const unsettled = writtenElsewhere(conv);
+      const mine = () => state.stream && state.stream.conv === conv;
+      if (!isShown(conv) || !unsettled.length || mine()) return;
+      let data;
+      try {
+        data = await api('GET', convUrl(conv.id));
+      } catch {
+        continue; // the banner says so; the next try may reach it
+      }
+      if (!isShown(conv) || mine()) return;
+      const known = conv.order.length;
+      const seenLeaf = leafOf(conv);
+      for (const sm of data.messages || []) addMsg(conv, sm);
+      mergeComparisons(conv, data.comparisons);
+      if (seenLeaf && conv.msgs.has(seenLeaf)) conv.path = branchThrough(conv, seenLeaf);
+      const atBottom = nearBottom();
+      if (conv.order.length !== known && !state.editing && !state.ratingOpen && !state.improving) renderThread();
+      else for (const id of unsettled) rerenderMessage(conv, id);
+      if (atBottom) scrollToBottom(true);
+      if (!writtenElsewhere(conv).length) {
+        announce('The answer is finished');
+        updateComposer();
+        return;
+      }
+    }
+  }
+
   /**
    * A message whose request failed before the server said it had it (`conv.pending.lost`) exists
    * only in this browser: keep it per conversation, so that leaving the chat and coming back, or
@@ -2219,6 +2269,7 @@
       renderThread();
       highlightCurrent();
       scrollToBottom(true);
+      if (writtenElsewhere(conv).length) followUnsettled(conv);
       // The Retry button that had the focus is gone: give it to the message box.
       if (keepFocus && focusLost() && !NARROW.matches) els.composer.focus();
     } catch (err) {
