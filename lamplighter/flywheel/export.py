@@ -167,11 +167,11 @@ class Exporter:
             JsonLines(data_path) if format == "jsonl" else ParquetRows(data_path, SCHEMAS[kind])
         )
         with writer, open_text(out / "index.jsonl") as index:
-            threads = self._threads(report, trusted, picks=kind in ("sft", "dpo", "votes"))
+            picks = kind in ("sft", "dpo", "votes")
+            threads = self._threads(report, trusted, progress, picks=picks)
             async with aclosing(threads):
                 async for thread in threads:
                     report.conversations += 1
-                    progress(len(thread.nodes))
                     for row, ids in Rows(thread, shared).rows():
                         writer.write(row)
                         line = {"conversation_id": str(thread.id), "user_id": str(thread.owner)}
@@ -238,13 +238,14 @@ class Exporter:
         self,
         report: Report,
         trusted: Callable[[uuid.UUID], bool],
+        progress: Callable[[int], None],
         *,
         picks: bool,
     ) -> AsyncGenerator[Thread, None]:
         """Each exportable conversation, with its comparisons when ``picks``."""
         comparisons = _Merge(self._picks()) if picks else None
         try:
-            async with aclosing(self._conversations(report)) as conversations:
+            async with aclosing(self._conversations(report, progress)) as conversations:
                 async for thread in conversations:
                     if not trusted(thread.owner):
                         report.removed["low_trust (conversations)"] += 1
@@ -280,9 +281,12 @@ class Exporter:
             async for row in result:
                 yield Pick(**row._mapping)
 
-    async def _conversations(self, report: Report) -> AsyncGenerator[Thread, None]:
+    async def _conversations(
+        self, report: Report, progress: Callable[[int], None]
+    ) -> AsyncGenerator[Thread, None]:
         """Each conversation of consenting people in good standing, one at a time, in id
-        order."""
+        order; ``progress`` hears how many messages each conversation read had, left out or
+        not."""
         consent = (
             or_(User.training_consent.is_(None), User.training_consent == true())
             if self.consent_default
@@ -328,6 +332,7 @@ class Exporter:
             async for row in result:
                 if thread is None or row[0] != thread.id:
                     if thread is not None:
+                        progress(len(thread.nodes))
                         if skip is None:
                             yield thread
                         else:
@@ -355,6 +360,7 @@ class Exporter:
                     )
                 )
             if thread is not None:
+                progress(len(thread.nodes))
                 if skip is None:
                     yield thread
                 else:

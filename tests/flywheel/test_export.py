@@ -24,7 +24,7 @@ from lamplighter.cli import app
 from lamplighter.engines.base import Backend
 from lamplighter.engines.scripted import ScriptedBackend
 from lamplighter.flywheel.credits import Credits
-from lamplighter.flywheel.export import SCHEMAS
+from lamplighter.flywheel.export import SCHEMAS, Exporter, count_messages
 from lamplighter.flywheel.policy import CreditPolicy
 from lamplighter.settings import Settings
 from lamplighter.store.database import Database
@@ -731,6 +731,20 @@ def test_a_voter_against_everyone_loses_trust_and_credits(store: Store) -> None:
         assert statuses == ["granted"]
     assert "1 below the trust threshold" in reviewed.output
     assert "credits clawed back: 10 for low_trust" in reviewed.output
+
+
+async def test_the_progress_bar_reaches_every_message_read(store: Store, tmp_path: Path) -> None:
+    """Conversations left out (no consent, low trust) are read too: the bar counts them."""
+    db = Database(f"sqlite+aiosqlite:///{store.data_dir / 'lamplighter.db'}")
+    try:
+        read: list[int] = []
+        exporter = Exporter(db, consent_default=False)
+        report = await exporter.run("sft", tmp_path, min_trust=0.5, progress=read.append)
+        assert report.removed["no_consent (conversations)"] > 0
+        assert report.removed["low_trust (conversations)"] > 0
+        assert sum(read) == await count_messages(db)
+    finally:
+        await db.close()
 
 
 def test_the_leaderboard_counts_the_voters_whose_votes_it_counts(store: Store) -> None:
