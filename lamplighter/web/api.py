@@ -54,6 +54,9 @@ HTML_INTERVAL_S = 0.1
 RENDER_SHARE = 10
 # The page's sampling: a little below 1 keeps small models on topic.
 TEMPERATURE, TOP_P = 0.7, 0.95
+# How deep the sidebar's pages go. Each page reads the rows before it again (the store lists
+# from the top), so this also bounds the cost of one page.
+MAX_OFFSET = 10_000
 
 # What a thumbs-up can say it liked; a thumbs-down picks from the flywheel's RATING_REASONS. The
 # ids differ from those (other_good, not other), so the console's count per reason keeps praise
@@ -152,10 +155,19 @@ async def list_conversations(
     state: State,
     q: str = Query(default="", max_length=200),
     limit: int = Query(default=100, ge=1, le=500),
+    offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
 ) -> dict[str, Any]:
+    """A page of the visitor's conversations, most recently active first: ``limit`` of them
+    after the first ``offset``; ``has_more`` says whether more follow."""
     async with state.db.transaction() as session:
-        found = await Conversations(session).list_for(visitor.principal.user_id, q.strip(), limit)
-    return {"data": [summary(conversation) for conversation in found]}
+        found = await Conversations(session).list_for(
+            visitor.principal.user_id, q.strip(), offset + limit + 1
+        )
+    page = found[offset : offset + limit]
+    return {
+        "data": [summary(conversation) for conversation in page],
+        "has_more": len(found) > offset + limit,
+    }
 
 
 async def _owned(

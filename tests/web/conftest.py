@@ -32,6 +32,31 @@ def new_person(server: LiveServer, plan: str = "roomy") -> Person:
     return Person(email, PASSWORD)
 
 
+def add_chats(server: LiveServer, person: Person, n: int) -> list[str]:
+    """``n`` empty chats of ``person``'s, titled "Chat 000" (the newest) to "Chat n-1", a minute
+    apart; their titles, newest first."""
+    from datetime import timedelta
+
+    from lamplighter.store.accounts import Accounts
+    from lamplighter.store.models import Conversation, utcnow
+
+    titles = [f"Chat {i:03d}" for i in range(n)]
+
+    async def add(services: Any) -> None:
+        async with services.db.transaction() as session:
+            user = await Accounts(session).user_by_email(person.email)
+            assert user is not None
+            now = utcnow()
+            for i, title in enumerate(titles):
+                when = now - timedelta(minutes=i)
+                session.add(
+                    Conversation(user_id=user.id, title=title, created_at=when, updated_at=when)
+                )
+
+    server.call(add)
+    return titles
+
+
 def form_token(page: str) -> str:
     found = re.search(r'name="csrf_token" value="([^"]+)"', page)
     assert found, "the form has no CSRF field"

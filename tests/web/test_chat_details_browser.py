@@ -1,6 +1,7 @@
 """Details of the chat page that a browser audit found wanting, in a real Chromium against the
 real server: right-to-left text reads right to left, and an answer still being written when
-the chat is opened says so until it is finished.
+the chat is opened says so until it is finished, and the sidebar shows every chat, a page at a
+time.
 """
 
 from __future__ import annotations
@@ -8,9 +9,9 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Locator, Route, expect
 
-from tests.conftest import SCRIPTED
+from tests.conftest import SCRIPTED, LiveServer
 from tests.web.browser import BODY, Tab, Tabs
-from tests.web.conftest import Person
+from tests.web.conftest import Person, add_chats
 
 expect.set_options(timeout=15_000)
 
@@ -124,3 +125,32 @@ def test_an_answer_still_being_written_after_a_reload_shows_so_until_it_settles(
     expect(tab.answers()).to_have_count(0)
     run_minutes(3)
     assert len(reads) == 1, reads  # only the read that opened it
+
+
+# More chats than one page of the sidebar -------------------------------------------------------
+
+
+def test_the_sidebar_shows_every_chat_a_page_at_a_time(
+    tabs: Tabs, server: LiveServer, person: Person
+) -> None:
+    titles = add_chats(server, person, 205)
+    tab = tabs.open()
+    tab.login(person)
+    shown = tab.sidebar_titles()
+    more = tab.page.get_by_test_id("show-more-chats")
+    expect(shown).to_have_count(100)
+    expect(shown.last).to_have_text(titles[99])
+    more.focus()
+    tab.page.keyboard.press("Enter")
+    expect(shown).to_have_count(200)
+    # The focus goes on to the first chat that appeared, for the keyboard to carry on from.
+    expect(tab.page.locator(".conv-link").nth(100)).to_be_focused()
+    more.click()
+    expect(shown).to_have_count(205)
+    expect(more).to_have_count(0)  # that was all
+    expect(shown).to_have_text(titles)
+    # Sending a message keeps every page open, the new chat on top.
+    tab.pick_model(SCRIPTED)
+    tab.echo("one more")
+    expect(shown).to_have_count(206)
+    expect(shown.first).to_have_text("one more")

@@ -18,7 +18,7 @@ from lamplighter.exceptions import Conflict
 from lamplighter.store.models import Message, Rating, Usage, User, WebSession
 from tests.conftest import LiveServer
 from tests.test_streams import wait_until
-from tests.web.conftest import Browserless, Person, form_token, new_person
+from tests.web.conftest import Browserless, Person, add_chats, form_token, new_person
 
 
 def test_wrong_password_and_unknown_email_get_the_same_answer(
@@ -233,6 +233,22 @@ def test_the_branch_shown_is_remembered(web: Browserless) -> None:
     changed = web.api("PATCH", f"/conversations/{conversation}", json={"current_leaf_id": earlier})
     assert changed.status_code == 200
     assert web.tree(conversation)["current_leaf_id"] == earlier
+
+
+def test_conversations_are_listed_a_page_at_a_time(
+    server: LiveServer, web: Browserless, person: Person
+) -> None:
+    titles = add_chats(server, person, 5)
+    pages, more = [], []
+    for offset in (0, 2, 4):
+        listed = web.api("GET", "/conversations", params={"limit": 2, "offset": offset}).json()
+        pages.append([c["title"] for c in listed["data"]])
+        more.append(listed["has_more"])
+    assert pages == [titles[0:2], titles[2:4], titles[4:5]]
+    assert more == [True, True, False]
+    everything = web.api("GET", "/conversations").json()
+    assert [c["title"] for c in everything["data"]] == titles and not everything["has_more"]
+    assert web.api("GET", "/conversations", params={"offset": -1}).status_code == 400
 
 
 def test_rename_search_and_newest_first(web: Browserless) -> None:

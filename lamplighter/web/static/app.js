@@ -156,6 +156,7 @@
     conversations: [], // summaries, newest first
     query: '',
     listToken: 0,
+    moreConversations: false, // the server has older chats than the sidebar shows
     conv: null, // the conversation shown (see newConv)
     loadToken: 0,
     stream: null, // the answer being streamed, if any (see startChat)
@@ -1912,6 +1913,11 @@
       }
       items.push(buildConvItem(c));
     }
+    if (state.moreConversations && state.conversations.length) {
+      const more = h('button', { type: 'button', class: 'btn btn-ghost btn-block show-more', testid: 'show-more-chats', text: 'Show more' });
+      more.addEventListener('click', () => showMoreConversations(more));
+      items.push(h('li', { class: 'conv-more' }, more));
+    }
     els.convList.replaceChildren(...items);
     restoreSidebarFocus(kept);
     if (!state.conversations.length) {
@@ -2007,17 +2013,50 @@
     }
   }
 
+  // The sidebar lists chats a page at a time; "Show more" asks for the next page.
+  const CHATS_PAGE = 100;
+  const MAX_CHATS_PAGE = 500; // the server's largest page
+
+  function conversationsUrl(offset, limit) {
+    const params = new URLSearchParams({ limit: String(limit), offset: String(offset) });
+    if (state.query) params.set('q', state.query);
+    return `/api/conversations?${params}`;
+  }
+
   async function refreshConversations() {
     const token = ++state.listToken;
-    const q = state.query;
+    // As many as are shown already: a refresh does not fold pages that "Show more" opened.
+    const limit = Math.min(MAX_CHATS_PAGE, Math.max(CHATS_PAGE, state.conversations.length));
     try {
-      const data = await api('GET', q ? `/api/conversations?q=${encodeURIComponent(q)}` : '/api/conversations');
+      const data = await api('GET', conversationsUrl(0, limit));
       if (token !== state.listToken) return;
       state.conversations = Array.isArray(data && data.data) ? data.data : [];
+      state.moreConversations = !!(data && data.has_more);
       renderSidebar();
       if (state.conv && state.conv.loadError) renderTitle();
     } catch (err) {
       if (token === state.listToken) reportError(err);
+    }
+  }
+
+  async function showMoreConversations(button) {
+    const token = state.listToken;
+    button.disabled = true;
+    try {
+      const data = await api('GET', conversationsUrl(state.conversations.length, CHATS_PAGE));
+      if (token !== state.listToken) return;
+      const known = new Set(state.conversations.map((c) => c.id));
+      const added = (Array.isArray(data && data.data) ? data.data : []).filter((c) => !known.has(c.id));
+      state.conversations.push(...added);
+      state.moreConversations = !!(data && data.has_more);
+      renderSidebar();
+      // Keyboard users go on from where they were: the first chat that just appeared.
+      const first = added[0] && els.convList.querySelector(`[data-id="${CSS.escape(added[0].id)}"] .conv-link`);
+      if (first) first.focus();
+      announce(`${added.length} more ${added.length === 1 ? 'chat' : 'chats'}`);
+    } catch (err) {
+      button.disabled = false;
+      reportError(err);
     }
   }
 
