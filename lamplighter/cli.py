@@ -475,7 +475,8 @@ def leaderboard_command(
     Console().print(table)
     flagged = board["suspicious_voters"]
     if flagged:
-        typer.echo(f"{len(flagged)} voters left out: their votes disagree with everyone's.")
+        voters = "voter" if len(flagged) == 1 else "voters"
+        typer.echo(f"{len(flagged)} {voters} left out: their votes disagree with everyone's.")
 
 
 @credits_app.command("review")

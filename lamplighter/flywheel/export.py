@@ -57,7 +57,7 @@ from typing import Any, Protocol, TextIO
 
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
-from sqlalchemy import and_, false, func, or_, select, true
+from sqlalchemy import ColumnElement, and_, false, func, not_, or_, select, true
 
 from lamplighter.flywheel.credits import Credits
 from lamplighter.flywheel.dedup import Deduplicator
@@ -292,13 +292,7 @@ class Exporter:
             if self.consent_default
             else User.training_consent == true()
         )
-        now = utcnow()
-        in_good_standing = or_(
-            User.disabled_at.is_(None),
-            and_(
-                User.banned == false(), User.disabled_until.is_not(None), User.disabled_until <= now
-            ),
-        )
+        in_good_standing = _in_good_standing(utcnow())
         statement = (
             select(
                 Message.conversation_id,
@@ -367,7 +361,8 @@ class Exporter:
                     report.removed[skip] += 1
 
     async def _deletions(self, path: Path, since: datetime) -> int:
-        """What was deleted (or withdrawn from training) after ``since``, by id."""
+        """What was deleted (or withdrawn from training) after ``since``, by id; and the people
+        suspended or banned since then who still are, whom exports now leave out too."""
         count = 0
         async with self.db.transaction() as session:
             result = await session.stream(
@@ -379,7 +374,25 @@ class Exporter:
                     line = {key: str(deletion.subject_id), "at": deletion.at.isoformat()}
                     out.write(json.dumps(line, separators=(",", ":")) + "\n")
                     count += 1
+                locked_out = await session.execute(
+                    select(User.id, User.disabled_at)
+                    .where(User.disabled_at > since, not_(_in_good_standing(utcnow())))
+                    .order_by(User.disabled_at, User.id)
+                )
+                for user_id, when in locked_out:
+                    at = when.isoformat() if when else ""
+                    suspended = {"user_id": str(user_id), "at": at, "suspended": True}
+                    out.write(json.dumps(suspended, separators=(",", ":")) + "\n")
+                    count += 1
         return count
+
+
+def _in_good_standing(now: datetime) -> ColumnElement[bool]:
+    """People neither banned nor suspended now (a suspension that has run out counts as none)."""
+    return or_(
+        User.disabled_at.is_(None),
+        and_(User.banned == false(), User.disabled_until.is_not(None), User.disabled_until <= now),
+    )
 
 
 # What each kind of deletion names in deletions.jsonl (the rest: a person, deleted or no longer

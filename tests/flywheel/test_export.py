@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import itertools
 import json
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
+from lamplighter.accounts import AccountService
 from lamplighter.cli import app
 from lamplighter.engines.base import Backend
 from lamplighter.engines.scripted import ScriptedBackend
@@ -791,6 +793,30 @@ def test_incremental_exports_carry_deletions(store: Store, tmp_path: Path) -> No
         {k: v for k, v in d.items() if k == "conversation_id"} for d in deletions
     ]
     assert any("user_id" in d for d in deletions)  # Cleo withdrew her consent
+
+
+def test_incremental_exports_list_people_suspended_since(store: Store, tmp_path: Path) -> None:
+    """Exports leave out people suspended or banned; copies made before must drop them too."""
+    copy = Store(tmp_path / "store")
+    copy.started = store.started
+    copy.data_dir.mkdir()
+    for name in ("lamplighter.db", "lamplighter.db-wal", "lamplighter.db-shm"):
+        if (store.data_dir / name).exists():
+            shutil.copy(store.data_dir / name, copy.data_dir / name)
+    email = next(iter(store.emails.values()))
+
+    async def suspend() -> str:
+        db = Database(f"sqlite+aiosqlite:///{copy.data_dir / 'lamplighter.db'}")
+        try:
+            user = await AccountService(db).suspend(email, "spam", until=None, banned=True)
+            return str(user.id)
+        finally:
+            await db.close()
+
+    suspended = asyncio.run(suspend())
+    _export(copy, "sft", tmp_path / "out", "--since", store.started.isoformat())
+    lines = (tmp_path / "out" / "deletions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["suspended"] for line in lines if suspended in line] == [True]
 
 
 def test_an_incremental_export_has_the_ratings_given_or_changed_since(
