@@ -1,7 +1,7 @@
 """Details of the chat page that a browser audit found wanting, in a real Chromium against the
-real server: right-to-left text reads right to left, and an answer still being written when
-the chat is opened says so until it is finished, and the sidebar shows every chat, a page at a
-time.
+real server: right-to-left text reads right to left; an answer still being written when the
+chat is opened says so until it is finished; the sidebar shows every chat, a page at a time;
+and the keyboard's focus stays on something when the control that had it goes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Locator, Route, expect
 
 from tests.conftest import SCRIPTED, LiveServer
-from tests.web.browser import BODY, Tab, Tabs
+from tests.web.browser import BODY, PHONE, Tab, Tabs
 from tests.web.conftest import Person, add_chats
 
 expect.set_options(timeout=15_000)
@@ -154,3 +154,47 @@ def test_the_sidebar_shows_every_chat_a_page_at_a_time(
     tab.echo("one more")
     expect(shown).to_have_count(206)
     expect(shown.first).to_have_text("one more")
+
+
+# Keyboard focus after the control that had it goes away ------------------------------------------
+
+
+def test_the_focus_stays_somewhere_sensible_when_the_pressed_control_goes(
+    tab: Tab, tabs: Tabs, person: Person
+) -> None:
+    page = tab.page
+    # Send, reached with Tab: it hides while the answer is written; the message box has the focus.
+    tab.composer.fill("first question")
+    tab.composer.focus()
+    page.keyboard.press("Tab")
+    expect(page.get_by_test_id("send")).to_be_focused()
+    page.keyboard.press("Enter")
+    answer = tab.answer_done()
+    expect(tab.composer).to_be_focused()
+
+    # Regenerate: the new answer replaces the button.
+    answer.get_by_test_id("regenerate").focus()
+    page.keyboard.press("Enter")
+    expect(answer.get_by_test_id("branch-label")).to_have_text("2 / 2")
+    tab.answer_done()
+    expect(tab.composer).to_be_focused()
+
+    # Sending an edited message with its Send button.
+    question = tab.questions().last
+    question.get_by_test_id("edit").click()
+    question.get_by_test_id("edit-input").fill("first question, edited")
+    question.get_by_test_id("edit-save").focus()
+    page.keyboard.press("Enter")
+    expect(tab.answers().last.locator(BODY)).to_have_text("You said: first question, edited")
+    tab.answer_done()
+    expect(tab.composer).to_be_focused()
+
+    # On a phone, a chat opened from the sidebar: its title has the focus, as the sidebar folds.
+    phone = tabs.open(viewport=PHONE)
+    phone.login(person)
+    phone.page.get_by_test_id("menu").click()
+    expect(phone.page.get_by_test_id("new-chat")).to_be_focused()
+    phone.page.locator(".conv-link").first.focus()
+    phone.page.keyboard.press("Enter")
+    expect(phone.page.locator("#topbar-title")).to_have_text("first question")
+    expect(phone.page.locator("#topbar-title")).to_be_focused()

@@ -254,6 +254,7 @@ def test_a_regeneration_asks_whether_it_is_better_and_the_server_keeps_the_verdi
     assert response.value.status == 200
     expect(answer.get_by_test_id("verdict-thanks")).to_have_text("Thanks, noted.")
     expect(answer.get_by_test_id("verdict")).to_have_count(0)
+    expect(tab.composer).to_be_focused()  # the button pressed is gone: on to the next message
 
     [recorded] = comparisons(web, conversation_id, "regeneration")
     assert recorded["b_id"] == regenerated
@@ -356,3 +357,5 @@ def test_on_a_phone_the_two_answers_stack_and_a_leaked_name_voids_the_vote(
     expect(pair).to_have_count(0)
     expect(phone.answers()).to_have_count(1)
     assert phone.no_horizontal_scroll()
+    # The focus, on Continue, goes to the chat's title (not the message box: no keyboard pops up).
+    expect(phone.page.locator("#topbar-title")).to_be_focused()

@@ -776,6 +776,7 @@
       }
       state.verdicts.set(m.id, 'thanks');
       rerenderMessage(conv, m.id);
+      refocus(); // the button pressed became "Thanks, noted."
       announce('Thanks, noted');
       refreshMe();
       setTimeout(() => {
@@ -1010,7 +1011,7 @@
       const scrollTop = els.thread.scrollTop;
       renderThread();
       els.thread.scrollTop = scrollTop;
-      if ((focusComposer || hadFocus) && !NARROW.matches) els.composer.focus();
+      if (focusComposer || hadFocus) refocus();
     }
     if (conv.id) refreshTree(conv);
   }
@@ -1393,10 +1394,24 @@
   function setStreaming(on) {
     document.body.dataset.streaming = on ? 'true' : 'false';
     const stopHadFocus = document.activeElement === els.stop;
+    const sendHadFocus = document.activeElement === els.send;
     els.stop.hidden = !on;
     els.send.hidden = on;
     if (!on && stopHadFocus) els.composer.focus();
     updateComposer();
+    if (on && sendHadFocus) refocus(els.send); // Send hides while the answer is written
+  }
+
+  /**
+   * Put the focus somewhere sensible when the control that had it went away (hidden, or taken
+   * by a re-render): the message box, or on a phone, where that would open the keyboard, the
+   * chat's title. Nothing changes while the focus is on something else still there.
+   */
+  function refocus(gone) {
+    const active = document.activeElement;
+    if (active && active !== document.body && active !== gone && active.isConnected) return;
+    if (!NARROW.matches && !els.composer.disabled) els.composer.focus();
+    else els.title.focus({ preventScroll: true });
   }
 
   function updateComposer() {
@@ -1448,6 +1463,7 @@
     if (isShown(conv)) {
       renderThread();
       scrollToBottom(true);
+      refocus(); // Regenerate, or the edit's Save, went with the re-render
     }
 
     let outcome = 'lost';
@@ -1987,7 +2003,9 @@
       if (e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
       e.preventDefault();
       if (!(state.conv && state.conv.id === c.id)) openConversation(c.id, { push: true });
+      const folded = els.app.classList.contains('nav-open');
       closeSidebar();
+      if (folded) refocus(link); // the link went behind the menu button with the sidebar
     });
     const actions = h('div', { class: 'conv-actions' },
       iconButton('edit', 'Rename', {
@@ -2364,7 +2382,9 @@
     els.scrim.hidden = false;
     els.menu.setAttribute('aria-expanded', 'true');
     els.menu.setAttribute('aria-label', 'Close sidebar');
-    setTimeout(() => els.newChat.focus(), 50);
+    setTimeout(() => {
+      if (els.app.classList.contains('nav-open') && !els.sidebar.contains(document.activeElement)) els.newChat.focus();
+    }, 50);
   }
 
   function closeSidebar(returnFocus) {
