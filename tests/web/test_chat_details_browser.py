@@ -1,17 +1,20 @@
 """Details of the chat page that a browser audit found wanting, in a real Chromium against the
 real server: right-to-left text reads right to left; an answer still being written when the
 chat is opened says so until it is finished; the sidebar shows every chat, a page at a time;
-and the keyboard's focus stays on something when the control that had it goes.
+the keyboard's focus stays on something when the control that had it goes; the delete dialog's
+full stop comes once; screen readers hear the limits only when one runs out or comes back.
 """
 
 from __future__ import annotations
+
+import uuid
 
 import pytest
 from playwright.sync_api import Locator, Route, expect
 
 from tests.conftest import SCRIPTED, LiveServer
 from tests.web.browser import BODY, PHONE, Tab, Tabs
-from tests.web.conftest import Person, add_chats
+from tests.web.conftest import Person, add_chats, new_person
 
 expect.set_options(timeout=15_000)
 
@@ -198,3 +201,63 @@ def test_the_focus_stays_somewhere_sensible_when_the_pressed_control_goes(
     phone.page.keyboard.press("Enter")
     expect(phone.page.locator("#topbar-title")).to_have_text("first question")
     expect(phone.page.locator("#topbar-title")).to_be_focused()
+
+
+# Small things: the delete dialog's full stop, limits read out when they change --------------------
+
+
+def test_the_delete_dialog_ends_a_title_that_has_its_own_full_stop_once(
+    tabs: Tabs, server: LiveServer, person: Person
+) -> None:
+    add_chats(server, person, 2)
+    tab = tabs.open()
+    tab.login(person)
+    items = tab.page.get_by_test_id("conversation-item")
+    dialog = tab.page.get_by_test_id("confirm-delete")
+    items.first.get_by_test_id("rename").click()
+    tab.page.get_by_test_id("rename-input").fill("Notes, part 1.")
+    tab.page.keyboard.press("Enter")
+    expect(tab.sidebar_titles().first).to_have_text("Notes, part 1.")
+    for title in ("Notes, part 1.", "Chat 001"):
+        items.filter(has_text=title).get_by_test_id("delete").click()
+        expect(dialog.locator("#confirm-desc")).to_have_text(
+            f"This will permanently delete {title.removesuffix('.')}."
+        )
+        tab.page.keyboard.press("Escape")
+        expect(dialog).to_be_hidden()
+
+
+def test_screen_readers_hear_a_limit_run_out_and_come_back_not_every_answer(
+    tabs: Tabs, server: LiveServer
+) -> None:
+    plan = f"pair-{uuid.uuid4().hex[:6]}"
+    server.call(
+        lambda s: s.plans.put(plan, {"requests_per_minute": 2, "cache_ttl_s": 0}, create=True)
+    )
+    tab = tabs.open()
+    page = tab.page
+    page.clock.install()
+    tab.login(new_person(server, plan=plan))
+    tab.pick_model(SCRIPTED)
+    limits, announcer = page.get_by_test_id("limits"), page.locator("#announcer")
+    assert limits.get_attribute("aria-live") is None  # read again after every answer
+    tab.echo("the first of two")
+    expect(limits).to_contain_text("1 of 2 requests left this minute")
+    page.clock.run_for(100)
+    expect(announcer).not_to_contain_text("left")
+    tab.echo("the second of two")
+    expect(limits).to_contain_text("0 of 2 requests left this minute")
+    page.clock.run_for(100)
+    expect(announcer).to_have_text("You have no requests left this minute.")
+
+    def a_minute_later(route: Route) -> None:  # the server's minute, not the page's clock
+        response = route.fetch()
+        me = response.json()
+        me["limits"]["requests_per_minute"]["remaining"] = 2
+        route.fulfill(response=response, json=me)
+
+    page.route("**/api/me", a_minute_later)
+    page.get_by_test_id("thumbs-up").last.click()  # a rating reads the limits again
+    expect(limits).to_contain_text("2 of 2 requests left this minute")
+    page.clock.run_for(100)
+    expect(announcer).to_have_text("You can send messages again")

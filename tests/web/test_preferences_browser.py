@@ -35,7 +35,7 @@ FLYWHEEL = (
 [flywheel]
 verdict_rate = 1.0
 side_by_side_rate = 1.0
-side_by_side_variants = ["{SCRIPTED}", "{PARROT}"]
+side_by_side_variants = ["{SCRIPTED}", "{PARROT}@t=1"]
 
 [flywheel.credits]
 min_seconds = 0  # the browser votes within a second of the answers
@@ -157,9 +157,10 @@ def test_two_answers_stream_side_by_side_and_the_vote_reveals_the_models_then_fo
         pair.get_by_test_id("vote-b").click()
     voted = comparisons(web, conversation_id, "side_by_side")[0]
     assert voted["winner"] == "b" and voted["counted"] is True
-    assert {voted["a_model"], voted["b_model"]} == {SCRIPTED, PARROT}
-    expect(a.get_by_test_id("pair-model")).to_have_text(f"Written by {voted['a_model']}")
-    expect(b.get_by_test_id("pair-model")).to_have_text(f"Written by {voted['b_model']}")
+    assert {voted["a_model"], voted["b_model"]} == {SCRIPTED, f"{PARROT}@t=1"}
+    readable = {SCRIPTED: SCRIPTED, f"{PARROT}@t=1": f"{PARROT}, temperature 1"}
+    expect(a.get_by_test_id("pair-model")).to_have_text(f"Written by {readable[voted['a_model']]}")
+    expect(b.get_by_test_id("pair-model")).to_have_text(f"Written by {readable[voted['b_model']]}")
     expect(pair.get_by_test_id("pair-result")).to_have_text(
         "You picked B. Your vote counts, thank you."
     )
@@ -172,7 +173,7 @@ def test_two_answers_stream_side_by_side_and_the_vote_reveals_the_models_then_fo
     expect(tab.answers()).to_have_count(1)
     expect(answer).to_have_attribute("data-id", voted["b_id"])
     expect(answer.get_by_test_id("branch-label")).to_have_text("2 / 2")
-    expect(answer.locator(".msg-model")).to_have_text(voted["b_model"])
+    expect(answer.locator(".msg-model")).to_have_text(voted["b_model"].split("@")[0])
     expect(answer.get_by_test_id("thumbs-up")).to_be_visible()
     expect(tab.composer).to_have_attribute("placeholder", "Message Lamplighter")
     bonus = page.get_by_test_id("feedback-bonus")

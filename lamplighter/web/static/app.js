@@ -144,6 +144,7 @@
     stop: document.querySelector('[data-testid="stop"]'),
     dialog: document.getElementById('confirm-delete'),
     dialogName: document.getElementById('confirm-name'),
+    dialogStop: document.getElementById('confirm-stop'),
     announcer: document.getElementById('announcer'),
   };
 
@@ -156,6 +157,8 @@
     conversations: [], // summaries, newest first
     query: '',
     listToken: 0,
+    limitsOut: null, // the limits that had run out when the sidebar was last drawn
+    announced: null, // the last announcement: { text, at }
     moreConversations: false, // the server has older chats than the sidebar shows
     conv: null, // the conversation shown (see newConv)
     loadToken: 0,
@@ -369,6 +372,10 @@
   }
 
   function announce(text) {
+    // The same words twice in a row (a wait ends and the limits come back) are read once.
+    const last = state.announced;
+    if (last && last.text === text && Date.now() - last.at < 2000) return;
+    state.announced = { text, at: Date.now() };
     els.announcer.textContent = '';
     setTimeout(() => { els.announcer.textContent = text; }, 30);
   }
@@ -921,7 +928,7 @@
       }
       if (revealed) {
         const model = slot === 'a' ? c.a_model : c.b_model;
-        col.append(h('p', { class: 'pair-model', testid: 'pair-model' }, 'Written by ', h('strong', { text: model || 'unknown' })));
+        col.append(h('p', { class: 'pair-model', testid: 'pair-model' }, 'Written by ', h('strong', { text: model ? variantName(model) : 'unknown' })));
       }
       cols.append(col);
     }
@@ -955,6 +962,13 @@
     return section;
   }
 
+  /** A side-by-side's model as people read it: "smollm2-135m-instruct@t=1" (how the server
+   *  names a model at a temperature) is "smollm2-135m-instruct, temperature 1". */
+  function variantName(variant) {
+    const at = /^(.+)@t=([0-9.]+)$/.exec(String(variant));
+    return at ? `${at[1]}, temperature ${at[2]}` : String(variant);
+  }
+
   async function vote(conv, c, winner, button) {
     const group = button.closest('.pair-vote');
     const buttons = group ? [...group.querySelectorAll('button')] : [button];
@@ -983,7 +997,8 @@
       const next = els.messages.querySelector('[data-testid="pair-continue"]');
       if (next) next.focus({ preventScroll: true });
     }
-    announce(`Answer A was ${result.a_model || 'unknown'}, answer B was ${result.b_model || 'unknown'}.`);
+    const named = (variant) => (variant ? variantName(variant) : 'unknown');
+    announce(`Answer A was ${named(result.a_model)}; answer B was ${named(result.b_model)}.`);
     refreshMe();
   }
 
@@ -2109,7 +2124,9 @@
   }
 
   function confirmDelete(c) {
-    els.dialogName.textContent = c.title || 'this chat';
+    const name = c.title || 'this chat';
+    els.dialogName.textContent = name;
+    els.dialogStop.textContent = /[.!?…]$/.test(name) ? '' : '.'; // "…part 1." takes no second
     els.dialog.returnValue = '';
     els.dialog._target = c.id;
     els.dialog.showModal();
@@ -2174,6 +2191,11 @@
     if (cs && typeof cs.limit === 'number') details.push(`Up to ${cs.limit} answer${cs.limit === 1 ? '' : 's'} at a time`);
     els.limits.textContent = parts.join(' · ');
     els.limits.title = details.join('\n');
+    announceLimits([
+      [rpm, 'You have no requests left this minute.'],
+      [tpm, 'You have no tokens left this minute.'],
+      [tpd, 'You have no tokens left today.'],
+    ]);
     renderBonus(me.credits);
 
     const models = Array.isArray(me.models) ? me.models : [];
@@ -2194,6 +2216,18 @@
       els.modelName.textContent = chosen || '';
       els.modelName.hidden = !chosen;
     }
+  }
+
+  /** The limits line is read again after every answer, so it is not a live region: screen
+   *  readers hear only a limit running out, and its coming back. */
+  function announceLimits(limits) {
+    const out = limits.filter(([l]) => l && l.remaining === 0).map(([, said]) => said);
+    const before = state.limitsOut;
+    state.limitsOut = out;
+    if (!before) return; // the page just opened: nothing changed
+    const reached = out.filter((said) => !before.includes(said));
+    if (reached.length) announce(reached.join(' '));
+    else if (before.length && !out.length) announce('You can send messages again');
   }
 
   // Useful feedback earns extra daily tokens (see docs/flywheel.md): shown once there are some.
