@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from lamplighter.api.schemas import Body
 from lamplighter.chat import Principal
@@ -19,27 +19,42 @@ from lamplighter.store.models import Deletion, Message, Rating, User, utcnow
 from lamplighter.store.web import WebStore
 from lamplighter.telemetry.metrics import Metrics
 
-RATING_REASONS = {
-    "not_factual": "Not factual",
-    "did_not_follow_instructions": "Didn't follow instructions",
-    "unsafe": "Unsafe",
-    "too_long": "Too long",
-    "other": "Other",
+# What a thumbs-down can say was wrong, and what a thumbs-up can say was good. The ids differ
+# (other, other_good), so that counts per reason keep complaints and praise apart.
+RATING_REASONS: dict[int, dict[str, str]] = {
+    -1: {
+        "not_factual": "Not factual",
+        "did_not_follow_instructions": "Didn't follow instructions",
+        "unsafe": "Unsafe",
+        "too_long": "Too long",
+        "other": "Other",
+    },
+    1: {
+        "accurate": "Accurate",
+        "helpful": "Helpful",
+        "well_written": "Clear and well written",
+        "other_good": "Other",
+    },
 }
 
 
 class RatingBody(Body):
     rating: Literal[1, -1]
-    reasons: list[str] = Field(default_factory=list, max_length=len(RATING_REASONS))
+    reasons: list[str] = Field(default_factory=list, max_length=8)
     comment: str | None = Field(default=None, max_length=2000)
 
     @field_validator("reasons")
     @classmethod
-    def _reasons(cls, reasons: list[str]) -> list[str]:
-        unknown = set(reasons) - set(RATING_REASONS)
-        if unknown:
-            raise ValueError(f"unknown reasons {sorted(unknown)}; use {sorted(RATING_REASONS)}")
-        return sorted(set(reasons), key=list(RATING_REASONS).index)
+    def _reasons(cls, reasons: list[str], info: ValidationInfo) -> list[str]:
+        """The rating's own reasons only (none without a rating), each once, in list order."""
+        rating: int | None = info.data.get("rating")
+        allowed = list(RATING_REASONS[rating]) if rating is not None else []
+        wrong = sorted(set(reasons) - set(allowed))
+        if wrong:
+            direction = {1: "a thumbs-up", -1: "a thumbs-down"}.get(rating or 0, "no rating")
+            use = f"; use {', '.join(allowed)}" if allowed else ""
+            raise ValueError(f"{', '.join(wrong)} is not a reason for {direction}{use}")
+        return sorted(set(reasons), key=allowed.index)
 
 
 class FeedbackBody(RatingBody):

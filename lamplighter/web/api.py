@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import Field, field_validator
@@ -30,7 +30,7 @@ from lamplighter.chat import Exchange, Placement, Principal
 from lamplighter.conversation.threading import Turn, title_from
 from lamplighter.engines.base import GenerationRequest
 from lamplighter.exceptions import APIError, InvalidRequest, NotFound, PermissionDenied
-from lamplighter.flywheel.feedback import RATING_REASONS, rating_json
+from lamplighter.flywheel.feedback import RATING_REASONS, RatingBody, rating_json
 from lamplighter.flywheel.policy import Variant
 from lamplighter.flywheel.preferences import (
     CorrectionBody,
@@ -57,17 +57,6 @@ TEMPERATURE, TOP_P = 0.7, 0.95
 # How deep the sidebar's pages go. Each page reads the rows before it again (the store lists
 # from the top), so this also bounds the cost of one page.
 MAX_OFFSET = 10_000
-
-# What a thumbs-up can say it liked; a thumbs-down picks from the flywheel's RATING_REASONS. The
-# ids differ from those (other_good, not other), so the console's count per reason keeps praise
-# and complaints apart.
-GOOD_REASONS = {
-    "accurate": "Accurate",
-    "helpful": "Helpful",
-    "well_written": "Clear and well written",
-    "other_good": "Other",
-}
-REASONS = {1: GOOD_REASONS, -1: RATING_REASONS}
 
 
 def _no_conversation() -> NotFound:
@@ -130,8 +119,8 @@ async def me(visitor: WebUser, state: State) -> dict[str, Any]:
             "concurrent_streams": {"limit": plan.concurrent_streams},
         },
         "rating_reasons": {
-            "up": [{"id": k, "label": v} for k, v in GOOD_REASONS.items()],
-            "down": [{"id": k, "label": v} for k, v in RATING_REASONS.items()],
+            "up": [{"id": k, "label": v} for k, v in RATING_REASONS[1].items()],
+            "down": [{"id": k, "label": v} for k, v in RATING_REASONS[-1].items()],
         },
         "credits": await state.credits.summary(who.user_id),
     }
@@ -256,30 +245,15 @@ async def delete_conversation(conversation_id: uuid.UUID, visitor: WebUser, stat
         session.add(Deletion(at=utcnow(), kind="conversation", subject_id=conversation_id))
 
 
-class WebRatingBody(Body):
-    rating: Literal[1, -1]
-    reasons: list[str] = Field(default_factory=list, max_length=len(RATING_REASONS))
-    comment: str | None = Field(default=None, max_length=2000)
-
-
 @router.put("/messages/{message_id}/rating")
 async def rate(
-    message_id: uuid.UUID, body: WebRatingBody, visitor: WebUser, state: State
+    message_id: uuid.UUID, body: RatingBody, visitor: WebUser, state: State
 ) -> dict[str, Any]:
     """Thumbs up or down on an answer, with optional reasons and comment; rating again
     replaces the earlier rating. The reasons must be the rating's own: what was good about a
     thumbs-up, what was wrong with a thumbs-down."""
-    allowed = REASONS[body.rating]
-    wrong = sorted(set(body.reasons) - set(allowed))
-    if wrong:
-        direction = "thumbs-up" if body.rating == 1 else "thumbs-down"
-        raise InvalidRequest(
-            f"{', '.join(wrong)} is not a reason for a {direction}; use {', '.join(allowed)}.",
-            param="reasons",
-        )
-    reasons = sorted(set(body.reasons), key=list(allowed).index)
     return await state.feedback.rate(
-        visitor.principal, message_id, body.rating, reasons, body.comment, visitor.origin
+        visitor.principal, message_id, body.rating, body.reasons, body.comment, visitor.origin
     )
 
 

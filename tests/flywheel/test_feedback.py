@@ -124,3 +124,17 @@ def test_deleting_a_conversation_or_an_account_is_logged_by_id(server: LiveServe
     gone = Browserless(server.base_url)
     assert gone.login(person).status_code == 401
     gone.close()
+
+
+def test_the_api_takes_each_ratings_own_reasons(server: LiveServer) -> None:
+    _, key = server.new_user(plan="roomy")
+    completion = server.client(key).chat.completions.create(
+        model=SCRIPTED, messages=[{"role": "user", "content": "Rate me"}]
+    )
+    liked = _feedback(server, key, message_id=completion.id, rating=1, reasons=["helpful"])
+    assert liked.status_code == 200, liked.text
+    wrong = _feedback(server, key, message_id=completion.id, rating=1, reasons=["too_long"])
+    assert wrong.status_code == 400
+    assert "too_long is not a reason for a thumbs-up" in wrong.json()["error"]["message"]
+    bare = _feedback(server, key, message_id=completion.id, verdict="better", reasons=["helpful"])
+    assert bare.status_code == 400  # reasons belong to a rating

@@ -238,7 +238,7 @@ def test_the_leaderboard_ranks_the_preferred_model_first_with_its_interval(
     expect(rows.nth(1).get_by_test_id("leaderboard-rank")).to_have_text("2")
     # The contrarian's ten votes are left out: the board counts the honest twelve, 10 to 2.
     expect(card.get_by_test_id("leaderboard-summary")).to_have_text(
-        "22 votes from 4 voters; 12 counted, 10 from suspicious voters left out."
+        "12 votes from 3 voters counted; 10 votes from 1 suspicious voter left out."
     )
     expect(rows.nth(0).get_by_test_id("leaderboard-wlt")).to_have_text("10 / 2 / 0")
     for row, model in zip(board["models"], (OTHER, SCRIPTED), strict=True):

@@ -2043,9 +2043,11 @@
       if (!models.length) { el.append(emptyState('Not enough votes yet', 'leaderboard-empty')); return; }
       const scale = boardScale(models);
       const left = isNum(board.votes) && isNum(board.counted) ? board.votes - board.counted : 0;
+      const suspicious = Array.isArray(board.suspicious_voters) ? board.suspicious_voters.length : 0;
+      // `voters` are those whose votes count, as `counted` are their votes.
       el.append(h('p', { class: 'section-note board-summary', testid: 'leaderboard-summary' },
-        `${plural(board.votes ?? 0, 'vote')} from ${plural(board.voters ?? 0, 'voter')}`,
-        left > 0 ? `; ${fmtExact(board.counted)} counted, ${fmtExact(left)} from suspicious voters left out.` : '; all counted.'));
+        `${plural(board.counted ?? 0, 'vote')} from ${plural(board.voters ?? 0, 'voter')} counted`,
+        left > 0 ? `; ${plural(left, 'vote')} from ${plural(suspicious, 'suspicious voter')} left out.` : '.'));
       el.append(h('div', { class: 'table-wrap' }, h('table', { class: 'table table-compact board-table', testid: 'leaderboard-table' },
         h('thead', null, h('tr', null,
           h('th', { scope: 'col', class: 'num', text: 'Rank', title: 'Models whose intervals overlap share a rank' }),
