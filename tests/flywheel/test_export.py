@@ -759,7 +759,7 @@ def test_the_leaderboard_counts_the_voters_whose_votes_it_counts(store: Store) -
     assert [check["votes"] for check in board["suspicious_voters"]] == [10]
     table = CliRunner().invoke(app, ["leaderboard", "--rounds", "10"], env=env)
     assert "15 votes from 3 voters" in table.output
-    assert "1 voters left out" in table.output
+    assert "1 voter left out" in table.output
 
 
 def test_the_cli_refuses_bad_arguments(store: Store, tmp_path: Path) -> None:
