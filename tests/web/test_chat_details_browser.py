@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from playwright.sync_api import Locator, Route, expect
+from playwright.sync_api import Route, expect
 
 from tests.conftest import SCRIPTED, LiveServer
 from tests.web.browser import BODY, PHONE, Tab, Tabs
@@ -28,11 +28,6 @@ def tab(tabs: Tabs, person: Person) -> Tab:
     return opened
 
 
-def direction(element: Locator) -> str:
-    shown: str = element.evaluate("el => getComputedStyle(el).direction")
-    return shown
-
-
 # Right-to-left text -----------------------------------------------------------------------------
 
 HEBREW = "שלום, מה שלומך היום?"
@@ -40,19 +35,19 @@ HEBREW = "שלום, מה שלומך היום?"
 
 def test_right_to_left_text_reads_right_to_left_where_people_write_and_read_it(tab: Tab) -> None:
     tab.composer.fill(HEBREW)
-    assert direction(tab.composer) == "rtl"
+    expect(tab.composer).to_have_css("direction", "rtl")
     answer = tab.echo(HEBREW)
     question = tab.questions().last
     expect(question.locator(BODY)).to_have_text(HEBREW)
-    assert direction(question.locator(BODY)) == "rtl"
-    assert direction(answer.locator(BODY)) == "ltr"  # "You said: …" starts in English
+    expect(question.locator(BODY)).to_have_css("direction", "rtl")
+    expect(answer.locator(BODY)).to_have_css("direction", "ltr")  # "You said: …" starts in English
     expect(tab.sidebar_titles().first).to_have_text(HEBREW)
-    assert direction(tab.sidebar_titles().first) == "rtl"
+    expect(tab.sidebar_titles().first).to_have_css("direction", "rtl")
     title = tab.page.locator("#topbar-title")
     expect(title).to_have_text(HEBREW)
-    assert direction(title) == "rtl"
+    expect(title).to_have_css("direction", "rtl")
     tab.composer.fill("And English again")
-    assert direction(tab.composer) == "ltr"
+    expect(tab.composer).to_have_css("direction", "ltr")
 
 
 # An answer still being written when the chat is opened -----------------------------------------
