@@ -168,7 +168,7 @@ class Exporter:
         )
         with writer, open_text(out / "index.jsonl") as index:
             picks = kind in ("sft", "dpo", "votes")
-            threads = self._threads(report, trusted, progress, picks=picks)
+            threads = self._threads(report, trusted, progress, picks=picks, since=since)
             async with aclosing(threads):
                 async for thread in threads:
                     report.conversations += 1
@@ -241,14 +241,16 @@ class Exporter:
         progress: Callable[[int], None],
         *,
         picks: bool,
+        since: datetime | None,
     ) -> AsyncGenerator[Thread, None]:
         """Each exportable conversation, with its comparisons when ``picks``."""
         comparisons = _Merge(self._picks()) if picks else None
         try:
-            async with aclosing(self._conversations(report, progress)) as conversations:
+            async with aclosing(self._conversations(report, progress, since)) as conversations:
                 async for thread in conversations:
                     if not trusted(thread.owner):
-                        report.removed["low_trust (conversations)"] += 1
+                        if thread.changed_since(since):
+                            report.removed["low_trust (conversations)"] += 1
                         continue
                     if comparisons is not None:
                         thread.picks.extend(await comparisons.take(thread.id))
@@ -282,11 +284,11 @@ class Exporter:
                 yield Pick(**row._mapping)
 
     async def _conversations(
-        self, report: Report, progress: Callable[[int], None]
+        self, report: Report, progress: Callable[[int], None], since: datetime | None
     ) -> AsyncGenerator[Thread, None]:
         """Each conversation of consenting people in good standing, one at a time, in id
         order; ``progress`` hears how many messages each conversation read had, left out or
-        not."""
+        not. One left out is counted if it has changed ``since``."""
         consent = (
             or_(User.training_consent.is_(None), User.training_consent == true())
             if self.consent_default
@@ -329,7 +331,7 @@ class Exporter:
                         progress(len(thread.nodes))
                         if skip is None:
                             yield thread
-                        else:
+                        elif thread.changed_since(since):
                             report.removed[skip] += 1
                     thread = Thread(row[0], row[1], row[2], [])
                     skip = None if row[12] else "no_consent (conversations)"
@@ -357,7 +359,7 @@ class Exporter:
                 progress(len(thread.nodes))
                 if skip is None:
                     yield thread
-                else:
+                elif thread.changed_since(since):
                     report.removed[skip] += 1
 
     async def _deletions(self, path: Path, since: datetime) -> int:

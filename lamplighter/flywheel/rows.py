@@ -84,6 +84,13 @@ class Thread:
     nodes: list[Node]
     picks: list[Pick] = field(default_factory=list)
 
+    def changed_since(self, since: datetime | None) -> bool:
+        """Whether any of its messages was written or rated after ``since`` (always, without
+        one): an incremental export counts a conversation it leaves out only then."""
+        return since is None or any(
+            max(node.created_at, node.rated_at or node.created_at) > since for node in self.nodes
+        )
+
 
 @dataclass(frozen=True)
 class Shared:
@@ -279,9 +286,13 @@ class Rows:
         return pick.winner is not None and self.discount(pick) is None
 
     def counted(self, pick: Pick) -> bool:
-        """``counts``, counting what it drops (an open question is not a removal)."""
+        """``counts``, counting what it drops (an open question is not a removal, nor is a vote
+        an incremental export has had before)."""
         if pick.winner is None:
             return False
+        since = self.context.since
+        if since is not None and (pick.voted_at is None or pick.voted_at <= since):
+            return self.counts(pick)
         if reason := self.discount(pick):
             self.report.removed[reason] += 1
             return False
