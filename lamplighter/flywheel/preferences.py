@@ -64,10 +64,17 @@ def asks_verdict(answer_id: uuid.UUID, rate: float) -> bool:
     return draw < rate
 
 
-def leaks_identity(text: str, variants: tuple[str, ...]) -> bool:
+def leaks_identity(text: str, variants: tuple[str, ...], question: str = "") -> bool:
+    """Whether an answer names a model (a known one, or a compared variant) that the question
+    did not name first: a vote may then go to the name rather than the answer. An answer that
+    repeats a name the person asked about ("is llama better at...") gives nothing away."""
     names = {*KNOWN_MODELS, *(v.split("@")[0].lower() for v in variants)}
-    lowered = text.lower()
-    return any(re.search(rf"(?<![\w-]){re.escape(name)}", lowered) for name in names if name)
+    lowered, asked = text.lower(), question.lower()
+
+    def named(name: str, where: str) -> bool:
+        return re.search(rf"(?<![\w-]){re.escape(name)}", where) is not None
+
+    return any(named(name, lowered) and not named(name, asked) for name in names if name)
 
 
 def comparison_json(comparison: Comparison) -> dict[str, Any]:
@@ -294,8 +301,11 @@ class Preferences:
             assert a is not None and b is not None
             variants = (comparison.a_variant, comparison.b_variant)
             discarded = _unfinished(a, b)
+            question = await session.get(Message, comparison.question_id)
+            asked = question.content if question is not None else ""
             if discarded is None and (
-                leaks_identity(a.content, variants) or leaks_identity(b.content, variants)
+                leaks_identity(a.content, variants, asked)
+                or leaks_identity(b.content, variants, asked)
             ):
                 discarded = "identity_leaked"
             comparison.winner, comparison.voted_at = winner, now

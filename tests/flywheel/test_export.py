@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from lamplighter.accounts import AccountService
 from lamplighter.cli import app
+from lamplighter.conversation.threading import Turn
 from lamplighter.engines.base import Backend
 from lamplighter.engines.scripted import ScriptedBackend
 from lamplighter.flywheel.credits import Credits
@@ -48,7 +49,9 @@ SHARED = [
 MALLORY = "Mallory wonders whether foghorns frighten the seals of Nantucket"
 TERSE_MODEL = "scripted-terse"
 TERSE = "Keepers trimmed the wicks at dusk."
-LEAKED = "Would chatgpt keep the lighthouse lamp burning all night long"
+LEAKED = "Would you keep the lighthouse lamp burning all night long"
+# The terse model's answer to it names a model nobody asked about: its vote does not count.
+LEAKING = "As chatgpt, I would keep it burning."
 # Distinct prompts for side-by-side votes: no two share more than an opener or a subject, so
 # none is a near duplicate of another.
 OPENERS = ["Tell me a story about", "Give three surprising facts about", "Why do historians study"]
@@ -242,7 +245,7 @@ def _make_votes(server: LiveServer, made: Store) -> None:
             made.voted[voter].append(next(questions))
             _side_by_side(web, made.voted[voter][-1], pick)
         if voter == "v1":
-            _side_by_side(web, LEAKED, "echo")  # names a model: does not count
+            _side_by_side(web, LEAKED, "echo")  # an answer names a model: does not count
         web.close()
     vic = _web(server, consent=True)
     made.emails["vic"] = vic.api("GET", "/me").json()["email"]
@@ -273,7 +276,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         ]
 
     async def two_models(_: Settings) -> list[Backend]:
-        return [ScriptedBackend(SCRIPTED), ScriptedBackend(TERSE_MODEL, reply=lambda _: TERSE)]
+        def terse(turns: tuple[Turn, ...]) -> str:
+            return LEAKING if turns[-1].content == LEAKED else TERSE
+
+        return [ScriptedBackend(SCRIPTED), ScriptedBackend(TERSE_MODEL, reply=terse)]
 
     data_dir = tmp_path_factory.mktemp("flywheel")
     plain, side_by_side = data_dir / "plain.toml", data_dir / "side_by_side.toml"

@@ -17,8 +17,10 @@ from typer.testing import CliRunner
 
 from lamplighter.chat import message_id_from
 from lamplighter.cli import app
+from lamplighter.conversation.threading import Turn
 from lamplighter.engines.base import Backend
-from lamplighter.engines.scripted import ScriptedBackend
+from lamplighter.engines.scripted import ScriptedBackend, echo
+from lamplighter.flywheel.preferences import leaks_identity
 from lamplighter.settings import Settings
 from lamplighter.store.models import Comparison, Credit, Message, User, utcnow
 from tests.conftest import SCRIPTED, LiveServer, make_settings
@@ -39,10 +41,15 @@ min_evidence = 3
 """
 
 
+def other(turns: tuple[Turn, ...]) -> str:
+    """The other model echoes too, but asked who it is, it names a model."""
+    return "I am ChatGPT." if "who are you" in turns[-1].content.lower() else echo(turns)
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     async def backends(_: Settings) -> list[Backend]:
-        return [ScriptedBackend(SCRIPTED), ScriptedBackend("scripted-other")]
+        return [ScriptedBackend(SCRIPTED), ScriptedBackend("scripted-other", reply=other)]
 
     data_dir = tmp_path_factory.mktemp("preferences")
     config = data_dir / "lamplighter.toml"
@@ -146,8 +153,8 @@ def test_votes_that_reveal_a_model_or_come_from_strangers_do_not_count(
     live: LiveServer, side_by_side: None
 ) -> None:
     web, stranger = _web(live), _web(live)
-    # The scripted model repeats the question, so this answer names a model.
-    events = web.chat(content="Are you ChatGPT or something else")
+    # Asked who it is, the other model names one: the vote would go to the name.
+    events = web.chat(content="Who are you, really")
     comparison = next(p for n, p in events if n == "pair")["comparison"]
     path = f"/comparisons/{comparison['id']}/vote"
     assert stranger.api("PUT", path, json={"winner": "a"}).status_code == 404
@@ -398,3 +405,20 @@ def test_a_verdict_compares_with_the_answer_that_was_on_screen(
     new = again[-1][1]["message"]["id"]
     said = web.api("PUT", f"/messages/{new}/verdict", json={"verdict": "better"}).json()
     assert (said["a_id"], said["b_id"]) == (comparison["a_id"], new)
+
+
+@pytest.mark.parametrize(
+    ("answer", "question", "leaks"),
+    [
+        ("As Llama, I think so.", "Is the sea salty?", True),
+        ("Llama is better at code than Mistral.", "Is llama better at code than mistral?", False),
+        ("Llama is fine, but as ChatGPT I prefer mine.", "Is llama any good?", True),
+        ("smollm2-135m-instruct here.", "Who are you?", True),  # a compared variant's name
+        ("A llama-shaped lamp.", "", True),
+    ],
+)
+def test_an_answer_leaks_identity_only_with_a_model_name_the_question_did_not_give(
+    answer: str, question: str, leaks: bool
+) -> None:
+    variants = ("smollm2-135m-instruct@t=1", "smollm2-135m-instruct@t=0.3")
+    assert leaks_identity(answer, variants, question) is leaks

@@ -48,6 +48,8 @@ def echo(turns: tuple[Turn, ...]) -> str:
 
 
 def parrot(turns: tuple[Turn, ...]) -> str:
+    if turns[-1].content.startswith("Who are you?"):  # asked, it names a model
+        return f"Parrot here, a Gemini model: {turns[-1].content} Squawk!"
     return f"Parrot here: {turns[-1].content} Squawk! My words come slowly too."
 
 
@@ -335,7 +337,7 @@ def test_on_a_phone_the_two_answers_stack_and_a_leaked_name_voids_the_vote(
 ) -> None:
     phone = tabs.open(viewport=PHONE)
     phone.login(person)
-    pair = ask_for_a_pair(phone, "Are you Gemini? Show me `print('hello, world')` please.")
+    pair = ask_for_a_pair(phone, "Who are you? Show me `print('hello, world')` please.")
     a, b = column(phone, "a"), column(phone, "b")
     box_a, box_b = a.bounding_box(), b.bounding_box()
     assert box_a and box_b
@@ -348,7 +350,7 @@ def test_on_a_phone_the_two_answers_stack_and_a_leaked_name_voids_the_vote(
     phone.page.mouse.move(0, 0)
     phone.screenshot("web-side-by-side-phone.png")
 
-    # Both answers repeat "Gemini": a model's name gives it away, so the vote does not count.
+    # The parrot named a model nobody asked about: the vote would go to the name, not count.
     pair.get_by_test_id("vote-a").click()
     expect(pair.get_by_test_id("pair-result")).to_have_text(
         "You picked A. This vote won't count: an answer named the model that wrote it."
