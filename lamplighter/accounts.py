@@ -22,6 +22,7 @@ from lamplighter.credentials import (
     password_problem,
 )
 from lamplighter.exceptions import AuthenticationFailed, Conflict, InvalidRequest, NotFound
+from lamplighter.settings import is_email
 from lamplighter.store.accounts import Accounts, key_owner
 from lamplighter.store.audit import Audit
 from lamplighter.store.audit import write as write_audit
@@ -51,8 +52,7 @@ class Bootstrap:
 
 def normalise_email(email: str) -> str:
     email = email.strip().lower()
-    local, _, domain = email.partition("@")
-    if not local or not domain or any(ch.isspace() for ch in email) or len(email) > 320:
+    if not is_email(email):
         raise InvalidRequest(f"{email!r} is not an email address", param="email")
     return email
 

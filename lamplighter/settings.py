@@ -173,6 +173,14 @@ def async_database_url(url: str) -> str:
     return url
 
 
+def is_email(text: str) -> bool:
+    """Whether ``text`` has an email address's shape (some@thing, no spaces, at most 320
+    characters). Here, and not with the accounts, because settings are checked before the
+    store and its libraries are imported."""
+    local, _, domain = text.partition("@")
+    return bool(local and domain) and not any(ch.isspace() for ch in text) and len(text) <= 320
+
+
 def _coerce(name: str, raw: Any, kind: Any) -> Any:
     """A setting's value from the environment's text or the TOML file's value, which must be of
     the setting's own type (a number for a number, text for text), never silently converted."""
@@ -253,10 +261,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("setting 'redis_url': use redis://host:port/db or rediss://...")
     if settings.public_url and not settings.public_url.startswith(("http://", "https://")):
         raise ConfigError("setting 'public_url': use http://host[:port] or https://host")
-    email = settings.admin_email
-    local, _, domain = email.partition("@")
-    if not local or not domain or any(ch.isspace() for ch in email):
-        raise ConfigError(f"setting 'admin_email': {email!r} is not an email address")
+    if not is_email(settings.admin_email.strip()):
+        raise ConfigError(
+            f"setting 'admin_email': {settings.admin_email!r} is not an email address"
+        )
     if not 0 < settings.port < 65536:
         raise ConfigError(f"setting 'port': {settings.port} is not a TCP port")
     if settings.log_level.lower() not in {"debug", "info", "warning", "error"}:
