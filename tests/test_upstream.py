@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -104,12 +105,10 @@ def test_backend_tables_are_checked() -> None:
     assert (config.url, config.capacity, config.n_ctx) == ("http://h:8000/v1", 32, 8192)
 
 
-def test_a_5xx_before_the_first_token_is_answered_by_another_backend(tmp_path: Path) -> None:
-    """Two upstreams (real HTTP servers on 127.0.0.1): while one answers 502 the other answers
-    everything; when both do, the client gets a 503 that says why, with retry-after, and the
-    answer is stored as an error."""
-    answers = {"x": 502, "y": 200}
-    tried: list[str] = []
+@contextmanager
+def gateway_over_two(tmp_path: Path, chat: Callable[[str], web.Response]) -> Iterator[LiveServer]:
+    """Upstreams x and y (real HTTP servers on 127.0.0.1) serving model "m", each chat
+    completion answered by ``chat(its name)``, behind a gateway on the roomy plan."""
 
     def handler(name: str) -> Handler:
         async def handle(request: web.BaseRequest) -> web.StreamResponse:
@@ -117,48 +116,60 @@ def test_a_5xx_before_the_first_token_is_answered_by_another_backend(tmp_path: P
                 return web.json_response({"object": "list", "data": []})
             if request.path != "/v1/chat/completions":
                 return web.Response(status=404)
-            tried.append(name)
-            if answers[name] != 200:
-                return web.Response(status=answers[name], text="bad gateway")
-            return web.Response(body=ANSWER, content_type="text/event-stream")
+            return chat(name)
 
         return handle
 
     with serve_in_thread(handler("x")) as x, serve_in_thread(handler("y")) as y:
-        servers = {"x": x, "y": y}
-
-        def upstream(name: str) -> UpstreamBackend:
-            url = servers[name].url + "/v1"
-            return UpstreamBackend(UpstreamConfig(name=name, url=url, models=("m",), capacity=4))
 
         async def backends(_: Settings) -> list[Backend]:
-            return [upstream("x"), upstream("y")]
+            return [
+                UpstreamBackend(UpstreamConfig(name, server.url + "/v1", ("m",), capacity=4))
+                for name, server in (("x", x), ("y", y))
+            ]
 
         (tmp_path / "c.toml").write_text(ROOMY_PLAN)
         with LiveServer(make_settings(tmp_path, config=tmp_path / "c.toml"), backends) as live:
-            _, key = live.new_user(plan="roomy")
-            client = live.client(key)
-            for i in range(6):
-                answer = client.chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": f"question {i}"}]
-                )
-                assert answer.choices[0].message.content == "Hello"
-            assert "x" in tried and tried.count("y") == 6
-            answers["y"] = 503
-            with pytest.raises(openai.InternalServerError) as refused:
-                client.chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": "and now?"}]
-                )
-            assert refused.value.status_code == 503
-            assert refused.value.response.headers["retry-after"]
-            error = refused.value.body
-            assert isinstance(error, dict) and error["code"] == "backend_unavailable"
-            assert "answered 503" in error["message"] and "y (tried)" in error["message"]
-            [outcome] = asyncio.run(streams(live, key, [{**ask("streamed?"), "model": "m"}]))
-            assert outcome.error is not None and outcome.error["code"] == "backend_unavailable"
-            message, _ = wait_until(lambda: settled(live, outcome.completion_id))
-            assert message.status == "error" and message.content == ""
-            live.close_clients()
+            yield live
+
+
+def test_a_5xx_before_the_first_token_is_answered_by_another_backend(tmp_path: Path) -> None:
+    """Two upstreams (real HTTP servers on 127.0.0.1): while one answers 502 the other answers
+    everything; when both do, the client gets a 503 that says why, with retry-after, and the
+    answer is stored as an error."""
+    answers = {"x": 502, "y": 200}
+    tried: list[str] = []
+
+    def chat(name: str) -> web.Response:
+        tried.append(name)
+        if answers[name] != 200:
+            return web.Response(status=answers[name], text="bad gateway")
+        return web.Response(body=ANSWER, content_type="text/event-stream")
+
+    with gateway_over_two(tmp_path, chat) as live:
+        _, key = live.new_user(plan="roomy")
+        client = live.client(key)
+        for i in range(6):
+            answer = client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": f"question {i}"}]
+            )
+            assert answer.choices[0].message.content == "Hello"
+        assert "x" in tried and tried.count("y") == 6
+        answers["y"] = 503
+        with pytest.raises(openai.InternalServerError) as refused:
+            client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "and now?"}]
+            )
+        assert refused.value.status_code == 503
+        assert refused.value.response.headers["retry-after"]
+        error = refused.value.body
+        assert isinstance(error, dict) and error["code"] == "backend_unavailable"
+        assert "answered 503" in error["message"] and "y (tried)" in error["message"]
+        [outcome] = asyncio.run(streams(live, key, [{**ask("streamed?"), "model": "m"}]))
+        assert outcome.error is not None and outcome.error["code"] == "backend_unavailable"
+        message, _ = wait_until(lambda: settled(live, outcome.completion_id))
+        assert message.status == "error" and message.content == ""
+        live.close_clients()
 
 
 # -- A fleet of real sim-backend processes behind a live gateway ---------------------------------
@@ -326,59 +337,43 @@ def test_an_answer_not_streamed_starts_over_elsewhere_when_its_backend_fails_par
     served: list[str] = []
     fail_next = [True]  # whichever backend is asked next fails part-way
 
-    def handler(name: str) -> Handler:
-        async def handle(request: web.BaseRequest) -> web.StreamResponse:
-            if request.path == "/v1/models":
-                return web.json_response({"object": "list", "data": []})
-            if request.path != "/v1/chat/completions":
-                return web.Response(status=404)
-            served.append(name)
-            body = ANSWER
-            if fail_next[0]:
-                fail_next[0] = False
-                body = sse(delta("Went "), delta("wrong"), {"error": {"message": "engine died"}})
-            return web.Response(body=body, content_type="text/event-stream")
+    def chat(name: str) -> web.Response:
+        served.append(name)
+        body = ANSWER
+        if fail_next[0]:
+            fail_next[0] = False
+            body = sse(delta("Went "), delta("wrong"), {"error": {"message": "engine died"}})
+        return web.Response(body=body, content_type="text/event-stream")
 
-        return handle
+    with gateway_over_two(tmp_path, chat) as live:
+        _, key = live.new_user(plan="roomy")
+        client = live.client(key)
+        answer = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "Hi?"}]
+        )
+        assert answer.choices[0].message.content == "Hello"
+        assert answer.choices[0].finish_reason == "stop"
+        assert answer.usage is not None and answer.usage.completion_tokens == 3
+        first, second = served
+        assert first != second
+        message, usage = wait_until(lambda: settled(live, answer.id))
+        assert (message.status, message.content) == ("complete", "Hello")
+        assert usage.completion_tokens == 3
+        discarded = gateway_metric(live, "lamplighter_backend_discarded_tokens_total", first)
+        assert discarded == 2
+        assert gateway_metric(live, "lamplighter_backend_failovers_total", first) == 1
 
-    with serve_in_thread(handler("x")) as x, serve_in_thread(handler("y")) as y:
+        fail_next[0] = True  # the Responses API's whole answers too
+        response = client.responses.create(model="m", input="Hi again?")
+        assert (response.status, response.output_text) == ("completed", "Hello")
 
-        async def backends(_: Settings) -> list[Backend]:
-            configs = [
-                UpstreamConfig(n, u.url + "/v1", models=("m",)) for n, u in (("x", x), ("y", y))
-            ]
-            return [UpstreamBackend(config) for config in configs]
-
-        (tmp_path / "c.toml").write_text(ROOMY_PLAN)
-        with LiveServer(make_settings(tmp_path, config=tmp_path / "c.toml"), backends) as live:
-            _, key = live.new_user(plan="roomy")
-            client = live.client(key)
-            answer = client.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": "Hi?"}]
-            )
-            assert answer.choices[0].message.content == "Hello"
-            assert answer.choices[0].finish_reason == "stop"
-            assert answer.usage is not None and answer.usage.completion_tokens == 3
-            first, second = served
-            assert first != second
-            message, usage = wait_until(lambda: settled(live, answer.id))
-            assert (message.status, message.content) == ("complete", "Hello")
-            assert usage.completion_tokens == 3
-            discarded = gateway_metric(live, "lamplighter_backend_discarded_tokens_total", first)
-            assert discarded == 2
-            assert gateway_metric(live, "lamplighter_backend_failovers_total", first) == 1
-
-            fail_next[0] = True  # the Responses API's whole answers too
-            response = client.responses.create(model="m", input="Hi again?")
-            assert (response.status, response.output_text) == ("completed", "Hello")
-
-            fail_next[0] = True
-            [outcome] = asyncio.run(streams(live, key, [{**ask("Streamed?"), "model": "m"}]))
-            assert outcome.text == ["Went ", "wrong"] and outcome.finish is None
-            assert outcome.error is not None and outcome.error["code"] == "engine_error"
-            message, usage = wait_until(lambda: settled(live, outcome.completion_id))
-            assert (message.status, message.content) == ("error", "Went wrong")
-            assert usage.completion_tokens == 2
+        fail_next[0] = True
+        [outcome] = asyncio.run(streams(live, key, [{**ask("Streamed?"), "model": "m"}]))
+        assert outcome.text == ["Went ", "wrong"] and outcome.finish is None
+        assert outcome.error is not None and outcome.error["code"] == "engine_error"
+        message, usage = wait_until(lambda: settled(live, outcome.completion_id))
+        assert (message.status, message.content) == ("error", "Went wrong")
+        assert usage.completion_tokens == 2
 
 
 def test_a_conversation_returns_to_the_backend_that_holds_its_prefix(
