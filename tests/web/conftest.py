@@ -14,8 +14,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.conftest import LiveServer
-from tests.web.browser import CHROMIUM, LAUNCH_ARGS, Tabs
+from tests.conftest import SCRIPTED, LiveServer
+from tests.web.browser import CHROMIUM, LAUNCH_ARGS, Tab, Tabs
 
 PASSWORD = "correct horse battery staple"
 
@@ -184,3 +184,27 @@ def tabs(browser: Browser, server: LiveServer) -> Iterator[Tabs]:
     opened.close()
     problems = opened.unexpected()
     assert not problems, "the page logged errors:\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def tab(tabs: Tabs, person: Person) -> Tab:
+    """A desktop tab, logged in as ``person``, talking to scripted-echo (modules that need
+    another kind of tab define their own)."""
+    opened = tabs.open()
+    opened.login(person)
+    opened.pick_model(SCRIPTED)
+    return opened
+
+
+def limited_tab(tabs: Tabs, server: LiveServer, requests_per_minute: int) -> Tab:
+    """A desktop tab of a new person on a plan of their own with that many requests a minute
+    (and no cache), talking to scripted-echo, its page clock installed (running at the real
+    pace until paused)."""
+    plan = f"limited-{uuid.uuid4().hex[:6]}"
+    limits = {"requests_per_minute": requests_per_minute, "cache_ttl_s": 0}
+    server.call(lambda s: s.plans.put(plan, limits, create=True))
+    opened = tabs.open()
+    opened.page.clock.install()
+    opened.login(new_person(server, plan=plan))
+    opened.pick_model(SCRIPTED)
+    return opened

@@ -7,25 +7,13 @@ full stop comes once; screen readers hear the limits only when one runs out or c
 
 from __future__ import annotations
 
-import uuid
-
-import pytest
 from playwright.sync_api import Route, expect
 
 from tests.conftest import SCRIPTED, LiveServer
 from tests.web.browser import BODY, PHONE, Tab, Tabs
-from tests.web.conftest import Person, add_chats, new_person
+from tests.web.conftest import Person, add_chats, limited_tab
 
 expect.set_options(timeout=15_000)
-
-
-@pytest.fixture
-def tab(tabs: Tabs, person: Person) -> Tab:
-    """A desktop tab, logged in as ``person``, talking to scripted-echo."""
-    opened = tabs.open()
-    opened.login(person)
-    opened.pick_model(SCRIPTED)
-    return opened
 
 
 # Right-to-left text -----------------------------------------------------------------------------
@@ -225,15 +213,8 @@ def test_the_delete_dialog_ends_a_title_that_has_its_own_full_stop_once(
 def test_screen_readers_hear_a_limit_run_out_and_come_back_not_every_answer(
     tabs: Tabs, server: LiveServer
 ) -> None:
-    plan = f"pair-{uuid.uuid4().hex[:6]}"
-    server.call(
-        lambda s: s.plans.put(plan, {"requests_per_minute": 2, "cache_ttl_s": 0}, create=True)
-    )
-    tab = tabs.open()
+    tab = limited_tab(tabs, server, requests_per_minute=2)
     page = tab.page
-    page.clock.install()
-    tab.login(new_person(server, plan=plan))
-    tab.pick_model(SCRIPTED)
     limits, announcer = page.get_by_test_id("limits"), page.locator("#announcer")
     assert limits.get_attribute("aria-live") is None  # read again after every answer
     tab.echo("the first of two")

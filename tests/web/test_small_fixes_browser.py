@@ -22,15 +22,6 @@ PHONE_390: ViewportSize = {"width": 390, "height": 844}
 CONSOLE_SECTIONS = ["dashboard", "plans", "users", "usage", "review", "flywheel"]
 
 
-@pytest.fixture
-def tab(tabs: Tabs, person: Person) -> Tab:
-    """A desktop tab, logged in as ``person``, talking to scripted-echo."""
-    opened = tabs.open()
-    opened.login(person)
-    opened.pick_model(SCRIPTED)
-    return opened
-
-
 # 1. An answer cut off by a stopping server ------------------------------------------------------
 
 

@@ -7,13 +7,12 @@ chats, reloads and sends, and never shown to the next account on the same browse
 from __future__ import annotations
 
 import re
-import uuid
 
 from playwright.sync_api import Route, expect
 
 from tests.conftest import SCRIPTED, LiveServer
 from tests.web.browser import Tab, Tabs
-from tests.web.conftest import new_person
+from tests.web.conftest import limited_tab, new_person
 from tests.web.test_connection_browser import sidebar_link
 
 expect.set_options(timeout=15_000)
@@ -33,15 +32,8 @@ def kept_in_storage(tab: Tab) -> list[str]:
 def test_a_rate_limit_says_so_plainly_counts_down_and_then_goes(
     tabs: Tabs, server: LiveServer
 ) -> None:
-    plan = f"trickle-{uuid.uuid4().hex[:6]}"
-    server.call(
-        lambda s: s.plans.put(plan, {"requests_per_minute": 1, "cache_ttl_s": 0}, create=True)
-    )
-    tab = tabs.open()
+    tab = limited_tab(tabs, server, requests_per_minute=1)
     page = tab.page
-    page.clock.install()  # runs at the real pace until paused
-    tab.login(new_person(server, plan=plan))
-    tab.pick_model(SCRIPTED)
     limits = page.get_by_test_id("limits")
     tab.echo("the one message this minute")
     expect(limits).to_contain_text("0 of 1 request left this minute")
