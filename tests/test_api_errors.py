@@ -84,10 +84,10 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments
             "Unsupported parameter: 'tools' is not supported here: tool calling",
         ),
         (
-            {"model": MODEL, "messages": HELLO, "response_format": {"type": "json_object"}},
-            "response_format",
+            {"model": MODEL, "messages": HELLO, "prediction": {"type": "content", "content": "x"}},
+            "prediction",
             "unsupported_parameter",
-            "structured output",
+            "predicted outputs are not offered",
         ),
         (
             {"model": MODEL, "messages": [{"role": "assistant", "tool_calls": [CALL]}, *HELLO]},

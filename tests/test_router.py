@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from lamplighter.conversation.threading import Turn
 from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest
 from lamplighter.engines.health import Breaker, Load, parse_load
-from lamplighter.engines.router import Router, Unavailable, rendezvous
+from lamplighter.engines.router import Refused, Router, Unavailable, rendezvous
 from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig, upstreams_from_config
 from lamplighter.exceptions import ConfigError, EngineFailed, NotFound, Overloaded
 from lamplighter.traffic.clock import ManualClock
@@ -383,9 +383,9 @@ async def test_a_429_is_overload_and_a_400_is_not_retried_elsewhere() -> None:
         with pytest.raises(Overloaded) as full:
             await collect(backend)
         assert full.value.headers["retry-after"] == "4"
-        with pytest.raises(EngineFailed, match="answered 400: no") as bad:
+        with pytest.raises(Refused, match="refused the request: no") as bad:
             await collect(backend)
-        assert not isinstance(bad.value, Unavailable)
+        assert not isinstance(bad.value, Unavailable) and bad.value.status_code == 400
         assert backend.circuit == "closed"  # the server is alive: neither opens the breaker
         await backend.close()
 

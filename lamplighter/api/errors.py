@@ -33,7 +33,6 @@ UNSUPPORTED = {
     "function_call": "function calling is not offered",
     "tool_calls": "tool calling is not offered",
     "tool_call_id": "tool calling is not offered",
-    "response_format": "structured output (JSON mode and JSON schemas) is not offered",
     "logit_bias": "the engines here take no logit bias",
     "top_logprobs": "log probabilities are not offered",
     "audio": "only text is offered",

@@ -174,6 +174,7 @@ async def chat_completions(
         seed=body.seed,
         frequency_penalty=body.frequency_penalty or 0.0,
         presence_penalty=body.presence_penalty or 0.0,
+        output_format=body.output_format,
     )
     token_param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     exchange, headers = await open_exchange(

@@ -140,6 +140,7 @@ async def create_response(
         max_tokens=body.max_output_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
+        output_format=body.text.output_format if body.text else None,
     )
     exchange, headers = await open_exchange(
         http, who, state, request, store=store, token_param="max_output_tokens", placement=placement
@@ -148,6 +149,15 @@ async def create_response(
     if body.stream:
         return EventStreamResponse(shape.events(exchange), headers, finally_=exchange.close)
     return whole_answer(exchange, headers, shape.finished, CUT_WARNING)
+
+
+def _text_format(body: ResponsesRequest | None) -> dict[str, Any]:
+    """The response's ``text.format``: what the request asked for (plain text when it named
+    none, or for a response retrieved later, whose request is not kept)."""
+    found = body.text.format if body and body.text else None
+    if found is None:
+        return {"type": "text"}
+    return found.model_dump(by_alias=True, exclude_none=True)
 
 
 @dataclass(frozen=True)
@@ -239,7 +249,7 @@ class _Shape:
             "store": body is None or body.store is not False,
             "temperature": body.temperature if body and body.temperature is not None else 1.0,
             "top_p": body.top_p if body and body.top_p is not None else 1.0,
-            "text": {"format": {"type": "text"}},
+            "text": {"format": _text_format(body)},
             "tool_choice": (body.tool_choice if body else None) or "auto",
             "tools": [],
             "truncation": "disabled",

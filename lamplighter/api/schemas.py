@@ -6,11 +6,13 @@ ignored; a field we cannot honour (``logprobs``) is refused when it asks for any
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lamplighter.conversation.threading import Turn
+from lamplighter.engines.base import OutputFormat
 from lamplighter.exceptions import InvalidRequest
 
 # "developer" is OpenAI's newer name for "system"; the model's template knows only the latter.
@@ -50,7 +52,6 @@ ASKS_NOTHING: dict[str, tuple[object, ...]] = {
     "functions": (None, []),
     "function_call": (None, "none", "auto"),
     "parallel_tool_calls": (None, True, False),
-    "response_format": (None, {"type": "text"}),
     "logit_bias": (None, {}),
     "top_logprobs": (None, 0),
     "audio": (None,),
@@ -115,6 +116,82 @@ class ChatMessage(Body):
         return _turn(self.role, self.content)
 
 
+# Structured output ---------------------------------------------------------------------------
+
+# OpenAI's rule for a schema's name.
+SCHEMA_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def _local_refs(schema: dict[str, object] | None) -> dict[str, object] | None:
+    """Refuse a schema that refers outside itself: nothing is fetched from the network."""
+    pending: list[object] = [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if ref is not None and not (isinstance(ref, str) and ref.startswith("#")):
+                raise ValueError(
+                    f"$ref {ref!r}: only references within the schema ('#/$defs/...') are "
+                    "followed; nothing is fetched"
+                )
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return schema
+
+
+class JSONSchema(Body):
+    """A JSON schema the answer must follow, as chat completions' ``response_format`` carries
+    it (``client.chat.completions.parse(response_format=SomeModel)`` sends one)."""
+
+    name: str = Field(pattern=SCHEMA_NAME)
+    # "schema" would shadow a BaseModel attribute.
+    json_schema: dict[str, object] | None = Field(default=None, alias="schema")
+    description: str | None = Field(default=None, max_length=4096)
+    strict: bool | None = None
+
+    _refs = field_validator("json_schema")(_local_refs)
+
+    def output_format(self) -> OutputFormat:
+        return output_format(self.json_schema or {}, self.name, self.description, self.strict)
+
+
+class ResponseFormat(Body):
+    """Chat completions' ``response_format``: text, JSON mode or a JSON schema. One model
+    rather than a tagged union, so that an error names ``response_format.json_schema.name``,
+    not the union's branch."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchema | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ResponseFormat:
+        param = "response_format.json_schema"
+        if self.type == "json_schema" and self.json_schema is None:
+            raise InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise InvalidRequest(f"'{param}' is only for type 'json_schema'.", param=param)
+        return self
+
+    @property
+    def output_format(self) -> OutputFormat | None:
+        if self.json_schema is not None:
+            return self.json_schema.output_format()
+        return output_format(None) if self.type == "json_object" else None
+
+
+def output_format(
+    schema: dict[str, object] | None,
+    name: str = "response",
+    description: str | None = None,
+    strict: bool | None = None,
+) -> OutputFormat:
+    """The engines' form of a structured-output request: the schema as compact JSON text (None
+    for JSON mode). Its keys keep their order: a schema's properties are generated in it."""
+    text = None if schema is None else json.dumps(schema, separators=(",", ":"))
+    return OutputFormat(schema=text, name=name, description=description, strict=bool(strict))
+
+
 class StreamOptions(Body):
     include_usage: bool = False
 
@@ -139,6 +216,7 @@ class ChatCompletionRequest(Body):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     logprobs: bool | None = None
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -173,6 +251,10 @@ class ChatCompletionRequest(Body):
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens else self.max_tokens
 
+    @property
+    def output_format(self) -> OutputFormat | None:
+        return self.response_format.output_format if self.response_format else None
+
 
 # OpenAI's Responses API --------------------------------------------------------------------------
 
@@ -201,11 +283,48 @@ class ResponseInputMessage(Body):
 
 
 class TextFormat(Body):
-    type: Literal["text"]
+    """The Responses API's ``text.format``: text, JSON mode, or a JSON schema with chat
+    completions' fields one level up (``client.responses.parse(text_format=...)`` sends one)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(default=None, pattern=SCHEMA_NAME)
+    json_schema: dict[str, object] | None = Field(default=None, alias="schema")
+    description: str | None = Field(default=None, max_length=4096)
+    strict: bool | None = None
+
+    _refs = field_validator("json_schema")(_local_refs)
+
+    @model_validator(mode="after")
+    def _check(self) -> TextFormat:
+        given = self.model_fields_set - {"type"}
+        if self.type != "json_schema" and given:
+            field = "schema" if "json_schema" in given else sorted(given)[0]
+            raise InvalidRequest(
+                f"'text.format.{field}' is only for type 'json_schema'.",
+                param=f"text.format.{field}",
+            )
+        for field, value in (("name", self.name), ("schema", self.json_schema)):
+            if self.type == "json_schema" and value is None:
+                raise InvalidRequest(
+                    f"Missing required parameter: 'text.format.{field}'.",
+                    param=f"text.format.{field}",
+                )
+        return self
 
 
 class TextConfig(Body):
     format: TextFormat | None = None
+
+    @property
+    def output_format(self) -> OutputFormat | None:
+        found = self.format
+        if found is None or found.type == "text":
+            return None
+        if found.type == "json_object":
+            return output_format(None)
+        return output_format(
+            found.json_schema, found.name or "response", found.description, found.strict
+        )
 
 
 class ResponsesStreamOptions(Body):

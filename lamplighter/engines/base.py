@@ -8,12 +8,42 @@ iterates it) stops the generation within one token and frees the backend's capac
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from lamplighter.conversation.threading import Turn
 from lamplighter.exceptions import ContextLengthExceeded
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """Structured output: the answer is one JSON object, valid against ``schema`` when one is
+    given (JSON mode when not). The engine enforces it while sampling (llama.cpp by a grammar,
+    vLLM and SGLang by guided decoding), so an answer cut short by its token limit is the only
+    one that is not valid JSON."""
+
+    # The JSON schema as compact JSON text (hashable, for the exact-match cache's key), its keys
+    # in the order given: an engine writes an object's properties in the schema's order.
+    schema: str | None = None
+    name: str = "response"
+    description: str | None = None
+    strict: bool = False
+
+    def response_format(self) -> dict[str, Any]:
+        """As OpenAI's chat completions ``response_format``, which OpenAI-compatible servers
+        take."""
+        if self.schema is None:
+            return {"type": "json_object"}
+        spec: dict[str, Any] = {
+            "name": self.name,
+            "schema": json.loads(self.schema),
+            "strict": self.strict,
+        }
+        if self.description is not None:
+            spec["description"] = self.description
+        return {"type": "json_schema", "json_schema": spec}
 
 
 @dataclass(frozen=True)
@@ -31,6 +61,7 @@ class GenerationRequest:
     max_tokens_cap: int | None = None
     # The caller's plan priority (lower first), for backends that schedule by priority.
     priority: int = 0
+    output_format: OutputFormat | None = None
 
 
 @dataclass(frozen=True)

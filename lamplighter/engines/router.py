@@ -53,6 +53,15 @@ class Unavailable(EngineFailed):
     first token, or its circuit breaker is open): another backend may."""
 
 
+class Refused(EngineFailed):
+    """The backend refused the request itself (a 400: a JSON schema it cannot follow, a prompt
+    its context cannot hold). Another backend would refuse it too, so the client is told why."""
+
+    status_code = 400
+    type = "invalid_request_error"
+    code = "backend_refused"
+
+
 @runtime_checkable
 class Balanced(Protocol):
     """What a backend that takes part in balancing publishes beyond :class:`Backend`."""

@@ -30,7 +30,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest, grant
 from lamplighter.engines.health import Breaker, Load, Probe, env_proxy
-from lamplighter.engines.router import Unavailable
+from lamplighter.engines.router import Refused, Unavailable
 from lamplighter.exceptions import ConfigError, EngineFailed, Overloaded
 from lamplighter.traffic.clock import Clock, SystemClock
 
@@ -383,6 +383,8 @@ class UpstreamBackend:
             body["frequency_penalty"] = request.frequency_penalty
         if request.presence_penalty:
             body["presence_penalty"] = request.presence_penalty
+        if request.output_format is not None:
+            body["response_format"] = request.output_format.response_format()
         return body
 
     def _failed(self) -> None:
@@ -414,6 +416,8 @@ class UpstreamBackend:
             self._failed()
             return Unavailable(said)
         self._succeeded()
+        if response.status == 400:
+            return Refused(f"Backend '{self.name}' refused the request: {_error_message(body)}")
         return EngineFailed(said)
 
     async def generate(self, prepared: PreparedRequest) -> AsyncIterator[Chunk]:
@@ -476,6 +480,21 @@ class UpstreamBackend:
         await self.probe.stop()
         if self._http is not None:
             await self._http.close()
+
+
+def _error_message(body: str) -> str:
+    """The message of an OpenAI-shaped error body (``{"error": {"message": ...}}``, or vLLM's
+    flat ``{"message": ...}``); the body itself, shortened, when it is neither."""
+    try:
+        found = json.loads(body)
+    except ValueError:
+        return body[:500]
+    if isinstance(found, dict):
+        inner = found.get("error")
+        message = (inner if isinstance(inner, dict) else found).get("message")
+        if isinstance(message, str) and message:
+            return message[:2000]
+    return body[:500]
 
 
 def _seconds(value: str | None) -> float:
