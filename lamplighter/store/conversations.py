@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.conversation.threading import ROOT_HASH, Turn, node_hash
@@ -167,11 +167,26 @@ class Conversations:
         return result.scalar_one_or_none()
 
     async def list_for(
-        self, user_id: uuid.UUID, query: str = "", limit: int = 100
+        self,
+        user_id: uuid.UUID,
+        query: str = "",
+        limit: int = 100,
+        after: tuple[datetime, uuid.UUID] | None = None,
     ) -> Sequence[Conversation]:
-        """The user's conversations, most recently active first; with ``query``, only those
-        whose title or any message contains it (case-insensitively)."""
+        """The user's conversations, most recently active first (then by id, so that the order
+        is total); with ``query``, only those whose title or any message contains it
+        (case-insensitively); with ``after``, an ``(updated_at, id)``, only those strictly
+        after it in that order. Paging on from a page's last conversation so repeats none and
+        skips none that stayed below it, whatever moved to the top or went meanwhile."""
         statement = select(Conversation).where(Conversation.user_id == user_id)
+        if after is not None:
+            at, last = after
+            statement = statement.where(
+                or_(
+                    Conversation.updated_at < at,
+                    and_(Conversation.updated_at == at, Conversation.id < last),
+                )
+            )
         if query:
             needle = query.lower()
             in_messages = exists().where(

@@ -9,12 +9,15 @@ exactly like one that does not exist, so ids cannot be probed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -54,9 +57,9 @@ HTML_INTERVAL_S = 0.1
 RENDER_SHARE = 10
 # The page's sampling: a little below 1 keeps small models on topic.
 TEMPERATURE, TOP_P = 0.7, 0.95
-# How deep the sidebar's pages go. Each page reads the rows before it again (the store lists
-# from the top), so this also bounds the cost of one page.
-MAX_OFFSET = 10_000
+# The sidebar's cursors count time from here, in microseconds (the stores' precision).
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def _no_conversation() -> NotFound:
@@ -138,24 +141,49 @@ def _default_model(state: Services, plan_name: str) -> str | None:
     return models[0] if models else None
 
 
+def _cursor(conversation: Conversation) -> str:
+    """Where the next page of the sidebar starts: after ``conversation``, the last of this one,
+    by the list's order (``updated_at``, then ``id``), packed into 32 URL-safe characters."""
+    micros = (conversation.updated_at - _EPOCH) // _MICROSECOND
+    packed = struct.pack(">q", micros) + conversation.id.bytes
+    return base64.urlsafe_b64encode(packed).decode()
+
+
+def _after(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The place a cursor from ``_cursor`` names; anything else is a 400."""
+    try:
+        packed = base64.b64decode(cursor, altchars=b"-_", validate=True)
+        (micros,) = struct.unpack(">q", packed[:8])
+        return _EPOCH + micros * _MICROSECOND, uuid.UUID(bytes=packed[8:])
+    except (ValueError, struct.error, OverflowError):
+        raise InvalidRequest(
+            "This cursor is not one the conversation list gave; start again from the first page.",
+            param="cursor",
+            code="invalid_cursor",
+        ) from None
+
+
 @router.get("/conversations")
 async def list_conversations(
     visitor: WebUser,
     state: State,
     q: str = Query(default="", max_length=200),
     limit: int = Query(default=100, ge=1, le=500),
-    offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
+    cursor: str | None = None,
 ) -> dict[str, Any]:
-    """A page of the visitor's conversations, most recently active first: ``limit`` of them
-    after the first ``offset``; ``has_more`` says whether more follow."""
+    """A page of the visitor's conversations, most recently active first: ``limit`` of them,
+    after the place ``cursor`` (the previous page's ``next_cursor``) names. ``has_more`` says
+    whether more follow, and ``next_cursor`` asks for them."""
+    after = _after(cursor) if cursor is not None else None
     async with state.db.transaction() as session:
         found = await Conversations(session).list_for(
-            visitor.principal.user_id, q.strip(), offset + limit + 1
+            visitor.principal.user_id, q.strip(), limit + 1, after
         )
-    page = found[offset : offset + limit]
+    page, more = found[:limit], len(found) > limit
     return {
         "data": [summary(conversation) for conversation in page],
-        "has_more": len(found) > offset + limit,
+        "has_more": more,
+        "next_cursor": _cursor(page[-1]) if more else None,
     }
 
 

@@ -11,7 +11,7 @@ from playwright.sync_api import Route, expect
 
 from tests.conftest import SCRIPTED, LiveServer
 from tests.web.browser import BODY, PHONE, Tab, Tabs
-from tests.web.conftest import Person, add_chats, limited_tab
+from tests.web.conftest import Browserless, Person, add_chats, limited_tab
 
 expect.set_options(timeout=15_000)
 
@@ -126,20 +126,30 @@ def test_the_sidebar_shows_every_chat_a_page_at_a_time(
     more = tab.page.get_by_test_id("show-more-chats")
     expect(shown).to_have_count(100)
     expect(shown.last).to_have_text(titles[99])
+    # Meanwhile another tab answers in a chat of the second page: it moves to the top, above
+    # the page this tab has, and shifts none of the chats below it.
+    other = Browserless(server.base_url)
+    other.login(person)
+    found = other.api("GET", "/conversations", params={"q": "Chat 150"}).json()["data"]
+    other.chat(conversation_id=found[0]["id"], content="meanwhile")
+    other.close()
     more.focus()
     tab.page.keyboard.press("Enter")
     expect(shown).to_have_count(200)
+    expect(shown.nth(100)).to_have_text(titles[100])
     # The focus goes on to the first chat that appeared, for the keyboard to carry on from.
     expect(tab.page.locator(".conv-link").nth(100)).to_be_focused()
     more.click()
-    expect(shown).to_have_count(205)
+    expect(shown).to_have_count(204)
     expect(more).to_have_count(0)  # that was all
-    expect(shown).to_have_text(titles)
-    # Sending a message keeps every page open, the new chat on top.
+    expect(shown).to_have_text([title for title in titles if title != "Chat 150"])
+    # Sending a message keeps every page open, the new chat on top, the one answered in the
+    # other tab under it.
     tab.pick_model(SCRIPTED)
     tab.echo("one more")
-    expect(shown).to_have_count(206)
+    expect(shown).to_have_count(205)
     expect(shown.first).to_have_text("one more")
+    expect(shown.nth(1)).to_have_text("Chat 150")
 
 
 # Keyboard focus after the control that had it goes away ------------------------------------------

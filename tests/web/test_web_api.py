@@ -4,6 +4,7 @@ ratings, deletion, search, and that no user reaches another's data (404, never 4
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import time
@@ -235,20 +236,69 @@ def test_the_branch_shown_is_remembered(web: Browserless) -> None:
     assert web.tree(conversation)["current_leaf_id"] == earlier
 
 
+def _pages(web: Browserless, limit: int, **params: str) -> list[list[str]]:
+    """The sidebar's titles a page at a time, each page asked for with the one before's cursor,
+    as "Show more" does."""
+    pages, cursor = [], None
+    while True:
+        asked = {"limit": limit, **params} | ({"cursor": cursor} if cursor else {})
+        listed = web.api("GET", "/conversations", params=asked).json()
+        pages.append([c["title"] for c in listed["data"]])
+        assert listed["has_more"] == (listed["next_cursor"] is not None)
+        if not listed["has_more"]:
+            return pages
+        cursor = listed["next_cursor"]
+
+
 def test_conversations_are_listed_a_page_at_a_time(
     server: LiveServer, web: Browserless, person: Person
 ) -> None:
     titles = add_chats(server, person, 5)
-    pages, more = [], []
-    for offset in (0, 2, 4):
-        listed = web.api("GET", "/conversations", params={"limit": 2, "offset": offset}).json()
-        pages.append([c["title"] for c in listed["data"]])
-        more.append(listed["has_more"])
-    assert pages == [titles[0:2], titles[2:4], titles[4:5]]
-    assert more == [True, True, False]
+    assert _pages(web, 2) == [titles[0:2], titles[2:4], titles[4:5]]
     everything = web.api("GET", "/conversations").json()
-    assert [c["title"] for c in everything["data"]] == titles and not everything["has_more"]
-    assert web.api("GET", "/conversations", params={"offset": -1}).status_code == 400
+    assert [c["title"] for c in everything["data"]] == titles
+    assert not everything["has_more"] and everything["next_cursor"] is None
+    # A search pages the same way, through its own matches only.
+    web.chat(content="about zebras")
+    assert _pages(web, 2, q="chat")[1:] == [titles[2:4], titles[4:5]]
+
+
+def test_the_next_page_goes_on_from_the_last_chat_whatever_moved_meanwhile(
+    server: LiveServer, web: Browserless, person: Person
+) -> None:
+    """Between two pages another tab answers in a chat further down (it moves to the top), and
+    deletes one already listed: no chat comes twice, none that stayed below is skipped."""
+    titles = add_chats(server, person, 6)
+    ids = {c["title"]: c["id"] for c in web.api("GET", "/conversations").json()["data"]}
+    other = Browserless(server.base_url)
+    assert other.login(person).status_code == 303
+
+    def page(cursor: str | None) -> tuple[list[str], str | None]:
+        asked = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        listed = web.api("GET", "/conversations", params=asked).json()
+        return [c["title"] for c in listed["data"]], listed["next_cursor"]
+
+    first, cursor = page(None)
+    other.chat(conversation_id=ids["Chat 004"], content="meanwhile")
+    second, cursor = page(cursor)
+    assert other.api("DELETE", f"/conversations/{ids['Chat 000']}").status_code == 204
+    third, cursor = page(cursor)
+    other.close()
+    assert (first, second, third) == (titles[0:2], titles[2:4], titles[5:6])
+    assert cursor is None
+    # The chat answered meanwhile is above the pages read: on top of the list, read again.
+    assert page(None)[0] == ["Chat 004", "Chat 001"]
+
+
+def test_a_cursor_the_list_did_not_give_is_a_clear_400(web: Browserless) -> None:
+    out_of_time = base64.urlsafe_b64encode(b"\x7f" * 8 + uuid.uuid4().bytes).decode()
+    for bad in ("nonsense", "AAAA$AAA", "é", "A" * 101, out_of_time):
+        response = web.api("GET", "/conversations", params={"cursor": bad})
+        assert response.status_code == 400, bad
+        error = response.json()["error"]
+        assert error["type"] == "invalid_request_error"
+        assert (error["param"], error["code"]) == ("cursor", "invalid_cursor")
+        assert "start again from the first page" in error["message"]
 
 
 def test_rename_search_and_newest_first(web: Browserless) -> None:

@@ -159,7 +159,7 @@
     listToken: 0,
     limitsOut: null, // the limits that had run out when the sidebar was last drawn
     announced: null, // the last announcement: { text, at }
-    moreConversations: false, // the server has older chats than the sidebar shows
+    moreCursor: null, // where the server's older chats start (its next_cursor); null: the sidebar shows them all
     conv: null, // the conversation shown (see newConv)
     loadToken: 0,
     stream: null, // the answer being streamed, if any (see startChat)
@@ -1944,7 +1944,7 @@
       }
       items.push(buildConvItem(c));
     }
-    if (state.moreConversations && state.conversations.length) {
+    if (state.moreCursor && state.conversations.length) {
       const more = h('button', { type: 'button', class: 'btn btn-ghost btn-block show-more', testid: 'show-more-chats', text: 'Show more' });
       more.addEventListener('click', () => showMoreConversations(more));
       items.push(h('li', { class: 'conv-more' }, more));
@@ -2046,12 +2046,15 @@
     }
   }
 
-  // The sidebar lists chats a page at a time; "Show more" asks for the next page.
+  // The sidebar lists chats a page at a time; "Show more" asks for the next page, the one after
+  // the last chat of the page before (its cursor), so a chat that moved to the top meanwhile
+  // shifts nothing: none is skipped or comes twice.
   const CHATS_PAGE = 100;
   const MAX_CHATS_PAGE = 500; // the server's largest page
 
-  function conversationsUrl(offset, limit) {
-    const params = new URLSearchParams({ limit: String(limit), offset: String(offset) });
+  function conversationsUrl(cursor, limit) {
+    const params = new URLSearchParams({ limit: String(limit) });
+    if (cursor) params.set('cursor', cursor);
     if (state.query) params.set('q', state.query);
     return `/api/conversations?${params}`;
   }
@@ -2061,10 +2064,10 @@
     // As many as are shown already: a refresh does not fold pages that "Show more" opened.
     const limit = Math.min(MAX_CHATS_PAGE, Math.max(CHATS_PAGE, state.conversations.length));
     try {
-      const data = await api('GET', conversationsUrl(0, limit));
+      const data = await api('GET', conversationsUrl(null, limit));
       if (token !== state.listToken) return;
       state.conversations = Array.isArray(data && data.data) ? data.data : [];
-      state.moreConversations = !!(data && data.has_more);
+      state.moreCursor = (data && data.next_cursor) || null;
       renderSidebar();
       if (state.conv && state.conv.loadError) renderTitle();
     } catch (err) {
@@ -2076,12 +2079,13 @@
     const token = state.listToken;
     button.disabled = true;
     try {
-      const data = await api('GET', conversationsUrl(state.conversations.length, CHATS_PAGE));
+      const data = await api('GET', conversationsUrl(state.moreCursor, CHATS_PAGE));
       if (token !== state.listToken) return;
+      // A chat comes again only if answered meanwhile by a server whose clock runs behind.
       const known = new Set(state.conversations.map((c) => c.id));
       const added = (Array.isArray(data && data.data) ? data.data : []).filter((c) => !known.has(c.id));
       state.conversations.push(...added);
-      state.moreConversations = !!(data && data.has_more);
+      state.moreCursor = (data && data.next_cursor) || null;
       renderSidebar();
       // Keyboard users go on from where they were: the first chat that just appeared.
       const first = added[0] && els.convList.querySelector(`[data-id="${CSS.escape(added[0].id)}"] .conv-link`);
