@@ -162,6 +162,7 @@ class Exchange:
     moderation: str = "off"
     flags_in: tuple[str, ...] = ()
     flags_out: tuple[str, ...] = ()
+    metadata: dict[str, str] | None = None  # the API client's, stored with the answer
     usage_id: int | None = None  # the ledger row, written at open and completed at settle
     # The write that stores the question and opens the ledger row, when ``open`` did not wait
     # for it: the first chunk does.
@@ -426,9 +427,11 @@ class ChatService:
         *,
         store: bool = True,
         placement: Placement | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> Exchange:
         """Everything before the first token; every refusal (400, 404, 429, 503) is raised here,
-        before a response has started."""
+        before a response has started. ``metadata`` (an API client's) is stored with the
+        answer."""
         span = self.tracer.start_span(
             f"chat {request.model}",
             attributes={
@@ -439,7 +442,7 @@ class ChatService:
         )
         try:
             with use_span(span, end_on_exit=False):
-                exchange = await self._open(principal, request, store, placement)
+                exchange = await self._open(principal, request, store, placement, metadata)
         except BaseException as error:
             self._routed()
             if isinstance(error, APIError):
@@ -458,6 +461,7 @@ class ChatService:
         request: GenerationRequest,
         store: bool,
         placement: Placement | None,
+        metadata: dict[str, str] | None,
     ) -> Exchange:
         plan = self.plans.get(principal.plan)
         if not plan.allows(request.model):
@@ -550,6 +554,7 @@ class ChatService:
                 degraded=degraded,
                 moderation=action,
                 flags_in=flags_in,
+                metadata=metadata,
             )
             if cached is None:
                 exchange.source = partial(self._generate, exchange, backend)
@@ -1021,7 +1026,16 @@ def _answer_row(
     )
     # The path hash is replaced by the real one once the answer's text is known.
     pending = {"path_hash": f"pending:{exchange.message_id.hex}", "status": "in_progress"}
-    return answer | pending | {"model": exchange.model}
+    output = exchange.prepared.request.output_format
+    return (
+        answer
+        | pending
+        | {
+            "model": exchange.model,
+            "response_format": None if output is None else output.response_format(),
+            "request_metadata": exchange.metadata or None,
+        }
+    )
 
 
 def _message_row(
@@ -1050,4 +1064,6 @@ def _message_row(
         "updated_at": now,
         "moderation": None,
         "author": None,
+        "response_format": None,
+        "request_metadata": None,
     }

@@ -138,7 +138,7 @@ def test_a_stored_response_can_be_retrieved_by_its_owner_only(
     again = client.responses.retrieve(made.id)
     assert (again.id, again.status, again.output_text) == (made.id, "completed", made.output_text)
     assert again.usage == made.usage
-    assert again.model == SCRIPTED and again.metadata == {}  # the request is not stored
+    assert again.model == SCRIPTED and again.metadata == {"a": "b"}
     stranger = server.client(server.new_user(plan="roomy")[1])
     unstored = client.responses.create(model=SCRIPTED, input="forget me", store=False)
     for who, name in [(stranger, made.id), (client, unstored.id), (client, "resp_nothing")]:

@@ -183,9 +183,6 @@ def test_stored_completions_are_listed_page_by_page_with_the_messages_they_answe
     assert [c.id for c in client.chat.completions.list(after=first)] == [second, third]
     assert list(client.chat.completions.list(model="no-such-model")) == []
     assert len(list(client.chat.completions.list(model=SCRIPTED))) == 3
-    with pytest.raises(openai.BadRequestError) as refused:
-        client.chat.completions.list(metadata={"team": "a"})
-    assert refused.value.code == "unsupported_parameter"
 
     messages = list(client.chat.completions.messages.list(third, limit=2))
     assert [(m.role, m.content) for m in messages] == [
@@ -200,3 +197,34 @@ def test_stored_completions_are_listed_page_by_page_with_the_messages_they_answe
     with pytest.raises(openai.NotFoundError):
         server.client(other).chat.completions.messages.list(third)
     assert list(server.client(other).chat.completions.list()) == []
+
+
+def test_metadata_is_stored_selects_completions_and_can_be_changed(server: LiveServer) -> None:
+    _, key = server.new_user(plan="roomy")
+    client = server.client(key)
+    hello = [{"role": "user", "content": "tagged"}]
+    a = client.chat.completions.create(
+        model=SCRIPTED, messages=hello, metadata={"team": "a", "run": "1"}
+    )
+    b = client.chat.completions.create(model=SCRIPTED, messages=hello, metadata={"team": "b"})
+    plain = client.chat.completions.create(model=SCRIPTED, messages=hello)
+    assert a.metadata == {"team": "a", "run": "1"} and plain.metadata is None
+    assert client.chat.completions.retrieve(a.id).metadata == {"team": "a", "run": "1"}
+    assert [c.id for c in client.chat.completions.list(metadata={"team": "a"})] == [a.id]
+    both = client.chat.completions.list(metadata={"team": "a", "run": "1"})
+    assert [c.id for c in both] == [a.id]
+    assert list(client.chat.completions.list(metadata={"team": "a", "run": "2"})) == []
+    assert [c.id for c in client.chat.completions.list()] == [a.id, b.id, plain.id]
+
+    changed = client.chat.completions.update(b.id, metadata={"team": "a", "fixed": "yes"})
+    assert changed.id == b.id and changed.metadata == {"team": "a", "fixed": "yes"}
+    assert [c.id for c in client.chat.completions.list(metadata={"team": "a"})] == [a.id, b.id]
+    client.chat.completions.update(a.id, metadata=None)
+    assert client.chat.completions.retrieve(a.id).metadata is None
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.update(a.id, metadata={"k": "v" * 513})
+    assert refused.value.param == "metadata.k"
+    stranger = server.client(server.new_user(plan="roomy")[1])
+    with pytest.raises(openai.NotFoundError):
+        stranger.chat.completions.update(a.id, metadata={"mine": "now"})
+    assert client.chat.completions.retrieve(a.id).metadata is None

@@ -102,14 +102,16 @@ def test_a_row_has_one_line_whichever_database_it_came_from() -> None:
         "path_hash": "h" * 64, "depth": 3, "status": "complete", "finish_reason": "stop",
         "model": None, "created_at": "2026-01-02 03:04:05.000006",
         "updated_at": "2026-01-02 03:04:06.000000", "moderation": '{"output": [], "input": ["x"]}',
-        "author": None,
+        "author": None, "response_format": '{"type": "json_object"}',
+        "request_metadata": '{"b": "2", "a": "1"}',
     }  # fmt: skip
     from_postgres = {
         **stored_by_sqlite,
         "id": ident, "conversation_id": ident, "user_id": ident, "parent_id": parent,
         "created_at": datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
         "updated_at": datetime(2026, 1, 2, 4, 4, 6, tzinfo=timezone(timedelta(hours=1))),
-        "moderation": '{"input":["x"],"output":[]}',
+        "moderation": '{"input":["x"],"output":[]}', "response_format": '{"type":"json_object"}',
+        "request_metadata": '{"a":"1","b":"2"}',
     }  # fmt: skip
     raw = tuple(stored_by_sqlite[c] for c in spec.columns)
     pg = tuple(from_postgres[c] for c in spec.columns)

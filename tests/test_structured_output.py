@@ -95,6 +95,8 @@ def test_responses_parse_gives_an_object_of_the_schema(client: openai.OpenAI) ->
     assert response.text is not None and response.text.format is not None
     assert response.text.format.type == "json_schema"
     assert response.text.format.name == "City"
+    again = client.responses.retrieve(response.id)  # the format is stored with the answer
+    assert again.text == response.text and again.output_text == response.output_text
 
 
 @pytest.mark.parametrize(

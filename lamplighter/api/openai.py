@@ -130,6 +130,7 @@ async def open_exchange(
     store: bool,
     token_param: str,
     placement: Placement | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> tuple[Exchange, dict[str, str]]:
     """Open an exchange for an API request, and the headers its answer carries. Validation,
     prompt counting and storing the question happen before the response starts, so every
@@ -139,7 +140,8 @@ async def open_exchange(
         # Waiting for admission ends the moment the client leaves: its place in the queue goes
         # to someone who is still there.
         exchange = await unless_disconnected(
-            http, state.chat.open(who, request, store=store, placement=placement)
+            http,
+            state.chat.open(who, request, store=store, placement=placement, metadata=metadata),
         )
     except APIError as error:
         guard.count(state, error, *guard.subjects(http, who))
@@ -178,7 +180,13 @@ async def chat_completions(
     )
     token_param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     exchange, headers = await open_exchange(
-        http, who, state, request, store=body.store is not False, token_param=token_param
+        http,
+        who,
+        state,
+        request,
+        store=body.store is not False,
+        token_param=token_param,
+        metadata=body.metadata,
     )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -214,14 +222,26 @@ def _completion(exchange: Exchange) -> dict[str, Any]:
     # A shutdown's cut reads as "length": the answer stopped at a limit.
     finish = "length" if exchange.interrupted else exchange.finish_reason
     return completion_body(
-        exchange.id, exchange.created, exchange.model, exchange.content, finish, exchange.usage
+        exchange.id,
+        exchange.created,
+        exchange.model,
+        exchange.content,
+        finish,
+        exchange.usage,
+        exchange.metadata,
     )
 
 
 def completion_body(
-    name: str, created: int, model: str, content: str, finish: str | None, usage: TokenCount
+    name: str,
+    created: int,
+    model: str,
+    content: str,
+    finish: str | None,
+    usage: TokenCount,
+    metadata: dict[str, str] | None,
 ) -> dict[str, Any]:
-    """A ``chat.completion`` object."""
+    """A ``chat.completion`` object; ``metadata`` is the client's, as stored with it."""
     return {
         "id": name,
         "object": "chat.completion",
@@ -241,6 +261,7 @@ def completion_body(
             "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.total_tokens,
         },
+        "metadata": metadata or None,
     }
 
 

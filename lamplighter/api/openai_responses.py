@@ -79,8 +79,9 @@ def _not_found(name: str) -> NotFound:
 @router.get("/responses/{name}")
 async def retrieve_response(name: str, who: Caller, state: State) -> dict[str, Any]:
     """A stored response, as it stands (one still being generated is ``in_progress``, one its
-    client left ``cancelled``). What the request asked for is not stored: ``instructions`` and
-    ``max_output_tokens`` read null, ``metadata`` empty, ``temperature`` and ``top_p`` 1."""
+    client left ``cancelled``). Of what the request asked for, its ``metadata`` and text format
+    are stored; ``instructions`` and ``max_output_tokens`` read null, ``temperature`` and
+    ``top_p`` 1."""
     async with state.db.transaction() as session:
         answer = await stored_answer(Conversations(session), who, name)
         if answer is None:
@@ -93,6 +94,8 @@ async def retrieve_response(name: str, who: Caller, state: State) -> dict[str, A
         answer.content,
         usage,
         answer.finish_reason,
+        response_format=answer.response_format,
+        metadata=answer.request_metadata,
     )
     shape = _Shape(stored, None, completed_at=int(answer.updated_at.timestamp()))
     if answer.status == "in_progress":
@@ -143,7 +146,14 @@ async def create_response(
         output_format=body.text.output_format if body.text else None,
     )
     exchange, headers = await open_exchange(
-        http, who, state, request, store=store, token_param="max_output_tokens", placement=placement
+        http,
+        who,
+        state,
+        request,
+        store=store,
+        token_param="max_output_tokens",
+        placement=placement,
+        metadata=body.metadata,
     )
     shape = _Shape(exchange, body)
     if body.stream:
@@ -151,13 +161,14 @@ async def create_response(
     return whole_answer(exchange, headers, shape.finished, CUT_WARNING)
 
 
-def _text_format(body: ResponsesRequest | None) -> dict[str, Any]:
-    """The response's ``text.format``: what the request asked for (plain text when it named
-    none, or for a response retrieved later, whose request is not kept)."""
-    found = body.text.format if body and body.text else None
-    if found is None:
+def _text_format(response_format: dict[str, Any] | None) -> dict[str, Any]:
+    """A response's ``text.format``, from the format as chat completions (and the store) name
+    it: the Responses API has a JSON schema's fields one level up."""
+    if response_format is None:
         return {"type": "text"}
-    return found.model_dump(by_alias=True, exclude_none=True)
+    if response_format["type"] == "json_schema":
+        return {"type": "json_schema", **response_format["json_schema"]}
+    return dict(response_format)
 
 
 @dataclass(frozen=True)
@@ -171,6 +182,8 @@ class _Stored:
     usage: TokenCount
     finish_reason: str | None
     interrupted: str | None = None
+    response_format: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
 
 
 class _Shape:
@@ -189,6 +202,12 @@ class _Shape:
         self.id = response_id(answer.message_id)
         self.item_id = f"msg_{answer.message_id.hex}"
         self.sequence = 0
+        if isinstance(answer, _Stored):
+            self.response_format, self.metadata = answer.response_format, answer.metadata
+        else:
+            output = answer.prepared.request.output_format
+            self.response_format = None if output is None else output.response_format()
+            self.metadata = answer.metadata
 
     @property
     def incomplete_reason(self) -> str | None:
@@ -249,11 +268,11 @@ class _Shape:
             "store": body is None or body.store is not False,
             "temperature": body.temperature if body and body.temperature is not None else 1.0,
             "top_p": body.top_p if body and body.top_p is not None else 1.0,
-            "text": {"format": _text_format(body)},
+            "text": {"format": _text_format(self.response_format)},
             "tool_choice": (body.tool_choice if body else None) or "auto",
             "tools": [],
             "truncation": "disabled",
-            "metadata": (body.metadata if body else None) or {},
+            "metadata": self.metadata or {},
             "user": body.user if body else None,
             "usage": (
                 {

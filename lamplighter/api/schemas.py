@@ -256,6 +256,12 @@ class ChatCompletionRequest(Body):
         return self.response_format.output_format if self.response_format else None
 
 
+class CompletionUpdate(Body):
+    """``POST /v1/chat/completions/{id}``: a stored completion's new metadata."""
+
+    metadata: Metadata | None
+
+
 # OpenAI's Responses API --------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.api.openai import Caller, completion_body
-from lamplighter.api.schemas import unsupported
+from lamplighter.api.schemas import CompletionUpdate
 from lamplighter.api.state import Services, State
 from lamplighter.chat import Principal, TokenCount, completion_id, message_id_from
 from lamplighter.exceptions import APIError, InvalidRequest, NotFound
@@ -89,8 +89,6 @@ async def list_completions(
     """The caller's stored answers, oldest first (``order=desc``: newest first), ``limit`` at a
     time after the one ``after`` names; ``model`` keeps one model's. Every answer the service
     generated for the caller counts, the web chat's too: they are one store."""
-    if any(name.startswith("metadata") for name in request.query_params):
-        raise unsupported("metadata", "metadata is not stored, so it cannot select completions")
     query = (
         select(Message, Usage.prompt_tokens, Usage.completion_tokens)
         .outerjoin(Usage, Usage.message_id == Message.id)
@@ -104,6 +102,8 @@ async def list_completions(
     )
     if model is not None:
         query = query.where(Message.model == model)
+    for key, value in _metadata_filter(request).items():
+        query = query.where(Message.request_metadata[key].as_string() == value)
     if after is not None:
         cursor = message_id_from(after)
         if cursor is None:
@@ -149,6 +149,23 @@ async def completion_messages(
     return _page(messages[:limit], has_more=len(messages) > limit)
 
 
+def _metadata_filter(request: Request) -> dict[str, str]:
+    """``metadata[key]=value`` query parameters (as the SDK sends ``metadata={...}``): the
+    completions whose metadata has every one of these pairs."""
+    found: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if not name.startswith("metadata"):
+            continue
+        key = name.removeprefix("metadata")
+        if not (key.startswith("[") and key.endswith("]") and 1 < len(key) <= 66):
+            raise InvalidRequest(
+                f"Invalid query parameter '{name}': filter by metadata as metadata[key]=value.",
+                param="metadata",
+            )
+        found[key[1:-1]] = value
+    return found
+
+
 def _stored_completion(answer: Message, usage: TokenCount) -> dict[str, Any]:
     """A stored answer as a ``chat.completion``, as it stands: one still being generated has
     the text so far and no ``finish_reason``; one cut short (its client left, a failure, a
@@ -161,6 +178,7 @@ def _stored_completion(answer: Message, usage: TokenCount) -> dict[str, Any]:
         answer.content,
         None if answer.status == "in_progress" else finish,
         usage,
+        answer.request_metadata,
     )
 
 
@@ -177,6 +195,21 @@ async def retrieve_completion(name: str, who: Caller, state: State) -> dict[str,
         answer = await stored_answer(Conversations(session), who, name)
         if answer is None:
             raise _not_found(name)
+        usage = await stored_usage(session, answer)
+    return _stored_completion(answer, usage)
+
+
+@router.post("/chat/completions/{name}")
+async def update_completion(
+    name: str, body: CompletionUpdate, who: Caller, state: State
+) -> dict[str, Any]:
+    """Replace a stored chat completion's metadata (the only thing that may change; null
+    clears it), as ``client.chat.completions.update(id, metadata=...)`` does."""
+    async with state.db.transaction() as session:
+        answer = await stored_answer(Conversations(session), who, name)
+        if answer is None:
+            raise _not_found(name)
+        answer.request_metadata = body.metadata or None
         usage = await stored_usage(session, answer)
     return _stored_completion(answer, usage)
 

@@ -87,10 +87,25 @@ ROW_GROUP = 2000
 
 _TURNS = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 # Each kind's columns, fixed: an empty export has them too, and loaders never guess.
+# ``response_format`` is JSON text in Parquet, null for an answer under no structured output.
 SCHEMAS: dict[str, Any] = {
-    "sft": pa.schema([("messages", _TURNS)]),
-    "kto": pa.schema([("prompt", _TURNS), ("completion", _TURNS), ("label", pa.bool_())]),
-    "dpo": pa.schema([("prompt", _TURNS), ("chosen", _TURNS), ("rejected", _TURNS)]),
+    "sft": pa.schema([("messages", _TURNS), ("response_format", pa.string())]),
+    "kto": pa.schema(
+        [
+            ("prompt", _TURNS),
+            ("completion", _TURNS),
+            ("label", pa.bool_()),
+            ("response_format", pa.string()),
+        ]
+    ),
+    "dpo": pa.schema(
+        [
+            ("prompt", _TURNS),
+            ("chosen", _TURNS),
+            ("rejected", _TURNS),
+            ("response_format", pa.string()),
+        ]
+    ),
     "conversations": pa.schema([("messages", _TURNS)]),
     "votes": pa.schema(
         [
@@ -314,6 +329,7 @@ class Exporter:
                 Message.author,
                 Message.model,
                 Rating.updated_at,
+                Message.response_format,
             )
             .join(Conversation, Conversation.id == Message.conversation_id)
             .join(User, User.id == Conversation.user_id)
@@ -353,6 +369,7 @@ class Exporter:
                         author=row[14],
                         model=row[15],
                         rated_at=row[16],
+                        response_format=row[17],
                     )
                 )
             if thread is not None:
@@ -478,6 +495,8 @@ class ParquetRows:
         self.sha256 = ""
 
     def write(self, row: Row) -> None:
+        if "response_format" in row:  # a JSON schema has no fixed Arrow type: its text
+            row = row | {"response_format": json.dumps(row["response_format"])}
         self.buffered.append(row)
         if len(self.buffered) >= ROW_GROUP:
             self._flush()
@@ -543,6 +562,12 @@ def card(report: Report, since: datetime | None) -> str:
             f"Conversations of people whose rater trust is below {report.min_trust:g} are left "
             "out (trust: one-coin Dawid-Skene agreement with other raters; people with no "
             f"checkable labels count as {PRIOR_TRUST:.2f})."
+        )
+    if report.kind in ("sft", "kto", "dpo"):
+        lines.append(
+            "A row whose answer was generated under structured output has `response_format` "
+            "(chat completions' shape; JSON text in Parquet): the JSON schema the answer "
+            "follows, which no message shows."
         )
     if report.suspicious_voters is not None:
         lines.append(

@@ -48,6 +48,9 @@ class Node:
     author: str | None = None
     model: str | None = None
     rated_at: datetime | None = None  # when the rating was given or last changed
+    # The structured output it was generated under (chat completions' response_format): the
+    # schema the answer follows is in no message, so a row carries it.
+    response_format: dict[str, Any] | None = None
 
     @property
     def generated(self) -> bool:
@@ -301,13 +304,18 @@ class Rows:
     def sft(self) -> Iterator[tuple[Row, dict[str, str | None]]]:
         for answer in self.answers:
             if self.usable(answer):  # with the demonstration's own faults (sft_fault)
-                yield {"messages": self.path(answer)}, {"message_id": str(answer.id)}
+                row = {"messages": self.path(answer)} | _format(answer)
+                yield row, {"message_id": str(answer.id)}
 
     def kto(self) -> Iterator[tuple[Row, dict[str, str | None]]]:
         for answer in self.answers:
             if answer.rating is not None and self.usable(answer, answer.rated_at):
                 turns = self.path(answer)
-                row = {"prompt": turns[:-1], "completion": turns[-1:], "label": answer.rating == 1}
+                row = {
+                    "prompt": turns[:-1],
+                    "completion": turns[-1:],
+                    "label": answer.rating == 1,
+                } | _format(answer)
                 yield row, {"message_id": str(answer.id)}
 
     def dpo(self) -> Iterator[tuple[Row, dict[str, str | None]]]:
@@ -348,6 +356,10 @@ class Rows:
                     self.report.removed["duplicate_pair"] += 1
                     continue
                 seen.add((good.id, bad.id))
+                if good.response_format != bad.response_format:
+                    # One answer was held to a format the other was not: not the same task.
+                    self.report.removed["format_differs"] += 1
+                    continue
                 if self.text(good).strip() == self.text(bad).strip():
                     self.report.removed["identical_pair"] += 1  # nothing to prefer
                     continue
@@ -365,7 +377,7 @@ class Rows:
                     "prompt": self.path(good)[:-1],
                     "chosen": self.answer(good),
                     "rejected": self.answer(bad),
-                }
+                } | _format(good)
                 yield (
                     row,
                     {
@@ -404,6 +416,11 @@ class Rows:
         end = self.by_id.get(leaf) if leaf else (self.answers[-1] if self.answers else None)
         if end is not None and end.role == "assistant" and self.usable(end):
             yield {"messages": self.path(end)}, {"message_id": str(end.id)}
+
+
+def _format(answer: Node) -> Row:
+    """A row's ``response_format``, only where the answer was generated under one."""
+    return {} if answer.response_format is None else {"response_format": answer.response_format}
 
 
 def _exchange_fault(question: Node | None, answer: Node) -> str | None:

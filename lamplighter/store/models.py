@@ -171,6 +171,11 @@ class Message(Base):
     # Who wrote an assistant message: None for the model; "person" for a correction, an answer
     # the person rewrote themselves ("improve this answer").
     author: Mapped[str | None] = mapped_column(String(16))
+    # An answer generated under structured output: the format, as chat completions'
+    # ``response_format`` (training data needs it: the schema is not in the messages).
+    response_format: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    # The API client's ``metadata`` for a stored completion or response (up to 16 pairs).
+    request_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_messages_user_path", "user_id", "path_hash"),)
 

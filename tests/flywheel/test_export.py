@@ -89,6 +89,15 @@ DOWNVOTED = "How tall is the lighthouse at Cape Hatteras in North Carolina"
 AFTER_DOWNVOTE = "And how far inland was it moved in the end"
 HEALTHY = "Why were lighthouse lenses made in France in the nineteenth century"
 AFTER_HEALTHY = "Which workshop in Paris made the most of them"
+STRUCTURED = "List the lighthouses of Brittany as JSON records"
+LIGHTHOUSE_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "Lighthouse",
+        "schema": {"type": "object", "properties": {"name": {"type": "string"}}},
+        "strict": False,
+    },
+}
 AUDIT_CONFIG = """
 [moderation]
 action = "tag"
@@ -341,6 +350,25 @@ def _client_written(server: LiveServer) -> None:
     web.close()
 
 
+def _structured(server: LiveServer) -> None:
+    """An API answer generated under a JSON schema, rated up; then a regeneration in the web
+    chat (under no format) that the person judges worse."""
+    web, client = _person(server)
+    client.chat.completions.create(
+        model=SCRIPTED,
+        messages=[{"role": "user", "content": STRUCTURED}],
+        response_format=LIGHTHOUSE_FORMAT,  # type: ignore[arg-type]
+    )
+    stored = _messages(web)
+    answer, question = stored[f"You said: {STRUCTURED}"], stored[STRUCTURED]
+    assert web.api("PUT", f"/messages/{answer['id']}/rating", json={"rating": 1}).is_success
+    conversation = web.api("GET", "/conversations").json()["data"][0]["id"]
+    again = _done(web.chat(conversation_id=conversation, parent_id=question["id"]))
+    verdict = web.api("PUT", f"/messages/{again['id']}/verdict", json={"verdict": "worse"})
+    assert verdict.is_success, verdict.text
+    web.close()
+
+
 def _judged_worse(server: LiveServer) -> None:
     """An answer stopped at the length limit, and one judged worse than its regeneration."""
     web, client = _person(server)
@@ -447,6 +475,7 @@ def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         _went_on(s)
         _disagreeing(s)
         _followed_up(s)
+        _structured(s)
         s.close_clients()
     yield made
 
@@ -601,8 +630,9 @@ def test_parquet_loads_with_the_same_rows_and_the_same_bytes_twice(
     assert hashlib.sha256(one["raw"]).hexdigest() in one["card"]
     assert "Parquet" in one["card"]
     loaded = _load(tmp_path / "one", "dpo", "parquet")
-    assert loaded.column_names == ["prompt", "chosen", "rejected"]
-    assert loaded.to_list() == jsonl["rows"]
+    assert loaded.column_names == ["prompt", "chosen", "rejected", "response_format"]
+    # No answer here was generated under structured output: the column is null.
+    assert loaded.to_list() == [row | {"response_format": None} for row in jsonl["rows"]]
     assert one["index"] == jsonl["index"]
     votes = _export(store, "votes", tmp_path / "votes", "--format", "parquet")
     assert len(_load(tmp_path / "votes", "votes", "parquet")) == len(votes["index"]) == 14
@@ -899,6 +929,29 @@ def test_an_assistant_turn_written_by_an_api_client_is_context_never_a_target(
             "label": True,
         }
     ]
+
+
+def test_an_answer_under_structured_output_carries_its_format(audit: Store, tmp_path: Path) -> None:
+    """The schema an answer follows is in no message: its rows carry it, and it is never
+    compared with an answer held to no format."""
+    target = [{"role": "assistant", "content": f"You said: {STRUCTURED}"}]
+    sft = _export(audit, "sft", tmp_path / "sft")
+    [row] = [r for r in sft["rows"] if r["messages"][-1:] == target]
+    assert row["response_format"] == LIGHTHOUSE_FORMAT
+    assert all("response_format" not in r for r in sft["rows"] if r is not row)
+    assert "`response_format`" in sft["card"]
+    kto = _export(audit, "kto", tmp_path / "kto")
+    [rated] = [r for r in kto["rows"] if r["completion"] == target]
+    assert rated["label"] is True and rated["response_format"] == LIGHTHOUSE_FORMAT
+    dpo = _export(audit, "dpo", tmp_path / "dpo")
+    assert not any(STRUCTURED in _texts([r]) for r in dpo["rows"])
+    assert "| format_differs | 1 |" in dpo["card"]
+    parquet = _export(audit, "kto", tmp_path / "parquet", "--format", "parquet")
+    loaded = _load(tmp_path / "parquet", "kto", "parquet").to_list()
+    assert [json.loads(r["response_format"]) for r in loaded if r["completion"] == target] == [
+        LIGHTHOUSE_FORMAT
+    ]
+    assert len(loaded) == len(parquet["index"]) == len(kto["rows"])
 
 
 def test_sft_leaves_out_truncated_answers_and_answers_judged_worse(
