@@ -14,6 +14,7 @@ the unused part of the rate-limit reservation is given back and the backend slot
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -42,7 +43,13 @@ from lamplighter.conversation.threading import (
     stored_prefix,
     title_from,
 )
-from lamplighter.engines.base import Backend, Chunk, GenerationRequest, PreparedRequest
+from lamplighter.engines.base import (
+    Backend,
+    Chunk,
+    GenerationRequest,
+    PreparedRequest,
+    ToolCalls,
+)
 from lamplighter.engines.router import Route, Router, Unavailable, load_of
 from lamplighter.exceptions import (
     APIError,
@@ -172,6 +179,7 @@ class Exchange:
     parent_hash: str = ROOT_HASH
     created: int = field(default_factory=lambda: int(time.time()))
     text: list[str] = field(default_factory=list)
+    calls: ToolCalls = field(default_factory=ToolCalls)  # the tool calls generated so far
     completion_tokens: int = 0
     finish_reason: str | None = None
     ttft: float | None = None
@@ -224,6 +232,13 @@ class Exchange:
     def content(self) -> str:
         return "".join(self.text)
 
+    @property
+    def turn(self) -> Turn:
+        """The answer as a turn of its conversation (its path hash is made of it)."""
+        calls = self.calls.calls
+        encoded = None if calls is None else json.dumps(calls, separators=(",", ":"))
+        return Turn("assistant", self.content, tool_calls=encoded)
+
     async def stream(self) -> AsyncIterator[Chunk]:
         """The answer's chunks. The last one carries ``finish_reason`` and is released only once
         the answer and its usage are durable."""
@@ -256,6 +271,8 @@ class Exchange:
                         await asyncio.shield(self.opened)
                 self.completion_tokens += chunk.tokens
                 self.text.append(chunk.text)
+                if chunk.tool_calls:
+                    self.calls.add(chunk.tool_calls)
                 if chunk.finish_reason is not None:
                     self.finish_reason = chunk.finish_reason
                     if chunk.prompt_tokens is not None:
@@ -274,7 +291,7 @@ class Exchange:
                             await self._settle("complete")
                             yield Chunk("", tokens=0, finish_reason="content_filter")
                             return
-                if chunk.text:
+                if chunk.text or chunk.tool_calls:
                     yield chunk
                 now = time.perf_counter()
                 if now - last_checkpoint >= CHECKPOINT_SECONDS:
@@ -316,6 +333,7 @@ class Exchange:
         that another backend's answer replaces it; only the answer delivered is charged."""
         self.service.metrics.discarded_tokens.labels(failed).inc(self.completion_tokens)
         self.text.clear()
+        self.calls.clear()
         self.completion_tokens = 0
         self.flags_out = ()
 
@@ -757,8 +775,9 @@ class ChatService:
             request = replace(request, turns=(*request.turns[:lead], *rest))
 
     def remember(self, exchange: Exchange) -> None:
-        """Keep a finished deterministic answer for repeats of the same request."""
-        if exchange.cache_key is None:
+        """Keep a finished deterministic answer for repeats of the same request (not one that
+        calls tools: a replay carries text only)."""
+        if exchange.cache_key is None or exchange.calls.calls is not None:
             return
         answer = CachedAnswer(
             text=exchange.content,
@@ -933,8 +952,9 @@ class ChatService:
                 status=status,
                 finish_reason=exchange.finish_reason,
                 when=utcnow(),
-                path_hash=node_hash(exchange.parent_hash, Turn("assistant", exchange.content)),
+                path_hash=node_hash(exchange.parent_hash, exchange.turn),
                 moderation=exchange.flags,
+                tool_calls=exchange.calls.calls,
             )
         usage = self._usage(exchange)
         usage["finish_reason"] = exchange.finish_reason or status
@@ -1066,4 +1086,6 @@ def _message_row(
         "author": None,
         "response_format": None,
         "request_metadata": None,
+        "tool_calls": None if turn.tool_calls is None else json.loads(turn.tool_calls),
+        "tool_call_id": turn.tool_call_id,
     }

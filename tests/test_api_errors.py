@@ -78,10 +78,10 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments
     [
         # OpenAI parameters not offered here: unsupported, and why, not "unrecognized".
         (
-            {"model": MODEL, "messages": HELLO, "tools": [{"type": "function"}]},
-            "tools",
+            {"model": MODEL, "messages": HELLO, "functions": [{"name": "f"}]},
+            "functions",
             "unsupported_parameter",
-            "Unsupported parameter: 'tools' is not supported here: tool calling",
+            "Unsupported parameter: 'functions' is not supported here: function calling",
         ),
         (
             {"model": MODEL, "messages": HELLO, "prediction": {"type": "content", "content": "x"}},
@@ -90,10 +90,10 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments
             "predicted outputs are not offered",
         ),
         (
-            {"model": MODEL, "messages": [{"role": "assistant", "tool_calls": [CALL]}, *HELLO]},
-            "messages[0].tool_calls",
+            {"model": MODEL, "messages": [{"role": "assistant", "function_call": CALL}, *HELLO]},
+            "messages[0].function_call",
             "unsupported_parameter",
-            "tool calling is not offered",
+            "function calling is not offered",
         ),
         # An image among the parts: that part is named, not "should be a valid string".
         (

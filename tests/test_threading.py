@@ -3,6 +3,7 @@ result over the API."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 import openai
@@ -11,7 +12,13 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from lamplighter.chat import message_id_from
-from lamplighter.conversation.threading import Turn, path_hashes, stored_prefix, title_from
+from lamplighter.conversation.threading import (
+    Turn,
+    node_hash,
+    path_hashes,
+    stored_prefix,
+    title_from,
+)
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.models import Conversation, Message
 from tests.conftest import SCRIPTED, LiveServer
@@ -182,3 +189,19 @@ async def test_nodes_by_path_prefers_the_oldest_duplicate(database_url: str) -> 
         assert list(found) == ["h"] and found["h"].id == ids[0]
     finally:
         await db.close()
+
+
+def test_tool_calls_and_call_ids_are_part_of_a_turn() -> None:
+    """An answer that called a tool, one that called another, and one that said nothing are
+    three different turns; a turn without tool use hashes as it always did."""
+    silent = Turn("assistant", "")
+    weather = Turn("assistant", "", tool_calls='[{"id":"c1"}]')
+    other = Turn("assistant", "", tool_calls='[{"id":"c2"}]')
+    result = Turn("tool", "42", tool_call_id="c1")
+    hashes = {node_hash("", turn) for turn in (silent, weather, other, result, Turn("tool", "42"))}
+    assert len(hashes) == 5
+    # The encoding of a turn without tool use is unchanged: (parent, role, content).
+    digest = hashlib.sha256()
+    for part in ("", "user", "hi"):
+        digest.update(len(part.encode()).to_bytes(8, "big") + part.encode())
+    assert node_hash("", Turn("user", "hi")) == digest.hexdigest()

@@ -27,12 +27,8 @@ def error_response(error: APIError) -> JSONResponse:
 # OpenAI parameters this server does not offer, and why: refused as unsupported, which says more
 # than "unrecognized" about a field a developer copied from OpenAI's reference.
 UNSUPPORTED = {
-    "tools": "tool calling is not offered",
-    "tool_choice": "tool calling is not offered",
     "functions": "function calling is not offered",
     "function_call": "function calling is not offered",
-    "tool_calls": "tool calling is not offered",
-    "tool_call_id": "tool calling is not offered",
     "logit_bias": "the engines here take no logit bias",
     "top_logprobs": "log probabilities are not offered",
     "audio": "only text is offered",
@@ -41,7 +37,7 @@ UNSUPPORTED = {
     "reasoning_effort": "the models here do not reason in separate steps",
     "service_tier": "there is one service tier; plans set priorities",
     "prompt": "stored prompt templates are not offered",
-    "max_tool_calls": "tool calling is not offered",
+    "max_tool_calls": "tool calling is offered on /v1/chat/completions only",
     "web_search_options": "web search is not offered",
 }
 

@@ -177,6 +177,7 @@ async def chat_completions(
         frequency_penalty=body.frequency_penalty or 0.0,
         presence_penalty=body.presence_penalty or 0.0,
         output_format=body.output_format,
+        **body.tool_use,
     )
     token_param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     exchange, headers = await open_exchange(
@@ -229,6 +230,7 @@ def _completion(exchange: Exchange) -> dict[str, Any]:
         finish,
         exchange.usage,
         exchange.metadata,
+        exchange.calls.calls,
     )
 
 
@@ -240,8 +242,13 @@ def completion_body(
     finish: str | None,
     usage: TokenCount,
     metadata: dict[str, str] | None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A ``chat.completion`` object; ``metadata`` is the client's, as stored with it."""
+    """A ``chat.completion`` object; ``metadata`` is the client's, as stored with it. An answer
+    that calls tools has them in ``tool_calls``, and null content if it said nothing."""
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if tool_calls:
+        message |= {"content": content or None, "tool_calls": tool_calls}
     return {
         "id": name,
         "object": "chat.completion",
@@ -251,7 +258,7 @@ def completion_body(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": None},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finish,
             }
@@ -285,6 +292,8 @@ async def _events(exchange: Exchange, include_usage: bool) -> AsyncIterator[byte
         async for chunk in chunks:
             if chunk.text:
                 yield frame({"content": chunk.text})
+            if chunk.tool_calls:
+                yield frame({"tool_calls": list(chunk.tool_calls)})
             if chunk.finish_reason is not None:
                 yield frame({}, chunk.finish_reason)
     except APIError as error:

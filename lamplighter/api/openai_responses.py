@@ -69,7 +69,7 @@ async def _history(state: Services, who: Principal, previous: str) -> tuple[Mess
         path = await conversations.path_to(answer.id)
     if path and path[0].role == "system":
         path = path[1:]
-    return answer, [Turn(m.role, m.content) for m in path]
+    return answer, [m.turn for m in path]
 
 
 def _not_found(name: str) -> NotFound:

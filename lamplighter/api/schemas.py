@@ -7,7 +7,8 @@ ignored; a field we cannot honour (``logprobs``) is refused when it asks for any
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from dataclasses import replace
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -47,11 +48,8 @@ def _valid_text(value: object) -> object:
 # nothing: frameworks send these defaults, and an assistant message sent back as the SDK made
 # it (``message.model_dump()``) carries them. They are dropped; any other value is refused.
 ASKS_NOTHING: dict[str, tuple[object, ...]] = {
-    "tools": (None, []),
-    "tool_choice": (None, "none", "auto"),
     "functions": (None, []),
     "function_call": (None, "none", "auto"),
-    "parallel_tool_calls": (None, True, False),
     "logit_bias": (None, {}),
     "top_logprobs": (None, 0),
     "audio": (None,),
@@ -63,7 +61,7 @@ ASKS_NOTHING: dict[str, tuple[object, ...]] = {
 }
 # The same, on a message.
 MESSAGE_ASKS_NOTHING: dict[str, tuple[object, ...]] = {
-    "tool_calls": (None, []),
+    "tool_calls": (None, []),  # an answer without calls, as the SDK dumps it
     "function_call": (None,),
     "audio": (None,),
     "annotations": (None, []),
@@ -99,21 +97,6 @@ class Body(BaseModel):
 class TextPart(Body):
     type: Literal["text"]
     text: str
-
-
-class ChatMessage(Body):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | Annotated[list[TextPart], Field(max_length=256)] | None = None
-    name: str | None = Field(default=None, max_length=64)
-    refusal: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_defaults(cls, data: object) -> object:
-        return _without_defaults(data, MESSAGE_ASKS_NOTHING)
-
-    def turn(self) -> Turn:
-        return _turn(self.role, self.content)
 
 
 # Structured output ---------------------------------------------------------------------------
@@ -192,6 +175,76 @@ def output_format(
     return OutputFormat(schema=text, name=name, description=description, strict=bool(strict))
 
 
+# Tool use ------------------------------------------------------------------------------------
+
+# OpenAI's rule for a function's name.
+TOOL_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+MAX_TOOLS = 128
+
+
+class FunctionDefinition(Body):
+    name: str = Field(pattern=TOOL_NAME)
+    description: str | None = None
+    parameters: dict[str, object] | None = None
+    strict: bool | None = None
+
+    _refs = field_validator("parameters")(_local_refs)
+
+
+class ToolDefinition(Body):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(Body):
+    name: str = Field(pattern=TOOL_NAME)
+
+
+class NamedToolChoice(Body):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class FunctionCall(Body):
+    name: str = Field(max_length=64)
+    arguments: str
+
+
+class ToolCall(Body):
+    """A call an assistant message made, as a client sends the conversation back."""
+
+    id: str = Field(min_length=1, max_length=200)
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class ChatMessage(Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | Annotated[list[TextPart], Field(max_length=256)] | None = None
+    name: str | None = Field(default=None, max_length=64)
+    refusal: str | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_defaults(cls, data: object) -> object:
+        return _without_defaults(data, MESSAGE_ASKS_NOTHING)
+
+    def turn(self) -> Turn:
+        turn = _turn(self.role, self.content)
+        if self.tool_calls:
+            calls = [call.model_dump() for call in self.tool_calls]
+            return replace(turn, tool_calls=_compact(calls))
+        if self.tool_call_id is not None:
+            return replace(turn, tool_call_id=self.tool_call_id)
+        return turn
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 class StreamOptions(Body):
     include_usage: bool = False
 
@@ -217,6 +270,9 @@ class ChatCompletionRequest(Body):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     logprobs: bool | None = None
     response_format: ResponseFormat | None = None
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -231,6 +287,23 @@ class ChatCompletionRequest(Body):
             if message.role != "assistant" and "content" not in message.model_fields_set:
                 param = f"messages[{index}].content"
                 raise InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
+            _check_tool_message(index, message)
+        names = [tool.function.name for tool in self.tools or ()]
+        choice = self.tool_choice
+        if choice not in (None, "none", "auto") and not names:
+            raise InvalidRequest(
+                "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' "
+                "are specified.",
+                param="tool_choice",
+            )
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise InvalidRequest(
+                f"Invalid value for 'tool_choice': no tool named '{choice.function.name}' is "
+                "among 'tools'.",
+                param="tool_choice",
+            )
+        if len(set(names)) != len(names):
+            raise InvalidRequest("Two tools in 'tools' have the same name.", param="tools")
         if isinstance(self.stop, list) and len(self.stop) > 4:
             raise InvalidRequest("'stop' takes at most 4 sequences", param="stop")
         if self.logprobs:
@@ -254,6 +327,20 @@ class ChatCompletionRequest(Body):
     @property
     def output_format(self) -> OutputFormat | None:
         return self.response_format.output_format if self.response_format else None
+
+    @property
+    def tool_use(self) -> dict[str, Any]:
+        """The request's tools, as ``GenerationRequest`` takes them (none for ``tools: []``)."""
+        if not self.tools:
+            return {}
+        choice = self.tool_choice
+        return {
+            "tools": _compact([tool.model_dump(exclude_none=True) for tool in self.tools]),
+            "tool_choice": None
+            if choice is None
+            else _compact(choice if isinstance(choice, str) else choice.model_dump()),
+            "parallel_tool_calls": self.parallel_tool_calls,
+        }
 
 
 class CompletionUpdate(Body):
@@ -398,7 +485,7 @@ class ResponsesRequest(Body):
     @model_validator(mode="after")
     def _check(self) -> ResponsesRequest:
         refused = {
-            "tools": ("tool calling is not offered", bool(self.tools)),
+            "tools": ("tool calling is offered on /v1/chat/completions only", bool(self.tools)),
             "include": ("there is nothing more to include than the text", bool(self.include)),
             "reasoning": (
                 "the models here do not reason in separate steps",
@@ -424,6 +511,20 @@ class ResponsesRequest(Body):
         if isinstance(self.input, str):
             return (Turn("user", self.input),)
         return tuple(message.turn() for message in self.input)
+
+
+def _check_tool_message(index: int, message: ChatMessage) -> None:
+    """A tool's message answers one call, named by ``tool_call_id``; only an assistant's
+    message makes calls."""
+    if message.role == "tool" and message.tool_call_id is None:
+        param = f"messages[{index}].tool_call_id"
+        raise InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
+    if message.role != "tool" and message.tool_call_id is not None:
+        param = f"messages[{index}].tool_call_id"
+        raise InvalidRequest(f"'{param}' is only for a message of role 'tool'.", param=param)
+    if message.role != "assistant" and message.tool_calls:
+        param = f"messages[{index}].tool_calls"
+        raise InvalidRequest(f"'{param}' is only for a message of role 'assistant'.", param=param)
 
 
 def _turn(role: str, content: str | list[TextPart] | list[ResponseTextPart] | None) -> Turn:

@@ -135,10 +135,7 @@ async def completion_messages(
         if answer is None:
             raise _not_found(name)
         path = (await conversations.path_to(answer.id))[:-1]
-    messages = [
-        {"id": f"{name}-{n}", "role": m.role, "content": m.content, "content_parts": None}
-        for n, m in enumerate(path)
-    ]
+    messages = [_stored_message(f"{name}-{n}", m) for n, m in enumerate(path)]
     if order == "desc":
         messages.reverse()
     if after is not None:
@@ -147,6 +144,21 @@ async def completion_messages(
             raise InvalidRequest(f"'{after}' is not a message of {name}.", param="after")
         messages = messages[ids.index(after) + 1 :]
     return _page(messages[:limit], has_more=len(messages) > limit)
+
+
+def _stored_message(name: str, message: Message) -> dict[str, Any]:
+    """A message a stored completion answered, with its tool calls or the call it answers."""
+    found: dict[str, Any] = {
+        "id": name,
+        "role": message.role,
+        "content": message.content,
+        "content_parts": None,
+    }
+    if message.tool_calls:
+        found |= {"content": message.content or None, "tool_calls": message.tool_calls}
+    if message.tool_call_id is not None:
+        found["tool_call_id"] = message.tool_call_id
+    return found
 
 
 def _metadata_filter(request: Request) -> dict[str, str]:
@@ -179,6 +191,7 @@ def _stored_completion(answer: Message, usage: TokenCount) -> dict[str, Any]:
         None if answer.status == "in_progress" else finish,
         usage,
         answer.request_metadata,
+        answer.tool_calls,
     )
 
 

@@ -25,15 +25,24 @@ ROOT_HASH = ""
 class Turn:
     role: str
     content: str
+    # Tool use: an assistant turn's calls (OpenAI's ``tool_calls`` list as compact JSON), or
+    # the id of the call a "tool" turn answers.
+    tool_calls: str | None = None
+    tool_call_id: str | None = None
 
 
 def node_hash(parent_hash: str, turn: Turn) -> str:
     """The hash of a path, given the hash of the path to its parent and its last turn.
 
-    Fields are length-prefixed so that no two different paths can be spelled the same way.
+    Fields are length-prefixed so that no two different paths can be spelled the same way. A
+    turn's tool calls or call id take part only when it has them, so that the hashes of every
+    path stored before tool use existed stay the same.
     """
     digest = hashlib.sha256()
-    for part in (parent_hash, turn.role, turn.content):
+    parts: tuple[str, ...] = (parent_hash, turn.role, turn.content)
+    if turn.tool_calls is not None or turn.tool_call_id is not None:
+        parts += (turn.tool_calls or "", turn.tool_call_id or "")
+    for part in parts:
         data = part.encode()
         digest.update(len(data).to_bytes(8, "big"))
         digest.update(data)

@@ -62,6 +62,16 @@ class GenerationRequest:
     # The caller's plan priority (lower first), for backends that schedule by priority.
     priority: int = 0
     output_format: OutputFormat | None = None
+    # Tool use, passed on to backends that offer it: OpenAI's ``tools`` and ``tool_choice`` as
+    # compact JSON (hashable, and part of the exact-match cache's key).
+    tools: str | None = None
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the model may answer with tool calls."""
+        return self.tools is not None and self.tool_choice != '"none"'
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,40 @@ class Chunk:
     finish_reason: str | None = None
     # On the last chunk, when the backend counted the prompt itself more exactly than prepare().
     prompt_tokens: int | None = None
+    # Pieces of tool calls, as OpenAI streams them (``delta.tool_calls``: each with its
+    # ``index``, the first piece of a call with its ``id`` and function ``name``, then pieces
+    # of its ``arguments``).
+    tool_calls: tuple[dict[str, Any], ...] = ()
+
+
+class ToolCalls:
+    """The tool calls of an answer, put together from their streamed pieces."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, pieces: tuple[dict[str, Any], ...]) -> None:
+        for piece in pieces:
+            index = piece.get("index", 0)
+            call = self._calls.setdefault(
+                index if isinstance(index, int) else 0,
+                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+            )
+            if isinstance(piece.get("id"), str):
+                call["id"] = piece["id"]
+            function = piece.get("function")
+            if isinstance(function, dict):
+                for field in ("name", "arguments"):
+                    if isinstance(function.get(field), str):
+                        call["function"][field] += function[field]
+
+    def clear(self) -> None:
+        self._calls.clear()
+
+    @property
+    def calls(self) -> list[dict[str, Any]] | None:
+        """As an assistant message's ``tool_calls``, in index order; None when there are none."""
+        return [self._calls[i] for i in sorted(self._calls)] or None
 
 
 def grant(request: GenerationRequest, prompt_tokens: int, n_ctx: int) -> int:

@@ -131,6 +131,13 @@ class EmbeddedBackend:
     async def prepare(self, request: GenerationRequest) -> PreparedRequest:
         if self._llm is None:
             raise ServiceUnavailable("The model is still loading; try again shortly.")
+        if request.calls_tools:
+            raise InvalidRequest(
+                f"The model '{request.model}' cannot call tools: it runs in the embedded engine, "
+                "which has no tool-calling template. Tools are passed on to backends that offer "
+                "them (vLLM with --enable-auto-tool-choice, SGLang, the llama.cpp server).",
+                param="tools",
+            )
         # Tokenizing reads only the vocabulary, so it may run beside a generation.
         tokens = await asyncio.to_thread(self._tokenize, request)
         output = request.output_format

@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 
+from lamplighter.conversation.threading import Turn
 from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest, grant
 from lamplighter.engines.health import Breaker, Load, Probe, env_proxy
 from lamplighter.engines.router import Refused, Unavailable
@@ -214,15 +215,16 @@ def _resolve(value: str, server: str) -> str:
 
 
 def estimate_prompt_tokens(request: GenerationRequest) -> int:
-    return sum(
-        TOKENS_PER_MESSAGE + math.ceil(len(turn.content) / CHARS_PER_TOKEN)
-        for turn in request.turns
-    )
+    """The prompt's tokens, before the upstream counts them: its messages' text, their tool
+    calls, and the tools' definitions (which chat templates write into the prompt)."""
+    chars = sum(len(t.content) + len(t.tool_calls or "") for t in request.turns)
+    chars += len(request.tools or "")
+    return TOKENS_PER_MESSAGE * len(request.turns) + math.ceil(chars / CHARS_PER_TOKEN)
 
 
 class _Relay:
-    """Reads the upstream's server-sent events: text as it comes, then the finish reason and
-    usage at the end."""
+    """Reads the upstream's server-sent events: text and tool calls as they come, then the
+    finish reason and usage at the end."""
 
     def __init__(self, backend: str) -> None:
         self.backend = backend
@@ -230,30 +232,37 @@ class _Relay:
         self.usage: dict[str, Any] | None = None
         self.produced = 0
 
-    def feed(self, line: str) -> str:
+    def feed(self, line: str) -> Chunk | None:
+        """The chunk an event line carries (None: nothing to relay)."""
         if not line.startswith("data:"):
-            return ""
+            return None
         data = line[5:].strip()
         if not data or data == "[DONE]":
-            return ""
+            return None
         try:
             event = json.loads(data)
         except ValueError as exc:
             raise EngineFailed(f"Backend '{self.backend}' sent an unreadable event.") from exc
         if not isinstance(event, dict):
-            return ""
+            return None
         if isinstance(event.get("error"), dict):
             message = str(event["error"].get("message", ""))[:200]
             raise EngineFailed(f"Backend '{self.backend}' failed: {message}")
         if isinstance(event.get("usage"), dict):
             self.usage = event["usage"]
         text = ""
+        calls: list[dict[str, Any]] = []
         for choice in event.get("choices") or []:
-            text += (choice.get("delta") or {}).get("content") or ""
+            delta = choice.get("delta") or {}
+            text += delta.get("content") or ""
+            pieces = delta.get("tool_calls")
+            if isinstance(pieces, list):
+                calls.extend(piece for piece in pieces if isinstance(piece, dict))
             self.finish = choice.get("finish_reason") or self.finish
-        if text:
-            self.produced += 1
-        return text
+        if not text and not calls:
+            return None
+        self.produced += 1
+        return Chunk(text, tool_calls=tuple(calls))
 
     def last(self) -> Chunk:
         # The upstream's own count, when it gives one, is the truth about what was generated.
@@ -362,7 +371,7 @@ class UpstreamBackend:
         request = prepared.request
         body: dict[str, Any] = {
             "model": request.model,
-            "messages": [{"role": t.role, "content": t.content} for t in request.turns],
+            "messages": [_message(turn) for turn in request.turns],
             "temperature": request.temperature,
             "top_p": request.top_p,
             "stream": True,
@@ -385,6 +394,12 @@ class UpstreamBackend:
             body["presence_penalty"] = request.presence_penalty
         if request.output_format is not None:
             body["response_format"] = request.output_format.response_format()
+        if request.tools is not None:
+            body["tools"] = json.loads(request.tools)
+            if request.tool_choice is not None:
+                body["tool_choice"] = json.loads(request.tool_choice)
+            if request.parallel_tool_calls is not None:
+                body["parallel_tool_calls"] = request.parallel_tool_calls
         return body
 
     def _failed(self) -> None:
@@ -430,7 +445,7 @@ class UpstreamBackend:
         judged = False  # the breaker has heard how this request went
         self.streams += 1
         try:
-            text = ""
+            first: Chunk | None = None
             try:
                 async with asyncio.timeout(self.config.first_token_timeout_s):
                     response = await self._session().post(
@@ -442,8 +457,8 @@ class UpstreamBackend:
                         raise self._refusal(response, body)
                     content = response.content  # lines as they come, each with its b"\n"
                     async for raw in content:
-                        text = relay.feed(raw.decode("utf-8", "replace").strip())
-                        if text:
+                        first = relay.feed(raw.decode("utf-8", "replace").strip())
+                        if first is not None:
                             break
             except (aiohttp.ClientError, HttpProcessingError, TimeoutError) as exc:
                 judged = True
@@ -454,13 +469,13 @@ class UpstreamBackend:
                 raise Unavailable(f"Backend '{self.name}' failed: {why}") from exc
             judged = True
             self._succeeded()
-            if text:
-                yield Chunk(text)
+            if first is not None:
+                yield first
                 try:
                     async for raw in content:
-                        text = relay.feed(raw.decode("utf-8", "replace").strip())
-                        if text:
-                            yield Chunk(text)
+                        chunk = relay.feed(raw.decode("utf-8", "replace").strip())
+                        if chunk is not None:
+                            yield chunk
                 except (aiohttp.ClientError, HttpProcessingError) as exc:
                     self._failed()
                     why = str(exc) or type(exc).__name__
@@ -480,6 +495,16 @@ class UpstreamBackend:
         await self.probe.stop()
         if self._http is not None:
             await self._http.close()
+
+
+def _message(turn: Turn) -> dict[str, Any]:
+    """A turn as an OpenAI chat message, with its tool calls or the call it answers."""
+    message: dict[str, Any] = {"role": turn.role, "content": turn.content}
+    if turn.tool_calls is not None:
+        message |= {"content": turn.content or None, "tool_calls": json.loads(turn.tool_calls)}
+    if turn.tool_call_id is not None:
+        message["tool_call_id"] = turn.tool_call_id
+    return message
 
 
 def _error_message(body: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import Table, and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from lamplighter.conversation.threading import ROOT_HASH, Turn, node_hash
+from lamplighter.conversation.threading import ROOT_HASH, node_hash
 from lamplighter.store.models import Conversation, Message, Rating
 
 
@@ -100,6 +100,7 @@ class Conversations:
         when: datetime,
         path_hash: str | None = None,
         moderation: dict[str, list[str]] | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> None:
         values: dict[str, object] = {
             "content": content,
@@ -109,6 +110,8 @@ class Conversations:
         }
         if moderation is not None:
             values["moderation"] = moderation
+        if tool_calls is not None:
+            values["tool_calls"] = tool_calls
         if path_hash is not None:
             values["path_hash"] = path_hash
         await self.session.execute(_FINISH, {"message": message_id, **values})
@@ -123,9 +126,7 @@ class Conversations:
                 await self.session.get(Message, message.parent_id) if message.parent_id else None
             )
             message.status, message.finish_reason, message.updated_at = "cut", "interrupted", when
-            message.path_hash = node_hash(
-                parent.path_hash if parent else ROOT_HASH, Turn(message.role, message.content)
-            )
+            message.path_hash = node_hash(parent.path_hash if parent else ROOT_HASH, message.turn)
         await self.session.flush()
         return len(unfinished)
 

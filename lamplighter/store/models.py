@@ -6,6 +6,7 @@ which is a 64-bit integer sequence. Timestamps are timezone-aware UTC.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -31,6 +32,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 from uuid6 import uuid7
+
+from lamplighter.conversation.threading import Turn
 
 
 def new_id() -> uuid.UUID:
@@ -176,8 +179,19 @@ class Message(Base):
     response_format: Mapped[dict[str, object] | None] = mapped_column(JSON)
     # The API client's ``metadata`` for a stored completion or response (up to 16 pairs).
     request_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    # Tool use: an assistant message's calls (OpenAI's ``tool_calls``), or the id of the call a
+    # "tool" message answers.
+    tool_calls: Mapped[list[dict[str, object]] | None] = mapped_column(JSON)
+    tool_call_id: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (Index("ix_messages_user_path", "user_id", "path_hash"),)
+
+    @property
+    def turn(self) -> Turn:
+        """The message as a turn of its conversation, as its path hash was made."""
+        calls = self.tool_calls
+        encoded = None if calls is None else json.dumps(calls, separators=(",", ":"))
+        return Turn(self.role, self.content, tool_calls=encoded, tool_call_id=self.tool_call_id)
 
 
 class Usage(Base):

@@ -383,7 +383,7 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
         raise InvalidRequest(
             "To regenerate, parent_id must be the question (a user message).", param="parent_id"
         )
-    turns = tuple(Turn(m.role, m.content) for m in path)
+    turns = tuple(m.turn for m in path)
     if content is not None:
         turns += (Turn("user", content),)
     model = body.model or _default_model(state, who.plan)

@@ -1,0 +1,236 @@
+"""Tool calling through the official SDK: tools go to an OpenAI-compatible backend, its calls
+come back whole or streamed, the conversation with the calls and their results is stored as one
+path, and what cannot call tools says so.
+
+vLLM and SGLang cannot run on this machine (no GPU), so the backend here is a real HTTP server
+on 127.0.0.1 that answers as vLLM does with ``--enable-auto-tool-choice``: a tool call, streamed
+in pieces, to a user's question, and text once the tool's result is in the messages."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from aiohttp import web
+
+from lamplighter.engines.base import Backend
+from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
+from lamplighter.settings import Settings
+from lamplighter.store.conversations import Conversations
+from tests.conftest import MODEL, ROOMY_PLAN, LiveServer, make_settings
+from tests.test_router import sse
+from tests.upstream_server import serve_in_thread
+
+TOOL_MODEL = "tool-model"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city now.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+ASK = {"role": "user", "content": "What is the weather in Paris?"}
+SUNNY = "It is sunny in Paris."
+
+
+def _choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def _answer(body: dict[str, Any]) -> bytes:
+    """vLLM's stream: a call of the first tool (its arguments in two pieces) when the last
+    message is a question, the text of an answer once a tool has answered."""
+    usage = {"choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 9}}
+    if body["messages"][-1]["role"] == "tool":
+        return sse(
+            _choice({"role": "assistant", "content": "It is sunny"}),
+            _choice({"content": " in Paris."}),
+            _choice({}, "stop"),
+            usage,
+            "[DONE]",
+        )
+    name = body["tools"][0]["function"]["name"]
+    return sse(
+        _choice(
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_7",
+                        "type": "function",
+                        "function": {"name": name, "arguments": ""},
+                    }
+                ],
+            }
+        ),
+        _choice({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
+        _choice({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+        _choice({}, "tool_calls"),
+        usage,
+        "[DONE]",
+    )
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[tuple[LiveServer, list[dict[str, Any]]]]:
+    """A gateway whose backend calls tools; and the bodies that backend received."""
+    received: list[dict[str, Any]] = []
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path != "/v1/chat/completions":
+            return web.json_response({"object": "list", "data": []})
+        body = await request.json()
+        received.append(body)
+        return web.Response(body=_answer(body), content_type="text/event-stream")
+
+    with serve_in_thread(handle) as upstream:
+        config = UpstreamConfig("tools", upstream.url + "/v1", (TOOL_MODEL,), capacity=4)
+
+        async def backends(_: Settings) -> list[Backend]:
+            return [UpstreamBackend(config)]
+
+        (tmp_path / "c.toml").write_text(ROOMY_PLAN)
+        with LiveServer(make_settings(tmp_path, config=tmp_path / "c.toml"), backends) as live:
+            yield live, received
+            live.close_clients()
+
+
+def test_a_tool_call_and_its_result_make_one_stored_conversation(
+    gateway: tuple[LiveServer, list[dict[str, Any]]],
+) -> None:
+    live, received = gateway
+    _, key = live.new_user(plan="roomy")
+    client = live.client(key)
+    first = client.chat.completions.create(
+        model=TOOL_MODEL,
+        messages=[ASK],
+        tools=[WEATHER],
+        tool_choice="auto",  # type: ignore[list-item]
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls or []
+    assert call.id == "call_7" and call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    assert received[-1]["tools"] == [WEATHER] and received[-1]["tool_choice"] == "auto"
+    assert first.usage is not None and first.usage.completion_tokens == 9
+
+    # The SDK's own message sent back, then the tool's result: the model answers in text.
+    result = {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "clear"}'}
+    second = client.chat.completions.create(
+        model=TOOL_MODEL,
+        messages=[ASK, choice.message.model_dump(), result],  # type: ignore[list-item]
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert second.choices[0].message.content == SUNNY
+    assert second.choices[0].message.tool_calls is None
+    sent = received[-1]["messages"]
+    assert sent[1]["tool_calls"] == [call.model_dump()] and sent[1]["content"] is None
+    assert sent[2] == result
+
+    # Stored as one path: the answer that called the tool is the one the second request
+    # continued, not a copy.
+    messages = list(client.chat.completions.messages.list(second.id))
+    assert [m.role for m in messages] == ["user", "assistant", "tool"]
+    path = _stored_path(live, second.id)
+    assert path[1].id == uuid.UUID(first.id.removeprefix("chatcmpl-"))
+    assert path[1].tool_calls == [call.model_dump()] and path[2].tool_call_id == "call_7"
+    again = client.chat.completions.retrieve(first.id).choices[0].message
+    assert again.tool_calls == choice.message.tool_calls
+
+
+def _stored_path(live: LiveServer, completion: str) -> list[Any]:
+    async def path(services: Any) -> list[Any]:
+        async with services.db.transaction() as session:
+            answer = uuid.UUID(completion.removeprefix("chatcmpl-"))
+            return list(await Conversations(session).path_to(answer))
+
+    return live.call(path)
+
+
+def test_streamed_tool_calls_arrive_in_pieces_and_add_up(
+    gateway: tuple[LiveServer, list[dict[str, Any]]],
+) -> None:
+    live, _ = gateway
+    client = live.client(live.new_user(plan="roomy")[1])
+    with client.chat.completions.stream(
+        model=TOOL_MODEL,
+        messages=[ASK],  # type: ignore[list-item]
+        tools=[WEATHER],  # type: ignore[list-item]
+    ) as stream:
+        pieces = [e for e in stream if e.type == "tool_calls.function.arguments.delta"]
+        final = stream.get_final_completion()
+    # As the backend sent them (the SDK reports the call's opening piece, with no arguments).
+    assert [p.arguments_delta for p in pieces if p.arguments_delta] == ['{"city": ', '"Paris"}']
+    [call] = final.choices[0].message.tool_calls or []
+    assert json.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("change", "param", "says"),
+    [
+        ({"tool_choice": "required", "tools": None}, "tool_choice", "only allowed when"),
+        (
+            {"tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice",
+            "no tool named 'nope'",
+        ),
+        ({"tools": [WEATHER, WEATHER]}, "tools", "same name"),
+        (
+            {"messages": [ASK, {"role": "tool", "content": "42"}]},
+            "messages[1].tool_call_id",
+            "Missing required",
+        ),
+        (
+            {"messages": [{**ASK, "tool_call_id": "x"}]},
+            "messages[0].tool_call_id",
+            "only for a message of role 'tool'",
+        ),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {"name": "f", "parameters": {"$ref": "https://x.org/s"}},
+                    }
+                ]
+            },
+            "tools[0].function.parameters",
+            "nothing is fetched",
+        ),
+    ],
+)
+def test_bad_tool_use_is_a_400_that_names_it(
+    client: openai.OpenAI, change: dict[str, Any], param: str, says: str
+) -> None:
+    body = {"messages": [ASK], "tools": [WEATHER], **change}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=MODEL, max_tokens=5, **body)
+    assert refused.value.param == param and says in refused.value.message
+
+
+def test_the_embedded_model_says_it_cannot_call_tools(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=MODEL, messages=[ASK], tools=[WEATHER])  # type: ignore[list-item]
+    assert refused.value.param == "tools" and "cannot call tools" in refused.value.message
+    # Told not to use them, it answers.
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=[ASK],
+        tools=[WEATHER],
+        tool_choice="none",
+        max_tokens=5,  # type: ignore[list-item]
+    )
+    assert answer.choices[0].message.content and answer.choices[0].message.tool_calls is None
