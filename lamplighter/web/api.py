@@ -97,6 +97,10 @@ def message_json(
         "author": message.author,
         "created_at": message.created_at.isoformat(),
         "rating": rating_json(rating),
+        # Tool use, in a conversation an API client had: the calls an answer made, and the
+        # call a tool's message answers.
+        "tool_calls": message.tool_calls,
+        "tool_call_id": message.tool_call_id,
     }
 
 
