@@ -305,10 +305,11 @@ def test_the_defaults_that_frameworks_send_are_accepted(client: openai.OpenAI) -
             "only text parts",
         ),
         (
-            '"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]',
+            '"input": [{"type": "item_reference", "id": "msg_1"}]',
             "input[0].type",
-            "only messages",
+            "only messages, function calls and their outputs",
         ),
+        ('"input": [{"role": "robot", "content": "x"}]', "input[0].role", "'user'"),
     ],
 )
 def test_bad_input_is_a_400_that_names_it_before_anything_is_generated(

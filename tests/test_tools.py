@@ -234,3 +234,74 @@ def test_the_embedded_model_says_it_cannot_call_tools(client: openai.OpenAI) -> 
         max_tokens=5,  # type: ignore[list-item]
     )
     assert answer.choices[0].message.content and answer.choices[0].message.tool_calls is None
+
+
+# The Responses API describes a function tool with chat completions' fields one level up.
+WEATHER_TOOL = {"type": "function", **WEATHER["function"]}
+
+
+def test_the_responses_api_calls_tools_and_continues_from_their_output(
+    gateway: tuple[LiveServer, list[dict[str, Any]]],
+) -> None:
+    live, received = gateway
+    client = live.client(live.new_user(plan="roomy")[1])
+    first = client.responses.create(
+        model=TOOL_MODEL,
+        input=ASK["content"],
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tool_choice={"type": "function", "name": "get_weather"},
+    )
+    assert first.status == "completed" and first.output_text == ""
+    [call] = first.output
+    assert call.type == "function_call" and call.call_id == "call_7"
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
+    # The backend was asked in chat completions' shape.
+    assert received[-1]["tools"] == [WEATHER]
+    assert received[-1]["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert client.responses.retrieve(first.id).output == first.output
+
+    output = {"type": "function_call_output", "call_id": call.call_id, "output": "clear"}
+    second = client.responses.create(
+        model=TOOL_MODEL,
+        previous_response_id=first.id,
+        input=[output],  # type: ignore[list-item]
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+    )
+    assert second.output_text == SUNNY
+    sent = received[-1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[1]["tool_calls"][0]["id"] == "call_7" and sent[2]["tool_call_id"] == "call_7"
+    # The same exchange sent whole (the output items as the SDK made them) continues the same
+    # stored path: the call is the stored answer's, not a copy.
+    third = client.responses.create(
+        model=TOOL_MODEL,
+        input=[ASK, call.model_dump(), output],  # type: ignore[list-item]
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+    )
+    path = _stored_path(live, "chatcmpl-" + third.id.removeprefix("resp_"))
+    assert path[1].id == uuid.UUID(first.id.removeprefix("resp_"))
+
+
+def test_a_streamed_response_streams_the_call_and_its_arguments(
+    gateway: tuple[LiveServer, list[dict[str, Any]]],
+) -> None:
+    live, _ = gateway
+    client = live.client(live.new_user(plan="roomy")[1])
+    with client.responses.stream(
+        model=TOOL_MODEL,
+        input=ASK["content"],
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [event.type for event in events]
+    assert "response.output_text.delta" not in kinds  # the answer only called the tool
+    deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    assert deltas == ['{"city": ', '"Paris"}']
+    assert (
+        kinds.index("response.output_item.added")
+        < kinds.index("response.function_call_arguments.done")
+        < kinds.index("response.completed")
+    )
+    [call] = final.output
+    assert call.type == "function_call" and call.arguments == '{"city": "Paris"}'

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from lamplighter.api.openai import chat_principal
-from lamplighter.api.schemas import unsupported
+from lamplighter.api.schemas import INPUT_ITEMS, unsupported
 from lamplighter.api.state import services
 from lamplighter.exceptions import APIError
 
@@ -68,6 +68,10 @@ def _most_telling(errors: Sequence[Any]) -> Any:
 def _param(location: tuple[int | str, ...]) -> str | None:
     parts = [part for part in location if part != "body"]
     parts = [part for part in parts if not _union_branch(part)]
+    # A Responses input item's kind, as its tagged union names the member tried
+    # ("input", 0, "message", "role"): not a field.
+    if parts[:1] == ["input"] and len(parts) > 2 and parts[2] in INPUT_ITEMS:
+        del parts[2]
     if not parts:
         return None
     name = str(parts[0])

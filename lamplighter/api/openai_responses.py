@@ -5,8 +5,8 @@ usage); only the shapes differ. Its id names the stored answer (``resp_<hex>``, 
 id that ``chatcmpl-<hex>`` names). With ``previous_response_id`` the model sees the stored path
 that ends at that answer, and a new question is stored under that answer, whatever the
 request's instructions (which are per request, as at OpenAI); without, the request's messages
-are threaded into the tree as chat completions' are. Text in and out only: tools, structured
-output and background runs are refused.
+are threaded into the tree as chat completions' are. Text, structured output and function
+tools; other tools and background runs are refused.
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ async def retrieve_response(name: str, who: Caller, state: State) -> dict[str, A
         answer.finish_reason,
         response_format=answer.response_format,
         metadata=answer.request_metadata,
+        tool_calls=answer.tool_calls,
     )
     shape = _Shape(stored, None, completed_at=int(answer.updated_at.timestamp()))
     if answer.status == "in_progress":
@@ -144,6 +145,7 @@ async def create_response(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         output_format=body.text.output_format if body.text else None,
+        **body.tool_use,
     )
     exchange, headers = await open_exchange(
         http,
@@ -159,6 +161,10 @@ async def create_response(
     if body.stream:
         return EventStreamResponse(shape.events(exchange), headers, finally_=exchange.close)
     return whole_answer(exchange, headers, shape.finished, CUT_WARNING)
+
+
+def _dumped(value: Any) -> Any:
+    return value.model_dump() if hasattr(value, "model_dump") else value
 
 
 def _text_format(response_format: dict[str, Any] | None) -> dict[str, Any]:
@@ -184,6 +190,7 @@ class _Stored:
     interrupted: str | None = None
     response_format: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class _Shape:
@@ -202,6 +209,9 @@ class _Shape:
         self.id = response_id(answer.message_id)
         self.item_id = f"msg_{answer.message_id.hex}"
         self.sequence = 0
+        # The output items in the order a stream opened them ("message", or a call's index);
+        # None: the message first, then the calls.
+        self.order: list[str | int] | None = None
         if isinstance(answer, _Stored):
             self.response_format, self.metadata = answer.response_format, answer.metadata
         else:
@@ -226,6 +236,40 @@ class _Shape:
         if failure is not None:
             return self.response("failed", {"code": "server_error", "message": failure})
         return self.response("incomplete" if self.incomplete_reason else "completed")
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        answer = self.answer
+        found = answer.tool_calls if isinstance(answer, _Stored) else answer.calls.calls
+        return found or []
+
+    def output(self, status: str) -> list[dict[str, Any]]:
+        """The output items: the message (unless the answer only called tools), and one
+        ``function_call`` item per call."""
+        calls = self.calls
+        order = self.order
+        if order is None:
+            said = bool(self.answer.content) or not calls
+            order = (["message"] if said else []) + list(range(len(calls)))
+        indices = sorted(entry for entry in order if isinstance(entry, int))
+        return [
+            self.item(status, self.answer.content)
+            if isinstance(entry, str)
+            else self.call_item(entry, calls[indices.index(entry)], "completed")
+            for entry in order
+        ]
+
+    def call_item(self, index: int, call: dict[str, Any], status: str) -> dict[str, Any]:
+        """A ``function_call`` output item of call ``index`` (OpenAI's chat shape in)."""
+        function = call.get("function") or {}
+        return {
+            "id": f"fc_{self.answer.message_id.hex}_{index}",
+            "type": "function_call",
+            "status": status,
+            "call_id": call.get("id", ""),
+            "name": function.get("name", ""),
+            "arguments": function.get("arguments", ""),
+        }
 
     def item(self, status: str, text: str | None) -> dict[str, Any]:
         content = [] if text is None else [self.part(text)]
@@ -262,15 +306,15 @@ class _Shape:
             "instructions": body.instructions if body else None,
             "max_output_tokens": body.max_output_tokens if body else None,
             "model": answer.model,
-            "output": [self.item(item_status, answer.content)] if finished else [],
+            "output": self.output(item_status) if finished else [],
             "parallel_tool_calls": bool(body and body.parallel_tool_calls),
             "previous_response_id": body.previous_response_id if body else None,
             "store": body is None or body.store is not False,
             "temperature": body.temperature if body and body.temperature is not None else 1.0,
             "top_p": body.top_p if body and body.top_p is not None else 1.0,
             "text": {"format": _text_format(self.response_format)},
-            "tool_choice": (body.tool_choice if body else None) or "auto",
-            "tools": [],
+            "tool_choice": _dumped(body.tool_choice if body else None) or "auto",
+            "tools": [tool.model_dump(exclude_none=True) for tool in (body and body.tools) or ()],
             "truncation": "disabled",
             "metadata": self.metadata or {},
             "user": body.user if body else None,
@@ -294,24 +338,28 @@ class _Shape:
         return f"event: {kind}\ndata: {data}\n\n".encode()
 
     async def events(self, exchange: Exchange) -> AsyncIterator[bytes]:
-        """The stream: created, the item and its text part opened, the text deltas, then
-        everything closed again and ``response.completed`` (or ``.incomplete``) with the usage.
-        A failure after the start (the backend's, or a shutdown's cut) ends it with
-        ``response.failed``, the text so far and the usage in it, as at OpenAI."""
-        at = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        """The stream: created, then each output item opened as it begins (the message at its
+        first text, a function call at its first piece) and filled (text deltas, argument
+        deltas), then every item closed again in order and ``response.completed`` (or
+        ``.incomplete``) with the usage. A failure after the start (the backend's, or a
+        shutdown's cut) ends it with ``response.failed``, what was generated and the usage in
+        it, as at OpenAI."""
+        self.order = []
         yield self.event("response.created", response=self.response("in_progress"))
         yield self.event("response.in_progress", response=self.response("in_progress"))
-        yield self.event(
-            "response.output_item.added", output_index=0, item=self.item("in_progress", None)
-        )
-        yield self.event("response.content_part.added", **at, part=self.part(""))
         chunks = exchange.stream()
         try:
             async for chunk in chunks:
                 if chunk.text:
+                    for opened in self._open_message():
+                        yield opened
+                    at = self._text_at()
                     yield self.event(
                         "response.output_text.delta", **at, delta=chunk.text, logprobs=[]
                     )
+                for piece in chunk.tool_calls:
+                    for event in self._call_piece(piece):
+                        yield event
         except APIError as error:
             yield self.event("response.failed", response=self.finished(error.message))
             return
@@ -321,8 +369,74 @@ class _Shape:
         if done["status"] == "failed":
             yield self.event("response.failed", response=done)
             return
-        text = exchange.content
-        yield self.event("response.output_text.done", **at, text=text, logprobs=[])
-        yield self.event("response.content_part.done", **at, part=self.part(text))
-        yield self.event("response.output_item.done", output_index=0, item=done["output"][0])
+        for opened in self._open_message(unless_calls=True):
+            yield opened
+        for position, entry in enumerate(self.order):
+            item = done["output"][position]
+            if entry == "message":
+                at = self._text_at()
+                text = exchange.content
+                yield self.event("response.output_text.done", **at, text=text, logprobs=[])
+                yield self.event("response.content_part.done", **at, part=self.part(text))
+            else:
+                yield self.event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=position,
+                    name=item["name"],
+                    arguments=item["arguments"],
+                )
+            yield self.event("response.output_item.done", output_index=position, item=item)
         yield self.event(f"response.{done['status']}", response=done)
+
+    def _text_at(self) -> dict[str, Any]:
+        assert self.order is not None
+        return {
+            "item_id": self.item_id,
+            "output_index": self.order.index("message"),
+            "content_index": 0,
+        }
+
+    def _open_message(self, *, unless_calls: bool = False) -> list[bytes]:
+        """The events that open the message item and its text part, once: at the first text,
+        or at the end for an answer with neither text nor calls."""
+        assert self.order is not None
+        if "message" in self.order or (unless_calls and self.order):
+            return []
+        self.order.append("message")
+        index = len(self.order) - 1
+        return [
+            self.event(
+                "response.output_item.added",
+                output_index=index,
+                item=self.item("in_progress", None),
+            ),
+            self.event("response.content_part.added", **self._text_at(), part=self.part("")),
+        ]
+
+    def _call_piece(self, piece: dict[str, Any]) -> list[bytes]:
+        """The events of one streamed piece of a call: the item opened at its first piece,
+        then its arguments' delta."""
+        assert self.order is not None
+        index = piece.get("index", 0)
+        events = []
+        if index not in self.order:
+            self.order.append(index)
+            opened = {"id": piece.get("id", ""), "function": piece.get("function") or {}}
+            item = self.call_item(index, opened, "in_progress") | {"arguments": ""}
+            events.append(
+                self.event(
+                    "response.output_item.added", output_index=len(self.order) - 1, item=item
+                )
+            )
+        delta = (piece.get("function") or {}).get("arguments")
+        if delta:
+            events.append(
+                self.event(
+                    "response.function_call_arguments.delta",
+                    item_id=f"fc_{self.answer.message_id.hex}_{index}",
+                    output_index=self.order.index(index),
+                    delta=delta,
+                )
+            )
+        return events

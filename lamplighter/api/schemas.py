@@ -10,7 +10,15 @@ import json
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from lamplighter.conversation.threading import Turn
 from lamplighter.engines.base import OutputFormat
@@ -58,6 +66,14 @@ ASKS_NOTHING: dict[str, tuple[object, ...]] = {
     "reasoning_effort": (None,),
     "service_tier": (None, "auto", "default"),
     "web_search_options": (None,),
+}
+# The same, on a function call sent back to the Responses API as the SDK dumps it
+# (``call.model_dump()``: its Python names, at their defaults).
+CALL_ASKS_NOTHING: dict[str, tuple[object, ...]] = {
+    "async": (None, False),
+    "async_": (None, False),
+    "caller": (None, {"type": "direct"}),
+    "namespace": (None,),
 }
 # The same, on a message.
 MESSAGE_ASKS_NOTHING: dict[str, tuple[object, ...]] = {
@@ -288,22 +304,11 @@ class ChatCompletionRequest(Body):
                 param = f"messages[{index}].content"
                 raise InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
             _check_tool_message(index, message)
-        names = [tool.function.name for tool in self.tools or ()]
         choice = self.tool_choice
-        if choice not in (None, "none", "auto") and not names:
-            raise InvalidRequest(
-                "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' "
-                "are specified.",
-                param="tool_choice",
-            )
-        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-            raise InvalidRequest(
-                f"Invalid value for 'tool_choice': no tool named '{choice.function.name}' is "
-                "among 'tools'.",
-                param="tool_choice",
-            )
-        if len(set(names)) != len(names):
-            raise InvalidRequest("Two tools in 'tools' have the same name.", param="tools")
+        _check_tools(
+            [tool.function.name for tool in self.tools or ()],
+            choice.function.name if isinstance(choice, NamedToolChoice) else choice,
+        )
         if isinstance(self.stop, list) and len(self.stop) > 4:
             raise InvalidRequest("'stop' takes at most 4 sequences", param="stop")
         if self.logprobs:
@@ -424,9 +429,70 @@ class ResponsesStreamOptions(Body):
     include_obfuscation: bool | None = None  # nothing here is obfuscated
 
 
+class FunctionCallItem(Body):
+    """A call a response made, sent back as input (or written by the client)."""
+
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1, max_length=200)
+    name: str = Field(max_length=64)
+    arguments: str
+    id: str | None = Field(default=None, max_length=200)
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_defaults(cls, data: object) -> object:
+        return _without_defaults(data, CALL_ASKS_NOTHING)
+
+
+class FunctionCallOutputItem(Body):
+    """A tool's result, for the call ``call_id`` names."""
+
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1, max_length=200)
+    output: str
+    id: str | None = Field(default=None, max_length=200)
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+# The input items offered, by their "type" (a message may leave it out).
+INPUT_ITEMS = ("message", "function_call", "function_call_output")
+
+
+def _item_kind(item: object) -> str:
+    kind = item.get("type") if isinstance(item, dict) else getattr(item, "type", None)
+    return kind if isinstance(kind, str) else "message"
+
+
+InputItem = Annotated[
+    Annotated[ResponseInputMessage, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+    Discriminator(_item_kind),
+]
+
+
+class ResponsesFunctionTool(Body):
+    """A function tool as the Responses API describes one (chat completions' fields, one level
+    up)."""
+
+    type: Literal["function"]
+    name: str = Field(pattern=TOOL_NAME)
+    description: str | None = None
+    parameters: dict[str, object] | None = None
+    strict: bool | None = None
+
+    _refs = field_validator("parameters")(_local_refs)
+
+
+class ResponsesNamedToolChoice(Body):
+    type: Literal["function"]
+    name: str = Field(pattern=TOOL_NAME)
+
+
 class ResponsesRequest(Body):
     model: str = Field(min_length=1, max_length=200)
-    input: str | Annotated[list[ResponseInputMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    input: str | Annotated[list[InputItem], Field(min_length=1, max_length=MAX_MESSAGES)]
     instructions: str | None = None
     previous_response_id: str | None = Field(default=None, max_length=200)
     max_output_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
@@ -444,11 +510,11 @@ class ResponsesRequest(Body):
     service_tier: Literal["auto", "default"] | None = None
     text: TextConfig | None = None
     truncation: Literal["disabled"] | None = None
+    tools: list[ResponsesFunctionTool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | ResponsesNamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     # Accepted at their defaults, which ask for nothing this server cannot do; refused (below)
     # when they ask for more. Frameworks send the defaults.
-    tools: list[object] | None = None
-    tool_choice: Literal["none", "auto"] | None = None
-    parallel_tool_calls: bool | None = None
     include: list[str] | None = None
     reasoning: dict[str, object] | None = None
     background: bool | None = None
@@ -457,17 +523,23 @@ class ResponsesRequest(Body):
     @model_validator(mode="before")
     @classmethod
     def _text_only(cls, data: object) -> object:
-        """Say plainly that input other than text messages is not offered (pydantic would
-        say "Input should be a valid string" of an image part)."""
+        """Say plainly that input other than text messages and function calls is not
+        offered (pydantic would say "Input should be a valid string" of an image part), nor
+        tools other than functions."""
+        tools = data.get("tools") if isinstance(data, dict) else None
+        for tool in tools if isinstance(tools, list) else []:
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if kind != "function":
+                raise unsupported("tools", f"only function tools are offered, not '{kind}'")
         items = data.get("input") if isinstance(data, dict) else None
         for index, item in enumerate(items if isinstance(items, list) else []):
             if not isinstance(item, dict):
                 continue
             kind = item.get("type", "message")
-            if kind != "message":
+            if kind not in INPUT_ITEMS:
                 raise InvalidRequest(
-                    f"Invalid value for 'input[{index}].type': only messages are supported "
-                    f"here, not '{kind}'.",
+                    f"Invalid value for 'input[{index}].type': only messages, function calls "
+                    f"and their outputs are supported here, not '{kind}'.",
                     param=f"input[{index}].type",
                 )
             parts = item.get("content")
@@ -485,7 +557,6 @@ class ResponsesRequest(Body):
     @model_validator(mode="after")
     def _check(self) -> ResponsesRequest:
         refused = {
-            "tools": ("tool calling is offered on /v1/chat/completions only", bool(self.tools)),
             "include": ("there is nothing more to include than the text", bool(self.include)),
             "reasoning": (
                 "the models here do not reason in separate steps",
@@ -503,14 +574,93 @@ class ResponsesRequest(Body):
         for param, (why, asked) in refused.items():
             if asked:
                 raise unsupported(param, why)
+        choice = self.tool_choice
+        _check_tools(
+            [tool.name for tool in self.tools or ()],
+            choice.name if isinstance(choice, ResponsesNamedToolChoice) else choice,
+        )
         return self
 
     @property
     def turns(self) -> tuple[Turn, ...]:
-        """The input as turns; a plain string is one user message."""
+        """The input as turns; a plain string is one user message. Function calls in a row
+        are one assistant turn's calls (with the text of an assistant message just before
+        them), as chat completions have them; a call's output is a "tool" turn."""
         if isinstance(self.input, str):
             return (Turn("user", self.input),)
-        return tuple(message.turn() for message in self.input)
+        turns: list[Turn] = []
+        calls: list[dict[str, Any]] = []
+        for item in self.input:
+            if isinstance(item, FunctionCallItem):
+                calls.append(
+                    {
+                        "id": item.call_id,
+                        "type": "function",
+                        "function": {"name": item.name, "arguments": item.arguments},
+                    }
+                )
+                continue
+            if calls:
+                turns.append(_with_calls(turns, calls))
+                calls = []
+            if isinstance(item, FunctionCallOutputItem):
+                turns.append(Turn("tool", item.output, tool_call_id=item.call_id))
+            else:
+                turns.append(item.turn())
+        if calls:
+            turns.append(_with_calls(turns, calls))
+        return tuple(turns)
+
+    @property
+    def tool_use(self) -> dict[str, Any]:
+        """The request's tools in chat completions' form, as ``GenerationRequest`` takes them."""
+        if not self.tools:
+            return {}
+        tools = [
+            {"type": "function", "function": tool.model_dump(exclude={"type"}, exclude_none=True)}
+            for tool in self.tools
+        ]
+        choice = self.tool_choice
+        if isinstance(choice, ResponsesNamedToolChoice):
+            named: object = {"type": "function", "function": {"name": choice.name}}
+        else:
+            named = choice
+        return {
+            "tools": _compact(tools),
+            "tool_choice": None if named is None else _compact(named),
+            "parallel_tool_calls": self.parallel_tool_calls,
+        }
+
+
+def _with_calls(turns: list[Turn], calls: list[dict[str, Any]]) -> Turn:
+    """An assistant turn making ``calls``: the assistant message just before them, if they
+    follow one (taken off ``turns``), else one with no text."""
+    said = (
+        turns.pop()
+        if turns and turns[-1].role == "assistant" and not turns[-1].tool_calls
+        else None
+    )
+    return Turn("assistant", said.content if said else "", tool_calls=_compact(calls))
+
+
+def _check_tools(names: list[str], choice: str | None) -> None:
+    """Tools have distinct names; a ``tool_choice`` that asks for a call needs tools, and a
+    named one (``choice`` is its name) must be among them."""
+    if len(set(names)) != len(names):
+        raise InvalidRequest("Two tools in 'tools' have the same name.", param="tools")
+    if choice in (None, "none", "auto"):
+        return
+    if not names:
+        raise InvalidRequest(
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are "
+            "specified.",
+            param="tool_choice",
+        )
+    if choice != "required" and choice not in names:
+        raise InvalidRequest(
+            f"Invalid value for 'tool_choice': no tool named '{choice}' is among 'tools'.",
+            param="tool_choice",
+        )
 
 
 def _check_tool_message(index: int, message: ChatMessage) -> None:
