@@ -65,6 +65,8 @@
     trash: ['M4 7h16', 'M9.5 7V4.5h5V7', 'M6.5 7l1 12.5a1 1 0 0 0 1 .9h7a1 1 0 0 0 1-.9l1-12.5', 'M10 11v6', 'M14 11v6'],
     logout: ['M9.5 20H6a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2h3.5', 'M15.5 16.5 20 12l-4.5-4.5', 'M20 12H9.5'],
     improve: ['M12 20h8', 'M16.5 3.5a2.1 2.1 0 0 1 3 3L7 19l-4 1 1-4z'],
+    call: ['M8 4H7a2 2 0 0 0-2 2v4l-2 2 2 2v4a2 2 0 0 0 2 2h1', 'M16 4h1a2 2 0 0 1 2 2v4l2 2-2 2v4a2 2 0 0 1-2 2h-1'],
+    result: ['M9 10l-5 5 5 5', 'M20 4v7a4 4 0 0 1-4 4H4'],
   };
 
   function icon(name, extraClass) {
@@ -630,6 +632,63 @@
       }, icon('right')));
   }
 
+  // Tool use, in a conversation an API client had: an answer's calls and the tools' results.
+
+  /** The calls answer `m` made (OpenAI's tool_calls), or none. */
+  function toolCallsOf(m) {
+    return m && Array.isArray(m.tool_calls) ? m.tool_calls.filter((c) => c && typeof c === 'object') : [];
+  }
+
+  /** The name of the function a call calls, or null. */
+  function callName(call) {
+    const name = call.function?.name;
+    return typeof name === 'string' && name ? name : null;
+  }
+
+  /** The name of the function whose call tool message `m` answers, from the answers above it. */
+  function calledName(conv, m) {
+    if (!m.tool_call_id) return null;
+    const above = pathTo(conv, m.id).reverse().slice(1);
+    for (const id of above) {
+      const call = toolCallsOf(conv.msgs.get(id)).find((c) => c.id === m.tool_call_id);
+      if (call) return callName(call);
+    }
+    return null;
+  }
+
+  /** Arguments or a result as sent, pretty-printed when it is a JSON object or array. */
+  function prettyJson(text) {
+    if (text == null) return '';
+    if (typeof text !== 'string') return JSON.stringify(text, null, 2);
+    try {
+      const value = JSON.parse(text);
+      if (value !== null && typeof value === 'object') return JSON.stringify(value, null, 2);
+    } catch {
+      // Not JSON: shown as sent.
+    }
+    return text;
+  }
+
+  const TOOL_LEAD = { call: ['Called', 'Tool call'], result: ['Result of', 'Tool result'] };
+
+  /**
+   * A folded monospace block under a one-line summary ("Called get_weather", "Result of
+   * get_weather"; "Tool call", "Tool result" when the function has no name we know): a call's
+   * arguments (kind 'call') or a tool's result ('result').
+   */
+  function buildToolBlock(kind, name, text, testid) {
+    const [named, unnamed] = TOOL_LEAD[kind];
+    return h('details', { class: `tool-block tool-${kind}`, testid: `tool-${kind}`, 'aria-label': name ? `${named} ${name}` : unnamed },
+      h('summary', { class: 'tool-summary' },
+        icon(kind), name ? [`${named} `, h('code', { class: 'tool-name', text: name })] : unnamed, icon('right', 'tool-chevron')),
+      h('pre', { class: 'tool-code', testid, dir: 'auto' }, h('code', { text: prettyJson(text) })));
+  }
+
+  function buildToolCalls(calls) {
+    return h('div', { class: 'tool-calls' },
+      calls.map((c) => buildToolBlock('call', callName(c), c.function?.arguments, 'tool-arguments')));
+  }
+
   function buildMessage(conv, m) {
     const track = streamTrack(conv, m.id);
     const streaming = !!track;
@@ -639,8 +698,10 @@
     const status = streaming ? 'in_progress' : (m.status || 'complete');
     const pair = m.role === 'assistant' ? pairFor(conv, m.id) : null;
     const byPerson = m.role === 'assistant' && m.author === 'person';
+    const toolName = m.role === 'tool' ? calledName(conv, m) : null;
     let label = m.role === 'user' ? 'You said' : m.role === 'assistant' ? 'Lamplighter said' : 'System instructions';
-    if (pair) label = m.id === pair.aId ? 'Answer A' : 'Answer B';
+    if (m.role === 'tool') label = toolName ? `Result of ${toolName}` : 'Tool result';
+    else if (pair) label = m.id === pair.aId ? 'Answer A' : 'Answer B';
     else if (byPerson) label = 'Your improved answer';
     const article = h('article', {
       class: `msg msg-${m.role}${byPerson ? ' msg-by-person' : ''}`, testid: 'message', 'data-role': m.role, 'data-id': m.id,
@@ -655,6 +716,14 @@
 
     const content = h('div', { class: 'msg-content' });
     article.append(content);
+
+    if (m.role === 'tool') {
+      // A tool's result, sent by the API client: read, never rated, regenerated or edited.
+      content.append(buildToolBlock('result', toolName, m.content, 'tool-output'));
+      const nav = buildBranchNav(conv, m);
+      if (nav) content.append(h('div', { class: 'msg-actions' }, nav));
+      return article;
+    }
 
     if (m.role === 'user' && state.editing === m.id) {
       content.append(buildEditor(conv, m));
@@ -685,7 +754,10 @@
       body.classList.add('plain');
       body.textContent = m.content || '';
     }
-    content.append(body);
+    // An answer that only called tools has no text: its calls stand in for the empty bubble.
+    const calls = streaming ? [] : toolCallsOf(m);
+    if (!calls.length || m.content) content.append(body);
+    if (calls.length) content.append(buildToolCalls(calls));
 
     const noteKind = noteKindFor(m, streaming);
     if (noteKind) {
@@ -727,10 +799,13 @@
       }));
     } else if (m.role === 'assistant' && !streaming) {
       const rated = m.rating ? m.rating.rating : 0;
-      actions.append(
-        iconButton('copy', 'Copy answer', {
+      // Nothing to copy from an answer that only called tools.
+      if (!calls.length || m.content) {
+        actions.append(iconButton('copy', 'Copy answer', {
           testid: 'copy-message', onclick: (e) => flashCopied(e.currentTarget, answerText(m)),
-        }),
+        }));
+      }
+      actions.append(
         iconButton('thumbs-up', 'Good answer', {
           testid: 'thumbs-up', class: 'icon-btn thumb', 'aria-pressed': rated === 1 ? 'true' : 'false',
           onclick: () => rate(conv, m.id, 1),
