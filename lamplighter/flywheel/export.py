@@ -39,7 +39,11 @@ every vote first; a first pass streams the side-by-side votes (a few fields each
 messages) into memory for that check. Order and serialisation are fixed: the same store gives
 the same bytes, in JSON lines or Parquet. Each data row has a matching line in ``index.jsonl``
 (conversation, user and message ids) so that a later ``--since`` export's ``deletions.jsonl``
-can be applied downstream.
+can be applied downstream: what was deleted since, people locked out since, and for KTO and
+DPO the rows that earlier exports may hold and that no longer stand (a rating removed, ratings
+or a verdict changed; ``rows.Rows.withdrawn``), by the ids ``index.jsonl`` gives them. Removed
+ratings and changed verdicts are read from the deletions log (kinds ``rating`` and
+``verdict``), one entry each since ``--since`` held in memory.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Mapping
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -133,6 +137,7 @@ class Report:
     conversations: int = 0
     sha256: str = ""
     deletions: int = 0
+    withdrawn: Counter[str] = field(default_factory=Counter)  # rows no longer standing, by why
     min_trust: float | None = None
     suspicious_voters: int | None = None  # None: not checked (kinds without votes)
 
@@ -176,25 +181,33 @@ class Exporter:
         if kind in ("sft", "dpo", "votes"):
             suspicious = await self._suspicious_voters()
             report.suspicious_voters = len(suspicious)
-        shared = Shared(kind, since, Deduplicator(), report, suspicious)
+        unrated: Mapping[uuid.UUID, datetime] = {}
+        revoted: Mapping[uuid.UUID, datetime] = {}
+        if since is not None and kind in ("kto", "dpo"):
+            unrated, revoted = await self._relabelled(since)
+        shared = Shared(kind, since, Deduplicator(), report, suspicious, unrated, revoted)
         data_path = out / report.filename
         writer: Writer = (
             JsonLines(data_path) if format == "jsonl" else ParquetRows(data_path, SCHEMAS[kind])
         )
-        with writer, open_text(out / "index.jsonl") as index:
+        deletions = open_text(out / "deletions.jsonl") if since is not None else None
+        with writer, open_text(out / "index.jsonl") as index, deletions or nullcontext():
             picks = kind in ("sft", "dpo", "votes")
             threads = self._threads(report, trusted, progress, picks=picks, since=since)
             async with aclosing(threads):
                 async for thread in threads:
                     report.conversations += 1
-                    for row, ids in Rows(thread, shared).rows():
+                    rows = Rows(thread, shared)
+                    for row, ids in rows.rows():
                         writer.write(row)
                         line = {"conversation_id": str(thread.id), "user_id": str(thread.owner)}
-                        index.write(json.dumps({**line, **ids}, separators=(",", ":")) + "\n")
+                        index.write(_json_line({**line, **ids}))
                         report.rows += 1
+                    if deletions is not None:
+                        deletions.writelines(_json_line(line) for line in rows.withdrawn)
+            if deletions is not None and since is not None:
+                report.deletions = await self._deletions(deletions, since)
         report.sha256 = writer.sha256
-        if since is not None:
-            report.deletions = await self._deletions(out / "deletions.jsonl", since)
         with open_text(out / "README.md") as readme:
             readme.write(card(report, since))
         async with self.db.transaction() as session:
@@ -220,6 +233,22 @@ class Exporter:
         estimated, _ = await Credits(self.db, CreditPolicy()).estimate()
         raters: Mapping[str, float] = estimated.raters
         return lambda owner: raters.get(str(owner), PRIOR_TRUST) >= min_trust
+
+    async def _relabelled(
+        self, since: datetime
+    ) -> tuple[dict[uuid.UUID, datetime], dict[uuid.UUID, datetime]]:
+        """The answers whose rating was removed, and the comparisons whose verdict changed,
+        after ``since``, each with when it last was (``Shared``'s ``unrated``, ``revoted``)."""
+        found: dict[str, dict[uuid.UUID, datetime]] = {"rating": {}, "verdict": {}}
+        async with self.db.transaction() as session:
+            result = await session.stream(
+                select(Deletion.kind, Deletion.subject_id, func.max(Deletion.at))
+                .where(Deletion.kind.in_(_RELABELLED), Deletion.at > since)
+                .group_by(Deletion.kind, Deletion.subject_id)
+            )
+            async for kind, subject, at in result:
+                found[kind][subject] = at
+        return found["rating"], found["verdict"]
 
     async def _suspicious_voters(self) -> frozenset[str]:
         """Side-by-side voters whose votes disagree with everyone else's more than chance
@@ -330,6 +359,7 @@ class Exporter:
                 Message.model,
                 Rating.updated_at,
                 Message.response_format,
+                Rating.created_at,
             )
             .join(Conversation, Conversation.id == Message.conversation_id)
             .join(User, User.id == Conversation.user_id)
@@ -370,6 +400,7 @@ class Exporter:
                         model=row[15],
                         rated_at=row[16],
                         response_format=row[17],
+                        first_rated_at=row[18],
                     )
                 )
             if thread is not None:
@@ -379,30 +410,32 @@ class Exporter:
                 elif thread.changed_since(since):
                     report.removed[skip] += 1
 
-    async def _deletions(self, path: Path, since: datetime) -> int:
+    async def _deletions(self, out: TextIO, since: datetime) -> int:
         """What was deleted (or withdrawn from training) after ``since``, by id; and the people
-        suspended or banned since then who still are, whom exports now leave out too."""
+        suspended or banned since then who still are, whom exports now leave out too. Removed
+        ratings and changed verdicts are not listed as such: the rows they withdraw are
+        (``Rows.withdrawn``), in the kinds they are rows of."""
         count = 0
         async with self.db.transaction() as session:
             result = await session.stream(
-                select(Deletion).where(Deletion.at > since).order_by(Deletion.id)
+                select(Deletion)
+                .where(Deletion.at > since, Deletion.kind.not_in(_RELABELLED))
+                .order_by(Deletion.id)
             )
-            with open_text(path) as out:
-                async for (deletion,) in result:
-                    key = _DELETED.get(deletion.kind, "user_id")
-                    line = {key: str(deletion.subject_id), "at": deletion.at.isoformat()}
-                    out.write(json.dumps(line, separators=(",", ":")) + "\n")
-                    count += 1
-                locked_out = await session.execute(
-                    select(User.id, User.disabled_at)
-                    .where(User.disabled_at > since, not_(_in_good_standing(utcnow())))
-                    .order_by(User.disabled_at, User.id)
-                )
-                for user_id, when in locked_out:
-                    at = when.isoformat() if when else ""
-                    suspended = {"user_id": str(user_id), "at": at, "suspended": True}
-                    out.write(json.dumps(suspended, separators=(",", ":")) + "\n")
-                    count += 1
+            async for (deletion,) in result:
+                key = _DELETED.get(deletion.kind, "user_id")
+                line = {key: str(deletion.subject_id), "at": deletion.at.isoformat()}
+                out.write(_json_line(line))
+                count += 1
+            locked_out = await session.execute(
+                select(User.id, User.disabled_at)
+                .where(User.disabled_at > since, not_(_in_good_standing(utcnow())))
+                .order_by(User.disabled_at, User.id)
+            )
+            for user_id, when in locked_out:
+                at = when.isoformat() if when else ""
+                out.write(_json_line({"user_id": str(user_id), "at": at, "suspended": True}))
+                count += 1
         return count
 
 
@@ -417,6 +450,8 @@ def _in_good_standing(now: datetime) -> ColumnElement[bool]:
 # What each kind of deletion names in deletions.jsonl (the rest: a person, deleted or no longer
 # consenting).
 _DELETED = {"conversation": "conversation_id", "message": "message_id"}
+# Logged kinds that delete no data but withdraw a label: a rating removed, a verdict changed.
+_RELABELLED = ("rating", "verdict")
 
 
 class _Merge:
@@ -596,9 +631,18 @@ def card(report: Report, since: datetime | None) -> str:
     ]
     if since:
         lines.append(
-            f"`deletions.jsonl` lists {report.deletions} conversations and people whose data must "
-            "be removed from earlier exports."
+            f"`deletions.jsonl` lists {report.deletions} conversations, answers and people whose "
+            "data must be removed from earlier exports."
         )
+        if report.kind in ("kto", "dpo"):
+            why = ", ".join(f"{reason} {n}" for reason, n in sorted(report.withdrawn.items()))
+            lines.append(
+                "It also names the rows that earlier exports may hold and that no longer stand, "
+                f"their labels withdrawn or changed since: {sum(report.withdrawn.values())}"
+                + (f" ({why})" if why else "")
+                + ". Apply it first, then this export's rows, each replacing the earlier row "
+                "with the same ids."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -610,6 +654,10 @@ async def count_messages(db: Database) -> int:
 
 def open_text(path: Path) -> TextIO:
     return path.open("w", encoding="utf-8")
+
+
+def _json_line(line: Mapping[str, Any]) -> str:
+    return json.dumps(line, separators=(",", ":")) + "\n"
 
 
 def _file_sha256(path: Path) -> str:

@@ -142,9 +142,15 @@ class Feedback:
         return result
 
     async def unrate(self, who: Principal, message_id: uuid.UUID) -> None:
+        """Remove the caller's rating of an answer (404 if not theirs). The removal is logged
+        by id, as deletions are, so that incremental exports withdraw the rows the rating made
+        (its KTO row, the DPO pairs it took part in) from copies made earlier."""
         async with self.db.transaction() as session:
             await self._answer(Conversations(session), who, message_id)
-            await WebStore(session).delete_rating(message_id)
+            store = WebStore(session)
+            if await store.rating(message_id) is not None:
+                await store.delete_rating(message_id)
+                session.add(Deletion(at=utcnow(), kind="rating", subject_id=message_id))
 
     async def consent(self, who: Principal) -> dict[str, Any]:
         async with self.db.transaction() as session:

@@ -33,7 +33,7 @@ from lamplighter.flywheel.credits import Credits
 from lamplighter.flywheel.policy import FlywheelPolicy, Variant
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.database import Database
-from lamplighter.store.models import Comparison, Message, new_id, utcnow
+from lamplighter.store.models import Comparison, Deletion, Message, new_id, utcnow
 from lamplighter.telemetry.metrics import Metrics
 
 # better: the new answer (B) wins; worse: the old one (A) does.
@@ -205,6 +205,10 @@ class Preferences:
             if comparison is None:
                 comparison = _regeneration(who, old, new.id, now, new.model)
                 session.add(comparison)
+            elif comparison.winner in ("a", "b") and comparison.winner != VERDICTS[verdict]:
+                # The pair the earlier verdict made is withdrawn: logged by id, as deletions
+                # are, for incremental exports to withdraw it from copies made earlier.
+                session.add(Deletion(at=now, kind="verdict", subject_id=comparison.id))
             comparison.winner, comparison.voted_at, comparison.origin = (
                 VERDICTS[verdict],
                 now,

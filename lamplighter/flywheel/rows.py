@@ -5,15 +5,17 @@ and its comparisons as ``Pick``s) into ``(row, ids)`` pairs: the row in the expo
 and the ids for ``index.jsonl``. It decides which answers are worth learning from and new to the
 export (``usable``), which votes count, which turns before an answer spoil the rows after it,
 and the DPO pairs of each question, and counts what it drops in the export's ``Report``; every
-text is scrubbed of personal data once per conversation. ``export.py`` reads the store and
-writes the files; see its docstring for what each kind holds.
+text is scrubbed of personal data once per conversation. In an incremental export it also
+lists, in ``withdrawn``, the KTO rows and DPO pairs that an earlier export may hold and that no
+longer stand (a rating removed, ratings or a verdict changed), for ``deletions.jsonl``.
+``export.py`` reads the store and writes the files; see its docstring for what each kind holds.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -48,6 +50,7 @@ class Node:
     author: str | None = None
     model: str | None = None
     rated_at: datetime | None = None  # when the rating was given or last changed
+    first_rated_at: datetime | None = None  # when the rating was first given
     # The structured output it was generated under (chat completions' response_format): the
     # schema the answer follows is in no message, so a row carries it.
     response_format: dict[str, Any] | None = None
@@ -104,6 +107,10 @@ class Shared:
     dedup: Deduplicator
     report: Report
     suspicious: frozenset[str]
+    # Since ``since``: the answers whose rating was removed and the comparisons whose verdict
+    # changed, each with when it last happened (empty without ``since``).
+    unrated: Mapping[uuid.UUID, datetime] = field(default_factory=dict)
+    revoted: Mapping[uuid.UUID, datetime] = field(default_factory=dict)
 
 
 class Rows:
@@ -123,6 +130,8 @@ class Rows:
         self._judged: dict[uuid.UUID, str] | None = None
         self._spoilt: dict[uuid.UUID, bool] = {}
         self._contexts: dict[uuid.UUID, Context] = {}  # the prompt up to each node
+        # deletions.jsonl lines: rows an earlier export may hold that no longer stand.
+        self.withdrawn: list[dict[str, str]] = []
 
     def rows(self) -> Iterator[tuple[Row, dict[str, str | None]]]:
         kind = self.context.kind
@@ -253,27 +262,40 @@ class Rows:
         """An answer worth learning from, and new to this export (``when`` it was rated or
         judged, by default when it was written); counts what it drops."""
         since = self.context.since
-        question = self.by_id.get(answer.parent_id) if answer.parent_id else None
         if since is not None and (when or answer.created_at) <= since:
             return False  # exported before: not a removal
+        return self.unusable(answer) is None
+
+    def unusable(self, answer: Node) -> str | None:
+        """Why an answer is not one to learn from (None: it is one): ``unfit``, or its prompt
+        a duplicate; counted."""
+        reason = self.unfit(answer)
+        if reason is None:
+            question = self.by_id.get(answer.parent_id) if answer.parent_id else None
+            assert question is not None  # (else unfit: no_question)
+            # Decided once per question: regenerations of one question share its verdict.
+            verdict = self._verdicts.get(question.id)
+            if verdict is None:
+                verdict = self.context.dedup.check(self.text(question), self.prompt(question))
+                self._verdicts[question.id] = verdict
+            if verdict != "keep":
+                reason = f"{verdict}_prompt"
+        if reason is not None:
+            self.report.removed[reason] += 1
+            return reason
+        self.report.saw(answer.created_at)
+        return None
+
+    def unfit(self, answer: Node) -> str | None:
+        """Why an answer is nothing to learn from in this kind of export, whatever else is
+        exported (None: it is something): its own fault (``fault``, for SFT ``sft_fault``), no
+        exchange with its question, or an earlier turn that spoils it. Not counted."""
+        question = self.by_id.get(answer.parent_id) if answer.parent_id else None
         fault = self.sft_fault if self.context.kind == "sft" else self.fault
         reason = fault(answer) or _exchange_fault(question, answer)
         if reason is None and self.spoilt(question):
             reason = "bad_context"
-        if reason is not None:
-            self.report.removed[reason] += 1
-            return False
-        assert question is not None
-        # Decided once per question: regenerations of one question share its verdict.
-        verdict = self._verdicts.get(question.id)
-        if verdict is None:
-            verdict = self.context.dedup.check(self.text(question), self.prompt(question))
-            self._verdicts[question.id] = verdict
-        if verdict != "keep":
-            self.report.removed[f"{verdict}_prompt"] += 1
-            return False
-        self.report.saw(answer.created_at)
-        return True
+        return reason
 
     def discount(self, pick: Pick) -> str | None:
         """Why a vote given does not count (None: it counts): discarded, or from a voter
@@ -317,20 +339,33 @@ class Rows:
                     "label": answer.rating == 1,
                 } | _format(answer)
                 yield row, {"message_id": str(answer.id)}
+            elif (removed := self._rating_removed(answer)) is not None:
+                self.withdraw({"message_id": str(answer.id)}, removed, "rating_removed")
+
+    def _rating_removed(self, answer: Node) -> datetime | None:
+        """When the rating of an answer was removed, if an earlier export may hold the KTO row
+        it made (None: not removed since, rated again, or no row to learn from)."""
+        removed = self.context.unrated.get(answer.id)
+        if answer.rating is not None or not self._existed(answer) or self.unfit(answer):
+            return None
+        return removed
 
     def dpo(self) -> Iterator[tuple[Row, dict[str, str | None]]]:
-        # (chosen, rejected, source, comparison, judged at) per question, in the order taken.
-        candidates: defaultdict[
-            uuid.UUID, list[tuple[Node, Node, str, Pick | None, datetime | None]]
-        ] = defaultdict(list)
+        """The pairs of each question; in an incremental export, every pair of each question
+        whose labels changed since (a pair that stands again, say no longer contradicted or
+        capped, is new too), and none of the others (the earlier export has them as they
+        stand), with the pairs it may hold that no longer stand ``withdrawn``."""
+        # (chosen, rejected, source, comparison) per question, in the order taken.
+        candidates: defaultdict[uuid.UUID, list[tuple[Node, Node, str, Pick | None]]] = defaultdict(
+            list
+        )
         for question_id, siblings in self.children.items():
             if question_id is None:
                 continue
             rated = [a for a in siblings if a.role == "assistant" and a.rating is not None]
             for good in (a for a in rated if a.rating == 1):
                 for bad in (a for a in rated if a.rating == -1):
-                    when = max(filter(None, (good.rated_at, bad.rated_at)), default=None)
-                    candidates[question_id].append((good, bad, "rating", None, when))
+                    candidates[question_id].append((good, bad, "rating", None))
         for pick in self.thread.picks:
             if not self.counted(pick):
                 continue
@@ -341,52 +376,166 @@ class Rows:
             if a is None or b is None:
                 continue
             good, bad = (a, b) if pick.winner == "a" else (b, a)
-            candidates[pick.question_id].append((good, bad, pick.kind, pick, pick.voted_at))
-        for pairs in candidates.values():
-            # The person preferred each answer to the other, in two signals: neither stands.
-            taken = {(good.id, bad.id) for good, bad, *_ in pairs}
-            both_ways = {pair for pair in taken if pair[::-1] in taken}
-            seen: set[tuple[uuid.UUID, uuid.UUID]] = set()
-            kept = 0
-            for good, bad, source, judged, when in pairs:
-                if (good.id, bad.id) in both_ways:
-                    self.report.removed["contradictory_pair"] += 1
-                    continue
-                if (good.id, bad.id) in seen:
-                    self.report.removed["duplicate_pair"] += 1
-                    continue
-                seen.add((good.id, bad.id))
-                if good.response_format != bad.response_format:
-                    # One answer was held to a format the other was not: not the same task.
-                    self.report.removed["format_differs"] += 1
-                    continue
-                if self.text(good).strip() == self.text(bad).strip():
-                    self.report.removed["identical_pair"] += 1  # nothing to prefer
-                    continue
-                if kept == MAX_PAIRS_PER_QUESTION:
-                    self.report.removed["over_pair_cap"] += 1
-                    continue
-                if self.fault(bad) is not None:
-                    self.report.removed["rejected_answer_unusable"] += 1
-                    continue
-                if not self.usable(good, when):
-                    continue
-                kept += 1
-                self.report.sources[source] += 1
-                row = {
-                    "prompt": self.path(good)[:-1],
-                    "chosen": self.answer(good),
-                    "rejected": self.answer(bad),
-                } | _format(good)
-                yield (
-                    row,
-                    {
-                        "chosen_id": str(good.id),
-                        "rejected_id": str(bad.id),
-                        "source": source,
-                        "comparison_id": str(judged.id) if judged else None,
-                    },
-                )
+            candidates[pick.question_id].append((good, bad, pick.kind, pick))
+        if self.context.since is None:
+            for pairs in candidates.values():
+                yield from self._pairs(pairs, set(), {})
+            return
+        relabelled = self._relabelled()
+        for question_id in [*candidates, *(q for q in relabelled if q not in candidates)]:
+            changed = relabelled.get(question_id)
+            if changed is None:
+                continue  # nothing new: exported before as it stands
+            kept: set[tuple[uuid.UUID, uuid.UUID]] = set()
+            decided: dict[tuple[uuid.UUID, uuid.UUID], str | None] = {}
+            yield from self._pairs(candidates.get(question_id, []), kept, decided)
+            for (good_id, bad_id), gone in self._earlier_pairs(question_id).items():
+                good, bad = self.by_id[good_id], self.by_id[bad_id]
+                if (good_id, bad_id) not in kept and self._could_pair(good, bad):
+                    ids = {"chosen_id": str(good_id), "rejected_id": str(bad_id)}
+                    self.withdraw(ids, changed, decided.get((good_id, bad_id)) or gone)
+
+    def _pairs(
+        self,
+        pairs: list[tuple[Node, Node, str, Pick | None]],
+        kept: set[tuple[uuid.UUID, uuid.UUID]],
+        decided: dict[tuple[uuid.UUID, uuid.UUID], str | None],
+    ) -> Iterator[tuple[Row, dict[str, str | None]]]:
+        """The rows of one question's candidate pairs, taken in order; each pair's fate goes
+        in ``decided`` (None: kept, in ``kept``), the first time it is met."""
+        # The person preferred each answer to the other, in two signals: neither stands.
+        taken = {(good.id, bad.id) for good, bad, *_ in pairs}
+        both_ways = {pair for pair in taken if pair[::-1] in taken}
+        seen: set[tuple[uuid.UUID, uuid.UUID]] = set()
+        for good, bad, source, judged in pairs:
+            pair = (good.id, bad.id)
+            reason: str | None = None
+            if pair in both_ways:
+                reason = "contradictory_pair"
+            elif pair in seen:
+                reason = "duplicate_pair"
+            elif good.response_format != bad.response_format:
+                # One answer was held to a format the other was not: not the same task.
+                reason = "format_differs"
+            elif self.text(good).strip() == self.text(bad).strip():
+                reason = "identical_pair"  # nothing to prefer
+            elif len(kept) == MAX_PAIRS_PER_QUESTION:
+                reason = "over_pair_cap"
+            elif self.fault(bad) is not None:
+                reason = "rejected_answer_unusable"
+            seen.add(pair)
+            if reason is not None:
+                self.report.removed[reason] += 1
+            else:
+                reason = self.unusable(good)  # (counted)
+            decided.setdefault(pair, reason)
+            if reason is not None:
+                continue
+            kept.add(pair)
+            self.report.sources[source] += 1
+            row = {
+                "prompt": self.path(good)[:-1],
+                "chosen": self.answer(good),
+                "rejected": self.answer(bad),
+            } | _format(good)
+            yield (
+                row,
+                {
+                    "chosen_id": str(good.id),
+                    "rejected_id": str(bad.id),
+                    "source": source,
+                    "comparison_id": str(judged.id) if judged else None,
+                },
+            )
+
+    def withdraw(self, ids: dict[str, str], at: datetime, reason: str) -> None:
+        """Name a row an earlier export may hold that no longer stands, for deletions.jsonl."""
+        self.withdrawn.append(ids | {"at": at.isoformat(), "withdrawn": reason})
+        self.report.withdrawn[reason] += 1
+
+    def _existed(self, answer: Node) -> bool:
+        since = self.context.since
+        return since is not None and answer.created_at <= since
+
+    def _relabelled(self) -> dict[uuid.UUID, datetime]:
+        """The questions whose answers' labels changed after ``since`` (a rating given,
+        changed or removed, a verdict or vote given or changed), each with when it last did."""
+        since = self.context.since
+        assert since is not None
+        changed: dict[uuid.UUID, datetime] = {}
+
+        def note(question_id: uuid.UUID | None, when: datetime | None) -> None:
+            if question_id is not None and when is not None and when > since:
+                changed[question_id] = max(changed.get(question_id, when), when)
+
+        for answer in self.answers:
+            note(answer.parent_id, answer.rated_at)
+            note(answer.parent_id, self.context.unrated.get(answer.id))
+        for pick in self.thread.picks:
+            note(pick.question_id, pick.voted_at)
+            note(pick.question_id, self.context.revoted.get(pick.id))
+        return changed
+
+    def _earlier_pairs(self, question_id: uuid.UUID) -> dict[tuple[uuid.UUID, uuid.UUID], str]:
+        """The (chosen, rejected) pairs of a question that the labels at ``since`` may have
+        made, each with what took it away if it is gone: every pair the labels then could have
+        given (a rating changed or removed since, or a verdict changed, could have been either
+        way then), so that none a copy may hold is missed; naming one it lacks is harmless."""
+        answers = [a for a in self.children[question_id] if a.role == "assistant"]
+        then = {a.id: self._rated_then(a) for a in answers}
+        earlier: dict[tuple[uuid.UUID, uuid.UUID], str] = {}
+        for good in answers:
+            for bad in answers:
+                if good is not bad and 1 in then[good.id] and -1 in then[bad.id]:
+                    removed = good.rating is None or bad.rating is None
+                    gone = "rating_removed" if removed else "rating_changed"
+                    earlier.setdefault((good.id, bad.id), gone)
+        for pick in self.thread.picks:
+            if pick.question_id != question_id or not {pick.a_id, pick.b_id} <= self.by_id.keys():
+                continue
+            for winner in self._voted_then(pick):
+                pair = (pick.a_id, pick.b_id) if winner == "a" else (pick.b_id, pick.a_id)
+                earlier.setdefault(pair, self.discount(pick) or "verdict_changed")
+        return earlier
+
+    def _rated_then(self, answer: Node) -> set[int]:
+        """The ratings ``answer`` may have had at ``since``."""
+        since = self.context.since
+        assert since is not None
+        if not self._existed(answer):
+            return set()
+        if answer.rating is not None and answer.rated_at and answer.rated_at <= since:
+            return {answer.rating}  # unchanged since
+        if answer.rating is not None and answer.first_rated_at and answer.first_rated_at <= since:
+            return {1, -1}  # changed since
+        if answer.id in self.context.unrated:
+            return {1, -1}  # removed since (and perhaps given again)
+        return set()
+
+    def _voted_then(self, pick: Pick) -> tuple[str, ...]:
+        """The winners (a or b) that ``pick`` may have had at ``since``."""
+        since = self.context.since
+        assert since is not None
+        if pick.voted_at is None:
+            return ()
+        if pick.voted_at <= since:
+            winners: tuple[str | None, ...] = (pick.winner,)
+        elif pick.id in self.context.revoted:
+            winners = ("a", "b")  # a verdict changed since: either may have stood
+        else:
+            return ()
+        return tuple(winner for winner in winners if winner in ("a", "b"))
+
+    def _could_pair(self, good: Node, bad: Node) -> bool:
+        """Whether two answers could be a pair in some export, whatever their labels: held to
+        one format, not one text (as written: scrubbing only makes more texts the same),
+        neither faulty, and the chosen one fit (``unfit``)."""
+        return (
+            good.response_format == bad.response_format
+            and good.content.strip() != bad.content.strip()
+            and self.fault(bad) is None
+            and self.unfit(good) is None
+        )
 
     def votes(self) -> Iterator[tuple[Row, dict[str, str | None]]]:
         for pick in self.thread.picks:

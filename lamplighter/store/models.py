@@ -412,7 +412,9 @@ class Deletion(Base):
     )
     at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, index=True)
     # conversation (deleted), message (an answer deleted through the API, with what continued
-    # from it), user (account deleted or consent withdrawn)
+    # from it), user (account deleted or consent withdrawn); labels taken back: rating (a
+    # rating removed; the answer's id), verdict (a regeneration verdict changed so that its
+    # pair no longer stands; the comparison's id)
     kind: Mapped[str] = mapped_column(String(16))
     subject_id: Mapped[uuid.UUID] = mapped_column(Uuid)
 

@@ -1055,3 +1055,169 @@ def test_a_follow_up_is_a_duplicate_only_after_the_same_conversation(
     ]
     # The third conversation repeats the first: both of its prompts are duplicates.
     assert "| duplicate_prompt | 2 |" in sft["card"]
+
+
+# Questions whose labels change between two exports, each in a conversation of its own.
+RELABELLED = {
+    "unrated": "How were the lenses of a lighthouse cleaned of soot each morning",
+    "turned": "Why did keepers paint the floors of the lantern room red",
+    "dropped": "How long did a supply of lamp oil last through a winter",
+    "uncontradicted": "What did keepers do when a storm cracked the lantern glass",
+    "reverdicted": "How often were the clockwork weights of the lens rewound",
+    "kept": "How did keepers measure the range of their light at sea",
+    "later": "Which keepers wrote the logbooks that historians still read",
+}
+_IDS = ("conversation_id", "user_id", "message_id", "chosen_id", "rejected_id")
+
+
+class _Relabeller:
+    """One person's answers, each pair an answer and its regeneration by the terse model, and
+    the labels they give and take back."""
+
+    def __init__(self, server: LiveServer) -> None:
+        self.web, _ = _person(server)
+        self.first: dict[str, str] = {}  # question name -> first answer's id
+        self.second: dict[str, str] = {}  # question name -> the regeneration's id
+
+    def ask(self, name: str, *, regenerate: bool = True) -> None:
+        first = self.web.chat(content=RELABELLED[name], model=SCRIPTED)
+        self.first[name] = _done(first)["id"]
+        if regenerate:
+            conversation, question = (
+                first[0][1]["conversation_id"],
+                first[0][1]["user_message"]["id"],
+            )
+            again = self.web.chat(
+                conversation_id=conversation, parent_id=question, model=TERSE_MODEL
+            )
+            self.second[name] = _done(again)["id"]
+
+    def rate(self, answer: str, rating: int | None) -> None:
+        url = f"/messages/{answer}/rating"
+        if rating is None:
+            assert self.web.api("DELETE", url).status_code == 204
+        else:
+            rated = self.web.api("PUT", url, json={"rating": rating})
+            assert rated.is_success, rated.text
+
+    def judge(self, name: str, verdict: str) -> None:
+        said = self.web.api(
+            "PUT", f"/messages/{self.second[name]}/verdict", json={"verdict": verdict}
+        )
+        assert said.is_success and said.json()["discarded"] is None, said.text
+
+
+def _keyed(kind: str, export: dict[str, Any]) -> dict[Any, tuple[Any, dict[str, Any]]]:
+    """An export's rows with their index lines, by the ids that name a row of its kind."""
+
+    def key(line: dict[str, Any]) -> Any:
+        return line["message_id"] if kind == "kto" else (line["chosen_id"], line["rejected_id"])
+
+    return {
+        key(line): (row, line) for row, line in zip(export["rows"], export["index"], strict=True)
+    }
+
+
+def _deletions_of(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "deletions.jsonl").read_text().splitlines()]
+
+
+def _applied(
+    kind: str, copy: dict[Any, tuple[Any, dict[str, Any]]], later: dict[str, Any], out: Path
+) -> dict[Any, tuple[Any, dict[str, Any]]]:
+    """A copy brought up to date by an incremental export as docs/flywheel.md says: first drop
+    every row that a line of deletions.jsonl names (all the ids the line gives are the row's; a
+    message is the row's whether its answer, chosen or rejected one), then add each new row,
+    replacing the earlier row with the same ids."""
+
+    def ids(line: dict[str, Any]) -> set[tuple[str, Any]]:
+        named = {(key, line[key]) for key in _IDS if key in line}
+        answers = ("message_id", "chosen_id", "rejected_id")
+        return named | {("message_id", line[key]) for key in answers if key in line}
+
+    gone = [{(k, v) for k, v in deletion.items() if k in _IDS} for deletion in _deletions_of(out)]
+    kept = {key: row for key, row in copy.items() if not any(g <= ids(row[1]) for g in gone)}
+    return kept | _keyed(kind, later)
+
+
+def test_incremental_exports_withdraw_the_rows_whose_labels_were_taken_back(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """A full export, then twice ratings removed, changed and given again and a verdict said
+    again, each time an incremental export since the one before: deletions.jsonl names each
+    earlier row that no longer stands, and the copy the exports keep up to date is each time
+    the fresh full export, row for row."""
+
+    async def backends(_: Settings) -> list[Backend]:
+        return [ScriptedBackend(SCRIPTED), ScriptedBackend(TERSE_MODEL, reply=lambda _: TERSE)]
+
+    data_dir = tmp_path_factory.mktemp("relabelled")
+    config = data_dir / "plain.toml"
+    config.write_text(ROOMY_PLAN)
+    made = Store(data_dir)
+    kinds = ("kto", "dpo")
+    with LiveServer(make_settings(data_dir, config=config, embedded_engine=False), backends) as s:
+        person = _Relabeller(s)
+        first, second = person.first, person.second
+        person.ask("unrated", regenerate=False)
+        person.rate(first["unrated"], 1)
+        for name in ("turned", "dropped", "kept"):
+            person.ask(name)
+            person.rate(first[name], 1)
+            person.rate(second[name], -1)
+        # Judged worse than the first answer, rated the other way round: contradictory.
+        person.ask("uncontradicted")
+        person.judge("uncontradicted", "worse")
+        person.rate(first["uncontradicted"], -1)
+        person.rate(second["uncontradicted"], 1)
+        person.ask("reverdicted")
+        person.judge("reverdicted", "better")
+        exported = datetime.now(UTC)
+        copies = {kind: _keyed(kind, _export(made, kind, tmp_path / f"{kind}-0")) for kind in kinds}
+        turned = (first["turned"], second["turned"])
+        assert first["unrated"] in copies["kto"] and turned in copies["dpo"]
+
+        def relabel(step: int) -> None:
+            if step == 1:
+                person.rate(first["unrated"], None)  # the person un-rates the answer
+                person.rate(first["turned"], -1)  # both rated down: no pair
+                person.rate(second["dropped"], None)  # no pair either
+                person.rate(first["uncontradicted"], None)  # the verdict's pair stands now
+                person.judge("reverdicted", "worse")  # the pair the other way round
+                person.ask("later")
+                person.rate(first["later"], 1)
+                person.rate(second["later"], -1)
+            else:  # some labels come back, others go
+                person.rate(first["unrated"], -1)
+                person.rate(first["turned"], 1)
+                person.rate(second["dropped"], -1)
+                person.judge("reverdicted", "same")
+                person.rate(first["later"], None)
+
+        for step in (1, 2):
+            relabel(step)
+            since, exported = exported.isoformat(), datetime.now(UTC)
+            for kind in kinds:
+                out = tmp_path / f"{kind}-{step}-since"
+                later = _export(made, kind, out, "--since", since)
+                now = _keyed(kind, _export(made, kind, tmp_path / f"{kind}-{step}"))
+                assert now != copies[kind]  # the labels did change
+                copies[kind] = _applied(kind, copies[kind], later, out)
+                assert copies[kind] == now, (kind, step)
+                withdrawn = [
+                    {k: v for k, v in line.items() if k != "at"}
+                    for line in _deletions_of(out)
+                    if "withdrawn" in line
+                ]
+                counted = f"their labels withdrawn or changed since: {len(withdrawn)} ("
+                assert counted in later["card"]
+                if (kind, step) == ("kto", 1):
+                    unrated = {"message_id": first["unrated"], "withdrawn": "rating_removed"}
+                    assert unrated in withdrawn
+                if (kind, step) == ("dpo", 1):
+                    pair = {"chosen_id": turned[0], "rejected_id": turned[1]}
+                    assert pair | {"withdrawn": "rating_changed"} in withdrawn
+                    pair = {"chosen_id": second["reverdicted"], "rejected_id": first["reverdicted"]}
+                    assert pair | {"withdrawn": "verdict_changed"} in withdrawn
+        person.web.close()
+        s.close_clients()

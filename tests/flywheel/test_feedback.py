@@ -126,6 +126,29 @@ def test_deleting_a_conversation_or_an_account_is_logged_by_id(server: LiveServe
     gone.close()
 
 
+def test_removing_a_rating_or_changing_a_verdict_is_logged_by_id(server: LiveServer) -> None:
+    """What an earlier export learnt from them no longer stands: incremental exports must
+    withdraw it, so each is logged, once it took a label back (un-rating an answer no one
+    rated, or saying a verdict again, takes nothing back)."""
+    web = Browserless(server.base_url)
+    web.login(new_person(server))
+    first = web.chat(content="rate me, then take it back", model=SCRIPTED)
+    conversation, question = first[0][1]["conversation_id"], first[0][1]["user_message"]["id"]
+    answer = next(p for name, p in first if name == "done")["message"]["id"]
+    assert web.api("PUT", f"/messages/{answer}/rating", json={"rating": 1}).is_success
+    for _ in range(2):
+        assert web.api("DELETE", f"/messages/{answer}/rating").status_code == 204
+    assert _deletions(server, answer) == ["rating"]
+    again = web.chat(conversation_id=conversation, parent_id=question, model=SCRIPTED)
+    regenerated = next(p for name, p in again if name == "done")["message"]["id"]
+    for verdict in ("better", "better", "worse", "same"):
+        said = web.api("PUT", f"/messages/{regenerated}/verdict", json={"verdict": verdict})
+        assert said.is_success, said.text
+        comparison = said.json()["id"]
+    assert _deletions(server, comparison) == ["verdict", "verdict"]
+    web.close()
+
+
 def test_the_api_takes_each_ratings_own_reasons(server: LiveServer) -> None:
     _, key = server.new_user(plan="roomy")
     completion = server.client(key).chat.completions.create(
