@@ -1047,6 +1047,7 @@ def _answer_row(
     # The path hash is replaced by the real one once the answer's text is known.
     pending = {"path_hash": f"pending:{exchange.message_id.hex}", "status": "in_progress"}
     output = exchange.prepared.request.output_format
+    tools = exchange.prepared.request.tools
     return (
         answer
         | pending
@@ -1054,6 +1055,7 @@ def _answer_row(
             "model": exchange.model,
             "response_format": None if output is None else output.response_format(),
             "request_metadata": exchange.metadata or None,
+            "tools": None if tools is None else json.loads(tools),
         }
     )
 
@@ -1088,4 +1090,5 @@ def _message_row(
         "request_metadata": None,
         "tool_calls": None if turn.tool_calls is None else json.loads(turn.tool_calls),
         "tool_call_id": turn.tool_call_id,
+        "tools": None,
     }

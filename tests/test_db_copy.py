@@ -104,6 +104,7 @@ def test_a_row_has_one_line_whichever_database_it_came_from() -> None:
         "updated_at": "2026-01-02 03:04:06.000000", "moderation": '{"output": [], "input": ["x"]}',
         "author": None, "response_format": '{"type": "json_object"}',
         "request_metadata": '{"b": "2", "a": "1"}', "tool_calls": None, "tool_call_id": None,
+        "tools": None,
     }  # fmt: skip
     from_postgres = {
         **stored_by_sqlite,

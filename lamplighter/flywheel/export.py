@@ -89,28 +89,27 @@ _OUTCOMES: dict[str, Outcome] = {"a": "a", "b": "b", "tie": "tie", "both_bad": "
 # Parquet rows are buffered and written this many at a time, one row group each.
 ROW_GROUP = 2000
 
-_TURNS = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+# A message: its tool calls (OpenAI's shape) as JSON text, null without; the call id a tool's
+# result answers.
+_TURNS = pa.list_(
+    pa.struct(
+        [
+            ("role", pa.string()),
+            ("content", pa.string()),
+            ("tool_calls", pa.string()),
+            ("tool_call_id", pa.string()),
+        ]
+    )
+)
+# What an answer was held to or offered, JSON text in Parquet: null for an answer under no
+# structured output, with no tools.
+_TASK = [("response_format", pa.string()), ("tools", pa.string())]
 # Each kind's columns, fixed: an empty export has them too, and loaders never guess.
-# ``response_format`` is JSON text in Parquet, null for an answer under no structured output.
 SCHEMAS: dict[str, Any] = {
-    "sft": pa.schema([("messages", _TURNS), ("response_format", pa.string())]),
-    "kto": pa.schema(
-        [
-            ("prompt", _TURNS),
-            ("completion", _TURNS),
-            ("label", pa.bool_()),
-            ("response_format", pa.string()),
-        ]
-    ),
-    "dpo": pa.schema(
-        [
-            ("prompt", _TURNS),
-            ("chosen", _TURNS),
-            ("rejected", _TURNS),
-            ("response_format", pa.string()),
-        ]
-    ),
-    "conversations": pa.schema([("messages", _TURNS)]),
+    "sft": pa.schema([("messages", _TURNS), *_TASK]),
+    "kto": pa.schema([("prompt", _TURNS), ("completion", _TURNS), ("label", pa.bool_()), *_TASK]),
+    "dpo": pa.schema([("prompt", _TURNS), ("chosen", _TURNS), ("rejected", _TURNS), *_TASK]),
+    "conversations": pa.schema([("messages", _TURNS), *_TASK]),
     "votes": pa.schema(
         [
             ("prompt", _TURNS),
@@ -360,6 +359,9 @@ class Exporter:
                 Rating.updated_at,
                 Message.response_format,
                 Rating.created_at,
+                Message.tool_calls,
+                Message.tool_call_id,
+                Message.tools,
             )
             .join(Conversation, Conversation.id == Message.conversation_id)
             .join(User, User.id == Conversation.user_id)
@@ -401,6 +403,9 @@ class Exporter:
                         rated_at=row[16],
                         response_format=row[17],
                         first_rated_at=row[18],
+                        tool_calls=row[19],
+                        tool_call_id=row[20],
+                        tools=row[21],
                     )
                 )
             if thread is not None:
@@ -514,6 +519,24 @@ class JsonLines:
         self.sha256 = self._digest.hexdigest()
 
 
+def _arrow_row(row: Row) -> Row:
+    """A row as its Parquet columns take it: a JSON schema, tool definitions and tool calls
+    have no fixed Arrow type, so they go in as their JSON text."""
+    arrow: Row = {}
+    for key, value in row.items():
+        if key in ("response_format", "tools"):
+            value = json.dumps(value, ensure_ascii=False)
+        elif isinstance(value, list):
+            value = [
+                turn | {"tool_calls": json.dumps(turn["tool_calls"], ensure_ascii=False)}
+                if isinstance(turn, dict) and "tool_calls" in turn
+                else turn
+                for turn in value
+            ]
+        arrow[key] = value
+    return arrow
+
+
 class ParquetRows:
     """Parquet with a fixed schema, written ``ROW_GROUP`` rows at a time (memory stays flat).
 
@@ -530,9 +553,7 @@ class ParquetRows:
         self.sha256 = ""
 
     def write(self, row: Row) -> None:
-        if "response_format" in row:  # a JSON schema has no fixed Arrow type: its text
-            row = row | {"response_format": json.dumps(row["response_format"])}
-        self.buffered.append(row)
+        self.buffered.append(_arrow_row(row))
         if len(self.buffered) >= ROW_GROUP:
             self._flush()
 
@@ -598,11 +619,14 @@ def card(report: Report, since: datetime | None) -> str:
             "out (trust: one-coin Dawid-Skene agreement with other raters; people with no "
             f"checkable labels count as {PRIOR_TRUST:.2f})."
         )
-    if report.kind in ("sft", "kto", "dpo"):
+    if report.kind in ("sft", "kto", "dpo", "conversations"):
         lines.append(
             "A row whose answer was generated under structured output has `response_format` "
             "(chat completions' shape; JSON text in Parquet): the JSON schema the answer "
-            "follows, which no message shows."
+            "follows, which no message shows. A row whose answer could call tools has `tools` "
+            "(their definitions, OpenAI's shape), and its messages carry `tool_calls` (an "
+            "answer's calls, `arguments` a JSON string) and `tool_call_id` (the call a `tool` "
+            "message's result answers), as OpenAI's fine-tuning format has them."
         )
     if report.suspicious_voters is not None:
         lines.append(

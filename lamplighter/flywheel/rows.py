@@ -54,6 +54,11 @@ class Node:
     # The structured output it was generated under (chat completions' response_format): the
     # schema the answer follows is in no message, so a row carries it.
     response_format: dict[str, Any] | None = None
+    # Tool use: an answer's calls (OpenAI's ``tool_calls``), the call a "tool" turn answers,
+    # and the tools an answer was generated with (a row needs their definitions).
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    tools: list[dict[str, Any]] | None = None
 
     @property
     def generated(self) -> bool:
@@ -152,16 +157,34 @@ class Rows:
             self._clean[node.id] = scrubbed.text
         return self._clean[node.id]
 
-    def path(self, node: Node) -> list[dict[str, str]]:
+    def turn(self, node: Node) -> dict[str, Any]:
+        """A message of a row: its role and scrubbed text, and its tool calls or the call it
+        answers, in OpenAI's shape."""
+        turn: dict[str, Any] = {"role": node.role, "content": self.text(node)}
+        if node.tool_calls:
+            turn["tool_calls"] = node.tool_calls
+        if node.tool_call_id is not None:
+            turn["tool_call_id"] = node.tool_call_id
+        return turn
+
+    def path(self, node: Node) -> list[dict[str, Any]]:
         turns = []
         current: Node | None = node
         while current is not None:
-            turns.append({"role": current.role, "content": self.text(current)})
+            turns.append(self.turn(current))
             current = self.by_id.get(current.parent_id) if current.parent_id else None
         return turns[::-1]
 
-    def answer(self, node: Node) -> list[dict[str, str]]:
-        return [{"role": "assistant", "content": self.text(node)}]
+    def answer(self, node: Node) -> list[dict[str, Any]]:
+        return [self.turn(node)]
+
+    def question_of(self, answer: Node) -> Node | None:
+        """The message an answer answers: its parent, or, past the tool calls and results in
+        between (an answer after a tool's result), the user's message that started them."""
+        node = self.by_id.get(answer.parent_id) if answer.parent_id else None
+        while node is not None and (node.role == "tool" or node.tool_calls):
+            node = self.by_id.get(node.parent_id) if node.parent_id else None
+        return node
 
     @staticmethod
     def fault(answer: Node) -> str | None:
@@ -271,7 +294,7 @@ class Rows:
         a duplicate; counted."""
         reason = self.unfit(answer)
         if reason is None:
-            question = self.by_id.get(answer.parent_id) if answer.parent_id else None
+            question = self.question_of(answer)
             assert question is not None  # (else unfit: no_question)
             # Decided once per question: regenerations of one question share its verdict.
             verdict = self._verdicts.get(question.id)
@@ -290,7 +313,7 @@ class Rows:
         """Why an answer is nothing to learn from in this kind of export, whatever else is
         exported (None: it is something): its own fault (``fault``, for SFT ``sft_fault``), no
         exchange with its question, or an earlier turn that spoils it. Not counted."""
-        question = self.by_id.get(answer.parent_id) if answer.parent_id else None
+        question = self.question_of(answer)
         fault = self.sft_fault if self.context.kind == "sft" else self.fault
         reason = fault(answer) or _exchange_fault(question, answer)
         if reason is None and self.spoilt(question):
@@ -417,6 +440,10 @@ class Rows:
             elif good.response_format != bad.response_format:
                 # One answer was held to a format the other was not: not the same task.
                 reason = "format_differs"
+            elif good.tools != bad.tools:
+                # One could call tools the other could not (a regeneration in the web chat,
+                # which offers none): not the same task either.
+                reason = "tools_differ"
             elif self.text(good).strip() == self.text(bad).strip():
                 reason = "identical_pair"  # nothing to prefer
             elif len(kept) == MAX_PAIRS_PER_QUESTION:
@@ -564,18 +591,27 @@ class Rows:
         leaf = self.thread.leaf
         end = self.by_id.get(leaf) if leaf else (self.answers[-1] if self.answers else None)
         if end is not None and end.role == "assistant" and self.usable(end):
-            yield {"messages": self.path(end)}, {"message_id": str(end.id)}
+            yield {"messages": self.path(end)} | _format(end), {"message_id": str(end.id)}
 
 
 def _format(answer: Node) -> Row:
-    """A row's ``response_format``, only where the answer was generated under one."""
-    return {} if answer.response_format is None else {"response_format": answer.response_format}
+    """A row's ``response_format`` and ``tools``, only where the answer was generated under
+    a format or with tools: what the model was held to or offered, which no message shows."""
+    row: Row = {}
+    if answer.response_format is not None:
+        row["response_format"] = answer.response_format
+    if answer.tools is not None:
+        row["tools"] = answer.tools
+    return row
 
 
 def _exchange_fault(question: Node | None, answer: Node) -> str | None:
     """Why a question and its answer make no exchange to learn from (None: they do)."""
     if question is None or question.role != "user":
         return "no_question"
-    if len(question.content.split()) < 2 or len(answer.content.split()) < 2:
+    # An answer that calls tools says what it does in its calls, often without a word.
+    if len(question.content.split()) < 2 or (
+        not answer.tool_calls and len(answer.content.split()) < 2
+    ):
         return "one_word_exchange"
     return None

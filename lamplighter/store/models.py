@@ -183,6 +183,8 @@ class Message(Base):
     # "tool" message answers.
     tool_calls: Mapped[list[dict[str, object]] | None] = mapped_column(JSON)
     tool_call_id: Mapped[str | None] = mapped_column(String(200))
+    # The tools an answer was generated with (OpenAI's ``tools``): its training rows need them.
+    tools: Mapped[list[dict[str, object]] | None] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_messages_user_path", "user_id", "path_hash"),)
 

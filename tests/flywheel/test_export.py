@@ -18,6 +18,7 @@ import datasets
 import openai
 import pyarrow.parquet as pq
 import pytest
+from aiohttp import web
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
@@ -26,6 +27,7 @@ from lamplighter.cli import app
 from lamplighter.conversation.threading import Turn
 from lamplighter.engines.base import Backend
 from lamplighter.engines.scripted import ScriptedBackend
+from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
 from lamplighter.flywheel.credits import Credits
 from lamplighter.flywheel.export import SCHEMAS, Exporter, count_messages
 from lamplighter.flywheel.policy import CreditPolicy
@@ -33,6 +35,8 @@ from lamplighter.settings import Settings
 from lamplighter.store.database import Database
 from lamplighter.store.models import Credit, User
 from tests.conftest import FAILING, ROOMY_PLAN, SCRIPTED, LiveServer, make_settings
+from tests.test_tools import ASK, SUNNY, TOOL_MODEL, WEATHER, _answer
+from tests.upstream_server import serve_in_thread
 from tests.web.conftest import Browserless, new_person
 
 QUESTION = "Tell me about the lighthouse keepers of Maine"
@@ -369,6 +373,35 @@ def _structured(server: LiveServer) -> None:
     web.close()
 
 
+def _tool_use(server: LiveServer) -> None:
+    """An API client's tool round trip (a call, its result, the answer from it), both answers
+    rated up; then the call regenerated in the web chat, which offers no tools, and judged
+    worse than the call."""
+    web, client = _person(server)
+    first = client.chat.completions.create(
+        model=TOOL_MODEL,
+        messages=[ASK],  # type: ignore[list-item]
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    call = first.choices[0].message
+    result = {"role": "tool", "tool_call_id": "call_7", "content": "clear"}
+    client.chat.completions.create(
+        model=TOOL_MODEL,
+        messages=[ASK, call.model_dump(), result],  # type: ignore[list-item]
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    stored = _messages(web)
+    for text in ("", SUNNY):
+        rated = web.api("PUT", f"/messages/{stored[text]['id']}/rating", json={"rating": 1})
+        assert rated.is_success, rated.text
+    question = stored[ASK["content"]]
+    conversation = web.api("GET", "/conversations").json()["data"][0]["id"]
+    again = _done(web.chat(conversation_id=conversation, parent_id=question["id"]))
+    verdict = web.api("PUT", f"/messages/{again['id']}/verdict", json={"verdict": "worse"})
+    assert verdict.is_success, verdict.text
+    web.close()
+
+
 def _judged_worse(server: LiveServer) -> None:
     """An answer stopped at the length limit, and one judged worse than its regeneration."""
     web, client = _person(server)
@@ -458,25 +491,37 @@ def _followed_up(server: LiveServer) -> None:
 def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """A store of what the export must not learn from, each case beside a good one."""
 
-    async def backends(_: Settings) -> list[Backend]:
-        return [
-            ScriptedBackend(SCRIPTED),
-            ScriptedBackend(FAILING, fail_after=3),
-            ScriptedBackend(TERSE_MODEL, reply=lambda _: TERSE),
-        ]
+    async def tool_calls(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json() if request.path == "/v1/chat/completions" else None
+        if body is None:
+            return web.json_response({"object": "list", "data": []})
+        return web.Response(body=_answer(body), content_type="text/event-stream")
 
     data_dir = tmp_path_factory.mktemp("audit")
     config = data_dir / "audit.toml"
     config.write_text(ROOMY_PLAN + AUDIT_CONFIG)
     made = Store(data_dir)
-    with LiveServer(make_settings(data_dir, config=config, embedded_engine=False), backends) as s:
-        _client_written(s)
-        _judged_worse(s)
-        _went_on(s)
-        _disagreeing(s)
-        _followed_up(s)
-        _structured(s)
-        s.close_clients()
+    with serve_in_thread(tool_calls) as upstream:
+        tools = UpstreamConfig("tools", upstream.url + "/v1", (TOOL_MODEL,), capacity=2)
+
+        async def backends(_: Settings) -> list[Backend]:
+            return [
+                ScriptedBackend(SCRIPTED),
+                ScriptedBackend(FAILING, fail_after=3),
+                ScriptedBackend(TERSE_MODEL, reply=lambda _: TERSE),
+                UpstreamBackend(tools),
+            ]
+
+        settings = make_settings(data_dir, config=config, embedded_engine=False)
+        with LiveServer(settings, backends) as s:
+            _client_written(s)
+            _judged_worse(s)
+            _went_on(s)
+            _disagreeing(s)
+            _followed_up(s)
+            _structured(s)
+            _tool_use(s)
+            s.close_clients()
     yield made
 
 
@@ -510,6 +555,15 @@ def _load(out: Path, kind: str, format: str = "json") -> datasets.Dataset:
     return loaded
 
 
+def _as_parquet(row: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-lines row of an answer with no format or tools, as Parquet holds it."""
+    turns = {"tool_calls": None, "tool_call_id": None}
+    return {
+        key: [turn | turns for turn in value] if isinstance(value, list) else value
+        for key, value in row.items()
+    } | {"response_format": None, "tools": None}
+
+
 def _texts(rows: list[dict[str, Any]]) -> list[str]:
     return [
         turn["content"]
@@ -517,6 +571,7 @@ def _texts(rows: list[dict[str, Any]]) -> list[str]:
         for value in row.values()
         if isinstance(value, list)
         for turn in value
+        if "role" in turn  # a message (not a tool's definition)
     ]
 
 
@@ -630,9 +685,10 @@ def test_parquet_loads_with_the_same_rows_and_the_same_bytes_twice(
     assert hashlib.sha256(one["raw"]).hexdigest() in one["card"]
     assert "Parquet" in one["card"]
     loaded = _load(tmp_path / "one", "dpo", "parquet")
-    assert loaded.column_names == ["prompt", "chosen", "rejected", "response_format"]
-    # No answer here was generated under structured output: the column is null.
-    assert loaded.to_list() == [row | {"response_format": None} for row in jsonl["rows"]]
+    assert loaded.column_names == ["prompt", "chosen", "rejected", "response_format", "tools"]
+    # No answer here had a format or tools: those columns, and the messages' tool fields, are
+    # null.
+    assert loaded.to_list() == [_as_parquet(row) for row in jsonl["rows"]]
     assert one["index"] == jsonl["index"]
     votes = _export(store, "votes", tmp_path / "votes", "--format", "parquet")
     assert len(_load(tmp_path / "votes", "votes", "parquet")) == len(votes["index"]) == 14
@@ -948,10 +1004,51 @@ def test_an_answer_under_structured_output_carries_its_format(audit: Store, tmp_
     assert "| format_differs | 1 |" in dpo["card"]
     parquet = _export(audit, "kto", tmp_path / "parquet", "--format", "parquet")
     loaded = _load(tmp_path / "parquet", "kto", "parquet").to_list()
-    assert [json.loads(r["response_format"]) for r in loaded if r["completion"] == target] == [
-        LIGHTHOUSE_FORMAT
-    ]
+    found = [r for r in loaded if r["completion"][0]["content"] == target[0]["content"]]
+    assert [json.loads(r["response_format"]) for r in found] == [LIGHTHOUSE_FORMAT]
     assert len(loaded) == len(parquet["index"]) == len(kto["rows"])
+
+
+def test_a_tool_round_trip_is_exported_in_openais_fine_tuning_shape(
+    audit: Store, tmp_path: Path
+) -> None:
+    """A call and the answer after its result are demonstrations with the tools offered and
+    the calls and call ids in their messages; a text answer to the same question, from where
+    no tools were offered, is never paired with the call."""
+    call = [
+        {
+            "id": "call_7",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        }
+    ]
+    calling = [ASK, {"role": "assistant", "content": "", "tool_calls": call}]
+    answered = [
+        *calling,
+        {"role": "tool", "content": "clear", "tool_call_id": "call_7"},
+        {"role": "assistant", "content": SUNNY},
+    ]
+    sft = _export(audit, "sft", tmp_path / "sft")
+    tool_rows = [row for row in sft["rows"] if row["messages"][0] == ASK]
+    assert tool_rows == [
+        {"messages": calling, "tools": [WEATHER]},
+        {"messages": answered, "tools": [WEATHER]},
+    ]
+    assert "`tool_calls`" in sft["card"]
+    kto = _export(audit, "kto", tmp_path / "kto")
+    rated = [row for row in kto["rows"] if row["prompt"][0] == ASK]
+    assert [(row["completion"], row["label"], row["tools"]) for row in rated] == [
+        (calling[1:], True, [WEATHER]),
+        (answered[-1:], True, [WEATHER]),
+    ]
+    dpo = _export(audit, "dpo", tmp_path / "dpo")
+    assert not any(row["prompt"][0] == ASK for row in dpo["rows"])
+    assert "| tools_differ | 1 |" in dpo["card"]
+    _export(audit, "kto", tmp_path / "parquet", "--format", "parquet")
+    loaded = _load(tmp_path / "parquet", "kto", "parquet").to_list()
+    [parquet] = [row for row in loaded if row["completion"][0]["tool_calls"]]
+    assert json.loads(parquet["completion"][0]["tool_calls"]) == call
+    assert json.loads(parquet["tools"]) == [WEATHER]
 
 
 def test_sft_leaves_out_truncated_answers_and_answers_judged_worse(
