@@ -117,6 +117,10 @@ def test_a_conversation_with_tools_shows_the_call_and_its_result_and_goes_on_in_
     # arguments pretty-printed when opened.
     expect(calling.locator(BODY)).to_have_count(0)
     expect(calling.get_by_test_id("copy-message")).to_have_count(0)  # it has no text to copy
+    # Rated, but not made again nor rewritten: the page cannot offer the client's tools.
+    expect(calling.get_by_test_id("thumbs-up")).to_be_visible()
+    for control in ["regenerate", "improve"]:
+        expect(calling.get_by_test_id(control)).to_have_count(0)
     call = calling.get_by_role("group", name="Called get_weather")
     expect(call.locator("summary")).to_have_text("Called get_weather")
     arguments = call.get_by_test_id("tool-arguments")
@@ -138,9 +142,11 @@ def test_a_conversation_with_tools_shows_the_call_and_its_result_and_goes_on_in_
     for control in ["thumbs-up", "thumbs-down", "regenerate", "improve", "edit", "copy-message"]:
         expect(result.get_by_test_id(control)).to_have_count(0)
 
-    # The answer after it reads and can be rated as any other.
+    # The answer after it reads and can be rated as any other (it answers the tool's result,
+    # which the page cannot ask for again).
     expect(answer.locator(BODY)).to_have_text(SUNNY)
     expect(answer.get_by_test_id("thumbs-up")).to_be_visible()
+    expect(answer.get_by_test_id("regenerate")).to_have_count(0)
     expect(answer.get_by_role("group")).to_have_count(0)
 
     # Going on in the page: the backend gets the tool turns along, and the thread keeps them.

@@ -814,19 +814,27 @@
           testid: 'thumbs-down', class: 'icon-btn thumb', 'aria-pressed': rated === -1 ? 'true' : 'false',
           onclick: () => rate(conv, m.id, -1),
         }),
-        iconButton('regenerate', 'Regenerate answer', {
-          testid: 'regenerate', disabled: busy,
-          onclick: () => startChat({ conv, parentId: m.parent_id ?? null, content: null, kind: 'regenerate' }),
-        }),
-        iconButton('improve', 'Improve this answer', {
-          testid: 'improve', disabled: busy,
-          onclick: () => {
-            state.improving = m.id;
-            state.ratingOpen = null;
-            rerenderMessage(conv, m.id, 'improve-input');
-          },
-        }),
       );
+      // An answer in a tool round trip (it called tools, or answers a tool's result) was made
+      // with tools the API client offered; the page offers none, so it cannot make it again,
+      // and a rewrite could not call them either.
+      const withTools = calls.length > 0 || conv.msgs.get(m.parent_id)?.role === 'tool';
+      if (!withTools) {
+        actions.append(
+          iconButton('regenerate', 'Regenerate answer', {
+            testid: 'regenerate', disabled: busy,
+            onclick: () => startChat({ conv, parentId: m.parent_id ?? null, content: null, kind: 'regenerate' }),
+          }),
+          iconButton('improve', 'Improve this answer', {
+            testid: 'improve', disabled: busy,
+            onclick: () => {
+              state.improving = m.id;
+              state.ratingOpen = null;
+              rerenderMessage(conv, m.id, 'improve-input');
+            },
+          }),
+        );
+      }
       if (m.model) actions.append(h('span', { class: 'msg-model', text: m.model }));
     }
     if (actions.childNodes.length) content.append(actions);
