@@ -180,6 +180,8 @@ class Exchange:
     created: int = field(default_factory=lambda: int(time.time()))
     text: list[str] = field(default_factory=list)
     calls: ToolCalls = field(default_factory=ToolCalls)  # the tool calls generated so far
+    # The generated tokens' log probabilities, when asked for (OpenAI's logprobs.content).
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
     completion_tokens: int = 0
     finish_reason: str | None = None
     ttft: float | None = None
@@ -273,6 +275,7 @@ class Exchange:
                 self.text.append(chunk.text)
                 if chunk.tool_calls:
                     self.calls.add(chunk.tool_calls)
+                self.logprobs.extend(chunk.logprobs)
                 if chunk.finish_reason is not None:
                     self.finish_reason = chunk.finish_reason
                     if chunk.prompt_tokens is not None:
@@ -334,6 +337,7 @@ class Exchange:
         self.service.metrics.discarded_tokens.labels(failed).inc(self.completion_tokens)
         self.text.clear()
         self.calls.clear()
+        self.logprobs.clear()
         self.completion_tokens = 0
         self.flags_out = ()
 
@@ -776,8 +780,11 @@ class ChatService:
 
     def remember(self, exchange: Exchange) -> None:
         """Keep a finished deterministic answer for repeats of the same request (not one that
-        calls tools: a replay carries text only)."""
+        calls tools or has log probabilities: a replay carries text only)."""
+        request = exchange.prepared.request
         if exchange.cache_key is None or exchange.calls.calls is not None:
+            return
+        if request.logprobs is not None:
             return
         answer = CachedAnswer(
             text=exchange.content,

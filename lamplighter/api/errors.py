@@ -30,7 +30,6 @@ UNSUPPORTED = {
     "functions": "function calling is not offered",
     "function_call": "function calling is not offered",
     "logit_bias": "the engines here take no logit bias",
-    "top_logprobs": "log probabilities are not offered",
     "audio": "only text is offered",
     "modalities": "only text is offered",
     "prediction": "predicted outputs are not offered",

@@ -177,6 +177,7 @@ async def chat_completions(
         frequency_penalty=body.frequency_penalty or 0.0,
         presence_penalty=body.presence_penalty or 0.0,
         output_format=body.output_format,
+        logprobs=body.logprobs_asked,
         **body.tool_use,
     )
     token_param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
@@ -231,6 +232,7 @@ def _completion(exchange: Exchange) -> dict[str, Any]:
         exchange.usage,
         exchange.metadata,
         exchange.calls.calls,
+        exchange.logprobs if exchange.prepared.request.logprobs is not None else None,
     )
 
 
@@ -243,9 +245,11 @@ def completion_body(
     usage: TokenCount,
     metadata: dict[str, str] | None,
     tool_calls: list[dict[str, Any]] | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A ``chat.completion`` object; ``metadata`` is the client's, as stored with it. An answer
-    that calls tools has them in ``tool_calls``, and null content if it said nothing."""
+    that calls tools has them in ``tool_calls``, and null content if it said nothing;
+    ``logprobs`` are its tokens' log probabilities, when they were asked for."""
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
     if tool_calls:
         message |= {"content": content or None, "tool_calls": tool_calls}
@@ -259,7 +263,7 @@ def completion_body(
             {
                 "index": 0,
                 "message": message,
-                "logprobs": None,
+                "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
                 "finish_reason": finish,
             }
         ],
@@ -282,8 +286,15 @@ async def _events(exchange: Exchange, include_usage: bool) -> AsyncIterator[byte
     }
     extra: dict[str, Any] = {"usage": None} if include_usage else {}
 
-    def frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    asked = exchange.prepared.request.logprobs is not None
+
+    def frame(
+        delta: dict[str, Any],
+        finish: str | None = None,
+        logprobs: tuple[dict[str, Any], ...] = (),
+    ) -> bytes:
+        found = {"content": list(logprobs), "refusal": None} if asked and logprobs else None
+        choice = {"index": 0, "delta": delta, "logprobs": found, "finish_reason": finish}
         return sse({**head, "choices": [choice], **extra})
 
     yield frame({"role": "assistant", "content": ""})
@@ -291,7 +302,7 @@ async def _events(exchange: Exchange, include_usage: bool) -> AsyncIterator[byte
     try:
         async for chunk in chunks:
             if chunk.text:
-                yield frame({"content": chunk.text})
+                yield frame({"content": chunk.text}, logprobs=chunk.logprobs)
             if chunk.tool_calls:
                 yield frame({"tool_calls": list(chunk.tool_calls)})
             if chunk.finish_reason is not None:

@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI-compatible API, validated by pydantic.
 
 Unknown fields are refused (as OpenAI does), so a typo is a clear 400 rather than silently
-ignored; a field we cannot honour (``logprobs``) is refused when it asks for anything.
+ignored; a field we cannot honour is refused when it asks for anything.
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ ASKS_NOTHING: dict[str, tuple[object, ...]] = {
     "functions": (None, []),
     "function_call": (None, "none", "auto"),
     "logit_bias": (None, {}),
-    "top_logprobs": (None, 0),
     "audio": (None,),
     "modalities": (None, ["text"]),
     "prediction": (None,),
@@ -285,6 +284,7 @@ class ChatCompletionRequest(Body):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     tools: list[ToolDefinition] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -311,8 +311,11 @@ class ChatCompletionRequest(Body):
         )
         if isinstance(self.stop, list) and len(self.stop) > 4:
             raise InvalidRequest("'stop' takes at most 4 sequences", param="stop")
-        if self.logprobs:
-            raise InvalidRequest("logprobs are not supported", param="logprobs")
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequest(
+                "Invalid value for 'top_logprobs': 'logprobs' must be true to ask for them.",
+                param="top_logprobs",
+            )
         if self.stream_options is not None and not self.stream:
             raise InvalidRequest(
                 "stream_options is only allowed when 'stream' is true", param="stream_options"
@@ -332,6 +335,12 @@ class ChatCompletionRequest(Body):
     @property
     def output_format(self) -> OutputFormat | None:
         return self.response_format.output_format if self.response_format else None
+
+    @property
+    def logprobs_asked(self) -> int | None:
+        """How many alternatives each token's log probability comes with (0: none), or None
+        when log probabilities are not asked for."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def tool_use(self) -> dict[str, Any]:

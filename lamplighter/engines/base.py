@@ -67,6 +67,9 @@ class GenerationRequest:
     tools: str | None = None
     tool_choice: str | None = None
     parallel_tool_calls: bool | None = None
+    # Log probabilities of the tokens generated, each with this many alternatives (0: none);
+    # None: not asked for.
+    logprobs: int | None = None
 
     @property
     def calls_tools(self) -> bool:
@@ -99,6 +102,9 @@ class Chunk:
     # ``index``, the first piece of a call with its ``id`` and function ``name``, then pieces
     # of its ``arguments``).
     tool_calls: tuple[dict[str, Any], ...] = ()
+    # The log probabilities of the tokens of ``text``, when asked for: OpenAI's
+    # ``logprobs.content`` entries (``token``, ``logprob``, ``bytes``, ``top_logprobs``).
+    logprobs: tuple[dict[str, Any], ...] = ()
 
 
 class ToolCalls:

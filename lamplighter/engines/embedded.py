@@ -131,6 +131,12 @@ class EmbeddedBackend:
     async def prepare(self, request: GenerationRequest) -> PreparedRequest:
         if self._llm is None:
             raise ServiceUnavailable("The model is still loading; try again shortly.")
+        if request.logprobs is not None:
+            raise InvalidRequest(
+                f"The model '{request.model}' cannot give log probabilities: the embedded engine "
+                "keeps no logits. Backends such as vLLM and SGLang give them.",
+                param="logprobs",
+            )
         if request.calls_tools:
             raise InvalidRequest(
                 f"The model '{request.model}' cannot call tools: it runs in the embedded engine, "

@@ -252,17 +252,21 @@ class _Relay:
             self.usage = event["usage"]
         text = ""
         calls: list[dict[str, Any]] = []
+        logprobs: list[dict[str, Any]] = []
         for choice in event.get("choices") or []:
             delta = choice.get("delta") or {}
             text += delta.get("content") or ""
             pieces = delta.get("tool_calls")
             if isinstance(pieces, list):
                 calls.extend(piece for piece in pieces if isinstance(piece, dict))
+            found = (choice.get("logprobs") or {}).get("content")
+            if isinstance(found, list):
+                logprobs.extend(entry for entry in found if isinstance(entry, dict))
             self.finish = choice.get("finish_reason") or self.finish
         if not text and not calls:
             return None
         self.produced += 1
-        return Chunk(text, tool_calls=tuple(calls))
+        return Chunk(text, tool_calls=tuple(calls), logprobs=tuple(logprobs))
 
     def last(self) -> Chunk:
         # The upstream's own count, when it gives one, is the truth about what was generated.
@@ -394,6 +398,10 @@ class UpstreamBackend:
             body["presence_penalty"] = request.presence_penalty
         if request.output_format is not None:
             body["response_format"] = request.output_format.response_format()
+        if request.logprobs is not None:
+            body["logprobs"] = True
+            if request.logprobs:
+                body["top_logprobs"] = request.logprobs
         if request.tools is not None:
             body["tools"] = json.loads(request.tools)
             if request.tool_choice is not None:

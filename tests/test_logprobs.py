@@ -1,0 +1,133 @@
+"""Log probabilities through the official SDK: asked of an OpenAI-compatible backend and passed
+back whole or streamed; refused, with why, where they cannot be had.
+
+vLLM cannot run on this machine (no GPU), so the backend is a real HTTP server on 127.0.0.1
+that streams as vLLM does when asked for ``logprobs``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from aiohttp import web
+
+from lamplighter.engines.base import Backend
+from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
+from lamplighter.settings import Settings
+from tests.conftest import MODEL, ROOMY_PLAN, LiveServer, make_settings
+from tests.test_router import sse
+from tests.upstream_server import serve_in_thread
+
+LOGPROB_MODEL = "logprob-model"
+ASK = [{"role": "user", "content": "Is the sea blue? Answer yes or no."}]
+
+
+def _entry(token: str, logprob: float, top: int) -> dict[str, Any]:
+    alternatives = [(token, logprob), ("No", math.log(0.05)), ("Maybe", math.log(0.01))]
+    return {
+        "token": token,
+        "logprob": logprob,
+        "bytes": list(token.encode()),
+        "top_logprobs": [
+            {"token": t, "logprob": p, "bytes": list(t.encode())} for t, p in alternatives[:top]
+        ],
+    }
+
+
+def _answer(body: dict[str, Any]) -> bytes:
+    """Two tokens, each with its log probability when asked (and ``top_logprobs`` of them)."""
+    top = body.get("top_logprobs", 0)
+
+    def chunk(token: str, logprob: float) -> dict[str, Any]:
+        logprobs = {"content": [_entry(token, logprob, top)]} if body.get("logprobs") else None
+        delta = {"content": token}
+        return {"choices": [{"index": 0, "delta": delta, "logprobs": logprobs}]}
+
+    return sse(
+        chunk("Yes", math.log(0.9)),
+        chunk(".", math.log(0.99)),
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 2}},
+        "[DONE]",
+    )
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[tuple[LiveServer, list[dict[str, Any]]]]:
+    received: list[dict[str, Any]] = []
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path != "/v1/chat/completions":
+            return web.json_response({"object": "list", "data": []})
+        body = await request.json()
+        received.append(body)
+        return web.Response(body=_answer(body), content_type="text/event-stream")
+
+    with serve_in_thread(handle) as upstream:
+        config = UpstreamConfig("lp", upstream.url + "/v1", (LOGPROB_MODEL,), capacity=2)
+
+        async def backends(_: Settings) -> list[Backend]:
+            return [UpstreamBackend(config)]
+
+        (tmp_path / "c.toml").write_text(ROOMY_PLAN)
+        with LiveServer(make_settings(tmp_path, config=tmp_path / "c.toml"), backends) as live:
+            yield live, received
+            live.close_clients()
+
+
+def test_log_probabilities_come_back_whole_and_streamed(
+    gateway: tuple[LiveServer, list[dict[str, Any]]],
+) -> None:
+    live, received = gateway
+    client = live.client(live.new_user(plan="roomy")[1])
+    whole = client.chat.completions.create(
+        model=LOGPROB_MODEL,
+        messages=ASK,  # type: ignore[arg-type]
+        logprobs=True,
+        top_logprobs=2,
+    )
+    assert received[-1]["logprobs"] is True and received[-1]["top_logprobs"] == 2
+    content = whole.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert [entry.token for entry in content or []] == ["Yes", "."]
+    first = (content or [])[0]
+    assert first.logprob == pytest.approx(math.log(0.9))
+    assert [alt.token for alt in first.top_logprobs] == ["Yes", "No"]
+
+    stream = client.chat.completions.create(
+        model=LOGPROB_MODEL,
+        messages=ASK,  # type: ignore[arg-type]
+        logprobs=True,
+        stream=True,
+    )
+    tokens = [
+        entry.token
+        for chunk in stream
+        if chunk.choices and chunk.choices[0].logprobs
+        for entry in chunk.choices[0].logprobs.content or []
+    ]
+    assert tokens == ["Yes", "."]
+    assert "top_logprobs" not in received[-1]
+
+    plain = client.chat.completions.create(model=LOGPROB_MODEL, messages=ASK)  # type: ignore[arg-type]
+    assert plain.choices[0].logprobs is None and "logprobs" not in received[-1]
+
+
+def test_log_probabilities_are_refused_where_they_cannot_be_had(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=MODEL, messages=ASK, logprobs=True)  # type: ignore[arg-type]
+    assert refused.value.param == "logprobs" and "embedded engine" in refused.value.message
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=MODEL, messages=ASK, top_logprobs=3)  # type: ignore[arg-type]
+    assert refused.value.param == "top_logprobs"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=ASK,  # type: ignore[arg-type]
+            logprobs=True,
+            top_logprobs=21,
+        )
+    assert refused.value.param == "top_logprobs"
