@@ -294,7 +294,7 @@ class Exchange:
                             await self._settle("complete")
                             yield Chunk("", tokens=0, finish_reason="content_filter")
                             return
-                if chunk.text or chunk.tool_calls:
+                if chunk.text or chunk.tool_calls or chunk.logprobs:
                     yield chunk
                 now = time.perf_counter()
                 if now - last_checkpoint >= CHECKPOINT_SECONDS:

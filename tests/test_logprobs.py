@@ -1,5 +1,5 @@
-"""Log probabilities through the official SDK: asked of an OpenAI-compatible backend and passed
-back whole or streamed; refused, with why, where they cannot be had.
+"""Log probabilities through the official SDK: the embedded model's own, and those asked of an
+OpenAI-compatible backend, passed back whole or streamed.
 
 vLLM cannot run on this machine (no GPU), so the backend is a real HTTP server on 127.0.0.1
 that streams as vLLM does when asked for ``logprobs``."""
@@ -116,10 +116,53 @@ def test_log_probabilities_come_back_whole_and_streamed(
     assert plain.choices[0].logprobs is None and "logprobs" not in received[-1]
 
 
-def test_log_probabilities_are_refused_where_they_cannot_be_had(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError) as refused:
-        client.chat.completions.create(model=MODEL, messages=ASK, logprobs=True)  # type: ignore[arg-type]
-    assert refused.value.param == "logprobs" and "embedded engine" in refused.value.message
+def test_the_embedded_model_gives_its_own_log_probabilities(client: openai.OpenAI) -> None:
+    """Greedy decoding picks the most likely token each time: every token is the first of its
+    alternatives, with the same log probability, and the alternatives are ranked."""
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,  # type: ignore[arg-type]
+        logprobs=True,
+        top_logprobs=3,
+        temperature=0,
+        max_tokens=8,
+        seed=1,  # evaluated from scratch (no KV cache reused): the same logits each time
+    )
+    choice = answer.choices[0]
+    content = choice.logprobs.content or []  # type: ignore[union-attr]
+    assert answer.usage is not None and len(content) == answer.usage.completion_tokens - (
+        choice.finish_reason == "stop"  # the end-of-turn token is counted, not shown
+    )
+    assert "".join(entry.token for entry in content) == choice.message.content
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        best = entry.top_logprobs[0]
+        assert best.token == entry.token and best.logprob == pytest.approx(entry.logprob)
+        ranked = [alt.logprob for alt in entry.top_logprobs]
+        assert ranked == sorted(ranked, reverse=True)
+        assert sum(math.exp(p) for p in ranked) <= 1 + 1e-6
+        assert bytes(entry.bytes or []).decode() == entry.token
+
+    streamed = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,  # type: ignore[arg-type]
+        logprobs=True,
+        temperature=0,
+        max_tokens=8,
+        seed=1,
+        stream=True,
+    )
+    tokens = [
+        entry
+        for chunk in streamed
+        if chunk.choices and chunk.choices[0].logprobs
+        for entry in chunk.choices[0].logprobs.content or []
+    ]
+    assert [e.token for e in tokens] == [e.token for e in content]
+    assert [e.logprob for e in tokens] == pytest.approx([e.logprob for e in content], abs=1e-4)
+
+
+def test_top_logprobs_needs_logprobs_and_is_at_most_20(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model=MODEL, messages=ASK, top_logprobs=3)  # type: ignore[arg-type]
     assert refused.value.param == "top_logprobs"

@@ -301,7 +301,7 @@ async def _events(exchange: Exchange, include_usage: bool) -> AsyncIterator[byte
     chunks = exchange.stream()
     try:
         async for chunk in chunks:
-            if chunk.text:
+            if chunk.text or chunk.logprobs:
                 yield frame({"content": chunk.text}, logprobs=chunk.logprobs)
             if chunk.tool_calls:
                 yield frame({"tool_calls": list(chunk.tool_calls)})

@@ -73,6 +73,32 @@ def _unfollowable(why: str) -> InvalidRequest:
     )
 
 
+def _logprob(llm: Any, token: int, piece: bytes, top: int) -> dict[str, Any]:
+    """OpenAI's ``logprobs.content`` entry of a token just sampled, with ``top`` alternatives.
+
+    The context still holds the logits the token was sampled from (the next one is evaluated
+    only when the generator resumes), so they are read, not kept: the model needs no
+    ``logits_all`` (a vocabulary of logits for every position of the context)."""
+    import numpy as np
+
+    n_vocab = llm.n_vocab()
+    logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
+    peak = float(logits.max())
+    total = peak + float(np.log(np.exp(logits - peak).sum()))
+
+    def entry(token_id: int, raw: bytes) -> dict[str, Any]:
+        return {
+            "token": raw.decode("utf-8", "replace"),
+            "logprob": float(logits[token_id]) - total,
+            "bytes": list(raw),
+        }
+
+    best = np.argpartition(logits, -top)[-top:] if top else np.empty(0, dtype=np.intp)
+    ranked = sorted((int(i) for i in best), key=lambda i: -float(logits[i]))
+    alternatives = [entry(i, llm.detokenize([i])) for i in ranked]
+    return entry(token, piece) | {"top_logprobs": alternatives}
+
+
 class EmbeddedBackend:
     def __init__(self, model_path: Path, model_name: str, *, n_ctx: int, n_threads: int) -> None:
         self.name = "embedded"
@@ -131,12 +157,6 @@ class EmbeddedBackend:
     async def prepare(self, request: GenerationRequest) -> PreparedRequest:
         if self._llm is None:
             raise ServiceUnavailable("The model is still loading; try again shortly.")
-        if request.logprobs is not None:
-            raise InvalidRequest(
-                f"The model '{request.model}' cannot give log probabilities: the embedded engine "
-                "keeps no logits. Backends such as vLLM and SGLang give them.",
-                param="logprobs",
-            )
         if request.calls_tools:
             raise InvalidRequest(
                 f"The model '{request.model}' cannot call tools: it runs in the embedded engine, "
@@ -247,15 +267,21 @@ class EmbeddedBackend:
                         post(Chunk(""))
                         finish = "stop"
                         break
-                    text = stops.feed(decoder.decode(llm.detokenize([token])))
+                    piece = llm.detokenize([token])
+                    text = stops.feed(decoder.decode(piece))
+                    logprobs = (
+                        ()
+                        if request.logprobs is None
+                        else (_logprob(llm, token, piece, request.logprobs),)
+                    )
                     if stops.stopped:
-                        post(Chunk(text))
+                        post(Chunk(text, logprobs=logprobs))
                         finish = "stop"
                         break
                     if generated >= prepared.max_tokens:
-                        post(Chunk(text))
+                        post(Chunk(text, logprobs=logprobs))
                         break
-                    post(Chunk(text))
+                    post(Chunk(text, logprobs=logprobs))
             finally:
                 tokens.close()
             post(Chunk(stops.feed(decoder.decode(b"", final=True)) + stops.flush(), 0, finish))
