@@ -174,3 +174,34 @@ def test_top_logprobs_needs_logprobs_and_is_at_most_20(client: openai.OpenAI) ->
             top_logprobs=21,
         )
     assert refused.value.param == "top_logprobs"
+
+
+def test_a_response_includes_its_log_probabilities_when_asked(client: openai.OpenAI) -> None:
+    response = client.responses.create(
+        model=MODEL,
+        input=ASK[0]["content"],
+        include=["message.output_text.logprobs"],
+        top_logprobs=2,
+        temperature=0,
+        max_output_tokens=40,
+    )
+    [part] = response.output[0].content  # type: ignore[union-attr]
+    assert part.type == "output_text" and part.logprobs
+    assert "".join(entry.token for entry in part.logprobs) == response.output_text
+    assert all(len(entry.top_logprobs) == 2 for entry in part.logprobs)
+    assert response.top_logprobs == 2
+    with client.responses.stream(
+        model=MODEL,
+        input=ASK[0]["content"],
+        include=["message.output_text.logprobs"],
+        temperature=0,
+        max_output_tokens=40,
+    ) as stream:
+        deltas = [e for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert [entry.token for d in deltas for entry in d.logprobs] == [
+        entry.token
+        for entry in final.output[0].content[0].logprobs  # type: ignore[union-attr]
+    ]
+    plain = client.responses.create(model=MODEL, input="hi", max_output_tokens=3)
+    assert plain.output[0].content[0].logprobs == []  # type: ignore[union-attr]

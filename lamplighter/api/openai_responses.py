@@ -145,6 +145,7 @@ async def create_response(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         output_format=body.text.output_format if body.text else None,
+        logprobs=body.logprobs_asked,
         **body.tool_use,
     )
     exchange, headers = await open_exchange(
@@ -272,7 +273,7 @@ class _Shape:
         }
 
     def item(self, status: str, text: str | None) -> dict[str, Any]:
-        content = [] if text is None else [self.part(text)]
+        content = [] if text is None else [self.part(text, self.logprobs)]
         return {
             "id": self.item_id,
             "type": "message",
@@ -281,9 +282,16 @@ class _Shape:
             "content": content,
         }
 
+    @property
+    def logprobs(self) -> list[dict[str, Any]]:
+        """The text's tokens' log probabilities, when they were asked for (they are not
+        stored: a stored response has none)."""
+        answer = self.answer
+        return [] if isinstance(answer, _Stored) else answer.logprobs
+
     @staticmethod
-    def part(text: str) -> dict[str, Any]:
-        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    def part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
     def response(self, status: str, error: dict[str, str] | None = None) -> dict[str, Any]:
         """The response object, ``in_progress`` or finished."""
@@ -312,6 +320,7 @@ class _Shape:
             "store": body is None or body.store is not False,
             "temperature": body.temperature if body and body.temperature is not None else 1.0,
             "top_p": body.top_p if body and body.top_p is not None else 1.0,
+            "top_logprobs": body.top_logprobs if body else None,
             "text": {"format": _text_format(self.response_format)},
             "tool_choice": _dumped(body.tool_choice if body else None) or "auto",
             "tools": [tool.model_dump(exclude_none=True) for tool in (body and body.tools) or ()],
@@ -355,7 +364,10 @@ class _Shape:
                         yield opened
                     at = self._text_at()
                     yield self.event(
-                        "response.output_text.delta", **at, delta=chunk.text, logprobs=[]
+                        "response.output_text.delta",
+                        **at,
+                        delta=chunk.text,
+                        logprobs=list(chunk.logprobs),
                     )
                 for piece in chunk.tool_calls:
                     for event in self._call_piece(piece):
@@ -376,8 +388,12 @@ class _Shape:
             if entry == "message":
                 at = self._text_at()
                 text = exchange.content
-                yield self.event("response.output_text.done", **at, text=text, logprobs=[])
-                yield self.event("response.content_part.done", **at, part=self.part(text))
+                yield self.event(
+                    "response.output_text.done", **at, text=text, logprobs=self.logprobs
+                )
+                yield self.event(
+                    "response.content_part.done", **at, part=self.part(text, self.logprobs)
+                )
             else:
                 yield self.event(
                     "response.function_call_arguments.done",

@@ -464,6 +464,8 @@ class FunctionCallOutputItem(Body):
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
 
+# What a response may ``include`` beyond its text.
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
 # The input items offered, by their "type" (a message may leave it out).
 INPUT_ITEMS = ("message", "function_call", "function_call_output")
 
@@ -525,6 +527,7 @@ class ResponsesRequest(Body):
     # Accepted at their defaults, which ask for nothing this server cannot do; refused (below)
     # when they ask for more. Frameworks send the defaults.
     include: list[str] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     reasoning: dict[str, object] | None = None
     background: bool | None = None
     conversation: object | None = None
@@ -566,7 +569,10 @@ class ResponsesRequest(Body):
     @model_validator(mode="after")
     def _check(self) -> ResponsesRequest:
         refused = {
-            "include": ("there is nothing more to include than the text", bool(self.include)),
+            "include": (
+                f"only {LOGPROBS_INCLUDE} can be included",
+                any(item != LOGPROBS_INCLUDE for item in self.include or ()),
+            ),
             "reasoning": (
                 "the models here do not reason in separate steps",
                 self.reasoning is not None,
@@ -619,6 +625,14 @@ class ResponsesRequest(Body):
         if calls:
             turns.append(_with_calls(turns, calls))
         return tuple(turns)
+
+    @property
+    def logprobs_asked(self) -> int | None:
+        """How many alternatives each token's log probability comes with, or None when they
+        are not asked for (neither included nor ``top_logprobs`` given)."""
+        if LOGPROBS_INCLUDE in (self.include or ()) or self.top_logprobs is not None:
+            return self.top_logprobs or 0
+        return None
 
     @property
     def tool_use(self) -> dict[str, Any]:
