@@ -1,5 +1,7 @@
-"""Assembly: ``create_app(settings)`` builds the ASGI app; its lifespan opens the database,
-migrates it, loads the backends and holds them in typed state. Nothing connects at import time."""
+"""Assembly: ``create_app(settings)`` builds the ASGI app; its lifespan lays the
+:class:`Groundwork` (the database migrated and opened, the config file's tables checked, the plans
+loaded) unless ``serve`` has laid it already, loads the backends and holds them in typed state.
+Nothing connects at import time."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,8 +22,8 @@ from fastapi.staticfiles import StaticFiles
 
 from lamplighter.abuse.moderation import Moderation
 from lamplighter.abuse.reports import ReviewQueue
-from lamplighter.abuse.violations import ViolationPolicy, Violations
-from lamplighter.abuse.watch import Watch, WatchPolicy
+from lamplighter.abuse.violations import Violations
+from lamplighter.abuse.watch import Watch
 from lamplighter.accounts import AccountService, Bootstrap
 from lamplighter.api import admin, errors, feedback, health, openai, openai_responses, stored
 from lamplighter.api import billing as billing_api
@@ -37,21 +40,19 @@ from lamplighter.engines.router import Router
 from lamplighter.engines.upstream import UpstreamBackend, upstreams_from_config
 from lamplighter.flywheel.credits import Credits
 from lamplighter.flywheel.feedback import Feedback
-from lamplighter.flywheel.policy import FlywheelPolicy
 from lamplighter.flywheel.preferences import Preferences
 from lamplighter.readonly import ReadOnly
-from lamplighter.reload import Reloader, ReloadMetrics
+from lamplighter.reload import Reloader, ReloadMetrics, Tables, read_tables
 from lamplighter.settings import Settings, read_config
 from lamplighter.store import migrate
 from lamplighter.store.database import Database, masked
 from lamplighter.telemetry.metrics import Metrics
 from lamplighter.telemetry.series import Series
 from lamplighter.telemetry.tracing import TraceRequests, Tracing
-from lamplighter.traffic.admission import Admission, headroom_from_config
+from lamplighter.traffic.admission import Admission
 from lamplighter.traffic.bulletin import Bulletin
 from lamplighter.traffic.cache import ResponseCache
 from lamplighter.traffic.clock import SystemClock
-from lamplighter.traffic.degrade import rules_from_config
 from lamplighter.traffic.gate import SlotGate
 from lamplighter.traffic.planbook import PlanBook
 from lamplighter.traffic.plans import plans_from_config
@@ -126,6 +127,41 @@ async def default_backends(settings: Settings) -> list[Backend]:
     return backends
 
 
+@dataclass(frozen=True)
+class Groundwork:
+    """The first steps of the start, the ones an operator's mistake makes fail: the database
+    migrated and opened, the config file read and its tables checked, the plans stored and
+    loaded. ``serve`` lays it before anything else, so that a mistake is one ``error:`` line
+    (see cli.py), and hands it to the app; an app given none lays its own in its lifespan."""
+
+    db: Database
+    config: dict[str, Any]
+    tables: Tables
+    plans: PlanBook
+
+
+async def lay_groundwork(settings: Settings) -> Groundwork:
+    """Read and check the config file, migrate the database, then store the file's plans the
+    database lacks and load every plan. Raises ConfigError for a mistake in the file, or in a
+    setting that names a plan; the database is closed again when anything fails."""
+    config = read_config(settings.config)
+    tables = read_tables(config)  # before the database: a mistake in the file is told first
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url
+    # Alembic runs its own event loop, so it gets a thread of its own.
+    await asyncio.to_thread(migrate.upgrade, url)
+    db = Database(url)
+    try:
+        plans = PlanBook(db)
+        await plans.load(plans_from_config(config.get("plans", {})))
+        plans.check_setting("signup_plan", settings.signup_plan)
+        plans.check_setting("billing_free_plan", settings.billing_free_plan)
+    except BaseException:
+        await db.close()
+        raise
+    return Groundwork(db, config, tables, plans)
+
+
 async def _resync_plans(plans: PlanBook) -> None:
     """Reread the plans now and then, in case a bulletin about a change was lost."""
     while True:
@@ -158,29 +194,25 @@ def create_app(
     *,
     backends: Callable[[Settings], Awaitable[list[Backend]]] | None = None,
     on_bootstrap: Callable[[Settings, Bootstrap], None] = announce_bootstrap,
+    groundwork: Groundwork | None = None,
 ) -> FastAPI:
-    """The app. ``backends`` replaces the embedded engine (tests pass a scripted one)."""
+    """The app. ``backends`` replaces the embedded engine (tests pass a scripted one).
+    ``groundwork``, laid in the event loop the app will run in, spares its lifespan laying it
+    again; the app owns it from then on (its lifespan closes the database), so it serves once."""
     tracing = Tracing(settings.otlp_endpoint)
     # The shutdown sequence: GracefulServer (drain.py) starts it on SIGTERM.
     drain = Drain(grace_s=settings.drain_grace, timeout_s=settings.shutdown_timeout)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        url = settings.resolved_database_url
-        # Alembic runs its own event loop, so it gets a thread of its own.
-        await asyncio.to_thread(migrate.upgrade, url)
-        db = Database(url)
-        config = read_config(settings.config)
+        ground = groundwork or await lay_groundwork(settings)
+        db, config, tables, plans = ground.db, ground.config, ground.tables, ground.plans
         bulletin = Bulletin(settings.redis_url)
 
         async def announce(name: str) -> None:
             await bulletin.publish("plans", name=name)
 
-        plans = PlanBook(db, announce)
-        await plans.load(plans_from_config(config.get("plans", {})))
-        plans.check_setting("signup_plan", settings.signup_plan)
-        plans.check_setting("billing_free_plan", settings.billing_free_plan)
+        plans.announce = announce
         billing = Billing(
             db,
             plans,
@@ -191,12 +223,9 @@ def create_app(
             else None,
             webhook_secret=settings.stripe_webhook_secret,
         )
-        traffic = config.get("traffic", {})
-        degrade = rules_from_config(traffic.get("degrade", []))
-        headroom = headroom_from_config(traffic.get("headroom", {}))
+        degrade, flywheel = tables.degrade, tables.flywheel
         moderation = Moderation.from_config(config.get("moderation", {}))
-        flywheel = FlywheelPolicy.from_config(config.get("flywheel", {}))
-        violations = Violations(ViolationPolicy.from_config(config.get("abuse", {})))
+        violations = Violations(tables.violations)
         credits = Credits(
             db,
             flywheel.credits,
@@ -229,7 +258,7 @@ def create_app(
         bulletin.on("plans", lambda _: plans.refresh())
         admission = Admission(
             clock,
-            headroom,
+            tables.headroom,
             gate=(
                 SlotGate(
                     shared.client,
@@ -269,7 +298,7 @@ def create_app(
             ),
             web=WebAuth(db, accounts, settings.session_days),
             violations=violations,
-            watch=Watch(WatchPolicy.from_config(config.get("abuse", {}).get("watch", {}))),
+            watch=Watch(tables.watch),
             reviews=ReviewQueue(db, accounts),
             feedback=Feedback(db, metrics, settings.training_consent_default, credits),
             credits=credits,

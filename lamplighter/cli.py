@@ -154,44 +154,58 @@ def serve(
     import uvicorn
 
     from lamplighter.allocator import limit_arenas
-    from lamplighter.app import create_app
+    from lamplighter.app import create_app, lay_groundwork
     from lamplighter.drain import CUT_WAIT_S, GracefulServer
     from lamplighter.logs import configure_logging
-    from lamplighter.reload import read_tables
-    from lamplighter.settings import read_config
 
     limit_arenas()  # before the database pool's threads exist
     settings = _settings(config, host=host, port=port)
-    # A mistake in the file's tables, or a setting naming a plan that is not there, is told
-    # here in a line, before the server's start would fail on it with a traceback in the logs.
-    try:
-        read_tables(read_config(settings.config))
-    except ConfigError as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
-    # (A store that `db copy` froze still starts, read-only: the server refuses writes itself.)
-    _guarded(settings, lambda db: _store_plans(settings, db), writes=False)
-    configure_logging(settings.log_level)
-    logging.getLogger("lamplighter").info(
-        "starting", extra={"url": f"http://{settings.host}:{settings.port}"}
-    )
-    app = create_app(settings)
-    server = GracefulServer(
-        uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            access_log=False,  # RequestIds writes a structured access line instead
-            # The drain (drain.py) has already waited for the requests: only a backstop.
-            timeout_graceful_shutdown=int(CUT_WAIT_S),
-        ),
-        app.state.drain,
-    )
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, re-raised once the server is down
-        server.run()
+    # One event loop for the groundwork and the server, so that the app takes the database and
+    # plans the groundwork opened instead of migrating and loading them again.
+    with asyncio.Runner(loop_factory=_event_loop()) as runner:
+        # A mistake in the file's tables, or a setting naming a plan that is not there, is told
+        # here in a line before anything listens (in the app's own start it would be a
+        # traceback in the logs). A store that `db copy` froze still starts, read-only: the
+        # server refuses writes itself.
+        try:
+            groundwork = runner.run(lay_groundwork(settings))
+        except APIError as exc:
+            typer.secho(f"error: {exc.message}", fg="red", err=True)
+            raise typer.Exit(1) from exc
+        except ConfigError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from exc
+        configure_logging(settings.log_level)
+        logging.getLogger("lamplighter").info(
+            "starting", extra={"url": f"http://{settings.host}:{settings.port}"}
+        )
+        app = create_app(settings, groundwork=groundwork)
+        server = GracefulServer(
+            uvicorn.Config(
+                app,
+                host=settings.host,
+                port=settings.port,
+                log_config=None,
+                access_log=False,  # RequestIds writes a structured access line instead
+                # The drain (drain.py) has already waited for the requests: only a backstop.
+                timeout_graceful_shutdown=int(CUT_WAIT_S),
+            ),
+            app.state.drain,
+        )
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, re-raised once the server is down
+            runner.run(server.serve())
     if not server.started:
         raise typer.Exit(3)  # uvicorn's status for a failed start
+
+
+def _event_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed, as ``uvicorn.run`` would choose (its choosing differs
+    between the uvicorn versions we accept); else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 @users.command("create")

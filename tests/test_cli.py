@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -254,6 +255,57 @@ def test_serve_names_a_mistake_in_the_config_tables_before_it_starts(
     config.write_text(toml)
     result = cli(tmp_path, "serve", "--config", str(config))
     assert result.exit_code == 2 and said in result.stderr, result.stderr
+
+
+def test_serve_with_a_mistake_in_a_plan_says_so_in_one_line_and_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "lamplighter.toml"
+    config.write_text("[plans.free]\nrequests_per_minute = -1\n")
+    port = str(free_port())
+    result = run(tmp_path, "serve", "--config", str(config), env={"LAMPLIGHTER_PORT": port})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "error: [plans.free]: requests_per_minute must be at least 1"
+    ]
+    assert result.stdout == ""  # no first admin announced: nothing started
+    assert not (tmp_path / "lamplighter.db").exists()  # the file is checked before the database
+
+
+def test_serve_migrates_the_database_and_loads_the_plans_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its check before the start (for a mistake to be one line) is the app's start itself,
+    not a rehearsal of it: the app takes the database and plans it opened."""
+    from lamplighter import logs
+    from lamplighter.drain import GracefulServer
+    from lamplighter.store import migrate
+    from lamplighter.traffic.planbook import PlanBook
+
+    done: list[str] = []
+    upgrade, load = migrate.upgrade, PlanBook.load
+
+    def counted_upgrade(url: str) -> None:
+        done.append("migrate")
+        upgrade(url)
+
+    async def counted_load(self: PlanBook, configured: Any) -> None:
+        done.append("plans")
+        await load(self, configured)
+
+    async def start_then_stop(self: GracefulServer, sockets: Any = None) -> None:
+        app = self.config.app
+        async with app.router.lifespan_context(app):  # the app's whole start, then its stop
+            self.started = True
+            done.append("started")
+
+    monkeypatch.setattr(migrate, "upgrade", counted_upgrade)
+    monkeypatch.setattr(PlanBook, "load", counted_load)
+    monkeypatch.setattr(GracefulServer, "serve", start_then_stop)
+    monkeypatch.setattr(logs, "configure_logging", lambda level: None)  # this process's logging
+    result = cli(tmp_path, "serve", env={"LAMPLIGHTER_EMBEDDED_ENGINE": "false"})
+    assert result.exit_code == 0, result.output
+    assert done == ["migrate", "plans", "started"]
 
 
 def test_a_copy_to_what_is_not_postgresql_and_a_failed_statement_leave_nothing_behind(
