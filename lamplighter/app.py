@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -57,11 +57,13 @@ from lamplighter.traffic.gate import SlotGate
 from lamplighter.traffic.planbook import PlanBook
 from lamplighter.traffic.plans import plans_from_config
 from lamplighter.traffic.ratelimits import RateLimiter
-from lamplighter.traffic.redis_state import RedisState
 from lamplighter.traffic.state import MemoryState
 from lamplighter.web import api as web_api
 from lamplighter.web import pages
 from lamplighter.web.auth import WebAuth
+
+if TYPE_CHECKING:
+    from lamplighter.traffic.redis_state import RedisState
 
 log = logging.getLogger(__name__)
 # How often rater trust is estimated afresh and undeserved credits are clawed back.
@@ -162,6 +164,19 @@ async def lay_groundwork(settings: Settings) -> Groundwork:
     return Groundwork(db, config, tables, plans)
 
 
+def _redis_state(settings: Settings) -> RedisState:
+    """The limiters' state shared through Redis; redis is imported only then (one replica
+    without Redis never loads it)."""
+    from lamplighter.traffic.redis_state import RedisState
+
+    return RedisState(
+        settings.redis_url,
+        failure="closed" if settings.redis_failure == "closed" else "open",
+        replicas=settings.replicas,
+        lease_ttl=settings.redis_lease_s,
+    )
+
+
 async def _resync_plans(plans: PlanBook) -> None:
     """Reread the plans now and then, in case a bulletin about a change was lost."""
     while True:
@@ -239,16 +254,7 @@ def create_app(
                 router.route(rule.model)  # a rule naming a model nobody serves fails at start
         await router.start()  # health checks: each upstream is checked once before serving
         clock = SystemClock()
-        shared = (
-            RedisState(
-                settings.redis_url,
-                failure="closed" if settings.redis_failure == "closed" else "open",
-                replicas=settings.replicas,
-                lease_ttl=settings.redis_lease_s,
-            )
-            if settings.redis_url
-            else None
-        )
+        shared = _redis_state(settings) if settings.redis_url else None
         limiter = RateLimiter(shared or MemoryState(), clock)
         accounts = AccountService(db)
         metrics = Metrics(Series(interval=settings.stats_interval))

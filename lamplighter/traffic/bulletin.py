@@ -17,10 +17,12 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+# For annotations only: redis is imported where a call to it is made, so that a replica
+# without Redis never loads it.
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +37,11 @@ class Bulletin:
     def __init__(self, url: str = "", channel: str = CHANNEL) -> None:
         self.channel = channel
         self.me = uuid.uuid4().hex  # our own messages are not for us
-        self._redis: Redis | None = (
-            Redis.from_url(url, socket_timeout=None, socket_connect_timeout=1.0) if url else None
-        )
+        self._redis: Redis | None = None
+        if url:
+            from redis.asyncio import Redis
+
+            self._redis = Redis.from_url(url, socket_timeout=None, socket_connect_timeout=1.0)
         self._handlers: dict[str, Handler] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
@@ -56,6 +60,8 @@ class Bulletin:
         already stored, and the others' timers will find it."""
         if self._redis is None:
             return
+        from redis.exceptions import RedisError
+
         channel, message = self.envelope(topic, **payload)
         try:
             await asyncio.wait_for(self._redis.publish(channel, message), timeout=1.0)
@@ -77,6 +83,8 @@ class Bulletin:
 
     async def _listen(self) -> None:
         assert self._redis is not None
+        from redis.exceptions import RedisError
+
         missed = False
         while True:
             try:

@@ -16,11 +16,14 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
-
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING
 
 from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest
+
+# For annotations only: redis is imported where a call to it is made, so that a replica
+# without Redis never loads it.
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class ResponseCache:
         found = self.get(key, now)
         if found is not None or self.shared is None:
             return found
+        from redis.exceptions import RedisError
+
         try:
             async with self.shared.pipeline(transaction=False) as pipe:
                 pipe.get(SHARED_PREFIX + key)
@@ -98,6 +103,8 @@ class ResponseCache:
 
     async def _share(self, key: str, answer: CachedAnswer, ttl: float) -> None:
         assert self.shared is not None
+        from redis.exceptions import RedisError
+
         value = json.dumps(asdict(answer))
         try:
             await asyncio.wait_for(

@@ -30,10 +30,13 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+# For annotations only: redis is imported where a call to it is made, so that a replica
+# without Redis never loads it.
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +184,8 @@ class SlotGate:
     async def _decide(self, script: AsyncScript, pool: str, args: list[str | int]) -> bool | None:
         """Run an admission script on ``pool``'s keys: its yes or no, or None (and
         ``answering`` false) when Redis does not answer in time."""
+        from redis.exceptions import RedisError
+
         try:
             got = await asyncio.wait_for(script(keys=self._keys(pool), args=args), self.timeout_s)
         except (RedisError, OSError, TimeoutError):
@@ -215,6 +220,8 @@ class SlotGate:
 
     async def _quietly(self, call: object) -> None:
         """A release or renewal Redis missed is repaired by the lease's expiry."""
+        from redis.exceptions import RedisError
+
         try:
             await asyncio.wait_for(call, self.timeout_s)  # type: ignore[arg-type]
         except (RedisError, OSError, TimeoutError) as error:
