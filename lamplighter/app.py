@@ -6,10 +6,12 @@ Nothing connects at import time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -310,7 +312,15 @@ def create_app(
             credits=credits,
             preferences=Preferences(db, flywheel, credits, metrics),
             billing=billing,
+            bulletin=bulletin,
         )
+
+        async def cancel_here(message: dict[str, Any]) -> None:
+            # A background response's cancel, asked of another replica.
+            with contextlib.suppress(ValueError, TypeError):
+                state.chat.cancel(uuid.UUID(str(message.get("id"))))
+
+        bulletin.on("response.cancel", cancel_here)
         state.violations.on_ban = lambda ban: state.chat.metrics.bans.labels(
             ban.subject.split(":", 1)[0]
         ).inc()

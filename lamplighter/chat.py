@@ -432,6 +432,9 @@ class ChatService:
         self.metrics.watch(self)
         # Exchanges opened and not yet settled; shutdown settles them before closing the database.
         self.live: set[Exchange] = set()
+        # Exchanges run to their end with no client reading them (background responses), by
+        # answer id, so that a cancel can stop one.
+        self.detached: dict[uuid.UUID, asyncio.Task[None]] = {}
         # Set by ``interrupt_all`` at a shutdown's deadline: why no answer may run any more.
         self.stopping: str | None = None
         # Every exchange's writes go through one queue, in order, committed in groups. Threading
@@ -991,11 +994,42 @@ class ChatService:
         self.admission.refuse_waiting(why)
         return sum(exchange.interrupt(why) for exchange in list(self.live))
 
+    def detach(self, exchange: Exchange) -> asyncio.Task[None]:
+        """Run an exchange to its end with nobody reading it (a background response): its
+        answer is stored and checkpointed as any other, a failure settles it as an error, and
+        ``cancel`` (or a shutdown's deadline) cuts it."""
+
+        async def run() -> None:
+            try:
+                async for _ in exchange.stream():
+                    pass
+            except APIError:
+                pass  # the exchange settled itself as an error; a poll reads it so
+            finally:
+                await exchange.close()
+                self.detached.pop(exchange.message_id, None)
+
+        task = asyncio.create_task(run(), name=f"detached {exchange.id}")
+        self.detached[exchange.message_id] = task
+        return task
+
+    def cancel(self, message_id: uuid.UUID) -> asyncio.Task[None] | None:
+        """Stop the detached exchange of answer ``message_id`` if it runs here (its answer is
+        settled as cut, with what was generated and charged); the task, to wait for, or None
+        when none runs here."""
+        task = self.detached.get(message_id)
+        if task is not None:
+            task.cancel()
+        return task
+
     async def drain(self) -> None:
         """Settle every exchange still open (as cut, unless it finished meanwhile) and wait
         until its answer and usage are written."""
         while self.live:
             await asyncio.gather(*(e.close() for e in list(self.live)), return_exceptions=True)
+        for task in list(self.detached.values()):
+            task.cancel()
+        await asyncio.gather(*self.detached.values(), return_exceptions=True)
         await self.writer.close()
 
     async def recover(self) -> int:

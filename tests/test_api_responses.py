@@ -337,7 +337,7 @@ def test_bad_input_is_a_400_that_names_it_before_anything_is_generated(
     [
         ({"tools": [{"type": "web_search"}]}, "tools"),
         ({"reasoning": {"effort": "low"}}, "reasoning"),
-        ({"background": True}, "background"),
+        ({"background": True, "stream": True}, "background"),
         ({"include": ["reasoning.encrypted_content"]}, "include"),
         ({"conversation": "conv_1"}, "conversation"),
     ],

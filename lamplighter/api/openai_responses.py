@@ -5,12 +5,13 @@ usage); only the shapes differ. Its id names the stored answer (``resp_<hex>``, 
 id that ``chatcmpl-<hex>`` names). With ``previous_response_id`` the model sees the stored path
 that ends at that answer, and a new question is stored under that answer, whatever the
 request's instructions (which are per request, as at OpenAI); without, the request's messages
-are threaded into the tree as chat completions' are. Text, structured output and function
-tools; other tools and background runs are refused.
+are threaded into the tree as chat completions' are. Text, structured output, function tools
+and background runs (polled, or cancelled); other tools are refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from lamplighter.api.openai import Caller, open_exchange, whole_answer
 from lamplighter.api.responses import EventStreamResponse
@@ -42,6 +43,9 @@ from lamplighter.store.models import Message
 router = APIRouter(prefix="/v1")
 
 CUT_WARNING = "the server stopped before this answer was finished; its status is failed"
+# How long a cancel waits for the answer to be settled before answering as it stands.
+CANCEL_WAIT_S = 5.0
+CANCEL_POLL_S = 0.05
 
 
 async def _history(state: Services, who: Principal, previous: str) -> tuple[Message, list[Turn]]:
@@ -109,6 +113,35 @@ async def retrieve_response(name: str, who: Caller, state: State) -> dict[str, A
     return shape.finished()
 
 
+@router.post("/responses/{name}/cancel")
+async def cancel_response(name: str, who: Caller, state: State) -> dict[str, Any]:
+    """Stop a background response (``client.responses.cancel``): what was generated is kept
+    and charged, and it reads ``cancelled``. One that runs on another replica is told through
+    the bulletin; one already finished is returned as it is."""
+    async with state.db.transaction() as session:
+        answer = await stored_answer(Conversations(session), who, name)
+    if answer is None:
+        raise _not_found(name)
+    task = state.chat.cancel(answer.id)
+    if task is not None:
+        await asyncio.wait({task}, timeout=CANCEL_WAIT_S)
+    elif answer.status == "in_progress" and state.bulletin is not None:
+        await state.bulletin.publish("response.cancel", id=answer.id.hex)
+        await _settled(state, who, name)
+    return await retrieve_response(name, who, state)
+
+
+async def _settled(state: Services, who: Principal, name: str) -> None:
+    """Wait (a little) for another replica to settle a cancelled answer."""
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    while time.monotonic() < deadline:
+        async with state.db.transaction() as session:
+            answer = await stored_answer(Conversations(session), who, name)
+        if answer is None or answer.status != "in_progress":
+            return
+        await asyncio.sleep(CANCEL_POLL_S)
+
+
 @router.delete("/responses/{name}")
 async def delete_response(name: str, who: Caller, state: State) -> dict[str, Any]:
     """Delete a stored response: the same as deleting the chat completion of that answer."""
@@ -159,6 +192,11 @@ async def create_response(
         metadata=body.metadata,
     )
     shape = _Shape(exchange, body)
+    if body.background:
+        # Admitted (limits, queue) while the client waits, as any request; then generated
+        # with nobody reading: the client polls GET /v1/responses/{id}, or cancels it.
+        state.chat.detach(exchange)
+        return JSONResponse(shape.response("in_progress"), headers=headers)
     if body.stream:
         return EventStreamResponse(shape.events(exchange), headers, finally_=exchange.close)
     return whole_answer(exchange, headers, shape.finished, CUT_WARNING)
@@ -318,6 +356,7 @@ class _Shape:
             "parallel_tool_calls": bool(body and body.parallel_tool_calls),
             "previous_response_id": body.previous_response_id if body else None,
             "store": body is None or body.store is not False,
+            "background": bool(body and body.background),
             "temperature": body.temperature if body and body.temperature is not None else 1.0,
             "top_p": body.top_p if body and body.top_p is not None else 1.0,
             "top_logprobs": body.top_logprobs if body else None,

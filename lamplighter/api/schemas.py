@@ -578,8 +578,8 @@ class ResponsesRequest(Body):
                 self.reasoning is not None,
             ),
             "background": (
-                "a response is generated while its request is open",
-                bool(self.background),
+                "a background response is polled with GET /v1/responses/{id}, not streamed",
+                bool(self.background and self.stream),
             ),
             "conversation": (
                 "continue a conversation with previous_response_id",
@@ -589,6 +589,11 @@ class ResponsesRequest(Body):
         for param, (why, asked) in refused.items():
             if asked:
                 raise unsupported(param, why)
+        if self.background and self.store is False:
+            raise InvalidRequest(
+                "Invalid value for 'store': a background response is stored, to be polled.",
+                param="store",
+            )
         choice = self.tool_choice
         _check_tools(
             [tool.name for tool in self.tools or ()],

@@ -26,6 +26,7 @@ from lamplighter.web.auth import WebAuth
 if TYPE_CHECKING:
     from lamplighter.drain import Drain
     from lamplighter.reload import Reloader
+    from lamplighter.traffic.bulletin import Bulletin
 
 
 @dataclass
@@ -47,6 +48,8 @@ class Services:
     billing: Billing
     drain: Drain | None = None  # the shutdown sequence (drain.py)
     reloader: Reloader | None = None  # live configuration reloads (reload.py)
+    # What one replica tells the others (a background response to cancel, wherever it runs).
+    bulletin: Bulletin | None = None
 
 
 async def services(request: Request) -> Services:

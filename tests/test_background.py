@@ -1,0 +1,121 @@
+"""Background responses through the official SDK: created at once and generated with nobody
+reading, polled with ``retrieve``, stopped with ``cancel`` (the backend's generation with it);
+what was generated is kept and charged.
+
+The backend is a real HTTP server on 127.0.0.1 speaking OpenAI's streaming protocol: one
+question it answers at once, another it begins and then holds, so that a cancel always finds
+the generation running."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from aiohttp import web
+
+from lamplighter.engines.base import Backend
+from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
+from lamplighter.settings import Settings
+from tests.conftest import ROOMY_PLAN, LiveServer, make_settings
+from tests.test_router import ANSWER, delta, sse
+from tests.test_streams import wait_until
+from tests.upstream_server import serve_in_thread
+
+MODEL = "slow-model"
+HOLD = "Write the longest story you can."
+
+
+class Backstage:
+    """What the backend saw: a held generation begun, and its connection closed."""
+
+    def __init__(self) -> None:
+        self.begun = threading.Event()
+        self.closed = threading.Event()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[tuple[LiveServer, Backstage]]:
+    seen = Backstage()
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path != "/v1/chat/completions":
+            return web.json_response({"object": "list", "data": []})
+        body = await request.json()
+        if body["messages"][-1]["content"] != HOLD:
+            return web.Response(body=ANSWER, content_type="text/event-stream")
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(sse(delta("Once")))
+        seen.begun.set()
+        try:
+            await asyncio.Event().wait()  # held until the gateway hangs up
+        finally:
+            seen.closed.set()
+        return response
+
+    with serve_in_thread(handle) as upstream:
+        config = UpstreamConfig("slow", upstream.url + "/v1", (MODEL,), capacity=2)
+
+        async def backends(_: Settings) -> list[Backend]:
+            return [UpstreamBackend(config)]
+
+        (tmp_path / "c.toml").write_text(ROOMY_PLAN)
+        with LiveServer(make_settings(tmp_path, config=tmp_path / "c.toml"), backends) as live:
+            yield live, seen
+            live.close_clients()
+
+
+def test_a_background_response_is_answered_at_once_and_polled(
+    gateway: tuple[LiveServer, Backstage],
+) -> None:
+    live, _ = gateway
+    client = live.client(live.new_user(plan="roomy")[1])
+    made = client.responses.create(model=MODEL, input="Say hello.", background=True)
+    assert made.background is True and made.status in ("queued", "in_progress")
+
+    def finished() -> Any:
+        found = client.responses.retrieve(made.id)
+        return found if found.status == "completed" else None
+
+    done = wait_until(finished)
+    assert done.output_text == "Hello"
+    assert done.usage is not None and done.usage.output_tokens == 3
+
+
+def test_a_cancelled_background_response_stops_its_backend_and_keeps_what_it_made(
+    gateway: tuple[LiveServer, Backstage],
+) -> None:
+    live, seen = gateway
+    client = live.client(live.new_user(plan="roomy")[1])
+    made = client.responses.create(model=MODEL, input=HOLD, background=True)
+    assert seen.begun.wait(10)
+    stranger = live.client(live.new_user(plan="roomy")[1])
+    with pytest.raises(openai.NotFoundError):
+        stranger.responses.cancel(made.id)
+
+    cancelled = client.responses.cancel(made.id)
+    assert cancelled.status == "cancelled"
+    assert seen.closed.wait(10)  # the backend's generation was stopped too
+    again = client.responses.retrieve(made.id)
+    assert again.status == "cancelled" and again.output_text == cancelled.output_text
+    assert again.output_text in ("", "Once")  # what arrived before the cancel, no more
+    assert client.responses.cancel(made.id).status == "cancelled"  # said twice, the same
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [({"store": False}, "store"), ({"stream": True}, "background")],
+)
+def test_a_background_response_is_stored_and_not_streamed(
+    gateway: tuple[LiveServer, Backstage], extra: dict[str, Any], param: str
+) -> None:
+    live, _ = gateway
+    client = live.client(live.new_user(plan="roomy")[1])
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=MODEL, input="hi", background=True, **extra)
+    assert param in (refused.value.param or "")
