@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from lamplighter.engines.base import Backend
 from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
 from lamplighter.settings import Settings
 from tests.conftest import ROOMY_PLAN, LiveServer, make_settings
+from tests.fleet import REDIS_URL, needs_redis
 from tests.test_router import ANSWER, delta, sse
 from tests.test_streams import wait_until
 from tests.upstream_server import serve_in_thread
@@ -39,7 +41,8 @@ class Backstage:
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[tuple[LiveServer, Backstage]]:
+def upstream() -> Iterator[tuple[str, Backstage]]:
+    """The backend (its base URL) and what it saw."""
     seen = Backstage()
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
@@ -58,16 +61,33 @@ def gateway(tmp_path: Path) -> Iterator[tuple[LiveServer, Backstage]]:
             seen.closed.set()
         return response
 
-    with serve_in_thread(handle) as upstream:
-        config = UpstreamConfig("slow", upstream.url + "/v1", (MODEL,), capacity=2)
+    with serve_in_thread(handle) as server:
+        yield server.url + "/v1", seen
 
-        async def backends(_: Settings) -> list[Backend]:
-            return [UpstreamBackend(config)]
 
-        (tmp_path / "c.toml").write_text(ROOMY_PLAN)
-        with LiveServer(make_settings(tmp_path, config=tmp_path / "c.toml"), backends) as live:
-            yield live, seen
-            live.close_clients()
+@contextmanager
+def replica(url: str, data_dir: Path, **settings: Any) -> Iterator[LiveServer]:
+    """A gateway in front of the backend at ``url``."""
+    config = UpstreamConfig("slow", url, (MODEL,), capacity=2)
+
+    async def backends(_: Settings) -> list[Backend]:
+        return [UpstreamBackend(config)]
+
+    data_dir.mkdir(exist_ok=True)
+    (data_dir / "c.toml").write_text(ROOMY_PLAN)
+    made = make_settings(data_dir, config=data_dir / "c.toml", **settings)
+    with LiveServer(made, backends) as live:
+        yield live
+        live.close_clients()
+
+
+@pytest.fixture
+def gateway(
+    upstream: tuple[str, Backstage], tmp_path: Path
+) -> Iterator[tuple[LiveServer, Backstage]]:
+    url, seen = upstream
+    with replica(url, tmp_path / "gateway") as live:
+        yield live, seen
 
 
 def test_a_background_response_is_answered_at_once_and_polled(
@@ -119,3 +139,21 @@ def test_a_background_response_is_stored_and_not_streamed(
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(model=MODEL, input="hi", background=True, **extra)
     assert param in (refused.value.param or "")
+
+
+@needs_redis
+def test_a_cancel_reaches_the_replica_that_runs_the_response(
+    upstream: tuple[str, Backstage], postgres_url: str, tmp_path: Path
+) -> None:
+    """Two replicas over one PostgreSQL and one Redis: the response runs on the first, the
+    cancel lands on the second, which tells the first through the bulletin."""
+    url, seen = upstream
+    shared = {"database_url": postgres_url, "redis_url": REDIS_URL}
+    with replica(url, tmp_path / "a", **shared) as a, replica(url, tmp_path / "b", **shared) as b:
+        _, key = a.new_user(plan="roomy")
+        made = a.client(key).responses.create(model=MODEL, input=HOLD, background=True)
+        assert seen.begun.wait(10)
+        cancelled = b.client(key).responses.cancel(made.id)
+        assert cancelled.status == "cancelled"
+        assert seen.closed.wait(10)
+        assert a.client(key).responses.retrieve(made.id).status == "cancelled"
