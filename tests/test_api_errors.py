@@ -81,7 +81,7 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments
             {"model": MODEL, "messages": HELLO, "functions": [{"name": "f"}]},
             "functions",
             "unsupported_parameter",
-            "Unsupported parameter: 'functions' is not supported here: function calling",
+            "Unsupported parameter: 'functions' is not supported here: give functions as 'tools'",
         ),
         (
             {"model": MODEL, "messages": HELLO, "prediction": {"type": "content", "content": "x"}},
@@ -93,7 +93,7 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments
             {"model": MODEL, "messages": [{"role": "assistant", "function_call": CALL}, *HELLO]},
             "messages[0].function_call",
             "unsupported_parameter",
-            "function calling is not offered",
+            "give functions as 'tools'",
         ),
         # An image among the parts: that part is named, not "should be a valid string".
         (

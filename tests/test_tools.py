@@ -176,6 +176,24 @@ def test_streamed_tool_calls_arrive_in_pieces_and_add_up(
     [call] = final.choices[0].message.tool_calls or []
     assert json.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
     assert final.choices[0].finish_reason == "tool_calls"
+    # The helper's message goes back as it is, with what the SDK added for itself (the parsed
+    # answer and arguments, the pieces' index).
+    result = {"role": "tool", "tool_call_id": call.id, "content": "clear"}
+    for message in (final.choices[0].message, final.choices[0].message.model_dump()):
+        answer = client.chat.completions.create(
+            model=TOOL_MODEL,
+            messages=[ASK, message, result],  # type: ignore[list-item]
+            tools=[WEATHER],  # type: ignore[list-item]
+        )
+        assert answer.choices[0].message.content == SUNNY
+
+
+CALLING = {
+    "role": "assistant",
+    "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    ],
+}
 
 
 @pytest.mark.parametrize(
@@ -197,6 +215,21 @@ def test_streamed_tool_calls_arrive_in_pieces_and_add_up(
             {"messages": [{**ASK, "tool_call_id": "x"}]},
             "messages[0].tool_call_id",
             "only for a message of role 'tool'",
+        ),
+        (
+            {"messages": [ASK, {"role": "tool", "tool_call_id": "call_1", "content": "42"}]},
+            "messages[1].tool_call_id",
+            "must answer a call of the assistant message before it",
+        ),
+        (
+            {"messages": [ASK, CALLING, {"role": "tool", "tool_call_id": "other", "content": "x"}]},
+            "messages[2].tool_call_id",
+            "no call there has the id 'other'",
+        ),
+        (
+            {"messages": [ASK, CALLING, {"role": "user", "content": "Well?"}]},
+            "messages[1].tool_calls",
+            "these had none: call_1",
         ),
         (
             {
@@ -280,6 +313,16 @@ def test_the_responses_api_calls_tools_and_continues_from_their_output(
     )
     path = _stored_path(live, "chatcmpl-" + third.id.removeprefix("resp_"))
     assert path[1].id == uuid.UUID(first.id.removeprefix("resp_"))
+    # An output for a call nobody made is refused, as at OpenAI.
+    stray = {"type": "function_call_output", "call_id": "nope", "output": "x"}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(
+            model=TOOL_MODEL,
+            previous_response_id=first.id,
+            input=[stray],  # type: ignore[list-item]
+            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        )
+    assert refused.value.param == "input[0].tool_call_id"
 
 
 def test_a_streamed_response_streams_the_call_and_its_arguments(

@@ -27,8 +27,8 @@ def error_response(error: APIError) -> JSONResponse:
 # OpenAI parameters this server does not offer, and why: refused as unsupported, which says more
 # than "unrecognized" about a field a developer copied from OpenAI's reference.
 UNSUPPORTED = {
-    "functions": "function calling is not offered",
-    "function_call": "function calling is not offered",
+    "functions": "give functions as 'tools' (the older 'functions' form is not offered)",
+    "function_call": "give functions as 'tools' (the older 'functions' form is not offered)",
     "logit_bias": "the engines here take no logit bias",
     "audio": "only text is offered",
     "modalities": "only text is offered",
@@ -36,7 +36,7 @@ UNSUPPORTED = {
     "reasoning_effort": "the models here do not reason in separate steps",
     "service_tier": "there is one service tier; plans set priorities",
     "prompt": "stored prompt templates are not offered",
-    "max_tool_calls": "tool calling is offered on /v1/chat/completions only",
+    "max_tool_calls": "a limit on the number of tool calls is not offered",
     "web_search_options": "web search is not offered",
 }
 
@@ -65,7 +65,7 @@ def _most_telling(errors: Sequence[Any]) -> Any:
 
 
 def _param(location: tuple[int | str, ...]) -> str | None:
-    parts = [part for part in location if part != "body"]
+    parts = [part for part in location if part not in ("body", "query")]
     parts = [part for part in parts if not _union_branch(part)]
     # A Responses input item's kind, as its tagged union names the member tried
     # ("input", 0, "message", "role"): not a field.

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 
 from lamplighter.api.openai import Caller, open_exchange, whole_answer
 from lamplighter.api.responses import EventStreamResponse
-from lamplighter.api.schemas import ResponsesRequest
+from lamplighter.api.schemas import ResponsesRequest, check_tool_turns
 from lamplighter.api.state import Services, State
 from lamplighter.api.stored import delete_stored, stored_answer, stored_usage
 from lamplighter.chat import (
@@ -170,6 +170,7 @@ async def create_response(
                 fit=False,
                 earlier=len(body.turns) - 1,
             )
+    check_tool_turns([*turns, *body.turns], "input", before=len(turns))
     turns.extend(body.turns)
     request = GenerationRequest(
         model=body.model,

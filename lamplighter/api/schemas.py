@@ -7,6 +7,7 @@ ignored; a field we cannot honour is refused when it asks for anything.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
@@ -87,6 +88,13 @@ def _without_defaults(data: object, defaults: dict[str, tuple[object, ...]]) -> 
     if not isinstance(data, dict):
         return data
     return {k: v for k, v in data.items() if k not in defaults or v not in defaults[k]}
+
+
+def _without(data: object, field: str) -> object:
+    """``data`` without ``field``, at whatever value: what a client's SDK adds for itself."""
+    if not isinstance(data, dict) or field not in data:
+        return data
+    return {k: v for k, v in data.items() if k != field}
 
 
 def unsupported(param: str, why: str) -> InvalidRequest:
@@ -224,6 +232,12 @@ class FunctionCall(Body):
     name: str = Field(max_length=64)
     arguments: str
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_parsed(cls, data: object) -> object:
+        # The SDK's parse and stream helpers add the arguments they parsed.
+        return _without(data, "parsed_arguments")
+
 
 class ToolCall(Body):
     """A call an assistant message made, as a client sends the conversation back."""
@@ -231,6 +245,12 @@ class ToolCall(Body):
     id: str = Field(min_length=1, max_length=200)
     type: Literal["function"]
     function: FunctionCall
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_index(cls, data: object) -> object:
+        # A call put together from streamed pieces keeps the pieces' ``index``.
+        return _without(data, "index")
 
 
 class ChatMessage(Body):
@@ -244,7 +264,9 @@ class ChatMessage(Body):
     @model_validator(mode="before")
     @classmethod
     def _drop_defaults(cls, data: object) -> object:
-        return _without_defaults(data, MESSAGE_ASKS_NOTHING)
+        # ``parsed``: what the SDK's parse and stream helpers parsed of the answer, sent back
+        # with it.
+        return _without(_without_defaults(data, MESSAGE_ASKS_NOTHING), "parsed")
 
     def turn(self) -> Turn:
         turn = _turn(self.role, self.content)
@@ -304,6 +326,7 @@ class ChatCompletionRequest(Body):
                 param = f"messages[{index}].content"
                 raise InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
             _check_tool_message(index, message)
+        check_tool_turns([message.turn() for message in self.messages])
         choice = self.tool_choice
         _check_tools(
             [tool.function.name for tool in self.tools or ()],
@@ -688,6 +711,43 @@ def _check_tools(names: list[str], choice: str | None) -> None:
         raise InvalidRequest(
             f"Invalid value for 'tool_choice': no tool named '{choice}' is among 'tools'.",
             param="tool_choice",
+        )
+
+
+def check_tool_turns(turns: Sequence[Turn], where: str = "messages", before: int = 0) -> None:
+    """Tool results answer calls, as at OpenAI: a "tool" turn answers a call of the assistant
+    turn before it (past the other results), and every call is answered before the
+    conversation goes on. Errors name ``where[i]``, ``i`` counted after the first ``before``
+    turns (a stored conversation the request continues, named ``previous_response_id``)."""
+    if not any(turn.role == "tool" or turn.tool_calls for turn in turns):
+        return
+
+    def param(index: int, field: str) -> str:
+        return f"{where}[{index - before}].{field}" if index >= before else "previous_response_id"
+
+    asked: dict[str, int] = {}  # calls not answered yet -> the turn that made them
+    for index, turn in enumerate(turns):
+        if turn.role == "tool":
+            if turn.tool_call_id not in asked:
+                name = param(index, "tool_call_id")
+                raise InvalidRequest(
+                    f"Invalid value for '{name}': a tool's message must answer a call of the "
+                    f"assistant message before it, and no call there has the id "
+                    f"'{turn.tool_call_id}' (or it was answered already).",
+                    param=name,
+                )
+            del asked[turn.tool_call_id]
+            continue
+        if asked:
+            break
+        if turn.tool_calls is not None:
+            asked = {call.get("id", ""): index for call in json.loads(turn.tool_calls)}
+    if asked:
+        name = param(next(iter(asked.values())), "tool_calls")
+        raise InvalidRequest(
+            "An assistant message with 'tool_calls' must be followed by tool messages answering "
+            f"each call; these had none: {', '.join(asked)}.",
+            param=name,
         )
 
 
