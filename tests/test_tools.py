@@ -176,6 +176,16 @@ def test_streamed_tool_calls_arrive_in_pieces_and_add_up(
     [call] = final.choices[0].message.tool_calls or []
     assert json.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
     assert final.choices[0].finish_reason == "tool_calls"
+    assert final.choices[0].message.content is None  # as when it is not streamed
+    raw = client.chat.completions.create(
+        model=TOOL_MODEL,
+        messages=[ASK],  # type: ignore[list-item]
+        tools=[WEATHER],  # type: ignore[list-item]
+        stream=True,
+    )
+    first = next(iter(raw)).choices[0].delta
+    assert first.role == "assistant" and first.content is None and first.tool_calls
+    raw.close()
     # The helper's message goes back as it is, with what the SDK added for itself (the parsed
     # answer and arguments, the pieces' index).
     result = {"role": "tool", "tool_call_id": call.id, "content": "clear"}

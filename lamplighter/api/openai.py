@@ -297,14 +297,26 @@ async def _events(exchange: Exchange, include_usage: bool) -> AsyncIterator[byte
         choice = {"index": 0, "delta": delta, "logprobs": found, "finish_reason": finish}
         return sse({**head, "choices": [choice], **extra})
 
-    yield frame({"role": "assistant", "content": ""})
+    # The first chunk names the role. An answer that may call tools names it with its first
+    # piece: with null content if that is a call (as OpenAI streams a calls-only answer).
+    opened = not exchange.prepared.request.calls_tools
+    if opened:
+        yield frame({"role": "assistant", "content": ""})
     chunks = exchange.stream()
     try:
         async for chunk in chunks:
+            calls = list(chunk.tool_calls)
+            if not opened:
+                opened = True
+                if calls and not chunk.text:
+                    yield frame({"role": "assistant", "content": None, "tool_calls": calls})
+                    calls = []
+                else:
+                    yield frame({"role": "assistant", "content": ""})
             if chunk.text or chunk.logprobs:
                 yield frame({"content": chunk.text}, logprobs=chunk.logprobs)
-            if chunk.tool_calls:
-                yield frame({"tool_calls": list(chunk.tool_calls)})
+            if calls:
+                yield frame({"tool_calls": calls})
             if chunk.finish_reason is not None:
                 yield frame({}, chunk.finish_reason)
     except APIError as error:
