@@ -60,7 +60,9 @@ def test_the_completion_id_names_the_stored_answer_and_its_usage(
 
 
 def test_streaming_with_usage_matches_the_non_streamed_answer(client: openai.OpenAI) -> None:
-    kwargs = {"model": MODEL, "messages": HELLO, "max_tokens": 30, "temperature": 0.0}
+    # Seeded: evaluated from scratch each time. Greedy decoding alone is not repeatable here,
+    # as a prompt sharing a prefix with the one before reuses its KV cache (see embedded.py).
+    kwargs = {"model": MODEL, "messages": HELLO, "max_tokens": 30, "temperature": 0.0, "seed": 7}
     whole = client.chat.completions.create(**kwargs)
     stream = client.chat.completions.create(
         **kwargs, stream=True, stream_options={"include_usage": True}
@@ -140,7 +142,11 @@ def test_user_field_is_accepted(client: openai.OpenAI) -> None:
 
 
 def test_penalties_reach_the_model(client: openai.OpenAI) -> None:
-    kwargs = {"model": MODEL, "messages": HELLO, "max_tokens": 40, "temperature": 0.0}
+    # Penalties weigh against tokens already generated: a count repeats its separators, a
+    # greeting repeats nothing (and was only ever changed by a reused KV cache). Seeded, so
+    # that both are evaluated from scratch (see the streaming test above).
+    count = [{"role": "user", "content": "Count from 1 to 20, separated by commas."}]
+    kwargs = {"model": MODEL, "messages": count, "max_tokens": 20, "temperature": 0.0, "seed": 3}
     plain = client.chat.completions.create(**kwargs)
     penalised = client.chat.completions.create(
         **kwargs, frequency_penalty=2.0, presence_penalty=2.0
