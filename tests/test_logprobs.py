@@ -205,3 +205,21 @@ def test_a_response_includes_its_log_probabilities_when_asked(client: openai.Ope
     ]
     plain = client.responses.create(model=MODEL, input="hi", max_output_tokens=3)
     assert plain.output[0].content[0].logprobs == []  # type: ignore[union-attr]
+
+
+def test_a_stop_sequence_takes_its_tokens_out_of_the_log_probabilities(
+    client: openai.OpenAI,
+) -> None:
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count from 1 to 20, separated by commas."}],
+        logprobs=True,
+        temperature=0,
+        seed=3,
+        max_tokens=20,
+        stop=["\n"],
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason == "stop" and choice.message.content
+    content = choice.logprobs.content or []  # type: ignore[union-attr]
+    assert "".join(entry.token for entry in content) == choice.message.content

@@ -275,7 +275,8 @@ class EmbeddedBackend:
                         else (_logprob(llm, token, piece, request.logprobs),)
                     )
                     if stops.stopped:
-                        post(Chunk(text, logprobs=logprobs))
+                        # The token that completed a stop sequence is not part of the answer.
+                        post(Chunk(text))
                         finish = "stop"
                         break
                     if generated >= prepared.max_tokens:
