@@ -41,6 +41,9 @@ WEATHER = {
 }
 ASK = {"role": "user", "content": "What is the weather in Paris?"}
 SUNNY = "It is sunny in Paris."
+# A question the backend answers with a word before its call.
+SAY_AND_ASK = "Say what you will do, then look up the weather in Paris."
+SAID = "Let me look that up."
 
 
 def _choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -60,7 +63,13 @@ def _answer(body: dict[str, Any]) -> bytes:
             "[DONE]",
         )
     name = body["tools"][0]["function"]["name"]
+    said = (
+        [_choice({"role": "assistant", "content": SAID})]
+        if body["messages"][-1]["content"] == SAY_AND_ASK
+        else []
+    )
     return sse(
+        *said,
         _choice(
             {
                 "role": "assistant",
@@ -358,3 +367,26 @@ def test_a_streamed_response_streams_the_call_and_its_arguments(
     )
     [call] = final.output
     assert call.type == "function_call" and call.arguments == '{"city": "Paris"}'
+
+
+def test_a_streamed_response_closes_each_item_before_the_next_opens(
+    gateway: tuple[LiveServer, list[dict[str, Any]]],
+) -> None:
+    live, _ = gateway
+    client = live.client(live.new_user(plan="roomy")[1])
+    with client.responses.stream(
+        model=TOOL_MODEL,
+        input=SAY_AND_ASK,
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+    ) as stream:
+        events = [(e.type, getattr(e, "output_index", None)) for e in stream]
+        final = stream.get_final_response()
+    opened = [index for kind, index in events if kind == "response.output_item.added"]
+    closed = [index for kind, index in events if kind == "response.output_item.done"]
+    assert opened == closed == [0, 1]
+    assert events.index(("response.output_item.done", 0)) < events.index(
+        ("response.output_item.added", 1)
+    )
+    message, call = final.output
+    assert message.type == "message" and final.output_text == SAID
+    assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Paris"}

@@ -252,6 +252,7 @@ class _Shape:
         # The output items in the order a stream opened them ("message", or a call's index);
         # None: the message first, then the calls.
         self.order: list[str | int] | None = None
+        self._closed: set[int] = set()  # the positions in ``order`` a stream has closed
         if isinstance(answer, _Stored):
             self.response_format, self.metadata = answer.response_format, answer.metadata
         else:
@@ -354,7 +355,8 @@ class _Shape:
             "max_output_tokens": body.max_output_tokens if body else None,
             "model": answer.model,
             "output": self.output(item_status) if finished else [],
-            "parallel_tool_calls": bool(body and body.parallel_tool_calls),
+            # OpenAI's default, and what a backend not told otherwise does.
+            "parallel_tool_calls": body is None or body.parallel_tool_calls is not False,
             "previous_response_id": body.previous_response_id if body else None,
             "store": body is None or body.store is not False,
             "background": bool(body and body.background),
@@ -388,11 +390,11 @@ class _Shape:
 
     async def events(self, exchange: Exchange) -> AsyncIterator[bytes]:
         """The stream: created, then each output item opened as it begins (the message at its
-        first text, a function call at its first piece) and filled (text deltas, argument
-        deltas), then every item closed again in order and ``response.completed`` (or
-        ``.incomplete``) with the usage. A failure after the start (the backend's, or a
-        shutdown's cut) ends it with ``response.failed``, what was generated and the usage in
-        it, as at OpenAI."""
+        first text, a function call at its first piece), filled (text deltas, argument
+        deltas) and closed before the next one opens, as at OpenAI; then
+        ``response.completed`` (or ``.incomplete``) with the usage. A failure after the start
+        (the backend's, or a shutdown's cut) ends it with ``response.failed``, what was
+        generated and the usage in it."""
         self.order = []
         yield self.event("response.created", response=self.response("in_progress"))
         yield self.event("response.in_progress", response=self.response("in_progress"))
@@ -424,26 +426,47 @@ class _Shape:
         for opened in self._open_message(unless_calls=True):
             yield opened
         for position, entry in enumerate(self.order):
-            item = done["output"][position]
-            if entry == "message":
-                at = self._text_at()
-                text = exchange.content
-                yield self.event(
-                    "response.output_text.done", **at, text=text, logprobs=self.logprobs
-                )
-                yield self.event(
-                    "response.content_part.done", **at, part=self.part(text, self.logprobs)
-                )
-            else:
-                yield self.event(
+            if position not in self._closed:
+                for event in self._close(position, entry, done["output"][position]):
+                    yield event
+        yield self.event(f"response.{done['status']}", response=done)
+
+    def _close(self, position: int, entry: str | int, item: dict[str, Any]) -> list[bytes]:
+        """The events that close output item ``position`` (``item`` as it ends)."""
+        self._closed.add(position)
+        if entry == "message":
+            at = self._text_at()
+            text = item["content"][0]["text"]
+            done = [
+                self.event("response.output_text.done", **at, text=text, logprobs=self.logprobs),
+                self.event("response.content_part.done", **at, part=self.part(text, self.logprobs)),
+            ]
+        else:
+            done = [
+                self.event(
                     "response.function_call_arguments.done",
                     item_id=item["id"],
                     output_index=position,
                     name=item["name"],
                     arguments=item["arguments"],
                 )
-            yield self.event("response.output_item.done", output_index=position, item=item)
-        yield self.event(f"response.{done['status']}", response=done)
+            ]
+        return [*done, self.event("response.output_item.done", output_index=position, item=item)]
+
+    def _close_open(self) -> list[bytes]:
+        """Close the item still open, as it stands, before another one opens."""
+        assert self.order is not None
+        events: list[bytes] = []
+        for position, entry in enumerate(self.order):
+            if position in self._closed:
+                continue
+            if isinstance(entry, str):
+                item = self.item("completed", self.answer.content)
+            else:
+                call = self.answer.calls.get(entry) if isinstance(self.answer, Exchange) else None
+                item = self.call_item(entry, call or {}, "completed")
+            events += self._close(position, entry, item)
+        return events
 
     def _text_at(self) -> dict[str, Any]:
         assert self.order is not None
@@ -459,9 +482,11 @@ class _Shape:
         assert self.order is not None
         if "message" in self.order or (unless_calls and self.order):
             return []
+        closed = self._close_open()
         self.order.append("message")
         index = len(self.order) - 1
         return [
+            *closed,
             self.event(
                 "response.output_item.added",
                 output_index=index,
@@ -477,6 +502,7 @@ class _Shape:
         index = piece.get("index", 0)
         events = []
         if index not in self.order:
+            events += self._close_open()
             self.order.append(index)
             opened = {"id": piece.get("id", ""), "function": piece.get("function") or {}}
             item = self.call_item(index, opened, "in_progress") | {"arguments": ""}

@@ -131,6 +131,10 @@ class ToolCalls:
     def clear(self) -> None:
         self._calls.clear()
 
+    def get(self, index: int) -> dict[str, Any] | None:
+        """The call streamed with ``index``, as put together so far."""
+        return self._calls.get(index)
+
     @property
     def calls(self) -> list[dict[str, Any]] | None:
         """As an assistant message's ``tool_calls``, in index order; None when there are none."""
