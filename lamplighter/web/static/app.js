@@ -526,7 +526,34 @@
     } else {
       body.replaceChildren();
     }
-    if (tail) body.append(document.createTextNode(tail));
+    if (tail) tailTarget(body).append(document.createTextNode(tail));
+  }
+
+  // Elements streamed text most likely continues, and the ones that hold them.
+  const CONTINUED = new Set(['P', 'LI', 'H1', 'H2', 'H3', 'H4', 'H5', 'H6', 'CODE', 'TD', 'TH']);
+  const HOLDERS = new Set(['UL', 'OL', 'BLOCKQUOTE', 'DIV', 'PRE', 'TABLE', 'TBODY', 'TR']);
+
+  /**
+   * Where text streamed after the server's last rendering goes until the next one: at the end
+   * of the last paragraph (list item, heading, code...), which it most likely continues. After
+   * the block it would start a line of its own, and a word split between two deltas ("The
+   * ethe" + "real") would show broken in two.
+   */
+  function tailTarget(body) {
+    let at = body;
+    for (let last = lastNode(at); last && last.nodeType === Node.ELEMENT_NODE; last = lastNode(at)) {
+      if (CONTINUED.has(last.tagName)) return last;
+      if (!HOLDERS.has(last.tagName)) break;
+      at = last;
+    }
+    return at;
+  }
+
+  /** An element's last child that is not only whitespace (the HTML's line breaks), or null. */
+  function lastNode(el) {
+    let node = el.lastChild;
+    while (node && node.nodeType === Node.TEXT_NODE && !node.textContent.trim()) node = node.previousSibling;
+    return node;
   }
 
   function enhanceAnswer(root) {
@@ -1681,7 +1708,7 @@
         if (m) m.content = (m.content || '') + text;
         t.tail += text;
         if (t.bodyEl && t.bodyEl.isConnected) {
-          t.bodyEl.append(document.createTextNode(text));
+          tailTarget(t.bodyEl).append(document.createTextNode(text));
           scrollToBottom();
         }
         break;
