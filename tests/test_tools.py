@@ -310,7 +310,8 @@ def test_the_responses_api_calls_tools_and_continues_from_their_output(
     # The backend was asked in chat completions' shape.
     assert received[-1]["tools"] == [WEATHER]
     assert received[-1]["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
-    assert client.responses.retrieve(first.id).output == first.output
+    retrieved = client.responses.retrieve(first.id)
+    assert retrieved.output == first.output and retrieved.tools == first.tools
 
     output = {"type": "function_call_output", "call_id": call.call_id, "output": "clear"}
     second = client.responses.create(

@@ -101,6 +101,7 @@ async def retrieve_response(name: str, who: Caller, state: State) -> dict[str, A
         response_format=answer.response_format,
         metadata=answer.request_metadata,
         tool_calls=answer.tool_calls,
+        tools=answer.tools,
     )
     shape = _Shape(stored, None, completed_at=int(answer.updated_at.timestamp()))
     if answer.status == "in_progress":
@@ -231,6 +232,7 @@ class _Stored:
     response_format: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None  # chat completions' shape, as stored
 
 
 class _Shape:
@@ -277,6 +279,15 @@ class _Shape:
         if failure is not None:
             return self.response("failed", {"code": "server_error", "message": failure})
         return self.response("incomplete" if self.incomplete_reason else "completed")
+
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        """The function tools offered, in the Responses API's shape (a stored response's from
+        its answer, where they are kept in chat completions' shape)."""
+        if self.body is not None:
+            return [tool.model_dump(exclude_none=True) for tool in self.body.tools or ()]
+        stored = self.answer.tools if isinstance(self.answer, _Stored) else None
+        return [{"type": "function", **tool.get("function", {})} for tool in stored or ()]
 
     @property
     def calls(self) -> list[dict[str, Any]]:
@@ -365,7 +376,7 @@ class _Shape:
             "top_logprobs": body.top_logprobs if body else None,
             "text": {"format": _text_format(self.response_format)},
             "tool_choice": _dumped(body.tool_choice if body else None) or "auto",
-            "tools": [tool.model_dump(exclude_none=True) for tool in (body and body.tools) or ()],
+            "tools": self.tools,
             "truncation": "disabled",
             "metadata": self.metadata or {},
             "user": body.user if body else None,
