@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,12 @@ import pytest
 from sqlalchemy import select
 
 from lamplighter.chat import message_id_from
+from lamplighter.engines.base import Backend
+from lamplighter.engines.scripted import ScriptedBackend
 from lamplighter.flywheel.export import Exporter
+from lamplighter.settings import Settings
 from lamplighter.store.models import Conversation, Deletion, Message, User
-from tests.conftest import SCRIPTED, LiveServer
+from tests.conftest import ROOMY_PLAN, SCRIPTED, LiveServer, make_settings
 
 
 def ask(client: openai.OpenAI, *turns: str) -> str:
@@ -199,7 +203,29 @@ def test_stored_completions_are_listed_page_by_page_with_the_messages_they_answe
     assert list(server.client(other).chat.completions.list()) == []
 
 
-def test_metadata_is_stored_selects_completions_and_can_be_changed(server: LiveServer) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_of(
+    request: pytest.FixtureRequest, server: LiveServer, tmp_path: Path
+) -> Iterator[LiveServer]:
+    """The session's server (SQLite), or one on PostgreSQL: the metadata filter is a JSON
+    query that each database spells its own way."""
+    if request.param == "sqlite":
+        yield server
+        return
+    url = request.getfixturevalue("postgres_url")
+
+    async def backends(_: Settings) -> list[Backend]:
+        return [ScriptedBackend(SCRIPTED)]
+
+    (tmp_path / "c.toml").write_text(ROOMY_PLAN)
+    settings = make_settings(tmp_path, config=tmp_path / "c.toml", database_url=url)
+    with LiveServer(settings, backends) as live:
+        yield live
+        live.close_clients()
+
+
+def test_metadata_is_stored_selects_completions_and_can_be_changed(store_of: LiveServer) -> None:
+    server = store_of
     _, key = server.new_user(plan="roomy")
     client = server.client(key)
     hello = [{"role": "user", "content": "tagged"}]
