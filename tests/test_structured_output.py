@@ -24,6 +24,13 @@ from tests.conftest import MODEL, ROOMY_PLAN, LiveServer, make_settings
 ASK = [{"role": "user", "content": "Describe Paris in a few fields."}]
 
 
+def _nested(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"x": schema}}
+    return schema
+
+
 class City(BaseModel):
     name: Literal["Paris", "London", "Berlin", "Rome"]
     country: Literal["France", "United Kingdom", "Germany", "Italy"]
@@ -114,6 +121,11 @@ def test_responses_parse_gives_an_object_of_the_schema(client: openai.OpenAI) ->
             "nothing is fetched",
         ),
         ({"type": "json_schema"}, "response_format.json_schema", "Missing required"),
+        (
+            {"type": "json_schema", "json_schema": {"name": "deep", "schema": _nested(40)}},
+            "response_format.json_schema.schema",
+            "nest at most 32 levels",
+        ),
         (
             {"type": "json_schema", "json_schema": {"name": "has spaces", "schema": {}}},
             "response_format.json_schema.name",

@@ -128,11 +128,24 @@ class TextPart(Body):
 SCHEMA_NAME = r"^[A-Za-z0-9_-]{1,64}$"
 
 
+# A schema becomes a grammar every token is sampled through, on the one thread the embedded
+# model runs on: its size and depth are bounded (OpenAI's bounds are smaller still).
+MAX_SCHEMA_CHARS = 120_000
+MAX_SCHEMA_DEPTH = 32
+
+
 def _local_refs(schema: dict[str, object] | None) -> dict[str, object] | None:
-    """Refuse a schema that refers outside itself: nothing is fetched from the network."""
-    pending: list[object] = [schema]
+    """Refuse a schema that refers outside itself (nothing is fetched from the network), or
+    one too big or too deep to follow."""
+    if schema is None:
+        return schema
+    if len(json.dumps(schema)) > MAX_SCHEMA_CHARS:
+        raise ValueError(f"a schema may be at most {MAX_SCHEMA_CHARS:,} characters of JSON")
+    pending: list[tuple[object, int]] = [(schema, 0)]
     while pending:
-        node = pending.pop()
+        node, depth = pending.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            raise ValueError(f"a schema's JSON may nest at most {MAX_SCHEMA_DEPTH} levels")
         if isinstance(node, dict):
             ref = node.get("$ref")
             if ref is not None and not (isinstance(ref, str) and ref.startswith("#")):
@@ -140,9 +153,9 @@ def _local_refs(schema: dict[str, object] | None) -> dict[str, object] | None:
                     f"$ref {ref!r}: only references within the schema ('#/$defs/...') are "
                     "followed; nothing is fetched"
                 )
-            pending.extend(node.values())
+            pending.extend((value, depth + 1) for value in node.values())
         elif isinstance(node, list):
-            pending.extend(node)
+            pending.extend((value, depth + 1) for value in node)
     return schema
 
 
