@@ -376,6 +376,8 @@ class Exchange:
             if self._checkpoint is not None:  # a failed checkpoint is only a missed one
                 await asyncio.gather(self._checkpoint, return_exceptions=True)
             self.service.metrics.observe(self, status, time.perf_counter() - self._started)
+            if self.calls.calls is not None:
+                self.service.metrics.features.labels("tool_calls").inc()
             self._end_span(status)
             if status == "complete" and self.cache_key is not None and not self.cached:
                 self.service.remember(self)
@@ -613,6 +615,8 @@ class ChatService:
         self.metrics.admitted.labels(plan.name).inc()
         if degraded is not None:
             self.metrics.degraded.labels(plan.name).inc()
+        for feature in _features(request):
+            self.metrics.features.labels(feature).inc()
         return exchange
 
     def _route(
@@ -1011,6 +1015,7 @@ class ChatService:
 
         task = asyncio.create_task(run(), name=f"detached {exchange.id}")
         self.detached[exchange.message_id] = task
+        self.metrics.features.labels("background").inc()
         return task
 
     def cancel(self, message_id: uuid.UUID) -> asyncio.Task[None] | None:
@@ -1066,6 +1071,16 @@ async def _lead_to_answer(
         }
     )
     return conversation_id
+
+
+def _features(request: GenerationRequest) -> list[str]:
+    """What a request asked for beyond text, as ``lamplighter_request_features`` counts it."""
+    found = ["tools"] if request.tools is not None else []
+    if request.output_format is not None:
+        found.append("json_object" if request.output_format.schema is None else "json_schema")
+    if request.logprobs is not None:
+        found.append("logprobs")
+    return found
 
 
 def _answer_row(

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from aiohttp import web
@@ -157,6 +158,10 @@ def test_a_tool_call_and_its_result_make_one_stored_conversation(
     assert path[1].tool_calls == [call.model_dump()] and path[2].tool_call_id == "call_7"
     again = client.chat.completions.retrieve(first.id).choices[0].message
     assert again.tool_calls == choice.message.tool_calls
+    # Operators see it: two requests with tools, one answer that called them.
+    metrics = httpx.get(live.base_url + "/metrics", timeout=5).text
+    assert 'lamplighter_request_features_total{feature="tools"} 2.0' in metrics
+    assert 'lamplighter_request_features_total{feature="tool_calls"} 1.0' in metrics
 
 
 def _stored_path(live: LiveServer, completion: str) -> list[Any]:

@@ -89,6 +89,13 @@ class Metrics:
             ["plan"],
             registry=r,
         )
+        self.features = Counter(
+            "lamplighter_request_features",
+            "Admitted requests that asked for an API feature beyond text (tools, json_schema, "
+            "json_object, logprobs, background), and answers that called tools (tool_calls).",
+            ["feature"],
+            registry=r,
+        )
         self.degraded = Counter(
             "lamplighter_degraded",
             "Requests served degraded under pressure (a shorter cap or a smaller model).",
