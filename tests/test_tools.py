@@ -326,6 +326,12 @@ def test_the_responses_api_calls_tools_and_continues_from_their_output(
         tools=[WEATHER_TOOL],  # type: ignore[list-item]
     )
     assert second.output_text == SUNNY
+    # What it was generated from, as Responses items (newest first by default).
+    items = list(client.responses.input_items.list(second.id, order="asc"))
+    assert [item.type for item in items] == ["message", "function_call", "function_call_output"]
+    assert items[1].call_id == items[2].call_id == "call_7"  # type: ignore[union-attr]
+    newest = client.responses.input_items.list(second.id, limit=1)
+    assert newest.data[0].type == "function_call_output" and newest.has_more
     sent = received[-1]["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
     assert sent[1]["tool_calls"][0]["id"] == "call_7" and sent[2]["tool_call_id"] == "call_7"

@@ -26,7 +26,15 @@ from lamplighter.api.openai import Caller, open_exchange, whole_answer
 from lamplighter.api.responses import EventStreamResponse
 from lamplighter.api.schemas import ResponsesRequest, check_tool_turns
 from lamplighter.api.state import Services, State
-from lamplighter.api.stored import delete_stored, stored_answer, stored_usage
+from lamplighter.api.stored import (
+    Limit,
+    Order,
+    answered,
+    delete_stored,
+    page_of,
+    stored_answer,
+    stored_usage,
+)
 from lamplighter.chat import (
     Exchange,
     Placement,
@@ -112,6 +120,60 @@ async def retrieve_response(name: str, who: Caller, state: State) -> dict[str, A
     if answer.status == "cut":
         return shape.response("cancelled")  # the client left, or stopped it
     return shape.finished()
+
+
+@router.get("/responses/{name}/input_items")
+async def input_items(
+    name: str,
+    who: Caller,
+    state: State,
+    after: str | None = None,
+    limit: Limit = 20,
+    order: Order = "desc",
+) -> dict[str, Any]:
+    """The items a stored response was generated from (``client.responses.input_items.list``):
+    its conversation from the start, as Responses items (messages, function calls and their
+    outputs), newest first by default. The instructions are among them, as the conversation's
+    system message."""
+    path = await answered(state, who, name, _not_found(name))
+    items = [item for message in path for item in _input_items(message)]
+    return page_of(items, after, limit, order, name)
+
+
+def _input_items(message: Message) -> list[dict[str, Any]]:
+    """A stored message as Responses items: a tool's result is a ``function_call_output``; an
+    answer is its text (if any) then a ``function_call`` per call."""
+    done = {"status": "completed"}
+    if message.role == "tool":
+        return [
+            {
+                "type": "function_call_output",
+                "id": f"fco_{message.id.hex}",
+                "call_id": message.tool_call_id or "",
+                "output": message.content,
+            }
+            | done
+        ]
+    said: dict[str, Any] = {"type": "message", "id": f"msg_{message.id.hex}", "role": message.role}
+    if message.role != "assistant":
+        return [said | {"content": [{"type": "input_text", "text": message.content}]} | done]
+    items = []
+    if message.content or not message.tool_calls:
+        items.append(said | {"content": [_Shape.part(message.content)]} | done)
+    for index, call in enumerate(message.tool_calls or ()):
+        function = call.get("function") or {}
+        assert isinstance(function, dict)
+        items.append(
+            {
+                "type": "function_call",
+                "id": f"fc_{message.id.hex}_{index}",
+                "call_id": call.get("id", ""),
+                "name": function.get("name", ""),
+                "arguments": function.get("arguments", ""),
+            }
+            | done
+        )
+    return items
 
 
 @router.post("/responses/{name}/cancel")

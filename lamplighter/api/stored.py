@@ -129,21 +129,35 @@ async def completion_messages(
 ) -> dict[str, Any]:
     """The messages a stored chat completion answered: its conversation from the start up to
     the answer (the system message included), ``<id>-<n>`` each, ``n`` counting from 0."""
+    path = await answered(state, who, name, _not_found(name))
+    messages = [_stored_message(f"{name}-{n}", m) for n, m in enumerate(path)]
+    return page_of(messages, after, limit, order, name)
+
+
+async def answered(state: Services, who: Principal, name: str, missing: APIError) -> list[Message]:
+    """The stored messages that the caller's answer ``name`` answered, from the start of its
+    conversation (else raise ``missing``)."""
     async with state.db.transaction() as session:
         conversations = Conversations(session)
         answer = await stored_answer(conversations, who, name)
         if answer is None:
-            raise _not_found(name)
-        path = (await conversations.path_to(answer.id))[:-1]
-    messages = [_stored_message(f"{name}-{n}", m) for n, m in enumerate(path)]
+            raise missing
+        return (await conversations.path_to(answer.id))[:-1]
+
+
+def page_of(
+    items: list[dict[str, Any]], after: str | None, limit: int, order: str, of: str
+) -> dict[str, Any]:
+    """A page of ``items`` (in their order, or reversed for ``desc``), after the one with the id
+    ``after``."""
     if order == "desc":
-        messages.reverse()
+        items = items[::-1]
     if after is not None:
-        ids = [message["id"] for message in messages]
+        ids = [item["id"] for item in items]
         if after not in ids:
-            raise InvalidRequest(f"'{after}' is not a message of {name}.", param="after")
-        messages = messages[ids.index(after) + 1 :]
-    return _page(messages[:limit], has_more=len(messages) > limit)
+            raise InvalidRequest(f"'{after}' is not an item of {of}.", param="after")
+        items = items[ids.index(after) + 1 :]
+    return _page(items[:limit], has_more=len(items) > limit)
 
 
 def _stored_message(name: str, message: Message) -> dict[str, Any]:
