@@ -9,7 +9,7 @@ import logging
 import socket
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TextIO, TypeVar
@@ -134,8 +134,16 @@ def _guarded(
     settings: Settings, action: Callable[[Database], Awaitable[T]], *, writes: bool = True
 ) -> T:
     """``_with_db``, with API errors as exit 1 and config errors as exit 2."""
-    try:
+    with _told():
         return _with_db(settings, action, writes=writes)
+
+
+@contextlib.contextmanager
+def _told() -> Iterator[None]:
+    """An API error (the database refused) as one ``error:`` line and exit 1, a mistake in
+    the configuration as one line and exit 2."""
+    try:
+        yield
     except APIError as exc:
         typer.secho(f"error: {exc.message}", fg="red", err=True)
         raise typer.Exit(1) from exc
@@ -167,14 +175,8 @@ def serve(
         # here in a line before anything listens (in the app's own start it would be a
         # traceback in the logs). A store that `db copy` froze still starts, read-only: the
         # server refuses writes itself.
-        try:
+        with _told():
             groundwork = runner.run(lay_groundwork(settings))
-        except APIError as exc:
-            typer.secho(f"error: {exc.message}", fg="red", err=True)
-            raise typer.Exit(1) from exc
-        except ConfigError as exc:
-            typer.secho(f"error: {exc}", fg="red", err=True)
-            raise typer.Exit(2) from exc
         configure_logging(settings.log_level)
         logging.getLogger("lamplighter").info(
             "starting", extra={"url": f"http://{settings.host}:{settings.port}"}
