@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,11 @@ import openai
 import pytest
 from aiohttp import web
 
-from lamplighter.engines.base import Backend
-from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
-from lamplighter.settings import Settings
-from tests.conftest import ROOMY_PLAN, LiveServer, make_settings
+from tests.conftest import LiveServer
 from tests.fleet import REDIS_URL, needs_redis
 from tests.test_router import ANSWER, delta, sse
 from tests.test_streams import wait_until
-from tests.upstream_server import serve_in_thread
+from tests.upstream_server import gateway_over, serve_in_thread
 
 MODEL = "slow-model"
 HOLD = "Write the longest story you can."
@@ -65,28 +61,12 @@ def upstream() -> Iterator[tuple[str, Backstage]]:
         yield server.url + "/v1", seen
 
 
-@contextmanager
-def replica(url: str, data_dir: Path, **settings: Any) -> Iterator[LiveServer]:
-    """A gateway in front of the backend at ``url``."""
-    config = UpstreamConfig("slow", url, (MODEL,), capacity=2)
-
-    async def backends(_: Settings) -> list[Backend]:
-        return [UpstreamBackend(config)]
-
-    data_dir.mkdir(exist_ok=True)
-    (data_dir / "c.toml").write_text(ROOMY_PLAN)
-    made = make_settings(data_dir, config=data_dir / "c.toml", **settings)
-    with LiveServer(made, backends) as live:
-        yield live
-        live.close_clients()
-
-
 @pytest.fixture
 def gateway(
     upstream: tuple[str, Backstage], tmp_path: Path
 ) -> Iterator[tuple[LiveServer, Backstage]]:
     url, seen = upstream
-    with replica(url, tmp_path / "gateway") as live:
+    with gateway_over(url, (MODEL,), tmp_path / "gateway") as live:
         yield live, seen
 
 
@@ -149,7 +129,10 @@ def test_a_cancel_reaches_the_replica_that_runs_the_response(
     cancel lands on the second, which tells the first through the bulletin."""
     url, seen = upstream
     shared = {"database_url": postgres_url, "redis_url": REDIS_URL}
-    with replica(url, tmp_path / "a", **shared) as a, replica(url, tmp_path / "b", **shared) as b:
+    with (
+        gateway_over(url, (MODEL,), tmp_path / "a", **shared) as a,
+        gateway_over(url, (MODEL,), tmp_path / "b", **shared) as b,
+    ):
         _, key = a.new_user(plan="roomy")
         made = a.client(key).responses.create(model=MODEL, input=HOLD, background=True)
         assert seen.begun.wait(10)

@@ -13,14 +13,10 @@ from typing import Any
 
 import openai
 import pytest
-from aiohttp import web
 
-from lamplighter.engines.base import Backend
-from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
-from lamplighter.settings import Settings
-from tests.conftest import MODEL, ROOMY_PLAN, LiveServer, make_settings
+from tests.conftest import MODEL, LiveServer
 from tests.test_router import sse
-from tests.upstream_server import serve_in_thread
+from tests.upstream_server import gateway_over, recording
 
 LOGPROB_MODEL = "logprob-model"
 ASK = [{"role": "user", "content": "Is the sea blue? Answer yes or no."}]
@@ -58,25 +54,11 @@ def _answer(body: dict[str, Any]) -> bytes:
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[tuple[LiveServer, list[dict[str, Any]]]]:
-    received: list[dict[str, Any]] = []
-
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        if request.path != "/v1/chat/completions":
-            return web.json_response({"object": "list", "data": []})
-        body = await request.json()
-        received.append(body)
-        return web.Response(body=_answer(body), content_type="text/event-stream")
-
-    with serve_in_thread(handle) as upstream:
-        config = UpstreamConfig("lp", upstream.url + "/v1", (LOGPROB_MODEL,), capacity=2)
-
-        async def backends(_: Settings) -> list[Backend]:
-            return [UpstreamBackend(config)]
-
-        (tmp_path / "c.toml").write_text(ROOMY_PLAN)
-        with LiveServer(make_settings(tmp_path, config=tmp_path / "c.toml"), backends) as live:
-            yield live, received
-            live.close_clients()
+    with (
+        recording(_answer) as (url, received),
+        gateway_over(url, (LOGPROB_MODEL,), tmp_path) as live,
+    ):
+        yield live, received
 
 
 def test_log_probabilities_come_back_whole_and_streamed(

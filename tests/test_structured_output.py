@@ -15,11 +15,10 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from lamplighter.engines.base import Backend, GenerationRequest, OutputFormat
-from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
-from lamplighter.settings import Settings
+from lamplighter.engines.base import GenerationRequest, OutputFormat
 from lamplighter.traffic.cache import cache_key
-from tests.conftest import MODEL, ROOMY_PLAN, LiveServer, make_settings
+from tests.conftest import MODEL, LiveServer
+from tests.upstream_server import gateway_over
 
 ASK = [{"role": "user", "content": "Describe Paris in a few fields."}]
 
@@ -180,17 +179,8 @@ def relay(server: LiveServer, tmp_path: Path) -> Iterator[LiveServer]:
     """A gateway whose only backend is the session's server as an OpenAI-compatible upstream
     (as vLLM would be): the format must travel in the upstream request."""
     _, key = server.new_user(plan="roomy")
-    config = UpstreamConfig(
-        name="upstream", url=server.base_url + "/v1", models=(MODEL,), capacity=2, api_key=key
-    )
-
-    async def backends(_: Settings) -> list[Backend]:
-        return [UpstreamBackend(config)]
-
-    (tmp_path / "c.toml").write_text(ROOMY_PLAN)
-    with LiveServer(make_settings(tmp_path, config=tmp_path / "c.toml"), backends) as live:
+    with gateway_over(server.base_url + "/v1", (MODEL,), tmp_path, api_key=key) as live:
         yield live
-        live.close_clients()
 
 
 def test_an_upstream_backend_is_asked_for_the_format_and_its_refusal_is_passed_on(

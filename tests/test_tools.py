@@ -17,15 +17,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from aiohttp import web
 
-from lamplighter.engines.base import Backend
-from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
-from lamplighter.settings import Settings
 from lamplighter.store.conversations import Conversations
-from tests.conftest import MODEL, ROOMY_PLAN, LiveServer, make_settings
+from tests.conftest import MODEL, LiveServer
 from tests.test_router import sse
-from tests.upstream_server import serve_in_thread
+from tests.upstream_server import gateway_over, recording
 
 TOOL_MODEL = "tool-model"
 WEATHER = {
@@ -95,25 +91,11 @@ def _answer(body: dict[str, Any]) -> bytes:
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[tuple[LiveServer, list[dict[str, Any]]]]:
     """A gateway whose backend calls tools; and the bodies that backend received."""
-    received: list[dict[str, Any]] = []
-
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        if request.path != "/v1/chat/completions":
-            return web.json_response({"object": "list", "data": []})
-        body = await request.json()
-        received.append(body)
-        return web.Response(body=_answer(body), content_type="text/event-stream")
-
-    with serve_in_thread(handle) as upstream:
-        config = UpstreamConfig("tools", upstream.url + "/v1", (TOOL_MODEL,), capacity=4)
-
-        async def backends(_: Settings) -> list[Backend]:
-            return [UpstreamBackend(config)]
-
-        (tmp_path / "c.toml").write_text(ROOMY_PLAN)
-        with LiveServer(make_settings(tmp_path, config=tmp_path / "c.toml"), backends) as live:
-            yield live, received
-            live.close_clients()
+    with (
+        recording(_answer) as (url, received),
+        gateway_over(url, (TOOL_MODEL,), tmp_path, capacity=4) as live,
+    ):
+        yield live, received
 
 
 def test_a_tool_call_and_its_result_make_one_stored_conversation(

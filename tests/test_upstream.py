@@ -27,7 +27,7 @@ from tests.conftest import ROOMY_PLAN, SCRIPTED, LiveServer, make_settings
 from tests.fleet import Processes, SimBackend
 from tests.test_router import ANSWER, delta, sse
 from tests.test_streams import read_then_hang_up, settled, wait_until
-from tests.upstream_server import Handler, serve_in_thread
+from tests.upstream_server import Handler, gateway_over, serve_in_thread
 
 T = TypeVar("T")
 
@@ -35,17 +35,9 @@ T = TypeVar("T")
 @pytest.fixture
 def gateway(server: LiveServer, tmp_path: Path) -> Iterator[LiveServer]:
     _, key = server.new_user(plan="roomy")
-    config = UpstreamConfig(
-        name="upstream", url=server.base_url + "/v1", models=(SCRIPTED,), capacity=4, api_key=key
-    )
-
-    async def backends(_: Settings) -> list[Backend]:
-        return [UpstreamBackend(config)]
-
-    (tmp_path / "c.toml").write_text(ROOMY_PLAN)
-    with LiveServer(make_settings(tmp_path, config=tmp_path / "c.toml"), backends) as live:
+    url = server.base_url + "/v1"
+    with gateway_over(url, (SCRIPTED,), tmp_path, api_key=key, capacity=4) as live:
         yield live
-        live.close_clients()
 
 
 def test_answers_and_usage_come_from_the_upstream(gateway: LiveServer) -> None:

@@ -12,9 +12,16 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from aiohttp import web
+
+from lamplighter.engines.base import Backend
+from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
+from lamplighter.settings import Settings
+from tests.conftest import ROOMY_PLAN, LiveServer, make_settings
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -87,3 +94,49 @@ def serve_in_thread(handler: Handler) -> Iterator[Upstream]:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=10)
             loop.close()
+
+
+@contextmanager
+def recording(
+    answer: Callable[[dict[str, Any]], bytes],
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """An OpenAI-compatible server in a thread, as vLLM would be: each chat completion answered
+    with the event stream ``answer(body)`` makes of its request; its base URL (``.../v1``) and
+    the request bodies it received, in order."""
+    received: list[dict[str, Any]] = []
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path != "/v1/chat/completions":
+            return web.json_response({"object": "list", "data": []})
+        body = await request.json()
+        received.append(body)
+        return web.Response(body=answer(body), content_type="text/event-stream")
+
+    with serve_in_thread(handle) as upstream:
+        yield upstream.url + "/v1", received
+
+
+@contextmanager
+def gateway_over(
+    url: str,
+    models: tuple[str, ...],
+    data_dir: Path,
+    *,
+    api_key: str = "",
+    capacity: int = 2,
+    **settings: Any,
+) -> Iterator[LiveServer]:
+    """A gateway on the roomy plan whose one backend is the OpenAI-compatible server at
+    ``url`` serving ``models``; ``settings`` as :func:`make_settings` takes them."""
+    config = UpstreamConfig("upstream", url, models, capacity=capacity, api_key=api_key)
+
+    async def backends(_: Settings) -> list[Backend]:
+        return [UpstreamBackend(config)]
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "c.toml").write_text(ROOMY_PLAN)
+    with LiveServer(
+        make_settings(data_dir, config=data_dir / "c.toml", **settings), backends
+    ) as live:
+        yield live
+        live.close_clients()

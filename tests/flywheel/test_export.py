@@ -18,7 +18,6 @@ import datasets
 import openai
 import pyarrow.parquet as pq
 import pytest
-from aiohttp import web
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
@@ -36,7 +35,7 @@ from lamplighter.store.database import Database
 from lamplighter.store.models import Credit, User
 from tests.conftest import FAILING, ROOMY_PLAN, SCRIPTED, LiveServer, make_settings
 from tests.test_tools import ASK, SUNNY, TOOL_MODEL, WEATHER, _answer
-from tests.upstream_server import serve_in_thread
+from tests.upstream_server import recording
 from tests.web.conftest import Browserless, new_person
 
 QUESTION = "Tell me about the lighthouse keepers of Maine"
@@ -491,18 +490,12 @@ def _followed_up(server: LiveServer) -> None:
 def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """A store of what the export must not learn from, each case beside a good one."""
 
-    async def tool_calls(request: web.BaseRequest) -> web.StreamResponse:
-        body = await request.json() if request.path == "/v1/chat/completions" else None
-        if body is None:
-            return web.json_response({"object": "list", "data": []})
-        return web.Response(body=_answer(body), content_type="text/event-stream")
-
     data_dir = tmp_path_factory.mktemp("audit")
     config = data_dir / "audit.toml"
     config.write_text(ROOMY_PLAN + AUDIT_CONFIG)
     made = Store(data_dir)
-    with serve_in_thread(tool_calls) as upstream:
-        tools = UpstreamConfig("tools", upstream.url + "/v1", (TOOL_MODEL,), capacity=2)
+    with recording(_answer) as (url, _):
+        tools = UpstreamConfig("tools", url, (TOOL_MODEL,), capacity=2)
 
         async def backends(_: Settings) -> list[Backend]:
             return [

@@ -17,16 +17,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 from playwright.sync_api import expect
 
-from lamplighter.engines.base import Backend
-from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
-from lamplighter.settings import Settings
-from tests.conftest import ROOMY_PLAN, LiveServer, make_settings
+from tests.conftest import LiveServer
 from tests.test_router import sse
 from tests.test_tools import ASK, SUNNY, TOOL_MODEL, WEATHER, _answer, _choice
-from tests.upstream_server import serve_in_thread
+from tests.upstream_server import gateway_over, recording
 from tests.web.browser import BODY, MESSAGE, Tabs
 from tests.web.conftest import Person
 
@@ -55,26 +51,12 @@ def _answer_or_chat(body: dict[str, Any]) -> bytes:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, Bodies]]:
     """A gateway whose backend calls tools; and the bodies that backend received."""
-    received: Bodies = []
-
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        if request.path != "/v1/chat/completions":
-            return web.json_response({"object": "list", "data": []})
-        body = await request.json()
-        received.append(body)
-        return web.Response(body=_answer_or_chat(body), content_type="text/event-stream")
-
-    with serve_in_thread(handle) as upstream:
-        config = UpstreamConfig("tools", upstream.url + "/v1", (TOOL_MODEL,), capacity=4)
-
-        async def backends(_: Settings) -> list[Backend]:
-            return [UpstreamBackend(config)]
-
-        data_dir = tmp_path_factory.mktemp("tool-use")
-        (data_dir / "c.toml").write_text(ROOMY_PLAN)
-        with LiveServer(make_settings(data_dir, config=data_dir / "c.toml"), backends) as live:
-            yield live, received
-            live.close_clients()
+    data_dir = tmp_path_factory.mktemp("tool-use")
+    with (
+        recording(_answer_or_chat) as (url, received),
+        gateway_over(url, (TOOL_MODEL,), data_dir, capacity=4) as live,
+    ):
+        yield live, received
 
 
 @pytest.fixture(scope="module")
