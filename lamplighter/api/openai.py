@@ -20,7 +20,7 @@ from lamplighter.api.responses import (
     sse,
     unless_disconnected,
 )
-from lamplighter.api.schemas import ChatCompletionRequest
+from lamplighter.api.schemas import ChatCompletionRequest, check_tool_turns
 from lamplighter.api.state import Services, State
 from lamplighter.chat import Exchange, Placement, Principal, TokenCount
 from lamplighter.engines.base import GenerationRequest
@@ -166,9 +166,11 @@ async def chat_completions(
     who: Caller,
     state: State,
 ) -> Response:
+    turns = tuple(message.turn() for message in body.messages)
+    check_tool_turns(turns)  # tool results answer calls, as at OpenAI
     request = GenerationRequest(
         model=body.model,
-        turns=tuple(message.turn() for message in body.messages),
+        turns=turns,
         max_tokens=body.token_limit,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,

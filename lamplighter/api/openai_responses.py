@@ -216,6 +216,7 @@ async def delete_response(name: str, who: Caller, state: State) -> dict[str, Any
 async def create_response(
     http: Request, body: ResponsesRequest, who: Caller, state: State
 ) -> Response:
+    given = body.turns  # the input as turns, made once
     turns: list[Turn] = []
     if body.instructions:
         turns.append(Turn("system", body.instructions))
@@ -231,10 +232,10 @@ async def create_response(
                 answer.id,
                 new_turn=True,
                 fit=False,
-                earlier=len(body.turns) - 1,
+                earlier=len(given) - 1,
             )
-    check_tool_turns([*turns, *body.turns], "input", before=len(turns))
-    turns.extend(body.turns)
+    check_tool_turns([*turns, *given], "input", before=len(turns))
+    turns.extend(given)
     request = GenerationRequest(
         model=body.model,
         turns=tuple(turns),

@@ -339,7 +339,6 @@ class ChatCompletionRequest(Body):
                 param = f"messages[{index}].content"
                 raise InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
             _check_tool_message(index, message)
-        check_tool_turns([message.turn() for message in self.messages])
         choice = self.tool_choice
         _check_tools(
             [tool.function.name for tool in self.tools or ()],
