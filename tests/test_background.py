@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,41 @@ def test_a_background_response_is_answered_at_once_and_polled(
     done = wait_until(finished)
     assert done.output_text == "Hello"
     assert done.usage is not None and done.usage.output_tokens == 3
+
+
+def test_a_background_response_can_be_polled_the_moment_its_id_is_given(
+    gateway: tuple[LiveServer, Backstage],
+) -> None:
+    """The answer is stored before the id is given out: with the store's writer held up, the
+    create waits for it, and a poll right after never finds nothing."""
+    live, _ = gateway
+    client = live.client(live.new_user(plan="roomy")[1])
+    held: dict[str, asyncio.Event] = {}
+
+    async def hold_the_writer(services: Any) -> None:
+        held["writer"] = asyncio.Event()
+
+        async def job(_: Any) -> None:
+            await held["writer"].wait()
+
+        services.chat.writer.submit(job)
+
+    async def release(_: Any) -> None:
+        held["writer"].set()
+
+    async def admitted(services: Any) -> int:
+        return sum(pool.in_use for pool in services.chat.admission.pools.values())
+
+    def create_then_poll() -> Any:
+        made = client.responses.create(model=MODEL, input="Say hello.", background=True)
+        return client.responses.retrieve(made.id)
+
+    live.call(hold_the_writer)
+    with ThreadPoolExecutor(1) as pool:
+        polled = pool.submit(create_then_poll)
+        wait_until(lambda: live.call(admitted) == 1)  # admitted; its write waits its turn
+        live.call(release)
+        assert polled.result(timeout=20).status in ("in_progress", "completed")
 
 
 def test_a_cancelled_background_response_stops_its_backend_and_keeps_what_it_made(

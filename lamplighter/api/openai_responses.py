@@ -258,8 +258,15 @@ async def create_response(
     )
     shape = _Shape(exchange, body)
     if body.background:
-        # Admitted (limits, queue) while the client waits, as any request; then generated
-        # with nobody reading: the client polls GET /v1/responses/{id}, or cancels it.
+        # Admitted (limits, queue) and stored while the client waits, so that the id it is
+        # given can be polled at once; then generated with nobody reading: the client polls
+        # GET /v1/responses/{id}, or cancels it.
+        if exchange.opened is not None:
+            try:
+                await asyncio.shield(exchange.opened)
+            except BaseException:
+                await exchange.close()
+                raise
         state.chat.detach(exchange)
         return JSONResponse(shape.response("in_progress"), headers=headers)
     if body.stream:
