@@ -130,6 +130,16 @@ def test_a_plan_of_the_config_file_can_be_given_before_the_server_ever_ran(tmp_p
     assert refused.exit_code == 2 and "[plans.research]" in refused.stderr
 
 
+def test_a_grant_of_a_plan_that_does_not_exist_names_the_known_plans(tmp_path: Path) -> None:
+    assert cli(tmp_path, "users", "create", "ada@example.org").exit_code == 0
+    args = ["billing", "grant", "--user", "ada@example.org", "--days", "30"]
+    refused = cli(tmp_path, *args, "--plan", "gold")
+    assert refused.exit_code == 1
+    assert "no plan named 'gold'; known plans: free, plus, team" in refused.stderr
+    granted = cli(tmp_path, *args, "--plan", "plus")
+    assert granted.exit_code == 0, granted.stderr
+
+
 @pytest.fixture
 def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Two instances side by side, each on its own port and data directory."""

@@ -90,8 +90,15 @@ class PlanBook:
             raise ConfigError(f"setting {setting!r}: no plan named {name!r}; known plans: {known}")
 
     def require(self, name: str) -> Plan:
+        """The plan named ``name``; one that does not exist is refused with the known ones
+        (as ``lamplighter users create`` does), so an operator's typo shows its fix."""
         if name not in self._plans:
-            raise NotFound(f"no plan named {name!r}", param="plan", code="plan_not_found")
+            known = ", ".join(sorted(self._plans))
+            raise NotFound(
+                f"no plan named {name!r}; known plans: {known}",
+                param="plan",
+                code="plan_not_found",
+            )
         return self._plans[name]
 
     async def put(
