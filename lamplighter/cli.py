@@ -766,6 +766,15 @@ def bench_surge(
     from lamplighter.simulation.gpu import profile
     from lamplighter.simulation.trace import load
 
+    if plot is not None:
+        from lamplighter.simulation.plot import check
+
+        try:
+            check()
+        except RuntimeError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from exc
+
     def progress(run: dict[str, Any]) -> None:
         if sweep or plot is not None:
             typer.echo(f"overload {run['overload']:g}x done", err=True)

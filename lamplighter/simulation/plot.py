@@ -13,12 +13,27 @@ PLAN_COLOURS = {"team": "#1b7837", "plus": "#2166ac", "free": "#b2182b"}
 POLICY_STYLES = {"lamplighter": "-", "fifo": "--"}
 
 
+INSTALL = (
+    "--plot needs matplotlib, which is not installed: install it into Lamplighter's "
+    "environment (.venv/bin/pip install matplotlib, or pip install -e '.[dev]' from the "
+    "repository), or leave out --plot"
+)
+
+
+def check() -> None:
+    """Refuse at once when matplotlib is missing, before a sweep of minutes is run for
+    nothing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(INSTALL) from exc
+
+
 def plot_sweep(runs: Sequence[dict[str, Any]], path: Path) -> None:
     """Write the sweep's curves as a PNG at ``path``."""
-    try:
-        import matplotlib
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise RuntimeError("plotting needs matplotlib: pip install matplotlib") from exc
+    check()
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -5,6 +5,7 @@ none of that. Runs on the start of the real trace so the whole file takes second
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +247,21 @@ def test_bench_surge_prints_one_json_object_and_plots_the_sweep(tmp_path: Path) 
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     human = runner.invoke(app, ["bench", "surge", "--limit", "400", "--overload", "2"])
     assert human.exit_code == 0 and "lamplighter" in human.stdout
+
+
+def test_a_plot_without_matplotlib_is_refused_before_the_sweep_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails
+
+    def sweep(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise AssertionError("the sweep ran, to end in a traceback")
+
+    monkeypatch.setattr(surge, "bench", sweep)
+    picture = tmp_path / "surge.png"
+    refused = CliRunner().invoke(app, ["bench", "surge", "--sweep", "--plot", str(picture)])
+    assert refused.exit_code == 2, refused.output
+    assert "--plot needs matplotlib" in refused.stderr
+    assert "pip install matplotlib" in refused.stderr
+    assert refused.exception is None or isinstance(refused.exception, SystemExit)
+    assert not picture.exists()
