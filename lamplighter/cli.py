@@ -252,7 +252,7 @@ def users_invite(
         with_plans=True,
     )
     typer.echo(f"invited {email}; send them this link (valid {INVITE_DAYS} days, works once):")
-    typer.echo(f"  {settings.base_url}/invite/{token}")
+    _link(settings, f"/invite/{token}")
 
 
 @users.command("reset-password")
@@ -268,7 +268,22 @@ def users_reset_password(email: str, config: ConfigOption = None) -> None:
         lambda accounts: WebAuth(accounts.db, accounts, settings.session_days).password_link(email),
     )
     typer.echo(f"send {email} this link to choose a new password (valid {INVITE_DAYS} days):")
-    typer.echo(f"  {settings.base_url}/invite/{token}")
+    _link(settings, f"/invite/{token}")
+
+
+def _link(settings: Settings, path: str) -> None:
+    """A link for a person's browser, on the server's public address. Without one
+    (LAMPLIGHTER_PUBLIC_URL), it is built on this command's own host and port, which only
+    match the server's by chance: say so, and how to give the right one."""
+    typer.echo(f"  {settings.base_url}{path}")
+    if not settings.public_url:
+        typer.echo(
+            f"note: LAMPLIGHTER_PUBLIC_URL is not set, so this link assumes people reach the "
+            f"server at {settings.base_url}. If they reach it at another address, put that "
+            "address in its place, or set LAMPLIGHTER_PUBLIC_URL to it (as the server has it, "
+            "e.g. https://chat.example.org) and run the command again.",
+            err=True,
+        )
 
 
 @users.command("delete")

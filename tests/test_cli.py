@@ -373,6 +373,22 @@ def test_invite_links_are_built_on_the_public_url_and_can_be_made_again(tmp_path
     assert unknown.exit_code == 1 and "no user with email nobody@example.org" in unknown.stderr
 
 
+def test_a_link_without_a_public_url_says_which_address_it_assumes(tmp_path: Path) -> None:
+    """The CLI's own host and port are no guide to where people reach the server (behind a
+    proxy, in a container): a link built on them says so, and how to give the right one."""
+    invited = cli(tmp_path, "users", "invite", "ada@example.org")
+    assert invited.exit_code == 0, invited.stderr
+    assert "  http://127.0.0.1:8080/invite/" in invited.stdout
+    assert "LAMPLIGHTER_PUBLIC_URL is not set" in invited.stderr
+    assert "assumes people reach the server at http://127.0.0.1:8080" in invited.stderr
+    reset = cli(tmp_path, "users", "reset-password", "ada@example.org")
+    assert reset.exit_code == 0 and "LAMPLIGHTER_PUBLIC_URL is not set" in reset.stderr
+    env = {"LAMPLIGHTER_PUBLIC_URL": "https://chat.example.org/"}
+    public = cli(tmp_path, "users", "reset-password", "ada@example.org", env=env)
+    assert public.exit_code == 0 and "  https://chat.example.org/invite/" in public.stdout
+    assert "LAMPLIGHTER_PUBLIC_URL" not in public.stderr
+
+
 def test_the_first_admin_notice_names_the_database_but_not_its_password(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

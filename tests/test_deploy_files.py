@@ -275,6 +275,21 @@ def test_each_gateway_loads_its_config_and_serves_only_the_gpu_servers(
             assert backend.resolved_health_url.endswith("/health"), backend.name
 
 
+def test_each_gateway_has_a_public_address_for_the_links_it_prints(
+    gateways: list[Gateway],
+) -> None:
+    """Without LAMPLIGHTER_PUBLIC_URL, invite and password links (and the first-admin notice)
+    would point at the container's own http://127.0.0.1:8080, which nobody outside reaches."""
+    for gateway in gateways:
+        assert gateway.settings.public_url, f"{gateway.where}: set LAMPLIGHTER_PUBLIC_URL"
+        assert gateway.settings.base_url == gateway.settings.public_url.rstrip("/")
+    migrate = SERVICES["migrate"]["environment"]  # where the CLI runs in Compose
+    assert (
+        migrate["LAMPLIGHTER_PUBLIC_URL"]
+        == SERVICES["gateway"]["environment"]["LAMPLIGHTER_PUBLIC_URL"]
+    )
+
+
 def test_probes_are_the_apps_health_and_readiness_routes(app: FastAPI) -> None:
     liveness, readiness = _path_of(health.healthz), _path_of(health.readyz)
     assert {liveness, readiness} <= set(app.openapi()["paths"])
