@@ -130,6 +130,10 @@ BROKEN = {
         "[plans.reloadable]\nrequests_per_minute = 0\n",
         "[plans.reloadable]: requests_per_minute must be at least 1",
     ),
+    "a limit of the wrong type": (
+        '[plans.reloadable]\nrequests_per_minute = "3"\n',
+        "[plans.reloadable]: 'requests_per_minute' must be an integer, not '3'",
+    ),
     "an unknown table": (plans(70) + "[plan.other]\nrequests_per_minute = 3\n", "unknown tables"),
     "a typo in a backend": (
         plans(70) + '[[backends]]\nname = "x"\nurl = "http://127.0.0.1:1/v1"\n'

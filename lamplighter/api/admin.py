@@ -8,7 +8,6 @@ carry the CSRF token). Anyone else gets 404, so the API's existence is not discl
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -28,12 +27,12 @@ from lamplighter.store.accounts import Accounts
 from lamplighter.store.audit import Audit, AuditLog
 from lamplighter.store.models import User, utcnow
 from lamplighter.store.reports import Reports, UsageTotals
+from lamplighter.traffic.plans import PLAN_NAME
 from lamplighter.web.session import CSRF_HEADER, UNSAFE, current_visitor, same_token
 
 router = APIRouter(prefix="/api/admin")
 # Ids in the 64-bit sequences (audit log, reports); a larger number is a 400, not a 500.
 MAX_ID = 2**63 - 1
-PLAN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 async def admin(request: Request, state: State) -> Principal:

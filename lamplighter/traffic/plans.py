@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, get_type_hints
+
+from pydantic import TypeAdapter, ValidationError
 
 from lamplighter.exceptions import ConfigError
 
@@ -19,6 +21,9 @@ from lamplighter.exceptions import ConfigError
 PERIODS = ("month", "year")
 MAX_PRICE = 10**12
 CURRENCY = re.compile(r"[a-z]{3}")
+# The names the admin API takes (in a URL path): a plan named otherwise in the config file
+# could never be edited there.
+PLAN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -116,26 +121,52 @@ DEFAULT_PLANS: dict[str, Plan] = {
 }
 
 PLAN_FIELDS = {f.name for f in fields(Plan)}
+# Each field's type, checked in pydantic's strict mode (as the admin API checks its body with
+# pydantic): the dataclass stores whatever it is given, and a TOML file gives what was typed,
+# "10" for 10 or a string for a list of models.
+_KINDS = get_type_hints(Plan)
+_TYPES = {name: TypeAdapter(kind) for name, kind in _KINDS.items()}
+_EXPECTED = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    tuple[str, ...]: "a list of strings",
+}
 
 
 def plan_from(name: str, values: Mapping[str, Any], base: Plan | None = None) -> Plan:
-    """A plan from a mapping of fields (a TOML table or an admin API body) over ``base``."""
+    """A plan from a mapping of fields (a TOML table, an admin API body or a stored row) over
+    ``base``. An unknown field, or one of the wrong type, is a ValueError naming it."""
     unknown = set(values) - PLAN_FIELDS
     if unknown:
-        raise ValueError(f"unknown plan fields: {', '.join(sorted(unknown))}")
-    data = dict(values)
-    if "models" in data:
-        data["models"] = tuple(data["models"])
+        raise ValueError(
+            f"unknown plan fields: {', '.join(sorted(unknown))}; known: "
+            f"{', '.join(sorted(PLAN_FIELDS - {'name'}))}"
+        )
+    data = {field: _typed(field, value) for field, value in values.items()}
+    return replace(base or Plan(name), **{**data, "name": name})
+
+
+def _typed(field: str, value: Any) -> Any:
+    """``value`` as the field holds it: strictly of its type (not 1.5, true or "10" for an
+    integer; an integer is a number), a TOML array becoming the plan's tuple."""
+    given = tuple(value) if isinstance(value, list) else value
     try:
-        return replace(base or Plan(name), **{**data, "name": name})
-    except TypeError as exc:
-        raise ValueError(str(exc)) from exc
+        return _TYPES[field].validate_python(given, strict=True)
+    except ValidationError:
+        raise ValueError(f"{field!r} must be {_EXPECTED[_KINDS[field]]}, not {value!r}") from None
 
 
 def plans_from_config(table: Mapping[str, Any]) -> dict[str, Plan]:
     """The defaults, overlaid with the ``[plans.NAME]`` tables of a config file."""
     plans = dict(DEFAULT_PLANS)
     for name, values in table.items():
+        if not PLAN_NAME.fullmatch(name):
+            raise ConfigError(
+                f"[plans]: {name!r} is no plan name: use 1 to 64 letters, digits, '.', '_' or "
+                "'-', starting with a letter or digit (the admin API takes no other)"
+            )
         if not isinstance(values, Mapping):
             raise ConfigError(f"[plans.{name}] must be a table")
         try:
