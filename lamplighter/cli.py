@@ -75,10 +75,12 @@ def _with_db(
     from lamplighter.readonly import FLAG, applies, read_flag
     from lamplighter.store.database import Database
 
-    if writes and applies(read_flag(settings.data_dir), settings.resolved_database_url):
+    flag = read_flag(settings.data_dir)
+    if writes and flag is not None and applies(flag, settings.resolved_database_url):
+        to = f" to {flag.moved_to}" if flag.moved_to else ""
         typer.secho(
             f"error: this database is read-only ({settings.data_dir / FLAG}): `lamplighter db "
-            "copy` moved it. Run the command with LAMPLIGHTER_DATABASE_URL set to the new "
+            f"copy` moved it{to}. Run the command with LAMPLIGHTER_DATABASE_URL set to the new "
             "database, or delete READ_ONLY to go back to this one.",
             fg="red",
             err=True,

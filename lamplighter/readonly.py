@@ -8,7 +8,10 @@ once none is left, the server writes ``DATA_DIR/READ_ONLY.drained`` holding the 
 tells the mover that no more writes are coming. Deleting ``READ_ONLY`` ends read-only mode.
 
 A server on another database (the new one, started from the same data directory) ignores the
-flag, so the switch-over is: the mover finishes, the server restarts on the new URL.
+flag, so the switch-over is: the mover finishes, the server restarts on the new URL. Once the
+mover has verified the new database it marks the flag ``moved_to``: the store has left for good,
+so the old server's writes are refused as such (not "for a few seconds") and its ``/readyz``
+answers 503, which takes it out of a load balancer until it is restarted on the new URL.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import contextlib
 import json
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,9 @@ class Flag:
     token: str
     since: str
     reason: str
+    # Set once `db copy` verified the new database: where the store went for good (its URL,
+    # the password masked). Empty while the move may still be rolled back.
+    moved_to: str = ""
 
 
 def same_database(a: str, b: str) -> bool:
@@ -71,9 +77,18 @@ def freeze(data_dir: Path, database: str, reason: str) -> Flag:
     return flag
 
 
+def settle(data_dir: Path, flag: Flag, moved_to: str) -> Flag:
+    """The switch-over is done: ``flag`` stays, saying that the store moved to ``moved_to`` (a
+    URL without its password). Same token: the server's acknowledgement still holds."""
+    moved = replace(flag, moved_to=moved_to)
+    _write_atomically(data_dir / FLAG, moved.__dict__)
+    return moved
+
+
 def thaw(data_dir: Path, flag: Flag | None = None) -> None:
     """End read-only mode (only the given flag's, if one is given)."""
-    if flag is not None and read_flag(data_dir) not in (flag, None):
+    found = read_flag(data_dir)
+    if flag is not None and found is not None and found.token != flag.token:
         return
     (data_dir / FLAG).unlink(missing_ok=True)
 
@@ -94,6 +109,12 @@ def applies(flag: Flag | None, database_url: str) -> bool:
     return flag is not None and (not flag.database or same_database(flag.database, database_url))
 
 
+def moved(data_dir: Path, database_url: str) -> Flag | None:
+    """The flag, if `db copy` moved the store of ``database_url`` away for good."""
+    flag = read_flag(data_dir)
+    return flag if flag is not None and flag.moved_to and applies(flag, database_url) else None
+
+
 def drained(data_dir: Path, flag: Flag) -> bool:
     """Whether a server has acknowledged ``flag`` with no write left running."""
     try:
@@ -103,9 +124,23 @@ def drained(data_dir: Path, flag: Flag) -> bool:
     return isinstance(data, dict) and data.get("token") == flag.token
 
 
-def _refusal() -> APIError:
+MOVED = (
+    "This Lamplighter deployment has moved to a new database. This instance is still on the old "
+    "one, which takes no more writes: it must be restarted against the new database."
+)
+
+
+def _refusal(flag: Flag) -> APIError:
+    # retry-after either way: once moved, a load balancer takes this instance out (its /readyz
+    # answers 503), so a retry a few seconds later reaches one on the new database.
+    message = (
+        MOVED
+        if flag.moved_to
+        else "Lamplighter is read-only for a few seconds while its database moves. "
+        "Try again shortly."
+    )
     error = APIError(
-        "Lamplighter is read-only for a few seconds while its database moves. Try again shortly.",
+        message,
         code="read_only",
         headers={
             "retry-after": str(RETRY_AFTER_S),
@@ -159,8 +194,9 @@ class ReadOnly:
         if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
             await self.app(scope, receive, send)
             return
-        if self.active() is not None:
-            error = _refusal()
+        flag = self.active()
+        if flag is not None:
+            error = _refusal(flag)
             body = json.dumps(error.body()).encode()
             headers = [(b"content-type", b"application/json"), *(
                 (name.encode(), value.encode()) for name, value in error.headers.items()

@@ -335,12 +335,15 @@ def test_commands_that_write_are_refused_while_db_copy_has_frozen_the_database(
 ) -> None:
     """After `db copy`, the old store is read-only: a user created there would be lost at the
     switch-over, so commands that write say so; commands that read go on."""
-    from lamplighter.readonly import freeze, thaw
+    from lamplighter.readonly import freeze, settle, thaw
 
     assert cli(tmp_path, "users", "create", "ada@example.org").exit_code == 0
-    freeze(tmp_path, make_settings(tmp_path).resolved_database_url, "moving")
+    flag = freeze(tmp_path, make_settings(tmp_path).resolved_database_url, "moving")
     late = cli(tmp_path, "users", "create", "late@example.org")
     assert late.exit_code == 1 and "this database is read-only" in late.stderr
+    settle(tmp_path, flag, "postgresql://u:***@db.internal/lamplighter")  # verified: for good
+    late = cli(tmp_path, "users", "create", "late@example.org")
+    assert late.exit_code == 1 and "moved it to postgresql://u:***@db.internal/" in late.stderr
     assert cli(tmp_path, "keys", "create", "ada@example.org").exit_code == 1
     listed = cli(tmp_path, "users", "list")
     assert listed.exit_code == 0 and "ada@example.org" in listed.stdout

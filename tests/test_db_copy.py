@@ -198,6 +198,39 @@ async def test_read_only_refuses_new_writes_and_acknowledges_once_running_ones_e
         assert (await http.post("/x")).status_code == 200
 
 
+async def test_once_the_store_moved_for_good_writes_are_refused_as_such(tmp_path: Path) -> None:
+    """After a verified copy the old server never takes writes again: its refusal says the
+    deployment moved and this instance must be restarted, not "a few seconds"."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    database = f"sqlite+aiosqlite:///{tmp_path}/lamplighter.db"
+    gate = readonly.ReadOnly(app, data_dir=tmp_path, database_url=database)
+    transport = httpx.ASGITransport(app=gate)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        flag = readonly.freeze(tmp_path, database, "lamplighter db copy")
+        moving = (await http.post("/v1/chat/completions")).json()["error"]
+        assert "a few seconds" in moving["message"]
+        assert readonly.moved(tmp_path, database) is None  # may still be rolled back
+        gate._acknowledge()
+        moved = readonly.settle(tmp_path, flag, "postgresql://u:***@h/db")
+        assert readonly.drained(tmp_path, moved)  # the acknowledgement still holds
+        assert readonly.moved(tmp_path, database) == moved
+        assert readonly.moved(tmp_path, "postgresql+asyncpg://u@h/db") is None  # the new one
+        refused = await http.post("/v1/chat/completions")
+        assert refused.status_code == 503
+        error = refused.json()["error"]
+        assert error["code"] == "read_only"
+        assert "moved to a new database" in error["message"]
+        assert "must be restarted against the new database" in error["message"]
+        assert "a few seconds" not in error["message"]
+        assert (await http.get("/v1/models")).status_code == 200  # reads go on
+        readonly.thaw(tmp_path, flag)  # rolling back still works
+        assert (await http.post("/x")).status_code == 200
+
+
 # --- a store to copy ---------------------------------------------------------------------------
 
 
@@ -645,8 +678,11 @@ def test_a_serving_instance_moves_to_postgresql_under_load(tmp_path: Path, targe
         refused = httpx.post(f"{old.base_url}/v1/chat/completions", json={})
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "read_only"
+        assert "moved to a new database" in refused.json()["error"]["message"]
         assert refused.headers["retry-after"] == "5"
-        assert httpx.get(f"{old.base_url}/readyz").status_code == 200
+        # ...and is taken out of load balancers: its readiness says the store moved.
+        unready = httpx.get(f"{old.base_url}/readyz")
+        assert unready.status_code == 503 and unready.json()["status"] == "moved"
         for load in loads:
             load.stop.set()
         for thread in threads:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 
+from lamplighter import readonly
 from lamplighter.engines.base import Backend
 from lamplighter.engines.scripted import ScriptedBackend
 from lamplighter.settings import Settings
@@ -47,3 +48,26 @@ def test_readyz_is_503_when_the_database_is_gone(tmp_path: Path) -> None:
         response = httpx.get(live.base_url + "/readyz")
         assert response.status_code == 503
         assert response.json()["checks"]["database"] is False
+
+
+def test_readyz_is_503_for_good_once_db_copy_moved_the_store(tmp_path: Path) -> None:
+    """A server left on the old database refuses every write: its readiness says so, so that a
+    load balancer stops sending it requests. While the copy may still roll back, it stays
+    ready (writes are refused only for a moment)."""
+    settings = make_settings(tmp_path)
+
+    async def backends(_: Settings) -> list[Backend]:
+        return [ScriptedBackend()]
+
+    with LiveServer(settings, backends) as live:
+        flag = readonly.freeze(tmp_path, settings.resolved_database_url, "lamplighter db copy")
+        assert httpx.get(live.base_url + "/readyz").status_code == 200
+        readonly.settle(tmp_path, flag, "postgresql://lamplighter:***@db.internal/lamplighter")
+        response = httpx.get(live.base_url + "/readyz")
+        assert response.status_code == 503
+        assert response.json()["status"] == "moved"
+        assert "restart this instance" in response.json()["reason"]
+        assert "db.internal" not in response.text  # the probe is public: no database address
+        assert httpx.get(live.base_url + "/healthz").status_code == 200  # alive: no restart loop
+        readonly.thaw(tmp_path)  # rolled back
+        assert httpx.get(live.base_url + "/readyz").status_code == 200

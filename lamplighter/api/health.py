@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from lamplighter import readonly
 from lamplighter.api.state import State
 
 router = APIRouter()
@@ -19,14 +22,24 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(state: State) -> JSONResponse:
-    """Ready to serve chat: every model loaded and the database reachable; 503 otherwise, and
-    503 "draining" from the moment the server is asked to stop (see drain.py)."""
+    """Ready to serve chat: every model loaded and the database reachable; 503 otherwise, 503
+    "draining" from the moment the server is asked to stop (see drain.py), and 503 "moved" for
+    good once `lamplighter db copy` has moved the store to another database (readonly.py), so
+    that load balancers stop sending it requests it would refuse."""
     checks = {"models": state.router.ready, "database": await state.db.ping()}
     ready = all(checks.values())
-    status = "ready" if ready else "not ready"
+    body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+    settings = state.settings
+    if readonly.moved(settings.data_dir, settings.resolved_database_url) is not None:
+        ready = False
+        body["status"] = "moved"
+        body["reason"] = (
+            "the store moved to another database (lamplighter db copy): restart this instance "
+            "with LAMPLIGHTER_DATABASE_URL set to it"
+        )
     if state.drain is not None and state.drain.draining:
-        ready, status = False, "draining"
-    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)
+        ready, body["status"] = False, "draining"
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get(

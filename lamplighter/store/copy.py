@@ -15,8 +15,9 @@
 5. **Switch over.** ``READ_ONLY`` in the data directory makes the server refuse writes with 503
    (``lamplighter/readonly.py``); once it reports its running writes done, a last catch-up, and
    every row changed since the checksums is compared one by one; counts are compared again,
-   sequences are moved past the copied ids. The seconds this takes are the read-only time. The
-   server stays read-only until it is restarted on the new URL; deleting ``READ_ONLY`` rolls back.
+   sequences are moved past the copied ids. The seconds this takes are the read-only time. Once
+   verified, the flag says where the store moved: the server stays read-only, with ``/readyz``
+   at 503, until it is restarted on the new URL; deleting ``READ_ONLY`` rolls back.
 
 The source keeps being the truth until the switch: any failure lifts read-only mode and leaves
 the target to be discarded or resumed.
@@ -510,6 +511,8 @@ class Copier:
         report.full_verify = options.full_verify
         if not report.ok:
             readonly.thaw(self.data_dir, flag)
+        else:  # for good: the old server is told to drain (/readyz) and be restarted
+            readonly.settle(self.data_dir, flag, masked(self.given_target))
 
     async def _drain(self, source: SqliteSource, flag: readonly.Flag, deadline: float) -> None:
         while not self.options.offline and not readonly.drained(self.data_dir, flag):
