@@ -107,14 +107,42 @@ class AccountService:
             )
 
     async def set_plan(self, email: str, plan: str, *, audit: Audit | None = None) -> User:
+        return await self.change_user(email, plan=plan, audit=audit)
+
+    async def change_user(
+        self,
+        email: str,
+        *,
+        admin: bool | None = None,
+        plan: str | None = None,
+        audit: Audit | None = None,
+    ) -> User:
+        """Make a user an admin or no longer one, and move them to another plan (their next
+        request is served under it); None leaves that as it is. The last admin stays one."""
         async with self.db.transaction() as session:
-            await self._check_plan(session, plan)
-            user = await Accounts(session).user_by_email(normalise_email(email))
-            if user is None:
-                raise NotFound(f"no user with email {email}", param="email")
-            user.plan = plan
+            if plan is not None:
+                await self._check_plan(session, plan)
+            user = await self._user(session, email)
+            if admin is False:
+                await self._keep_an_admin(session, user, "demoted")
+            if admin is not None:
+                user.is_admin = admin
+            if plan is not None:
+                user.plan = plan
             await write_audit(session, audit)
             return user
+
+    @staticmethod
+    async def _keep_an_admin(session: AsyncSession, user: User, change: str) -> None:
+        """Refuse a change that would leave no admin: nobody could run the admin API or the
+        console any more."""
+        if user.is_admin and await Accounts(session).admins() == [user.id]:
+            raise Conflict(
+                f"{user.email} is the only admin and cannot be {change}: make another "
+                "user an admin first (lamplighter users set EMAIL --admin)",
+                param="email",
+                code="last_admin",
+            )
 
     async def suspend(
         self,
@@ -146,6 +174,7 @@ class AccountService:
         keys, sessions, usage), logging the deletion by id for incremental exports."""
         async with self.db.transaction() as session:
             user = await self._user(session, email)
+            await self._keep_an_admin(session, user, "deleted")
             session.add(Deletion(at=utcnow(), kind="user", subject_id=user.id))
             await session.delete(user)
             await write_audit(session, audit)

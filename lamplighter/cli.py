@@ -234,6 +234,29 @@ def users_create(
     )
 
 
+@users.command("set")
+def users_set(
+    email: str,
+    admin: Annotated[
+        bool | None,
+        typer.Option("--admin/--no-admin", help="Make the user an admin, or no longer one."),
+    ] = None,
+    plan: Annotated[str | None, typer.Option(help="Move the user to this plan.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Change an account: make it an admin or no longer one, or move it to another plan (its
+    next request is served under it). The only admin cannot be demoted."""
+    if admin is None and plan is None:
+        typer.secho("error: give --admin, --no-admin or --plan NAME", fg="red", err=True)
+        raise typer.Exit(2)
+    user = _run(
+        _settings(config),
+        lambda accounts: accounts.change_user(email, admin=admin, plan=plan),
+        with_plans=plan is not None,
+    )
+    typer.echo(f"{user.email}: plan {user.plan}{', admin' if user.is_admin else ''}")
+
+
 @users.command("invite")
 def users_invite(
     email: str,
@@ -294,7 +317,8 @@ def users_delete(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Delete an account and all its data (conversations, ratings, keys, usage)."""
+    """Delete an account and all its data (conversations, ratings, keys, usage). The only
+    admin cannot be deleted."""
     if not yes:
         typer.confirm(f"Delete {email} and all their data for good?", abort=True)
     _run(_settings(config), lambda accounts: accounts.delete_user(email))

@@ -90,6 +90,41 @@ def test_users_and_keys_lifecycle(tmp_path: Path) -> None:
     assert cli(tmp_path, "keys", "create", "nobody@example.org").exit_code == 1
 
 
+def test_admins_are_made_and_unmade_but_the_last_one_stays(tmp_path: Path) -> None:
+    """An operator promotes and demotes admins and changes plans from the command line; the
+    only admin can be neither demoted nor deleted (nobody could administer any more)."""
+    assert cli(tmp_path, "users", "create", "admin@localhost", "--admin").exit_code == 0
+    assert cli(tmp_path, "users", "create", "ops@example.org").exit_code == 0
+
+    def admins() -> dict[str, tuple[str, bool]]:
+        listed = cli(tmp_path, "users", "list", "--json").stdout.splitlines()
+        return {u["email"]: (u["plan"], u["admin"]) for u in map(json.loads, listed)}
+
+    for args in (["delete", "admin@localhost", "--yes"], ["set", "admin@localhost", "--no-admin"]):
+        refused = cli(tmp_path, "users", *args)
+        assert refused.exit_code == 1, refused.output
+        assert "admin@localhost is the only admin" in refused.stderr
+        assert "users set EMAIL --admin" in refused.stderr
+    assert admins()["admin@localhost"] == ("free", True)
+
+    promoted = cli(tmp_path, "users", "set", "OPS@example.org", "--admin", "--plan", "team")
+    assert promoted.exit_code == 0, promoted.stderr
+    assert promoted.stdout.strip() == "ops@example.org: plan team, admin"
+    demoted = cli(tmp_path, "users", "set", "admin@localhost", "--no-admin")
+    assert demoted.exit_code == 0, demoted.stderr
+    assert admins() == {"admin@localhost": ("free", False), "ops@example.org": ("team", True)}
+    assert cli(tmp_path, "users", "delete", "admin@localhost", "--yes").exit_code == 0
+    refused = cli(tmp_path, "users", "delete", "ops@example.org", "--yes")
+    assert refused.exit_code == 1 and "ops@example.org is the only admin" in refused.stderr
+
+    unknown = cli(tmp_path, "users", "set", "ops@example.org", "--plan", "gold")
+    assert unknown.exit_code == 1 and "known plans: free, plus, team" in unknown.stderr
+    nothing = cli(tmp_path, "users", "set", "ops@example.org")
+    assert nothing.exit_code == 2 and "--admin, --no-admin or --plan" in nothing.stderr
+    nobody = cli(tmp_path, "users", "set", "nobody@example.org", "--admin")
+    assert nobody.exit_code == 1 and "no user with email" in nobody.stderr
+
+
 def test_bad_email_is_refused(tmp_path: Path) -> None:
     result = cli(tmp_path, "users", "create", "not an email")
     assert result.exit_code == 1 and "not an email address" in result.stderr
