@@ -51,7 +51,7 @@ from lamplighter.engines.base import Backend
 from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig, upstreams_from_config
 from lamplighter.exceptions import ConfigError
 from lamplighter.flywheel.policy import FlywheelPolicy
-from lamplighter.settings import Settings, load_settings, read_config
+from lamplighter.settings import Settings, check_keys, load_settings, read_config
 from lamplighter.store.audit import Audit
 from lamplighter.store.audit import write as write_audit
 from lamplighter.traffic.admission import headroom_from_config
@@ -116,6 +116,7 @@ def read_tables(document: Mapping[str, Any], env: Mapping[str, str] | None = Non
     plans_table = _table(document, "plans")
     every_plan = _read("[plans]", lambda: plans_from_config(plans_table))
     traffic = _table(document, "traffic")
+    check_keys("[traffic]", traffic, ("degrade", "headroom"))
     abuse = _table(document, "abuse")
     return Tables(
         plans={name: every_plan[name] for name in plans_table},

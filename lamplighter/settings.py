@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -209,6 +209,17 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
 CONFIG_TABLES = {"lamplighter", "plans", "traffic", "backends", "abuse", "moderation", "flywheel"}
 
 
+def check_keys(where: str, table: Mapping[str, Any], known: Collection[str]) -> None:
+    """Refuse the keys of a config table that it does not know, naming them and the known
+    ones: a misspelt key would otherwise be ignored, and what it meant to set silently left as
+    it was."""
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown keys: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+
+
 def read_config(path: Path | None) -> dict[str, Any]:
     """The whole TOML config file (empty without one). Tables other than ``[lamplighter]``
     (plans, traffic policy) are read by the parts they configure."""
@@ -218,9 +229,12 @@ def read_config(path: Path | None) -> dict[str, Any]:
         document = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    unknown = set(document) - CONFIG_TABLES
+    unknown = sorted(set(document) - CONFIG_TABLES)
     if unknown:
-        raise ConfigError(f"unknown tables in {path}: {', '.join(sorted(unknown))}")
+        raise ConfigError(
+            f"unknown tables in {path}: {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(CONFIG_TABLES))}"
+        )
     return document
 
 

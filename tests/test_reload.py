@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import pytest
 
 from lamplighter.engines.base import Backend
 from lamplighter.engines.scripted import ScriptedBackend
+from lamplighter.exceptions import ConfigError
+from lamplighter.reload import read_tables
 from lamplighter.settings import Settings
 from lamplighter.simulation.server import SimSettings
 from lamplighter.simulation.server import create_app as sim_app
@@ -138,7 +141,11 @@ BROKEN = {
     "a typo in a backend": (
         plans(70) + '[[backends]]\nname = "x"\nurl = "http://127.0.0.1:1/v1"\n'
         'models = ["m"]\ncapasity = 2\n',
-        "[[backends]] 'x': unknown keys ['capasity']",
+        "[[backends]] 'x': unknown keys: capasity; known: api_key, ",
+    ),
+    "a misspelt key under [traffic]": (
+        plans(70) + '[traffic]\nhedroom = {"2" = 0.3}\n',
+        "[traffic]: unknown keys: hedroom; known: degrade, headroom",
     ),
     "a degrade rule for a model nobody serves": (
         plans(70) + '[[traffic.degrade]]\nplans = ["free"]\nwhen_queued_at_least = 1\n'
@@ -355,3 +362,24 @@ def _refused(replica: Gateway) -> float:
         if line.startswith('lamplighter_config_reloads_total{outcome="refused"}'):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+@pytest.mark.parametrize(
+    ("toml", "where", "known"),
+    [
+        ('[traffic]\nhedroom = {"2" = 0.3}\n', "[traffic]", "degrade, headroom"),
+        ('[[traffic.degrade]]\nplans = ["free"]\nmax_tokens = 9\nwhen = 1\n', "[[traffic.degrade]]",
+         "max_tokens, model, plans, when_queued_at_least"),
+        ("[abuse]\ntreshold = 9\n", "[abuse]", "ban_s, exempt, half_life_s, max_ban_s, "),
+        ("[abuse.watch]\nflood = 9\n", "[abuse.watch]", "flood_accounts, flood_window_s, "),
+        ('[[backends]]\nname = "gpu"\nurl = "http://h/v1"\nmodels = ["m"]\ncapasity = 2\n',
+         "[[backends]] 'gpu'", "api_key, api_key_env, breaker_cooldown_s, "),
+    ],
+)  # fmt: skip
+def test_a_misspelt_key_in_any_table_is_refused_naming_it_and_the_known_ones(
+    toml: str, where: str, known: str
+) -> None:
+    misspelt = toml.splitlines()[-1].split(" = ")[0]
+    with pytest.raises(ConfigError) as refused:
+        read_tables(tomllib.loads(toml))
+    assert str(refused.value).startswith(f"{where}: unknown keys: {misspelt}; known: {known}")

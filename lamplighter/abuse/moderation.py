@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import httpx
 
 from lamplighter.exceptions import ConfigError, InvalidRequest
+from lamplighter.settings import check_keys
 
 ACTIONS = ("block", "warn", "tag", "off")
 
@@ -126,9 +127,7 @@ class Moderation:
     def from_config(cls, table: Mapping[str, Any]) -> Moderation:
         known = {"action", "plans", "rules", "upstream_url", "upstream_model", "api_key",
                  "fail_open"}  # fmt: skip
-        unknown = set(table) - known
-        if unknown:
-            raise ConfigError(f"unknown keys in [moderation]: {', '.join(sorted(unknown))}")
+        check_keys("[moderation]", table, known)
         default = str(table.get("action", "tag"))
         plans = {str(k): str(v) for k, v in dict(table.get("plans", {})).items()}
         for action in (default, *plans.values()):
@@ -149,8 +148,8 @@ class Moderation:
 def _rules(tables: Sequence[Mapping[str, Any]]) -> list[Rule]:
     rules = []
     for table in tables:
-        unknown = set(table) - {"category", "patterns", "words"}
-        if unknown or "category" not in table:
+        check_keys("[[moderation.rules]]", table, ("category", "patterns", "words"))
+        if "category" not in table:
             raise ConfigError(
                 f"[[moderation.rules]] {dict(table)!r}: needs category, patterns/words"
             )

@@ -27,6 +27,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any
 
 from lamplighter.exceptions import ConfigError
+from lamplighter.settings import check_keys
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,7 @@ class ViolationPolicy:
         """The policy from the ``[abuse]`` table: threshold, half_life_s, ban_s, max_ban_s and
         a ``[abuse.weights]`` table over the defaults."""
         known = {"threshold", "half_life_s", "ban_s", "max_ban_s", "weights", "exempt", "watch"}
-        unknown = set(table) - known
-        if unknown:
-            raise ConfigError(f"unknown keys in [abuse]: {', '.join(sorted(unknown))}")
+        check_keys("[abuse]", table, known)
         weights = dict(DEFAULT_WEIGHTS)
         for kind, weight in dict(table.get("weights", {})).items():
             if kind not in DEFAULT_WEIGHTS:

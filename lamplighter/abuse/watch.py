@@ -30,6 +30,7 @@ from typing import Any
 from disposable_email_domains import blocklist as DISPOSABLE_DOMAINS
 
 from lamplighter.exceptions import ConfigError
+from lamplighter.settings import check_keys
 from lamplighter.web.throttle import network
 
 
@@ -69,9 +70,7 @@ class WatchPolicy:
     def from_config(cls, table: Mapping[str, Any]) -> WatchPolicy:
         """The ``[abuse.watch]`` table."""
         known = {f.name: f.type for f in fields(cls)}
-        unknown = set(table) - set(known)
-        if unknown:
-            raise ConfigError(f"unknown keys in [abuse.watch]: {', '.join(sorted(unknown))}")
+        check_keys("[abuse.watch]", table, known)
         values: dict[str, Any] = {
             k: (int(v) if known[k] == "int" else float(v)) for k, v in table.items()
         }

@@ -33,6 +33,7 @@ from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest, 
 from lamplighter.engines.health import Breaker, Load, Probe, env_proxy
 from lamplighter.engines.router import Refused, Unavailable
 from lamplighter.exceptions import ConfigError, EngineFailed, Overloaded
+from lamplighter.settings import check_keys
 from lamplighter.traffic.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -145,9 +146,7 @@ class _Table:
         return tuple(dict.fromkeys(value))
 
     def config(self) -> UpstreamConfig:
-        unknown = set(self.table) - _KEYS
-        if unknown:
-            raise self.fail(f"unknown keys {sorted(unknown)}")
+        check_keys(self.where, self.table, _KEYS)
         name = self.string("name")
         if not name:
             raise self.fail("'name' must not be empty")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lamplighter.exceptions import ConfigError
+from lamplighter.settings import check_keys
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,9 @@ class DegradeRule:
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> DegradeRule:
-        unknown = set(table) - {"plans", "when_queued_at_least", "max_tokens", "model"}
-        if unknown:
-            raise ConfigError(f"[[traffic.degrade]]: unknown keys {sorted(unknown)}")
+        check_keys(
+            "[[traffic.degrade]]", table, ("plans", "when_queued_at_least", "max_tokens", "model")
+        )
         try:
             rule = cls(
                 plans=frozenset(str(p) for p in table["plans"]),
