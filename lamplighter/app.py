@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from lamplighter.abuse.moderation import Moderation
 from lamplighter.abuse.reports import ReviewQueue
 from lamplighter.abuse.violations import Violations
 from lamplighter.abuse.watch import Watch
@@ -241,7 +240,6 @@ def create_app(
             webhook_secret=settings.stripe_webhook_secret,
         )
         degrade, flywheel = tables.degrade, tables.flywheel
-        moderation = Moderation.from_config(config.get("moderation", {}))
         violations = Violations(tables.violations)
         credits = Credits(
             db,
@@ -301,7 +299,7 @@ def create_app(
                 degrade=degrade,
                 metrics=metrics,
                 tracer=tracing.tracer,
-                moderation=moderation,
+                moderation=tables.moderation,
                 bonus=credits.bonus,
             ),
             web=WebAuth(db, accounts, settings.session_days),

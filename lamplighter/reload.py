@@ -96,13 +96,13 @@ class Outcome:
 @dataclass(frozen=True)
 class Tables:
     """The file's tables beyond ``[lamplighter]``, each read and checked on its own (what needs
-    the running server, such as which models it serves, is checked by :meth:`Reloader.check`;
-    ``[moderation]``, whose reader may open a connection, is read where it is used)."""
+    the running server, such as which models it serves, is checked by :meth:`Reloader.check`)."""
 
     plans: dict[str, Plan]  # only those the file names
     upstreams: dict[str, UpstreamConfig]
     degrade: tuple[DegradeRule, ...]
     headroom: dict[int, float]
+    moderation: Moderation  # its upstream checker connects at its first check, not before
     violations: ViolationPolicy
     watch: WatchPolicy
     flywheel: FlywheelPolicy
@@ -112,7 +112,6 @@ def read_tables(document: Mapping[str, Any], env: Mapping[str, str] | None = Non
     """Every table of a config file read with the readers ``serve`` uses, or a ConfigError that
     names what is wrong (``serve`` checks the file with it before it starts, a reload before
     it changes anything)."""
-    _table(document, "moderation")  # only its shape here
     plans_table = _table(document, "plans")
     every_plan = _read("[plans]", lambda: plans_from_config(plans_table))
     traffic = _table(document, "traffic")
@@ -130,6 +129,9 @@ def read_tables(document: Mapping[str, Any], env: Mapping[str, str] | None = Non
         headroom=_read(
             "[traffic] headroom", lambda: headroom_from_config(traffic.get("headroom", {}))
         ),
+        moderation=_read(
+            "[moderation]", lambda: Moderation.from_config(_table(document, "moderation"))
+        ),
         violations=_read("[abuse]", lambda: ViolationPolicy.from_config(abuse)),
         watch=_read("[abuse.watch]", lambda: WatchPolicy.from_config(abuse.get("watch", {}))),
         flywheel=_read(
@@ -146,7 +148,6 @@ class _Checked:
     tables: Tables
     policies: tuple[str, ...]  # the policy tables that changed
     restart_needed: tuple[str, ...]
-    moderation: Moderation | None  # None: [moderation] did not change
 
 
 def _table(document: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -262,29 +263,9 @@ class Reloader:
         policies = tuple(
             name for name in POLICY_TABLES if document.get(name, {}) != self.document.get(name, {})
         )
-        moderation = None
-        if "moderation" in policies:  # built last: it may hold an HTTP client
-            table = _table(document, "moderation")
-            moderation = _read("[moderation]", lambda: Moderation.from_config(table))
-        return _Checked(
-            document=document,
-            tables=tables,
-            policies=policies,
-            restart_needed=restart,
-            moderation=moderation,
-        )
+        return _Checked(document=document, tables=tables, policies=policies, restart_needed=restart)
 
     async def _apply(self, checked: _Checked, actor_id: uuid.UUID | None, actor: str) -> Outcome:
-        try:
-            return await self._apply_checked(checked, actor_id, actor)
-        finally:
-            unused = checked.moderation
-            if unused is not None and unused is not self.services.chat.moderation:
-                await unused.close()  # not applied after all
-
-    async def _apply_checked(
-        self, checked: _Checked, actor_id: uuid.UUID | None, actor: str
-    ) -> Outcome:
         services = self.services
         chat = services.chat
         written = []
@@ -299,9 +280,9 @@ class Reloader:
         if "traffic" in checked.policies:
             chat.degrade = checked.tables.degrade
             chat.admission.set_headroom(checked.tables.headroom)
-        if checked.moderation is not None:
+        if "moderation" in checked.policies:
             self._retired.append(chat.moderation)
-            chat.moderation = checked.moderation
+            chat.moderation = checked.tables.moderation
         if "abuse" in checked.policies:
             services.violations.policy = checked.tables.violations
             services.watch.policy = checked.tables.watch

@@ -3,6 +3,7 @@ the admin API or SIGHUP; a file that does not pass its checks changes nothing.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import threading
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from lamplighter.app import lay_groundwork
 from lamplighter.engines.base import Backend
 from lamplighter.engines.scripted import ScriptedBackend
 from lamplighter.exceptions import ConfigError
@@ -372,6 +374,9 @@ def _refused(replica: Gateway) -> float:
          "max_tokens, model, plans, when_queued_at_least"),
         ("[abuse]\ntreshold = 9\n", "[abuse]", "ban_s, exempt, half_life_s, max_ban_s, "),
         ("[abuse.watch]\nflood = 9\n", "[abuse.watch]", "flood_accounts, flood_window_s, "),
+        ('[moderation]\nactoin = "tag"\n', "[moderation]", "action, api_key, fail_open, "),
+        ('[[moderation.rules]]\ncategory = "x"\nword = ["y"]\n', "[[moderation.rules]]",
+         "category, patterns, words"),
         ('[[backends]]\nname = "gpu"\nurl = "http://h/v1"\nmodels = ["m"]\ncapasity = 2\n',
          "[[backends]] 'gpu'", "api_key, api_key_env, breaker_cooldown_s, "),
     ],
@@ -383,3 +388,27 @@ def test_a_misspelt_key_in_any_table_is_refused_naming_it_and_the_known_ones(
     with pytest.raises(ConfigError) as refused:
         read_tables(tomllib.loads(toml))
     assert str(refused.value).startswith(f"{where}: unknown keys: {misspelt}; known: {known}")
+
+
+@pytest.mark.parametrize(
+    ("toml", "said"),
+    [
+        ('[moderation]\naction = "blok"\n', "[moderation]: action 'blok'; use block, warn, tag"),
+        (
+            '[[moderation.rules]]\ncategory = "keys"\npatterns = ["(unclosed"]\n',
+            "[[moderation.rules]] 'keys': missing ), unterminated subpattern",
+        ),
+        ('[moderation]\nfail_open = "false"\n', "'fail_open' must be true or false, not 'false'"),
+    ],
+)
+def test_a_mistake_in_moderation_stops_the_start_before_the_database_as_a_reload_refuses_it(
+    tmp_path: Path, toml: str, said: str
+) -> None:
+    """``serve`` lays the groundwork first and tells its ConfigError in one line, exit 2; the
+    app's own start crashed on these with a traceback, exit 3."""
+    config = tmp_path / "lamplighter.toml"
+    config.write_text(toml)
+    with pytest.raises(ConfigError) as refused:
+        asyncio.run(lay_groundwork(make_settings(tmp_path, config=config)))
+    assert said in str(refused.value) and "\n" not in str(refused.value)
+    assert not (tmp_path / "lamplighter.db").exists()

@@ -68,17 +68,22 @@ class RuleChecker:
 
 class UpstreamChecker:
     """An OpenAI-compatible ``POST /moderations``; ``fail_open`` decides what an unreachable
-    or broken checker means."""
+    or broken checker means. Its HTTP client is made at the first check, not here, so that the
+    config file's ``[moderation]`` can be read and checked (at start, and on every reload) by
+    building one that is then dropped, with nothing to close."""
 
     def __init__(self, url: str, model: str, api_key: str = "", fail_open: bool = True) -> None:
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=10.0)
+        self.url = url.rstrip("/")
+        self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.model = model
         self.fail_open = fail_open
+        self._http: httpx.AsyncClient | None = None
 
     async def check(self, text: str) -> Verdict:
+        if self._http is None:
+            self._http = httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=10.0)
         try:
-            response = await self.http.post(
+            response = await self._http.post(
                 "/moderations",
                 json={"input": text, **({"model": self.model} if self.model else {})},
             )
@@ -94,7 +99,8 @@ class UpstreamChecker:
         return Verdict(tuple(categories) or ("flagged",))
 
     async def close(self) -> None:
-        await self.http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
 
 @dataclass
@@ -134,13 +140,16 @@ class Moderation:
             if action not in ACTIONS:
                 raise ConfigError(f"[moderation]: action {action!r}; use {', '.join(ACTIONS)}")
         rules = tuple(_rules(table.get("rules", [])))
+        fail_open = table.get("fail_open", True)
+        if not isinstance(fail_open, bool):  # bool("false") would let everything through
+            raise ConfigError(f"[moderation]: 'fail_open' must be true or false, not {fail_open!r}")
         upstream = None
         if table.get("upstream_url"):
             upstream = UpstreamChecker(
                 str(table["upstream_url"]),
                 str(table.get("upstream_model", "")),
                 str(table.get("api_key", "")),
-                bool(table.get("fail_open", True)),
+                fail_open,
             )
         return cls(RuleChecker(rules), upstream, default, plans)
 
