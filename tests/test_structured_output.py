@@ -199,3 +199,19 @@ def test_an_upstream_backend_is_asked_for_the_format_and_its_refusal_is_passed_o
         )
     assert "refused the request" in refused.value.message
     assert "cannot follow this JSON schema" in refused.value.message
+
+
+def test_an_answer_cut_inside_a_character_ends_before_it(client: openai.OpenAI) -> None:
+    # The model spells an emoji in several tokens of a few bytes each; a token limit that
+    # falls between them left a replacement character (U+FFFD) at the end of the answer.
+    schema = {"type": "string", "enum": ["😀😀😀"]}
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Smile."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}},
+        max_tokens=2,
+        seed=1,
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "length"
+    assert choice.message.content == '"'

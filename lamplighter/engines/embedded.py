@@ -285,7 +285,9 @@ class EmbeddedBackend:
                     post(Chunk(text, logprobs=logprobs))
             finally:
                 tokens.close()
-            post(Chunk(stops.feed(decoder.decode(b"", final=True)) + stops.flush(), 0, finish))
+            # Bytes still in the decoder begin a character the token limit cut off: left out
+            # rather than shown as U+FFFD.
+            post(Chunk(stops.flush(), 0, finish))
         except Exception as exc:  # handed to the event loop, which raises EngineFailed
             log.exception("generation failed")
             post(exc)
