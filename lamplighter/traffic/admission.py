@@ -330,12 +330,26 @@ class Admission:
         return pool
 
 
-def headroom_from_config(table: Mapping[str, Any]) -> dict[int, float]:
-    """``[traffic] headroom = { "2" = 0.33 }``: priorities (as TOML keys) to shares."""
-    try:
-        headroom = {int(priority): float(share) for priority, share in table.items()}
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"[traffic] headroom: {exc}") from exc
-    if any(not 0 <= share < 1 for share in headroom.values()):
-        raise ConfigError("[traffic] headroom: shares must be at least 0 and below 1")
+def headroom_from_config(table: object) -> dict[int, float]:
+    """``[traffic] headroom = { "2" = 0.33 }``: priorities (as TOML keys) to shares. A key is
+    a plan's priority, not its name, which is the mistake this names."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(
+            f'[traffic] headroom must be a table of priorities to shares, {{ "2" = 0.33 }}, '
+            f"not {table!r}"
+        )
+    headroom = {}
+    for priority, share in table.items():
+        if not (priority.isascii() and priority.isdigit()):
+            raise ConfigError(
+                f"[traffic] headroom: the key {priority!r} is no priority: keys are plans' "
+                "priorities, whole numbers of 0 or more (2 for the free plan's), not plan "
+                "names"
+            )
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share < 1:
+            raise ConfigError(
+                f"[traffic] headroom: the share for priority {priority} must be a number at "
+                f"least 0 and below 1, not {share!r}"
+            )
+        headroom[int(priority)] = float(share)
     return headroom

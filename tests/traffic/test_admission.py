@@ -36,10 +36,22 @@ async def test_free_traffic_cannot_take_the_headroom_kept_for_paying_plans() -> 
     assert pool.utilization == 0
 
 
-@pytest.mark.parametrize("table", [{"x": 0.5}, {"2": 1.0}, {"2": -0.1}])
-def test_bad_headroom_is_refused(table: dict[str, object]) -> None:
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        ({"free": 0.3}, "the key 'free' is no priority: keys are plans' priorities, whole number"),
+        ({"-1": 0.3}, "the key '-1' is no priority"),
+        ({"2": 1.0}, "the share for priority 2 must be a number at least 0 and below 1, not 1.0"),
+        ({"2": -0.1}, "the share for priority 2 must be"),
+        ({"2": "0.3"}, "not '0.3'"),
+        ({"2": True}, "not True"),
+        (0.3, "[traffic] headroom must be a table of priorities to shares"),
+    ],
+)
+def test_bad_headroom_is_refused_saying_what_it_must_be(table: object, said: str) -> None:
+    with pytest.raises(ConfigError) as refused:
         headroom_from_config(table)
+    assert said in str(refused.value)
 
 
 async def test_the_plan_priority_reaches_a_priority_scheduling_backend() -> None:
