@@ -3,7 +3,8 @@ leaderboard is fitted to.
 
 - Regeneration verdicts: after a regeneration the page sometimes asks whether the new answer is
   better, worse or the same as the one it replaced (``verdict_rate`` of regenerations, decided by
-  the answer's id so every replica asks about the same ones).
+  the answer's id so every replica asks about the same ones). An answer of a side-by-side
+  takes no verdict: its vote already said which of the two was better.
 - Corrections: the person rewrites an answer; the rewrite is stored as a sibling answer written
   by the person, preferred over the original by construction.
 - Side-by-side: ``side_by_side_rate`` of new questions get two anonymous answers from two
@@ -22,7 +23,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.api.schemas import Body
@@ -158,25 +159,43 @@ class Preferences:
 
     async def expect_verdict(
         self, who: Principal, shown: Message, answer_id: uuid.UUID, model: str
-    ) -> None:
+    ) -> bool:
         """Remember, when a regeneration is asked about, which answer it replaced on the
-        person's screen: that is the one the verdict compares it with."""
+        person's screen: that is the one the verdict compares it with. False (nothing to ask)
+        when that is one of a side-by-side not voted on yet: the verdict would name its
+        model."""
         async with self.db.transaction() as session:
-            session.add(_regeneration(who, shown, answer_id, utcnow(), model))
+            pair = await _side_by_side_of(session, shown)
+            if pair is not None and pair.winner is None:
+                return False
+            session.add(
+                _regeneration(who, shown, _variant(shown, pair), answer_id, utcnow(), model)
+            )
+        return True
 
     async def verdict(
         self, who: Principal, answer_id: uuid.UUID, verdict: str, origin: str | None
     ) -> dict[str, Any]:
         """Record whether a regenerated answer is better, worse or the same as the one it
         replaced (the one shown when the person regenerated; over the API, the newest earlier
-        answer); saying again changes it."""
+        answer); saying again changes it. The answer judged is a model's, and one of a
+        side-by-side is refused: its vote says which was better, and a verdict on it would make
+        a pair of the same two answers as the vote. A comparison with an answer of a
+        side-by-side not voted on yet is refused too (it would name its model)."""
         now = utcnow()
         async with self.db.transaction() as session:
             conversations = Conversations(session)
             new = await _answer(conversations, who, answer_id)
-            if new.author is not None or new.parent_id is None:
+            if new.author is not None or new.model is None or new.parent_id is None:
                 raise InvalidRequest(
                     "Only a regenerated answer gets a verdict.", param="message_id"
+                )
+            if await _side_by_side_of(session, new) is not None:
+                raise InvalidRequest(
+                    "This answer is one of a side-by-side comparison: your vote on the two "
+                    "answers says which is better.",
+                    param="message_id",
+                    code="side_by_side_answer",
                 )
             comparison = await session.scalar(
                 select(Comparison).where(
@@ -202,8 +221,15 @@ class Preferences:
                     "This answer is not a regeneration: there is no earlier answer to compare.",
                     param="message_id",
                 )
+            pair = await _side_by_side_of(session, old)
+            if pair is not None and pair.winner is None:
+                raise Conflict(
+                    "Vote on the two answers to this question first.",
+                    param="message_id",
+                    code="vote_pending",
+                )
             if comparison is None:
-                comparison = _regeneration(who, old, new.id, now, new.model)
+                comparison = _regeneration(who, old, _variant(old, pair), new.id, now, new.model)
                 session.add(comparison)
             elif comparison.winner in ("a", "b") and comparison.winner != VERDICTS[verdict]:
                 # The pair the earlier verdict made is withdrawn: logged by id, as deletions
@@ -345,7 +371,12 @@ async def _answer(conversations: Conversations, who: Principal, message_id: uuid
 
 
 def _regeneration(
-    who: Principal, old: Message, new_id: uuid.UUID, now: datetime, model: str | None = None
+    who: Principal,
+    old: Message,
+    old_variant: str,
+    new_id: uuid.UUID,
+    now: datetime,
+    model: str | None = None,
 ) -> Comparison:
     assert old.parent_id is not None
     return Comparison(
@@ -355,10 +386,29 @@ def _regeneration(
         a_id=old.id,
         b_id=new_id,
         kind="regeneration",
-        a_variant=old.model or ("person" if old.author else ""),
+        a_variant=old_variant,
         b_variant=model or old.model or "",
         created_at=now,
     )
+
+
+async def _side_by_side_of(session: AsyncSession, answer: Message) -> Comparison | None:
+    """The side-by-side comparison an answer is one of, if any."""
+    return await session.scalar(
+        select(Comparison).where(
+            Comparison.conversation_id == answer.conversation_id,
+            Comparison.kind == "side_by_side",
+            or_(Comparison.a_id == answer.id, Comparison.b_id == answer.id),
+        )
+    )
+
+
+def _variant(answer: Message, pair: Comparison | None) -> str:
+    """What wrote an answer: its side's variant in a side-by-side (with its sampling), its
+    model, or "person" for a correction."""
+    if pair is not None:
+        return pair.a_variant if pair.a_id == answer.id else pair.b_variant
+    return answer.model or ("person" if answer.author else "")
 
 
 def _unfinished(*answers: Message) -> str | None:

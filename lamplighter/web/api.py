@@ -427,7 +427,7 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
                 exchange.message_id, state.preferences.policy.verdict_rate
             )
             if ask and shown is not None:
-                await state.preferences.expect_verdict(
+                ask = await state.preferences.expect_verdict(
                     who, shown, exchange.message_id, exchange.model
                 )
             events = _events(exchange, answer, ask_verdict=ask)

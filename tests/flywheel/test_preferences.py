@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
-from lamplighter.chat import message_id_from
+from lamplighter.chat import completion_id, message_id_from
 from lamplighter.cli import app
 from lamplighter.conversation.threading import Turn
 from lamplighter.engines.base import Backend
@@ -76,11 +76,18 @@ def side_by_side(live: LiveServer) -> Iterator[None]:
     live.app.state.services.preferences.policy = policy
 
 
-def _web(live: LiveServer, address: str = "198.51.100.7") -> Browserless:
+def _web(
+    live: LiveServer, address: str = "198.51.100.7", consent: bool | None = True
+) -> Browserless:
+    """A person logged in to the web chat; by default one who lets their chats be trained on
+    (feedback earns credits only then)."""
     web = Browserless(live.base_url)
     OPEN.append(web)
     web.http.headers["x-forwarded-for"] = address
     web.login(new_person(live))
+    if consent is not None:
+        chose = web.api("PUT", "/me/consent", json={"use_for_training": consent})
+        assert chose.status_code == 200, chose.text
     return web
 
 
@@ -405,6 +412,46 @@ def test_a_verdict_compares_with_the_answer_that_was_on_screen(
     new = again[-1][1]["message"]["id"]
     said = web.api("PUT", f"/messages/{new}/verdict", json={"verdict": "better"}).json()
     assert (said["a_id"], said["b_id"]) == (comparison["a_id"], new)
+
+
+def test_a_side_by_side_answer_takes_no_regeneration_verdict(
+    live: LiveServer, side_by_side: None
+) -> None:
+    """After a blind vote for B, "B is worse" as a regeneration verdict would contradict the
+    vote (and earn a second credit): refused, in the web chat and over the API alike. A
+    regeneration may be compared with the answer shown, but not before the vote: the verdict
+    would name its model."""
+    web = _web(live)
+    events = web.chat(content="Which lighthouse keeper kept the best log")
+    conversation = events[0][1]["conversation_id"]
+    question = events[0][1]["user_message"]["id"]
+    comparison = next(p for n, p in events if n == "pair")["comparison"]
+    again = web.chat(conversation_id=conversation, parent_id=question)
+    new = again[-1][1]["message"]["id"]
+    _read_later(live)
+    early = web.api("PUT", f"/messages/{new}/verdict", json={"verdict": "better"})
+    assert early.status_code == 409 and early.json()["error"]["code"] == "vote_pending"
+    voted = web.api("PUT", f"/comparisons/{comparison['id']}/vote", json={"winner": "b"}).json()
+    for answer in (comparison["b_id"], comparison["a_id"]):
+        refused = web.api("PUT", f"/messages/{answer}/verdict", json={"verdict": "worse"})
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert (error["code"], error["param"]) == ("side_by_side_answer", "message_id")
+    email = web.api("GET", "/me").json()["email"]
+    key = live.call(lambda s: s.accounts.create_key(email, "test")).secret
+    b = completion_id(uuid.UUID(comparison["b_id"]))
+    with httpx.Client(base_url=live.base_url, headers={"authorization": f"Bearer {key}"}) as http:
+        said = http.post("/api/feedback", json={"message_id": b, "verdict": "worse"})
+    assert said.status_code == 400 and said.json()["error"]["code"] == "side_by_side_answer"
+    # Voted: the regeneration is compared with the answer it replaced, named as it was voted on.
+    judged = web.api("PUT", f"/messages/{new}/verdict", json={"verdict": "better"}).json()
+    assert judged["kind"] == "regeneration" and judged["b_id"] == new
+    side = "a" if judged["a_id"] == comparison["a_id"] else "b"
+    assert judged["a_id"] == comparison[f"{side}_id"]
+    assert judged["a_model"] == voted[f"{side}_model"]
+    kinds = sorted(c["kind"] for c in web.tree(conversation)["comparisons"])
+    assert kinds == ["regeneration", "side_by_side"]
+    assert [c.status for c in _credits(live, web)] == ["granted", "granted"]
 
 
 @pytest.mark.parametrize(
