@@ -6,7 +6,8 @@ leaderboard is fitted to.
   the answer's id so every replica asks about the same ones). An answer of a side-by-side
   takes no verdict: its vote already said which of the two was better.
 - Corrections: the person rewrites an answer; the rewrite is stored as a sibling answer written
-  by the person, preferred over the original by construction.
+  by the person, preferred over the original by construction. A rewrite that changes nothing
+  but whitespace and punctuation, of the answer or of an earlier rewrite of it, is refused.
 - Side-by-side: ``side_by_side_rate`` of new questions get two anonymous answers from two
   variants; the person picks A, B, a tie or both bad, and only then learns which was which.
   As in Chatbot Arena, a vote does not count when an answer was cut or failed, or when an answer
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import unicodedata
 import uuid
 from datetime import datetime
 from typing import Any, Literal
@@ -254,7 +256,9 @@ class Preferences:
         self, who: Principal, answer_id: uuid.UUID, content: str, origin: str | None
     ) -> tuple[Message, dict[str, Any]]:
         """Store the person's rewrite of an answer as a sibling answer they wrote, shown from
-        now on, and the (rewrite over original) preference."""
+        now on, and the (rewrite over original) preference. A rewrite the same as the answer,
+        or as one the person wrote of it before, whitespace and punctuation aside, is refused;
+        an answer's rewrites earn one credit between them."""
         content = content.strip()
         if not content:
             raise InvalidRequest("Write the improved answer first.", param="content")
@@ -264,8 +268,30 @@ class Preferences:
             original = await _answer(conversations, who, answer_id)
             if original.parent_id is None:
                 raise InvalidRequest("This answer has no question.", param="message_id")
-            if original.content.strip() == content:
-                raise InvalidRequest("The correction is the same as the answer.", param="content")
+            gist = _gist(content)
+            if _gist(original.content) == gist:
+                raise InvalidRequest(
+                    "The correction is the same as the answer (whitespace and punctuation "
+                    "aside): change what it says.",
+                    param="content",
+                    code="correction_unchanged",
+                )
+            earlier = await session.scalars(
+                select(Message.content)
+                .join(Comparison, Comparison.b_id == Message.id)
+                .where(
+                    Comparison.conversation_id == original.conversation_id,
+                    Comparison.kind == "correction",
+                    Comparison.a_id == original.id,
+                    Comparison.user_id == who.user_id,
+                )
+            )
+            if any(_gist(text) == gist for text in earlier):
+                raise Conflict(
+                    "You already corrected this answer so (whitespace and punctuation aside).",
+                    param="content",
+                    code="duplicate_correction",
+                )
             question = await session.get(Message, original.parent_id)
             assert question is not None
             rewrite = await conversations.add_message(
@@ -303,7 +329,7 @@ class Preferences:
             session.add(comparison)
             await session.flush()
             await self.credits.judge(
-                session, who.user_id, "comparison", comparison.id, original.updated_at, now
+                session, who.user_id, "correction", original.id, original.updated_at, now
             )
             result = comparison_json(comparison)
         self.metrics.feedback.labels("correction").inc()
@@ -409,6 +435,14 @@ def _variant(answer: Message, pair: Comparison | None) -> str:
     if pair is not None:
         return pair.a_variant if pair.a_id == answer.id else pair.b_variant
     return answer.model or ("person" if answer.author else "")
+
+
+def _gist(text: str) -> str:
+    """A text without its whitespace and punctuation: two texts with the same gist differ in
+    nothing else."""
+    return "".join(
+        c for c in text if not c.isspace() and not unicodedata.category(c).startswith("P")
+    )
 
 
 def _unfinished(*answers: Message) -> str | None:

@@ -339,9 +339,11 @@ class Comparison(Base):
 class Credit(Base):
     """Extra daily tokens earned by one piece of feedback, or refused it, or taken back.
 
-    One row per signal (a rating's message or a comparison), so rating again never earns twice.
-    ``status``: granted, refused (a quality check failed; ``reason`` says which) or clawed_back
-    (granted, then a later review found the rater untrustworthy or abusive).
+    One row per signal, so rating again never earns twice: ``signal`` is ``rating`` (the rated
+    message), ``correction`` (the corrected message: one row for all its rewrites) or
+    ``comparison`` (a verdict or vote). ``status``: granted, refused (a quality check failed;
+    ``reason`` says which) or clawed_back (granted, then taken back: a later review found the
+    rater untrustworthy or abusive, or the rating was removed).
     """
 
     __tablename__ = "credits"
@@ -352,7 +354,7 @@ class Credit(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
-    signal: Mapped[str] = mapped_column(String(16))  # rating | comparison
+    signal: Mapped[str] = mapped_column(String(16))  # rating | correction | comparison
     subject_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     tokens: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))

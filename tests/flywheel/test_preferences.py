@@ -454,6 +454,33 @@ def test_a_side_by_side_answer_takes_no_regeneration_verdict(
     assert [c.status for c in _credits(live, web)] == ["granted", "granted"]
 
 
+def test_a_correction_must_change_the_answer_and_earns_once(live: LiveServer) -> None:
+    """A correction the same as the answer, or as an earlier correction of it, whitespace and
+    punctuation aside, is refused; a second, different one is kept but earns nothing more."""
+    web = _web(live)
+    events = web.chat(content="What colour is the lamp of a lighthouse")
+    conversation = events[0][1]["conversation_id"]
+    original = events[-1][1]["message"]
+    path = f"/messages/{original['id']}/correction"
+    _read_later(live)
+    fixed = "Mostly white, sometimes red or green."
+    assert web.api("POST", path, json={"content": fixed}).status_code == 201
+    for same in (fixed, f"  {fixed}\n", "Mostly white sometimes red or green", fixed + " ."):
+        again = web.api("POST", path, json={"content": same})
+        assert again.status_code == 409, (same, again.text)
+        assert again.json()["error"]["code"] == "duplicate_correction"
+    for trivial in (original["content"] + " .", original["content"].replace(" ", "\n  ")):
+        refused = web.api("POST", path, json={"content": trivial})
+        assert refused.status_code == 400, (trivial, refused.text)
+        error = refused.json()["error"]
+        assert (error["code"], error["param"]) == ("correction_unchanged", "content")
+    other = web.api("POST", path, json={"content": "White, or red and green in harbours."})
+    assert other.status_code == 201
+    made = [c for c in web.tree(conversation)["comparisons"] if c["kind"] == "correction"]
+    assert len(made) == 2
+    assert [(c.status, c.tokens) for c in _credits(live, web)] == [("granted", 100)]
+
+
 @pytest.mark.parametrize(
     ("answer", "question", "leaks"),
     [
