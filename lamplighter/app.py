@@ -247,6 +247,7 @@ def create_app(
             flagged=lambda user_id: (
                 violations.score(f"user:{user_id}") >= violations.policy.threshold / 2
             ),
+            consent_default=settings.training_consent_default,
         )
         router = Router(await (backends or default_backends)(settings))
         for rule in degrade:

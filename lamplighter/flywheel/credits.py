@@ -1,13 +1,21 @@
 """Credits: useful feedback earns extra daily tokens, and only useful feedback does.
 
 Each rating, regeneration verdict, correction or side-by-side vote is judged once, when it is
-given (one ledger row per signal, so rating the same answer again never earns twice). It earns
-``tokens`` extra daily tokens for ``days`` days unless a quality check fails:
+given (one ledger row per signal, so rating the same answer again never earns twice; the
+corrections of one answer are one signal, so rewriting it again never earns twice either). It
+earns ``tokens`` extra daily tokens for ``days`` days unless a quality check fails:
 
 - ``too_fast``: given within ``min_seconds`` of the answer appearing (nobody read it);
+- ``no_training_consent``: the person's chats are not to be trained on (their own choice, or
+  the organisation's default when they made none), so the feedback is of no use;
 - ``flagged_for_abuse``: the account has a high violation score or an open abuse report;
 - ``same_on_everything``: the rater's last ``uniform_after`` ratings (or votes) are all alike;
 - ``low_trust``: the rater's trust (below) is under ``min_trust``.
+
+A credit stands only while its feedback does: removing a rating claws its credit back
+(``rating_removed``; the ledger row stays, so rating that answer again earns nothing), and the
+credits of a person who withdraws consent count for nothing until they give it again (as
+exports leave out their data until then).
 
 :meth:`Credits.review` (every few minutes in the server, and ``lamplighter credits review``)
 estimates every rater's trust and claws back credits granted to raters who have since turned out
@@ -37,6 +45,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from lamplighter.flywheel.feedback import consents
 from lamplighter.flywheel.policy import CreditPolicy
 from lamplighter.flywheel.trust import PRIOR_TRUST, Label, Trust, estimate
 from lamplighter.store.database import Database
@@ -79,11 +88,14 @@ class Credits:
         db: Database,
         policy: CreditPolicy,
         flagged: Callable[[uuid.UUID], bool] = lambda _: False,
+        consent_default: bool = False,
     ) -> None:
-        """``flagged`` says whether the abuse scores count a user as abusive right now."""
+        """``flagged`` says whether the abuse scores count a user as abusive right now;
+        ``consent_default``, whether people who did not choose consent to training."""
         self.db = db
         self.policy = policy
         self.flagged = flagged
+        self.consent_default = consent_default
         self.trust: Trust | None = None  # from the last review
         self._bonus: dict[uuid.UUID, tuple[float, int]] = {}
 
@@ -130,6 +142,8 @@ class Credits:
     ) -> str | None:
         if (now - answered_at).total_seconds() < self.policy.min_seconds:
             return "too_fast"
+        if not await self._consents(session, user_id):
+            return "no_training_consent"
         if await self._abusive(session, user_id):
             return "flagged_for_abuse"
         if await self._uniform(session, user_id, signal):
@@ -137,6 +151,36 @@ class Credits:
         if self._untrusted(user_id):
             return "low_trust"
         return None
+
+    async def take_back(
+        self,
+        session: AsyncSession,
+        signal: str,
+        subject_id: uuid.UUID,
+        reason: str,
+        now: datetime,
+    ) -> None:
+        """Claw back the credit a signal earned, in the transaction that withdraws it (a rating
+        removed). Its ledger row stays: giving the signal again earns nothing."""
+        credit = await session.scalar(
+            select(Credit).where(
+                Credit.signal == signal,
+                Credit.subject_id == subject_id,
+                Credit.status == "granted",
+            )
+        )
+        if credit is None:
+            return
+        credit.status, credit.reason, credit.changed_at = "clawed_back", reason, now
+        self.forget(credit.user_id)
+
+    def forget(self, user_id: uuid.UUID) -> None:
+        """Read the person's bonus afresh next time (their credits or consent changed)."""
+        self._bonus.pop(user_id, None)
+
+    async def _consents(self, session: AsyncSession, user_id: uuid.UUID) -> bool:
+        user = await session.get(User, user_id)
+        return user is not None and consents(user.training_consent, self.consent_default)
 
     async def _abusive(self, session: AsyncSession, user_id: uuid.UUID) -> bool:
         if self.flagged(user_id):
@@ -187,18 +231,23 @@ class Credits:
         )
 
     async def bonus(self, user_id: uuid.UUID) -> int:
-        """Extra daily tokens the person holds now: their live credits, up to the cap."""
+        """Extra daily tokens the person holds now: their live credits, up to the cap; none
+        while they do not consent to training."""
         now = time.monotonic()
         cached = self._bonus.get(user_id)
         if cached is not None and now - cached[0] < BONUS_TTL_S:
             return cached[1]
         async with self.db.transaction() as session:
-            total = await session.scalar(
-                select(func.coalesce(func.sum(Credit.tokens), 0)).where(
-                    Credit.user_id == user_id,
-                    Credit.status == "granted",
-                    Credit.expires_at > utcnow(),
+            total = (
+                await session.scalar(
+                    select(func.coalesce(func.sum(Credit.tokens), 0)).where(
+                        Credit.user_id == user_id,
+                        Credit.status == "granted",
+                        Credit.expires_at > utcnow(),
+                    )
                 )
+                if await self._consents(session, user_id)
+                else 0
             )
         value = min(self.policy.cap, int(total or 0))
         if len(self._bonus) > 100_000:

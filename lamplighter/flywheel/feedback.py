@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from lamplighter.api.schemas import Body
 from lamplighter.chat import Principal
 from lamplighter.exceptions import InvalidRequest, NotFound
-from lamplighter.flywheel.credits import Credits
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.database import Database
 from lamplighter.store.models import Deletion, Message, Rating, User, utcnow
 from lamplighter.store.web import WebStore
 from lamplighter.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:  # credits.py asks this module who consents
+    from lamplighter.flywheel.credits import Credits
 
 # What a thumbs-down can say was wrong, and what a thumbs-up can say was good. The ids differ
 # (other, other_good), so that counts per reason keep complaints and praise apart.
@@ -72,6 +74,12 @@ class FeedbackBody(RatingBody):
         if sum(given) != 1:
             raise ValueError("give exactly one of rating, verdict or correction")
         return self
+
+
+def consents(choice: bool | None, default: bool) -> bool:
+    """Whether a person's chats may be trained on: their own choice, or the organisation's
+    default when they made none."""
+    return default if choice is None else choice
 
 
 def rating_json(rating: Rating | None) -> dict[str, Any] | None:
@@ -144,13 +152,16 @@ class Feedback:
     async def unrate(self, who: Principal, message_id: uuid.UUID) -> None:
         """Remove the caller's rating of an answer (404 if not theirs). The removal is logged
         by id, as deletions are, so that incremental exports withdraw the rows the rating made
-        (its KTO row, the DPO pairs it took part in) from copies made earlier."""
+        (its KTO row, the DPO pairs it took part in) from copies made earlier; the credit it
+        earned is clawed back."""
+        now = utcnow()
         async with self.db.transaction() as session:
             await self._answer(Conversations(session), who, message_id)
             store = WebStore(session)
             if await store.rating(message_id) is not None:
                 await store.delete_rating(message_id)
-                session.add(Deletion(at=utcnow(), kind="rating", subject_id=message_id))
+                session.add(Deletion(at=now, kind="rating", subject_id=message_id))
+                await self.credits.take_back(session, "rating", message_id, "rating_removed", now)
 
     async def consent(self, who: Principal) -> dict[str, Any]:
         async with self.db.transaction() as session:
@@ -168,10 +179,12 @@ class Feedback:
             user.training_consent = use_for_training
             if before and not self._effective(use_for_training):
                 session.add(Deletion(at=utcnow(), kind="user", subject_id=user.id))
-            return self._consent_json(use_for_training)
+            chosen = self._consent_json(use_for_training)
+        self.credits.forget(who.user_id)  # the bonus counts only while consent stands
+        return chosen
 
     def _effective(self, choice: bool | None) -> bool:
-        return self.consent_default if choice is None else choice
+        return consents(choice, self.consent_default)
 
     def _consent_json(self, choice: bool | None) -> dict[str, Any]:
         return {

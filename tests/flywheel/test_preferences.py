@@ -481,6 +481,44 @@ def test_a_correction_must_change_the_answer_and_earns_once(live: LiveServer) ->
     assert [(c.status, c.tokens) for c in _credits(live, web)] == [("granted", 100)]
 
 
+def test_a_removed_rating_gives_its_credit_back(live: LiveServer) -> None:
+    web = _web(live)
+    answer = web.chat(content="Do lighthouses still have keepers")[-1][1]["message"]["id"]
+    _read_later(live)
+    path = f"/messages/{answer}/rating"
+    assert web.api("PUT", path, json={"rating": 1}).status_code == 200
+    assert web.api("GET", "/me").json()["credits"]["bonus_daily_tokens"] == 100
+    assert web.api("DELETE", path).status_code == 204
+    # Rating it again earns nothing: the answer's one credit was given and taken back.
+    assert web.api("PUT", path, json={"rating": 1}).status_code == 200
+    earned = web.api("GET", "/me").json()["credits"]
+    assert (earned["bonus_daily_tokens"], earned["clawed_back"]) == (0, 1)
+    judged = [(c.status, c.reason) for c in _credits(live, web)]
+    assert judged == [("clawed_back", "rating_removed")]
+
+
+def test_feedback_earns_only_while_it_may_be_trained_on(live: LiveServer) -> None:
+    """No credit for feedback from a person whose chats are not trained on (by their choice or
+    the organisation's default, here no); credits earned count only while consent stands."""
+    for consent in (None, False):
+        web = _web(live, consent=consent)
+        answer = web.chat(content="Is a lightship a lighthouse")[-1][1]["message"]["id"]
+        _read_later(live)
+        assert web.api("PUT", f"/messages/{answer}/rating", json={"rating": 1}).is_success
+        judged = [(c.status, c.reason) for c in _credits(live, web)]
+        assert judged == [("refused", "no_training_consent")]
+        assert web.api("GET", "/me").json()["credits"]["refused"] == {"no_training_consent": 1}
+    web = _web(live)
+    answer = web.chat(content="Why are lighthouses striped")[-1][1]["message"]["id"]
+    _read_later(live)
+    assert web.api("PUT", f"/messages/{answer}/rating", json={"rating": 1}).is_success
+    assert web.api("GET", "/me").json()["credits"]["bonus_daily_tokens"] == 100
+    web.api("PUT", "/me/consent", json={"use_for_training": False})
+    assert web.api("GET", "/me").json()["credits"]["bonus_daily_tokens"] == 0
+    web.api("PUT", "/me/consent", json={"use_for_training": True})
+    assert web.api("GET", "/me").json()["credits"]["bonus_daily_tokens"] == 100
+
+
 @pytest.mark.parametrize(
     ("answer", "question", "leaks"),
     [

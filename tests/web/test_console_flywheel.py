@@ -84,10 +84,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 
 def _person(server: LiveServer, address: str, opened: list[Browserless]) -> Browserless:
+    """One who lets their chats be trained on, for now: feedback earns credits only then."""
     web = Browserless(server.base_url)
     opened.append(web)
     web.http.headers["x-forwarded-for"] = address  # each person on a network of their own
     assert web.login(new_person(server)).status_code == 303
+    chose = web.api("PUT", "/me/consent", json={"use_for_training": True})
+    assert chose.status_code == 200, chose.text
     return web
 
 
@@ -194,9 +197,9 @@ def flywheel(server: LiveServer) -> Iterator[Flywheel]:
             response = web.api("PUT", f"/messages/{answer}/rating", json={"rating": rating})
             assert response.status_code == 200, response.text
 
-    # Two people allow training on their chats.
-    for web in honest[:2]:
-        chose = web.api("PUT", "/me/consent", json={"use_for_training": True})
+    # Two people go on allowing training on their chats; the other two stop.
+    for web in (honest[2], liar):
+        chose = web.api("PUT", "/me/consent", json={"use_for_training": False})
         assert chose.status_code == 200, chose.text
 
     yield Flywheel(honest, liar, _user_id(server, liar), consenting=2)

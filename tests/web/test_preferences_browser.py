@@ -64,7 +64,8 @@ class Unhurried(ScriptedBackend):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """This module's own server (it replaces the session's): the flywheel always asks."""
+    """This module's own server (it replaces the session's): the flywheel always asks, and
+    people's chats are trained on unless they say no (feedback earns credits only then)."""
 
     async def backends(_: Settings) -> list[Any]:
         return [Unhurried(SCRIPTED, echo), Unhurried(PARROT, parrot)]
@@ -72,7 +73,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     data_dir = tmp_path_factory.mktemp("preferences")
     config = data_dir / "lamplighter.toml"
     config.write_text(FLYWHEEL)
-    with LiveServer(make_settings(data_dir, config=config), backends) as live:
+    settings = make_settings(data_dir, config=config, training_consent_default=True)
+    with LiveServer(settings, backends) as live:
         yield live
 
 
