@@ -8,7 +8,9 @@ file, which wins over the defaults. Nothing here is read at import time: call
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -18,6 +20,19 @@ from typing import Any
 from lamplighter.exceptions import ConfigError
 
 ENV_PREFIX = "LAMPLIGHTER_"
+# The LAMPLIGHTER_ variables that are no setting and are read on purpose: `lamplighter top`'s
+# admin key (cli.py), and the test suite's database and Redis (tests/conftest.py,
+# tests/fleet.py), which a developer's shell holds while it runs a server too.
+OTHER_VARIABLES = frozenset(
+    {"LAMPLIGHTER_ADMIN_KEY", "LAMPLIGHTER_TEST_POSTGRES_URL", "LAMPLIGHTER_TEST_REDIS_URL"}
+)
+# What Kubernetes puts in the environment of every pod created after a Service named
+# lamplighter (deploy/kubernetes/service.yaml) exists, unless the pod sets enableServiceLinks:
+# false. (It sets LAMPLIGHTER_PORT=tcp://... too, which the gateway's own LAMPLIGHTER_PORT
+# overrides.)
+SERVICE_LINKS = re.compile(
+    r"LAMPLIGHTER_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)"
+)
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -238,10 +253,34 @@ def read_config(path: Path | None) -> dict[str, Any]:
     return document
 
 
+def _check_variables(env: Mapping[str, str]) -> None:
+    """Refuse the LAMPLIGHTER_ variables nothing reads, each named with the known one closest
+    to it: a misspelt one would otherwise be ignored and its setting left at the default
+    (DATABASE_URI for DATABASE_URL: a SQLite file instead of the PostgreSQL meant)."""
+    # Compared without the prefix they all share, which would make anything look close.
+    known = {
+        variable.removeprefix(ENV_PREFIX): variable
+        for variable in {ENV_PREFIX + name.upper() for name in SETTINGS} | OTHER_VARIABLES
+    }
+    told = []
+    for name in sorted(env):
+        word = name.removeprefix(ENV_PREFIX)
+        if word == name or word in known or SERVICE_LINKS.fullmatch(name):
+            continue
+        close = difflib.get_close_matches(word, known, n=1)
+        told.append(f"{name} (did you mean {known[close[0]]}?)" if close else name)
+    if told:
+        raise ConfigError(
+            f"unknown environment variable{'s' if len(told) > 1 else ''} {', '.join(told)}; "
+            "the settings are listed in docs/configuration.md"
+        )
+
+
 def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build settings from ``env`` (default: the process environment), the TOML file it names,
     and keyword ``overrides`` (highest precedence; used by the CLI and tests)."""
     env = os.environ if env is None else env
+    _check_variables(env)
     kinds = {f.name: f.type for f in fields(Settings)}
     values: dict[str, Any] = {}
     config_path = overrides.get("config") or env.get(ENV_PREFIX + "CONFIG")
@@ -252,7 +291,11 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
             raise ConfigError(f"[lamplighter] in {path} must be a table of settings")
         for name, raw in table.items():
             if name not in kinds:
-                raise ConfigError(f"unknown setting {name!r} in [lamplighter] of {path}")
+                close = difflib.get_close_matches(name, kinds, n=1)
+                raise ConfigError(
+                    f"unknown setting {name!r} in [lamplighter] of {path}"
+                    + (f"; did you mean {close[0]!r}?" if close else "")
+                )
             values[name] = _coerce(name, raw, kinds[name])
     for name, kind in kinds.items():
         raw = env.get(ENV_PREFIX + name.upper())

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from lamplighter.exceptions import ConfigError
-from lamplighter.settings import SETTINGS, Settings, async_database_url, load_settings
+from lamplighter.settings import (
+    ENV_PREFIX,
+    OTHER_VARIABLES,
+    SERVICE_LINKS,
+    SETTINGS,
+    Settings,
+    async_database_url,
+    load_settings,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,3 +116,67 @@ def test_links_use_the_public_url_when_there_is_one() -> None:
     assert load_settings(env={"LAMPLIGHTER_HOST": "0.0.0.0"}).base_url == "http://127.0.0.1:8080"
     public = load_settings(env={"LAMPLIGHTER_PUBLIC_URL": "https://chat.example.org/"})
     assert public.base_url == "https://chat.example.org"
+
+
+def test_a_misspelt_environment_variable_is_refused_naming_the_setting_meant() -> None:
+    """DATABASE_URI for DATABASE_URL was ignored: the server made a SQLite file instead of
+    using the PostgreSQL meant. (Misspelt names are built here, for the scan below to pass.)"""
+    with pytest.raises(ConfigError) as refused:
+        load_settings(env={ENV_PREFIX + "DATABASE_URI": "postgresql://u@h/db"})
+    assert str(refused.value) == (
+        f"unknown environment variable {ENV_PREFIX}DATABASE_URI (did you mean "
+        "LAMPLIGHTER_DATABASE_URL?); the settings are listed in docs/configuration.md"
+    )
+    with pytest.raises(ConfigError, match=f"{ENV_PREFIX}PROT \\(did you mean LAMPLIGHTER_PORT"):
+        load_settings(env={ENV_PREFIX + "PROT": "8080", "LAMPLIGHTER_PORT": "8080"})
+    with pytest.raises(ConfigError, match=f"variable {ENV_PREFIX}QWERTY; the settings"):
+        load_settings(env={ENV_PREFIX + "QWERTY": "1"})
+
+
+def test_the_variables_read_elsewhere_and_kubernetes_service_links_are_no_mistake() -> None:
+    settings = load_settings(
+        env={
+            "LAMPLIGHTER_ADMIN_KEY": "ll-x",  # lamplighter top
+            "LAMPLIGHTER_TEST_POSTGRES_URL": "postgresql://u@h/db",
+            "LAMPLIGHTER_TEST_REDIS_URL": "redis://h/0",
+            # What Kubernetes sets in every pod for the Service named lamplighter.
+            "LAMPLIGHTER_SERVICE_HOST": "10.0.0.11",
+            "LAMPLIGHTER_SERVICE_PORT": "80",
+            "LAMPLIGHTER_SERVICE_PORT_HTTP": "80",
+            "LAMPLIGHTER_PORT_80_TCP": "tcp://10.0.0.11:80",
+            "LAMPLIGHTER_PORT_80_TCP_PROTO": "tcp",
+            "LAMPLIGHTER_PORT_80_TCP_PORT": "80",
+            "LAMPLIGHTER_PORT_80_TCP_ADDR": "10.0.0.11",
+            "LAMPLIGHTER_PORT": "8080",  # the gateway's own, over the link's tcp://...
+        }
+    )
+    assert settings.port == 8080
+
+
+def test_every_lamplighter_variable_named_anywhere_is_one_the_check_knows() -> None:
+    """The check allows exactly the variables something reads: a new one read (or documented)
+    elsewhere must join OTHER_VARIABLES, or every server would refuse to start where it is set;
+    one no longer read must leave it."""
+    texts = [
+        path.read_text(errors="ignore")
+        for folder in ("lamplighter", "tests", "bench", "docs", "deploy")
+        for path in (ROOT / folder).rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    ] + [(ROOT / name).read_text() for name in ("README.md", "Makefile", "pyproject.toml")]
+    named = {name for text in texts for name in re.findall(r"LAMPLIGHTER_[A-Z0-9_]*[A-Z0-9]", text)}
+    settings = {ENV_PREFIX + name.upper() for name in SETTINGS}
+    example = {ENV_PREFIX + "PROT"}  # docs/configuration.md shows its refusal
+    strays = {
+        name
+        for name in named - settings - OTHER_VARIABLES - example
+        if not SERVICE_LINKS.fullmatch(name)
+    }
+    assert not strays, f"read or documented, but refused at start: {sorted(strays)}"
+    assert named >= OTHER_VARIABLES
+
+
+def test_a_misspelt_setting_in_the_file_is_named_with_the_setting_meant(tmp_path: Path) -> None:
+    config = tmp_path / "lamplighter.toml"
+    config.write_text("[lamplighter]\nprot = 8080\n")
+    with pytest.raises(ConfigError, match=r"unknown setting 'prot' .*; did you mean 'port'\?"):
+        load_settings(env={"LAMPLIGHTER_CONFIG": str(config)})
