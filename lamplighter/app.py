@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -128,6 +129,30 @@ async def default_backends(settings: Settings) -> list[Backend]:
         await embedded.load()
         backends.insert(0, embedded)
     return backends
+
+
+def in_effect(settings: Settings, backends: int) -> dict[str, Any]:
+    """What an operator confirms first when a server seems to run against the wrong thing:
+    which database and Redis (their passwords masked), config file and data directory, and how
+    many backends it loaded. Logged once at start."""
+    return {
+        "database": masked(settings.resolved_database_url),
+        "redis": _without_password(settings.redis_url) if settings.redis_url else "none",
+        "config": str(settings.config.resolve()) if settings.config else "none",
+        "data_dir": str(settings.data_dir.resolve()),
+        "backends": backends,
+    }
+
+
+def _without_password(url: str) -> str:
+    """``url`` with its password as ***, split the way redis-py splits it (urllib: userinfo up
+    to the last @), so that a password holding an unencoded @, which redis-py accepts, is hidden
+    whole; SQLAlchemy's parser, behind ``masked``, stops at the first @ and shows the rest."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 @dataclass(frozen=True)
@@ -250,6 +275,7 @@ def create_app(
             consent_default=settings.training_consent_default,
         )
         router = Router(await (backends or default_backends)(settings))
+        log.info("settings in effect", extra=in_effect(settings, len(router.backends)))
         for rule in degrade:
             if rule.model is not None:
                 router.route(rule.model)  # a rule naming a model nobody serves fails at start
