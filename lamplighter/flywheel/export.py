@@ -43,7 +43,8 @@ can be applied downstream: what was deleted since, people locked out since, and 
 DPO the rows that earlier exports may hold and that no longer stand (a rating removed, ratings
 or a verdict changed; ``rows.Rows.withdrawn``), by the ids ``index.jsonl`` gives them. Removed
 ratings and changed verdicts are read from the deletions log (kinds ``rating`` and
-``verdict``), one entry each since ``--since`` held in memory.
+``verdict``), one entry each since ``--since`` held in memory. A person who consented after
+``--since`` (``users.training_consent_at``) has all their rows in it.
 """
 
 from __future__ import annotations
@@ -362,6 +363,7 @@ class Exporter:
                 Message.tool_calls,
                 Message.tool_call_id,
                 Message.tools,
+                User.training_consent_at,
             )
             .join(Conversation, Conversation.id == Message.conversation_id)
             .join(User, User.id == Conversation.user_id)
@@ -381,7 +383,7 @@ class Exporter:
                             yield thread
                         elif thread.changed_since(since):
                             report.removed[skip] += 1
-                    thread = Thread(row[0], row[1], row[2], [])
+                    thread = Thread(row[0], row[1], row[2], [], consented_at=row[22])
                     skip = None if row[12] else "no_consent (conversations)"
                     if skip is None and not row[13]:
                         skip = "suspended_or_banned (conversations)"

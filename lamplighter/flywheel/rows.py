@@ -87,20 +87,34 @@ class Pick:
 
 @dataclass(frozen=True)
 class Thread:
-    """One exportable conversation: its owner, the leaf it shows, its nodes and comparisons."""
+    """One exportable conversation: its owner, the leaf it shows, its nodes and comparisons,
+    and when its owner's training consent last changed (None: never, as far as the store
+    knows)."""
 
     id: uuid.UUID
     owner: uuid.UUID
     leaf: uuid.UUID | None
     nodes: list[Node]
     picks: list[Pick] = field(default_factory=list)
+    consented_at: datetime | None = None
 
     def changed_since(self, since: datetime | None) -> bool:
-        """Whether any of its messages was written or rated after ``since`` (always, without
-        one): an incremental export counts a conversation it leaves out only then."""
-        return since is None or any(
-            max(node.created_at, node.rated_at or node.created_at) > since for node in self.nodes
+        """Whether its owner consented, or any of its messages was written or rated, after
+        ``since`` (always, without one): an incremental export counts a conversation it leaves
+        out only then."""
+        return (
+            since is None
+            or self.consented_since(since)
+            or any(
+                max(node.created_at, node.rated_at or node.created_at) > since
+                for node in self.nodes
+            )
         )
+
+    def consented_since(self, since: datetime) -> bool:
+        """Whether the owner's consent changed after ``since``: an export made then may have
+        had none of their data (and one made before they withdrew it has been told to drop it)."""
+        return self.consented_at is not None and self.consented_at > since
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,9 @@ class Rows:
         self.thread = thread
         self.context = context
         self.report = context.report
+        # Someone who consented after ``since`` is in no earlier export: all their rows are new.
+        since = context.since
+        self.since = None if since is not None and thread.consented_since(since) else since
         self.by_id = {node.id: node for node in thread.nodes}
         self.children: defaultdict[uuid.UUID | None, list[Node]] = defaultdict(list)
         for node in thread.nodes:
@@ -284,10 +301,14 @@ class Rows:
     def usable(self, answer: Node, when: datetime | None = None) -> bool:
         """An answer worth learning from, and new to this export (``when`` it was rated or
         judged, by default when it was written); counts what it drops."""
-        since = self.context.since
-        if since is not None and (when or answer.created_at) <= since:
+        if not self._new(when or answer.created_at):
             return False  # exported before: not a removal
         return self.unusable(answer) is None
+
+    def _new(self, when: datetime | None) -> bool:
+        """Whether something that happened ``when`` is new to this export (all is, in a full
+        one)."""
+        return self.since is None or (when is not None and when > self.since)
 
     def unusable(self, answer: Node) -> str | None:
         """Why an answer is not one to learn from (None: it is one): ``unfit``, or its prompt
@@ -338,8 +359,7 @@ class Rows:
         an incremental export has had before)."""
         if pick.winner is None:
             return False
-        since = self.context.since
-        if since is not None and (pick.voted_at is None or pick.voted_at <= since):
+        if not self._new(pick.voted_at):
             return self.counts(pick)
         if reason := self.discount(pick):
             self.report.removed[reason] += 1
@@ -400,7 +420,7 @@ class Rows:
                 continue
             good, bad = (a, b) if pick.winner == "a" else (b, a)
             candidates[pick.question_id].append((good, bad, pick.kind, pick))
-        if self.context.since is None:
+        if self.since is None:
             for pairs in candidates.values():
                 yield from self._pairs(pairs, set(), {})
             return
@@ -481,13 +501,12 @@ class Rows:
         self.report.withdrawn[reason] += 1
 
     def _existed(self, answer: Node) -> bool:
-        since = self.context.since
-        return since is not None and answer.created_at <= since
+        return self.since is not None and answer.created_at <= self.since
 
     def _relabelled(self) -> dict[uuid.UUID, datetime]:
         """The questions whose answers' labels changed after ``since`` (a rating given,
         changed or removed, a verdict or vote given or changed), each with when it last did."""
-        since = self.context.since
+        since = self.since
         assert since is not None
         changed: dict[uuid.UUID, datetime] = {}
 
@@ -527,7 +546,7 @@ class Rows:
 
     def _rated_then(self, answer: Node) -> set[int]:
         """The ratings ``answer`` may have had at ``since``."""
-        since = self.context.since
+        since = self.since
         assert since is not None
         if not self._existed(answer):
             return set()
@@ -541,7 +560,7 @@ class Rows:
 
     def _voted_then(self, pick: Pick) -> tuple[str, ...]:
         """The winners (a or b) that ``pick`` may have had at ``since``."""
-        since = self.context.since
+        since = self.since
         assert since is not None
         if pick.voted_at is None:
             return ()

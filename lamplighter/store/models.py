@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     Uuid,
     and_,
+    event,
     or_,
 )
 from sqlalchemy import false as sa_false
@@ -85,6 +86,10 @@ class User(Base):
     # "Use my conversations to improve the model": True or False as the person chose, None to
     # follow the organisation's default (LAMPLIGHTER_TRAINING_CONSENT_DEFAULT).
     training_consent: Mapped[bool | None] = mapped_column(Boolean)
+    # When that choice last changed (None: not since this column was added), set by
+    # ``_consent_changed``: an incremental export gives all the data of someone who consented
+    # after the export before it.
+    training_consent_at: Mapped[datetime | None] = mapped_column(Timestamp)
     # A ban is a suspension an admin meant as final; both are lifted the same way.
     banned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
 
@@ -98,6 +103,14 @@ class User(Base):
         if self.active(now):
             return "active"
         return "banned" if self.banned else "suspended"
+
+
+@event.listens_for(User.training_consent, "set")
+def _consent_changed(user: User, value: bool | None, old: object, _: object) -> None:
+    """Stamp each change of a person's training consent, whichever code makes it: the time is
+    what lets an incremental export tell who consented after the export before it."""
+    if value != old:
+        user.training_consent_at = utcnow()
 
 
 def user_active(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
