@@ -24,12 +24,12 @@ prompt. Only people who consent (their choice, else the organisation's default) 
 account is in good standing are exported; cut, errored and moderation-flagged answers, one-word
 exchanges and duplicate or over-frequent prompts are dropped, and so are the rows after a cut,
 errored or flagged answer (for SFT, whose every assistant turn is trained on, after any answer
-that is no demonstration itself); every text is scrubbed of personal data. With ``min_trust``,
-conversations whose owner (the rater of everything in them: ratings, verdicts and votes are only
-ever given by the owner) is trusted less than that are dropped too, in every kind; trust is the
-store-wide estimate of ``credits.Credits.estimate``, and a person with no checkable labels has
-the prior trust (``trust.PRIOR_TRUST``, 2/3). The dataset card (``README.md``) counts what each
-filter removed.
+that is no demonstration itself); every text, and every tool call's arguments, is scrubbed of
+personal data. With ``min_trust``, conversations whose owner (the rater of everything in them:
+ratings, verdicts and votes are only ever given by the owner) is trusted less than that are
+dropped too, in every kind; trust is the store-wide estimate of ``credits.Credits.estimate``,
+and a person with no checkable labels has the prior trust (``trust.PRIOR_TRUST``, 2/3). The
+dataset card (``README.md``) counts what each filter removed.
 
 Rows stream from the database one conversation at a time, with the conversation's comparisons
 read beside it by a second cursor in the same order, so memory stays flat however big the store.

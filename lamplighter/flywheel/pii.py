@@ -3,7 +3,8 @@
 Every message that leaves the store as training data goes through ``scrub``: e-mail addresses,
 phone numbers, payment cards, IBANs, IP addresses, street addresses, credentials and person
 names become ``[EMAIL]``, ``[PHONE]``, ``[CARD]``, ``[IBAN]``, ``[IP]``, ``[ADDRESS]``,
-``[SECRET]`` and ``[NAME]``. ``find`` gives the spans that ``scrub`` replaces.
+``[SECRET]`` and ``[NAME]``. ``find`` gives the spans that ``scrub`` replaces; ``scrub_json``
+scrubs the JSON text of a tool call's arguments, keeping it JSON.
 
 How it decides
     The structured types are matched by pattern, then checked: card numbers by the Luhn sum and
@@ -36,12 +37,14 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import json
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
-__all__ = ["TYPES", "Entity", "EntityType", "Scrubbed", "find", "scrub"]
+__all__ = ["TYPES", "Entity", "EntityType", "Scrubbed", "find", "scrub", "scrub_json"]
 
 EntityType = Literal["SECRET", "EMAIL", "IBAN", "CARD", "IP", "PHONE", "ADDRESS", "NAME"]
 # Also the order of precedence between overlapping spans.
@@ -98,6 +101,36 @@ def scrub(text: str) -> Scrubbed:
             counts[entity.type] = counts.get(entity.type, 0) + 1
         text = scrubbed
     return Scrubbed(text, counts)
+
+
+# A string or a number of JSON text: read from the start, a quote only ever opens a string, and
+# outside strings only numbers hold digits.
+_JSON_SCALAR = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d[\d.eE+-]*')
+
+
+def scrub_json(text: str) -> Scrubbed:
+    """``scrub`` for JSON text, such as a tool call's ``arguments``: each string (a key or a
+    value) and number is scrubbed as the text it holds, and one that held something is written
+    back as a JSON string, so that the result is still JSON, with the placeholders in it; the
+    rest stays byte for byte as it was. Scrubbing the JSON text as a whole could run a
+    placeholder over a quote or an escape and leave no JSON at all. Text that is not JSON (a
+    model's arguments cut short) has no structure to keep and is scrubbed as it is."""
+    try:
+        json.loads(text)
+    except ValueError:
+        return scrub(text)
+    counts: Counter[str] = Counter()
+
+    def scrubbed(scalar: re.Match[str]) -> str:
+        value = scalar.group()
+        plain = json.loads(value) if value.startswith('"') else value
+        found = scrub(plain)
+        if not found.counts:
+            return value
+        counts.update(found.counts)
+        return json.dumps(found.text, ensure_ascii=False)
+
+    return Scrubbed(_JSON_SCALAR.sub(scrubbed, text), dict(counts))
 
 
 def find(text: str) -> list[Entity]:

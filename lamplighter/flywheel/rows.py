@@ -5,9 +5,10 @@ and its comparisons as ``Pick``s) into ``(row, ids)`` pairs: the row in the expo
 and the ids for ``index.jsonl``. It decides which answers are worth learning from and new to the
 export (``usable``), which votes count, which turns before an answer spoil the rows after it,
 and the DPO pairs of each question, and counts what it drops in the export's ``Report``; every
-text is scrubbed of personal data once per conversation. In an incremental export it also
-lists, in ``withdrawn``, the KTO rows and DPO pairs that an earlier export may hold and that no
-longer stand (a rating removed, ratings or a verdict changed), for ``deletions.jsonl``.
+text (and every tool call's arguments) is scrubbed of personal data once per conversation. In
+an incremental export it also lists, in ``withdrawn``, the KTO rows and DPO pairs that an
+earlier export may hold and that no longer stand (a rating removed, ratings or a verdict
+changed), for ``deletions.jsonl``.
 ``export.py`` reads the store and writes the files; see its docstring for what each kind holds.
 """
 
@@ -21,7 +22,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from lamplighter.flywheel.dedup import Context, Deduplicator, Verdict
-from lamplighter.flywheel.pii import scrub
+from lamplighter.flywheel.pii import scrub, scrub_json
 
 if TYPE_CHECKING:
     from lamplighter.flywheel.export import Report
@@ -148,6 +149,7 @@ class Rows:
             self.children[node.parent_id].append(node)
         self.answers = [node for node in thread.nodes if node.role == "assistant"]
         self._clean: dict[uuid.UUID, str] = {}
+        self._calls: dict[uuid.UUID, list[dict[str, Any]]] = {}
         self._verdicts: dict[uuid.UUID, Verdict] = {}
         self._judged: dict[uuid.UUID, str] | None = None
         self._spoilt: dict[uuid.UUID, bool] = {}
@@ -174,12 +176,30 @@ class Rows:
             self._clean[node.id] = scrubbed.text
         return self._clean[node.id]
 
+    def calls(self, node: Node) -> list[dict[str, Any]] | None:
+        """A node's tool calls, their arguments scrubbed of personal data (still JSON text: a
+        call's arguments carry what the person said as much as any message does), counted as
+        texts are, once per conversation."""
+        if not node.tool_calls:
+            return None
+        if node.id not in self._calls:
+            self._calls[node.id] = [self._scrubbed_call(call) for call in node.tool_calls]
+        return self._calls[node.id]
+
+    def _scrubbed_call(self, call: dict[str, Any]) -> dict[str, Any]:
+        function = call.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+            return call
+        scrubbed = scrub_json(function["arguments"])
+        self.report.pii.update(scrubbed.counts)
+        return call | {"function": function | {"arguments": scrubbed.text}}
+
     def turn(self, node: Node) -> dict[str, Any]:
         """A message of a row: its role and scrubbed text, and its tool calls or the call it
         answers, in OpenAI's shape."""
         turn: dict[str, Any] = {"role": node.role, "content": self.text(node)}
-        if node.tool_calls:
-            turn["tool_calls"] = node.tool_calls
+        if calls := self.calls(node):
+            turn["tool_calls"] = calls
         if node.tool_call_id is not None:
             turn["tool_call_id"] = node.tool_call_id
         return turn
