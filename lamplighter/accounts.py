@@ -91,6 +91,7 @@ class AccountService:
                     password_hash=hash_password(password) if password else None,
                     is_admin=admin,
                     plan=plan,
+                    base_plan=plan,
                     created_at=utcnow(),
                 )
             )
@@ -128,7 +129,8 @@ class AccountService:
             if admin is not None:
                 user.is_admin = admin
             if plan is not None:
-                user.plan = plan
+                # By hand: also the plan they return to when a subscription stops covering them.
+                user.plan = user.base_plan = plan
             await write_audit(session, audit)
             return user
 

@@ -953,7 +953,7 @@ def billing_grant(
     config: ConfigOption = None,
 ) -> None:
     """Grant a plan to a user or team for a period (the organisation invoices it). It applies
-    to their next request; when it ends they fall to the free plan."""
+    to their next request; when it ends they go back to their own plans (given by hand)."""
     from lamplighter.billing.subscriptions import add_period
 
     _one_subject(user, team)
@@ -978,7 +978,8 @@ def billing_grant(
 def billing_end(
     user: UserOption = None, team: TeamOption = None, config: ConfigOption = None
 ) -> None:
-    """End a user's or team's subscription now; they fall to the free plan."""
+    """End a user's or team's subscription now; they go back to their own plans (given by
+    hand, or the free plan)."""
     _one_subject(user, team)
     _billing(_settings(config), lambda billing: billing.end(email=user, team=team))
     typer.echo(f"ended the subscription of {user or team}")
@@ -1052,7 +1053,7 @@ def teams_add(name: str, email: str, config: ConfigOption = None) -> None:
 
 @teams_app.command("remove")
 def teams_remove(name: str, email: str, config: ConfigOption = None) -> None:
-    """Remove a person from a team; they lose its plan at once."""
+    """Remove a person from a team; they go back to their own plan at once."""
     _billing(_settings(config), lambda billing: billing.remove_member(name, email))
     typer.echo(f"removed {email} from {name}")
 

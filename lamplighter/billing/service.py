@@ -3,7 +3,8 @@
 Every change goes the same way: load the subscription (locked, on PostgreSQL), run the pure
 state machine (``subscriptions.step``), store the result, and in the same transaction set
 ``users.plan`` of everyone it covers (the subscriber, or a team's members within its seats) to
-the best plan their live subscriptions give, or the free plan. A request reads its user's plan
+the best plan their live subscriptions give, or else the plan they were given by hand before
+(``users.base_plan``; the free plan when none is known). A request reads its user's plan
 from the database every time (``AccountService.authenticate``, the web session), so the change
 binds the very next request on every replica, mid-conversation, with nothing to announce. Plan
 definitions (limits and prices) are cached per replica and announced on the bulletin by
@@ -207,7 +208,8 @@ class Billing:
         now: datetime | None = None,
     ) -> None:
         """Give each user the best plan their live subscriptions (their own, and their team's
-        when they hold one of its seats) give at ``now``, or the free plan."""
+        when they hold one of its seats) give at ``now``; without one, the plan they were given
+        by hand (``User.base_plan``), or the free plan."""
         if not user_ids:
             return
         now = now or self.clock()
@@ -235,13 +237,19 @@ class Billing:
             user = await session.get(User, user_id)
             if user is None:
                 continue
-            chosen = max(plans, key=policy.rank) if plans else self.free_plan
+            chosen = max(plans, key=policy.rank) if plans else self._own_plan(user)
             if user.plan != chosen:
                 log.info(
                     "plan changed by billing",
                     extra={"user": str(user_id), "from": user.plan, "to": chosen},
                 )
                 user.plan = chosen
+
+    def _own_plan(self, user: User) -> str:
+        """The plan a user has apart from billing: the one given by hand, if it still exists."""
+        if user.base_plan is not None and user.base_plan in self.plans.names():
+            return user.base_plan
+        return self.free_plan
 
     # --- Subjects -------------------------------------------------------------------------------
 

@@ -78,6 +78,10 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(255))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     plan: Mapped[str] = mapped_column(String(64), default="free")
+    # The plan given by hand (when the account was made, by an admin or `users set`), apart
+    # from billing: the one a person returns to when no subscription covers them any more.
+    # None (accounts a subscription covered when this came in): billing's free plan.
+    base_plan: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     # Suspended or banned by an admin: since when, why, and until when (None: until restored).
     disabled_at: Mapped[datetime | None] = mapped_column(Timestamp)

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import create_engine, insert, select
 
 from lamplighter.billing.subscriptions import add_period
 from lamplighter.exceptions import Conflict, InvalidRequest
+from lamplighter.store import migrate
 from lamplighter.store.billing import Subscriptions
-from lamplighter.store.models import SubscriptionRow, User
+from lamplighter.store.models import SubscriptionRow, Team, TeamMember, User, utcnow
 from tests.billing.conftest import Setup
 from tests.billing.factories import (
     checkout_completed,
@@ -90,6 +94,91 @@ async def test_team_seats_go_to_members_in_the_order_they_joined(setup: Setup) -
     assert await _plan_of(setup, owner) == "gold"
     await setup.billing.end(team=name)
     assert [await _plan_of(setup, u) for u in (owner, third)] == ["silver", "free"]
+
+
+async def test_members_go_back_to_the_plan_they_were_given_when_the_team_plan_ends(
+    setup: Setup,
+) -> None:
+    """A team's grant lends its members a plan; when it ends, or they leave the team, each goes
+    back to the plan they had apart from it (set by hand, or by default), not all to free."""
+    owner, handpicked, seatless = await _user(setup), await _user(setup, "plus"), await _user(setup)
+    name = f"team-{uuid.uuid4().hex[:8]}"
+    await setup.billing.create_team(name, owner.email)
+    await setup.billing.add_member(name, handpicked.email)
+    until = setup.clock.now + timedelta(days=30)
+    await setup.billing.grant(plan="gold", until=until, team=name, seats=2)
+    assert [await _plan_of(setup, u) for u in (owner, handpicked)] == ["gold", "gold"]
+    await setup.billing.end(team=name)
+    assert [await _plan_of(setup, u) for u in (owner, handpicked)] == ["free", "plus"]
+
+    await setup.billing.grant(plan="gold", until=until, team=name, seats=2)
+    await setup.billing.remove_member(name, handpicked.email)  # teams remove
+    assert await _plan_of(setup, handpicked) == "plus"
+    # A member the grant does not cover (no seat) keeps the plan they were given.
+    await setup.billing.end(team=name)
+    await setup.accounts.set_plan(seatless.email, "bronze")
+    await setup.billing.add_member(name, seatless.email)
+    await setup.billing.grant(plan="gold", until=until, team=name, seats=1)
+    assert [await _plan_of(setup, u) for u in (owner, seatless)] == ["gold", "bronze"]
+    await setup.billing.remove_member(name, seatless.email)
+    assert await _plan_of(setup, seatless) == "bronze"
+    # Given by hand while the grant covered them: the plan they go back to.
+    await setup.billing.grant(plan="gold", until=until, team=name, seats=2)
+    await setup.billing.add_member(name, handpicked.email)
+    await setup.accounts.set_plan(owner.email, "silver")
+    await setup.billing.sweep(until)
+    assert [await _plan_of(setup, u) for u in (owner, handpicked)] == ["silver", "plus"]
+
+
+def test_the_migration_keeps_plans_given_by_hand_but_not_those_billing_lent(
+    tmp_path: Path,
+) -> None:
+    """Accounts from before base_plan: one no subscription covers keeps its plan as given; one
+    covered now (its own subscription, or its team's) falls to the free plan when it ends, as
+    before, since the plan it had before was overwritten."""
+    path = tmp_path / "before.db"
+    migrate.upgrade(f"sqlite+aiosqlite:///{path}", "0018")
+    engine = create_engine(f"sqlite:///{path}")
+    now, team = utcnow(), uuid.uuid4()
+    people = {"own": "gold", "member": "gold", "lapsed": "plus", "plain": "bronze"}
+    ids = {name: uuid.uuid4() for name in people}
+
+    def subscription(status: str, **subject: uuid.UUID) -> dict[str, Any]:
+        return dict(
+            id=uuid.uuid4(), provider="manual", status=status, plan="gold", period="month",
+            seats=1, period_end=now, renews=False, created_at=now, updated_at=now, **subject,
+        )  # fmt: skip
+
+    with engine.begin() as conn:
+        for name, plan in people.items():
+            conn.execute(
+                insert(User.__table__).values(
+                    id=ids[name], email=f"{name}@example.org", plan=plan, created_at=now
+                )
+            )
+        conn.execute(insert(Team.__table__).values(id=team, name="acme", created_at=now))
+        conn.execute(
+            insert(TeamMember.__table__).values(user_id=ids["member"], team_id=team, joined_at=now)
+        )
+        conn.execute(
+            insert(SubscriptionRow.__table__).values(subscription("active", user_id=ids["own"]))
+        )
+        conn.execute(
+            insert(SubscriptionRow.__table__).values(subscription("past_due", team_id=team))
+        )
+        conn.execute(
+            insert(SubscriptionRow.__table__).values(subscription("ended", user_id=ids["lapsed"]))
+        )
+    migrate.upgrade(f"sqlite+aiosqlite:///{path}")
+    with engine.connect() as conn:
+        found = dict(conn.execute(select(User.__table__.c.email, User.__table__.c.base_plan)).all())
+    engine.dispose()
+    assert found == {
+        "own@example.org": None,
+        "member@example.org": None,
+        "lapsed@example.org": "plus",
+        "plain@example.org": "bronze",
+    }
 
 
 async def test_stripe_events_apply_in_any_order_and_replays_change_nothing(
