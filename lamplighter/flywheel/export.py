@@ -3,7 +3,8 @@
 - ``sft``: ``{"messages": [...]}``, every complete answer, with the conversation that led to
   it, except answers stopped at the length limit, rated down, or ruled out by a comparison (the
   answer a correction replaced, both answers of a side-by-side voted both bad, the worse answer
-  of any verdict or vote that counts); a person's correction of an answer is one;
+  of any verdict or vote that counts); a person's correction of an answer is one; an answer
+  whose row would repeat an earlier sibling's word for word is not;
 - ``kto``: ``{"prompt": [...], "completion": [...], "label": bool}``, every rated answer;
 - ``dpo``: ``{"prompt": [...], "chosen": [...], "rejected": [...]}``, from four sources:
   sibling answers rated up and down (``rating``), regeneration verdicts (better or worse;
@@ -11,9 +12,9 @@
   (A or B; a tie or "both bad" gives no pair). Only votes that count (not discarded, not from a
   suspicious voter) on answers that are complete and not flagged make pairs. Rated pairs are
   taken first, then comparisons in the order they were made; two answers preferred each to the
-  other make no pair either way, a pair met twice (the same chosen and rejected answers) is kept
-  once, a pair of two identical texts is none, and a question gives at most
-  ``rows.MAX_PAIRS_PER_QUESTION``;
+  other make no pair either way, a pair met twice (the same chosen and rejected answers, or a
+  row word for word the same) is kept once, a pair of two texts the same but for whitespace and
+  punctuation is none, and a question gives at most ``rows.MAX_PAIRS_PER_QUESTION``;
 - ``conversations``: ``{"messages": [...]}``, the branch each conversation shows;
 - ``votes``: one row per counted side-by-side vote, named as in LMSYS's Chatbot Arena data:
   ``{"prompt", "model_a", "model_b", "answer_a", "answer_b", "winner"}``.

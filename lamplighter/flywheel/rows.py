@@ -14,6 +14,8 @@ changed), for ``deletions.jsonl``.
 
 from __future__ import annotations
 
+import json
+import unicodedata
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
@@ -353,13 +355,33 @@ class Rows:
     def unfit(self, answer: Node) -> str | None:
         """Why an answer is nothing to learn from in this kind of export, whatever else is
         exported (None: it is something): its own fault (``fault``, for SFT ``sft_fault``), no
-        exchange with its question, or an earlier turn that spoils it. Not counted."""
+        exchange with its question, an earlier turn that spoils it, or for SFT an earlier
+        sibling that is the same row (``twin``). Not counted."""
         question = self.question_of(answer)
-        fault = self.sft_fault if self.context.kind == "sft" else self.fault
+        kind = self.context.kind
+        fault = self.sft_fault if kind == "sft" else self.fault
         reason = fault(answer) or _exchange_fault(question, answer)
         if reason is None and self.spoilt(question):
             reason = "bad_context"
+        if reason is None and kind == "sft" and self.twin(answer):
+            reason = "duplicate_row"
         return reason
+
+    def twin(self, answer: Node) -> bool:
+        """Whether an earlier sibling of an answer is an SFT row of the very same messages
+        (siblings share the turns before them): two temperature-0 answers to one question, say,
+        or one correction made twice. Training on a row twice only weighs it double."""
+        for sibling in self.children[answer.parent_id]:
+            if sibling is answer:
+                return False
+            if (
+                sibling.role == "assistant"
+                and self.turn(sibling) == self.turn(answer)
+                and _format(sibling) == _format(answer)
+                and self.unfit(sibling) is None
+            ):
+                return True
+        return False
 
     def discount(self, pick: Pick) -> str | None:
         """Why a vote given does not count (None: it counts): discarded, or from a voter
@@ -470,22 +492,24 @@ class Rows:
         taken = {(good.id, bad.id) for good, bad, *_ in pairs}
         both_ways = {pair for pair in taken if pair[::-1] in taken}
         seen: set[tuple[uuid.UUID, uuid.UUID]] = set()
+        rows: set[str] = set()  # the rows kept, as JSON
         for good, bad, source, judged in pairs:
             pair = (good.id, bad.id)
+            row = {
+                "prompt": self.path(good)[:-1],
+                "chosen": self.answer(good),
+                "rejected": self.answer(bad),
+            } | _format(good)
+            key = json.dumps(row, sort_keys=True)
             reason: str | None = None
             if pair in both_ways:
                 reason = "contradictory_pair"
             elif pair in seen:
                 reason = "duplicate_pair"
-            elif good.response_format != bad.response_format:
-                # One answer was held to a format the other was not: not the same task.
-                reason = "format_differs"
-            elif good.tools != bad.tools:
-                # One could call tools the other could not (a regeneration in the web chat,
-                # which offers none): not the same task either.
-                reason = "tools_differ"
-            elif self.text(good).strip() == self.text(bad).strip():
-                reason = "identical_pair"  # nothing to prefer
+            elif fault := self._pair_fault(good, bad):
+                reason = fault
+            elif key in rows:
+                reason = "duplicate_row"  # another pair of the same two texts (say, corrections)
             elif len(kept) == MAX_PAIRS_PER_QUESTION:
                 reason = "over_pair_cap"
             elif self.fault(bad) is not None:
@@ -499,12 +523,8 @@ class Rows:
             if reason is not None:
                 continue
             kept.add(pair)
+            rows.add(key)
             self.report.sources[source] += 1
-            row = {
-                "prompt": self.path(good)[:-1],
-                "chosen": self.answer(good),
-                "rejected": self.answer(bad),
-            } | _format(good)
             yield (
                 row,
                 {
@@ -514,6 +534,18 @@ class Rows:
                     "comparison_id": str(judged.id) if judged else None,
                 },
             )
+
+    def _pair_fault(self, good: Node, bad: Node) -> str | None:
+        """Why two answers make no pair whatever their labels (None: they may make one)."""
+        if good.response_format != bad.response_format:
+            return "format_differs"  # one was held to a format the other was not: not one task
+        if good.tools != bad.tools:
+            # One could call tools the other could not (a regeneration in the web chat, which
+            # offers none): not the same task either.
+            return "tools_differ"
+        if _same_text(self.text(good), self.text(bad)) and self.calls(good) == self.calls(bad):
+            return "identical_pair"  # nothing to prefer
+        return None
 
     def withdraw(self, ids: dict[str, str], at: datetime, reason: str) -> None:
         """Name a row an earlier export may hold that no longer stands, for deletions.jsonl."""
@@ -598,7 +630,7 @@ class Rows:
         neither faulty, and the chosen one fit (``unfit``)."""
         return (
             good.response_format == bad.response_format
-            and good.content.strip() != bad.content.strip()
+            and not (_same_text(good.content, bad.content) and good.tool_calls == bad.tool_calls)
             and self.fault(bad) is None
             and self.unfit(good) is None
         )
@@ -642,6 +674,20 @@ def _format(answer: Node) -> Row:
     if answer.tools is not None:
         row["tools"] = answer.tools
     return row
+
+
+def _same_text(one: str, other: str) -> bool:
+    """Whether two texts differ at most in whitespace and punctuation: as a pair, nothing to
+    prefer (a correction that only adds a full stop, say)."""
+    return _bare(one) == _bare(other)
+
+
+def _bare(text: str) -> str:
+    return "".join(
+        char
+        for char in text
+        if not char.isspace() and not unicodedata.category(char).startswith("P")
+    )
 
 
 def _exchange_fault(question: Node | None, answer: Node) -> str | None:

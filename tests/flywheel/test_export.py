@@ -636,17 +636,20 @@ def test_dpo_pairs_come_from_every_source_with_exactly_the_trl_fields(
     loaded = _load(tmp_path, "dpo")
     assert loaded.column_names == ["prompt", "chosen", "rejected"]
     sources = [line["source"] for line in export["index"]]
-    # Honest side-by-side votes for A or B: 6 + 6; Vic's are a suspicious voter's.
-    assert sorted(set(sources)) == ["correction", "rating", "regeneration", "side_by_side"]
-    assert sources.count("side_by_side") == 12 and len(sources) == 16
+    # Honest side-by-side votes for A or B: 6 + 6; Vic's are a suspicious voter's. The
+    # regeneration judged better is, word for word, the row its ratings make: the answer rated
+    # down is the same text as the one it replaced. One row of the two.
+    assert sorted(set(sources)) == ["correction", "rating", "side_by_side"]
+    assert sources.count("side_by_side") == 12 and len(sources) == 15
     pairs = {line["source"]: (row, line) for row, line in zip(loaded, export["index"], strict=True)}
     row, line = pairs["correction"]
     assert row["chosen"] == [{"role": "assistant", "content": CORRECTION}]
     assert row["rejected"] == [{"role": "assistant", "content": f"You said: {CORRECTED}"}]
     assert row["prompt"] == [{"role": "user", "content": CORRECTED}]
-    _, line = pairs["regeneration"]
-    assert line["chosen_id"] == store.ids["regenerated_new"]
-    assert line["rejected_id"] == store.ids["regenerated_old"]
+    rated = [line for line in export["index"] if line["source"] == "rating"]
+    assert (store.ids["regenerated_new"], store.ids["regenerated_same"]) in [
+        (line["chosen_id"], line["rejected_id"]) for line in rated
+    ]
     for row, line in zip(loaded, export["index"], strict=True):
         if line["source"] == "side_by_side":  # the honest voters preferred the echo
             assert row["chosen"][0]["content"].startswith("You said:")
@@ -663,7 +666,8 @@ def test_dpo_pairs_come_from_every_source_with_exactly_the_trl_fields(
         "both_bad_vote (no pair)",
     ):
         assert f"| {reason} |" in card
-    for source, count in (("rating", 2), ("regeneration", 1), ("correction", 1)):
+    assert "| duplicate_row | 1 |" in card
+    for source, count in (("rating", 2), ("regeneration", 0), ("correction", 1)):
         assert f"| {source} | {count} |" in card
     assert "| side_by_side | 12 |" in card
 

@@ -1,21 +1,25 @@
-"""What an export must clean beyond the messages' text: personal data in tool calls' arguments.
-Data made through the real API and web chat, exported with the CLI."""
+"""What an export must clean beyond the messages' text: personal data in tool calls' arguments,
+and rows that repeat one another. Data made through the real API and web chat, exported with the
+CLI."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lamplighter.conversation.threading import Turn, node_hash
 from lamplighter.engines.base import Backend
 from lamplighter.engines.scripted import ScriptedBackend
 from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
 from lamplighter.settings import Settings
+from lamplighter.store.models import Comparison, Message, new_id, utcnow
 from tests.conftest import ROOMY_PLAN, SCRIPTED, LiveServer, make_settings
-from tests.flywheel.test_export import Store, _export, _load, _messages, _person
+from tests.flywheel.test_export import Store, _done, _export, _load, _messages, _person
 from tests.test_router import sse
 from tests.upstream_server import recording
 
@@ -36,6 +40,11 @@ MAIL_ASK = {"role": "user", "content": "Please send my weekly report to my manag
 # What the model puts in its call: what the person told it, personal data and all.
 ARGUMENTS = {"to": "margaret.hughes@acme-corp.com", "body": "Call me back on +1 415 555 0199."}
 SENT = "I have sent your weekly report to your manager."
+# Two answers of one temperature-0 request made twice; an answer corrected twice the same way,
+# and once with a full stop more.
+TWICE = "What is the chemical symbol for gold in the periodic table"
+CORRECTED = "Name the longest river that flows through Egypt"
+CORRECTION = "The Nile is the longest river flowing through Egypt."
 
 
 def _mailer(body: dict[str, Any]) -> bytes:
@@ -79,6 +88,66 @@ def _mailed(server: LiveServer) -> None:
     web.close()
 
 
+def _stored_correction(server: LiveServer, answer_id: str, content: str) -> None:
+    """A correction of an answer, stored as the web chat stores one (a sibling answer the
+    person wrote, preferred to the original), with no check of what it says: the web chat now
+    refuses one that repeats another, or the answer, but the store holds those made before."""
+
+    async def store(services: Any) -> None:
+        async with services.db.transaction() as session:
+            original = await session.get(Message, uuid.UUID(answer_id))
+            question = await session.get(Message, original.parent_id)
+            now = utcnow()
+            rewrite = Message(
+                id=new_id(),
+                conversation_id=original.conversation_id,
+                user_id=original.user_id,
+                parent_id=question.id,
+                role="assistant",
+                content=content,
+                path_hash=node_hash(question.path_hash, Turn("assistant", content)),
+                depth=original.depth,
+                status="complete",
+                finish_reason="stop",
+                author="person",
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(rewrite)
+            await session.flush()  # before the comparison that names it
+            session.add(
+                Comparison(
+                    user_id=original.user_id,
+                    conversation_id=original.conversation_id,
+                    question_id=question.id,
+                    a_id=original.id,
+                    b_id=rewrite.id,
+                    kind="correction",
+                    a_variant=original.model,
+                    b_variant="person",
+                    winner="b",
+                    created_at=now,
+                    voted_at=now,
+                )
+            )
+
+    server.call(store)
+
+
+def _repeated(server: LiveServer) -> None:
+    """One temperature-0 request made twice; an answer corrected twice with the same text, and
+    once more with only a full stop added."""
+    web, client = _person(server)
+    for _ in range(2):
+        client.chat.completions.create(
+            model=SCRIPTED, messages=[{"role": "user", "content": TWICE}], temperature=0
+        )
+    original = _done(web.chat(content=CORRECTED, model=SCRIPTED))
+    for content in (CORRECTION, CORRECTION, original["content"] + " ."):
+        _stored_correction(server, original["id"], content)
+    web.close()
+
+
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     data_dir = tmp_path_factory.mktemp("cleaning")
@@ -93,6 +162,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         settings = make_settings(data_dir, config=config, embedded_engine=False)
         with LiveServer(settings, backends) as server:
             _mailed(server)
+            _repeated(server)
             server.close_clients()
     yield Store(data_dir)
 
@@ -132,3 +202,32 @@ def test_personal_data_in_tool_call_arguments_is_scrubbed(
     _export(made, kind, tmp_path / "parquet", "--format", "parquet")
     loaded = _load(tmp_path / "parquet", kind, "parquet").to_list()
     assert _calls(loaded) == calls
+
+
+def _unique(rows: list[dict[str, Any]]) -> bool:
+    return len({json.dumps(row, sort_keys=True) for row in rows}) == len(rows)
+
+
+def test_sft_and_dpo_rows_are_each_exported_once(made: Store, tmp_path: Path) -> None:
+    """Two answers of one text to one question are one demonstration, and two corrections of
+    one text one pair; a correction that only adds a full stop is nothing to prefer."""
+    sft = _export(made, "sft", tmp_path / "sft")
+    assert _unique(sft["rows"])
+    answers = {
+        question: [
+            row["messages"][-1]["content"]
+            for row in sft["rows"]
+            if row["messages"][0]["content"] == question
+        ]
+        for question in (TWICE, CORRECTED)
+    }
+    assert answers == {
+        TWICE: [f"You said: {TWICE}"],
+        CORRECTED: [CORRECTION, f"You said: {CORRECTED} ."],
+    }
+    assert "| duplicate_row | 2 |" in sft["card"]
+    dpo = _export(made, "dpo", tmp_path / "dpo")
+    assert _unique(dpo["rows"])
+    corrected = [row for row in dpo["rows"] if row["prompt"][-1]["content"] == CORRECTED]
+    assert [row["chosen"][0]["content"] for row in corrected] == [CORRECTION]
+    assert "| duplicate_row | 1 |" in dpo["card"] and "| identical_pair | 1 |" in dpo["card"]
