@@ -147,7 +147,9 @@ class Settings:
         "Days a subscription whose payment failed keeps its plan before falling to the free plan.",
     )
     billing_free_plan: str = _setting(
-        "free", "Plan of people whose subscription ended (or lapsed unpaid)."
+        "free",
+        "Plan of people whose subscription ended (or lapsed unpaid) when no plan of their own "
+        "was recorded (users made before base plans were).",
     )
 
     @property
