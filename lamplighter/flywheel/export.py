@@ -5,7 +5,8 @@
   answer a correction replaced, both answers of a side-by-side voted both bad, the worse answer
   of any verdict or vote that counts); a person's correction of an answer is one; an answer
   whose row would repeat an earlier sibling's word for word is not;
-- ``kto``: ``{"prompt": [...], "completion": [...], "label": bool}``, every rated answer;
+- ``kto``: ``{"prompt": [...], "completion": [...], "label": bool}``, every rated answer but
+  a thumbs-up on one stopped at the length limit;
 - ``dpo``: ``{"prompt": [...], "chosen": [...], "rejected": [...]}``, from four sources:
   sibling answers rated up and down (``rating``), regeneration verdicts (better or worse;
   "same" gives no pair), corrections (the rewrite over the original) and side-by-side votes
@@ -14,7 +15,8 @@
   taken first, then comparisons in the order they were made; two answers preferred each to the
   other make no pair either way, a pair met twice (the same chosen and rejected answers, or a
   row word for word the same) is kept once, a pair of two texts the same but for whitespace and
-  punctuation is none, and a question gives at most ``rows.MAX_PAIRS_PER_QUESTION``;
+  punctuation is none, nor is one whose chosen answer was stopped at the length limit, and a
+  question gives at most ``rows.MAX_PAIRS_PER_QUESTION``;
 - ``conversations``: ``{"messages": [...]}``, the branch each conversation shows;
 - ``votes``: one row per counted side-by-side vote, named as in LMSYS's Chatbot Arena data:
   ``{"prompt", "model_a", "model_b", "answer_a", "answer_b", "winner"}``.

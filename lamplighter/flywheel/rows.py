@@ -248,6 +248,17 @@ class Rows:
             return "rated_down"
         return self.judged().get(answer.id)
 
+    def kto_fault(self, answer: Node) -> str | None:
+        """Why an answer is no KTO row whatever else is exported (None: it is one): a
+        ``fault``, or a thumbs-up on an answer stopped at the length limit. Nothing in the row
+        says it was cut, so as a good answer it teaches stopping mid-sentence; rated down, it
+        is a bad answer like any other."""
+        if reason := self.fault(answer):
+            return reason
+        if answer.rating == 1 and answer.finish_reason == "length":
+            return "truncated"
+        return None
+
     def judged(self) -> dict[uuid.UUID, str]:
         """The answers the person's comparisons rule out as demonstrations, and why: the
         answer a correction replaced, both answers of a side-by-side voted both bad, and the
@@ -354,12 +365,12 @@ class Rows:
 
     def unfit(self, answer: Node) -> str | None:
         """Why an answer is nothing to learn from in this kind of export, whatever else is
-        exported (None: it is something): its own fault (``fault``, for SFT ``sft_fault``), no
-        exchange with its question, an earlier turn that spoils it, or for SFT an earlier
-        sibling that is the same row (``twin``). Not counted."""
+        exported (None: it is something): its own fault (``fault``, for SFT ``sft_fault``, for
+        KTO ``kto_fault``), no exchange with its question, an earlier turn that spoils it, or
+        for SFT an earlier sibling that is the same row (``twin``). Not counted."""
         question = self.question_of(answer)
         kind = self.context.kind
-        fault = self.sft_fault if kind == "sft" else self.fault
+        fault = {"sft": self.sft_fault, "kto": self.kto_fault}.get(kind, self.fault)
         reason = fault(answer) or _exchange_fault(question, answer)
         if reason is None and self.spoilt(question):
             reason = "bad_context"
@@ -424,16 +435,22 @@ class Rows:
                     "label": answer.rating == 1,
                 } | _format(answer)
                 yield row, {"message_id": str(answer.id)}
-            elif (removed := self._rating_removed(answer)) is not None:
-                self.withdraw({"message_id": str(answer.id)}, removed, "rating_removed")
+            elif (gone := self._kto_gone(answer)) is not None:
+                self.withdraw({"message_id": str(answer.id)}, *gone)
 
-    def _rating_removed(self, answer: Node) -> datetime | None:
-        """When the rating of an answer was removed, if an earlier export may hold the KTO row
-        it made (None: not removed since, rated again, or no row to learn from)."""
-        removed = self.context.unrated.get(answer.id)
-        if answer.rating is not None or not self._existed(answer) or self.unfit(answer):
+    def _kto_gone(self, answer: Node) -> tuple[datetime, str] | None:
+        """When and why the KTO row an earlier export may hold of an answer went (None: it
+        stands, or there was none): its rating removed since and not given again, or changed
+        since to a thumbs-up on an answer stopped at the length limit (no positive)."""
+        if self.since is None or not self._existed(answer):
             return None
-        return removed
+        if answer.rating is None:
+            removed = self.context.unrated.get(answer.id)
+            return (removed, "rating_removed") if removed and not self.unfit(answer) else None
+        rerated = answer.rated_at
+        if rerated is None or rerated <= self.since or not self._rated_then(answer):
+            return None
+        return (rerated, "truncated") if self.unfit(answer) == "truncated" else None
 
     def dpo(self) -> Iterator[tuple[Row, dict[str, str | None]]]:
         """The pairs of each question; in an incremental export, every pair of each question
@@ -543,6 +560,10 @@ class Rows:
             # One could call tools the other could not (a regeneration in the web chat, which
             # offers none): not the same task either.
             return "tools_differ"
+        if good.finish_reason == "length":
+            # Nothing in the row says the chosen answer was cut: it would teach stopping
+            # mid-sentence. A cut answer may still be the rejected one.
+            return "truncated_chosen"
         if _same_text(self.text(good), self.text(bad)) and self.calls(good) == self.calls(bad):
             return "identical_pair"  # nothing to prefer
         return None
@@ -626,10 +647,12 @@ class Rows:
 
     def _could_pair(self, good: Node, bad: Node) -> bool:
         """Whether two answers could be a pair in some export, whatever their labels: held to
-        one format, not one text (as written: scrubbing only makes more texts the same),
-        neither faulty, and the chosen one fit (``unfit``)."""
+        one format, the chosen one not cut at the length limit, not one text (as written:
+        scrubbing only makes more texts the same), neither faulty, and the chosen one fit
+        (``unfit``)."""
         return (
             good.response_format == bad.response_format
+            and good.finish_reason != "length"
             and not (_same_text(good.content, bad.content) and good.tool_calls == bad.tool_calls)
             and self.fault(bad) is None
             and self.unfit(good) is None

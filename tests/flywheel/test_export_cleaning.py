@@ -1,6 +1,6 @@
 """What an export must clean beyond the messages' text: personal data in tool calls' arguments,
-and rows that repeat one another. Data made through the real API and web chat, exported with the
-CLI."""
+rows that repeat one another, and answers stopped at the length limit offered as good ones. Data
+made through the real API and web chat, exported with the CLI."""
 
 from __future__ import annotations
 
@@ -45,6 +45,10 @@ SENT = "I have sent your weekly report to your manager."
 TWICE = "What is the chemical symbol for gold in the periodic table"
 CORRECTED = "Name the longest river that flows through Egypt"
 CORRECTION = "The Nile is the longest river flowing through Egypt."
+# Answers stopped at the length limit: one rated up over a complete answer rated down, one
+# rated down under a complete answer rated up.
+CUT_RATED_UP = "List ten fruits with one surprising fact about each of them"
+CUT_RATED_DOWN = "Describe in detail how a steam locomotive turns coal into motion"
 
 
 def _mailer(body: dict[str, Any]) -> bytes:
@@ -148,6 +152,24 @@ def _repeated(server: LiveServer) -> None:
     web.close()
 
 
+def _cut_short(server: LiveServer) -> None:
+    """Answers stopped at the length limit, each regenerated whole in the web chat and rated
+    the other way."""
+    web, client = _person(server)
+    for question, cut_rating in ((CUT_RATED_UP, 1), (CUT_RATED_DOWN, -1)):
+        cut_short = client.chat.completions.create(
+            model=SCRIPTED, messages=[{"role": "user", "content": question}], max_tokens=3
+        )
+        assert cut_short.choices[0].finish_reason == "length"
+        conversation = web.api("GET", "/conversations").json()["data"][0]["id"]
+        asked, cut = web.tree(conversation)["messages"]
+        whole = _done(web.chat(conversation_id=conversation, parent_id=asked["id"]))
+        for answer, rating in ((cut, cut_rating), (whole, -cut_rating)):
+            rated = web.api("PUT", f"/messages/{answer['id']}/rating", json={"rating": rating})
+            assert rated.is_success, rated.text
+    web.close()
+
+
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     data_dir = tmp_path_factory.mktemp("cleaning")
@@ -163,6 +185,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         with LiveServer(settings, backends) as server:
             _mailed(server)
             _repeated(server)
+            _cut_short(server)
             server.close_clients()
     yield Store(data_dir)
 
@@ -231,3 +254,25 @@ def test_sft_and_dpo_rows_are_each_exported_once(made: Store, tmp_path: Path) ->
     corrected = [row for row in dpo["rows"] if row["prompt"][-1]["content"] == CORRECTED]
     assert [row["chosen"][0]["content"] for row in corrected] == [CORRECTION]
     assert "| duplicate_row | 1 |" in dpo["card"] and "| identical_pair | 1 |" in dpo["card"]
+
+
+def test_an_answer_cut_at_the_length_limit_is_never_a_good_example(
+    made: Store, tmp_path: Path
+) -> None:
+    """Neither a KTO positive nor a DPO chosen answer; rated down, or rejected, it still is."""
+    kto = _export(made, "kto", tmp_path / "kto")
+    labels = {
+        question: sorted(
+            (len(row["completion"][0]["content"].split()) > 3, row["label"])
+            for row in kto["rows"]
+            if row["prompt"][-1]["content"] == question
+        )
+        for question in (CUT_RATED_UP, CUT_RATED_DOWN)
+    }
+    # (whole, label): the cut answer rated up is left out.
+    assert labels == {CUT_RATED_UP: [(True, False)], CUT_RATED_DOWN: [(False, False), (True, True)]}
+    assert "| truncated | 1 |" in kto["card"]
+    dpo = _export(made, "dpo", tmp_path / "dpo")
+    questions = [row["prompt"][-1]["content"] for row in dpo["rows"]]
+    assert CUT_RATED_UP not in questions and questions.count(CUT_RATED_DOWN) == 1
+    assert "| truncated_chosen | 1 |" in dpo["card"]
