@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from lamplighter.chat import Principal
 from lamplighter.credentials import (
@@ -23,7 +23,7 @@ from lamplighter.credentials import (
 )
 from lamplighter.exceptions import AuthenticationFailed, Conflict, InvalidRequest, NotFound
 from lamplighter.settings import is_email
-from lamplighter.store.accounts import Accounts, key_owner
+from lamplighter.store.accounts import Accounts, key_owner, refused_key
 from lamplighter.store.audit import Audit
 from lamplighter.store.audit import write as write_audit
 from lamplighter.store.database import Database
@@ -48,6 +48,34 @@ class CreatedKey:
 class Bootstrap:
     email: str
     password: str
+
+
+async def _refusal(conn: AsyncConnection, secret: str) -> AuthenticationFailed:
+    """Why a key that authenticates nobody was refused, as its holder can act on it: unknown,
+    revoked, or its account suspended or banned (the reason itself is the administrators')."""
+    key = await refused_key(conn, hash_key(secret))
+    if key is not None and key.revoked_at is not None:
+        return AuthenticationFailed(
+            f"The API key {key.prefix}… was revoked at {key.revoked_at.isoformat()}. "
+            "Create a new one.",
+            code="revoked_api_key",
+        )
+    if key is not None and key.disabled_at is not None:
+        if key.banned:
+            return AuthenticationFailed(
+                f"The API key {key.prefix}… belongs to an account that was deactivated.",
+                code="account_deactivated",
+            )
+        until = f" until {key.disabled_until.isoformat()}" if key.disabled_until else ""
+        return AuthenticationFailed(
+            f"The API key {key.prefix}… belongs to an account suspended{until}. "
+            "Ask an administrator if you think this is a mistake.",
+            code="account_suspended",
+        )
+    return AuthenticationFailed(
+        f"Incorrect API key provided: {secret[:6]}…. Create one with "
+        "`lamplighter keys create EMAIL`."
+    )
 
 
 def normalise_email(email: str) -> str:
@@ -283,11 +311,8 @@ class AccountService:
             raise AuthenticationFailed("Incorrect API key provided.")
         async with self.db.read() as conn:
             found = await key_owner(conn, hash_key(secret))
-        if found is None:
-            raise AuthenticationFailed(
-                f"Incorrect API key provided: {secret[:6]}…. Create one with "
-                "`lamplighter keys create EMAIL`."
-            )
+            if found is None:
+                raise await _refusal(conn, secret)
         now = utcnow()
         if found.expires_at is not None and found.expires_at <= now:
             raise AuthenticationFailed(

@@ -153,3 +153,34 @@ def test_another_accounts_key_pasted_into_a_prompt_is_revoked(server: LiveServer
         server.client(stolen.secret).models.list()
     [key] = [k for k in server.call(lambda s: s.accounts.keys_of(victim)) if k.id == stolen.id]
     assert key.revoked_at is not None
+
+
+def test_a_refused_key_is_told_why(server: LiveServer) -> None:
+    """A revoked key, or one whose account is suspended or banned, says so (with what its holder
+    can do), not "Incorrect API key" and how to make one."""
+    from datetime import UTC, datetime
+
+    def refusal(key: str) -> openai.AuthenticationError:
+        with pytest.raises(openai.AuthenticationError) as refused:
+            server.client(key).models.list()
+        return refused.value
+
+    email, revoked = server.new_user(plan="roomy")
+    [key] = server.call(lambda s: s.accounts.keys_of(email))
+    server.call(lambda s: s.accounts.revoke_key(key.id))
+    error = refusal(revoked)
+    assert error.code == "revoked_api_key" and "was revoked at" in error.message
+
+    email, secret = server.new_user(plan="roomy")
+    until = datetime.now(UTC) + timedelta(hours=2)
+    server.call(lambda s: s.accounts.suspend(email, "flood", until=until))
+    error = refusal(secret)
+    assert error.code == "account_suspended" and "suspended until" in error.message
+    assert "flood" not in error.message  # the reason is the administrators'
+    server.call(lambda s: s.accounts.suspend(email, "fraud", until=None, banned=True))
+    assert refusal(secret).code == "account_deactivated"
+    server.call(lambda s: s.accounts.restore(email))
+    assert server.client(secret).models.list().data
+
+    error = refusal("ll-" + "x" * 40)
+    assert error.code == "invalid_api_key" and "Create one with" in error.message

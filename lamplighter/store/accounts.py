@@ -57,6 +57,30 @@ async def key_owner(conn: AsyncConnection, key_hash: str) -> KeyOwner | None:
     return None if row is None else KeyOwner(*row)
 
 
+class RefusedKey(NamedTuple):
+    """A key that authenticates nobody, as much as saying why needs."""
+
+    prefix: str
+    revoked_at: datetime | None
+    banned: bool
+    disabled_at: datetime | None
+    disabled_until: datetime | None
+
+
+_REFUSED_KEY = (
+    select(ApiKey.prefix, ApiKey.revoked_at, User.banned, User.disabled_at, User.disabled_until)
+    .join(User, User.id == ApiKey.user_id)
+    .where(ApiKey.key_hash == bindparam("key_hash"))
+)
+
+
+async def refused_key(conn: AsyncConnection, key_hash: str) -> RefusedKey | None:
+    """The key with this hash and its owner's state, whatever they are, to say why it was
+    refused (``key_owner`` found nothing); asked only of keys that fail."""
+    row = (await conn.execute(_REFUSED_KEY, {"key_hash": key_hash})).first()
+    return None if row is None else RefusedKey(*row)
+
+
 class Accounts:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
