@@ -137,7 +137,7 @@ class Report:
     sources: Counter[str] = field(default_factory=Counter)
     first: datetime | None = None
     last: datetime | None = None
-    conversations: int = 0
+    conversations: int = 0  # those that gave rows
     sha256: str = ""
     deletions: int = 0
     withdrawn: Counter[str] = field(default_factory=Counter)  # rows no longer standing, by why
@@ -199,13 +199,15 @@ class Exporter:
             threads = self._threads(report, trusted, progress, picks=picks, since=since)
             async with aclosing(threads):
                 async for thread in threads:
-                    report.conversations += 1
                     rows = Rows(thread, shared)
+                    before = report.rows
                     for row, ids in rows.rows():
                         writer.write(row)
                         line = {"conversation_id": str(thread.id), "user_id": str(thread.owner)}
                         index.write(_json_line({**line, **ids}))
                         report.rows += 1
+                    if report.rows > before:
+                        report.conversations += 1
                     if deletions is not None:
                         deletions.writelines(_json_line(line) for line in rows.withdrawn)
             if deletions is not None and since is not None:

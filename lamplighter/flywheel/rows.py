@@ -472,7 +472,8 @@ class Rows:
             if not self.counted(pick):
                 continue
             if pick.winner not in ("a", "b"):
-                self.report.removed[f"{pick.winner}_vote (no pair)"] += 1
+                if self._new(pick.voted_at):  # an earlier export counted it before
+                    self.report.removed[f"{pick.winner}_vote (no pair)"] += 1
                 continue
             a, b = self.by_id.get(pick.a_id), self.by_id.get(pick.b_id)
             if a is None or b is None:

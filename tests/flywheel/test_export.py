@@ -888,13 +888,15 @@ def test_an_incremental_export_counts_only_what_is_new_among_what_it_leaves_out(
     store: Store, tmp_path: Path
 ) -> None:
     """Nothing was written, rated or voted after --since: no rows, and the card's removals
-    are empty too (it counted every old vote of a suspicious voter and every conversation of
-    people who do not consent, as if they were new)."""
+    are empty too (it counted every old vote of a suspicious voter, every old tie, "both bad"
+    and "the same", and every conversation of people who do not consent, as if they were
+    new)."""
     for kind in ("dpo", "votes", "sft"):
         later = _export(store, kind, tmp_path / kind, "--since", datetime.now(UTC).isoformat())
         assert later["rows"] == []
         for reason in ("suspicious_voter", "no_consent", "low_trust", "discarded_vote"):
             assert f"| {reason}" not in later["card"], (kind, later["card"])
+        assert "_vote (no pair)" not in later["card"], (kind, later["card"])
 
 
 def test_incremental_exports_list_people_suspended_since(store: Store, tmp_path: Path) -> None:

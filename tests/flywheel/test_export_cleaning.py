@@ -1,6 +1,7 @@
 """What an export must clean beyond the messages' text: personal data in tool calls' arguments,
-rows that repeat one another, and answers stopped at the length limit offered as good ones. Data
-made through the real API and web chat, exported with the CLI."""
+rows that repeat one another, answers stopped at the length limit offered as good ones; and the
+card's count of the conversations that gave rows. Data made through the real API and web chat,
+exported with the CLI."""
 
 from __future__ import annotations
 
@@ -276,3 +277,11 @@ def test_an_answer_cut_at_the_length_limit_is_never_a_good_example(
     questions = [row["prompt"][-1]["content"] for row in dpo["rows"]]
     assert CUT_RATED_UP not in questions and questions.count(CUT_RATED_DOWN) == 1
     assert "| truncated_chosen | 1 |" in dpo["card"]
+
+
+def test_the_card_counts_the_conversations_that_gave_rows(made: Store, tmp_path: Path) -> None:
+    for kind in ("sft", "kto", "dpo", "conversations"):
+        export = _export(made, kind, tmp_path / kind)
+        conversations = {line["conversation_id"] for line in export["index"]}
+        rows = len(export["rows"])
+        assert f"- Rows: {rows} (from {len(conversations)} conversations)" in export["card"]
