@@ -42,12 +42,12 @@ every vote first; a first pass streams the side-by-side votes (a few fields each
 messages) into memory for that check. Order and serialisation are fixed: the same store gives
 the same bytes, in JSON lines or Parquet. Each data row has a matching line in ``index.jsonl``
 (conversation, user and message ids) so that a later ``--since`` export's ``deletions.jsonl``
-can be applied downstream: what was deleted since, people locked out since, and for KTO and
-DPO the rows that earlier exports may hold and that no longer stand (a rating removed, ratings
-or a verdict changed; ``rows.Rows.withdrawn``), by the ids ``index.jsonl`` gives them. Removed
-ratings and changed verdicts are read from the deletions log (kinds ``rating`` and
-``verdict``), one entry each since ``--since`` held in memory. A person who consented after
-``--since`` (``users.training_consent_at``) has all their rows in it.
+can be applied downstream: what was deleted since, people locked out since, and for every kind
+but votes the rows that earlier exports may hold and that no longer stand (labels given, changed
+or removed, a conversation's branch moved; ``rows.Rows.withdrawn``), by the ids ``index.jsonl``
+gives them. Removed ratings and changed verdicts are read from the deletions log (kinds
+``rating`` and ``verdict``), one entry each since ``--since`` held in memory. A person who
+consented after ``--since`` (``users.training_consent_at``) has all their rows in it.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ class Exporter:
             report.suspicious_voters = len(suspicious)
         unrated: Mapping[uuid.UUID, datetime] = {}
         revoted: Mapping[uuid.UUID, datetime] = {}
-        if since is not None and kind in ("kto", "dpo"):
+        if since is not None and kind in ("sft", "kto", "dpo"):
             unrated, revoted = await self._relabelled(since)
         shared = Shared(kind, since, Deduplicator(), report, suspicious, unrated, revoted)
         data_path = out / report.filename
@@ -368,6 +368,7 @@ class Exporter:
                 Message.tool_calls,
                 Message.tool_call_id,
                 Message.tools,
+                Conversation.updated_at,
                 User.training_consent_at,
             )
             .join(Conversation, Conversation.id == Message.conversation_id)
@@ -388,7 +389,9 @@ class Exporter:
                             yield thread
                         elif thread.changed_since(since):
                             report.removed[skip] += 1
-                    thread = Thread(row[0], row[1], row[2], [], consented_at=row[22])
+                    thread = Thread(
+                        row[0], row[1], row[2], [], updated_at=row[22], consented_at=row[23]
+                    )
                     skip = None if row[12] else "no_consent (conversations)"
                     if skip is None and not row[13]:
                         skip = "suspended_or_banned (conversations)"
@@ -665,11 +668,16 @@ def card(report: Report, since: datetime | None) -> str:
             f"`deletions.jsonl` lists {report.deletions} conversations, answers and people whose "
             "data must be removed from earlier exports."
         )
-        if report.kind in ("kto", "dpo"):
+        if report.kind != "votes":
             why = ", ".join(f"{reason} {n}" for reason, n in sorted(report.withdrawn.items()))
+            changed = (
+                "their conversations changed since"
+                if report.kind == "conversations"
+                else "their labels withdrawn or changed since"
+            )
             lines.append(
                 "It also names the rows that earlier exports may hold and that no longer stand, "
-                f"their labels withdrawn or changed since: {sum(report.withdrawn.values())}"
+                f"{changed}: {sum(report.withdrawn.values())}"
                 + (f" ({why})" if why else "")
                 + ". Apply it first, then this export's rows, each replacing the earlier row "
                 "with the same ids."

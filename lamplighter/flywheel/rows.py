@@ -6,9 +6,10 @@ and the ids for ``index.jsonl``. It decides which answers are worth learning fro
 export (``usable``), which votes count, which turns before an answer spoil the rows after it,
 and the DPO pairs of each question, and counts what it drops in the export's ``Report``; every
 text (and every tool call's arguments) is scrubbed of personal data once per conversation. In
-an incremental export it also lists, in ``withdrawn``, the KTO rows and DPO pairs that an
-earlier export may hold and that no longer stand (a rating removed, ratings or a verdict
-changed), for ``deletions.jsonl``.
+an incremental export it also lists, in ``withdrawn``, the rows that an earlier export may hold
+and that no longer stand, for ``deletions.jsonl``: KTO rows, DPO pairs and SFT rows whose labels
+changed (a rating removed, ratings, a verdict or a vote changed or given), and the row of a
+conversation that changed.
 ``export.py`` reads the store and writes the files; see its docstring for what each kind holds.
 """
 
@@ -18,7 +19,7 @@ import json
 import unicodedata
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -34,6 +35,11 @@ if TYPE_CHECKING:
 MAX_PAIRS_PER_QUESTION = 4
 # A side-by-side's winner as LMSYS's Chatbot Arena data names it.
 ARENA_WINNER = {"a": "model_a", "b": "model_b", "tie": "tie", "both_bad": "tie (bothbad)"}
+# Why an SFT row may go while its answer stays: labels given or changed since an earlier export
+# (its own, those of the turns before it, or a sibling's that makes it a duplicate).
+RELABELLED_OUT = frozenset(
+    ("rated_down", "corrected", "rejected", "voted_both_bad", "bad_context", "duplicate_row")
+)
 
 Row = dict[str, Any]
 T = TypeVar("T")
@@ -91,14 +97,15 @@ class Pick:
 @dataclass(frozen=True)
 class Thread:
     """One exportable conversation: its owner, the leaf it shows, its nodes and comparisons,
-    and when its owner's training consent last changed (None: never, as far as the store
-    knows)."""
+    when it last changed (a message added or the leaf moved, as the store records it) and when
+    its owner's training consent last changed (None: never, as far as the store knows)."""
 
     id: uuid.UUID
     owner: uuid.UUID
     leaf: uuid.UUID | None
     nodes: list[Node]
     picks: list[Pick] = field(default_factory=list)
+    updated_at: datetime | None = None
     consented_at: datetime | None = None
 
     def changed_since(self, since: datetime | None) -> bool:
@@ -118,6 +125,13 @@ class Thread:
         """Whether the owner's consent changed after ``since``: an export made then may have
         had none of their data (and one made before they withdrew it has been told to drop it)."""
         return self.consented_at is not None and self.consented_at > since
+
+    def moved_at(self) -> datetime | None:
+        """When it last changed: a message added, or the branch shown moved."""
+        times = [node.created_at for node in self.nodes]
+        if self.updated_at is not None:
+            times.append(self.updated_at)
+        return max(times, default=None)
 
 
 @dataclass(frozen=True)
@@ -156,6 +170,7 @@ class Rows:
         self._judged: dict[uuid.UUID, str] | None = None
         self._spoilt: dict[uuid.UUID, bool] = {}
         self._contexts: dict[uuid.UUID, Context] = {}  # the prompt up to each node
+        self._touched: dict[uuid.UUID, datetime | None] = {}  # labels changed since, to a node
         # deletions.jsonl lines: rows an earlier export may hold that no longer stand.
         self.withdrawn: list[dict[str, str]] = []
 
@@ -420,10 +435,35 @@ class Rows:
         return True
 
     def sft(self) -> Iterator[tuple[Row, dict[str, str | None]]]:
+        """Every demonstration. In an incremental export, those written since, and those whose
+        labels changed since (their own, those of the turns before them, or their siblings'):
+        each is a row again if it is one now, else ``withdrawn`` if it existed before."""
+        changes = self._answer_changes() if self.since is not None else {}
         for answer in self.answers:
-            if self.usable(answer):  # with the demonstration's own faults (sft_fault)
+            changed = self._changed_around(answer, changes)
+            if changed is None and not self._new(answer.created_at):
+                continue  # exported before as it stands
+            reason = self.unusable(answer)  # with the demonstration's own faults (sft_fault)
+            if reason is None:
                 row = {"messages": self.path(answer)} | _format(answer)
                 yield row, {"message_id": str(answer.id)}
+            elif changed is not None and self._existed(answer) and reason in RELABELLED_OUT:
+                self.withdraw({"message_id": str(answer.id)}, changed, reason)
+
+    def _changed_around(
+        self, answer: Node, changes: Mapping[uuid.UUID, datetime]
+    ) -> datetime | None:
+        """When the labels that decide an answer's SFT row last changed after ``since`` (None:
+        not since): its own, those of the turns before it (they spoil it) and its siblings'
+        (one may be, or have stopped being, a row of the same text)."""
+        if not changes:
+            return None
+        latest = self._fold(
+            answer, self._touched, None, lambda before, turn: _later(before, changes.get(turn.id))
+        )
+        for sibling in self.children[answer.parent_id]:
+            latest = _later(latest, changes.get(sibling.id))
+        return latest
 
     def kto(self) -> Iterator[tuple[Row, dict[str, str | None]]]:
         for answer in self.answers:
@@ -580,21 +620,34 @@ class Rows:
     def _relabelled(self) -> dict[uuid.UUID, datetime]:
         """The questions whose answers' labels changed after ``since`` (a rating given,
         changed or removed, a verdict or vote given or changed), each with when it last did."""
+        return self._latest((question, when) for _, question, when in self._label_changes())
+
+    def _answer_changes(self) -> dict[uuid.UUID, datetime]:
+        """The answers whose labels changed after ``since``, each with when they last did."""
+        return self._latest((answer, when) for answer, _, when in self._label_changes())
+
+    def _label_changes(self) -> Iterator[tuple[uuid.UUID, uuid.UUID | None, datetime | None]]:
+        """(answer, its question, when) for every label given or last changed (a rating, a
+        verdict, a vote, a correction) and every one taken back, at any time."""
+        for answer in self.answers:
+            for when in (answer.rated_at, self.context.unrated.get(answer.id)):
+                yield answer.id, answer.parent_id, when
+        for pick in self.thread.picks:
+            for when in (pick.voted_at, self.context.revoted.get(pick.id)):
+                yield pick.a_id, pick.question_id, when
+                yield pick.b_id, pick.question_id, when
+
+    def _latest(
+        self, changes: Iterable[tuple[uuid.UUID | None, datetime | None]]
+    ) -> dict[uuid.UUID, datetime]:
+        """The latest time after ``since`` of each id's changes."""
         since = self.since
         assert since is not None
-        changed: dict[uuid.UUID, datetime] = {}
-
-        def note(question_id: uuid.UUID | None, when: datetime | None) -> None:
-            if question_id is not None and when is not None and when > since:
-                changed[question_id] = max(changed.get(question_id, when), when)
-
-        for answer in self.answers:
-            note(answer.parent_id, answer.rated_at)
-            note(answer.parent_id, self.context.unrated.get(answer.id))
-        for pick in self.thread.picks:
-            note(pick.question_id, pick.voted_at)
-            note(pick.question_id, self.context.revoted.get(pick.id))
-        return changed
+        latest: dict[uuid.UUID, datetime] = {}
+        for key, when in changes:
+            if key is not None and when is not None and when > since:
+                latest[key] = max(latest.get(key, when), when)
+        return latest
 
     def _earlier_pairs(self, question_id: uuid.UUID) -> dict[tuple[uuid.UUID, uuid.UUID], str]:
         """The (chosen, rejected) pairs of a question that the labels at ``since`` may have
@@ -682,11 +735,20 @@ class Rows:
             yield row, {"comparison_id": str(pick.id), "a_id": str(a.id), "b_id": str(b.id)}
 
     def conversations(self) -> Iterator[tuple[Row, dict[str, str | None]]]:
-        """The branch shown, ending on a usable answer."""
+        """The branch shown, ending on a usable answer. In an incremental export, a
+        conversation that changed since (a message added, the branch shown moved) gives its row
+        again, whatever answer it ends on, and the row an earlier export may hold of it, which
+        may end on another answer, is ``withdrawn`` by the conversation's id: applied first,
+        that makes way for the new row, or leaves none where the conversation now gives none."""
+        moved = self.thread.moved_at()
+        if moved is None or not self._new(moved):
+            return
         leaf = self.thread.leaf
         end = self.by_id.get(leaf) if leaf else (self.answers[-1] if self.answers else None)
-        if end is not None and end.role == "assistant" and self.usable(end):
+        if end is not None and end.role == "assistant" and self.unusable(end) is None:
             yield {"messages": self.path(end)} | _format(end), {"message_id": str(end.id)}
+        if any(self._existed(node) for node in self.thread.nodes):
+            self.withdraw({"conversation_id": str(self.thread.id)}, moved, "conversation_changed")
 
 
 def _format(answer: Node) -> Row:
@@ -698,6 +760,13 @@ def _format(answer: Node) -> Row:
     if answer.tools is not None:
         row["tools"] = answer.tools
     return row
+
+
+def _later(one: datetime | None, other: datetime | None) -> datetime | None:
+    """The later of two times, either of which may be missing."""
+    if one is None or other is None:
+        return one or other
+    return max(one, other)
 
 
 def _same_text(one: str, other: str) -> bool:

@@ -1207,7 +1207,7 @@ def _keyed(kind: str, export: dict[str, Any]) -> dict[Any, tuple[Any, dict[str, 
     """An export's rows with their index lines, by the ids that name a row of its kind."""
 
     def key(line: dict[str, Any]) -> Any:
-        return line["message_id"] if kind == "kto" else (line["chosen_id"], line["rejected_id"])
+        return (line["chosen_id"], line["rejected_id"]) if kind == "dpo" else line["message_id"]
 
     return {
         key(line): (row, line) for row, line in zip(export["rows"], export["index"], strict=True)

@@ -1,31 +1,60 @@
-"""Incremental exports give what is new since the export before: all the rows of someone who
-consented since, their older conversations and labels included."""
+"""Incremental exports keep a copy up to date: each applied to the copy the exports before it
+made (its deletions.jsonl first, then its rows) gives what a fresh full export gives, for SFT
+and conversations as for KTO and DPO, while labels change, branches move and people consent."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lamplighter.engines.base import Backend
 from lamplighter.engines.scripted import ScriptedBackend
 from lamplighter.settings import Settings
-from tests.conftest import ROOMY_PLAN, SCRIPTED, LiveServer, make_settings
-from tests.flywheel.test_export import TERSE, TERSE_MODEL, Store, _done, _export
+from tests.conftest import FAILING, ROOMY_PLAN, SCRIPTED, LiveServer, make_settings
+from tests.flywheel.test_export import (
+    SIDE_BY_SIDE_CONFIG,
+    TERSE,
+    TERSE_MODEL,
+    Store,
+    _applied,
+    _deletions_of,
+    _done,
+    _export,
+    _keyed,
+)
 from tests.web.conftest import Browserless, Person, new_person
 
 KINDS = ("sft", "conversations", "kto", "dpo")
-ASKED = {"dave": "What did a lighthouse keeper write in the daily log book"}
+# A question each, in a conversation of its own.
+ASKED = {
+    "down": "How did keepers keep the lamp glass free of salt spray",
+    "corrected": "Which lighthouse guards the entrance to the Firth of Forth",
+    "worse": "What kind of clock drove the rotating lens of a lighthouse",
+    "both_bad": "Why do some lighthouses show a red sector in their light",
+    "twice": "How many keepers usually lived at a rock lighthouse at once",
+    "moved": "When did the last keeper leave the Longships lighthouse",
+    "continued": "How were supplies landed at lighthouses without a harbour",
+    "cut": "Describe the journey of a relief keeper from the mainland to the rock",
+    "dave": "What did a lighthouse keeper write in the daily log book",
+}
+FOLLOW_UPS = {
+    "down": "And how often did they have to do that in winter storms",
+    "continued": "Who paid for the boats that carried those supplies",
+}
 
 
 class _Person:
-    """Someone in the web chat, their answers by question name."""
+    """Someone in the web chat (and over the API), their answers by question name."""
 
     def __init__(self, server: LiveServer, person: Person) -> None:
         self.person = person
         self.web = Browserless(server.base_url)
         self.web.login(person)
+        key = server.call(lambda s: s.accounts.create_key(person.email, "test")).secret
+        self.client = server.client(key)
         self.answer: dict[str, str] = {}  # question name -> its first answer's id
         self.conversation: dict[str, str] = {}
         self.question: dict[str, str] = {}
@@ -34,11 +63,13 @@ class _Person:
         put = self.web.api("PUT", "/me/consent", json={"use_for_training": True})
         assert put.is_success, put.text
 
-    def ask(self, name: str) -> None:
+    def ask(self, name: str) -> list[tuple[str, Any]]:
         events = self.web.chat(content=ASKED[name], model=SCRIPTED)
         self.conversation[name] = events[0][1]["conversation_id"]
         self.question[name] = events[0][1]["user_message"]["id"]
-        self.answer[name] = _done(events)["id"]
+        if name != "both_bad":
+            self.answer[name] = _done(events)["id"]
+        return events
 
     def regenerate(self, name: str, model: str) -> str:
         events = self.web.chat(
@@ -47,16 +78,50 @@ class _Person:
         message: str = events[0][1]["message"]["id"]
         return message
 
-    def rate(self, answer: str, rating: int) -> None:
-        rated = self.web.api("PUT", f"/messages/{answer}/rating", json={"rating": rating})
-        assert rated.is_success, rated.text
+    def follow(self, name: str) -> str:
+        events = self.web.chat(
+            conversation_id=self.conversation[name],
+            parent_id=self.answer[name],
+            content=FOLLOW_UPS[name],
+            model=SCRIPTED,
+        )
+        return _done(events)["id"]
+
+    def rate(self, answer: str, rating: int | None) -> None:
+        url = f"/messages/{answer}/rating"
+        if rating is None:
+            assert self.web.api("DELETE", url).status_code == 204
+        else:
+            rated = self.web.api("PUT", url, json={"rating": rating})
+            assert rated.is_success, rated.text
+
+    def judge(self, answer: str, verdict: str) -> None:
+        said = self.web.api("PUT", f"/messages/{answer}/verdict", json={"verdict": verdict})
+        assert said.is_success and said.json()["discarded"] is None, said.text
+
+    def ask_over_the_api(self, name: str, **options: Any) -> str:
+        asked = [{"role": "user", "content": ASKED[name]}]
+        answer = self.client.chat.completions.create(model=SCRIPTED, messages=asked, **options)
+        return answer.choices[0].finish_reason
 
     def close(self) -> None:
         self.web.close()
 
 
 async def _backends(_: Settings) -> list[Backend]:
-    return [ScriptedBackend(SCRIPTED), ScriptedBackend(TERSE_MODEL, reply=lambda _: TERSE)]
+    return [
+        ScriptedBackend(SCRIPTED),
+        ScriptedBackend(TERSE_MODEL, reply=lambda _: TERSE),
+        ScriptedBackend(FAILING, fail_after=3),
+    ]
+
+
+def _withdrawn(out: Path) -> list[dict[str, Any]]:
+    return [
+        {k: v for k, v in line.items() if k != "at"}
+        for line in _deletions_of(out)
+        if "withdrawn" in line
+    ]
 
 
 def test_an_incremental_export_has_every_row_of_someone_who_consented_since(
@@ -84,3 +149,109 @@ def test_an_incremental_export_has_every_row_of_someone_who_consented_since(
             assert (later["rows"], later["index"]) == (full["rows"], full["index"]), kind
         dave.close()
         s.close_clients()
+
+
+def test_incremental_exports_of_every_kind_keep_a_copy_up_to_date(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """A full export, then twice labels given and taken back, branches moved and a person
+    consenting, each time an incremental export since the one before: deletions.jsonl names
+    each earlier SFT row whose labels changed (a thumbs-down, a correction, a "worse" verdict,
+    a both-bad vote, on it or before it) and each conversation that changed, and the copy the
+    exports keep up to date is each time the fresh full export, row for row."""
+    data_dir = tmp_path_factory.mktemp("incremental")
+    plain, side_by_side = data_dir / "plain.toml", data_dir / "side_by_side.toml"
+    plain.write_text(ROOMY_PLAN)
+    side_by_side.write_text(ROOMY_PLAN + SIDE_BY_SIDE_CONFIG)
+    made = Store(data_dir)
+    # First, a question answered side by side, not voted on yet: two demonstrations.
+    settings = make_settings(data_dir, config=side_by_side, embedded_engine=False)
+    with LiveServer(settings, _backends) as server:
+        pat = _Person(server, new_person(server, plan="roomy"))
+        pat.consent()
+        events = pat.ask("both_bad")
+        comparison = next(p for name, p in events if name == "pair")["comparison"]
+        pat.close()
+        server.close_clients()
+    settings = make_settings(data_dir, config=plain, embedded_engine=False)
+    with LiveServer(settings, _backends) as server:
+        pat = _Person(server, pat.person)
+        for name in ("down", "corrected", "worse", "moved", "continued"):
+            pat.ask(name)
+        down_more = pat.follow("down")
+        worse = pat.regenerate("worse", TERSE_MODEL)
+        assert pat.ask_over_the_api("twice", temperature=0) == "stop"
+        assert pat.ask_over_the_api("cut", max_tokens=3) == "length"
+        [cut] = [
+            m["id"]
+            for c in pat.web.api("GET", "/conversations").json()["data"]
+            for m in pat.web.tree(c["id"])["messages"]
+            if m["role"] == "assistant" and m["finish_reason"] == "length"
+        ]
+        pat.rate(cut, -1)
+        # Dave leaves consent to the organisation's default (no), with rated answers.
+        dave = _Person(server, new_person(server, plan="roomy"))
+        dave.ask("dave")
+        dave_again = dave.regenerate("dave", TERSE_MODEL)
+        dave.rate(dave.answer["dave"], 1)
+        dave.rate(dave_again, -1)
+
+        exported = datetime.now(UTC)
+        copies = {kind: _keyed(kind, _export(made, kind, tmp_path / f"{kind}-0")) for kind in KINDS}
+        assert dave.answer["dave"] not in copies["sft"]
+
+        def change(step: int) -> None:
+            if step == 1:
+                pat.rate(pat.answer["down"], -1)
+                corrected = pat.web.api(
+                    "POST",
+                    f"/messages/{pat.answer['corrected']}/correction",
+                    json={"content": "The Inchkeith lighthouse guards the Firth of Forth."},
+                )
+                assert corrected.status_code == 201, corrected.text
+                pat.judge(worse, "worse")
+                vote = {"winner": "both_bad"}
+                voted = pat.web.api("PUT", f"/comparisons/{comparison['id']}/vote", json=vote)
+                assert voted.is_success, voted.text
+                assert pat.ask_over_the_api("twice", temperature=0) == "stop"  # the same again
+                pat.regenerate("moved", FAILING)  # the branch shown ends on an error now
+                pat.follow("continued")
+                dave.consent()
+            else:  # labels taken back or turned round
+                pat.rate(pat.answer["down"], None)
+                pat.judge(worse, "better")
+                pat.rate(cut, 1)  # a thumbs-up on an answer cut short: no KTO row
+                pat.regenerate("corrected", TERSE_MODEL)  # the branch shown moves again
+
+        for step in (1, 2):
+            change(step)
+            since, exported = exported.isoformat(), datetime.now(UTC)
+            withdrawn: dict[str, list[dict[str, Any]]] = {}
+            for kind in KINDS:
+                out = tmp_path / f"{kind}-{step}-since"
+                later = _export(made, kind, out, "--since", since)
+                now = _keyed(kind, _export(made, kind, tmp_path / f"{kind}-{step}"))
+                assert now != copies[kind], (kind, step)  # something did change
+                copies[kind] = _applied(kind, copies[kind], later, out)
+                assert copies[kind] == now, (kind, step)
+                withdrawn[kind] = _withdrawn(out)
+                counted = f"since: {len(withdrawn[kind])}"
+                assert counted in later["card"], later["card"]
+            if step == 1:
+                for answer, why in (
+                    (pat.answer["down"], "rated_down"),
+                    (down_more, "bad_context"),
+                    (pat.answer["corrected"], "corrected"),
+                    (worse, "rejected"),
+                    (comparison["a_id"], "voted_both_bad"),
+                    (comparison["b_id"], "voted_both_bad"),
+                ):
+                    assert {"message_id": answer, "withdrawn": why} in withdrawn["sft"]
+                moved = {"conversation_id": pat.conversation["moved"]}
+                assert moved | {"withdrawn": "conversation_changed"} in withdrawn["conversations"]
+                assert dave.answer["dave"] in copies["sft"] and dave_again in copies["kto"]
+            else:
+                assert {"message_id": cut, "withdrawn": "truncated"} in withdrawn["kto"]
+        pat.close()
+        dave.close()
+        server.close_clients()
