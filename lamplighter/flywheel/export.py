@@ -94,23 +94,22 @@ _OUTCOMES: dict[str, Outcome] = {"a": "a", "b": "b", "tie": "tie", "both_bad": "
 ROW_GROUP = 2000
 
 # A message: its tool calls (OpenAI's shape) as JSON text, null without; the call id a tool's
-# result answers.
-_TURNS = pa.list_(
-    pa.struct(
-        [
-            ("role", pa.string()),
-            ("content", pa.string()),
-            ("tool_calls", pa.string()),
-            ("tool_call_id", pa.string()),
-        ]
-    )
-)
+# result answers. In SFT rows also its weight: 0 for the answers before the row's own (not
+# trained on), null otherwise.
+_TURN = [
+    ("role", pa.string()),
+    ("content", pa.string()),
+    ("tool_calls", pa.string()),
+    ("tool_call_id", pa.string()),
+]
+_TURNS = pa.list_(pa.struct(_TURN))
+_WEIGHED_TURNS = pa.list_(pa.struct([*_TURN, ("weight", pa.int8())]))
 # What an answer was held to or offered, JSON text in Parquet: null for an answer under no
 # structured output, with no tools.
 _TASK = [("response_format", pa.string()), ("tools", pa.string())]
 # Each kind's columns, fixed: an empty export has them too, and loaders never guess.
 SCHEMAS: dict[str, Any] = {
-    "sft": pa.schema([("messages", _TURNS), *_TASK]),
+    "sft": pa.schema([("messages", _WEIGHED_TURNS), *_TASK]),
     "kto": pa.schema([("prompt", _TURNS), ("completion", _TURNS), ("label", pa.bool_()), *_TASK]),
     "dpo": pa.schema([("prompt", _TURNS), ("chosen", _TURNS), ("rejected", _TURNS), *_TASK]),
     "conversations": pa.schema([("messages", _TURNS), *_TASK]),
@@ -637,6 +636,11 @@ def card(report: Report, since: datetime | None) -> str:
             "(their definitions, OpenAI's shape), and its messages carry `tool_calls` (an "
             "answer's calls, `arguments` a JSON string) and `tool_call_id` (the call a `tool` "
             "message's result answers), as OpenAI's fine-tuning format has them."
+        )
+    if report.kind == "sft":
+        lines.append(
+            'In a row, the answers before its own have `"weight": 0` (OpenAI\'s fine-tuning '
+            "format): each is the answer of a row of its own, not to be trained on again."
         )
     if report.suspicious_voters is not None:
         lines.append(

@@ -445,7 +445,7 @@ class Rows:
                 continue  # exported before as it stands
             reason = self.unusable(answer)  # with the demonstration's own faults (sft_fault)
             if reason is None:
-                row = {"messages": self.path(answer)} | _format(answer)
+                row = {"messages": _trained_once(self.path(answer))} | _format(answer)
                 yield row, {"message_id": str(answer.id)}
             elif changed is not None and self._existed(answer) and reason in RELABELLED_OUT:
                 self.withdraw({"message_id": str(answer.id)}, changed, reason)
@@ -749,6 +749,16 @@ class Rows:
             yield {"messages": self.path(end)} | _format(end), {"message_id": str(end.id)}
         if any(self._existed(node) for node in self.thread.nodes):
             self.withdraw({"conversation_id": str(self.thread.id)}, moved, "conversation_changed")
+
+
+def _trained_once(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An SFT row's messages, the answers before its own marked ``"weight": 0`` (OpenAI's
+    fine-tuning format): each of them is the answer of a row of its own, so a conversation of
+    N answers would otherwise train its first N times."""
+    for turn in messages[:-1]:
+        if turn["role"] == "assistant":
+            turn["weight"] = 0
+    return messages
 
 
 def _format(answer: Node) -> Row:

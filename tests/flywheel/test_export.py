@@ -1029,9 +1029,10 @@ def test_a_tool_round_trip_is_exported_in_openais_fine_tuning_shape(
     ]
     sft = _export(audit, "sft", tmp_path / "sft")
     tool_rows = [row for row in sft["rows"] if row["messages"][0] == ASK]
+    # The call is trained on in its own row, not again in the row of the answer after it.
     assert tool_rows == [
         {"messages": calling, "tools": [WEATHER]},
-        {"messages": answered, "tools": [WEATHER]},
+        {"messages": [ASK, calling[1] | {"weight": 0}, *answered[2:]], "tools": [WEATHER]},
     ]
     assert "`tool_calls`" in sft["card"]
     kto = _export(audit, "kto", tmp_path / "kto")
@@ -1048,6 +1049,14 @@ def test_a_tool_round_trip_is_exported_in_openais_fine_tuning_shape(
     [parquet] = [row for row in loaded if row["completion"][0]["tool_calls"]]
     assert json.loads(parquet["completion"][0]["tool_calls"]) == call
     assert json.loads(parquet["tools"]) == [WEATHER]
+    _export(audit, "sft", tmp_path / "sft-parquet", "--format", "parquet")
+    weights = [
+        [turn["weight"] for turn in row["messages"]]
+        for row in _load(tmp_path / "sft-parquet", "sft", "parquet").to_list()
+        if row["messages"][0]["content"] == ASK["content"]
+    ]
+    assert weights == [[None, None], [None, 0, None, None]]
+    assert '"weight": 0' in sft["card"]
 
 
 def test_sft_leaves_out_truncated_answers_and_answers_judged_worse(
@@ -1083,6 +1092,16 @@ def _turns(*texts: str) -> list[dict[str, str]]:
     ]
 
 
+def _demonstration(*texts: str) -> list[dict[str, Any]]:
+    """An SFT row of these texts: the answers before its last one are each a row of their own,
+    so they are not trained on again here (OpenAI's ``weight``)."""
+    turns: list[dict[str, Any]] = _turns(*texts)
+    for turn in turns[:-1]:
+        if turn["role"] == "assistant":
+            turn["weight"] = 0
+    return turns
+
+
 def test_a_row_is_left_out_when_an_earlier_turn_is_one_not_to_learn_from(
     audit: Store, tmp_path: Path
 ) -> None:
@@ -1095,7 +1114,7 @@ def test_a_row_is_left_out_when_an_earlier_turn_is_one_not_to_learn_from(
     assert healthy == [
         _turns(HEALTHY, f"You said: {HEALTHY}"),
         # The answer before the regeneration was judged worse (rejected), so only the new one.
-        _turns(HEALTHY, f"You said: {HEALTHY}", AFTER_HEALTHY, TERSE),
+        _demonstration(HEALTHY, f"You said: {HEALTHY}", AFTER_HEALTHY, TERSE),
     ]
     # After an error, a flagged answer (its regeneration: the answer before is `rejected`), a
     # rated down one, the API client's.
@@ -1146,8 +1165,8 @@ def test_a_follow_up_is_a_duplicate_only_after_the_same_conversation(
     more = [row["messages"] for row in sft["rows"] if row["messages"][-2]["content"] == MORE]
     # The prompt is the whole conversation up to the question: these two are different.
     assert more == [
-        _turns(HOOK_HEAD, f"You said: {HOOK_HEAD}", MORE, f"You said: {MORE}"),
-        _turns(CORDOUAN, f"You said: {CORDOUAN}", MORE, f"You said: {MORE}"),
+        _demonstration(HOOK_HEAD, f"You said: {HOOK_HEAD}", MORE, f"You said: {MORE}"),
+        _demonstration(CORDOUAN, f"You said: {CORDOUAN}", MORE, f"You said: {MORE}"),
     ]
     # The third conversation repeats the first: both of its prompts are duplicates.
     assert "| duplicate_prompt | 2 |" in sft["card"]
