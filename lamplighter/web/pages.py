@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.templating import Jinja2Templates
@@ -22,6 +24,7 @@ from lamplighter.exceptions import (
     RateLimited,
 )
 from lamplighter.store.conversations import Conversations
+from lamplighter.web.api import ChatBody
 from lamplighter.web.auth import Login, new_token
 from lamplighter.web.session import (
     FORM_COOKIE,
@@ -70,10 +73,43 @@ async def _form(request: Request) -> dict[str, str]:
     return fields
 
 
-def _logged_in(request: Request, state: Services, login: Login) -> Response:
-    response = RedirectResponse("/", status_code=303)
+# Where a login may send the person back to: a path of this site, nothing else. One leading
+# slash (a second makes "//evil.example", another site), and only the characters of a URL's path
+# and query: no backslash ("/\\evil.example" is "//evil.example" to browsers), no space, tab or
+# newline (browsers drop those, so "/\t/evil.example" would become "//evil.example" too), and
+# so no scheme ("https://...", "javascript:...") either, since that cannot start with "/".
+_SAME_SITE_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*")
+
+
+def next_path(value: str | None) -> str:
+    """The page to go back to after logging in: ``value`` when it is a path of this site (see
+    ``_SAME_SITE_PATH``), else the chat's home. Never another site: no open redirect."""
+    if value and len(value) <= 2000 and _SAME_SITE_PATH.fullmatch(value):
+        return value
+    return "/"
+
+
+def login_url(next_page: str | None = None, *, ended: bool = False) -> str:
+    """The login page, saying the session ended, and where to come back to afterwards."""
+    query = {}
+    if ended:
+        query["session"] = "ended"
+    if next_page and next_path(next_page) != "/":
+        query["next"] = next_page
+    return "/login" + (f"?{urlencode(query)}" if query else "")
+
+
+def _logged_in(request: Request, state: Services, login: Login, to: str = "/") -> Response:
+    response = RedirectResponse(next_path(to), status_code=303)
     set_session(response, request, login, state.settings.session_days)
     return response
+
+
+def _max_message_chars() -> int:
+    """The longest message /api/chat takes (its own rule on ``content``), which the page shows
+    before sending rather than send a message only to have it refused."""
+    rules = ChatBody.model_fields["content"].metadata
+    return next(int(rule.max_length) for rule in rules if hasattr(rule, "max_length"))
 
 
 def not_found(request: Request, message: str) -> Response:
@@ -84,19 +120,29 @@ def not_found(request: Request, message: str) -> Response:
 
 @router.get("/login")
 async def login_page(request: Request, state: State) -> Response:
+    """The login form. ``next``: the page to come back to (a chat the session ended on, or a
+    link to one opened logged out); ``session=ended``: say why the person is here."""
+    back = next_path(request.query_params.get("next"))
     if await current_visitor(request, state) is not None:
-        return RedirectResponse("/", status_code=303)
+        return RedirectResponse(back, status_code=303)
     return _form_page(
-        request, "login.html", email="", signups_open=state.settings.signups == "open"
+        request,
+        "login.html",
+        email="",
+        signups_open=state.settings.signups == "open",
+        next_page=back,
+        ended=request.query_params.get("session") == "ended",
     )
 
 
 @router.post("/login")
 async def login(request: Request, state: State) -> Response:
     email = ""
+    back = "/"
     try:
         fields = await _form(request)
         email = fields.get("email", "")
+        back = next_path(fields.get("next"))
         guard.refuse_banned(state, *guard.subjects(request))
         login = await state.web.login(email, fields.get("password", ""), guard.address(request))
     except APIError as error:
@@ -111,8 +157,9 @@ async def login(request: Request, state: State) -> Response:
             error=error.message,
             email=email,
             signups_open=state.settings.signups == "open",
+            next_page=back,
         )
-    return _logged_in(request, state, login)
+    return _logged_in(request, state, login, back)
 
 
 @router.get("/signup")
@@ -220,7 +267,10 @@ async def logout(request: Request, state: State, everywhere: bool = False) -> Re
 async def _chat_page(request: Request, state: Services, conversation: str | None) -> Response:
     visitor = await current_visitor(request, state)
     if visitor is None:
-        return RedirectResponse("/login", status_code=303)
+        # Back to this chat once logged in; a session cookie the server no longer knows means
+        # the session ended (logged out elsewhere, or the account's sessions were ended).
+        ended = request.cookies.get(SESSION_COOKIE) is not None
+        return RedirectResponse(login_url(request.url.path, ended=ended), status_code=303)
     if conversation is not None:
         try:
             conversation_id = uuid.UUID(conversation)
@@ -236,6 +286,7 @@ async def _chat_page(request: Request, state: Services, conversation: str | None
         "chat.html",
         {
             "csrf_token": visitor.csrf_token,
+            "max_message_chars": _max_message_chars(),
             "user": {
                 "id": str(who.user_id),
                 "email": who.email,
