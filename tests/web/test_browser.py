@@ -1,6 +1,7 @@
 """The web chat in a real browser (Chromium, through Playwright), against the real server:
-streaming and stopping with the real embedded model, branches, ratings, the sidebar, phones and
-keyboards, a lost connection, logging out, and that nothing a model writes runs as script.
+streaming and stopping with the real embedded model, branches, ratings, the sidebar, phones,
+touch screens and keyboards, a lost connection, logging out and a session that ends, and that
+nothing a model writes runs as script.
 
 Each test gets fresh browser contexts (fresh cookies and storage) and fails on any console
 error, which is where Chromium reports Content-Security-Policy violations.
@@ -9,6 +10,7 @@ error, which is where Chromium reports Content-Security-Policy violations.
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import pytest
@@ -412,6 +414,84 @@ def test_on_a_phone_the_menu_opens_the_sidebar_and_enter_sends(tabs: Tabs, perso
     assert tab.no_horizontal_scroll()
 
 
+def test_on_a_touch_screen_enter_starts_a_new_line_and_the_send_button_sends(
+    tabs: Tabs, person: Person
+) -> None:
+    """A phone's keyboard has no Shift+Enter: Enter sending left no way to write a new line."""
+    tab = tabs.open(viewport=PHONE, has_touch=True, is_mobile=True)
+    tab.login(person)
+    tab.pick_model(SCRIPTED)
+    page = tab.page
+    expect(tab.composer).to_have_attribute("enterkeyhint", "enter")
+    tab.composer.tap()
+    page.keyboard.type("first line")
+    page.keyboard.press("Enter")
+    page.keyboard.type("second line")
+    expect(tab.composer).to_have_value("first line\nsecond line")
+    expect(page.locator(MESSAGE)).to_have_count(0)
+    page.get_by_test_id("send").tap()
+    answer = tab.answer_done()
+    assert tab.questions().first.locator(BODY).text_content() == "first line\nsecond line"
+    expect(answer.locator(BODY)).to_have_text("You said: first line second line")
+
+    # An edit too: Enter is a new line, its Send button sends.
+    tab.questions().first.get_by_test_id("edit").tap()
+    edit = page.get_by_test_id("edit-input")
+    expect(edit).to_have_attribute("enterkeyhint", "enter")
+    edit.press("End")
+    page.keyboard.press("Enter")
+    page.keyboard.type("third line")
+    expect(edit).to_have_value("first line\nsecond line\nthird line")
+    page.get_by_test_id("edit-save").tap()
+    expect(tab.answer_done().locator(BODY)).to_have_text(
+        "You said: first line second line third line"
+    )
+
+
+def test_on_a_phone_the_chat_title_has_the_room_and_plan_and_billing_is_a_sidebar_action(
+    tabs: Tabs, server: LiveServer
+) -> None:
+    plan = f"one-model-{uuid.uuid4().hex[:6]}"
+    server.call(lambda s: s.plans.put(plan, {"models": [SCRIPTED], "cache_ttl_s": 0}, create=True))
+    tab = tabs.open(viewport=PHONE)
+    tab.login(new_person(server, plan=plan))
+    page = tab.page
+    tab.echo("Tides, moons and the long shallow beaches of the North Sea coast")
+    title, model = page.locator("#topbar-title"), page.locator("#model-name")
+    expect(title).to_have_text("Tides, moons and the long shallow beaches of the North Sea coast")
+    expect(model).to_have_text(SCRIPTED)
+    expect(model).to_have_attribute("title", f"Model: {SCRIPTED}")
+    sizes = page.evaluate(
+        """() => ({
+        title: document.querySelector('#topbar-title').getBoundingClientRect().width,
+        model: document.querySelector('#model-name').getBoundingClientRect().width,
+        bar: document.querySelector('.topbar').getBoundingClientRect().width,
+    })"""
+    )
+    # The model's name was a pill of up to 9rem, leaving the title ~15 characters of 375 px.
+    assert sizes["model"] <= 96, sizes
+    assert sizes["title"] >= 0.55 * sizes["bar"], sizes
+    tab.screenshot("phone-topbar.png")
+
+    # Plan & billing looks like the sidebar's other actions (it read as plain, centred text).
+    page.get_by_test_id("menu").click()
+    billing, logout = page.get_by_test_id("billing-open"), page.get_by_test_id("logout")
+    expect(billing).to_be_in_viewport(ratio=1)
+    style = """(el) => {
+        const s = getComputedStyle(el);
+        const icon = el.querySelector('svg');
+        const edge = el.closest('.sidebar').getBoundingClientRect().left; // it may be sliding in
+        return {
+            justify: s.justifyContent, color: s.color, size: s.fontSize,
+            padding: s.paddingLeft, icon: icon ? icon.getBoundingClientRect().left - edge : null,
+        };
+    }"""
+    looks, like = billing.evaluate(style), logout.evaluate(style)
+    assert looks["icon"] is not None, "Plan & billing has no icon"
+    assert looks == like, (looks, like)
+    tab.screenshot("phone-sidebar.png")
+
+
 # 8. A lost connection ---------------------------------------------------------------------------
 
 
@@ -472,6 +552,44 @@ def test_logout_ends_the_session(tab: Tab) -> None:
     tab.goto("/")
     expect(page).to_have_url(tab.url("/login"))
     assert page.request.get(tab.url("/api/me")).status == 401
+
+
+def test_a_session_that_ends_mid_chat_says_so_and_comes_back_to_the_chat_after_logging_in(
+    tabs: Tabs, person: Person, web: Browserless
+) -> None:
+    tabs.expect_console_error(r"Failed to load resource: .* 401")
+    tab = tabs.open()
+    tab.login(person)
+    tab.pick_model(SCRIPTED)
+    page = tab.page
+    tab.echo("where was I?")
+    chat = tab.conversation_id()
+    # "Log out everywhere" from another device ends this page's session too.
+    everywhere = web.http.post("/logout", params={"everywhere": "1"}, data={"csrf_token": web.csrf})
+    assert everywhere.status_code == 303
+
+    tab.send("still there?")
+    expect(page).to_have_url(re.compile(r"/login\?"))
+    expect(page.get_by_test_id("session-ended")).to_have_text("Your session ended; log in again.")
+    page.get_by_test_id("login-email").fill(person.email)
+    page.get_by_test_id("login-password").fill(person.password)
+    page.get_by_test_id("login-submit").click()
+    expect(page).to_have_url(tab.url(f"/c/{chat}"))  # not the home page
+    tab.ready()
+    expect(tab.questions().first.locator(BODY)).to_have_text("where was I?")
+    expect(tab.composer).to_have_value("still there?")  # what was being sent is not lost
+
+    # A chat's link opened logged out goes there too, once logged in.
+    other = tabs.open()
+    other.goto(f"/c/{chat}")
+    expect(other.page).to_have_url(re.compile(r"/login\?next="))
+    expect(other.page.get_by_test_id("session-ended")).to_have_count(0)  # nothing ended
+    other.page.get_by_test_id("login-email").fill(person.email)
+    other.page.get_by_test_id("login-password").fill(person.password)
+    other.page.get_by_test_id("login-submit").click()
+    expect(other.page).to_have_url(other.url(f"/c/{chat}"))
+    other.ready()
+    expect(other.questions().first.locator(BODY)).to_have_text("where was I?")
 
 
 def test_training_consent_is_a_checkbox_that_sticks(tab: Tab, web: Browserless) -> None:

@@ -1,7 +1,8 @@
 """Small things in the web pages, in a real Chromium against the real server: an answer a
-stopping server cut off says so and offers Retry (not "Stopped"), the operator console fits a
-phone, renaming a chat with Enter leaves the focus on that chat's Rename button, and the plan's
-requests this minute read as what is left.
+stopping server cut off says so and offers Retry (not "Stopped"), and Retry alone (not beside
+Regenerate, which would do the same), the operator console fits a phone, renaming a chat with
+Enter leaves the focus on that chat's Rename button, the plan's requests this minute read as
+what is left, and a live API key pasted into a message is warned about above the answer.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import openai
 import pytest
 from playwright.sync_api import Route, ViewportSize, expect
 
@@ -93,6 +95,7 @@ def test_an_answer_cut_by_a_stopping_server_says_interrupted_and_retry_regenerat
     expect(answer).to_have_attribute("data-status", "cut")
     expect(answer.locator(BODY)).to_contain_text("You said")
     expect(answer.get_by_test_id("retry")).to_be_enabled()
+    expect(answer.get_by_test_id("regenerate")).to_have_count(0)  # Retry is the one way
     expect(page.get_by_test_id("send")).to_be_visible()
 
     page.unroute("**/api/chat")
@@ -125,9 +128,11 @@ def test_after_a_reload_a_stored_shutdown_cut_says_interrupted_and_a_stop_says_s
     expect(first).to_have_attribute("data-status", "cut")
     expect(first.get_by_test_id("message-note")).to_have_text("Interrupted")
     expect(first.get_by_test_id("retry")).to_be_enabled()
+    expect(first.get_by_test_id("regenerate")).to_have_count(0)
     expect(second).to_have_attribute("data-status", "cut")
     expect(second.get_by_test_id("message-note")).to_have_text("Stopped")
     expect(second.get_by_test_id("retry")).to_have_count(0)
+    expect(second.get_by_test_id("regenerate")).to_be_enabled()
 
 
 # 2. The operator console on a phone ------------------------------------------------------------
@@ -203,3 +208,28 @@ def test_the_requests_this_minute_read_as_what_is_left(tabs: Tabs, server: LiveS
     tab.send("count me")
     tab.answer_done()
     expect(limits).to_contain_text("59 of 60 requests left this minute")
+
+
+# 5. A live API key in a message ------------------------------------------------------------------
+
+
+def test_a_pasted_api_key_is_warned_about_above_the_answer_and_another_accounts_is_revoked(
+    tab: Tab, server: LiveServer, person: Person
+) -> None:
+    """The server finds it (and revokes another account's key at once); the page said nothing."""
+    own = server.call(lambda s: s.accounts.create_key(person.email, "pasted by mistake")).secret
+    answer = tab.echo(f"why does {own} not work?")
+    warning = answer.get_by_test_id("message-warning")
+    expect(warning).to_contain_text("Your message contains a live API key.")
+    expect(warning).to_contain_text("appears in the messages; rotate it.")
+    # Above the answer, not lost under it.
+    assert warning.bounding_box()["y"] < answer.locator(BODY).bounding_box()["y"]  # type: ignore[index]
+
+    _, theirs = server.new_user(plan="roomy")
+    answer = tab.echo(f"I found {theirs} on a bus")
+    expect(answer.get_by_test_id("message-warning")).to_contain_text(
+        "of another account was revoked."
+    )
+    with pytest.raises(openai.AuthenticationError):
+        server.client(theirs).models.list()
+    expect(tab.answers().first.get_by_test_id("message-warning")).to_contain_text("rotate it")

@@ -1,7 +1,9 @@
 """In a real Chromium against the real server: a refusal for the plan's limits reads in a
 person's words and counts down to when a message can be sent again (on the page's clock, moved
-on by Playwright rather than waited for), and what is typed but not sent is kept per chat across
-chats, reloads and sends, and never shown to the next account on the same browser.
+on by Playwright rather than waited for), and Regenerate, Retry and an edit's Send wait for it
+too; a chat too long for the model and a message over the server's length limit say so plainly
+(the limit before sending); and what is typed but not sent is kept per chat across chats,
+reloads and sends, and never shown to the next account on the same browser.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import re
 
 from playwright.sync_api import Route, expect
 
-from tests.conftest import SCRIPTED, LiveServer
-from tests.web.browser import Tab, Tabs
-from tests.web.conftest import limited_tab, new_person
+from tests.conftest import MODEL, SCRIPTED, LiveServer
+from tests.web.browser import BODY, Tab, Tabs
+from tests.web.conftest import Browserless, limited_tab, new_person
 from tests.web.test_connection_browser import sidebar_link
+from tests.web.test_small_fixes_browser import cut_by_shutdown
 
 expect.set_options(timeout=15_000)
 
@@ -77,6 +80,107 @@ def test_a_rate_limit_says_so_plainly_counts_down_and_then_goes(
     expect(send).to_be_enabled()
     assert sent == [], "Enter sent the message during the countdown"
     page.clock.resume()
+
+
+def test_regenerate_retry_and_an_edits_send_wait_for_the_countdown_too(
+    tabs: Tabs, server: LiveServer
+) -> None:
+    """Each would only be refused again, and each refusal counts toward a temporary ban."""
+    tab = limited_tab(tabs, server, requests_per_minute=2)
+    page = tab.page
+    tab.echo("a whole answer")
+    whole = tab.answers().first
+    page.route("**/api/chat", cut_by_shutdown("done"))
+    tab.send("an answer cut short")
+    cut = tab.answers().last
+    expect(cut.get_by_test_id("message-note")).to_have_text("Interrupted")
+    page.unroute("**/api/chat")
+
+    tabs.expect_console_error(r"Failed to load resource: .* 429")
+    tab.send("one too many")
+    countdown = page.get_by_test_id("error-banner").get_by_test_id("wait")
+    expect(countdown).to_have_text(WAIT)
+    regenerate, retry = whole.get_by_test_id("regenerate"), cut.get_by_test_id("retry")
+    expect(regenerate).to_be_disabled()
+    expect(retry).to_be_disabled()
+    tab.questions().first.get_by_test_id("edit").click()  # editing is fine; sending it waits
+    edit = page.get_by_test_id("edit-input")
+    edit.fill("a changed question")
+    edit_send = page.get_by_test_id("edit-save")
+    expect(edit_send).to_be_disabled()
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if r.url.endswith("/api/chat") else None)
+    edit.press("Enter")
+    expect(edit).to_have_value("a changed question")
+
+    now_ms = page.evaluate("Date.now()")
+    page.clock.pause_at((now_ms + 1_000) / 1_000)
+    shown = WAIT.match(countdown.inner_text())
+    assert shown, countdown.inner_text()
+    page.clock.run_for(int(shown.group(1)) * 1_000)
+    expect(countdown).to_have_count(0)
+    for button in (regenerate, retry, edit_send):
+        expect(button).to_be_enabled()
+    assert sent == [], "something was sent during the countdown"
+    page.clock.resume()
+
+
+def test_a_chat_too_long_for_the_model_says_so_plainly(tab: Tab, tabs: Tabs) -> None:
+    tabs.expect_console_error(r"Failed to load resource: .* 400")
+    page = tab.page
+    tab.pick_model(MODEL)  # reads 2,048 tokens at a time
+    tab.send("word " * 3_000)
+    banner = page.get_by_test_id("error-banner")
+    # Not "This model's maximum context length is 2048 tokens. However, your messages ...".
+    expect(banner).to_contain_text("This chat is now too long for the model to read.")
+    expect(banner).to_contain_text("It can read 2,048 tokens at a time")
+    expect(banner).to_contain_text("Start a new chat, or shorten your message.")
+    detail = banner.get_by_test_id("error-detail")
+    expect(detail).to_contain_text("maximum context length is 2048 tokens")  # kept, folded
+    expect(banner.get_by_test_id("wait")).to_have_count(0)
+
+
+def test_a_message_over_the_length_limit_says_so_before_it_is_sent(
+    tab: Tab, tabs: Tabs, web: Browserless
+) -> None:
+    page = tab.page
+    send, too_long = page.get_by_test_id("send"), page.get_by_test_id("too-long")
+    tab.composer.fill("a" * 100_001)
+    expect(too_long).to_have_text(
+        "Too long to send: 100,001 characters, and a message can have at most 100,000."
+    )
+    expect(send).to_be_disabled()
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if r.url.endswith("/api/chat") else None)
+    tab.composer.press("Enter")
+    expect(tab.composer).to_have_value("a" * 100_001)
+    # Counted as the server counts: characters, not the two halves of an emoji.
+    tab.composer.fill("\N{GRINNING FACE}" * 50_001)
+    expect(too_long).to_be_hidden()
+    expect(send).to_be_enabled()
+    # The limit is the server's own: it takes 100,000 characters and refuses one more.
+    tab.composer.fill("a" * 100_000)
+    expect(too_long).to_be_hidden()
+    assert sent == []
+    tab.composer.press("Enter")
+    expect(tab.answer_done().locator(BODY)).to_contain_text("You said: aaaa")
+    refused = web.api("POST", "/chat", json={"content": "a" * 100_001, "model": SCRIPTED})
+    assert refused.status_code == 400, refused.text
+
+    # Should the server refuse one anyway (an edit, or a limit changed since the page loaded),
+    # the refusal reads as plainly.
+    tabs.expect_console_error(r"Failed to load resource: .* 400")
+    page.route(
+        "**/api/chat",
+        lambda route: route.fulfill(status=400, json=refused.json()),
+    )
+    tab.send("a short one the server refuses here")
+    banner = page.get_by_test_id("error-banner")
+    # Not "Invalid value for 'content': String should have at most 100000 characters."
+    expect(banner).to_contain_text(
+        "Your message is too long to send: a message can have at most 100,000 characters."
+    )
+    expect(banner.get_by_test_id("error-detail")).to_contain_text("at most 100000 characters")
 
 
 def test_an_unsent_message_is_kept_per_chat_across_reloads_until_it_is_sent(

@@ -10,6 +10,9 @@
   const SVG_NS = 'http://www.w3.org/2000/svg';
   const csrfToken = document.querySelector('meta[name="csrf-token"]')?.content ?? '';
   const NARROW = window.matchMedia('(max-width: 719.98px)');
+  // A touch screen as the main pointer (a phone, a tablet): its keyboard has no Shift+Enter, so
+  // Enter starts a new line there and the Send button sends.
+  const TOUCH = window.matchMedia('(pointer: coarse)');
   const MODEL_KEY = 'lamplighter.model';
   // Drafts and unsent messages are kept per account: another person logging in on this browser
   // never sees them, and logging out removes them.
@@ -64,6 +67,9 @@
     right: ['M9.5 6l6 6-6 6'],
     trash: ['M4 7h16', 'M9.5 7V4.5h5V7', 'M6.5 7l1 12.5a1 1 0 0 0 1 .9h7a1 1 0 0 0 1-.9l1-12.5', 'M10 11v6', 'M14 11v6'],
     logout: ['M9.5 20H6a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2h3.5', 'M15.5 16.5 20 12l-4.5-4.5', 'M20 12H9.5'],
+    plan: [{ tag: 'rect', x: 3, y: 5, width: 18, height: 14, rx: 2 }, 'M3 10h18', 'M7 15h3'],
+    devices: [{ tag: 'rect', x: 2, y: 4, width: 14, height: 10, rx: 1.5 }, 'M5 18h8',
+      { tag: 'rect', x: 17, y: 9, width: 5, height: 11, rx: 1 }],
     improve: ['M12 20h8', 'M16.5 3.5a2.1 2.1 0 0 1 3 3L7 19l-4 1 1-4z'],
     call: ['M8 4H7a2 2 0 0 0-2 2v4l-2 2 2 2v4a2 2 0 0 0 2 2h1', 'M16 4h1a2 2 0 0 1 2 2v4l2 2-2 2v4a2 2 0 0 1-2 2h-1'],
     result: ['M9 10l-5 5 5 5', 'M20 4v7a4 4 0 0 1-4 4H4'],
@@ -144,6 +150,11 @@
     composer: document.querySelector('[data-testid="composer"]'),
     send: document.querySelector('[data-testid="send"]'),
     stop: document.querySelector('[data-testid="stop"]'),
+    keys: document.getElementById('composer-keys'),
+    elsewhere: document.getElementById('busy-elsewhere'),
+    elsewhereText: document.getElementById('busy-elsewhere-text'),
+    elsewhereGo: document.getElementById('busy-elsewhere-go'),
+    tooLong: document.getElementById('too-long'),
     dialog: document.getElementById('confirm-delete'),
     dialogName: document.getElementById('confirm-name'),
     dialogStop: document.getElementById('confirm-stop'),
@@ -164,7 +175,8 @@
     moreCursor: null, // where the server's older chats start (its next_cursor); null: the sidebar shows them all
     conv: null, // the conversation shown (see newConv)
     loadToken: 0,
-    stream: null, // the answer being streamed, if any (see startChat)
+    streams: new Map(), // conversation -> the answer this page is writing in it (see startChat)
+    warnings: new Map(), // answer id -> the server's warning about the message it answers (a pasted API key)
     editing: null, // id of the user message being edited
     ratingOpen: null, // id of the assistant message whose rating form is open
     ratingThanks: null, // id of the message that just got "Thanks for the feedback"
@@ -185,11 +197,12 @@
   class ApiError extends Error {
     /** retryAfterMs: how long a refusal asks to wait (null: it does not say); requestsLeft: the
      *  plan's requests left this minute, from `x-ratelimit-remaining-requests` (null: not sent). */
-    constructor(message, status, type, code, { retryAfterMs = null, requestsLeft = null } = {}) {
+    constructor(message, status, type, code, { retryAfterMs = null, requestsLeft = null, param = null } = {}) {
       super(message);
       this.status = status;
       this.type = type;
       this.code = code;
+      this.param = param;
       this.retryAfterMs = retryAfterMs;
       this.requestsLeft = requestsLeft;
     }
@@ -203,14 +216,20 @@
     return s > 0 ? s * 1000 : null;
   }
 
+  /** The session ended (it expired, or was logged out elsewhere): to the login page, which says
+   *  so and, once logged in, comes back here. */
   function goToLogin() {
-    window.location.assign('/login');
+    const params = new URLSearchParams({ session: 'ended' });
+    const here = location.pathname;
+    if (here !== '/') params.set('next', here);
+    window.location.assign(`/login?${params}`);
   }
 
   async function errorFromResponse(res) {
     let message = '';
     let type = null;
     let code = null;
+    let param = null;
     try {
       const body = await res.json();
       const err = body && body.error;
@@ -218,6 +237,7 @@
         message = typeof err.message === 'string' ? err.message : '';
         type = err.type ?? null;
         code = err.code ?? null;
+        param = err.param ?? null;
       } else if (typeof err === 'string') {
         message = err;
       } else if (body && typeof body.detail === 'string') {
@@ -235,6 +255,7 @@
     return new ApiError(message, res.status, type, code, {
       retryAfterMs: retryAfterMs(res.headers),
       requestsLeft: left === null || left === '' || Number.isNaN(Number(left)) ? null : Number(left),
+      param,
     });
   }
 
@@ -280,9 +301,10 @@
 
   /** Show the banner. kind 'connection' is for "could not reach the server": it goes away by
    *  itself once a request gets an answer; any other banner stays until dismissed or replaced. */
-  function showError(message, kind = 'other') {
+  function showError(message, kind = 'other', detail = null) {
     stopWaiting();
-    els.bannerText.textContent = message;
+    els.bannerText.replaceChildren(message);
+    if (detail && detail !== message) els.bannerText.append(bannerDetail(detail));
     els.banner.hidden = false;
     state.bannerKind = kind;
     updateComposer();
@@ -311,6 +333,18 @@
     return minutes % 60 ? `${hours} h ${minutes % 60} min` : `${hours} h`;
   }
 
+  /** The API's own wording, folded under the plain words (for a report, or the curious). */
+  function bannerDetail(detail) {
+    return h('details', { class: 'banner-detail', testid: 'error-detail' },
+      h('summary', { text: 'Details' }), h('span', { text: detail }));
+  }
+
+  /** A refusal of the plan's limit on answers at a time: another answer (in another tab, or
+   *  through the API) must end first, however long that takes. */
+  const tooManyAtOnce = (err) => err.status === 429 && /\bconcurrent\b/i.test(err.message);
+
+  const number = (n) => Number(n).toLocaleString('en-US');
+
   /** A refusal in the words of someone chatting; the API's own wording names its buckets. */
   function refusalHeadline(err) {
     if (err.code === 'insufficient_quota') return 'You have used your plan’s tokens for today.';
@@ -318,8 +352,22 @@
     if (err.status === 429 && err.type === 'requests' && err.requestsLeft === 0) {
       return 'You have sent as many messages this minute as your plan allows.';
     }
+    if (tooManyAtOnce(err)) {
+      const limit = /limit is (\d+)/.exec(err.message);
+      const some = limit ? `${limit[1]} ${limit[1] === '1' ? 'answer' : 'answers'}` : 'only so many answers';
+      return `Another answer of yours is still being written (in another tab or app), and your plan writes ${some} at a time. Send again once it has finished.`;
+    }
     if (err.status === 503 && err.code === 'overloaded') {
       return 'Too many people are chatting right now, and your message could not start in time.';
+    }
+    if (err.code === 'context_length_exceeded') {
+      const sizes = /context length is (\d+) tokens\. However, your messages resulted in (\d+) tokens/.exec(err.message);
+      const how = sizes ? ` It can read ${number(sizes[1])} tokens at a time, and this chat with your message comes to ${number(sizes[2])}.` : '';
+      return `This chat is now too long for the model to read.${how} Start a new chat, or shorten your message.`;
+    }
+    if (err.status === 400 && err.param === 'content' && /at most/.test(err.message)) {
+      const most = /at most (\d+) characters/.exec(err.message);
+      return `Your message is too long to send${most ? `: a message can have at most ${number(most[1])} characters` : ''}. Shorten it, or send it in parts.`;
     }
     return err.message;
   }
@@ -335,7 +383,9 @@
     const lead = err.status === 429 ? 'You can send again in' : 'Try again in';
     const ticking = h('span', { 'aria-hidden': 'true', testid: 'wait' });
     const spoken = h('span', { class: 'sr-only', text: `${lead} ${waitText(err.retryAfterMs)}.` });
-    els.bannerText.replaceChildren(`${refusalHeadline(err)} `, ticking, spoken);
+    const headline = refusalHeadline(err);
+    els.bannerText.replaceChildren(`${headline} `, ticking, spoken);
+    if (headline !== err.message) els.bannerText.append(bannerDetail(err.message));
     els.banner.hidden = false;
     state.bannerKind = 'wait';
     updateComposer(); // no sending until the countdown ends: it would only be refused again
@@ -366,11 +416,16 @@
 
   function reportError(err) {
     if (err instanceof ApiError && err.status === 401) return; // already leaving for /login
-    if (err instanceof ApiError && err.retryAfterMs) {
+    // Too many answers at a time: a countdown would mean nothing, the wait is for another answer.
+    if (err instanceof ApiError && err.retryAfterMs && !tooManyAtOnce(err)) {
       showWait(err);
       return;
     }
-    showError(err && err.message ? err.message : String(err), isNetworkError(err) ? 'connection' : 'other');
+    if (err instanceof ApiError) {
+      showError(refusalHeadline(err), isNetworkError(err) ? 'connection' : 'other', err.message);
+      return;
+    }
+    showError(err && err.message ? err.message : String(err));
   }
 
   function announce(text) {
@@ -471,6 +526,41 @@
   const leafOf = (conv) => (conv.path.length ? conv.path[conv.path.length - 1] : null);
 
   // ---------------------------------------------------------------------------------------------
+  // Answers being written: one at most per conversation, as many at a time as the plan allows.
+  // Stop, Escape and the composer act on the shown chat's answer only; another chat's goes on.
+
+  /** The answer this page is writing in `conv`, or null. */
+  const streamOf = (conv) => (conv && state.streams.get(conv)) || null;
+
+  /** The answers this page is writing, as the plan counts them: a side-by-side is two. */
+  function streamSlots() {
+    let slots = 0;
+    for (const s of state.streams.values()) {
+      const writing = [...s.tracks.values()].filter((t) => !t.done).length;
+      slots += Math.max(1, writing);
+    }
+    return slots;
+  }
+
+  /** How many answers the plan writes at a time (one until the page knows). */
+  function streamLimit() {
+    const limit = state.me?.limits?.concurrent_streams?.limit;
+    return typeof limit === 'number' && limit > 0 ? limit : 1;
+  }
+
+  /** Another chat's answer that takes the plan's last place, when `conv` has none of its own:
+   *  a new one would be refused until that one ends. Null when one can be asked for. */
+  function streamElsewhere(conv) {
+    if (streamOf(conv) || streamSlots() < streamLimit()) return null;
+    for (const s of state.streams.values()) if (s.conv !== conv) return s;
+    return null;
+  }
+
+  /** Whether an answer can be asked for in `conv` now: none being written there, no limit's
+   *  countdown on, and a place left on the plan. */
+  const canAsk = (conv) => !!conv && !streamOf(conv) && !waitingOutLimit() && !streamElsewhere(conv);
+
+  // ---------------------------------------------------------------------------------------------
   // Side-by-side pairs: two anonymous answers to one question, shown as columns until voted on
 
   function mergeComparisons(conv, list) {
@@ -488,8 +578,8 @@
       if (c.kind !== 'side_by_side' || (c.a_id !== id && c.b_id !== id)) continue;
       if (c.winner == null || (state.reveal && state.reveal.id === c.id)) return { c, aId: c.a_id, bId: c.b_id };
     }
-    const s = state.stream;
-    const a = s && s.conv === conv && s.sideBySide ? s.tracks.get('a') : null;
+    const s = streamOf(conv);
+    const a = s && s.sideBySide ? s.tracks.get('a') : null;
     if (a && a.id === id) return { c: null, aId: id, bId: null };
     return null;
   }
@@ -508,8 +598,8 @@
 
   /** The stream's track (one answer being written) for message `id`, while it is unfinished. */
   function streamTrack(conv, id) {
-    const s = state.stream;
-    if (!s || s.conv !== conv) return null;
+    const s = streamOf(conv);
+    if (!s) return null;
     for (const t of s.tracks.values()) if (t.id === id && !t.done) return t;
     return null;
   }
@@ -628,23 +718,42 @@
     return null;
   }
 
-  function buildNote(kind, detail, onRetry) {
+  function buildNote(conv, kind, detail, onRetry) {
     const row = h('div', { class: `msg-status msg-status-${kind}` },
       h('span', { class: 'message-note', testid: 'message-note', text: NOTE_TEXT[kind] }));
     if (detail) row.append(h('span', { class: 'note-detail', text: detail }));
     if (onRetry) {
-      row.append(h('button', {
-        type: 'button', class: 'btn btn-small', testid: 'retry', onclick: onRetry, disabled: !!state.stream,
-      }, icon('regenerate'), 'Retry'));
+      row.append(asks(h('button', {
+        type: 'button', class: 'btn btn-small', testid: 'retry', onclick: onRetry,
+      }, icon('regenerate'), 'Retry'), conv));
     }
     return row;
+  }
+
+  /**
+   * A control that asks for an answer (Retry, Regenerate, an edit's Send): disabled while none
+   * can be asked for in its chat (see canAsk), and kept so as that changes (a limit's countdown
+   * ends, another chat's answer finishes) without drawing the thread again. `own`: whether it
+   * is disabled for a reason of its own (an empty edit).
+   */
+  function asks(button, conv, own = () => false) {
+    button.dataset.asks = 'true';
+    button._asks = { conv, own };
+    button.disabled = own() || !canAsk(conv);
+    return button;
+  }
+
+  function syncAsks() {
+    for (const b of els.messages.querySelectorAll('[data-asks]')) {
+      if (b._asks) b.disabled = b._asks.own() || !canAsk(b._asks.conv);
+    }
   }
 
   function buildBranchNav(conv, m) {
     const siblings = childrenOf(conv, m.parent_id ?? null);
     if (siblings.length < 2) return null;
     const index = siblings.indexOf(m.id);
-    const busy = !!state.stream;
+    const busy = !!streamOf(conv);
     return h('div', { class: 'branch-nav', role: 'group', 'aria-label': 'Versions' },
       h('button', {
         type: 'button', class: 'icon-btn icon-btn-sm', testid: 'branch-prev', 'aria-label': 'Previous version',
@@ -764,6 +873,7 @@
     if (byPerson) {
       content.append(h('p', { class: 'msg-author', testid: 'author-label' }, icon('improve'), 'Your improved answer'));
     }
+    if (m.role === 'assistant' && state.warnings.has(m.id)) content.append(buildWarning(state.warnings.get(m.id)));
     const body = h('div', { class: 'message-body', testid: 'message-body', dir: 'auto' });
     if (m.role === 'assistant') {
       if (streaming) {
@@ -787,11 +897,12 @@
     if (calls.length) content.append(buildToolCalls(calls));
 
     const noteKind = noteKindFor(m, streaming);
+    // An answer that did not finish offers Retry, which regenerates it: the Regenerate action
+    // would do the same, so it is left out.
+    const retries = m.role === 'assistant' && !pair && (noteKind === 'lost' || noteKind === 'interrupted' || noteKind === 'error');
     if (noteKind) {
-      const retry = (noteKind === 'lost' || noteKind === 'interrupted' || noteKind === 'error') && !pair
-        ? () => startChat({ conv, parentId: m.parent_id ?? null, content: null, kind: 'regenerate' })
-        : null;
-      content.append(buildNote(noteKind, m._errorMessage || null, m.role === 'assistant' ? retry : null));
+      const retry = retries ? () => startChat({ conv, parentId: m.parent_id ?? null, content: null, kind: 'regenerate' }) : null;
+      content.append(buildNote(conv, noteKind, m._errorMessage || null, retry));
     } else if (elsewhere) {
       content.append(h('div', { class: 'msg-status msg-status-info', testid: 'still-writing', text: 'Still being written…' }));
     } else if (!streaming && m.role === 'assistant' && m.finish_reason === 'length') {
@@ -803,7 +914,7 @@
     const actions = h('div', { class: 'msg-actions' });
     const nav = buildBranchNav(conv, m);
     if (nav) actions.append(nav);
-    const busy = !!state.stream;
+    const busy = !!streamOf(conv);
 
     if (m.role === 'user') {
       actions.append(iconButton('copy', 'Copy message', {
@@ -847,11 +958,13 @@
       // and a rewrite could not call them either.
       const withTools = calls.length > 0 || conv.msgs.get(m.parent_id)?.role === 'tool';
       if (!withTools) {
-        actions.append(
-          iconButton('regenerate', 'Regenerate answer', {
-            testid: 'regenerate', disabled: busy,
+        if (!retries) {
+          actions.append(asks(iconButton('regenerate', 'Regenerate answer', {
+            testid: 'regenerate',
             onclick: () => startChat({ conv, parentId: m.parent_id ?? null, content: null, kind: 'regenerate' }),
-          }),
+          }), conv));
+        }
+        actions.append(
           iconButton('improve', 'Improve this answer', {
             testid: 'improve', disabled: busy,
             onclick: () => {
@@ -872,6 +985,19 @@
       else if (state.ratingThanks === m.id) content.append(h('p', { class: 'rating-thanks', text: 'Thanks for your feedback!' }));
     }
     return article;
+  }
+
+  /** The server's warning about a question, in the words shown: a headline when it is about an
+   *  API key (the person's own must be rotated; another account's was revoked), then its own. */
+  function warningText(warning) {
+    return /API key/.test(warning) ? ['Your message contains a live API key.', warning] : [warning];
+  }
+
+  /** Above the answer: what the server warned about the question (a pasted API key). */
+  function buildWarning(warning) {
+    const [first, ...rest] = warningText(warning);
+    return h('div', { class: 'msg-warning', testid: 'message-warning' },
+      h('strong', { text: first }), rest.length ? ` ${rest.join(' ')}` : null);
   }
 
   // "Is this better than the previous answer?" under a regenerated answer, when the server asks.
@@ -943,7 +1069,7 @@
       rerenderMessage(conv, m.id, 'improve');
     };
     const doSave = async () => {
-      if (!changed() || state.stream || save.dataset.busy) return;
+      if (!changed() || streamOf(conv) || save.dataset.busy) return;
       save.dataset.busy = 'true';
       save.disabled = true;
       save.textContent = 'Saving…';
@@ -983,7 +1109,7 @@
     cancel.addEventListener('click', doCancel);
     area.addEventListener('input', () => {
       autogrow(area, 480);
-      save.disabled = !changed() || !!state.stream;
+      save.disabled = !changed() || !!streamOf(conv);
     });
     area.addEventListener('keydown', (e) => {
       if (e.key === 'Enter' && (e.ctrlKey || e.metaKey) && !e.isComposing) {
@@ -1132,7 +1258,7 @@
       conv.path = branchThrough(conv, shown);
       conv.currentLeafId = leafOf(conv);
     }
-    if (isShown(conv) && !state.stream) {
+    if (isShown(conv) && !streamOf(conv)) {
       const scrollTop = els.thread.scrollTop;
       renderThread();
       els.thread.scrollTop = scrollTop;
@@ -1149,7 +1275,7 @@
     } catch {
       return;
     }
-    if (state.stream && state.stream.conv === conv) return;
+    if (streamOf(conv)) return;
     for (const sm of data.messages || []) {
       const local = conv.msgs.get(sm.id);
       if (local && (local._partial || local._errorMessage)) continue; // keep what this page saw
@@ -1196,7 +1322,7 @@
     }
     const content = h('div', { class: 'msg-content' }, h('div', { class: 'message-body', testid: 'message-body', dir: 'auto' }));
     if (p.lost) {
-      content.append(buildNote('lost', null, () => startChat({
+      content.append(buildNote(conv, 'lost', null, () => startChat({
         conv, parentId: p.parentId, content: p.content, kind: p.kind,
       })));
     }
@@ -1208,9 +1334,11 @@
   }
 
   function buildEditor(conv, m) {
-    const area = h('textarea', { class: 'edit-input', testid: 'edit-input', dir: 'auto', rows: '1', 'aria-label': 'Edit message' });
+    const area = h('textarea', {
+      class: 'edit-input', testid: 'edit-input', dir: 'auto', rows: '1', 'aria-label': 'Edit message', enterkeyhint: TOUCH.matches ? 'enter' : 'send',
+    });
     area.value = m.content || '';
-    const save = h('button', { type: 'submit', class: 'btn btn-primary btn-small', testid: 'edit-save', disabled: !!state.stream }, 'Send');
+    const save = asks(h('button', { type: 'submit', class: 'btn btn-primary btn-small', testid: 'edit-save' }, 'Send'), conv, () => !area.value.trim() || !!tooLong(area.value));
     const cancel = h('button', { type: 'button', class: 'btn btn-ghost btn-small', testid: 'edit-cancel' }, 'Cancel');
     const form = h('form', { class: 'editor' }, area, h('div', { class: 'editor-actions' }, cancel, save));
     const doCancel = () => {
@@ -1219,7 +1347,7 @@
     };
     const doSave = () => {
       const text = area.value;
-      if (!text.trim() || state.stream) return;
+      if (!text.trim() || tooLong(text) || !canAsk(conv)) return;
       state.editing = null;
       startChat({ conv, parentId: m.parent_id ?? null, content: text, kind: 'edit' });
     };
@@ -1230,10 +1358,10 @@
     cancel.addEventListener('click', doCancel);
     area.addEventListener('input', () => {
       autogrow(area, 320);
-      save.disabled = !area.value.trim() || !!state.stream;
+      save.disabled = !area.value.trim() || !!tooLong(area.value) || !canAsk(conv);
     });
     area.addEventListener('keydown', (e) => {
-      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      if (sendsOnEnter(e)) {
         e.preventDefault();
         doSave();
       } else if (e.key === 'Escape') {
@@ -1443,7 +1571,7 @@
   // Branches
 
   async function switchBranch(conv, id, focusTestId) {
-    if (state.stream || !conv.msgs.has(id)) return;
+    if (streamOf(conv) || !conv.msgs.has(id)) return;
     conv.path = branchThrough(conv, id);
     conv.currentLeafId = leafOf(conv);
     state.editing = null;
@@ -1516,14 +1644,16 @@
     return { event, data: data.join('\n') };
   }
 
-  function setStreaming(on) {
+  /** Stop in place of Send while the shown chat's answer is written (another chat's has its
+   *  own Stop, in that chat). */
+  function renderStreamControls(on) {
     document.body.dataset.streaming = on ? 'true' : 'false';
+    if (els.stop.hidden === !on) return;
     const stopHadFocus = document.activeElement === els.stop;
     const sendHadFocus = document.activeElement === els.send;
     els.stop.hidden = !on;
     els.send.hidden = on;
     if (!on && stopHadFocus) els.composer.focus();
-    updateComposer();
     if (on && sendHadFocus) refocus(els.send); // Send hides while the answer is written
   }
 
@@ -1541,18 +1671,70 @@
 
   function updateComposer() {
     const conv = state.conv;
+    const mine = !!streamOf(conv);
     // A side-by-side waiting for its vote: the next message would continue one of two answers
     // nobody has chosen yet, so the composer asks for the vote first.
-    const vote = !state.stream && !!conv && !conv.loading && needsVote(conv);
+    const vote = !mine && !!conv && !conv.loading && needsVote(conv);
     // A conversation that did not load: a message now would have no parent to go under, and the
     // server would file it as a new first message, beside the whole history, without its context.
     const unloaded = !!conv && !!conv.loadError;
-    const blocked = !!state.stream || !conv || conv.loading || vote || unloaded || waitingOutLimit();
+    // Another chat's answer takes the plan's last place: the server would refuse this one.
+    const elsewhere = conv && !vote && !unloaded ? streamElsewhere(conv) : null;
+    const long = tooLong(els.composer.value);
+    const blocked = mine || !conv || conv.loading || vote || unloaded || waitingOutLimit() || !!elsewhere || !!long;
     els.composer.disabled = vote || unloaded;
     els.composer.placeholder = vote ? 'Pick the better answer to continue'
       : unloaded ? 'Load this chat to continue' : 'Message Lamplighter';
     els.form.classList.toggle('is-waiting', vote || unloaded);
     els.send.disabled = blocked || !els.composer.value.trim();
+    renderStreamControls(mine);
+    renderElsewhere(elsewhere);
+    renderTooLong(long);
+    syncAsks();
+  }
+
+  /** Say that another chat's answer is still being written (and where), or nothing. */
+  function renderElsewhere(s) {
+    els.elsewhere.hidden = !s;
+    els.elsewhere._stream = s;
+    const text = s
+      ? `An answer is still being written in ${s.conv.title ? `“${s.conv.title}”` : 'another chat'}. You can send once it has finished.`
+      : '';
+    if (els.elsewhereText.textContent !== text) els.elsewhereText.textContent = text; // read out once
+  }
+
+  /** Show the chat that writes the answer holding the plan's place (to wait there, or stop it). */
+  function goToStream() {
+    const s = els.elsewhere._stream;
+    if (!s || !state.streams.has(s.conv)) return;
+    if (s.conv.id) {
+      openConversation(s.conv.id, { push: true });
+    } else {
+      // A new chat whose first answer has not started: it has no address of its own yet.
+      if (location.pathname !== '/') history.pushState({}, '', '/');
+      leaveConversation();
+      showStreaming(s.conv);
+    }
+    els.stop.focus();
+  }
+
+  // The longest message the server takes (/api/chat's own limit, given by the page), in
+  // characters as it counts them: code points, not JavaScript's UTF-16 units.
+  const MAX_CHARS = Number(document.querySelector('meta[name="max-message-chars"]')?.content) || Infinity;
+
+  /** A message's length in characters when it is over the limit, else 0. */
+  function tooLong(text) {
+    if (text.length <= MAX_CHARS) return 0; // never fewer UTF-16 units than characters
+    const chars = [...text].length;
+    return chars > MAX_CHARS ? chars : 0;
+  }
+
+  function renderTooLong(chars) {
+    els.tooLong.hidden = !chars;
+    const text = chars
+      ? `Too long to send: ${chars.toLocaleString('en-US')} characters, and a message can have at most ${MAX_CHARS.toLocaleString('en-US')}.`
+      : '';
+    if (els.tooLong.textContent !== text) els.tooLong.textContent = text;
   }
 
   /**
@@ -1561,7 +1743,7 @@
    * (content null: a new answer under the user message parentId).
    */
   async function startChat({ conv, parentId, content, kind }) {
-    if (state.stream) return;
+    if (!canAsk(conv)) return; // one being written here, a limit's countdown, or the plan's places taken
     hideError();
     if (state.reveal && state.reveal.conv === conv) collapsePair(conv, state.reveal.id, false);
     const request = { conversation_id: conv.id, parent_id: parentId ?? null, content: content ?? null, model: state.model || null };
@@ -1574,7 +1756,7 @@
       gotStart: false, stopped: false, error: null,
       prevPath: conv.path.slice(),
     };
-    state.stream = s;
+    state.streams.set(conv, s);
     state.editing = null;
     state.ratingOpen = null;
     state.improving = null;
@@ -1584,7 +1766,7 @@
       content: content ?? null, parentId: parentId ?? null, kind, lost: false,
       siblingsBefore: childrenOf(conv, parentId ?? null).length,
     };
-    setStreaming(true);
+    updateComposer();
     if (isShown(conv)) {
       renderThread();
       scrollToBottom(true);
@@ -1604,7 +1786,11 @@
       });
       if (!res.ok) {
         httpError = res.status === 401 ? null : await errorFromResponse(res);
-        if (res.status === 401) goToLogin();
+        if (res.status === 401) {
+          // Kept as the chat's draft: after logging in again the page comes back to it.
+          if (kind === 'new' && content) giveBack(conv, content);
+          goToLogin();
+        }
         outcome = 'http-error';
       } else if (!(res.headers.get('content-type') || '').includes('text/event-stream')) {
         // A JSON answer where a stream was expected: treat an {error} body as an error.
@@ -1668,6 +1854,11 @@
         addMsg(conv, data.message);
         const m = conv.msgs.get(data.message.id);
         m.content = m.content || '';
+        if (typeof data.warning === 'string' && data.warning) {
+          // Something in the question the person must know about: a live API key, say.
+          state.warnings.set(m.id, data.warning);
+          announce(warningText(data.warning).join(' '));
+        }
         s.tracks.set('a', newTrack(m));
         s.sideBySide = data.side_by_side === true;
         s.gotStart = true;
@@ -1760,6 +1951,8 @@
       default:
         break;
     }
+    // How many answers are being written (a side-by-side is two) and the title may have changed.
+    if (ev.event !== 'delta' && ev.event !== 'html') updateComposer();
   }
 
   /** Keep what arrived of an answer that did not finish, and say why. */
@@ -1789,28 +1982,34 @@
     }
   }
 
+  /** A message the server did not take goes back where it was typed: the message box, or, for
+   *  a chat no longer shown, that chat's draft (unless it has another). */
+  function giveBack(conv, text) {
+    if (isShown(conv)) {
+      if (!els.composer.value) setComposer(text);
+    } else if (safeStorageGet(draftKey(conv)) === null) {
+      safeStorageSet(draftKey(conv), text);
+    }
+  }
+
   function finishStream(s, outcome, httpError) {
     const conv = s.conv;
     const main = s.tracks.get('a');
     const m = main ? conv.msgs.get(main.id) : null;
     const composerHadFocus = document.activeElement === els.composer;
-    state.stream = null;
+    if (state.streams.get(conv) === s) state.streams.delete(conv);
 
     if (outcome === 'http-error') {
       conv.pending = null;
       if (httpError) reportError(httpError);
       conv.path = s.prevPath.filter((id) => conv.msgs.has(id));
-      if (isShown(conv) && s.kind === 'new' && s.request.content && !els.composer.value) {
-        setComposer(s.request.content);
-      }
+      if (s.kind === 'new' && s.request.content) giveBack(conv, s.request.content);
     } else if (!m) {
       // Ended before `start`: nothing of the answer is known.
       if (outcome === 'stopped') {
         conv.pending = null;
         conv.path = s.prevPath.filter((id) => conv.msgs.has(id));
-        if (isShown(conv) && s.kind === 'new' && s.request.content && !els.composer.value) {
-          setComposer(s.request.content);
-        }
+        if (s.kind === 'new' && s.request.content) giveBack(conv, s.request.content);
       } else if (outcome === 'error') {
         conv.pending = null;
         conv.path = s.prevPath.filter((id) => conv.msgs.has(id));
@@ -1825,7 +2024,7 @@
       else if (outcome === 'error') showError(s.error.message);
     }
 
-    setStreaming(false);
+    updateComposer(); // here Send again; in another chat, one may be sent now
     if (isShown(conv)) {
       renderThread();
       scrollToBottom();
@@ -1852,14 +2051,14 @@
   async function syncConversation(conv, tries) {
     for (let attempt = 0; attempt < tries; attempt++) {
       await sleep(attempt === 0 ? 400 : 900 * attempt);
-      if (state.stream && state.stream.conv === conv) return;
+      if (streamOf(conv)) return;
       let data;
       try {
         data = await api('GET', convUrl(conv.id));
       } catch {
         return;
       }
-      if (state.stream && state.stream.conv === conv) return;
+      if (streamOf(conv)) return;
       let unsettled = false;
       const seenLeaf = leafOf(conv);
       for (const sm of data.messages || []) {
@@ -1908,7 +2107,7 @@
     for (const wait of SETTLE_WAITS_MS) {
       await sleep(wait);
       const unsettled = writtenElsewhere(conv);
-      const mine = () => state.stream && state.stream.conv === conv;
+      const mine = () => !!streamOf(conv);
       if (!isShown(conv) || !unsettled.length || mine()) return;
       let data;
       try {
@@ -1983,8 +2182,8 @@
     conv.path = u.parentId ? pathTo(conv, u.parentId) : [];
   }
 
-  function stopStreaming() {
-    const s = state.stream;
+  /** End answer `s` (the shown chat's, for Stop and Escape): the server stores it as cut. */
+  function stopStreaming(s) {
     if (!s) return;
     s.stopped = true;
     s.controller.abort();
@@ -2260,7 +2459,7 @@
     safeStorageRemove(`${DRAFT_PREFIX}${id}`);
     if (state.renaming && state.renaming.id === id) state.renaming = null;
     renderSidebar();
-    if (state.stream && state.stream.conv.id === id) stopStreaming();
+    for (const s of state.streams.values()) if (s.conv.id === id) stopStreaming(s);
     if (state.conv && state.conv.id === id) {
       showNewChat({ push: true });
     }
@@ -2311,6 +2510,7 @@
       [tpd, 'You have no tokens left today.'],
     ]);
     renderBonus(me.credits);
+    updateComposer(); // how many answers the plan writes at a time is known now
 
     const models = Array.isArray(me.models) ? me.models : [];
     const stored = safeStorageGet(MODEL_KEY);
@@ -2328,6 +2528,7 @@
     } else {
       els.modelPicker.hidden = true;
       els.modelName.textContent = chosen || '';
+      els.modelName.title = chosen ? `Model: ${chosen}` : '';
       els.modelName.hidden = !chosen;
     }
   }
@@ -2428,14 +2629,28 @@
   // ---------------------------------------------------------------------------------------------
   // Navigation
 
-  function showNewChat({ push = false, replace = false } = {}) {
-    if (push && location.pathname !== '/') history.pushState({}, '', '/');
-    if (replace) history.replaceState({}, '', '/');
+  /** What belongs to the chat shown goes when another is shown: its editors, a vote's reveal. */
+  function leaveConversation() {
     state.loadToken++;
     state.editing = null;
     state.ratingOpen = null;
     state.improving = null;
     endReveal();
+  }
+
+  /** Show a chat this page is writing an answer in, as it is: there is nothing to load. */
+  function showStreaming(conv) {
+    state.conv = conv;
+    showDraft(conv);
+    renderThread();
+    highlightCurrent();
+    scrollToBottom(true);
+  }
+
+  function showNewChat({ push = false, replace = false } = {}) {
+    if (push && location.pathname !== '/') history.pushState({}, '', '/');
+    if (replace) history.replaceState({}, '', '/');
+    leaveConversation();
     state.conv = newConv(null);
     showDraft(state.conv);
     restoreUnsent(state.conv);
@@ -2446,17 +2661,11 @@
 
   async function openConversation(id, { push = false, keepFocus = false } = {}) {
     if (push) history.pushState({}, '', `/c/${encodeURIComponent(id)}`);
-    state.editing = null;
-    state.ratingOpen = null;
-    state.improving = null;
-    endReveal();
-    const token = ++state.loadToken;
-    if (state.stream && state.stream.conv.id === id) {
-      state.conv = state.stream.conv;
-      showDraft(state.conv);
-      renderThread();
-      highlightCurrent();
-      scrollToBottom(true);
+    leaveConversation();
+    const token = state.loadToken;
+    const streaming = [...state.streams.keys()].find((conv) => conv.id === id);
+    if (streaming) {
+      showStreaming(streaming);
       return;
     }
     const placeholder = newConv({ id });
@@ -2603,12 +2812,31 @@
     }
   }
 
+  /**
+   * Whether a key sends the message. Enter does, Shift+Enter starts a new line; on a touch
+   * screen, whose keyboard has no Shift+Enter, Enter starts a new line and the Send button
+   * sends (so does Ctrl or Cmd+Enter, from a keyboard plugged into a tablet).
+   */
+  function sendsOnEnter(e) {
+    if (e.key !== 'Enter' || e.shiftKey || e.isComposing) return false;
+    return e.ctrlKey || e.metaKey || !TOUCH.matches;
+  }
+
+  /** The keyboard's Enter key, and the hint under the message box, say what Enter does. */
+  function describeKeys() {
+    els.composer.setAttribute('enterkeyhint', TOUCH.matches ? 'enter' : 'send');
+    if (els.keys) {
+      els.keys.textContent = TOUCH.matches ? 'Enter for a new line · the arrow button sends.'
+        : 'Enter to send · Shift+Enter for a new line · Esc to stop.';
+    }
+  }
+
   function sendFromComposer() {
     const text = els.composer.value;
     const conv = state.conv;
     if (state.reveal && state.reveal.conv === conv) collapsePair(conv, state.reveal.id, false);
-    if (!text.trim() || state.stream || !conv || conv.loading || conv.loadError || needsVote(conv)) return;
-    if (waitingOutLimit()) return;
+    if (!text.trim() || !conv || conv.loading || conv.loadError || needsVote(conv)) return;
+    if (!canAsk(conv) || tooLong(text)) return;
     const parentId = conv.pending ? conv.pending.parentId : leafOf(conv);
     setComposer('');
     startChat({ conv, parentId, content: text, kind: 'new' });
@@ -2632,11 +2860,13 @@
       sendFromComposer();
     });
     els.composer.addEventListener('keydown', (e) => {
-      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
+      if (sendsOnEnter(e) && e.keyCode !== 229) {
         e.preventDefault();
         sendFromComposer();
       }
     });
+    describeKeys();
+    TOUCH.addEventListener('change', describeKeys);
     els.composer.addEventListener('input', () => {
       autogrow(els.composer, 200);
       updateComposer();
@@ -2644,7 +2874,8 @@
     });
     // A draft is this account's: leaving the account leaves none behind in this browser.
     for (const form of document.querySelectorAll('.logout-form')) form.addEventListener('submit', () => forgetDrafts());
-    els.stop.addEventListener('click', () => stopStreaming());
+    els.stop.addEventListener('click', () => stopStreaming(streamOf(state.conv)));
+    els.elsewhereGo.addEventListener('click', () => goToStream());
 
     els.bannerClose.addEventListener('click', () => {
       hideError();
@@ -2721,12 +2952,14 @@
         closeSidebar(true);
         return;
       }
-      if (!state.stream) return;
+      // Escape stops the answer of the chat on screen, never one written out of sight.
+      const s = streamOf(state.conv);
+      if (!s) return;
       const t = e.target;
       const typing = t instanceof HTMLElement && (t.matches('input, select, textarea') || t.isContentEditable);
       if (typing && t !== els.composer) return;
       e.preventDefault();
-      stopStreaming();
+      stopStreaming(s);
     });
 
     window.addEventListener('popstate', () => route());
