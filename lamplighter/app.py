@@ -341,11 +341,17 @@ def create_app(
         )
 
         async def cancel_here(message: dict[str, Any]) -> None:
-            # A background response's cancel, asked of another replica.
+            # A background response's cancel or a web chat's Stop, asked of another replica.
             with contextlib.suppress(ValueError, TypeError):
                 state.chat.cancel(uuid.UUID(str(message.get("id"))))
 
+        async def watch_here(message: dict[str, Any]) -> None:
+            # A page reads an answer another replica writes, whose own page went away.
+            with contextlib.suppress(ValueError, TypeError):
+                state.chat.watch(uuid.UUID(str(message.get("id"))))
+
         bulletin.on("response.cancel", cancel_here)
+        bulletin.on("answer.watch", watch_here)
         state.violations.on_ban = lambda ban: state.chat.metrics.bans.labels(
             ban.subject.split(":", 1)[0]
         ).inc()

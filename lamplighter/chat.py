@@ -73,6 +73,12 @@ from lamplighter.traffic.plans import Plan
 from lamplighter.traffic.ratelimits import RateLimiter, Reservation
 
 CHECKPOINT_SECONDS = 1.0
+# A web chat's answer whose page went away (a reload, a closed tab, a dropped connection) goes
+# on being written this long, and LINGER_WATCHED_S past each time a page reads its chat again
+# (a reloaded page polls an answer still being written, at most every 30 s); an answer nobody
+# comes back for is cut then, so the backend's time goes to people who wait.
+LINGER_S = 10.0
+LINGER_WATCHED_S = 40.0
 # When a conversation is too long for the model, its oldest turns are left out until an answer
 # has at least this much room (or the plan's cap, if smaller).
 FIT_ANSWER_TOKENS = 256
@@ -434,9 +440,9 @@ class ChatService:
         self.metrics.watch(self)
         # Exchanges opened and not yet settled; shutdown settles them before closing the database.
         self.live: set[Exchange] = set()
-        # Exchanges run to their end with no client reading them (background responses), by
-        # answer id, so that a cancel can stop one.
-        self.detached: dict[uuid.UUID, asyncio.Task[None]] = {}
+        # Exchanges run by tasks of their own (background responses, web chats' answers), by
+        # answer id, so that a cancel can stop one and a watching page keep one going.
+        self.detached: dict[uuid.UUID, Detached] = {}
         # Set by ``interrupt_all`` at a shutdown's deadline: why no answer may run any more.
         self.stopping: str | None = None
         # Every exchange's writes go through one queue, in order, committed in groups. Threading
@@ -998,43 +1004,44 @@ class ChatService:
         self.admission.refuse_waiting(why)
         return sum(exchange.interrupt(why) for exchange in list(self.live))
 
-    def detach(self, exchange: Exchange) -> asyncio.Task[None]:
-        """Run an exchange to its end with nobody reading it (a background response): its
-        answer is stored and checkpointed as any other, a failure settles it as an error, and
-        ``cancel`` (or a shutdown's deadline) cuts it."""
-
-        async def run() -> None:
-            try:
-                async for _ in exchange.stream():
-                    pass
-            except APIError:
-                pass  # the exchange settled itself as an error; a poll reads it so
-            finally:
-                await exchange.close()
-                self.detached.pop(exchange.message_id, None)
-
-        task = asyncio.create_task(run(), name=f"detached {exchange.id}")
-        self.detached[exchange.message_id] = task
-        self.metrics.features.labels("background").inc()
-        return task
+    def detach(self, exchange: Exchange, *, read: bool = False) -> Detached:
+        """Run an exchange in a task of its own, to its end, whoever reads it: its answer is
+        stored and checkpointed as any other, a failure settles it as an error, and ``cancel``
+        (or a shutdown's deadline) cuts it. Nobody reads a background response's; with
+        ``read`` the chunks are kept for ``Detached.chunks`` until the reader leaves."""
+        detached = Detached(self, exchange, read)
+        self.detached[exchange.message_id] = detached
+        if not read:
+            self.metrics.features.labels("background").inc()
+        return detached
 
     def cancel(self, message_id: uuid.UUID) -> asyncio.Task[None] | None:
         """Stop the detached exchange of answer ``message_id`` if it runs here (its answer is
         settled as cut, with what was generated and charged); the task, to wait for, or None
         when none runs here."""
-        task = self.detached.get(message_id)
-        if task is not None:
-            task.cancel()
-        return task
+        detached = self.detached.get(message_id)
+        if detached is None:
+            return None
+        detached.task.cancel()
+        return detached.task
+
+    def watch(self, message_id: uuid.UUID) -> bool:
+        """Someone looks at answer ``message_id`` while it is written: if its reader left, it
+        goes on (see ``Detached.leave``). Whether it runs here."""
+        detached = self.detached.get(message_id)
+        if detached is not None:
+            detached.watched()
+        return detached is not None
 
     async def drain(self) -> None:
         """Settle every exchange still open (as cut, unless it finished meanwhile) and wait
         until its answer and usage are written."""
         while self.live:
             await asyncio.gather(*(e.close() for e in list(self.live)), return_exceptions=True)
-        for task in list(self.detached.values()):
+        tasks = [detached.task for detached in self.detached.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.detached.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.writer.close()
 
     async def recover(self) -> int:
@@ -1045,6 +1052,85 @@ class ChatService:
             cut = await Conversations(session).cut_unfinished(utcnow())
             await UsageLedger(session).interrupt_unfinished()
             return cut
+
+
+class Detached:
+    """An exchange run by a task of its own (``ChatService.detach``), so that whoever reads it
+    can leave without ending it.
+
+    A reader takes the chunks from ``chunks``; when it leaves before the end (``leave``: a web
+    page reloaded, closed or cut off), the answer goes on for ``LINGER_S``, and for
+    ``LINGER_WATCHED_S`` past each ``watched`` (the page came back and reads the chat), then is
+    cut as a stop would cut it; at once if a request waits for its backend then. With no
+    reader (a background response) it runs to its end.
+    """
+
+    def __init__(self, service: ChatService, exchange: Exchange, read: bool) -> None:
+        self.service = service
+        self.exchange = exchange
+        # What the reader has yet to take: chunks, then the error that ended the answer if one
+        # did, then None. Unbounded: an answer is at most its token limit long.
+        self._chunks: asyncio.Queue[Chunk | Exception | None] | None = (
+            asyncio.Queue() if read else None
+        )
+        self._deadline: asyncio.Timeout | None = None
+        self._read, self._left = read, not read
+        self._whole = False  # the answer's last chunk came: a reader leaving after it left none
+        self.task = asyncio.create_task(self._run(), name=f"detached {exchange.id}")
+
+    async def _run(self) -> None:
+        ended: Exception | None = None
+        try:
+            async with asyncio.timeout(None) as self._deadline:
+                async for chunk in self.exchange.stream():
+                    self._whole = chunk.finish_reason is not None
+                    if self._chunks is not None:
+                        self._chunks.put_nowait(chunk)
+            if self._left and self._read:
+                self.service.metrics.left.labels("finished").inc()
+        except TimeoutError:
+            # Its reader left and nobody came back: cut, as the stream's end settled it.
+            self.service.metrics.left.labels("cut").inc()
+        except APIError as error:  # the answer was settled as an error: its reader is told
+            ended = error
+        finally:
+            await self.exchange.close()
+            self.service.detached.pop(self.exchange.message_id, None)
+            if self._chunks is not None:
+                if ended is not None:
+                    self._chunks.put_nowait(ended)
+                self._chunks.put_nowait(None)
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        """The answer's chunks as they come; an error that ended it is raised after the last."""
+        assert self._chunks is not None, "detached without a reader"
+        while (item := await self._chunks.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    async def leave(self) -> None:
+        """The reader is gone (at the end, or before it): an answer still being written goes
+        on for a while, for a page that comes back to it; unless someone waits for its
+        backend slot here, who is then given it at once."""
+        if self._whole:
+            return
+        self._left, self._chunks = True, None
+        slot = self.exchange.slot
+        if slot is not None and slot.pool.queued and not self.task.done():
+            self.service.metrics.left.labels("yielded").inc()
+            self.task.cancel()
+            await asyncio.wait({self.task})
+            return
+        self._extend(LINGER_S)
+
+    def watched(self) -> None:
+        if self._left:
+            self._extend(LINGER_WATCHED_S)
+
+    def _extend(self, seconds: float) -> None:
+        if self._deadline is not None and not self.task.done():
+            self._deadline.reschedule(asyncio.get_running_loop().time() + seconds)
 
 
 async def _lead_to_answer(

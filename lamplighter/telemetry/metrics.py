@@ -96,6 +96,14 @@ class Metrics:
             ["feature"],
             registry=r,
         )
+        self.left = Counter(
+            "lamplighter_web_answers_left",
+            "Web chat answers whose page went away while they were written, by how they ended: "
+            "finished (the page came back, or it ended first), cut (nobody came back in time) "
+            "or yielded (cut at once: a request waited for the backend).",
+            ["outcome"],
+            registry=r,
+        )
         self.degraded = Counter(
             "lamplighter_degraded",
             "Requests served degraded under pressure (a shorter cap or a smaller model).",

@@ -31,7 +31,7 @@ from lamplighter.api.schemas import Body
 from lamplighter.api.state import Services, State
 from lamplighter.chat import Exchange, Placement, Principal
 from lamplighter.conversation.threading import Turn, title_from
-from lamplighter.engines.base import GenerationRequest
+from lamplighter.engines.base import Chunk, GenerationRequest
 from lamplighter.exceptions import APIError, InvalidRequest, NotFound, PermissionDenied
 from lamplighter.flywheel.feedback import RATING_REASONS, RatingBody, rating_json
 from lamplighter.flywheel.policy import Variant
@@ -57,6 +57,8 @@ HTML_INTERVAL_S = 0.1
 RENDER_SHARE = 10
 # The page's sampling: a little below 1 keeps small models on topic.
 TEMPERATURE, TOP_P = 0.7, 0.95
+# How long Stop waits for the answer it cut to be written down, so the page reads it so.
+STOP_WAIT_S = 5.0
 # The sidebar's cursors count time from here, in microseconds (the stores' precision).
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -209,6 +211,9 @@ async def get_conversation(
         conversation = await _owned(conversations, visitor, conversation_id)
         nodes = await conversations.tree(conversation.id)
         comparisons = await comparisons_in(session, conversation.id)
+    for message, _ in nodes:
+        if message.status == "in_progress" and message.role == "assistant":
+            await _watch(state, message.id)
     hidden = {
         answer
         for c in comparisons
@@ -275,6 +280,30 @@ async def delete_conversation(conversation_id: uuid.UUID, visitor: WebUser, stat
         await _owned(conversations, visitor, conversation_id)
         await conversations.delete(conversation_id)
         session.add(Deletion(at=utcnow(), kind="conversation", subject_id=conversation_id))
+
+
+async def _watch(state: Services, answer_id: uuid.UUID) -> None:
+    """A page shows answer ``answer_id`` while it is written (it polls the chat): one whose
+    own page went away goes on, on this replica or, through the bulletin, on another."""
+    if not state.chat.watch(answer_id) and state.bulletin is not None:
+        await state.bulletin.publish("answer.watch", id=answer_id.hex)
+
+
+@router.post("/messages/{message_id}/stop")
+async def stop(message_id: uuid.UUID, visitor: WebUser, state: State) -> dict[str, Any]:
+    """The Stop button: cut the answer being written now, with what it has so far (without
+    this, a page that only hangs up leaves it going on for a while; see ``chat.LINGER_S``).
+    An answer written on another replica is told through the bulletin."""
+    async with state.db.transaction() as session:
+        answer = await Conversations(session).message_of(visitor.principal.user_id, message_id)
+    if answer is None or answer.role != "assistant":
+        raise _no_message()
+    task = state.chat.cancel(answer.id)
+    if task is not None:
+        await asyncio.wait({task}, timeout=STOP_WAIT_S)  # settled when the page reads it
+    elif answer.status == "in_progress" and state.bulletin is not None:
+        await state.bulletin.publish("response.cancel", id=answer.id.hex)
+    return {"id": str(answer.id), "stopped": task is not None or answer.status == "in_progress"}
 
 
 @router.put("/messages/{message_id}/rating")
@@ -430,14 +459,18 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
                 ask = await state.preferences.expect_verdict(
                     who, shown, exchange.message_id, exchange.model
                 )
-            events = _events(exchange, answer, ask_verdict=ask)
+            # Its own task: a page that reloads mid-answer finds it going on (Detached.leave).
+            detached = state.chat.detach(exchange, read=True)
+            events = _events(exchange, answer, ask_verdict=ask, chunks=detached.chunks())
+            leave = detached.leave
         else:
             second = SecondAnswer(who, _variant(request, pair[1]), pair, visitor.origin)
             events = _pair(state, exchange, answer, second)
+            leave = exchange.close  # a side-by-side is voted on live: its page's leaving cuts it
     except BaseException:
         await exchange.close()  # no response will: its slot and answer must not be left open
         raise
-    return EventStreamResponse(_started(start, events), headers, finally_=exchange.close)
+    return EventStreamResponse(_started(start, events), headers, finally_=leave)
 
 
 def _variant(request: GenerationRequest, variant: Variant) -> GenerationRequest:
@@ -578,11 +611,13 @@ async def _events(
     *,
     slot: str | None = None,
     ask_verdict: bool = False,
+    chunks: AsyncIterator[Chunk] | None = None,
 ) -> AsyncIterator[bytes]:
     """delta after delta with the rendered answer (html) now and then, then done once the
     answer is durable — or error if the backend failed. ``slot`` tags every event with the side
     of a side-by-side it belongs to; ``ask_verdict`` asks the page to ask "better, worse or the
-    same?" once a regeneration is done.
+    same?" once a regeneration is done. ``chunks`` are the exchange's, read by another task
+    (``ChatService.detach``); by default the stream is read here.
 
     Rendering costs time proportional to the answer's length (about 2 ms per KB, in the event
     loop), so a long answer is rendered less often: at most every HTML_INTERVAL_S, and never
@@ -591,7 +626,7 @@ async def _events(
     tag = {} if slot is None else {"slot": slot}
     next_render = time.monotonic() + HTML_INTERVAL_S
     rendered = 0
-    chunks = exchange.stream()
+    chunks = exchange.stream() if chunks is None else chunks
     try:
         async for chunk in chunks:
             if chunk.text:
@@ -612,7 +647,9 @@ async def _events(
         **answer,
         "content": exchange.content,
         "html": render(exchange.content),
-        "status": "cut" if exchange.interrupted else "complete",
+        "status": "cut"
+        if exchange.interrupted or exchange.finish_reason == "cancelled"
+        else "complete",
         "finish_reason": exchange.finish_reason,
     }
     yield event("done", {"message": done, "ask_verdict": ask_verdict, **tag})

@@ -2186,6 +2186,14 @@
   function stopStreaming(s) {
     if (!s) return;
     s.stopped = true;
+    const track = s.tracks.get('a');
+    if (track && !s.sideBySide) {
+      // Hanging up alone would leave the answer going for a while, for a page that comes back
+      // to it (a reload): Stop says so. A side-by-side ends when its page hangs up.
+      fetch(`/api/messages/${encodeURIComponent(track.id)}/stop`, {
+        method: 'POST', credentials: 'same-origin', headers: jsonHeaders(), keepalive: true,
+      }).catch(() => {});
+    }
     s.controller.abort();
   }
 

@@ -1,0 +1,182 @@
+"""A web chat's answer outlives its page for a while: a reload mid-answer finds it still being
+written and then finished, while an answer nobody comes back for is cut soon after, and Stop
+cuts at once. The real model answers, so each answer takes some seconds."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from lamplighter import chat
+from lamplighter.store.models import Message, Usage
+from tests.conftest import MODEL, LiveServer
+from tests.test_streams import wait_until
+from tests.web.conftest import Browserless, Person
+
+
+@pytest.fixture
+def web(
+    server: LiveServer, person: Person, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Browserless]:
+    # An answer left alone is cut a second after its page went: long enough for the test to
+    # come back to it, short enough to see it cut.
+    monkeypatch.setattr(chat, "LINGER_S", 1.0)
+    page = Browserless(server.base_url)
+    page.login(person)
+    yield page
+    page.close()
+
+
+def read_then_leave(web: Browserless, content: str, chars: int) -> tuple[str, str, str]:
+    """Ask, read the answer until ``chars`` characters came, then drop the connection as a
+    reload does: (conversation id, answer id, text seen)."""
+    received, conversation, answer = "", "", ""
+    with web.http.stream(
+        "POST",
+        "/api/chat",
+        json={"content": content, "model": None},
+        headers={"x-csrf-token": web.csrf},
+    ) as response:
+        name = ""
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif name == "start" and line.startswith("data: "):
+                start = json.loads(line[6:])
+                conversation, answer = start["conversation_id"], start["message"]["id"]
+            elif name == "delta" and line.startswith("data: "):
+                received += json.loads(line[6:])["text"]
+                if len(received) >= chars:
+                    break
+    return conversation, answer, received
+
+
+def stored(server: LiveServer, answer: str) -> tuple[str, str, str | None] | None:
+    """The answer as the store has it, read without looking at the chat as a page does (that
+    would keep the answer going): (status, content, finish reason), once it has ended."""
+
+    async def load(services: Any) -> tuple[str, str, str | None] | None:
+        async with services.db.transaction() as session:
+            row = (
+                await session.execute(
+                    select(Message.status, Message.content, Usage.finish_reason)
+                    .join(Usage, Usage.message_id == Message.id)
+                    .where(Message.id == uuid.UUID(answer))
+                )
+            ).first()
+        return None if row is None or row[0] == "in_progress" else (row[0], row[1], row[2])
+
+    result: tuple[str, str, str | None] | None = server.call(load)
+    return result
+
+
+def left(server: LiveServer, outcome: str) -> float:
+    """lamplighter_web_answers_left_total for ``outcome``, as /metrics has it."""
+    text = httpx.get(server.base_url + "/metrics").text
+    line = f'lamplighter_web_answers_left_total{{outcome="{outcome}"}} '
+    found = [float(row.removeprefix(line)) for row in text.splitlines() if row.startswith(line)]
+    return found[0] if found else 0.0
+
+
+def queued(server: LiveServer) -> int:
+    """Requests waiting for the embedded model's one slot."""
+
+    async def count(services: Any) -> int:
+        return sum(pool.queued for pool in services.chat.admission.pools.values())
+
+    result: int = server.call(count)
+    return result
+
+
+def test_a_reloaded_page_finds_its_answer_finished(server: LiveServer, web: Browserless) -> None:
+    finished_before = left(server, "finished")
+    conversation, answer, seen = read_then_leave(web, "Count from 1 to 20.", chars=3)
+
+    def finished() -> dict[str, Any] | None:
+        # The reloaded page reads the chat again and again while the answer is written.
+        shown = next(m for m in web.tree(conversation)["messages"] if m["id"] == answer)
+        return None if shown["status"] == "in_progress" else shown
+
+    shown = wait_until(finished, timeout=60)
+    assert shown["status"] == "complete"
+    assert shown["content"].startswith(seen) and len(shown["content"]) > len(seen)
+    assert left(server, "finished") == finished_before + 1
+
+
+def test_an_answer_nobody_comes_back_for_is_cut(server: LiveServer, web: Browserless) -> None:
+    cut_before = left(server, "cut")
+    _, answer, seen = read_then_leave(web, "Write a long story about a lighthouse.", chars=3)
+    status, content, finish_reason = wait_until(lambda: stored(server, answer), timeout=60)
+    assert (status, finish_reason) == ("cut", "cancelled")
+    assert content.startswith(seen)
+    assert wait_until(lambda: left(server, "cut") == cut_before + 1)
+
+
+def test_stop_cuts_the_answer_at_once(server: LiveServer, web: Browserless) -> None:
+    received, answer, done = "", "", None
+    with web.http.stream(
+        "POST",
+        "/api/chat",
+        json={"content": "Write a long story about a lighthouse.", "model": None},
+        headers={"x-csrf-token": web.csrf},
+    ) as response:
+        name = ""
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif not line.startswith("data: "):
+                continue
+            elif name == "start":
+                answer = json.loads(line[6:])["message"]["id"]
+            elif name == "delta" and not received:
+                received = json.loads(line[6:])["text"]
+                stopped = web.api("POST", f"/messages/{answer}/stop")
+                assert stopped.status_code == 200, stopped.text
+            elif name == "done":
+                done = json.loads(line[6:])["message"]
+    # The stream itself ended, with the answer as the stop left it (a page that only left would
+    # have kept it going for a second).
+    assert done is not None and done["status"] == "cut" and done["finish_reason"] == "cancelled"
+    assert stored(server, answer) == ("cut", done["content"], "cancelled")
+
+
+def test_an_answer_whose_page_left_gives_its_slot_to_someone_waiting(
+    server: LiveServer, web: Browserless, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded model writes one answer at a time: with a request queued for it, an answer
+    whose page went away is cut at once rather than kept for a page that may come back."""
+    monkeypatch.setattr(chat, "LINGER_S", 120.0)
+    yielded_before = left(server, "yielded")
+    _, key = server.new_user(plan="roomy")
+    client = server.client(key)
+    waiting: list[str] = []
+    with web.http.stream(
+        "POST",
+        "/api/chat",
+        json={"content": "Write a long story about a lighthouse.", "model": None},
+        headers={"x-csrf-token": web.csrf},
+    ) as response:
+        lines = response.iter_lines()
+        answer = next(json.loads(line[6:]) for line in lines if line.startswith("data: {"))
+        answer_id = answer["message"]["id"]
+        asker = threading.Thread(
+            target=lambda: waiting.append(
+                client.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=5
+                ).id
+            )
+        )
+        asker.start()
+        wait_until(lambda: queued(server) == 1)
+    asker.join(timeout=60)
+    assert waiting, "the waiting request was not served"
+    status, _, finish_reason = wait_until(lambda: stored(server, answer_id))
+    assert (status, finish_reason) == ("cut", "cancelled")
+    assert left(server, "yielded") == yielded_before + 1
