@@ -110,7 +110,11 @@ def test_a_reloaded_page_finds_its_answer_finished(server: LiveServer, web: Brow
     assert left(server, "finished") == finished_before + 1
 
 
-def test_an_answer_nobody_comes_back_for_is_cut(server: LiveServer, web: Browserless) -> None:
+def test_an_answer_nobody_comes_back_for_is_cut(
+    server: LiveServer, web: Browserless, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No time to come back at all: a second could be enough for the model to finish its story.
+    monkeypatch.setattr(chat, "LINGER_S", 0.0)
     cut_before = left(server, "cut")
     _, answer, seen = read_then_leave(web, "Write a long story about a lighthouse.", chars=3)
     status, content, finish_reason = wait_until(lambda: stored(server, answer), timeout=60)
