@@ -238,6 +238,9 @@ def test_a_concurrent_stream_limit_and_a_cut_stream_frees_capacity_at_once(
         with pytest.raises(openai.RateLimitError) as refused:
             client.chat.completions.create(model=SCRIPTED, messages=HI)
         assert "concurrent" in refused.value.message
+        # Told apart from the per-minute limit (the same code, as at OpenAI) by its type.
+        assert refused.value.code == "rate_limit_exceeded"
+        assert refused.value.type == "concurrent_requests"
 
     # The held stream was cut when its client left; its slot is free as soon as the server has
     # seen the connection close.

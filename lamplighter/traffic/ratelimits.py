@@ -77,6 +77,9 @@ class RateLimiter:
                 retry_after=1.0,
                 headers=headers,
             )
+            # Told apart from the per-minute limit by its type (the code is OpenAI's for both):
+            # waiting a second does not help, an answer ending does.
+            breach.type = "concurrent_requests"
             breach.violation = "concurrency"
             raise breach
         if not reserved.granted:

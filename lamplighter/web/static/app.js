@@ -341,7 +341,7 @@
 
   /** A refusal of the plan's limit on answers at a time: another answer (in another tab, or
    *  through the API) must end first, however long that takes. */
-  const tooManyAtOnce = (err) => err.status === 429 && /\bconcurrent\b/i.test(err.message);
+  const tooManyAtOnce = (err) => err.status === 429 && err.type === 'concurrent_requests';
 
   const number = (n) => Number(n).toLocaleString('en-US');
 
