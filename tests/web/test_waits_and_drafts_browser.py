@@ -13,6 +13,7 @@ import re
 from playwright.sync_api import Route, expect
 
 from tests.conftest import MODEL, SCRIPTED, LiveServer
+from tests.test_traffic_api import Holder
 from tests.web.browser import BODY, Tab, Tabs
 from tests.web.conftest import Browserless, limited_tab, new_person
 from tests.web.test_connection_browser import sidebar_link
@@ -275,3 +276,16 @@ def test_text_typed_while_a_new_chats_first_message_waits_is_that_chats_draft(
     tab.goto(f"/c/{chat}")
     tab.ready()
     expect(tab.composer).to_have_value("typed while it waited")
+
+
+def test_a_message_waiting_for_a_free_place_says_so(tabs: Tabs, server: LiveServer) -> None:
+    """With the model's one place taken, a message waits in the queue: the page said only that
+    an answer was coming, for as long as the queue took."""
+    tab = tabs.open()
+    tab.login(new_person(server))  # the embedded model, on a plan that waits minutes
+    with Holder(server, server.new_user(plan="roomy")[1]):
+        tab.send("What is two and two?")
+        note = tab.page.get_by_test_id("queue-note")
+        expect(note).to_contain_text("Waiting for a free place")
+    tab.answer_done(timeout=60_000)
+    expect(note).to_be_hidden()

@@ -13,6 +13,9 @@
   // A touch screen as the main pointer (a phone, a tablet): its keyboard has no Shift+Enter, so
   // Enter starts a new line there and the Send button sends.
   const TOUCH = window.matchMedia('(pointer: coarse)');
+  // The server answers a chat once a backend has taken it: a request still unanswered after
+  // this long waits in its queue (the service is busy), and the page says so.
+  const QUEUED_MS = 1500;
   const MODEL_KEY = 'lamplighter.model';
   // Drafts and unsent messages are kept per account: another person logging in on this browser
   // never sees them, and logging out removes them.
@@ -1325,6 +1328,11 @@
       content.append(buildNote(conv, 'lost', null, () => startChat({
         conv, parentId: p.parentId, content: p.content, kind: p.kind,
       })));
+    } else if (p.queued) {
+      content.append(h('div', {
+        class: 'msg-status msg-status-info', testid: 'queue-note', role: 'status',
+        text: 'Waiting for a free place: many people are chatting right now. Your message is in the queue.',
+      }));
     }
     nodes.push(h('article', {
       class: 'msg msg-assistant pending', testid: 'message', 'data-role': 'assistant', 'data-id': '',
@@ -1776,14 +1784,25 @@
     let outcome = 'lost';
     let httpError = null;
     const mainDone = () => !!(s.tracks.get('a') && s.tracks.get('a').done);
+    const queued = setTimeout(() => {
+      if (conv.pending && !conv.pending.lost) {
+        conv.pending.queued = true;
+        if (isShown(conv)) renderThread();
+      }
+    }, QUEUED_MS);
     try {
-      const res = await fetch('/api/chat', {
-        method: 'POST',
-        credentials: 'same-origin',
-        headers: { ...jsonHeaders(), Accept: 'text/event-stream' },
-        body: JSON.stringify(request),
-        signal: s.controller.signal,
-      });
+      let res;
+      try {
+        res = await fetch('/api/chat', {
+          method: 'POST',
+          credentials: 'same-origin',
+          headers: { ...jsonHeaders(), Accept: 'text/event-stream' },
+          body: JSON.stringify(request),
+          signal: s.controller.signal,
+        });
+      } finally {
+        clearTimeout(queued);
+      }
       if (!res.ok) {
         httpError = res.status === 401 ? null : await errorFromResponse(res);
         if (res.status === 401) {
