@@ -16,6 +16,7 @@ conversation that changed.
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 import uuid
 from collections import defaultdict
@@ -25,7 +26,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from lamplighter.flywheel.dedup import Context, Deduplicator, Verdict
-from lamplighter.flywheel.pii import scrub, scrub_json
+from lamplighter.flywheel.pii import Entity, scrub, scrub_json
 
 if TYPE_CHECKING:
     from lamplighter.flywheel.export import Report
@@ -43,6 +44,9 @@ RELABELLED_OUT = frozenset(
 
 Row = dict[str, Any]
 T = TypeVar("T")
+
+# A word, for telling the names a model was told from those it made up.
+_WORD = re.compile(r"[^\W\d_]{2,}")
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,7 @@ class Rows:
         self.answers = [node for node in thread.nodes if node.role == "assistant"]
         self._clean: dict[uuid.UUID, str] = {}
         self._calls: dict[uuid.UUID, list[dict[str, Any]]] = {}
+        self._told: set[str] | None = None  # the words the conversation told the model
         self._verdicts: dict[uuid.UUID, Verdict] = {}
         self._judged: dict[uuid.UUID, str] | None = None
         self._spoilt: dict[uuid.UUID, bool] = {}
@@ -188,10 +193,29 @@ class Rows:
 
     def text(self, node: Node) -> str:
         if node.id not in self._clean:
-            scrubbed = scrub(node.content)
+            written = node.role == "assistant" and node.author is None
+            scrubbed = scrub(node.content, self._invented if written else None)
             self.report.pii.update(scrubbed.counts)
             self._clean[node.id] = scrubbed.text
         return self._clean[node.id]
+
+    def _invented(self, entity: Entity, text: str) -> bool:
+        """Whether a name in a model's answer is one it made up (a character, its own "I'm
+        Zara"): none of its words is in what the people, tools or instructions of the
+        conversation said. Such a name stays: replaced, it would teach the model to write
+        placeholders; the names it was told are personal data like any other."""
+        if entity.type != "NAME":
+            return False
+        if self._told is None:
+            self._told = {
+                word
+                for node in self.by_id.values()
+                if node.role != "assistant" or node.author is not None
+                for word in _WORD.findall(node.content.lower())
+            }
+        return not any(
+            word in self._told for word in _WORD.findall(text[entity.start : entity.end].lower())
+        )
 
     def calls(self, node: Node) -> list[dict[str, Any]] | None:
         """A node's tool calls, their arguments scrubbed of personal data (still JSON text: a

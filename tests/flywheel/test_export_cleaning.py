@@ -52,6 +52,12 @@ CUT_RATED_UP = "List ten fruits with one surprising fact about each of them"
 CUT_RATED_DOWN = "Describe in detail how a steam locomotive turns coal into motion"
 
 
+# A person who gives their name, and a model that greets them by it and names people it made up.
+GREETER = "greeter"
+INTRODUCED = "My name is Margaret Hughes, please greet me."
+GREETING = "Hello Margaret! I am Zara, and Oliver will help you. Regards, Zara"
+
+
 def _mailer(body: dict[str, Any]) -> bytes:
     """An OpenAI-compatible backend that calls send_email with what it was told, then says it
     did once the tool has answered."""
@@ -153,6 +159,15 @@ def _repeated(server: LiveServer) -> None:
     web.close()
 
 
+def _named(server: LiveServer) -> None:
+    """A greeting rated up: the name the person gave, and names the model made up."""
+    web, _ = _person(server)
+    answer = _done(web.chat(content=INTRODUCED, model=GREETER))
+    rated = web.api("PUT", f"/messages/{answer['id']}/rating", json={"rating": 1})
+    assert rated.is_success, rated.text
+    web.close()
+
+
 def _cut_short(server: LiveServer) -> None:
     """Answers stopped at the length limit, each regenerated whole in the web chat and rated
     the other way."""
@@ -180,13 +195,15 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         mailer = UpstreamConfig("mailer", url, (MAILER,), capacity=2)
 
         async def backends(_: Settings) -> list[Backend]:
-            return [ScriptedBackend(SCRIPTED), UpstreamBackend(mailer)]
+            greeter = ScriptedBackend(GREETER, reply=lambda _: GREETING)
+            return [ScriptedBackend(SCRIPTED), greeter, UpstreamBackend(mailer)]
 
         settings = make_settings(data_dir, config=config, embedded_engine=False)
         with LiveServer(settings, backends) as server:
             _mailed(server)
             _repeated(server)
             _cut_short(server)
+            _named(server)
             server.close_clients()
     yield Store(data_dir)
 
@@ -285,3 +302,15 @@ def test_the_card_counts_the_conversations_that_gave_rows(made: Store, tmp_path:
         conversations = {line["conversation_id"] for line in export["index"]}
         rows = len(export["rows"])
         assert f"- Rows: {rows} (from {len(conversations)} conversations)" in export["card"]
+
+
+def test_names_a_model_made_up_are_kept_and_those_it_was_told_are_not(
+    made: Store, tmp_path: Path
+) -> None:
+    """A model's answer is scrubbed of the names the conversation told it; the names it made up
+    ("I am Zara") were replaced too, which taught it to write placeholders."""
+    sft = _export(made, "sft", tmp_path)
+    [row] = [row for row in sft["rows"] if "greet me" in row["messages"][0]["content"]]
+    question, answer = row["messages"]
+    assert question["content"] == "My name is [NAME], please greet me."
+    assert answer["content"] == "Hello [NAME]! I am Zara, and Oliver will help you. Regards, Zara"
