@@ -9,6 +9,7 @@ streams. A request reserves one request and ``prompt + max_tokens`` tokens in al
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from lamplighter.exceptions import InvalidRequest, QuotaExceeded, RateLimited
@@ -68,12 +69,15 @@ class RateLimiter:
         reserved = await self.state.reserve(
             limits, self.clock.monotonic(), (user, plan.concurrent_streams)
         )
+        # What this replica enforces now: the plan's limits, or its share of them while the
+        # shared state is away (then the headers and refusals name the share).
+        enforced, most = self.state.in_force(limits, plan.concurrent_streams)
         # The requests and tokens buckets as they stand now: spent if granted, untouched if not.
-        headers = _headers(plan, reserved.standing[0], reserved.standing[1])
+        headers = _headers(enforced, reserved.standing[0], reserved.standing[1])
         if reserved.no_stream_slot:
             breach = RateLimited(
                 f"Too many concurrent requests on plan '{plan.name}': the limit is "
-                f"{plan.concurrent_streams} at a time. Wait for one to finish.",
+                f"{most} at a time. Wait for one to finish.",
                 retry_after=1.0,
                 headers=headers,
             )
@@ -86,7 +90,7 @@ class RateLimiter:
             limit, verdict = max(
                 (
                     (limit, verdict)
-                    for limit, verdict in zip(limits, reserved.verdicts, strict=True)
+                    for limit, verdict in zip(enforced, reserved.verdicts, strict=True)
                     if not verdict.allowed
                 ),
                 key=lambda pair: pair[1].retry_after,
@@ -131,16 +135,20 @@ class RateLimiter:
         """The rate-limit headers for a user as things stand, spending nothing."""
         requests, per_minute, _ = self.limits(plan, str(user_id), 0)
         standing = await self.state.peek((requests, per_minute), self.clock.monotonic())
-        return _headers(plan, *standing)
+        enforced, _ = self.state.in_force((requests, per_minute), plan.concurrent_streams)
+        return _headers(enforced, *standing)
 
 
-def _headers(plan: Plan, requests: tuple[int, float], tokens: tuple[int, float]) -> dict[str, str]:
-    """The ``x-ratelimit-*`` headers from (remaining, seconds until full) of each bucket."""
+def _headers(
+    limits: Sequence[Limit], requests: tuple[int, float], tokens: tuple[int, float]
+) -> dict[str, str]:
+    """The ``x-ratelimit-*`` headers from the requests and tokens limits in force and (remaining,
+    seconds until full) of each bucket."""
     return {
-        "x-ratelimit-limit-requests": str(plan.requests_per_minute),
+        "x-ratelimit-limit-requests": str(int(limits[0].rate.capacity)),
         "x-ratelimit-remaining-requests": str(requests[0]),
         "x-ratelimit-reset-requests": duration(requests[1]),
-        "x-ratelimit-limit-tokens": str(plan.tokens_per_minute),
+        "x-ratelimit-limit-tokens": str(int(limits[1].rate.capacity)),
         "x-ratelimit-remaining-tokens": str(tokens[0]),
         "x-ratelimit-reset-tokens": duration(tokens[1]),
     }

@@ -427,6 +427,11 @@ class RedisState:
             return await self._local.peek([self._share(limit) for limit in limits], now)
         return _pairs(out)
 
+    def in_force(self, limits: Sequence[Limit], most: int) -> tuple[list[Limit], int]:
+        if self.up or self.failure == "closed":
+            return list(limits), most
+        return [self._share(limit) for limit in limits], math.ceil(most / self.replicas)
+
     # -- internals --------------------------------------------------------------------------
 
     def _key(self, limit: Limit) -> str:

@@ -69,6 +69,10 @@ class TrafficState(Protocol):
     async def peek(self, limits: Sequence[Limit], now: float) -> list[tuple[int, float]]:
         """(remaining, seconds until full) for each limit, spending nothing."""
 
+    def in_force(self, limits: Sequence[Limit], most: int) -> tuple[list[Limit], int]:
+        """The limits and concurrent-stream cap (of ``most``) this replica enforces now: what
+        headers and refusals name (a share of them while shared state is away)."""
+
 
 class MemoryState:
     """Limiter state in this process: exact for one replica."""
@@ -118,6 +122,9 @@ class MemoryState:
                 leases.discard(lease)
                 if not leases:
                     del self._streams[key]
+
+    def in_force(self, limits: Sequence[Limit], most: int) -> tuple[list[Limit], int]:
+        return list(limits), most
 
     async def peek(self, limits: Sequence[Limit], now: float) -> list[tuple[int, float]]:
         return [peek(limit.rate, self._get(limit, now), now) for limit in limits]

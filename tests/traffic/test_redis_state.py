@@ -23,10 +23,13 @@ from redis.asyncio import Redis
 
 from lamplighter.engines.base import Backend
 from lamplighter.engines.scripted import ScriptedBackend
-from lamplighter.exceptions import ConfigError, Overloaded
+from lamplighter.exceptions import ConfigError, Overloaded, RateLimited
 from lamplighter.settings import Settings, load_settings
 from lamplighter.telemetry.metrics import Metrics
+from lamplighter.traffic.clock import SystemClock
 from lamplighter.traffic.limiters import Rate
+from lamplighter.traffic.plans import Plan
+from lamplighter.traffic.ratelimits import RateLimiter
 from lamplighter.traffic.redis_state import RedisState
 from lamplighter.traffic.state import Limit, MemoryState
 from tests.conftest import SCRIPTED, LiveServer, make_settings
@@ -342,6 +345,19 @@ async def test_an_outage_fails_open_to_a_share_or_closed_and_recovers_by_itself(
         assert gauge(metrics, "lamplighter_redis_errors_total") >= 1
         leases = [await take_slot(open_, "u", 3) for _ in range(3)]
         assert [lease is not None for lease in leases] == [True, True, False]  # ceil(3 / 2)
+        # Headers and refusals name the share, not the plan's limits this replica cannot give.
+        limiter = RateLimiter(open_, SystemClock())
+        plan = Plan("p", requests_per_minute=20, tokens_per_minute=1000, concurrent_streams=3)
+        user = uuid.uuid4()
+        for _ in range(2):
+            reservation = await limiter.reserve(plan, user, 10)
+            assert reservation.headers["x-ratelimit-limit-requests"] == "10"
+            assert reservation.headers["x-ratelimit-limit-tokens"] == "500"
+        with pytest.raises(RateLimited, match="the limit is 2 at a time"):
+            await limiter.reserve(plan, user, 10)
+        enforced, most = open_.in_force([daily], 3)
+        assert (enforced[0].rate.capacity, most) == (5, 2)
+        assert closed.in_force([daily], 3) == ([daily], 3)  # it refuses all: nothing to share
         # Failing closed, it refuses with a 503 that says why.
         with pytest.raises(Overloaded, match="Redis"):
             await closed.reserve([daily], 0.0)
