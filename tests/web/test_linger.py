@@ -8,6 +8,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -34,25 +35,38 @@ def web(
     page.close()
 
 
-def read_then_leave(web: Browserless, content: str, chars: int) -> tuple[str, str, str]:
-    """Ask, read the answer until ``chars`` characters came, then drop the connection as a
-    reload does: (conversation id, answer id, text seen)."""
-    received, conversation, answer = "", "", ""
+@contextmanager
+def asking(web: Browserless, content: str) -> Iterator[Iterator[tuple[str, Any]]]:
+    """Ask in a chat of its own, with the plan's default model: the answer's events as they
+    come, (name, data); leaving the block drops the connection, as a reload does."""
+
+    def events(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
+        name = ""
+        for line in lines:
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                yield name, json.loads(line.removeprefix("data: "))
+
     with web.http.stream(
         "POST",
         "/api/chat",
         json={"content": content, "model": None},
         headers={"x-csrf-token": web.csrf},
     ) as response:
-        name = ""
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                name = line.removeprefix("event: ")
-            elif name == "start" and line.startswith("data: "):
-                start = json.loads(line[6:])
-                conversation, answer = start["conversation_id"], start["message"]["id"]
-            elif name == "delta" and line.startswith("data: "):
-                received += json.loads(line[6:])["text"]
+        yield events(response.iter_lines())
+
+
+def read_then_leave(web: Browserless, content: str, chars: int) -> tuple[str, str, str]:
+    """Ask, read the answer until ``chars`` characters came, then drop the connection as a
+    reload does: (conversation id, answer id, text seen)."""
+    received, conversation, answer = "", "", ""
+    with asking(web, content) as events:
+        for name, data in events:
+            if name == "start":
+                conversation, answer = data["conversation_id"], data["message"]["id"]
+            elif name == "delta":
+                received += data["text"]
                 if len(received) >= chars:
                     break
     return conversation, answer, received
@@ -124,27 +138,18 @@ def test_an_answer_nobody_comes_back_for_is_cut(
 
 
 def test_stop_cuts_the_answer_at_once(server: LiveServer, web: Browserless) -> None:
-    received, answer, done = "", "", None
-    with web.http.stream(
-        "POST",
-        "/api/chat",
-        json={"content": "Write a long story about a lighthouse.", "model": None},
-        headers={"x-csrf-token": web.csrf},
-    ) as response:
-        name = ""
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                name = line.removeprefix("event: ")
-            elif not line.startswith("data: "):
-                continue
-            elif name == "start":
-                answer = json.loads(line[6:])["message"]["id"]
-            elif name == "delta" and not received:
-                received = json.loads(line[6:])["text"]
-                stopped = web.api("POST", f"/messages/{answer}/stop")
-                assert stopped.status_code == 200, stopped.text
+    answer, stopped, done = "", False, None
+    with asking(web, "Write a long story about a lighthouse.") as events:
+        for name, data in events:
+            if name == "start":
+                answer = data["message"]["id"]
+            elif name == "delta" and not stopped:
+                response = web.api("POST", f"/messages/{answer}/stop")
+                assert response.status_code == 200, response.text
+                assert response.json() == {"id": answer, "stopped": True}
+                stopped = True
             elif name == "done":
-                done = json.loads(line[6:])["message"]
+                done = data["message"]
     # The stream itself ended, with the answer as the stop left it (a page that only left would
     # have kept it going for a second).
     assert done is not None and done["status"] == "cut" and done["finish_reason"] == "cancelled"
@@ -161,15 +166,8 @@ def test_an_answer_whose_page_left_gives_its_slot_to_someone_waiting(
     _, key = server.new_user(plan="roomy")
     client = server.client(key)
     waiting: list[str] = []
-    with web.http.stream(
-        "POST",
-        "/api/chat",
-        json={"content": "Write a long story about a lighthouse.", "model": None},
-        headers={"x-csrf-token": web.csrf},
-    ) as response:
-        lines = response.iter_lines()
-        answer = next(json.loads(line[6:]) for line in lines if line.startswith("data: {"))
-        answer_id = answer["message"]["id"]
+    with asking(web, "Write a long story about a lighthouse.") as events:
+        answer_id = next(data for name, data in events if name == "start")["message"]["id"]
         asker = threading.Thread(
             target=lambda: waiting.append(
                 client.chat.completions.create(
