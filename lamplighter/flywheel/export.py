@@ -121,6 +121,8 @@ SCHEMAS: dict[str, Any] = {
             ("answer_a", _TURNS),
             ("answer_b", _TURNS),
             ("winner", pa.string()),
+            ("judge", pa.string()),
+            ("tstamp", pa.float64()),
         ]
     ),
 }

@@ -15,6 +15,7 @@ conversation that changed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import unicodedata
@@ -755,8 +756,17 @@ class Rows:
                 "answer_a": self.answer(a),
                 "answer_b": self.answer(b),
                 "winner": ARENA_WINNER[pick.winner or ""],
+                "judge": self.judge,
+                "tstamp": pick.voted_at.timestamp() if pick.voted_at else None,
             }
             yield row, {"comparison_id": str(pick.id), "a_id": str(a.id), "b_id": str(b.id)}
+
+    @property
+    def judge(self) -> str:
+        """The voter, as Chatbot Arena's ``judge`` names one: a pseudonym (a hash of the
+        account's id), the same for a person in every export, so votes can be counted per
+        voter without the rows naming the account."""
+        return "judge_" + hashlib.sha256(self.thread.owner.bytes).hexdigest()[:16]
 
     def conversations(self) -> Iterator[tuple[Row, dict[str, str | None]]]:
         """The branch shown, ending on a usable answer. In an incremental export, a

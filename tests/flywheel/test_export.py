@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import json
 import shutil
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -711,8 +712,21 @@ def test_votes_are_arena_rows_without_discarded_or_suspicious_ones(
         "answer_a",
         "answer_b",
         "winner",
+        "judge",
+        "tstamp",
     ]
     rows = export["rows"]
+    # Each voter under one pseudonym, the same in every export; never their account's id.
+    judges = {row["prompt"][-1]["content"]: row["judge"] for row in rows}
+    for voter in ("v1", "v2"):
+        assert len({judges[prompt] for prompt in store.voted[voter]}) == 1
+    assert judges[store.voted["v1"][0]] != judges[store.voted["v2"][0]]
+    assert all(row["judge"].startswith("judge_") and row["tstamp"] > 1.7e9 for row in rows)
+    accounts = {line["user_id"] for line in export["index"]}
+    assert not any(uuid.UUID(a).hex[:16] in row["judge"] for a in accounts for row in rows)
+    assert [row["judge"] for row in _export(store, "votes", tmp_path / "again")["rows"]] == [
+        row["judge"] for row in rows
+    ]
     prompts = [row["prompt"][-1]["content"] for row in rows]
     assert sorted(prompts) == sorted(store.voted["v1"] + store.voted["v2"])
     for row in rows:
