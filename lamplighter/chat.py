@@ -1103,8 +1103,9 @@ class Detached:
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         """The answer's chunks as they come; an error that ended it is raised after the last."""
-        assert self._chunks is not None, "detached without a reader"
-        while (item := await self._chunks.get()) is not None:
+        queue = self._chunks
+        assert queue is not None, "detached without a reader"
+        while (item := await queue.get()) is not None:
             if isinstance(item, Exception):
                 raise item
             yield item
