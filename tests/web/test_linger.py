@@ -13,12 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 from sqlalchemy import select
 
 from lamplighter import chat
 from lamplighter.store.models import Message, Usage
 from tests.conftest import MODEL, LiveServer
 from tests.test_streams import wait_until
+from tests.web.browser import BODY, Tabs
 from tests.web.conftest import Browserless, Person
 
 
@@ -182,3 +184,20 @@ def test_an_answer_whose_page_left_gives_its_slot_to_someone_waiting(
     status, _, finish_reason = wait_until(lambda: stored(server, answer_id))
     assert (status, finish_reason) == ("cut", "cancelled")
     assert left(server, "yielded") == yielded_before + 1
+
+
+def test_a_page_reloaded_mid_answer_shows_the_answer_written_to_its_end(
+    tabs: Tabs, person: Person
+) -> None:
+    """In Chromium: the reloaded page shows the answer as it goes on, then whole; it showed it
+    cut, "Stopped", though nobody had pressed Stop."""
+    tab = tabs.open()
+    tab.login(person)  # the plan's default model: the real one, some seconds an answer
+    tab.send("List the numbers from 1 to 30, one per line.")
+    expect(tab.answers().last.locator(BODY)).not_to_be_empty()  # it is being written
+    seen = tab.answers().last.locator(BODY).inner_text()
+    tab.reload()
+    answer = tab.answers().last
+    expect(answer).to_have_attribute("data-status", "complete", timeout=90_000)
+    expect(answer).not_to_contain_text("Stopped")
+    assert len(answer.locator(BODY).inner_text()) > len(seen)
