@@ -6,6 +6,12 @@ request wherever it lands. Messages carry no state, only what to reread, so a lo
 nothing but time: each replica also rereads on a slow timer (``PlanBook.refresh`` every
 ``RESYNC_S``), and after its subscription comes back from a Redis outage.
 
+The same channel carries requests about an answer that runs on whichever replica holds it:
+``response.cancel`` (a background response's cancel, a web chat's Stop) and ``answer.watch``
+(a page reads an answer whose own page went away: keep it going; see ``chat.Detached``). A lost
+one of those runs an answer to its end, or cuts it sooner; a watching page asks again at its
+next poll.
+
 Without Redis (one replica) publishing does nothing: the replica that made the change has it.
 """
 
