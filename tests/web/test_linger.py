@@ -38,8 +38,10 @@ def web(
 
 
 @contextmanager
-def asking(web: Browserless, content: str) -> Iterator[Iterator[tuple[str, Any]]]:
-    """Ask in a chat of its own, with the plan's default model: the answer's events as they
+def asking(
+    web: Browserless, content: str, model: str | None = None
+) -> Iterator[Iterator[tuple[str, Any]]]:
+    """Ask in a chat of its own (``model``, or the plan's default): the answer's events as they
     come, (name, data); leaving the block drops the connection, as a reload does."""
 
     def events(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
@@ -53,7 +55,7 @@ def asking(web: Browserless, content: str) -> Iterator[Iterator[tuple[str, Any]]
     with web.http.stream(
         "POST",
         "/api/chat",
-        json={"content": content, "model": None},
+        json={"content": content, "model": model},
         headers={"x-csrf-token": web.csrf},
     ) as response:
         yield events(response.iter_lines())
