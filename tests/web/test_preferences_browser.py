@@ -118,6 +118,9 @@ def vote_and_continue(tab: Tab, winner: str) -> None:
     pair.get_by_test_id("pair-continue").click()
     expect(pair).to_have_count(0)
     expect(tab.answers()).to_have_count(1)
+    # The pair's stream has closed too (its last events can come before): until then the
+    # chat's answer is still being written, and Regenerate waits.
+    expect(tab.page.get_by_test_id("send")).to_be_visible()
 
 
 def test_two_answers_stream_side_by_side_and_the_vote_reveals_the_models_then_folds_away(
