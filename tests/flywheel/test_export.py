@@ -1222,18 +1222,26 @@ class _Relabeller:
             self.second[name] = _done(again)["id"]
 
     def rate(self, answer: str, rating: int | None) -> None:
-        url = f"/messages/{answer}/rating"
-        if rating is None:
-            assert self.web.api("DELETE", url).status_code == 204
-        else:
-            rated = self.web.api("PUT", url, json={"rating": rating})
-            assert rated.is_success, rated.text
+        rate(self.web, answer, rating)
 
     def judge(self, name: str, verdict: str) -> None:
-        said = self.web.api(
-            "PUT", f"/messages/{self.second[name]}/verdict", json={"verdict": verdict}
-        )
-        assert said.is_success and said.json()["discarded"] is None, said.text
+        judge(self.web, self.second[name], verdict)
+
+
+def rate(web: Browserless, answer: str, rating: int | None) -> None:
+    """Rate an answer in the web chat (None: take the rating back)."""
+    url = f"/messages/{answer}/rating"
+    if rating is None:
+        assert web.api("DELETE", url).status_code == 204
+    else:
+        rated = web.api("PUT", url, json={"rating": rating})
+        assert rated.is_success, rated.text
+
+
+def judge(web: Browserless, answer: str, verdict: str) -> None:
+    """Say whether a regenerated answer is better than the one before it; the verdict counts."""
+    said = web.api("PUT", f"/messages/{answer}/verdict", json={"verdict": verdict})
+    assert said.is_success and said.json()["discarded"] is None, said.text
 
 
 def _keyed(kind: str, export: dict[str, Any]) -> dict[Any, tuple[Any, dict[str, Any]]]:

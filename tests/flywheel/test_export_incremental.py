@@ -24,6 +24,8 @@ from tests.flywheel.test_export import (
     _done,
     _export,
     _keyed,
+    judge,
+    rate,
 )
 from tests.web.conftest import Browserless, Person, new_person
 
@@ -88,16 +90,10 @@ class _Person:
         return _done(events)["id"]
 
     def rate(self, answer: str, rating: int | None) -> None:
-        url = f"/messages/{answer}/rating"
-        if rating is None:
-            assert self.web.api("DELETE", url).status_code == 204
-        else:
-            rated = self.web.api("PUT", url, json={"rating": rating})
-            assert rated.is_success, rated.text
+        rate(self.web, answer, rating)
 
     def judge(self, answer: str, verdict: str) -> None:
-        said = self.web.api("PUT", f"/messages/{answer}/verdict", json={"verdict": verdict})
-        assert said.is_success and said.json()["discarded"] is None, said.text
+        judge(self.web, answer, verdict)
 
     def ask_over_the_api(self, name: str, **options: Any) -> str:
         asked = [{"role": "user", "content": ASKED[name]}]
