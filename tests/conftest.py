@@ -13,6 +13,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -109,6 +110,27 @@ class LiveServer(ThreadedServer):
         """Run ``work(services)`` on the server's own loop and return its result."""
         services = self.app.state.services
         return asyncio.run_coroutine_threadsafe(work(services), self.loop).result(timeout=60)
+
+    @contextmanager
+    def writer_held(self) -> Iterator[None]:
+        """The store's writer busy until the block ends: every write queued meanwhile (a
+        question, an answer's first write) waits its turn, as behind a slow commit."""
+        held = asyncio.Event()
+
+        async def job(_: Any) -> None:
+            await held.wait()
+
+        async def hold(services: Any) -> None:
+            services.chat.writer.submit(job)
+
+        async def release(_: Any) -> None:
+            held.set()
+
+        self.call(hold)
+        try:
+            yield
+        finally:
+            self.call(release)
 
     def new_user(self, **kwargs: Any) -> tuple[str, str]:
         """A fresh user and an API key for it: (email, key)."""

@@ -95,18 +95,6 @@ def test_a_background_response_can_be_polled_the_moment_its_id_is_given(
     create waits for it, and a poll right after never finds nothing."""
     live, _ = gateway
     client = live.client(live.new_user(plan="roomy")[1])
-    held: dict[str, asyncio.Event] = {}
-
-    async def hold_the_writer(services: Any) -> None:
-        held["writer"] = asyncio.Event()
-
-        async def job(_: Any) -> None:
-            await held["writer"].wait()
-
-        services.chat.writer.submit(job)
-
-    async def release(_: Any) -> None:
-        held["writer"].set()
 
     async def admitted(services: Any) -> int:
         return sum(pool.in_use for pool in services.chat.admission.pools.values())
@@ -115,11 +103,10 @@ def test_a_background_response_can_be_polled_the_moment_its_id_is_given(
         made = client.responses.create(model=MODEL, input="Say hello.", background=True)
         return client.responses.retrieve(made.id)
 
-    live.call(hold_the_writer)
     with ThreadPoolExecutor(1) as pool:
-        polled = pool.submit(create_then_poll)
-        wait_until(lambda: live.call(admitted) == 1)  # admitted; its write waits its turn
-        live.call(release)
+        with live.writer_held():
+            polled = pool.submit(create_then_poll)
+            wait_until(lambda: live.call(admitted) == 1)  # admitted; its write waits its turn
         assert polled.result(timeout=20).status in ("in_progress", "completed")
 
 

@@ -3,7 +3,6 @@ ratings, deletion, search, and that no user reaches another's data (404, never 4
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import socket
@@ -473,18 +472,6 @@ def test_a_client_that_leaves_while_its_question_is_stored_leaves_no_answer_in_p
     """Send, then leave at once (Escape right after Enter): the client is gone while the
     question's write waits its turn. The write lands all the same; its answer must then read
     cut, not "in progress" for ever, and nothing is charged."""
-    held: dict[str, asyncio.Event] = {}
-
-    async def hold_the_writer(services: Any) -> None:
-        held["writer"] = asyncio.Event()
-
-        async def job(_: Any) -> None:
-            await held["writer"].wait()
-
-        services.chat.writer.submit(job)
-
-    async def release(_: Any) -> None:
-        held["writer"].set()
 
     def in_use() -> int:
         async def count(services: Any) -> int:
@@ -492,20 +479,19 @@ def test_a_client_that_leaves_while_its_question_is_stored_leaves_no_answer_in_p
 
         return server.call(count)
 
-    server.call(hold_the_writer)
-    body = json.dumps({"content": "Gone at once", "model": "scripted-echo"}).encode()
-    cookies = "; ".join(f"{name}={value}" for name, value in web.http.cookies.items())
-    port = int(server.base_url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port)) as raw:
-        raw.sendall(
-            b"POST /api/chat HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-            + f"x-csrf-token: {web.csrf}\r\ncookie: {cookies}\r\n".encode()
-            + f"content-length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        wait_until(lambda: in_use() == 1)  # admitted, its question waiting for the writer
-    wait_until(lambda: in_use() == 0)  # the server saw it leave and gave the slot back
-    server.call(release)
+    with server.writer_held():
+        body = json.dumps({"content": "Gone at once", "model": "scripted-echo"}).encode()
+        cookies = "; ".join(f"{name}={value}" for name, value in web.http.cookies.items())
+        port = int(server.base_url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(
+                b"POST /api/chat HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                + f"x-csrf-token: {web.csrf}\r\ncookie: {cookies}\r\n".encode()
+                + f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            wait_until(lambda: in_use() == 1)  # admitted, its question waiting for the writer
+        wait_until(lambda: in_use() == 0)  # the server saw it leave and gave the slot back
 
     def settled_answer() -> tuple[str, str, int, str] | None:
         async def load(services: Any) -> tuple[str, str, int, str] | None:
