@@ -37,6 +37,8 @@ POSTGRES_URL = os.environ.get(
 MODEL = "smollm2-135m-instruct"
 SCRIPTED = "scripted-echo"
 FAILING = "scripted-failing"
+# Echoes a word every 2 ms: a long answer is still being written when its client leaves.
+PACED = "scripted-paced"
 _skipped_postgres: list[str] = []
 # llama.cpp's threads spin while they wait for each other: under `make test`'s two workers on two
 # cores, each worker's model gets one, so the two never fight over a core.
@@ -164,7 +166,8 @@ def server(
     async def backends(_: Settings) -> list[Backend]:
         embedded = EmbeddedBackend(bundled_model_path(), MODEL, n_ctx=2048, n_threads=THREADS)
         await embedded.load()
-        return [embedded, scripted, ScriptedBackend(FAILING, fail_after=3)]
+        paced = ScriptedBackend(PACED, pace_s=0.002)
+        return [embedded, scripted, ScriptedBackend(FAILING, fail_after=3), paced]
 
     data_dir = tmp_path_factory.mktemp("server")
     config = data_dir / "lamplighter.toml"

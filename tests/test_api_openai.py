@@ -9,14 +9,14 @@ import pytest
 from lamplighter.chat import message_id_from
 from lamplighter.store.models import Message
 from lamplighter.store.usage import UsageLedger
-from tests.conftest import FAILING, MODEL, SCRIPTED, LiveServer
+from tests.conftest import FAILING, MODEL, PACED, SCRIPTED, LiveServer
 
 HELLO = [{"role": "user", "content": "Say hello in one short sentence."}]
 
 
 def test_models_list_names_every_served_model(client: openai.OpenAI) -> None:
     ids = [model.id for model in client.models.list()]
-    assert ids == [MODEL, SCRIPTED, FAILING]
+    assert ids == [MODEL, SCRIPTED, FAILING, PACED]
     assert client.models.retrieve(MODEL).id == MODEL
 
 

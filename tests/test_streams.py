@@ -16,7 +16,7 @@ import pytest
 from lamplighter.chat import message_id_from
 from lamplighter.engines.scripted import ScriptedBackend
 from lamplighter.store.models import Message, Usage
-from tests.conftest import MODEL, SCRIPTED, LiveServer
+from tests.conftest import MODEL, PACED, SCRIPTED, LiveServer
 
 LONG = [{"role": "user", "content": "Write a very long essay about the history of lighthouses."}]
 
@@ -150,10 +150,11 @@ async def test_many_simultaneous_streams_some_cut_lose_and_mix_nothing(
 
     async def one(client: httpx.AsyncClient, index: int) -> tuple[str, str, bool]:
         cut = index % 2 == 1
-        # Streams to be cut are long enough that they cannot finish before the server notices.
+        # Streams to be cut are long, and paced, so that they cannot finish before the server
+        # notices (unpaced, one can be written whole into the socket buffers first).
         words = 3000 if cut else 40
         body = {
-            "model": SCRIPTED,
+            "model": PACED if cut else SCRIPTED,
             "stream": True,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": f"{markers[index]} " + "word " * words}],

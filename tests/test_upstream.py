@@ -7,7 +7,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from lamplighter.app import default_backends
-from lamplighter.engines.base import Backend, Chunk, PreparedRequest
+from lamplighter.engines.base import Backend
 from lamplighter.engines.scripted import ScriptedBackend
 from lamplighter.engines.upstream import UpstreamBackend, UpstreamConfig
 from lamplighter.exceptions import ConfigError
@@ -60,23 +60,12 @@ def test_answers_and_usage_come_from_the_upstream(gateway: LiveServer) -> None:
     )
 
 
-class Paced(ScriptedBackend):
-    """Yields to the clock between words, as a GPU's decode steps do: unpaced, a scripted answer
-    of 2,000 words can be written whole into loopback's socket buffers before the client's
-    hang-up reaches the upstream, and there is nothing left to cut."""
-
-    async def generate(self, prepared: PreparedRequest) -> AsyncIterator[Chunk]:
-        async for chunk in super().generate(prepared):
-            yield chunk
-            await asyncio.sleep(0.002)
-
-
 @pytest.fixture
 def paced_gateway(tmp_path: Path) -> Iterator[tuple[LiveServer, LiveServer]]:
     """(upstream, gateway): a Lamplighter whose scripted model is paced, and a gateway over it."""
 
     async def backends(_: Settings) -> list[Backend]:
-        return [Paced(SCRIPTED)]
+        return [ScriptedBackend(SCRIPTED, pace_s=0.002)]
 
     (tmp_path / "c.toml").write_text(ROOMY_PLAN)
     settings = make_settings(tmp_path, config=tmp_path / "c.toml")

@@ -28,6 +28,7 @@ class ScriptedBackend:
         n_ctx: int = 4096,
         capacity: int = 8,
         fail_after: int | None = None,
+        pace_s: float = 0.0,
     ) -> None:
         self.name = f"scripted:{model}"
         self.model = model
@@ -36,6 +37,9 @@ class ScriptedBackend:
         self.capacity = capacity
         # Raise EngineFailed after this many tokens, to test how failures are handled.
         self.fail_after = fail_after
+        # Seconds between words, as a GPU's decode steps take: an unpaced answer can be written
+        # whole into the sockets' buffers before a client that leaves is noticed.
+        self.pace_s = pace_s
         self.ready = True
         self.active = 0  # generations running now: a cancelled stream must bring it back to 0
 
@@ -54,7 +58,7 @@ class ScriptedBackend:
         self.active += 1
         try:
             for index, word in enumerate(words[: prepared.max_tokens]):
-                await asyncio.sleep(0)  # a real backend yields to the loop between tokens
+                await asyncio.sleep(self.pace_s)  # a real backend yields between tokens
                 if index == self.fail_after:
                     raise EngineFailed("The scripted backend failed on purpose.")
                 yield Chunk(word if index == 0 else " " + word)

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from lamplighter import chat
 from lamplighter.store.models import Message, Usage
-from tests.conftest import MODEL, LiveServer
+from tests.conftest import MODEL, PACED, LiveServer
 from tests.test_streams import wait_until
 from tests.web.browser import BODY, Tabs
 from tests.web.conftest import Browserless, Person
@@ -61,11 +61,13 @@ def asking(
         yield events(response.iter_lines())
 
 
-def read_then_leave(web: Browserless, content: str, chars: int) -> tuple[str, str, str]:
+def read_then_leave(
+    web: Browserless, content: str, chars: int, model: str | None = None
+) -> tuple[str, str, str]:
     """Ask, read the answer until ``chars`` characters came, then drop the connection as a
     reload does: (conversation id, answer id, text seen)."""
     received, conversation, answer = "", "", ""
-    with asking(web, content) as events:
+    with asking(web, content, model) as events:
         for name, data in events:
             if name == "start":
                 conversation, answer = data["conversation_id"], data["message"]["id"]
@@ -115,7 +117,8 @@ def queued(server: LiveServer) -> int:
 
 def test_a_reloaded_page_finds_its_answer_finished(server: LiveServer, web: Browserless) -> None:
     finished_before = left(server, "finished")
-    conversation, answer, seen = read_then_leave(web, "Count from 1 to 20.", chars=3)
+    # An echo of 300 words, a word every 2 ms: it goes on well after the page left.
+    conversation, answer, seen = read_then_leave(web, "word " * 300, chars=3, model=PACED)
 
     def finished() -> dict[str, Any] | None:
         # The reloaded page reads the chat again and again while the answer is written.
