@@ -197,8 +197,9 @@ def test_a_page_reloaded_mid_answer_shows_the_answer_written_to_its_end(
     """In Chromium: the reloaded page shows the answer as it goes on, then whole; it showed it
     cut, "Stopped", though nobody had pressed Stop."""
     tab = tabs.open()
-    tab.login(person)  # the plan's default model: the real one, some seconds an answer
-    tab.send("List the numbers from 1 to 30, one per line.")
+    tab.login(person)
+    tab.pick_model(PACED)  # an echo of 1,500 words, a word every 2 ms: 3 s at least
+    tab.send("word " * 1500)
     expect(tab.answers().last.locator(BODY)).not_to_be_empty()  # it is being written
     seen = tab.answers().last.locator(BODY).inner_text()
     tab.reload()
