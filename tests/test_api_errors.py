@@ -40,7 +40,8 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
         ({"model": MODEL, "messages": "hi"}, "messages"),
         ({"model": MODEL, "messages": HELLO, "temperature": "hot"}, "temperature"),
         ({"model": MODEL, "messages": HELLO, "temperature": 3}, "temperature"),
-        ({"model": MODEL, "messages": HELLO, "top_p": 0}, "top_p"),
+        ({"model": MODEL, "messages": HELLO, "top_p": -0.1}, "top_p"),
+        ({"model": MODEL, "messages": HELLO, "top_p": 1.5}, "top_p"),
         ({"model": MODEL, "messages": HELLO, "max_tokens": 0}, "max_tokens"),
         ({"model": MODEL, "messages": HELLO, "max_tokens": 100000}, "max_tokens"),
         (

@@ -120,6 +120,24 @@ def test_same_seed_same_answer(client: openai.OpenAI) -> None:
     assert ask(1234) == ask(1234)
 
 
+def test_top_p_zero_keeps_only_the_likeliest_token(client: openai.OpenAI) -> None:
+    """As at OpenAI, top_p 0 is allowed: whatever the seed and temperature, the same answer."""
+
+    def ask(seed: int) -> str | None:
+        answer = client.chat.completions.create(
+            model=MODEL,
+            messages=HELLO,
+            max_tokens=25,
+            temperature=1.5,
+            top_p=0,
+            seed=seed,
+            store=False,
+        )
+        return answer.choices[0].message.content
+
+    assert ask(1) == ask(2) == ask(3)
+
+
 def test_stop_sequence_cuts_the_answer_before_it(client: openai.OpenAI) -> None:
     messages = [{"role": "user", "content": "Count from 1 to 20, separated by commas."}]
     full = client.chat.completions.create(

@@ -5,6 +5,7 @@ least-loaded by weight and prefix affinity; and an upstream's failures as the ro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -338,6 +339,24 @@ async def test_usage_comes_from_the_upstreams_final_chunk_and_priority_is_passed
     assert chunks[-1].finish_reason == "stop"
     assert bodies[0]["stream_options"] == {"include_usage": True}
     assert bodies[0]["priority"] == 1
+
+
+async def test_top_p_zero_reaches_the_upstream_as_the_least_it_accepts() -> None:
+    """OpenAI takes top_p 0 (only the likeliest token); vLLM and SGLang refuse it with 400, so
+    the upstream is sent the smallest value above 0, which keeps the likeliest token alone."""
+    bodies: list[dict[str, Any]] = []
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        bodies.append(await request.json())
+        return events(ANSWER)
+
+    greedy = dataclasses.replace(REQUEST, top_p=0.0)
+    async with Upstream(handler) as server:
+        backend = upstream(server)
+        chunks = [c async for c in backend.generate(dataclasses.replace(PREPARED, request=greedy))]
+        await backend.close()
+    assert "".join(c.text for c in chunks) == "Hello"
+    assert 0 < bodies[0]["top_p"] <= 1e-6
 
 
 async def test_failures_before_the_first_token_are_unavailable_and_trip_the_breaker() -> None:

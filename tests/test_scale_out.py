@@ -399,23 +399,28 @@ def test_a_better_plan_on_one_replica_starts_before_a_worse_plan_queued_on_anoth
 
 def test_a_backend_killed_mid_load_loses_only_the_answers_it_had_begun(fleet: Fleet) -> None:
     """12 streams over three replicas and three backends; s3 (the heaviest, so it has a queue)
-    is SIGKILLed while it generates. Requests that had no token yet are answered by another
-    backend; only streams s3 had begun end, with a clean error event, and never more than its
-    two slots' worth, whichever replica they came through. Nothing hangs, and every replica
-    reports s3 down and stops sending it requests."""
+    is SIGKILLed while it generates for two and a request waits for it. Requests that had no
+    token yet are answered by another backend; only streams s3 had begun end, with a clean
+    error event, and never more than its two slots' worth, whichever replica they came
+    through. Nothing hangs, and every replica reports s3 down and stops sending it requests."""
     (roomy,) = fleet.keys("roomy")
     killed = fleet.sims["s3"]
     bodies = [long(f"Tell me story number {i:02d}.", tokens=200) for i in range(12)]
 
-    def generating() -> bool:
+    def generating_with_a_queue() -> bool:
         running = killed.metric("vllm:num_requests_running") or 0
-        return running >= 2 and (killed.metric("vllm:generation_tokens_total") or 0) > 0
+        if running < 2 or not killed.metric("vllm:generation_tokens_total"):
+            return False
+        # A request waiting on some replica for one of s3's slots: the one that must fail over.
+        return any(r.metric("lamplighter_queue_depth", backend="s3") for r in fleet.open)
 
     async def scenario() -> list[Outcome]:
         load = asyncio.gather(
             *(stream(fleet.open[i % 3], roomy, body) for i, body in enumerate(bodies))
         )
-        await wait_for_async(generating, DEADLINE, "s3 generates for two requests", every=0.01)
+        await wait_for_async(
+            generating_with_a_queue, DEADLINE, "s3 generates for two, one waits", every=0.01
+        )
         killed.kill()
         return await asyncio.wait_for(load, DEADLINE)
 

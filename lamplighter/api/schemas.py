@@ -307,7 +307,7 @@ class ChatCompletionRequest(Body):
     max_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     n: int | None = Field(default=None, ge=1, le=1)
@@ -543,7 +543,7 @@ class ResponsesRequest(Body):
     previous_response_id: str | None = Field(default=None, max_length=200)
     max_output_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
     stream: bool | None = False
     stream_options: ResponsesStreamOptions | None = None
     store: bool | None = None

@@ -43,6 +43,7 @@ TOKENS_PER_MESSAGE = 4
 CHARS_PER_TOKEN = 4
 # The longest line of the upstream's event stream it may send (aiohttp refuses longer ones).
 READ_BUFFER = 2**19  # a line may be twice this
+_LEAST_TOP_P = 1e-6
 
 
 @dataclass(frozen=True)
@@ -376,7 +377,9 @@ class UpstreamBackend:
             "model": request.model,
             "messages": [_message(turn) for turn in request.turns],
             "temperature": request.temperature,
-            "top_p": request.top_p,
+            # OpenAI takes 0 (only the likeliest token); vLLM and SGLang refuse anything not
+            # above 0, and keep the likeliest token for any top_p.
+            "top_p": max(request.top_p, _LEAST_TOP_P),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
