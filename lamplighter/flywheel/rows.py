@@ -40,7 +40,15 @@ ARENA_WINNER = {"a": "model_a", "b": "model_b", "tie": "tie", "both_bad": "tie (
 # Why an SFT row may go while its answer stays: labels given or changed since an earlier export
 # (its own, those of the turns before it, or a sibling's that makes it a duplicate).
 RELABELLED_OUT = frozenset(
-    ("rated_down", "corrected", "rejected", "voted_both_bad", "bad_context", "duplicate_row")
+    (
+        "rated_down",
+        "corrected",
+        "rejected",
+        "voted_both_bad",
+        "regenerated",
+        "bad_context",
+        "duplicate_row",
+    )
 )
 
 Row = dict[str, Any]
@@ -286,7 +294,31 @@ class Rows:
             return "truncated"
         if answer.rating == -1:
             return "rated_down"
-        return self.judged().get(answer.id)
+        return self.judged().get(answer.id) or self.replaced(answer)
+
+    def replaced(self, answer: Node) -> str | None:
+        """``"regenerated"`` when the person asked for another answer instead and left this
+        one: a later complete answer by a model to the same question, no turn after this one,
+        no thumbs-up and no comparison it is in (a verdict or a vote that kept it says more).
+        Regenerating is how people say "not this" without a word, so it is no demonstration."""
+        if answer.rating == 1 or self.children.get(answer.id) or answer.id in self._compared():
+            return None
+        return "regenerated" if self._regenerations(answer) else None
+
+    def _regenerations(self, answer: Node) -> list[Node]:
+        """The answers to the same question written by a model after ``answer``."""
+        return [
+            sibling
+            for sibling in self.children[answer.parent_id]
+            if sibling.role == "assistant"
+            and sibling.model is not None
+            and sibling.created_at > answer.created_at
+            and self.fault(sibling) is None
+        ]
+
+    def _compared(self) -> set[uuid.UUID]:
+        """The answers in a comparison (asked, given or discarded)."""
+        return {answer for pick in self.thread.picks for answer in (pick.a_id, pick.b_id)}
 
     def kto_fault(self, answer: Node) -> str | None:
         """Why an answer is no KTO row whatever else is exported (None: it is one): a
@@ -657,6 +689,10 @@ class Rows:
         for answer in self.answers:
             for when in (answer.rated_at, self.context.unrated.get(answer.id)):
                 yield answer.id, answer.parent_id, when
+            # Regenerated since (no longer a demonstration), or gone on from since (one again).
+            if regenerations := self._regenerations(answer):
+                for later in (*regenerations, *self.children.get(answer.id, ())):
+                    yield answer.id, answer.parent_id, later.created_at
         for pick in self.thread.picks:
             for when in (pick.voted_at, self.context.revoted.get(pick.id)):
                 yield pick.a_id, pick.question_id, when

@@ -250,8 +250,9 @@ def _unique(rows: list[dict[str, Any]]) -> bool:
 
 
 def test_sft_and_dpo_rows_are_each_exported_once(made: Store, tmp_path: Path) -> None:
-    """Two answers of one text to one question are one demonstration, and two corrections of
-    one text one pair; a correction that only adds a full stop is nothing to prefer."""
+    """Two answers of one text to one question are one demonstration (the later: the earlier
+    was asked again), and two corrections of one text one pair; a correction that only adds a
+    full stop is nothing to prefer."""
     sft = _export(made, "sft", tmp_path / "sft")
     assert _unique(sft["rows"])
     answers = {
@@ -266,7 +267,8 @@ def test_sft_and_dpo_rows_are_each_exported_once(made: Store, tmp_path: Path) ->
         TWICE: [f"You said: {TWICE}"],
         CORRECTED: [CORRECTION, f"You said: {CORRECTED} ."],
     }
-    assert "| duplicate_row | 2 |" in sft["card"]
+    # The first of the two answers was asked again and left; the same correction twice.
+    assert "| regenerated | 1 |" in sft["card"] and "| duplicate_row | 1 |" in sft["card"]
     dpo = _export(made, "dpo", tmp_path / "dpo")
     assert _unique(dpo["rows"])
     corrected = [row for row in dpo["rows"] if row["prompt"][-1]["content"] == CORRECTED]

@@ -41,10 +41,12 @@ ASKED = {
     "continued": "How were supplies landed at lighthouses without a harbour",
     "cut": "Describe the journey of a relief keeper from the mainland to the rock",
     "dave": "What did a lighthouse keeper write in the daily log book",
+    "left": "What fuel did lighthouse lamps burn before electricity came",
 }
 FOLLOW_UPS = {
     "down": "And how often did they have to do that in winter storms",
     "continued": "Who paid for the boats that carried those supplies",
+    "left": "Which of those fuels gave the brightest and steadiest light",
 }
 
 
@@ -153,8 +155,9 @@ def test_incremental_exports_of_every_kind_keep_a_copy_up_to_date(
     """A full export, then twice labels given and taken back, branches moved and a person
     consenting, each time an incremental export since the one before: deletions.jsonl names
     each earlier SFT row whose labels changed (a thumbs-down, a correction, a "worse" verdict,
-    a both-bad vote, on it or before it) and each conversation that changed, and the copy the
-    exports keep up to date is each time the fresh full export, row for row."""
+    a both-bad vote, on it or before it, a regeneration left without a word) and each
+    conversation that changed, and the copy the exports keep up to date is each time the fresh
+    full export, row for row."""
     data_dir = tmp_path_factory.mktemp("incremental")
     plain, side_by_side = data_dir / "plain.toml", data_dir / "side_by_side.toml"
     plain.write_text(ROOMY_PLAN)
@@ -172,7 +175,7 @@ def test_incremental_exports_of_every_kind_keep_a_copy_up_to_date(
     settings = make_settings(data_dir, config=plain, embedded_engine=False)
     with LiveServer(settings, _backends) as server:
         pat = _Person(server, pat.person)
-        for name in ("down", "corrected", "worse", "moved", "continued"):
+        for name in ("down", "corrected", "worse", "moved", "continued", "left"):
             pat.ask(name)
         down_more = pat.follow("down")
         worse = pat.regenerate("worse", TERSE_MODEL)
@@ -212,12 +215,14 @@ def test_incremental_exports_of_every_kind_keep_a_copy_up_to_date(
                 assert pat.ask_over_the_api("twice", temperature=0) == "stop"  # the same again
                 pat.regenerate("moved", FAILING)  # the branch shown ends on an error now
                 pat.follow("continued")
+                pat.regenerate("left", TERSE_MODEL)  # asked again, and left without a word
                 dave.consent()
             else:  # labels taken back or turned round
                 pat.rate(pat.answer["down"], None)
                 pat.judge(worse, "better")
                 pat.rate(cut, 1)  # a thumbs-up on an answer cut short: no KTO row
                 pat.regenerate("corrected", TERSE_MODEL)  # the branch shown moves again
+                pat.follow("left")  # gone back to the first answer: a demonstration again
 
         for step in (1, 2):
             change(step)
@@ -241,13 +246,16 @@ def test_incremental_exports_of_every_kind_keep_a_copy_up_to_date(
                     (worse, "rejected"),
                     (comparison["a_id"], "voted_both_bad"),
                     (comparison["b_id"], "voted_both_bad"),
+                    (pat.answer["left"], "regenerated"),
                 ):
                     assert {"message_id": answer, "withdrawn": why} in withdrawn["sft"]
                 moved = {"conversation_id": pat.conversation["moved"]}
                 assert moved | {"withdrawn": "conversation_changed"} in withdrawn["conversations"]
                 assert dave.answer["dave"] in copies["sft"] and dave_again in copies["kto"]
+                assert pat.answer["left"] not in copies["sft"]
             else:
                 assert {"message_id": cut, "withdrawn": "truncated"} in withdrawn["kto"]
+                assert pat.answer["left"] in copies["sft"]
         pat.close()
         dave.close()
         server.close_clients()
