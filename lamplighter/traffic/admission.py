@@ -91,8 +91,8 @@ class Pool:
                 await asyncio.wait({future}, timeout=plan.queue_patience_s)
             if not future.done():
                 self.scheduler.cancel(ticket.id)
-                wait = self.scheduler.expected_wait(ticket)
-                raise self._overloaded(plan, wait if wait else plan.queue_patience_s)
+                wait = self.scheduler.expected_wait(ticket, self.clock.monotonic())
+                raise self._overloaded(plan, self.scheduler.retry_after(wait))
             future.result()
         except asyncio.CancelledError:
             # The requester left: out of the queue, or out of the slot it was just given.

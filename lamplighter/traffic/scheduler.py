@@ -12,14 +12,19 @@ smallest counter of those waiting, so idleness banks no credit.
 Each request waits at most its patience. One that cannot start in time, by the pool's own
 measured service times, is refused at once instead of waiting to be refused. The pool's requests
 start and end at staggered times (continuous batching), so slots free up one at a time, at
-``slots / mean_service`` per second on average: the k-th slot to free is expected after about
-``(k - 0.5) * mean_service / slots`` seconds.
+``slots / mean_service`` per second on average. Requests of better classes still to come take
+freed slots first: a class sees slots free at that rate less the rate at which better classes
+have been arriving lately (decayed over ``horizon_s``), so the k-th slot for it is expected
+after about ``(k - 0.5) / (slots / mean_service - better arrivals)`` seconds, and never while
+better classes arrive as fast as slots free. Such a request is refused at once, told to come
+back after ``horizon_s`` (by then the rate it was refused on has mostly been forgotten).
 
 Pure logic: time is an argument, there is no I/O and no asyncio; ``admission.py`` drives it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -40,6 +45,23 @@ class Refusal:
 
 
 @dataclass
+class Rate:
+    """Events per second, decayed exponentially with time constant ``horizon`` seconds: a
+    steady stream of r a second reads r, and a burst fades away within a few horizons."""
+
+    horizon: float
+    value: float = 0.0
+    at: float = 0.0
+
+    def hit(self, now: float) -> None:
+        self.value = self.per_second(now) + 1.0 / self.horizon
+        self.at = now
+
+    def per_second(self, now: float) -> float:
+        return self.value * math.exp(-max(0.0, now - self.at) / self.horizon)
+
+
+@dataclass
 class Scheduler:
     slots: int
     # Smoothing of the measured time a request holds a slot (exponentially weighted mean).
@@ -53,6 +75,10 @@ class Scheduler:
     waiting: dict[int, Ticket] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)
     mean_service: float | None = None
+    # The time constant of the measured arrival rates, and the retry-after of a request that
+    # better classes leave no slot to.
+    horizon_s: float = 10.0
+    _arrivals: dict[int, Rate] = field(default_factory=dict)  # by priority: queued or started
     _started: dict[int, float] = field(default_factory=dict)
     # Per user: requests running, and requests waiting or running (kept so that choosing the
     # next ticket costs O(waiting), not O(waiting x running)).
@@ -75,25 +101,41 @@ class Scheduler:
             self.counters[ticket.user] = max(
                 self.counters.get(ticket.user, 0.0), self._floor(ticket.priority)
             )
-        wait = self.expected_wait(ticket)
+        wait = self.expected_wait(ticket, now)
         if wait is not None and now + wait > ticket.deadline:
-            return Refusal(ticket, retry_after=wait)
+            return Refusal(ticket, retry_after=self.retry_after(wait))
         self.waiting[ticket.id] = ticket
         self._count(self._backlog, ticket.user, 1)
+        self._arrivals.setdefault(ticket.priority, Rate(self.horizon_s)).hit(now)
         return None
 
-    def expected_wait(self, ticket: Ticket) -> float | None:
+    def expected_wait(self, ticket: Ticket, now: float) -> float | None:
         """Seconds until ``ticket`` would start: 0 if a slot is free for it, else the time until
-        as many slots as it needs have freed, with slots freeing one at a time at the pool's
-        measured rate (``slots / mean_service``) and the first half an interval away. For one
-        slot that is the running request's remaining half plus one service per request ahead.
-        None while no service time has been measured yet."""
+        as many slots as it needs have freed for its class, with slots freeing one at a time at
+        the pool's measured rate (``slots / mean_service``) less the rate better classes arrive
+        at, and the first half an interval away; ``math.inf`` when better classes arrive at
+        least as fast as slots free. For one slot and no better class that is the running
+        request's remaining half plus one service per request ahead. None while no service
+        time has been measured yet."""
         needed = self._ahead_of(ticket) + 1 - (self.free - self.reserve(ticket.priority))
         if needed <= 0:
             return 0.0
         if self.mean_service is None:
             return None
-        return (needed - 0.5) * self.mean_service / self.slots
+        if self.mean_service <= 0:
+            return 0.0  # requests so far took no time at all (a fake clock's, say)
+        better = sum(
+            rate.per_second(now) for p, rate in self._arrivals.items() if p < ticket.priority
+        )
+        left = self.slots / self.mean_service - better
+        return (needed - 0.5) / left if left > 0 else math.inf
+
+    def retry_after(self, wait: float | None) -> float:
+        """The retry-after of a refusal on an expected wait: that wait (at least one service
+        time), or ``horizon_s`` when no slot is in sight (better classes take every one)."""
+        if wait is None or math.isinf(wait):
+            return self.horizon_s
+        return max(wait, self.mean_service or 1.0)
 
     def schedule(self, now: float) -> tuple[list[Ticket], list[Refusal]]:
         """Start what fits in the free slots; refuse what waited past its deadline."""
@@ -106,12 +148,13 @@ class Scheduler:
         return started, refused
 
     def expire(self, now: float) -> list[Refusal]:
-        """Drop the tickets that waited past their deadline."""
+        """Drop the tickets that waited past their deadline; each is told to come back when
+        a request of its class arriving now would expect to start."""
         expired = [t for t in self.waiting.values() if t.deadline < now]
         for ticket in expired:
             del self.waiting[ticket.id]
             self._count(self._backlog, ticket.user, -1)
-        return [Refusal(t, retry_after=self.mean_service or 1.0) for t in expired]
+        return [Refusal(t, self.retry_after(self.expected_wait(t, now))) for t in expired]
 
     def next(self) -> Ticket | None:
         """The waiting ticket that starts next, whenever a slot is free for it."""

@@ -3,6 +3,9 @@ events (hypothesis drives thousands of steps on a fake clock)."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -118,6 +121,82 @@ def test_requests_that_cannot_start_in_time_are_refused_at_once() -> None:
         assert scheduler.submit(Ticket(i, "b", 2, 10, 4.0, 100.0), 4.0) is None
     refusal = scheduler.submit(Ticket(9, "c", 2, 10, 4.0, 4.0 + 5.0), 4.0)
     assert refusal is not None and refusal.retry_after > 5.0
+
+
+def _busy(slots: int, service: float) -> Scheduler:
+    """A pool whose every slot is taken, each request having held its slot ``service`` s."""
+    scheduler = Scheduler(slots=slots)
+    for i in range(slots):
+        scheduler.submit(Ticket(-1 - i, "warm", 2, 10, 0.0, 1e9), 0.0)
+    scheduler.schedule(0.0)
+    for i in range(slots):
+        scheduler.finish(-1 - i, 10, service)
+    for i in range(slots):
+        scheduler.submit(Ticket(-100 - i, "warm", 2, 10, service, 1e9), service)
+    scheduler.schedule(service)
+    assert scheduler.free == 0 and scheduler.mean_service == service
+    return scheduler
+
+
+def _paid_arrivals(scheduler: Scheduler, per_second: float, start: float, end: float) -> None:
+    """Team requests arriving steadily, each started at once as if a slot had freed for it
+    (the pool stays full: what frees goes to them)."""
+    n = round((end - start) * per_second)
+    for i in range(n):
+        at = start + i / per_second
+        ticket = Ticket(1000 + i, f"team{i % 3}", 0, 10, at, at + 60)
+        assert scheduler.submit(ticket, at) is None
+        scheduler.waiting.pop(ticket.id)  # started elsewhere: only its arrival counts here
+        scheduler._count(scheduler._backlog, ticket.user, -1)
+
+
+@settings(max_examples=200)
+@given(st.integers(1, 8), st.floats(0.2, 5.0), st.floats(1.5, 3.0), st.floats(0.5, 120.0))
+def test_a_free_request_is_refused_at_once_while_paid_ones_take_every_slot(
+    slots: int, service: float, overload: float, patience: float
+) -> None:
+    """Paid requests arriving faster than slots free (``overload`` times that, for five
+    horizons) leave none for a free one, however long its patience: it is refused at once, and
+    told to come back after the scheduler's horizon, not after an interval that would only
+    refuse it again. A paid request only waits for what is queued ahead of it."""
+    scheduler = _busy(slots, service)
+    now = service + 5 * scheduler.horizon_s
+    _paid_arrivals(scheduler, overload * slots / service, service, now)
+    assert scheduler.expected_wait(Ticket(1, "f", 2, 10, now, now + patience), now) == math.inf
+    refusal = scheduler.submit(Ticket(2, "free", 2, 10, now, now + patience), now)
+    assert refusal is not None and refusal.retry_after == scheduler.horizon_s
+    assert scheduler.expected_wait(Ticket(3, "t", 0, 10, now, now + 1), now) < math.inf
+
+
+@settings(max_examples=200)
+@given(st.integers(1, 8), st.floats(0.2, 10.0), st.floats(0.0, 0.95), st.integers(1, 20))
+def test_the_more_better_classes_arrive_the_longer_a_worse_one_expects_to_wait(
+    slots: int, service: float, load: float, more: int
+) -> None:
+    """Without paid arrivals a free request expects the plain estimate (half a slot's
+    interval); each paid arrival more makes its expected wait longer, never shorter."""
+    scheduler = _busy(slots, service)
+    free = Ticket(1, "free", 2, 10, service, 1e9)
+    assert scheduler.expected_wait(free, service) == pytest.approx(0.5 * service / slots)
+    end = service + 2 * scheduler.horizon_s
+    _paid_arrivals(scheduler, load * slots / service, service, end)
+    waits = [scheduler.expected_wait(free, end)]
+    for i in range(more):
+        ticket = Ticket(5000 + i, "team", 0, 10, end, 1e9)
+        assert scheduler.submit(ticket, end) is None
+        waits.append(scheduler.expected_wait(free, end))
+    assert all(w is not None for w in waits) and waits == sorted(waits)  # type: ignore[type-var]
+
+
+def test_a_request_that_waited_out_its_patience_is_told_an_honest_wait() -> None:
+    """Queued before the paid surge, a free request waits out its patience; its refusal says
+    to come back after the horizon, not after one service time."""
+    scheduler = _busy(1, 2.0)
+    assert scheduler.submit(Ticket(1, "free", 2, 10, 2.0, 6.0), 2.0) is None
+    _paid_arrivals(scheduler, 2.0, 2.0, 6.0)  # four times as fast as the slot frees
+    _, refused = scheduler.schedule(6.5)
+    assert [r.ticket.id for r in refused] == [1]
+    assert refused[0].retry_after == scheduler.horizon_s
 
 
 def test_idle_users_bank_no_credit() -> None:
