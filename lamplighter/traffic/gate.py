@@ -20,6 +20,10 @@ the last slot cannot both get it.
   With nobody waiting nothing is announced: a fleet's announcements grow with its queueing, not
   with its traffic times its replicas.
 
+Every write sets a key's expiry to at least the lease it writes (never shortening it), so a key
+outlives its every entry and a backend taken out of the configuration leaves nothing in Redis
+once its last lease has lapsed.
+
 If Redis does not answer, ``admit`` returns None and the pool falls back to a share of the
 backend of its own (``ceil(capacity / replicas)`` slots), as the rate limits do.
 """
@@ -45,8 +49,20 @@ POLL_S = 0.25
 # A timed-out call is a failed call: slots are the fallback's business then.
 TIMEOUT_S = 0.25
 
+# A key lives at least ``ms`` more milliseconds: as long as the entry just written to it.
+_OUTLIVE = """
+local function outlive(key, ms)
+  local left = redis.call('PTTL', key)
+  if left == -1 or (left >= 0 and left < ms) then
+    redis.call('PEXPIRE', key, ms)
+  end
+end
+"""
+
 # Both scripts start here: the server's clock, lapsed slots dropped, dead replicas' heads too.
-_SWEEP = """
+_SWEEP = (
+    _OUTLIVE
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -57,6 +73,7 @@ for _, gone in ipairs(dead) do
   redis.call('HDEL', KEYS[4], gone .. ':ticket', gone .. ':since')
 end
 """
+)
 
 _ADMIT = (
     _SWEEP
@@ -70,10 +87,14 @@ end
 local since = tonumber(redis.call('HGET', KEYS[4], replica .. ':since'))
 redis.call('ZADD', KEYS[2], priority * 1e13 + since, replica)
 redis.call('ZADD', KEYS[3], now + ttl, replica)
+for i = 2, 4 do
+  outlive(KEYS[i], ttl)
+end
 local free = capacity - redis.call('ZCARD', KEYS[1])
 local rank = redis.call('ZRANK', KEYS[2], replica)
 if free - rank > reserved then
   redis.call('ZADD', KEYS[1], now + ttl, ticket)
+  outlive(KEYS[1], ttl)
   redis.call('ZREM', KEYS[2], replica)
   redis.call('ZREM', KEYS[3], replica)
   redis.call('HDEL', KEYS[4], replica .. ':ticket', replica .. ':since')
@@ -93,6 +114,7 @@ local capacity, reserved, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(A
 local ahead = redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. tostring((priority + 1) * 1e13))
 if capacity - redis.call('ZCARD', KEYS[1]) - ahead > reserved then
   redis.call('ZADD', KEYS[1], now + ttl, ticket)
+  outlive(KEYS[1], ttl)
   return 1
 end
 return 0
@@ -116,15 +138,19 @@ end
 return 1
 """
 
-_RENEW = """
+_RENEW = (
+    _OUTLIVE
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
 for i = 2, #ARGV do
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
 end
+outlive(KEYS[1], ttl)
 return 1
 """
+)
 
 
 class SlotGate:

@@ -4,6 +4,7 @@ replica (its own queue and its own ``SlotGate``), all in one event loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -145,6 +146,27 @@ async def test_a_dead_replicas_slot_lapses_and_a_waiter_elsewhere_gets_it(replic
     waited = time.monotonic() - started
     assert 0.5 < waited < 5.0  # the lease's TTL, give or take a poll
     slot.release(10)
+
+
+async def test_a_backend_nobody_uses_leaves_nothing_in_redis(
+    replicas: Fleet, client: Redis
+) -> None:
+    """Two replicas die, one holding a backend's slot, the other waiting for it, and nobody
+    asks for that backend again (it was taken out of the configuration): its keys in Redis live
+    no longer than the lease, instead of holding the dead replicas' entries for ever."""
+    backend = f"gpu-{uuid.uuid4().hex}"
+    first, second = await replicas(2, lease_ttl=0.6)
+    await first.pool(backend, 1).enter("holder", FREE, 10)
+    waiter = asyncio.create_task(second.pool(backend, 1).enter("waiter", FREE, 10))
+    keys = SlotGate._keys(backend)  # running, heads, alive, meta
+    await until_async(lambda: client.exists(*keys), len(keys))
+    assert all([0 < await client.pttl(key) <= 600 for key in keys])
+    await first.close()  # both die: nobody releases, renews or withdraws anything
+    await second.close()
+    await until_async(lambda: client.exists(*keys), 0)
+    waiter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiter
 
 
 async def test_a_live_replica_keeps_its_slot_past_the_lease(replicas: Fleet) -> None:
