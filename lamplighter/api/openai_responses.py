@@ -32,6 +32,7 @@ from lamplighter.api.stored import (
     answered,
     delete_stored,
     page_of,
+    stop_generation,
     stored_answer,
     stored_usage,
 )
@@ -51,9 +52,6 @@ from lamplighter.store.models import Message
 router = APIRouter(prefix="/v1")
 
 CUT_WARNING = "the server stopped before this answer was finished; its status is failed"
-# How long a cancel waits for the answer to be settled before answering as it stands.
-CANCEL_WAIT_S = 5.0
-CANCEL_POLL_S = 0.05
 
 
 async def _history(state: Services, who: Principal, previous: str) -> tuple[Message, list[Turn]]:
@@ -185,24 +183,8 @@ async def cancel_response(name: str, who: Caller, state: State) -> dict[str, Any
         answer = await stored_answer(Conversations(session), who, name)
     if answer is None:
         raise _not_found(name)
-    task = state.chat.cancel(answer.id)
-    if task is not None:
-        await asyncio.wait({task}, timeout=CANCEL_WAIT_S)
-    elif answer.status == "in_progress" and state.bulletin is not None:
-        await state.bulletin.publish("response.cancel", id=answer.id.hex)
-        await _settled(state, who, name)
+    await stop_generation(state, who, name, answer)
     return await retrieve_response(name, who, state)
-
-
-async def _settled(state: Services, who: Principal, name: str) -> None:
-    """Wait (a little) for another replica to settle a cancelled answer."""
-    deadline = time.monotonic() + CANCEL_WAIT_S
-    while time.monotonic() < deadline:
-        async with state.db.transaction() as session:
-            answer = await stored_answer(Conversations(session), who, name)
-        if answer is None or answer.status != "in_progress":
-            return
-        await asyncio.sleep(CANCEL_POLL_S)
 
 
 @router.delete("/responses/{name}")

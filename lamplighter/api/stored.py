@@ -11,6 +11,8 @@ carry it to training copies made earlier.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -26,6 +28,10 @@ from lamplighter.store.conversations import Conversations
 from lamplighter.store.models import Deletion, Message, Usage, utcnow
 
 router = APIRouter(prefix="/v1")
+
+# How long stopping an answer waits for it to be settled before going on as it stands.
+STOP_WAIT_S = 5.0
+STOP_POLL_S = 0.05
 
 
 async def stored_answer(conversations: Conversations, who: Principal, name: str) -> Message | None:
@@ -45,8 +51,34 @@ async def stored_usage(session: AsyncSession, answer: Message) -> TokenCount:
     )
 
 
+async def stop_generation(state: Services, who: Principal, name: str, answer: Message) -> None:
+    """Stop the generation of ``answer`` (``name`` names it) if it is still being written, and
+    wait (a little) until it is settled as cut, with what was generated and charged. One that
+    runs on another replica is told through the bulletin."""
+    task = state.chat.cancel(answer.id)
+    if task is not None:
+        await asyncio.wait({task}, timeout=STOP_WAIT_S)
+    elif answer.status == "in_progress" and state.bulletin is not None:
+        await state.bulletin.publish("response.cancel", id=answer.id.hex)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline:
+            async with state.db.transaction() as session:
+                found = await stored_answer(Conversations(session), who, name)
+            if found is None or found.status != "in_progress":
+                return
+            await asyncio.sleep(STOP_POLL_S)
+
+
 async def delete_stored(state: Services, who: Principal, name: str, missing: APIError) -> None:
-    """Delete the caller's answer ``name`` names (else raise ``missing``)."""
+    """Delete the caller's answer ``name`` names (else raise ``missing``). One still being
+    generated (a background response) is stopped first, as a cancel stops it: deleted, it
+    would otherwise run on to its token limit, holding its backend and charged."""
+    async with state.db.transaction() as session:
+        answer = await stored_answer(Conversations(session), who, name)
+    if answer is None:
+        raise missing
+    if answer.status == "in_progress":
+        await stop_generation(state, who, name, answer)
     async with state.db.transaction() as session:
         conversations = Conversations(session)
         answer = await stored_answer(conversations, who, name)
