@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from lamplighter.store.models import User
 from lamplighter.store.usage import UsageLedger
-from tests.conftest import PACED, LiveServer
+from tests.conftest import MODEL, PACED, SCRIPTED, LiveServer
 
 
 def usage_of(server: LiveServer, email: str) -> list[Any]:
@@ -49,3 +49,23 @@ def test_deleting_a_running_background_response_stops_its_generation(
         client.responses.retrieve(made.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.cancel(made.id)
+
+
+def test_models_lists_only_those_the_callers_plan_may_use(server: LiveServer) -> None:
+    plan = "scripted-only"
+
+    async def restricted(services: Any) -> None:
+        roomy = services.plans.get("roomy").as_dict()
+        limits = {k: v for k, v in roomy.items() if k not in ("name", "models")}
+        await services.plans.put(plan, {**limits, "models": [SCRIPTED]}, create=True)
+
+    server.call(restricted)
+    client = server.client(server.new_user(plan=plan)[1])
+
+    assert [model.id for model in client.models.list()] == [SCRIPTED]
+    assert client.models.retrieve(SCRIPTED).id == SCRIPTED
+    with pytest.raises(openai.NotFoundError) as refused:
+        client.models.retrieve(MODEL)  # served, but not to this plan
+    assert refused.value.code == "model_not_found"
+    everything = server.client(server.new_user(plan="roomy")[1]).models.list()
+    assert MODEL in [model.id for model in everything]
