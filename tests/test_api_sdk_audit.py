@@ -69,3 +69,52 @@ def test_models_lists_only_those_the_callers_plan_may_use(server: LiveServer) ->
     assert refused.value.code == "model_not_found"
     everything = server.client(server.new_user(plan="roomy")[1]).models.list()
     assert MODEL in [model.id for model in everything]
+
+
+def test_the_current_sdks_chat_parameters_are_accepted(client: openai.OpenAI) -> None:
+    hello: Any = [{"role": "user", "content": "hi"}]
+    for verbosity in (None, "low", "medium", "high"):
+        answer = client.chat.completions.create(
+            model=SCRIPTED,
+            messages=hello,
+            prompt_cache_key="conversation-7",
+            prompt_cache_retention="24h",
+            safety_identifier="end-user-42",
+            verbosity=verbosity,  # type: ignore[arg-type]
+        )
+        assert answer.choices[0].message.content == "You said: hi"
+    with client.chat.completions.stream(
+        model=SCRIPTED,
+        messages=hello,
+        prompt_cache_retention=None,
+        safety_identifier=None,
+        stream_options={"include_obfuscation": False, "include_usage": True},
+    ) as stream:
+        assert stream.get_final_completion().choices[0].message.content == "You said: hi"
+    streamed = client.responses.create(
+        model=SCRIPTED,
+        input="hi",
+        prompt_cache_retention="in_memory",
+        text={"verbosity": "low"},
+        stream=True,
+        stream_options={"include_obfuscation": False},
+    )
+    done = [e.response.output_text for e in streamed if e.type == "response.completed"]
+    assert done == ["You said: hi"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("verbosity", "loud"),
+        ("prompt_cache_retention", "1y"),
+        ("safety_identifier", 42),
+        ("prompt_cache_key", "k" * 257),
+    ],
+)
+def test_those_parameters_are_checked(client: openai.OpenAI, field: str, value: object) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model=SCRIPTED, messages=[{"role": "user", "content": "hi"}], extra_body={field: value}
+        )
+    assert refused.value.param == field

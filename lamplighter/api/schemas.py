@@ -297,6 +297,17 @@ def _compact(value: object) -> str:
 
 class StreamOptions(Body):
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # nothing here is obfuscated
+
+
+# The current SDK's hints for OpenAI's prompt cache, accepted and not used: prefix affinity
+# already sends a conversation back to the backend that holds its prefix, for as long as it does.
+PromptCacheKey = Annotated[str | None, Field(max_length=256)]
+PromptCacheRetention = Literal["in_memory", "24h"] | None
+# A stable id of the client's own end user, as ``user`` is: accepted, not used yet.
+SafetyIdentifier = Annotated[str | None, Field(max_length=256)]
+# Asks a reasoning model for shorter or longer answers; the models here have no such setting.
+Verbosity = Literal["low", "medium", "high"] | None
 
 
 class ChatCompletionRequest(Body):
@@ -314,6 +325,10 @@ class ChatCompletionRequest(Body):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=256)
+    safety_identifier: SafetyIdentifier = None
+    prompt_cache_key: PromptCacheKey = None
+    prompt_cache_retention: PromptCacheRetention = None
+    verbosity: Verbosity = None
     store: bool | None = None
     metadata: Metadata | None = None
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -456,6 +471,7 @@ class TextFormat(Body):
 
 class TextConfig(Body):
     format: TextFormat | None = None
+    verbosity: Verbosity = None
 
     @property
     def output_format(self) -> OutputFormat | None:
@@ -549,10 +565,9 @@ class ResponsesRequest(Body):
     store: bool | None = None
     metadata: Metadata | None = None
     user: str | None = Field(default=None, max_length=256)
-    safety_identifier: str | None = Field(default=None, max_length=256)
-    # A hint for the provider's prompt cache; prefix affinity already sends a conversation
-    # back to the backend that holds its prefix.
-    prompt_cache_key: str | None = Field(default=None, max_length=256)
+    safety_identifier: SafetyIdentifier = None
+    prompt_cache_key: PromptCacheKey = None
+    prompt_cache_retention: PromptCacheRetention = None
     service_tier: Literal["auto", "default"] | None = None
     text: TextConfig | None = None
     truncation: Literal["disabled"] | None = None
