@@ -118,3 +118,16 @@ def test_those_parameters_are_checked(client: openai.OpenAI, field: str, value: 
             model=SCRIPTED, messages=[{"role": "user", "content": "hi"}], extra_body={field: value}
         )
     assert refused.value.param == field
+
+
+def test_an_input_too_long_for_the_model_names_input_in_the_responses_api(
+    client: openai.OpenAI,
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=SCRIPTED, input="lamp " * 5000)
+    assert (refused.value.code, refused.value.param) == ("context_length_exceeded", "input")
+    with pytest.raises(openai.BadRequestError) as chat:
+        client.chat.completions.create(
+            model=SCRIPTED, messages=[{"role": "user", "content": "lamp " * 5000}]
+        )
+    assert (chat.value.code, chat.value.param) == ("context_length_exceeded", "messages")

@@ -136,13 +136,15 @@ async def open_exchange(
     *,
     store: bool,
     token_param: str,
+    input_param: str = "messages",
     placement: Placement | None = None,
     metadata: dict[str, str] | None = None,
 ) -> tuple[Exchange, dict[str, str]]:
     """Open an exchange for an API request, and the headers its answer carries. Validation,
     prompt counting and storing the question happen before the response starts, so every
     refusal is a plain HTTP error rather than an error inside a stream; a refusal about the
-    answer's length names the field the client used for it (``token_param``)."""
+    answer's length names the field the client used for it (``token_param``), one about the
+    prompt's the field the prompt came in (``input_param``: the Responses API's ``input``)."""
     try:
         # Waiting for admission ends the moment the client leaves: its place in the queue goes
         # to someone who is still there.
@@ -154,6 +156,8 @@ async def open_exchange(
         guard.count(state, error, *guard.subjects(http, who))
         if error.param == "max_tokens":
             error.param = token_param
+        elif error.param == "messages":
+            error.param = input_param
         raise
     try:
         headers = exchange.headers

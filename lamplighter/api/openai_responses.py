@@ -235,6 +235,7 @@ async def create_response(
         request,
         store=store,
         token_param="max_output_tokens",
+        input_param="input",
         placement=placement,
         metadata=body.metadata,
     )
