@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from lamplighter.credentials import (
     new_api_key,
     new_password,
     password_problem,
+    verify_password,
 )
 from lamplighter.exceptions import AuthenticationFailed, Conflict, InvalidRequest, NotFound
 from lamplighter.settings import is_email
@@ -209,6 +211,41 @@ class AccountService:
             await session.delete(user)
             await write_audit(session, audit)
 
+    async def confirm_password(
+        self, user_id: uuid.UUID, password: str, *, param: str = "password"
+    ) -> User:
+        """The account, once ``password`` is its password (a person confirming a change to
+        their own account); InvalidRequest naming ``param`` otherwise."""
+        async with self.db.transaction() as session:
+            user = await Accounts(session).user_by_id(user_id)
+        if user is None:
+            raise NotFound("There is no such account.")
+        ok = user.password_hash is not None and await asyncio.to_thread(
+            verify_password, user.password_hash, password
+        )
+        if not ok:
+            raise InvalidRequest(
+                "That is not your current password.", param=param, code="wrong_password"
+            )
+        return user
+
+    async def change_password(self, user_id: uuid.UUID, current: str, new: str) -> User:
+        """Replace the account's password, once ``current`` is confirmed; ``new`` must pass
+        the rules of sign-up. Every web session of the account ends, as a reset's do (a change
+        may follow a stolen password); the caller starts the browser's new one."""
+        user = await self.confirm_password(user_id, current, param="current_password")
+        problem = password_problem(new, related=(user.email,))
+        if problem is not None:
+            raise InvalidRequest(problem, param="new_password", code="weak_password")
+        password_hash = await asyncio.to_thread(hash_password, new)
+        async with self.db.transaction() as session:
+            changed = await Accounts(session).user_by_id(user_id)
+            if changed is None:
+                raise NotFound("There is no such account.")
+            changed.password_hash = password_hash
+            await WebStore(session).end_sessions_of(user_id)
+            return changed
+
     @staticmethod
     async def _user(session: AsyncSession, email: str) -> User:
         user = await Accounts(session).user_by_email(normalise_email(email))
@@ -291,8 +328,15 @@ class AccountService:
         async with self.db.transaction() as session:
             return await Accounts(session).keys_of((await self._user(session, email)).id)
 
-    async def revoke_key(self, key_id: uuid.UUID, *, audit: Audit | None = None) -> None:
+    async def revoke_key(
+        self, key_id: uuid.UUID, *, owner: uuid.UUID | None = None, audit: Audit | None = None
+    ) -> None:
+        """Revoke a live key. With ``owner`` (a person revoking their own, in the web chat),
+        another user's key is as unknown as one that does not exist."""
         async with self.db.transaction() as session:
+            key = await session.get(ApiKey, key_id) if owner is not None else None
+            if owner is not None and (key is None or key.user_id != owner):
+                raise NotFound(f"no live API key with id {key_id}")
             if not await Accounts(session).revoke_key(key_id, utcnow()):
                 raise NotFound(f"no live API key with id {key_id}")
             await write_audit(session, audit)

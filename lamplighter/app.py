@@ -62,6 +62,7 @@ from lamplighter.traffic.ratelimits import RateLimiter
 from lamplighter.traffic.state import MemoryState
 from lamplighter.web import api as web_api
 from lamplighter.web import pages
+from lamplighter.web import settings as settings_pages
 from lamplighter.web.auth import WebAuth
 
 if TYPE_CHECKING:
@@ -427,6 +428,7 @@ def create_app(
     app.include_router(billing_api.admin_router)
     app.include_router(feedback.router)
     app.include_router(web_api.router)
+    app.include_router(settings_pages.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(packages=[("lamplighter.web", "static")]), name="static")
     return app
