@@ -9,10 +9,15 @@ climbs fast. At ``threshold`` the subject is banned for ``ban_s``, doubling with
 ``[abuse]`` table of the config file. State is per process (shared state comes with Redis).
 
 A refusal that tells the caller when to come back (a 429 with ``retry-after``) counts only if the
-caller came back sooner than a refusal of the same kind told it to. Clients that honour
-``retry-after``, as the OpenAI SDKs do with their automatic retries, are never scored for being
-refused: five calls of the SDK over a plan's concurrent-stream cap (three attempts each, a
-second apart) once got a person banned. A script that ignores it climbs as fast as before.
+caller came back early: the request arrived after a refusal of the same kind had been sent, and
+before the time that refusal named. Each refusal answers for one return: a request that arrives
+once some refusal's time has come used that one and waited as told. So requests that were
+already on their way when the first refusal went out (``asyncio.gather`` of twenty calls on a
+plan of four streams) are not scored, nor are their SDK retries, each of which waits for its
+own ``retry-after``; a script that sends again without waiting is scored from its second wave.
+Measuring from when a refusal was sent instead of when the request arrived once banned a paying
+user's twelve concurrent SDK calls out of sixteen; counting any refusal since the last told
+time once banned five.
 """
 
 from __future__ import annotations
@@ -111,6 +116,14 @@ class Ban:
     reason: str
 
 
+@dataclass(frozen=True)
+class _Told:
+    """A refusal that told the caller to come back at ``until``, sent at ``sent``."""
+
+    sent: float
+    until: float
+
+
 @dataclass
 class _Score:
     value: float
@@ -122,6 +135,12 @@ class Violations:
     # How much sooner than told a caller may come back and still count as having waited:
     # clients' timers and the network are not exact.
     EARLY_S = 0.1
+    # A refusal whose time came answers for a request that comes back within this long after;
+    # later, the caller has plainly waited, and the refusal is forgotten.
+    KEEP_S = 60.0
+    # Refusals remembered per subject and kind: more than a program's concurrent calls, fewer
+    # than a flood's. The oldest go first.
+    MAX_TOLD = 1024
 
     def __init__(
         self,
@@ -135,7 +154,8 @@ class Violations:
         self._scores: dict[str, _Score] = {}
         self._bans: dict[str, Ban] = {}
         self._repeats: dict[str, int] = {}
-        self._told: dict[tuple[str, str], float] = {}  # (subject, kind) -> come back after
+        self._told: dict[tuple[str, str], list[_Told]] = {}  # (subject, kind) -> refusals sent
+        self._together: dict[str, tuple[str, ...]] = {}  # subject -> subjects banned with it
 
     def score(self, subject: str) -> float:
         entry = self._scores.get(subject)
@@ -144,22 +164,30 @@ class Violations:
         elapsed = max(0.0, self.clock() - entry.at)
         return entry.value * math.pow(0.5, elapsed / self.policy.half_life_s)
 
-    def record(self, kind: str, *subjects: str, retry_after: float | None = None) -> list[Ban]:
+    def record(
+        self,
+        kind: str,
+        *subjects: str,
+        retry_after: float | None = None,
+        arrived: float | None = None,
+    ) -> list[Ban]:
         """Count a violation against each subject; the bans it started, if any. A refusal that
-        told the caller to come back in ``retry_after`` seconds counts against a subject only
-        if an earlier one of the same kind told it to wait longer than it did."""
+        tells the caller to come back in ``retry_after`` seconds counts against a subject only
+        if the request (which ``arrived`` then; now if not given) came back early: see
+        ``_early``."""
         weight = self.policy.weights.get(kind, 1.0)
         if weight <= 0:
             return []
         now = self.clock()
+        arrived = now if arrived is None else arrived
         started = []
         for subject in subjects:
             if self.policy.exempted(subject):
                 continue
             if retry_after is not None:
-                told = self._told.get((subject, kind), -math.inf)
-                self._told[(subject, kind)] = max(told, now + retry_after)
-                if now + self.EARLY_S >= told:  # it waited as told (or was never told)
+                early = self._early((subject, kind), arrived, now)
+                self._tell((subject, kind), _Told(now, now + retry_after))
+                if not early:
                     continue
             value = self.score(subject) + weight
             if value >= self.policy.threshold and self.banned(subject) is None:
@@ -177,9 +205,34 @@ class Violations:
                 started.append(ban)
             else:
                 self._scores[subject] = _Score(value, now)
+        for ban in started:
+            self._together[ban.subject] = tuple(b.subject for b in started)
         if len(self._scores) > self.MAX_SUBJECTS or len(self._told) > self.MAX_SUBJECTS:
             self._forget()
         return started
+
+    def _early(self, key: tuple[str, str], arrived: float, now: float) -> bool:
+        """Whether a request that ``arrived`` then came back sooner than told, using up the
+        refusal that answers for it. A refusal sent before it arrived whose time has come (the
+        soonest) means it waited; else one whose time has not come (the oldest) means it came
+        back early; a request that was on its way before any refusal was sent is neither."""
+        told = [t for t in self._told.get(key, ()) if t.until + self.KEEP_S > now]
+        seen = [t for t in told if t.sent <= arrived]
+        waited = [t for t in seen if t.until <= arrived + self.EARLY_S]
+        used = (
+            min(waited, key=lambda t: t.until)
+            if waited
+            else min(seen, default=None, key=lambda t: t.sent)
+        )
+        if used is not None:
+            told.remove(used)
+        self._told[key] = told
+        return used is not None and not waited
+
+    def _tell(self, key: tuple[str, str], told: _Told) -> None:
+        refusals = self._told.setdefault(key, [])
+        refusals.append(told)
+        del refusals[: -self.MAX_TOLD]
 
     def banned(self, *subjects: str) -> Ban | None:
         """The longest ban in force on any of ``subjects``."""
@@ -188,8 +241,12 @@ class Violations:
         return max(found, key=lambda ban: ban.until, default=None)
 
     def _forget(self) -> None:
-        """Drop scores that have decayed to almost nothing, and waits that are over."""
+        """Drop scores that have decayed to almost nothing, and refusals that are over."""
         for subject in [s for s in self._scores if self.score(s) < 0.01]:
             del self._scores[subject]
         now = self.clock()
-        self._told = {told: until for told, until in self._told.items() if until > now}
+        self._told = {
+            key: kept
+            for key, refusals in self._told.items()
+            if (kept := [t for t in refusals if t.until + self.KEEP_S > now])
+        }

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from starlette.requests import Request
 
+from lamplighter.api.middleware import arrived
 from lamplighter.api.state import Services
 from lamplighter.chat import Principal
 from lamplighter.exceptions import APIError, Banned
@@ -39,11 +40,14 @@ def refuse_banned(state: Services, *of: str) -> None:
 
 def count(state: Services, error: APIError, *of: str) -> None:
     """Count a refusal against ``of`` when it is the kind that abuse is made of (and, if it
-    says when to come back, the caller did not wait as an earlier one told it to)."""
+    says when to come back, the request arrived after an earlier refusal was sent and before
+    the time it named)."""
     if error.violation is not None:
         state.chat.metrics.violations.labels(error.violation).inc()
         retry_after = getattr(error, "retry_after", None)
-        state.violations.record(error.violation, *of, retry_after=retry_after)
+        state.violations.record(
+            error.violation, *of, retry_after=retry_after, arrived=arrived.get()
+        )
 
 
 async def watch_prompt(state: Services, who: Principal, question: str) -> None:

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import time
+from contextvars import ContextVar
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,6 +17,9 @@ from lamplighter.logs import request_id
 access = logging.getLogger("lamplighter.access")
 # A client's own request id is kept when it is short and plain; anything else is replaced.
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# When the request being served reached the server (wall clock, ``time.time()``): the abuse
+# scores tell a request that was on its way when a refusal went out from one sent after it.
+arrived: ContextVar[float | None] = ContextVar("arrived", default=None)
 
 
 class RequestIds:
@@ -34,6 +38,7 @@ class RequestIds:
         given = Headers(scope=scope).get("x-request-id", "")
         rid = given if _CLIENT_ID.match(given) else uuid7().hex
         token = request_id.set(rid)
+        arrival = arrived.set(time.time())
         started = time.perf_counter()
         status: int | None = None
 
@@ -63,6 +68,7 @@ class RequestIds:
                 },
             )
             request_id.reset(token)
+            arrived.reset(arrival)
 
 
 RATE_LIMIT_HEADERS = "ratelimit_headers"
