@@ -131,3 +131,45 @@ def test_an_input_too_long_for_the_model_names_input_in_the_responses_api(
             model=SCRIPTED, messages=[{"role": "user", "content": "lamp " * 5000}]
         )
     assert (chat.value.code, chat.value.param) == ("context_length_exceeded", "messages")
+
+
+def test_logprobs_join_to_the_content_when_a_stop_begins_inside_a_token(
+    client: openai.OpenAI,
+) -> None:
+    """The stop begins in the middle of a token: the answer ends at the last whole token
+    before it, and the tokens' log probabilities join to exactly that, streamed or not."""
+    ask: Any = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Describe a lighthouse at night."}],
+        "max_tokens": 30,
+        "temperature": 0.0,
+        "seed": 3,
+        "logprobs": True,
+    }
+    free = client.chat.completions.create(**ask)
+    tokens = [entry.token for entry in free.choices[0].logprobs.content or []]  # type: ignore[union-attr]
+    text = free.choices[0].message.content or ""
+    assert "".join(tokens) == text
+    # A stop that begins after a token's first character and runs into the next token.
+    k, stop = next(
+        (k, tokens[k][1:] + tokens[k + 1])
+        for k in range(1, len(tokens) - 1)
+        if len(tokens[k]) > 1
+        and text.find(tokens[k][1:] + tokens[k + 1]) == len("".join(tokens[:k])) + 1
+    )
+    whole = "".join(tokens[:k])
+
+    cut = client.chat.completions.create(**ask, stop=stop)
+    entries = cut.choices[0].logprobs.content or []  # type: ignore[union-attr]
+    assert cut.choices[0].message.content == whole
+    assert [entry.token for entry in entries] == tokens[:k]
+    assert cut.choices[0].finish_reason == "stop"
+
+    content, joined = [], []
+    for chunk in client.chat.completions.create(**ask, stop=stop, stream=True):
+        delta = chunk.choices[0]
+        content.append(delta.delta.content or "")
+        logprobs = delta.logprobs.content if delta.logprobs else None
+        joined.append("".join(entry.token for entry in logprobs or []))
+        assert joined[-1] == content[-1]  # each delta carries its own tokens' entries
+    assert "".join(content) == whole

@@ -17,11 +17,12 @@ import random
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from lamplighter.engines.base import Chunk, GenerationRequest, PreparedRequest, grant
-from lamplighter.engines.stops import StopMatcher
+from lamplighter.engines.stops import StopMatcher, TokenStopMatcher
 from lamplighter.exceptions import ConfigError, EngineFailed, InvalidRequest, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,12 @@ def _logprob(llm: Any, token: int, piece: bytes, top: int) -> dict[str, Any]:
     ranked = sorted((int(i) for i in best), key=lambda i: -float(logits[i]))
     alternatives = [entry(i, llm.detokenize([i])) for i in ranked]
     return entry(token, piece) | {"top_logprobs": alternatives}
+
+
+def _joined(released: list[tuple[str, dict[str, Any]]]) -> Chunk:
+    """One generated token's chunk: the tokens a stop matcher released with it, text and
+    log probability entries."""
+    return Chunk("".join(text for text, _ in released), logprobs=tuple(e for _, e in released))
 
 
 class EmbeddedBackend:
@@ -244,7 +251,10 @@ class EmbeddedBackend:
                 # promises repeatable output, so it evaluates its prompt from scratch.
                 llm.reset()
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            # With log probabilities, stop sequences are matched by the whole token, so that
+            # the entries join to exactly the text (see TokenStopMatcher).
             stops = StopMatcher(request.stop)
+            by_token: TokenStopMatcher[dict[str, Any]] = TokenStopMatcher(request.stop)
             generated = 0
             finish = "length"
             prompt, grammar = prepared.payload
@@ -268,26 +278,27 @@ class EmbeddedBackend:
                         finish = "stop"
                         break
                     piece = llm.detokenize([token])
-                    text = stops.feed(decoder.decode(piece))
-                    logprobs = (
-                        ()
-                        if request.logprobs is None
-                        else (_logprob(llm, token, piece, request.logprobs),)
-                    )
-                    if stops.stopped:
-                        # The token that completed a stop sequence is not part of the answer.
-                        post(Chunk(text))
+                    if request.logprobs is None:
+                        chunk = Chunk(stops.feed(decoder.decode(piece)))
+                        stopped = stops.stopped
+                    else:
+                        entry = _logprob(llm, token, piece, request.logprobs)
+                        chunk = _joined(by_token.feed(decoder.decode(piece), entry))
+                        stopped = by_token.stopped
+                    post(chunk)
+                    if stopped:
                         finish = "stop"
                         break
                     if generated >= prepared.max_tokens:
-                        post(Chunk(text, logprobs=logprobs))
                         break
-                    post(Chunk(text, logprobs=logprobs))
             finally:
                 tokens.close()
             # Bytes still in the decoder begin a character the token limit cut off: left out
             # rather than shown as U+FFFD.
-            post(Chunk(stops.flush(), 0, finish))
+            if request.logprobs is None:
+                post(Chunk(stops.flush(), 0, finish))
+            else:
+                post(replace(_joined(by_token.flush()), tokens=0, finish_reason=finish))
         except Exception as exc:  # handed to the event loop, which raises EngineFailed
             log.exception("generation failed")
             post(exc)
