@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,17 @@ from tests.web.conftest import Browserless, Person, new_person
 NEW_PASSWORD = "a brand new lantern wick"
 
 
-def _logged_in(server: LiveServer, person: Person) -> Browserless:
+def _elsewhere(server: LiveServer) -> Browserless:
+    """A client at an address of its own (X-Forwarded-For, which the test server trusts from
+    127.0.0.1): the wrong passwords these tests send count against it, not against the
+    address every other test logs in from."""
     web = Browserless(server.base_url)
+    web.http.headers["x-forwarded-for"] = f"10.{secrets.randbelow(256)}.{secrets.randbelow(256)}.7"
+    return web
+
+
+def _logged_in(server: LiveServer, person: Person) -> Browserless:
+    web = _elsewhere(server)
     assert web.login(person).status_code == 303
     return web
 
@@ -56,7 +66,7 @@ def test_settings_page_changes_the_password_manages_keys_and_downloads_the_data(
     elsewhere.close()
     again = tabs.open()
     again.login(Person(person.email, NEW_PASSWORD))
-    refused = Browserless(server.base_url)
+    refused = _elsewhere(server)
     assert refused.login(person).status_code == 401
     refused.close()
 
@@ -134,8 +144,9 @@ def test_settings_needs_a_login_and_comes_back_after_it(server: LiveServer) -> N
 
 
 def test_a_wrong_current_password_or_a_weak_new_one_is_refused(
-    server: LiveServer, web: Browserless, person: Person
+    server: LiveServer, person: Person
 ) -> None:
+    web = _logged_in(server, person)
     wrong = web.api(
         "POST",
         "/me/password",
@@ -161,6 +172,7 @@ def test_a_wrong_current_password_or_a_weak_new_one_is_refused(
     assert web.api("GET", "/me").status_code == 200
     check = _logged_in(server, person)
     check.close()
+    web.close()
 
 
 def test_a_person_cannot_revoke_or_see_another_persons_key(
@@ -231,7 +243,7 @@ def test_deleting_the_account_logs_out_and_the_login_fails(server: LiveServer) -
     assert web.api("GET", "/me").status_code == 401
     assert web.http.get("/settings").headers["location"].startswith("/login")
     web.close()
-    again = Browserless(server.base_url)
+    again = _elsewhere(server)
     assert again.login(person).status_code == 401
     again.close()
     users = server.call(lambda s: s.accounts.list_users())
@@ -257,4 +269,18 @@ def test_the_last_admin_cannot_delete_their_account(lone_admin: LiveServer) -> N
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "last_admin"
     assert web.api("GET", "/me").json()["is_admin"] is True
+    web.close()
+
+
+def test_guessing_the_password_through_settings_is_throttled_like_logins(
+    server: LiveServer,
+) -> None:
+    person = new_person(server)
+    web = _logged_in(server, person)
+    for attempt in range(5):
+        guess = web.api("DELETE", "/me", json={"password": f"guess number {attempt}"})
+        assert guess.status_code == 400
+    locked = web.api("DELETE", "/me", json={"password": person.password})
+    assert locked.status_code == 429 and "retry-after" in locked.headers
+    assert web.api("GET", "/me").status_code == 200  # still there: nothing was checked
     web.close()
