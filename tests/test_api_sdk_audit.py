@@ -6,6 +6,7 @@ previous id)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import openai
@@ -173,3 +174,23 @@ def test_logprobs_join_to_the_content_when_a_stop_begins_inside_a_token(
         joined.append("".join(entry.token for entry in logprobs or []))
         assert joined[-1] == content[-1]  # each delta carries its own tokens' entries
     assert "".join(content) == whole
+
+
+def test_the_embedded_model_never_samples_a_token_far_below_the_likeliest(
+    client: openai.OpenAI,
+) -> None:
+    """The embedded engine keeps llama.cpp's min_p of 0.05 (and top_k 40) before temperature:
+    even at temperature 2, no token sampled is more than ln(20) nats below the likeliest."""
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me about lamps."}],
+        max_tokens=40,
+        temperature=2.0,
+        seed=11,
+        logprobs=True,
+        top_logprobs=1,
+    )
+    entries = answer.choices[0].logprobs.content or []  # type: ignore[union-attr]
+    assert entries
+    for entry in entries:
+        assert entry.logprob >= entry.top_logprobs[0].logprob - math.log(20) - 1e-3

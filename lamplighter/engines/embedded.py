@@ -32,6 +32,13 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 _DONE = object()
 GRAMMARS_KEPT = 64
+# Before temperature and top_p, llama.cpp keeps the 40 likeliest tokens and, of those, the ones
+# at least 5% as likely as the likeliest (ln 20 nats below it at most). OpenAI applies no such
+# cut, but a 135M-parameter model sampled from its whole vocabulary at the default temperature
+# of 1 strays into nonsense within a sentence; these are llama-cpp-python's own defaults, given
+# here so that a change of theirs cannot change answers (see docs/api.md, "Sampling").
+TOP_K = 40
+MIN_P = 0.05
 
 
 def bundled_model_path() -> Path:
@@ -262,6 +269,8 @@ class EmbeddedBackend:
                 prompt,
                 temp=request.temperature,
                 top_p=request.top_p,
+                top_k=TOP_K,
+                min_p=MIN_P,
                 frequency_penalty=request.frequency_penalty,
                 presence_penalty=request.presence_penalty,
                 reset=True,
