@@ -392,10 +392,12 @@ async def test_failures_before_the_first_token_are_unavailable_and_trip_the_brea
 
 
 async def test_a_429_is_overload_and_a_400_is_not_retried_elsewhere() -> None:
-    status = iter([429, 400])
+    status = iter([429, 400, 400])
+    refusal = {"error": {"message": "bad schema", "type": "BadRequestError", "param": "tools"}}
+    bodies = iter(["no", "no", json.dumps(refusal)])
 
     async def handler(_: web.BaseRequest) -> web.StreamResponse:
-        return web.Response(status=next(status), headers={"retry-after": "4"}, text="no")
+        return web.Response(status=next(status), headers={"retry-after": "4"}, text=next(bodies))
 
     async with Upstream(handler) as server:
         backend = upstream(server, breaker_failures=1)
@@ -405,6 +407,10 @@ async def test_a_429_is_overload_and_a_400_is_not_retried_elsewhere() -> None:
         with pytest.raises(Refused, match="refused the request: no") as bad:
             await collect(backend)
         assert not isinstance(bad.value, Unavailable) and bad.value.status_code == 400
+        assert bad.value.param is None
+        with pytest.raises(Refused, match="refused the request: bad schema$") as named:
+            await collect(backend)
+        assert named.value.param == "tools"  # the upstream's own param is passed on
         assert backend.circuit == "closed"  # the server is alive: neither opens the breaker
         await backend.close()
 
@@ -442,6 +448,9 @@ async def test_no_token_in_time_is_unavailable_and_a_broken_stream_is_an_engine_
                 seen.append(chunk.text)
                 read.set()
         assert seen == ["Hel"] and not isinstance(broken.value, Unavailable)
+        # Said plainly: aiohttp's own words ("TransferEncodingError: 400, message='Not enough
+        # data...'") are for the log, not for the client.
+        assert broken.value.message == "Backend 'u' broke off in the middle of the answer."
         # The timeout counted, the first token reset the count, the broken stream counted.
         assert backend.breaker.failures == 1
         await backend.close()

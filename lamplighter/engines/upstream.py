@@ -442,7 +442,8 @@ class UpstreamBackend:
             return Unavailable(said)
         self._succeeded()
         if response.status == 400:
-            return Refused(f"Backend '{self.name}' refused the request: {_error_message(body)}")
+            message, param = _error_of(body)
+            return Refused(f"Backend '{self.name}' refused the request: {message}", param=param)
         return EngineFailed(said)
 
     async def generate(self, prepared: PreparedRequest) -> AsyncIterator[Chunk]:
@@ -488,8 +489,12 @@ class UpstreamBackend:
                             yield chunk
                 except (aiohttp.ClientError, HttpProcessingError) as exc:
                     self._failed()
-                    why = str(exc) or type(exc).__name__
-                    raise EngineFailed(f"Backend '{self.name}' broke off: {why}") from exc
+                    # The client is told plainly; aiohttp's words (a transfer encoding's
+                    # missing bytes) are for the log.
+                    log.warning("backend %s broke off mid-answer: %r", self.name, exc)
+                    raise EngineFailed(
+                        f"Backend '{self.name}' broke off in the middle of the answer."
+                    ) from exc
             yield relay.last()
         finally:
             self.streams -= 1
@@ -517,19 +522,21 @@ def _message(turn: Turn) -> dict[str, Any]:
     return message
 
 
-def _error_message(body: str) -> str:
-    """The message of an OpenAI-shaped error body (``{"error": {"message": ...}}``, or vLLM's
-    flat ``{"message": ...}``); the body itself, shortened, when it is neither."""
+def _error_of(body: str) -> tuple[str, str | None]:
+    """The message and ``param`` of an OpenAI-shaped error body (``{"error": {"message": ...,
+    "param": ...}}``, or vLLM's flat ``{"message": ...}``); the body itself, shortened, and no
+    param when it is neither."""
     try:
         found = json.loads(body)
     except ValueError:
-        return body[:500]
+        return body[:500], None
     if isinstance(found, dict):
         inner = found.get("error")
-        message = (inner if isinstance(inner, dict) else found).get("message")
+        fields = inner if isinstance(inner, dict) else found
+        message, param = fields.get("message"), fields.get("param")
         if isinstance(message, str) and message:
-            return message[:2000]
-    return body[:500]
+            return message[:2000], param[:200] if isinstance(param, str) and param else None
+    return body[:500], None
 
 
 def _seconds(value: str | None) -> float:
