@@ -408,7 +408,7 @@ async def test_a_429_is_overload_and_a_400_is_not_retried_elsewhere() -> None:
             await collect(backend)
         assert not isinstance(bad.value, Unavailable) and bad.value.status_code == 400
         assert bad.value.param is None
-        with pytest.raises(Refused, match="refused the request: bad schema$") as named:
+        with pytest.raises(Refused, match=r"refused the request: bad schema$") as named:
             await collect(backend)
         assert named.value.param == "tools"  # the upstream's own param is passed on
         assert backend.circuit == "closed"  # the server is alive: neither opens the breaker
