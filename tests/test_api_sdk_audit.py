@@ -194,3 +194,27 @@ def test_the_embedded_model_never_samples_a_token_far_below_the_likeliest(
     assert entries
     for entry in entries:
         assert entry.logprob >= entry.top_logprobs[0].logprob - math.log(20) - 1e-3
+
+
+def test_a_request_that_can_never_fit_the_plans_tokens_per_minute_is_a_400(
+    server: LiveServer,
+) -> None:
+    """As docs/api.md's error table says: no wait would help, so no 429 and no retry-after."""
+    plan = "small-bucket"
+
+    async def small(services: Any) -> None:
+        roomy = services.plans.get("roomy").as_dict()
+        limits = {k: v for k, v in roomy.items() if k != "name"}
+        await services.plans.put(plan, {**limits, "tokens_per_minute": 100}, create=True)
+
+    server.call(small)
+    client = server.client(server.new_user(plan=plan)[1])
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model=SCRIPTED, messages=[{"role": "user", "content": "hi"}], max_completion_tokens=500
+        )
+    assert (refused.value.code, refused.value.param) == (
+        "request_too_large",
+        "max_completion_tokens",
+    )
+    assert "retry-after" not in refused.value.response.headers
