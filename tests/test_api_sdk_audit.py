@@ -7,6 +7,7 @@ previous id)."""
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import openai
@@ -70,6 +71,12 @@ def test_models_lists_only_those_the_callers_plan_may_use(server: LiveServer) ->
     assert refused.value.code == "model_not_found"
     everything = server.client(server.new_user(plan="roomy")[1]).models.list()
     assert MODEL in [model.id for model in everything]
+
+
+def test_a_model_card_says_when_it_was_served_from(client: openai.OpenAI) -> None:
+    listed = {model.created for model in client.models.list()}
+    assert len(listed) == 1 and 0 < listed.pop() <= time.time()
+    assert client.models.retrieve(SCRIPTED).created == client.models.retrieve(SCRIPTED).created
 
 
 def test_the_current_sdks_chat_parameters_are_accepted(client: openai.OpenAI) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Annotated, Any
@@ -105,8 +106,13 @@ async def leak_warning(state: Services, who: Principal, texts: list[str]) -> dic
     return {"x-lamplighter-warning": "; ".join(notes) + "."}  # headers are latin-1
 
 
+# A model card's "created": when this process began serving (the module is imported as the
+# app is built), the same on every call, as OpenAI's is.
+SERVING_SINCE = int(time.time())
+
+
 def _model_card(model: str) -> dict[str, Any]:
-    return {"id": model, "object": "model", "created": 0, "owned_by": "lamplighter"}
+    return {"id": model, "object": "model", "created": SERVING_SINCE, "owned_by": "lamplighter"}
 
 
 def _usable(state: Services, who: Principal) -> list[str]:
