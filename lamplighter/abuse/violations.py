@@ -114,6 +114,8 @@ class Ban:
     seconds: float
     repeat: int
     reason: str
+    # Subjects banned by the same violation (a user and its address): lifted together.
+    together: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,6 @@ class Violations:
         self._bans: dict[str, Ban] = {}
         self._repeats: dict[str, int] = {}
         self._told: dict[tuple[str, str], list[_Told]] = {}  # (subject, kind) -> refusals sent
-        self._together: dict[str, tuple[str, ...]] = {}  # subject -> subjects banned with it
 
     def score(self, subject: str) -> float:
         entry = self._scores.get(subject)
@@ -170,11 +171,12 @@ class Violations:
         *subjects: str,
         retry_after: float | None = None,
         arrived: float | None = None,
+        email: str | None = None,
     ) -> list[Ban]:
         """Count a violation against each subject; the bans it started, if any. A refusal that
         tells the caller to come back in ``retry_after`` seconds counts against a subject only
         if the request (which ``arrived`` then; now if not given) came back early: see
-        ``_early``."""
+        ``_early``. ``email``, the user's, goes into the log line of a ban."""
         weight = self.policy.weights.get(kind, 1.0)
         if weight <= 0:
             return []
@@ -194,19 +196,26 @@ class Violations:
                 repeat = self._repeats.get(subject, 0) + 1
                 self._repeats[subject] = repeat
                 seconds = self.policy.ban_length(repeat)
-                ban = Ban(subject, now + seconds, seconds, repeat, kind)
-                self._bans[subject] = ban
+                started.append(Ban(subject, now + seconds, seconds, repeat, kind))
                 self._scores.pop(subject, None)
-                log.warning(
-                    "temporary ban",
-                    extra={"subject": subject, "seconds": seconds, "repeat": repeat, "last": kind},
-                )
-                self.on_ban(ban)
-                started.append(ban)
             else:
                 self._scores[subject] = _Score(value, now)
+        together = tuple(ban.subject for ban in started)
+        started = [replace(ban, together=together) for ban in started]
         for ban in started:
-            self._together[ban.subject] = tuple(b.subject for b in started)
+            self._bans[ban.subject] = ban
+            who = {"email": email} if email is not None and ban.subject.startswith("user:") else {}
+            log.warning(
+                "temporary ban",
+                extra={
+                    "subject": ban.subject,
+                    **who,
+                    "seconds": ban.seconds,
+                    "repeat": ban.repeat,
+                    "last": kind,
+                },
+            )
+            self.on_ban(ban)
         if len(self._scores) > self.MAX_SUBJECTS or len(self._told) > self.MAX_SUBJECTS:
             self._forget()
         return started
@@ -240,11 +249,33 @@ class Violations:
         found = [b for s in subjects if (b := self._bans.get(s)) is not None and b.until > now]
         return max(found, key=lambda ban: ban.until, default=None)
 
+    def impose(self, ban: Ban) -> None:
+        """Hold a ban that another replica started (unless one here lasts longer)."""
+        held = self.banned(ban.subject)
+        if held is None or held.until < ban.until:
+            self._bans[ban.subject] = ban
+            self._repeats[ban.subject] = max(self._repeats.get(ban.subject, 0), ban.repeat)
+
+    def lift(self, *subjects: str) -> list[Ban]:
+        """End the bans of ``subjects`` and of those banned with them, as an operator's restore
+        does: their scores, refusals and repeats are forgotten too, so the next ban (if any)
+        is a first one. The bans lifted."""
+        now = self.clock()
+        lifted = [b for s in subjects if (b := self._bans.get(s)) is not None and b.until > now]
+        cleared = set(subjects).union(*(ban.together for ban in lifted))
+        for subject in cleared:
+            self._bans.pop(subject, None)
+            self._scores.pop(subject, None)
+            self._repeats.pop(subject, None)
+        self._told = {key: told for key, told in self._told.items() if key[0] not in cleared}
+        return lifted
+
     def _forget(self) -> None:
-        """Drop scores that have decayed to almost nothing, and refusals that are over."""
+        """Drop scores that have decayed to almost nothing, refusals and bans that are over."""
         for subject in [s for s in self._scores if self.score(s) < 0.01]:
             del self._scores[subject]
         now = self.clock()
+        self._bans = {subject: ban for subject, ban in self._bans.items() if ban.until > now}
         self._told = {
             key: kept
             for key, refusals in self._told.items()

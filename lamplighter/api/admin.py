@@ -17,9 +17,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as FastPath
 from pydantic import Field
 
+from lamplighter.api import guard
 from lamplighter.api.openai import principal, require_scope
 from lamplighter.api.schemas import Body
-from lamplighter.api.state import State
+from lamplighter.api.state import Services, State
 from lamplighter.chat import Principal
 from lamplighter.exceptions import InvalidRequest, NotFound, PermissionDenied
 from lamplighter.flywheel import board
@@ -198,7 +199,7 @@ async def get_user(email: str, _: Admin, state: State) -> dict[str, Any]:
         keys = await reports.keys(user.id)
         days = await reports.daily(user.id, 14, now.date())
     return {
-        "user": _user_json(user, recent),
+        "user": {**_user_json(user, recent), "temporary_ban": _temporary_ban(state, user)},
         "keys": [
             {
                 "id": str(key.id),
@@ -255,10 +256,22 @@ async def ban_user(email: str, body: Ban, who: Admin, state: State) -> dict[str,
     return _user_json(user)
 
 
+def _temporary_ban(state: Services, user: User) -> dict[str, Any] | None:
+    """The abuse scores' ban on the user in force on this replica (every replica holds the
+    bans any of them started), or None."""
+    ban = state.violations.banned(f"user:{user.id}")
+    return guard.ban_json(ban, state.violations.clock()) if ban is not None else None
+
+
 @router.post("/users/{email}/restore")
 async def restore_user(email: str, _: Nothing, who: Admin, state: State) -> dict[str, Any]:
+    """Let the user back in: lift a suspension or ban, and the abuse scores' temporary ban
+    (with its address's, if banned together) on every replica."""
+    guard.listen(state)
     audit = _audit(who, "user.restore", email)
-    return _user_json(await state.accounts.restore(email, audit=audit))
+    user = await state.accounts.restore(email, audit=audit)
+    lifted = await guard.lift(state, f"user:{user.id}")
+    return {**_user_json(user), "temporary_ban": None, "temporary_ban_lifted": bool(lifted)}
 
 
 @router.delete("/users/{email}", status_code=204)

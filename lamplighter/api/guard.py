@@ -1,17 +1,37 @@
 """Where requests meet the violation scores: refusals are counted against the caller's user and
-address, and a banned caller is turned away (403 with the ban's end) before anything else."""
+address, and a banned caller is turned away (403 with the ban's end) before anything else.
+
+Scores and bans live in each replica's memory. A ban that starts on one replica is announced on
+the bulletin (topic ``ban``) and held by every replica that hears it, so a client cannot get
+round it through the load balancer, and an operator sees it wherever the console's request
+lands; an operator's restore lifts it on every replica (``ban.lift``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import weakref
+from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import Any
 
 from starlette.requests import Request
 
-from lamplighter.api.middleware import arrived
+from lamplighter.abuse.violations import Ban
+from lamplighter.api.middleware import ACCESS_PLAN, arrived
 from lamplighter.api.state import Services
 from lamplighter.chat import Principal
 from lamplighter.exceptions import APIError, Banned
+from lamplighter.traffic.bulletin import Bulletin
+
+# The caller whose subjects were last taken in this request: its plan labels a ban's refusal,
+# its email goes into a ban's log line.
+_caller: ContextVar[Principal | None] = ContextVar("caller", default=None)
+# Bulletins whose replica hears bans and lifts (see ``listen``).
+_listening: weakref.WeakSet[Bulletin] = weakref.WeakSet()
+# Announcements on their way (a task is only weakly held by the loop).
+_announcing: set[asyncio.Task[None]] = set()
 
 
 def address(request: Request) -> str:
@@ -20,20 +40,37 @@ def address(request: Request) -> str:
 
 
 def subjects(request: Request, who: Principal | None = None) -> tuple[str, ...]:
+    """The caller's subjects (``user:<id>``, ``ip:<address>``); its plan goes on the request's
+    access log line."""
+    _caller.set(who)
     found = (f"ip:{address(request)}",)
-    return (f"user:{who.user_id}", *found) if who is not None else found
+    if who is None:
+        return found
+    setattr(request.state, ACCESS_PLAN, who.plan)
+    return (f"user:{who.user_id}", *found)
+
+
+def wait_text(seconds: float) -> str:
+    """A wait as a person reads it: seconds below a minute, then minutes, then hours."""
+    if seconds < 60:
+        return f"{max(1, math.ceil(seconds))} s"
+    if seconds < 3600:
+        return f"{math.ceil(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def refuse_banned(state: Services, *of: str) -> None:
+    listen(state)
     ban = state.violations.banned(*of)
     if ban is None:
         return
     wait = max(0.0, ban.until - state.violations.clock())
     until = datetime.fromtimestamp(ban.until, UTC).isoformat(timespec="seconds")
-    minutes = math.ceil(wait / 60)
+    who = _caller.get()
+    state.chat.metrics.refused(who.plan if who is not None else "unknown", Banned.code)
     raise Banned(
-        f"Access is suspended until {until} (about {minutes} min) after repeated violations "
-        f"(most recently: {ban.reason.replace('_', ' ')}). Repeated bans last longer.",
+        f"Access is suspended until {until} (about {wait_text(wait)}) after repeated "
+        f"violations (most recently: {ban.reason.replace('_', ' ')}). Repeated bans last longer.",
         retry_after=wait,
     )
 
@@ -45,9 +82,15 @@ def count(state: Services, error: APIError, *of: str) -> None:
     if error.violation is not None:
         state.chat.metrics.violations.labels(error.violation).inc()
         retry_after = getattr(error, "retry_after", None)
-        state.violations.record(
-            error.violation, *of, retry_after=retry_after, arrived=arrived.get()
+        who = _caller.get()
+        started = state.violations.record(
+            error.violation,
+            *of,
+            retry_after=retry_after,
+            arrived=arrived.get(),
+            email=who.email if who is not None else None,
         )
+        announce(state, started)
 
 
 async def watch_prompt(state: Services, who: Principal, question: str) -> None:
@@ -58,5 +101,74 @@ async def watch_prompt(state: Services, who: Principal, question: str) -> None:
         state.chat.metrics.findings.labels(finding.kind).inc()
         if finding.kind == "prompt_flood":
             accounts = finding.evidence.get("accounts", [])
-            state.violations.record("flood", *(f"user:{account}" for account in accounts))
+            started = state.violations.record("flood", *(f"user:{a}" for a in accounts))
+            announce(state, started)
     await state.reviews.file(findings)
+
+
+def ban_json(ban: Ban, now: float) -> dict[str, Any]:
+    """A ban as the admin API shows it."""
+    return {
+        "until": datetime.fromtimestamp(ban.until, UTC).isoformat(timespec="seconds"),
+        "seconds_left": round(max(0.0, ban.until - now), 1),
+        "reason": ban.reason,
+        "repeat": ban.repeat,
+    }
+
+
+def announce(state: Services, bans: list[Ban]) -> None:
+    """Tell the other replicas about bans that started here."""
+    bulletin = state.bulletin
+    if bulletin is None:
+        return
+    for ban in bans:
+        message = {
+            "subject": ban.subject,
+            "until": ban.until,
+            "seconds": ban.seconds,
+            "repeat": ban.repeat,
+            "reason": ban.reason,
+            "together": list(ban.together),
+        }
+        task = asyncio.get_running_loop().create_task(bulletin.publish("ban", **message))
+        _announcing.add(task)
+        task.add_done_callback(_announcing.discard)
+
+
+async def lift(state: Services, *of: str) -> list[Ban]:
+    """End the bans of ``of`` (and of the subjects banned with them) here and on every other
+    replica; the bans that were in force here."""
+    lifted = state.violations.lift(*of)
+    if state.bulletin is not None:
+        await state.bulletin.publish("ban.lift", subjects=list(of))
+    return lifted
+
+
+def listen(state: Services) -> None:
+    """Hear the bans other replicas start and lift. Done on a replica's first request: a
+    replica holds a ban only once it has heard one or counted one, and counting comes after
+    ``refuse_banned`` in every route."""
+    bulletin = state.bulletin
+    if bulletin is None or bulletin in _listening:
+        return
+    _listening.add(bulletin)
+
+    async def banned(message: dict[str, Any]) -> None:
+        try:
+            ban = Ban(
+                subject=str(message["subject"]),
+                until=float(message["until"]),
+                seconds=float(message["seconds"]),
+                repeat=int(message["repeat"]),
+                reason=str(message["reason"]),
+                together=tuple(str(s) for s in message.get("together", ())),
+            )
+        except (KeyError, TypeError, ValueError):
+            return
+        state.violations.impose(ban)
+
+    async def lifted(message: dict[str, Any]) -> None:
+        state.violations.lift(*(str(s) for s in message.get("subjects", ())))
+
+    bulletin.on("ban", banned)
+    bulletin.on("ban.lift", lifted)

@@ -20,13 +20,16 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # When the request being served reached the server (wall clock, ``time.time()``): the abuse
 # scores tell a request that was on its way when a refusal went out from one sent after it.
 arrived: ContextVar[float | None] = ContextVar("arrived", default=None)
+# The request state's key for the caller's plan, once known (``guard.subjects`` notes it).
+ACCESS_PLAN = "access_plan"
 
 
 class RequestIds:
     """Gives every request an id (the client's ``x-request-id`` if usable), returns it in the
     response's ``x-request-id``, puts it on every log line written while serving the request,
-    and writes one access line per request: method, path, status, duration. Never headers,
-    query strings or bodies."""
+    and writes one access line per request: method, path, status, duration, and where known
+    the error's code (from an error answer's JSON body) and the caller's plan. Never headers,
+    query strings or bodies beyond that code."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -41,12 +44,15 @@ class RequestIds:
         arrival = arrived.set(time.time())
         started = time.perf_counter()
         status: int | None = None
+        code: str | None = None
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, code
             if message["type"] == "http.response.start":
                 status = message["status"]
                 MutableHeaders(scope=message)["x-request-id"] = rid
+            elif status is not None and status >= 400 and code is None:
+                code = _error_code(message.get("body", b""))
             await send(message)
 
         failed = True
@@ -58,17 +64,33 @@ class RequestIds:
                 # Nothing was sent: the app raised (500), or it gave up on a client that had
                 # left (a response abandoned on disconnect: 499, as proxies log it).
                 status = 500 if failed else 499
-            access.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-                },
-            )
+            line = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+            if code:
+                line["code"] = code
+            plan = scope.get("state", {}).get(ACCESS_PLAN)
+            if plan is not None:
+                line["plan"] = plan
+            access.info("request", extra=line)
             request_id.reset(token)
             arrived.reset(arrival)
+
+
+def _error_code(body: bytes) -> str:
+    """The ``code`` of an error answer in OpenAI's shape (``{"error": {"code": ...}}``), or
+    ``""`` when the body is not one: an identifier, never the message."""
+    if not body.startswith(b"{") or len(body) > 65536:
+        return ""
+    try:
+        error = json.loads(body).get("error")
+    except ValueError:
+        return ""
+    found = error.get("code") if isinstance(error, dict) else None
+    return found if isinstance(found, str) and len(found) <= 64 else ""
 
 
 RATE_LIMIT_HEADERS = "ratelimit_headers"

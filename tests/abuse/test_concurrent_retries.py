@@ -108,4 +108,8 @@ def test_a_script_that_sends_again_without_waiting_is_banned(four: LiveServer) -
     )
     assert banned.status_code == 403
     assert banned.json()["error"]["code"] == "temporarily_banned"
-    assert "concurrency" in banned.json()["error"]["message"]
+    message = banned.json()["error"]["message"]
+    assert "concurrency" in message and "(about 5 min)" in message
+    # Every 403 a ban answered is counted with the other refusals, under its plan.
+    metrics = httpx.get(four.base_url + "/metrics").text
+    assert 'lamplighter_refusals_total{plan="four",reason="temporarily_banned"}' in metrics

@@ -1452,6 +1452,14 @@
           until ? ` ${until}` : '',
           u.disabled_reason ? h('span', { class: 'notice-reason', text: `Reason: ${u.disabled_reason}` }) : null));
       }
+      const tban = u.temporary_ban;
+      if (tban) {
+        // The abuse scores' automatic ban (repeated violations), apart from an operator's.
+        panel.append(h('div', { class: 'notice notice-warn', testid: 'user-temporary-ban' },
+          h('strong', { text: 'Temporarily banned' }),
+          ` until ${fmtDateTime(tban.until)}`,
+          h('span', { class: 'notice-reason', text: `After repeated violations, most recently: ${String(tban.reason ?? '').replace(/_/g, ' ')}${tban.repeat > 1 ? ` (ban ${tban.repeat})` : ''}. Restore lifts it.` })));
+      }
 
       panel.append(h('dl', { class: 'facts' },
         h('div', null, h('dt', { text: 'Joined' }), h('dd', { text: fmtDate(u.created_at), title: fmtDateTime(u.created_at) })),
@@ -1513,7 +1521,7 @@
           },
         }, 'Ban'));
       }
-      if (u.status && u.status !== 'active') {
+      if ((u.status && u.status !== 'active') || tban) {
         actions.append(h('button', {
           type: 'button', class: 'btn btn-small btn-primary', testid: 'user-restore',
           onclick: (event) => act(event.currentTarget, () => api('POST', `/api/admin/users/${enc(email)}/restore`, {}), `Restored ${email}.`),

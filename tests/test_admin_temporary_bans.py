@@ -1,0 +1,79 @@
+"""An operator sees the abuse scores' temporary ban on a user and lifts it with restore, on every
+replica (two servers over one PostgreSQL and one Redis)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lamplighter.engines.base import Backend
+from lamplighter.engines.scripted import ScriptedBackend
+from lamplighter.settings import Settings
+from tests.conftest import SCRIPTED, LiveServer, make_settings
+from tests.fleet import REDIS_URL, needs_redis, wait_for
+
+BODY = {"model": SCRIPTED, "messages": [{"role": "user", "content": "page 1"}]}
+
+
+@pytest.fixture
+def replicas(postgres_url: str, tmp_path: Path) -> Iterator[tuple[LiveServer, LiveServer]]:
+    """Two replicas whose [abuse] threshold is low: four early returns ban for a minute."""
+
+    async def backends(_: Settings) -> list[Backend]:
+        return [ScriptedBackend(SCRIPTED)]
+
+    with ExitStack() as stack:
+        servers = []
+        for name in ("a", "b"):
+            data_dir = tmp_path / name
+            data_dir.mkdir()
+            config = data_dir / "lamplighter.toml"
+            config.write_text(
+                "[plans.trickle]\nrequests_per_minute = 1\n\n[abuse]\nthreshold = 4\nban_s = 60\n"
+            )
+            settings = make_settings(
+                data_dir,
+                config=config,
+                embedded_engine=False,
+                database_url=postgres_url,
+                redis_url=REDIS_URL,
+            )
+            servers.append(stack.enter_context(LiveServer(settings, backends)))
+        yield servers[0], servers[1]
+
+
+def _ask(server: LiveServer, key: str) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}", "x-forwarded-for": "203.0.113.90"}
+    return httpx.post(server.base_url + "/v1/chat/completions", json=BODY, headers=headers)
+
+
+@needs_redis
+def test_a_temporary_ban_is_shown_and_restore_lifts_it_on_every_replica(
+    replicas: tuple[LiveServer, LiveServer],
+) -> None:
+    a, b = replicas
+    email, key = a.new_user(plan="trickle")
+    _, admin_key = a.new_user(admin=True)
+    admin = {"authorization": f"Bearer {admin_key}"}
+    assert _ask(b, key).status_code == 200  # b serves the user too
+    statuses = [_ask(a, key).status_code for _ in range(8)]  # never waiting as told
+    assert statuses[-1] == 403, statuses
+
+    def shown() -> dict[str, object] | None:
+        user = httpx.get(f"{b.base_url}/api/admin/users/{email}", headers=admin).json()["user"]
+        ban: dict[str, object] | None = user["temporary_ban"]
+        return ban
+
+    ban = wait_for(shown, 10, "the ban started on a to show on b")
+    assert ban["reason"] == "rate_limited" and 0 < float(str(ban["seconds_left"])) <= 60
+    assert _ask(b, key).status_code == 403  # b holds it too
+
+    restored = httpx.post(f"{b.base_url}/api/admin/users/{email}/restore", json={}, headers=admin)
+    assert restored.status_code == 200 and restored.json()["temporary_ban_lifted"] is True
+    # On a, where the ban started, the user is let in again: at most refused for the rate (429).
+    wait_for(lambda: _ask(a, key).status_code != 403 or None, 10, "a to lift the ban")
+    assert shown() is None
