@@ -20,8 +20,9 @@ from markdown_it.common.utils import escapeHtml
 from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 
-_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "breaks": True}).enable(
-    ["table", "strikethrough"]
+# linkify (linkify-it-py) makes bare addresses links; the sanitizer vets them like any other.
+_markdown = MarkdownIt("commonmark", {"html": False, "linkify": True, "breaks": True}).enable(
+    ["table", "strikethrough", "linkify"]
 )
 
 

@@ -121,7 +121,8 @@ class LoginThrottle:
 
 
 def describe(seconds: float) -> str:
-    seconds = math.ceil(seconds)
-    if seconds < 120:
-        return f"{seconds} seconds"
-    return f"{math.ceil(seconds / 60)} minutes"
+    """A wait as "Try again in ..." ends: "1 second", "45 seconds", "3 minutes"."""
+    whole = math.ceil(seconds)
+    if whole < 120:
+        return f"{whole} second{'' if whole == 1 else 's'}"
+    return f"{math.ceil(whole / 60)} minutes"

@@ -10,7 +10,7 @@ import httpx
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lamplighter.web.throttle import Backoff, LoginThrottle, network
+from lamplighter.web.throttle import Backoff, LoginThrottle, describe, network
 from tests.conftest import LiveServer
 from tests.web.conftest import Person, form_token, new_person
 
@@ -90,7 +90,7 @@ def test_one_account_hammered_from_one_address_is_locked_out(server: LiveServer)
     locked = _attempt(server, victim, attacker)  # even the right password waits now
     assert locked.status_code == 429
     assert float(locked.headers["retry-after"]) > 0
-    assert "Too many login attempts" in locked.text
+    assert "Too many login attempts. Try again in 1 second." in locked.text  # not "1 seconds"
     # An account that does not exist is locked the same way: no way to tell them apart.
     ghost = Person(f"ghost-{uuid.uuid4().hex[:8]}@example.org", "guess-guess")
     for _ in range(5):
@@ -107,3 +107,17 @@ def test_credential_stuffing_across_a_network_is_locked_out(server: LiveServer) 
     honest = new_person(server)
     assert _attempt(server, honest, "192.0.2.200").status_code == 429  # same network
     assert _attempt(server, honest, "198.18.0.1").status_code == 303  # elsewhere: fine
+
+
+def test_a_wait_reads_in_proper_english() -> None:
+    """It said "Try again in 1 seconds." on the first lock."""
+    said = [describe(s) for s in (0.3, 1, 1.2, 45, 119.5, 150, 3600)]
+    assert said == [
+        "1 second",
+        "1 second",
+        "2 seconds",
+        "45 seconds",
+        "2 minutes",
+        "3 minutes",
+        "60 minutes",
+    ]

@@ -106,3 +106,32 @@ def test_no_text_produces_tags_outside_the_allow_list(text: str) -> None:
 def test_a_partial_answer_renders_too() -> None:
     """While streaming, the answer so far is rendered: an open code fence is still code."""
     assert "<pre><code" in render("Here:\n\n```js\nconsole.log(")
+
+
+def test_bare_addresses_become_links_that_the_sanitizer_still_vets() -> None:
+    html = render(
+        "Docs: https://example.org/guide?x=1, or www.example.net; write to ada@example.org"
+    )
+    links = [attrs for tag, attrs in Elements(html).found if tag == "a"]
+    assert [a["href"] for a in links] == [
+        "https://example.org/guide?x=1",
+        "http://www.example.net",
+        "mailto:ada@example.org",
+    ]
+    assert all(a["rel"] == "noopener noreferrer nofollow" for a in links)
+    # What the sanitizer does not allow stays inert: no href for another scheme, and the
+    # script-running ones are never links at all.
+    ftp = Elements(render("ftp://files.example.org/x")).found
+    assert [t for t, _ in ftp] == ["p", "a"] and "href" not in ftp[1][1]
+    scripts = (
+        "javascript:alert(1)",
+        "javascript://example.org/%0Aalert(1)",
+        "[x](javascript:alert(1))",
+        "vbscript:msgbox",
+        "data:text/html,<b>hi</b>",
+    )
+    for text in scripts:
+        assert not any(
+            (attrs.get("href") or "").lower().startswith(("javascript", "vbscript", "data"))
+            for _, attrs in Elements(render(text)).found
+        ), text

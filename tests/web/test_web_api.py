@@ -148,7 +148,7 @@ def test_inviting_again_replaces_a_lost_link_and_a_reset_link_sets_a_new_passwor
     assert httpx.get(f"{server.base_url}/invite/{lost}").status_code == 404
     with httpx.Client(base_url=server.base_url) as http:
         page = http.get(f"/invite/{fresh}")
-        assert "Create account" in page.text
+        assert "Create account" in page.text and "Already set up?" in page.text
         http.post(
             f"/invite/{fresh}",
             data={"password": "the first password", "csrf_token": form_token(page.text)},
@@ -162,6 +162,8 @@ def test_inviting_again_replaces_a_lost_link_and_a_reset_link_sets_a_new_passwor
     with httpx.Client(base_url=server.base_url) as http:
         page = http.get(f"/invite/{reset}")
         assert "Choose a new password" in page.text and "Set password" in page.text
+        # Not "Already set up?": the account was set up long ago; its owner forgot the password.
+        assert "Already set up?" not in page.text and "Remembered it after all?" in page.text
         done = http.post(
             f"/invite/{reset}",
             data={"password": "the second password", "csrf_token": form_token(page.text)},

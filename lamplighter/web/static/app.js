@@ -76,6 +76,9 @@
     improve: ['M12 20h8', 'M16.5 3.5a2.1 2.1 0 0 1 3 3L7 19l-4 1 1-4z'],
     call: ['M8 4H7a2 2 0 0 0-2 2v4l-2 2 2 2v4a2 2 0 0 0 2 2h1', 'M16 4h1a2 2 0 0 1 2 2v4l2 2-2 2v4a2 2 0 0 1-2 2h-1'],
     result: ['M9 10l-5 5 5 5', 'M20 4v7a4 4 0 0 1-4 4H4'],
+    settings: [{ tag: 'circle', cx: 12, cy: 12, r: 3 },
+      'M12 2.5v3', 'M12 18.5v3', 'M2.5 12h3', 'M18.5 12h3', 'M5.3 5.3l2.1 2.1', 'M16.6 16.6l2.1 2.1', 'M5.3 18.7l2.1-2.1', 'M16.6 7.4l2.1-2.1'],
+    console: [{ tag: 'rect', x: 3, y: 4, width: 18, height: 16, rx: 2 }, 'M7 9l3 3-3 3', 'M12 15h5'],
   };
 
   function icon(name, extraClass) {
@@ -417,8 +420,18 @@
 
   const isNetworkError = (err) => err instanceof ApiError && err.status === 0;
 
-  function reportError(err) {
+  /** What a failed answer says: the backend's own words (which name backends and quote their
+   *  replies) go under "Details". */
+  const ANSWER_FAILED = 'Something went wrong while generating the response.';
+
+  /** A refusal of /api/chat, or a failure on the way: `answer` says it was an answer that was
+   *  asked for, so a server's failure (500) reads as a failed answer. */
+  function reportError(err, { answer = false } = {}) {
     if (err instanceof ApiError && err.status === 401) return; // already leaving for /login
+    if (answer && err instanceof ApiError && err.status === 500) {
+      showError(ANSWER_FAILED, 'other', err.message);
+      return;
+    }
     // Too many answers at a time: a countdown would mean nothing, the wait is for another answer.
     if (err instanceof ApiError && err.retryAfterMs && !tooManyAtOnce(err)) {
       showWait(err);
@@ -619,7 +632,12 @@
     } else {
       body.replaceChildren();
     }
-    if (tail) tailTarget(body).append(document.createTextNode(tail));
+    if (tail) {
+      const target = tailTarget(body);
+      // Space the rendering kept (a code block's) is not doubled.
+      const spaceOnly = !tail.trim();
+      if (!(spaceOnly && /\s$/.test(target.textContent))) target.append(document.createTextNode(tail));
+    }
   }
 
   // Elements streamed text most likely continues, and the ones that hold them.
@@ -706,7 +724,7 @@
     }
   }
 
-  const NOTE_TEXT = { stopped: 'Stopped', lost: 'Connection lost', interrupted: 'Interrupted', error: 'Error' };
+  const NOTE_TEXT = { stopped: 'Stopped', lost: 'Connection lost', interrupted: 'Interrupted', error: ANSWER_FAILED };
   // How the server stores an answer it cut off itself: at a shutdown's deadline ('shutdown'), or
   // found unfinished after a crash ('interrupted'). One the person stopped is 'cancelled'.
   const CUT_BY_SERVER = new Set(['shutdown', 'interrupted']);
@@ -724,11 +742,15 @@
   function buildNote(conv, kind, detail, onRetry) {
     const row = h('div', { class: `msg-status msg-status-${kind}` },
       h('span', { class: 'message-note', testid: 'message-note', text: NOTE_TEXT[kind] }));
-    if (detail) row.append(h('span', { class: 'note-detail', text: detail }));
     if (onRetry) {
       row.append(asks(h('button', {
         type: 'button', class: 'btn btn-small', testid: 'retry', onclick: onRetry,
       }, icon('regenerate'), 'Retry'), conv));
+    }
+    if (detail) {
+      // The server's own words (they may name backends and quote their replies), folded away.
+      row.append(h('details', { class: 'note-detail', testid: 'note-detail' },
+        h('summary', { text: 'Details' }), h('span', { text: detail })));
     }
     return row;
   }
@@ -933,6 +955,13 @@
       }));
     } else if (elsewhere) {
       // Nothing to rate, regenerate or improve until it is finished.
+    } else if (m.role === 'assistant' && noteKind === 'error') {
+      // A failed answer has nothing worth rating or improving: Retry (in its note) is the way on.
+      if (answerText(m)) {
+        actions.append(iconButton('copy', 'Copy answer', {
+          testid: 'copy-message', onclick: (e) => flashCopied(e.currentTarget, answerText(m)),
+        }));
+      }
     } else if (m.role === 'assistant' && !streaming && byPerson) {
       // The person's own rewrite: nothing to rate, regenerate or improve.
       actions.append(iconButton('copy', 'Copy answer', {
@@ -1188,7 +1217,11 @@
     } else if (writing || !c) {
       foot.append(h('p', { class: 'pair-hint', text: 'You can vote once both answers are written.' }));
     } else {
-      const group = h('div', { class: 'pair-vote', role: 'group', 'aria-label': 'Which answer is better?' });
+      // Kept in view while either answer is read (see .pair-foot-vote): on a phone, A is
+      // screens above B and the vote.
+      foot.classList.add('pair-foot-vote');
+      foot.append(h('p', { class: 'pair-vote-question', id: `vote-${c.id}`, text: 'Which answer is better, A or B?' }));
+      const group = h('div', { class: 'pair-vote', role: 'group', 'aria-labelledby': `vote-${c.id}` });
       for (const [winner, text] of VOTES) {
         group.append(h('button', {
           type: 'button', class: `btn btn-small vote-btn vote-${winner}`, testid: `vote-${winner}`,
@@ -1571,8 +1604,31 @@
     updateScrollButton();
   }
 
+  /** Whether the thread is scrolled to its very end. */
+  function atBottom() {
+    const t = els.thread;
+    return t.scrollHeight - t.scrollTop - t.clientHeight <= 2;
+  }
+
+  /** ↓ shows while the page does not follow the answer and the end is out of sight. */
   function updateScrollButton() {
-    els.scrollDown.hidden = nearBottom();
+    els.scrollDown.hidden = state.stick ? nearBottom() : atBottom();
+  }
+
+  /**
+   * Following the answer as it is written ends with any scroll up by the person, however small
+   * (a wheel's notch, a key, the scrollbar), and starts again at the very end or with ↓. The
+   * page's own scrolling only ever goes down, and a thread that got shorter (an answer drawn
+   * again) keeps the scroll at its end: neither reads as the person's.
+   */
+  let lastScrollTop = 0;
+  function followScroll() {
+    const t = els.thread;
+    const top = t.scrollTop;
+    if (top < lastScrollTop - 1 && !atBottom()) state.stick = false;
+    else if (atBottom()) state.stick = true;
+    lastScrollTop = top;
+    updateScrollButton();
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -1927,9 +1983,12 @@
         const t = trackFor(s, data);
         if (typeof data.html !== 'string' || !t) break;
         t.html = data.html;
-        t.tail = '';
+        // The rendering covers the text so far but trims its trailing space ("lorem " is
+        // <p>lorem</p>): kept as the tail, the next word does not run into the last one.
+        const m = conv.msgs.get(t.id);
+        t.tail = m ? (/\s+$/.exec(m.content || '') || [''])[0] : '';
         if (t.bodyEl && t.bodyEl.isConnected) {
-          fillAnswerBody(t.bodyEl, t.html, '');
+          fillAnswerBody(t.bodyEl, t.html, t.tail);
           scrollToBottom();
         }
         break;
@@ -2020,7 +2079,7 @@
 
     if (outcome === 'http-error') {
       conv.pending = null;
-      if (httpError) reportError(httpError);
+      if (httpError) reportError(httpError, { answer: true });
       conv.path = s.prevPath.filter((id) => conv.msgs.has(id));
       if (s.kind === 'new' && s.request.content) giveBack(conv, s.request.content);
     } else if (!m) {
@@ -2032,15 +2091,16 @@
       } else if (outcome === 'error') {
         conv.pending = null;
         conv.path = s.prevPath.filter((id) => conv.msgs.has(id));
-        showError(s.error.message);
+        showError(ANSWER_FAILED, 'other', s.error.message);
       } else if (conv.pending) {
         conv.pending.lost = true;
         keepUnsent(conv);
       }
     } else {
       for (const t of s.tracks.values()) settleTrack(conv, t, t === main ? outcome : (s.stopped ? 'stopped' : 'lost'));
+      // A failure is said once, in the answer (with its details and Retry), not in a banner too.
       if (outcome === 'done') announce(s.tracks.size > 1 ? 'Both answers are complete' : 'Answer complete');
-      else if (outcome === 'error') showError(s.error.message);
+      else if (outcome === 'error') announce(ANSWER_FAILED);
     }
 
     updateComposer(); // here Send again; in another chat, one may be sent now
@@ -2123,6 +2183,16 @@
   /** Re-read a conversation just opened with answers still being written (not by this page)
    *  until they settle, the person leaves the chat or starts an answer here, or it gives up. */
   async function followUnsettled(conv) {
+    if (conv.following) return; // already
+    conv.following = true;
+    try {
+      await settleUnsettled(conv);
+    } finally {
+      conv.following = false;
+    }
+  }
+
+  async function settleUnsettled(conv) {
     for (const wait of SETTLE_WAITS_MS) {
       await sleep(wait);
       const unsettled = writtenElsewhere(conv);
@@ -2358,16 +2428,17 @@
       closeSidebar();
       if (folded) refocus(link); // the link went behind the menu button with the sidebar
     });
+    // Named after the chat: a screen reader's list of buttons is not a hundred "Rename"s.
     const actions = h('div', { class: 'conv-actions' },
-      iconButton('edit', 'Rename', {
-        testid: 'rename', class: 'icon-btn icon-btn-sm',
+      iconButton('edit', `Rename ${title}`, {
+        testid: 'rename', class: 'icon-btn icon-btn-sm', title: 'Rename',
         onclick: () => {
           state.renaming = { id: c.id, draft: c.title || '', touched: false };
           renderSidebar();
         },
       }),
-      iconButton('trash', 'Delete', {
-        testid: 'delete', class: 'icon-btn icon-btn-sm danger',
+      iconButton('trash', `Delete ${title}`, {
+        testid: 'delete', class: 'icon-btn icon-btn-sm danger', title: 'Delete',
         onclick: () => confirmDelete(c),
       }));
     li.append(link, actions);
@@ -2707,6 +2778,7 @@
       const conv = newConv(data);
       restoreUnsent(conv);
       state.conv = conv;
+      followModel(conv);
       renderThread();
       highlightCurrent();
       scrollToBottom(true);
@@ -2729,6 +2801,63 @@
         if (refocus && retry) retry.focus();
       }
     }
+  }
+
+  /** The model picker follows the chat shown: the model of the last answer on its branch, when
+   *  the plan still offers it (a follow-up is then answered by the same model). */
+  function followModel(conv) {
+    for (let i = conv.path.length - 1; i >= 0; i--) {
+      const m = conv.msgs.get(conv.path[i]);
+      if (!m || m.role !== 'assistant' || !m.model) continue;
+      const offered = Array.isArray(state.me?.models) ? state.me.models : null;
+      if (offered && !offered.includes(m.model)) return;
+      state.model = m.model; // not remembered as the person's choice: a new chat keeps it, a reload forgets it
+      if (offered && !els.modelPicker.hidden) els.modelSelect.value = m.model;
+      return;
+    }
+  }
+
+  /**
+   * Catch up with what another tab or app did in the chat shown (a question asked, an answer
+   * written): re-read it, and when the server has messages this page has not seen, show the
+   * branch the server shows (its current_leaf_id). True when it did. A page in the middle of
+   * something of its own (an answer, an unsent message, an editor) is left alone. Asked again
+   * while it reads (a tab's focus and visibility change together), it answers the same read.
+   */
+  function catchUp(conv) {
+    if (!conv) return Promise.resolve(false);
+    if (!conv.catching) conv.catching = readAgain(conv).finally(() => { conv.catching = null; });
+    return conv.catching;
+  }
+
+  async function readAgain(conv) {
+    if (!conv || !conv.id || conv.loading || conv.loadError || conv.pending || streamOf(conv)) return false;
+    let data;
+    try {
+      data = await api('GET', convUrl(conv.id));
+    } catch {
+      return false; // the send, or the next look, will say what is wrong
+    }
+    if (!isShown(conv) || conv.pending || streamOf(conv)) return false;
+    if (!(data.messages || []).some((sm) => !conv.msgs.has(sm.id))) return false;
+    for (const sm of data.messages) {
+      const local = conv.msgs.get(sm.id);
+      if (local && (local._partial || local._errorMessage)) continue; // keep what this page saw
+      addMsg(conv, sm);
+    }
+    mergeComparisons(conv, data.comparisons);
+    if (typeof data.title === 'string' && data.title) conv.title = data.title;
+    const leaf = conv.msgs.has(data.current_leaf_id) ? data.current_leaf_id : leafOf(conv);
+    conv.path = leaf ? branchThrough(conv, leaf) : initialPath(conv);
+    conv.currentLeafId = leafOf(conv);
+    followModel(conv);
+    if (!state.editing && !state.ratingOpen && !state.improving && !state.reveal) {
+      renderThread();
+      scrollToBottom(true);
+    }
+    if (writtenElsewhere(conv).length) followUnsettled(conv);
+    refreshConversations();
+    return true;
   }
 
   /** Whether the focus is nowhere in particular, or in a message box that is about to be disabled. */
@@ -2858,12 +2987,32 @@
     }
   }
 
-  function sendFromComposer() {
+  // Said when a message was held back because the chat had gone on elsewhere.
+  const MOVED_ON = 'This chat was continued in another tab or app, so it now shows the latest messages. '
+    + 'Your message was not sent: it is still in the message box, to send from here.';
+
+  async function sendFromComposer() {
     const text = els.composer.value;
     const conv = state.conv;
     if (state.reveal && state.reveal.conv === conv) collapsePair(conv, state.reveal.id, false);
     if (!text.trim() || !conv || conv.loading || conv.loadError || needsVote(conv)) return;
-    if (!canAsk(conv) || tooLong(text)) return;
+    if (!canAsk(conv) || tooLong(text) || conv.checking) return;
+    if (conv.id && !conv.pending) {
+      // Another tab may have gone on in this chat: sending under the last message shown here
+      // would fork it silently, the other tab's exchange hidden on a branch of its own.
+      conv.checking = true;
+      let moved;
+      try {
+        moved = await catchUp(conv);
+      } finally {
+        conv.checking = false;
+      }
+      if (moved) {
+        showError(MOVED_ON);
+        return;
+      }
+      if (!isShown(conv) || els.composer.value !== text || !canAsk(conv) || needsVote(conv)) return;
+    }
     const parentId = conv.pending ? conv.pending.parentId : leafOf(conv);
     setComposer('');
     startChat({ conv, parentId, content: text, kind: 'new' });
@@ -2947,9 +3096,10 @@
       safeStorageSet(MODEL_KEY, state.model);
     });
 
-    els.thread.addEventListener('scroll', () => {
-      state.stick = nearBottom();
-      updateScrollButton();
+    els.thread.addEventListener('scroll', followScroll, { passive: true });
+    // A wheel turned up says so before the scroll it causes: the next word must not pull back.
+    els.thread.addEventListener('wheel', (e) => {
+      if (e.deltaY < 0 && els.thread.scrollTop > 0) state.stick = false;
     }, { passive: true });
     els.scrollDown.addEventListener('click', () => {
       els.thread.scrollTo({ top: els.thread.scrollHeight, behavior: 'smooth' });
@@ -2990,6 +3140,11 @@
     });
 
     window.addEventListener('popstate', () => route());
+    // Back to this tab: the chat may have gone on in another one meanwhile.
+    document.addEventListener('visibilitychange', () => {
+      if (document.visibilityState === 'visible') catchUp(state.conv);
+    });
+    window.addEventListener('focus', () => catchUp(state.conv));
     // Back online: a chat that could not be loaded tries again by itself.
     window.addEventListener('online', () => {
       if (state.conv && state.conv.loadError) retryLoad(state.conv);
