@@ -27,7 +27,7 @@ from lamplighter.abuse.reports import ReviewQueue
 from lamplighter.abuse.violations import Violations
 from lamplighter.abuse.watch import Watch
 from lamplighter.accounts import AccountService, Bootstrap
-from lamplighter.api import admin, errors, feedback, health, openai, openai_responses, stored
+from lamplighter.api import admin, errors, feedback, guard, health, openai, openai_responses, stored
 from lamplighter.api import billing as billing_api
 from lamplighter.api import config as config_api
 from lamplighter.api.middleware import RateLimitHeaders, RequestIds, RequestLimits, SecurityHeaders
@@ -353,6 +353,7 @@ def create_app(
 
         bulletin.on("response.cancel", cancel_here)
         bulletin.on("answer.watch", watch_here)
+        guard.listen(state)  # bans started and lifted on other replicas
         state.violations.on_ban = lambda ban: state.chat.metrics.bans.labels(
             ban.subject.split(":", 1)[0]
         ).inc()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import weakref
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -23,13 +22,10 @@ from lamplighter.api.middleware import ACCESS_PLAN, arrived
 from lamplighter.api.state import Services
 from lamplighter.chat import Principal
 from lamplighter.exceptions import APIError, Banned
-from lamplighter.traffic.bulletin import Bulletin
 
 # The caller whose subjects were last taken in this request: its plan labels a ban's refusal,
 # its email goes into a ban's log line.
 _caller: ContextVar[Principal | None] = ContextVar("caller", default=None)
-# Bulletins whose replica hears bans and lifts (see ``listen``).
-_listening: weakref.WeakSet[Bulletin] = weakref.WeakSet()
 # Announcements on their way (a task is only weakly held by the loop).
 _announcing: set[asyncio.Task[None]] = set()
 
@@ -60,7 +56,6 @@ def wait_text(seconds: float) -> str:
 
 
 def refuse_banned(state: Services, *of: str) -> None:
-    listen(state)
     ban = state.violations.banned(*of)
     if ban is None:
         return
@@ -145,13 +140,10 @@ async def lift(state: Services, *of: str) -> list[Ban]:
 
 
 def listen(state: Services) -> None:
-    """Hear the bans other replicas start and lift. Done on a replica's first request: a
-    replica holds a ban only once it has heard one or counted one, and counting comes after
-    ``refuse_banned`` in every route."""
+    """Hear the bans other replicas start and lift (the server calls it once, at start)."""
     bulletin = state.bulletin
-    if bulletin is None or bulletin in _listening:
+    if bulletin is None:
         return
-    _listening.add(bulletin)
 
     async def banned(message: dict[str, Any]) -> None:
         try:

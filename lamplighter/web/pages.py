@@ -148,7 +148,7 @@ async def login(request: Request, state: State) -> Response:
     except APIError as error:
         if isinstance(error, AuthenticationFailed):
             state.chat.metrics.violations.labels("login_failed").inc()
-            state.violations.record("login_failed", *guard.subjects(request))
+            guard.announce(state, state.violations.record("login_failed", *guard.subjects(request)))
         return _form_page(
             request,
             "login.html",
