@@ -367,3 +367,36 @@ def test_on_a_phone_the_two_answers_stack_and_a_leaked_name_voids_the_vote(
     assert phone.no_horizontal_scroll()
     # The focus, on Continue, goes to the chat's title (not the message box: no keyboard pops up).
     expect(phone.page.locator("#topbar-title")).to_be_focused()
+
+
+def test_on_a_phone_the_vote_stays_in_reach_while_answer_a_is_read(
+    tabs: Tabs, person: Person
+) -> None:
+    """390 x 844: the two answers are stacked and long, and the vote sat under answer B, screens
+    away from A, with nothing to say which answer was being read."""
+    phone = tabs.open(viewport={"width": 390, "height": 844})
+    phone.login(person)
+    tall = "line\n" * 60  # one word, many lines: written at once, taller than the screen
+    pair = ask_for_a_pair(phone, tall)
+    a = column(phone, "a")
+    a.locator(BODY).scroll_into_view_if_needed()  # reading the top of answer A
+    a.get_by_text("You said:").scroll_into_view_if_needed()
+    box_a = a.bounding_box()
+    assert box_a and box_a["height"] > 844  # A alone is taller than the screen
+    expect(pair.get_by_test_id("vote-b")).to_be_in_viewport(ratio=1)
+    expect(pair.get_by_test_id("vote-a")).to_be_in_viewport(ratio=1)
+    expect(pair.get_by_text("Which answer is better, A or B?")).to_be_in_viewport()
+    expect(a.locator(".pair-label")).to_be_in_viewport()  # says "Answer A" while it is read
+    expect(a.locator(".pair-label")).to_contain_text("Answer A")
+    down = phone.page.locator("#scroll-down")
+    expect(down).to_be_visible()  # B and its end are below, and ↓ covers none of the votes
+    for vote in pair.locator(".vote-btn").all():
+        box, arrow = vote.bounding_box(), down.bounding_box()
+        assert box and arrow
+        apart_x = arrow["x"] >= box["x"] + box["width"] or box["x"] >= arrow["x"] + arrow["width"]
+        apart_y = arrow["y"] >= box["y"] + box["height"] or box["y"] >= arrow["y"] + arrow["height"]
+        assert apart_x or apart_y, (vote.text_content(), box, arrow)
+    assert phone.no_horizontal_scroll()
+    phone.screenshot("web-side-by-side-phone-vote.png")
+    pair.get_by_test_id("vote-a").click()
+    expect(pair.get_by_test_id("pair-result")).to_contain_text("You picked A.")

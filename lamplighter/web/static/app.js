@@ -1750,6 +1750,7 @@
     els.composer.placeholder = vote ? 'Pick the better answer to continue'
       : unloaded ? 'Load this chat to continue' : 'Message Lamplighter';
     els.form.classList.toggle('is-waiting', vote || unloaded);
+    els.app.classList.toggle('is-voting', vote); // ↓ moves aside from the vote bar
     els.send.disabled = blocked || !els.composer.value.trim();
     renderStreamControls(mine);
     renderElsewhere(elsewhere);
