@@ -1,4 +1,4 @@
-"""What a browser audit of the chat page found, in a real Chromium against the real server: a
+"""The chat page as a person uses it, in a real Chromium against the real server: a
 failed answer in plain words with only Retry, a second tab that neither goes stale nor forks
 the chat, the model picker following the chat opened, streamed words that keep their spaces,
 text contrast, a scroll up that holds while an answer streams, and the sidebar (titles with the

@@ -1,8 +1,7 @@
-"""What an audit with the official ``openai`` SDK found, each as the SDK's user sees it: a
-deleted background response stops, models a plan cannot use are not listed, the current SDK's
-chat parameters are accepted, errors name the Responses API's fields, logprobs join to the
-content, and the smaller shapes (usage's cached tokens, model cards, a retrieved response's
-previous id)."""
+"""The official ``openai`` SDK's view of smaller promises: a deleted background response
+stops, models a plan cannot use are not listed, the current SDK's chat parameters are accepted,
+errors name the Responses API's fields, logprobs join to the content, sampling keeps to the
+likely tokens, model cards say when they were served from."""
 
 from __future__ import annotations
 
