@@ -210,10 +210,15 @@ def test_deleting_all_chats_deletes_them_everywhere_exports_included(
     server: LiveServer, web: Browserless, stranger: Browserless, tmp_path: Path
 ) -> None:
     started = utcnow()
-    mine = {
-        web.chat(content=text)[0][1]["conversation_id"] for text in ("first chat", "second chat")
-    }
-    theirs = stranger.chat(content="the stranger's chat")[0][1]["conversation_id"]
+    # Questions no other test asks: the export leaves out prompts asked too often, in the
+    # whole store, and short exchanges.
+    asked = (
+        "Which lighthouse on the Cornish coast was the first to use a rotating lens",
+        "How did the keepers on the Bell Rock pass their long winter evenings",
+    )
+    mine = {web.chat(content=text)[0][1]["conversation_id"] for text in asked}
+    theirs_asked = stranger.chat(content="What did a relief boat usually carry out to Skerryvore")
+    theirs = theirs_asked[0][1]["conversation_id"]
     assert mine | {theirs} <= _exported_conversations(server, tmp_path / "before")
 
     answer = web.api("DELETE", "/me/conversations")
