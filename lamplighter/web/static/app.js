@@ -222,9 +222,14 @@
     return s > 0 ? s * 1000 : null;
   }
 
+  /** Set once a request found the session ended: the page is on its way to the login page, and
+   *  what is in the message box stays there, as the chat's draft, for when it comes back. */
+  let sessionEnded = false;
+
   /** The session ended (it expired, or was logged out elsewhere): to the login page, which says
    *  so and, once logged in, comes back here. */
   function goToLogin() {
+    sessionEnded = true;
     const params = new URLSearchParams({ session: 'ended' });
     const here = location.pathname;
     if (here !== '/') params.set('next', here);
@@ -3012,6 +3017,9 @@
         showError(MOVED_ON);
         return;
       }
+      // The re-read found the session ended: the message is not sent, and emptying the message
+      // box would delete its draft, which the chat shows again once the person has logged in.
+      if (sessionEnded) return;
       if (!isShown(conv) || els.composer.value !== text || !canAsk(conv) || needsVote(conv)) return;
     }
     const parentId = conv.pending ? conv.pending.parentId : leafOf(conv);
