@@ -354,8 +354,10 @@ def test_a_small_scroll_up_while_an_answer_streams_stops_following_it(tab: Tab) 
     than 80 px counted as being at the bottom."""
     page = tab.page
     thread = page.locator("#thread")
-    tab.pick_model(PACED)  # a word every 2 ms: 1,500 lines take 3 s at least
-    tab.send("line\n " * 1500)
+    # A word every 2 ms: 1,200 words take 2.4 s at least. Four words a line: typing (Playwright's
+    # fill) takes time in proportion to the square of the lines (1,500 lines took 5 s).
+    tab.pick_model(PACED)
+    tab.send("four words a line\n" * 300)
     answer = tab.answers().last
     expect(answer.locator(BODY)).not_to_be_empty()
     expect(answer).to_have_attribute("data-status", "in_progress")
