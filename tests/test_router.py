@@ -190,6 +190,14 @@ def test_only_backends_that_serve_the_model_to_the_plan_are_candidates() -> None
     assert refused.value.code == "model_not_found"
 
 
+def test_a_model_only_backends_for_other_plans_serve_is_not_the_plans_to_use() -> None:
+    """/v1/models and the web's model picker list ``models_for(plan)``: a model that only a
+    backend kept for paying plans serves is not listed to free users, who would get a 404."""
+    router = Router([Fake("open"), Fake("paid", plans=frozenset({"plus"}), models=("m", "large"))])
+    assert router.models_for("free") == ["m"]
+    assert router.models_for("plus") == ["m", "large"] == router.models
+
+
 def test_down_and_tripped_backends_are_skipped_and_none_left_is_a_503() -> None:
     down, tripped, fine = Fake("down", up=False), Fake("tripped", circuit="open"), Fake("fine")
     router = Router([down, tripped, fine])

@@ -115,21 +115,16 @@ def _model_card(model: str) -> dict[str, Any]:
     return {"id": model, "object": "model", "created": SERVING_SINCE, "owned_by": "lamplighter"}
 
 
-def _usable(state: Services, who: Principal) -> list[str]:
-    """The models served that the caller's plan may use: only these are listed, as OpenAI
-    lists only the models an account can use."""
-    plan = state.plans.get(who.plan)
-    return [model for model in state.router.models if plan.allows(model)]
-
-
 @router.get("/models")
 async def list_models(who: Caller, state: State) -> dict[str, Any]:
-    return {"object": "list", "data": [_model_card(model) for model in _usable(state, who)]}
+    """Only the models the caller's plan may use, as OpenAI lists only an account's."""
+    models = state.models_for(who.plan)
+    return {"object": "list", "data": [_model_card(model) for model in models]}
 
 
 @router.get("/models/{model:path}")
 async def get_model(model: str, who: Caller, state: State) -> dict[str, Any]:
-    if model not in _usable(state, who):
+    if model not in state.models_for(who.plan):
         raise NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
     return _model_card(model)
 

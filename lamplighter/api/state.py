@@ -51,6 +51,12 @@ class Services:
     # What one replica tells the others (a background response to cancel, wherever it runs).
     bulletin: Bulletin | None = None
 
+    def models_for(self, plan_name: str) -> list[str]:
+        """The models a plan may use: its own ``models`` list allows them, and a backend that
+        takes the plan's requests serves them (a backend's ``plans`` may leave it out)."""
+        plan = self.plans.get(plan_name)
+        return [model for model in self.router.models_for(plan_name) if plan.allows(model)]
+
 
 async def services(request: Request) -> Services:
     # async: FastAPI runs a plain function dependency in a worker thread, on every request.

@@ -196,6 +196,14 @@ class Router:
             seen.update(dict.fromkeys(backend.models))
         return list(seen)
 
+    def models_for(self, plan: str) -> list[str]:
+        """The models served by some backend that takes requests of ``plan``."""
+        seen: dict[str, None] = {}
+        for backend in self.backends:
+            if _allows(backend, plan):
+                seen.update(dict.fromkeys(backend.models))
+        return list(seen)
+
     @property
     def ready(self) -> bool:
         """Every model has at least one ready backend."""

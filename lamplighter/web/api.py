@@ -119,7 +119,7 @@ async def me(visitor: WebUser, state: State) -> dict[str, Any]:
         "email": who.email,
         "plan": plan.name,
         "is_admin": who.is_admin,
-        "models": _models(state, plan.name),
+        "models": state.models_for(plan.name),
         "default_model": _default_model(state, plan.name),
         "limits": {
             "requests_per_minute": limit("requests"),
@@ -135,13 +135,8 @@ async def me(visitor: WebUser, state: State) -> dict[str, Any]:
     }
 
 
-def _models(state: Services, plan_name: str) -> list[str]:
-    plan = state.plans.get(plan_name)
-    return [model for model in state.router.models if plan.allows(model)]
-
-
 def _default_model(state: Services, plan_name: str) -> str | None:
-    models = _models(state, plan_name)
+    models = state.models_for(plan_name)
     if state.settings.model_name in models:
         return state.settings.model_name
     return models[0] if models else None
@@ -425,7 +420,7 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
     request = GenerationRequest(model=model, turns=turns, temperature=TEMPERATURE, top_p=TOP_P)
     pair = None
     if content is not None:
-        pair = state.preferences.side_by_side(_models(state, who.plan), model)
+        pair = state.preferences.side_by_side(state.models_for(who.plan), model)
         if pair is not None:
             request = _variant(request, pair[0])
     placement = Placement(body.conversation_id, body.parent_id, new_turn=content is not None)
