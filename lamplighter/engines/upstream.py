@@ -429,8 +429,11 @@ class UpstreamBackend:
         self.breaker.succeeded()
 
     def _refusal(self, response: aiohttp.ClientResponse, body: str) -> Exception:
-        """What a non-200 answer means, told to the breaker too."""
-        said = f"Backend '{self.name}' answered {response.status}: {body[:200]}"
+        """What a non-200 answer means, told to the breaker too. What the backend said goes to
+        the log, not to the client: it can name internal hosts, paths and versions."""
+        said = f"Backend '{self.name}' answered {response.status}."
+        if response.status not in (400, 429):
+            log.warning("backend %s answered %d: %s", self.name, response.status, body[:500])
         if response.status == 429:
             self._succeeded()  # alive, only full
             return Overloaded(
