@@ -126,10 +126,22 @@ class Placement:
 class TokenCount:
     prompt_tokens: int
     completion_tokens: int
+    # Of the prompt, the tokens nobody computed again: found in the backend's prefix cache, or
+    # all of them when the response cache answered.
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    def openai(self) -> dict[str, Any]:
+        """Chat completions' ``usage`` object."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
 
 
 def completion_id(message_id: uuid.UUID) -> str:
@@ -189,6 +201,7 @@ class Exchange:
     # The generated tokens' log probabilities, when asked for (OpenAI's logprobs.content).
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, in the backend's prefix cache (when it says)
     finish_reason: str | None = None
     ttft: float | None = None
     _started: float = field(default_factory=time.perf_counter)
@@ -234,7 +247,9 @@ class Exchange:
 
     @property
     def usage(self) -> TokenCount:
-        return TokenCount(self.prepared.prompt_tokens, self.completion_tokens)
+        prompt = self.prepared.prompt_tokens
+        cached = prompt if self.cached else min(self.cached_tokens, prompt)
+        return TokenCount(prompt, self.completion_tokens, cached)
 
     @property
     def content(self) -> str:
@@ -286,6 +301,8 @@ class Exchange:
                     self.finish_reason = chunk.finish_reason
                     if chunk.prompt_tokens is not None:
                         self.prepared = replace(self.prepared, prompt_tokens=chunk.prompt_tokens)
+                    if chunk.cached_tokens is not None:
+                        self.cached_tokens = chunk.cached_tokens
                     await self._settle("complete")
                     yield chunk
                     return

@@ -28,7 +28,7 @@ from tests.conftest import ROOMY_PLAN, SCRIPTED, LiveServer, make_settings
 from tests.fleet import Processes, SimBackend
 from tests.test_router import ANSWER, delta, sse
 from tests.test_streams import read_then_hang_up, settled, wait_until
-from tests.upstream_server import Handler, gateway_over, serve_in_thread
+from tests.upstream_server import Handler, gateway_over, recording, serve_in_thread
 
 T = TypeVar("T")
 
@@ -58,6 +58,47 @@ def test_answers_and_usage_come_from_the_upstream(gateway: LiveServer) -> None:
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == (
         "You said: and stream it"
     )
+
+
+def test_the_prompt_tokens_an_upstream_found_in_its_prefix_cache_are_reported(
+    tmp_path: Path,
+) -> None:
+    """vLLM and SGLang say how much of the prompt their prefix cache held (which the prefix
+    affinity routing is there to raise); the client sees it in ``usage``, streamed or not."""
+    answer = sse(
+        delta("Hel"),
+        delta("lo", "stop"),
+        {
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 40,
+                "completion_tokens": 2,
+                "prompt_tokens_details": {"cached_tokens": 32},
+            },
+        },
+        "[DONE]",
+    )
+    with (
+        recording(lambda _: answer) as (url, _),
+        gateway_over(url, ("m",), tmp_path) as gateway,
+    ):
+        client = gateway.client(gateway.new_user(plan="roomy")[1])
+        asked = [{"role": "user", "content": "the same long system prompt, then a question"}]
+        whole = client.chat.completions.create(model="m", messages=asked)
+        assert whole.usage is not None and whole.usage.prompt_tokens_details is not None
+        assert (whole.usage.prompt_tokens, whole.usage.prompt_tokens_details.cached_tokens) == (
+            40,
+            32,
+        )
+        streamed = client.chat.completions.create(
+            model="m", messages=asked, stream=True, stream_options={"include_usage": True}
+        )
+        [usage] = [chunk.usage for chunk in streamed if chunk.usage is not None]
+        assert usage.prompt_tokens_details is not None
+        assert usage.prompt_tokens_details.cached_tokens == 32
+        responded = client.responses.create(model="m", input="and through the Responses API")
+        assert responded.usage is not None
+        assert responded.usage.input_tokens_details.cached_tokens == 32
 
 
 @pytest.fixture

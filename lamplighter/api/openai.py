@@ -281,11 +281,7 @@ def completion_body(
                 "finish_reason": finish,
             }
         ],
-        "usage": {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens,
-        },
+        "usage": usage.openai(),
         "metadata": metadata or None,
     }
 
@@ -339,18 +335,7 @@ async def _events(exchange: Exchange, include_usage: bool) -> AsyncIterator[byte
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
     if include_usage:
-        usage = exchange.usage
-        yield sse(
-            {
-                **head,
-                "choices": [],
-                "usage": {
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                    "total_tokens": usage.total_tokens,
-                },
-            }
-        )
+        yield sse({**head, "choices": [], "usage": exchange.usage.openai()})
     if exchange.interrupted is not None:
         # Said after the usage, which a client reading until an error still gets.
         yield sse(ShuttingDown(exchange.interrupted, retry_after=1).body())

@@ -98,6 +98,9 @@ class Chunk:
     finish_reason: str | None = None
     # On the last chunk, when the backend counted the prompt itself more exactly than prepare().
     prompt_tokens: int | None = None
+    # On the last chunk, when the backend says: how many of the prompt's tokens it found in its
+    # prefix cache (vLLM's and SGLang's ``usage.prompt_tokens_details.cached_tokens``).
+    cached_tokens: int | None = None
     # Pieces of tool calls, as OpenAI streams them (``delta.tool_calls``: each with its
     # ``index``, the first piece of a call with its ``id`` and function ``name``, then pieces
     # of its ``arguments``).

@@ -274,11 +274,14 @@ class _Relay:
         completion, prompt = usage.get("completion_tokens"), usage.get("prompt_tokens")
         if not isinstance(completion, int):
             completion = self.produced
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
         return Chunk(
             "",
             tokens=completion - self.produced,
             finish_reason=self.finish or "stop",
             prompt_tokens=int(prompt) if isinstance(prompt, int) else None,
+            cached_tokens=cached if isinstance(cached, int) and cached >= 0 else None,
         )
 
 
