@@ -24,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from lamplighter.flywheel.dedup import Context, Deduplicator, Verdict
@@ -297,28 +298,50 @@ class Rows:
         return self.judged().get(answer.id) or self.replaced(answer)
 
     def replaced(self, answer: Node) -> str | None:
-        """``"regenerated"`` when the person asked for another answer instead and left this
-        one: a later complete answer by a model to the same question, no turn after this one,
-        no thumbs-up and no comparison it is in (a verdict or a vote that kept it says more).
-        Regenerating is how people say "not this" without a word, so it is no demonstration."""
-        if answer.rating == 1 or self.children.get(answer.id) or answer.id in self._compared():
+        """``"regenerated"`` when the person had another answer to the same question written
+        and left this one: a complete answer by a model beside it, the conversation showing
+        another branch, no turn after this one, no thumbs-up, and no verdict or side-by-side
+        kept it (a regeneration's verdict says more; a side-by-side's answers are shown
+        together, not one instead of the other). Regenerating is how people say "not this"
+        without a word, so it is no demonstration; going back to it is "this one after all"."""
+        if answer.rating == 1 or self.children.get(answer.id) or answer.id in self._kept:
             return None
-        return "regenerated" if self._regenerations(answer) else None
-
-    def _regenerations(self, answer: Node) -> list[Node]:
-        """The answers to the same question written by a model after ``answer``."""
-        return [
+        if answer.id in self._shown:
+            return None
+        others = [
             sibling
             for sibling in self.children[answer.parent_id]
-            if sibling.role == "assistant"
+            if sibling is not answer
+            and sibling.role == "assistant"
             and sibling.model is not None
-            and sibling.created_at > answer.created_at
             and self.fault(sibling) is None
+            and sibling.finish_reason != "length"  # cut short: no better answer than this one
         ]
+        # Without a branch shown (none recorded), the newer answer is the one kept.
+        if self.thread.leaf is None:
+            others = [sibling for sibling in others if sibling.created_at > answer.created_at]
+        return "regenerated" if others else None
 
-    def _compared(self) -> set[uuid.UUID]:
-        """The answers in a comparison (asked, given or discarded)."""
-        return {answer for pick in self.thread.picks for answer in (pick.a_id, pick.b_id)}
+    @cached_property
+    def _kept(self) -> set[uuid.UUID]:
+        """The answers a comparison keeps from counting as left: both of a side-by-side (voted
+        or not) and both of a regeneration the person gave a verdict on."""
+        return {
+            answer
+            for pick in self.thread.picks
+            if pick.kind == "side_by_side" or pick.winner is not None
+            for answer in (pick.a_id, pick.b_id)
+        }
+
+    @cached_property
+    def _shown(self) -> set[uuid.UUID]:
+        """The messages on the branch the conversation shows."""
+        shown: set[uuid.UUID] = set()
+        node = self.by_id.get(self.thread.leaf) if self.thread.leaf else None
+        while node is not None:
+            shown.add(node.id)
+            node = self.by_id.get(node.parent_id) if node.parent_id else None
+        return shown
 
     def kto_fault(self, answer: Node) -> str | None:
         """Why an answer is no KTO row whatever else is exported (None: it is one): a
@@ -689,10 +712,10 @@ class Rows:
         for answer in self.answers:
             for when in (answer.rated_at, self.context.unrated.get(answer.id)):
                 yield answer.id, answer.parent_id, when
-            # Regenerated since (no longer a demonstration), or gone on from since (one again).
-            if regenerations := self._regenerations(answer):
-                for later in (*regenerations, *self.children.get(answer.id, ())):
-                    yield answer.id, answer.parent_id, later.created_at
+            # Whether an answer was left for another depends on its siblings, the turns after it
+            # and the branch shown: any change to the conversation (a message written or
+            # deleted, the branch moved) may change it.
+            yield answer.id, answer.parent_id, self.thread.moved_at()
         for pick in self.thread.picks:
             for when in (pick.voted_at, self.context.revoted.get(pick.id)):
                 yield pick.a_id, pick.question_id, when

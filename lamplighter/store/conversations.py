@@ -11,7 +11,7 @@ from sqlalchemy import Table, and_, bindparam, delete, exists, func, insert, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.conversation.threading import ROOT_HASH, node_hash
-from lamplighter.store.models import Conversation, Message, Rating
+from lamplighter.store.models import Conversation, Message, Rating, utcnow
 
 
 class Node(NamedTuple):
@@ -241,8 +241,12 @@ class Conversations:
         if root is None:
             await self.delete(conversation_id)
             return Deleted(answers, conversation_id)
-        if conversation is not None and conversation.current_leaf_id in gone:
-            conversation.current_leaf_id = await self._leaf_below(above.id if above else root)
+        if conversation is not None:
+            if conversation.current_leaf_id in gone:
+                conversation.current_leaf_id = await self._leaf_below(above.id if above else root)
+            # Changed as by a message written: incremental exports read it again (an answer
+            # left for the deleted one is a demonstration again, the branch shown moved).
+            conversation.updated_at = utcnow()
         return Deleted(answers, None)
 
     async def _parent(self, message: Message) -> Message | None:

@@ -4,6 +4,7 @@ and conversations as for KTO and DPO, while labels change, branches move and peo
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -258,4 +259,72 @@ def test_incremental_exports_of_every_kind_keep_a_copy_up_to_date(
                 assert pat.answer["left"] in copies["sft"]
         pat.close()
         dave.close()
+        server.close_clients()
+
+
+LEFT = {
+    "asked": "Which keeper first lit the lamp at the Eddystone lighthouse",
+    "cut": "Describe the sound of a foghorn on a winter night at sea",
+    "back": "Why were lighthouse lanterns glazed with diamond-shaped panes",
+    "deleted": "What did keepers burn in their lamps before paraffin arrived",
+}
+
+
+def test_an_answer_is_left_only_for_a_better_one_the_person_kept(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """The "regenerated" rule, where it is easy to read the person the wrong way round: a
+    verdict asked for and not given keeps nothing; a regeneration cut at the length limit is no
+    better answer; going back to the first answer keeps it and leaves the other; an answer
+    deleted over the API gives the one left for it back, and incremental exports follow."""
+    data_dir = tmp_path_factory.mktemp("left")
+    config = data_dir / "asked.toml"
+    config.write_text(ROOMY_PLAN + "\n[flywheel]\nverdict_rate = 1.0\n")
+    made = Store(data_dir)
+    settings = make_settings(data_dir, config=config, embedded_engine=False)
+    with LiveServer(settings, _backends) as server:
+        pat = _Person(server, new_person(server, plan="roomy"))
+        pat.consent()
+        answers: dict[str, list[str]] = {}
+        for name in ("asked", "back"):
+            first = _done(pat.web.chat(content=LEFT[name], model=SCRIPTED))["id"]
+            conversation = pat.web.api("GET", "/conversations").json()["data"][0]["id"]
+            question = pat.web.tree(conversation)["messages"][0]["id"]
+            again = pat.web.chat(
+                conversation_id=conversation, parent_id=question, model=TERSE_MODEL
+            )
+            done = next(payload for event, payload in again if event == "done")
+            assert done["ask_verdict"] is True  # asked "better, worse or the same?", not answered
+            answers[name] = [first, _done(again)["id"]]
+            if name == "back":  # the person goes back to the first answer
+                moved = pat.web.api(
+                    "PATCH", f"/conversations/{conversation}", json={"current_leaf_id": first}
+                )
+                assert moved.is_success, moved.text
+        cut = [{"role": "user", "content": LEFT["cut"]}]
+        whole = pat.client.chat.completions.create(model=SCRIPTED, messages=cut)
+        short = pat.client.chat.completions.create(model=SCRIPTED, messages=cut, max_tokens=3)
+        assert short.choices[0].finish_reason == "length"
+        deleted = [{"role": "user", "content": LEFT["deleted"]}]
+        kept = pat.client.chat.completions.create(model=SCRIPTED, messages=deleted)
+        later = pat.client.chat.completions.create(model=TERSE_MODEL, messages=deleted)
+
+        exported = datetime.now(UTC)
+        copy = _keyed("sft", _export(made, "sft", tmp_path / "full"))
+
+        def uid(completion_id: str) -> str:
+            return str(uuid.UUID(completion_id.removeprefix("chatcmpl-")))
+
+        assert answers["asked"][0] not in copy and answers["asked"][1] in copy
+        assert answers["back"][0] in copy and answers["back"][1] not in copy
+        assert uid(whole.id) in copy and uid(short.id) not in copy
+        assert uid(kept.id) not in copy and uid(later.id) in copy
+
+        pat.client.chat.completions.delete(later.id)
+        out = tmp_path / "since"
+        since = _export(made, "sft", out, "--since", exported.isoformat())
+        fresh = _keyed("sft", _export(made, "sft", tmp_path / "fresh"))
+        assert uid(kept.id) in fresh  # left for an answer that is gone: a demonstration again
+        assert _applied("sft", copy, since, out) == fresh
+        pat.close()
         server.close_clients()
