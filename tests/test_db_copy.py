@@ -480,6 +480,11 @@ def test_what_cannot_be_copied_is_refused_before_anything_changes(
     with pytest.raises(CopyRefused, match="at migration 0010"):
         copy(f"sqlite+aiosqlite:///{behind}/lamplighter.db", target, behind)
     assert asyncio.run(_fetch(target, "SELECT to_regclass('users')"))[0][0] is None
+    source = seeded_sqlite(tmp_path, users=1, conversations=1, depth=2)
+    missing = target.rsplit("/", 1)[0] + "/lamplighter_never_created"
+    with pytest.raises(CopyRefused, match=r'cannot open .*"lamplighter_never_created" does not'):
+        copy(source, missing, tmp_path)
+    assert readonly.read_flag(tmp_path) is None  # never made read-only
 
 
 @pytest.mark.postgres

@@ -171,7 +171,7 @@ class Copier:
         source; nothing is written. (After a copy, or to check a target by hand.)"""
         source = self._open_source()
         try:
-            await self.target.open()
+            await self._open_target()
             await asyncio.to_thread(source.begin)
             results = []
             for spec in self.specs:
@@ -188,7 +188,7 @@ class Copier:
     async def run(self) -> CopyReport:
         source = self._open_source()
         try:
-            await self.target.open()
+            await self._open_target()
             report = await self._prepare(source)
             await asyncio.to_thread(source.install_capture)
             try:
@@ -199,6 +199,14 @@ class Copier:
         finally:
             source.close()
             await self.target.close()
+
+    async def _open_target(self) -> None:
+        """Connect to the target, or refuse in one line: a database not created yet, a role
+        or password it does not take, a server that is not there."""
+        try:
+            await self.target.open()
+        except (asyncpg.PostgresError, OSError) as exc:
+            raise CopyRefused(f"cannot open {masked(self.given_target)}: {exc}") from exc
 
     def _open_source(self) -> SqliteSource:
         if not self.target_url.startswith("postgresql+asyncpg://"):
