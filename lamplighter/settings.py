@@ -16,6 +16,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from lamplighter.exceptions import ConfigError
 
@@ -318,8 +319,19 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         ("redis://", "rediss://", "unix://")
     ):
         raise ConfigError("setting 'redis_url': use redis://host:port/db or rediss://...")
-    if settings.public_url and not settings.public_url.startswith(("http://", "https://")):
-        raise ConfigError("setting 'public_url': use http://host[:port] or https://host")
+    if settings.public_url:
+        public = urlsplit(settings.public_url)
+        # Links are this plus the app's own paths, which are served from the root.
+        if (
+            public.scheme not in ("http", "https")
+            or not public.netloc
+            or public.path not in ("", "/")
+            or public.query
+            or public.fragment
+        ):
+            raise ConfigError(
+                "setting 'public_url': use http://host[:port] or https://host, without a path"
+            )
     if not is_email(settings.admin_email.strip()):
         raise ConfigError(
             f"setting 'admin_email': {settings.admin_email!r} is not an email address"

@@ -61,6 +61,8 @@ def test_data_dir_and_database_url_follow_the_environment(tmp_path: Path) -> Non
         ({"LAMPLIGHTER_DATABASE_URL": "mysql://u@h/db"}, "database_url"),
         ({"LAMPLIGHTER_REDIS_URL": "http://127.0.0.1:6379/0"}, "redis_url"),
         ({"LAMPLIGHTER_PUBLIC_URL": "chat.example.org"}, "public_url"),
+        ({"LAMPLIGHTER_PUBLIC_URL": "https://chat.example.org/chat"}, "public_url"),
+        ({"LAMPLIGHTER_PUBLIC_URL": "https://"}, "public_url"),
         ({"LAMPLIGHTER_ADMIN_EMAIL": "ops"}, "admin_email"),
     ],
 )
