@@ -625,10 +625,17 @@ def _either_case(words: str) -> str:
     return "|".join(f"[{word[0]}{word[0].lower()}]{word[1:]}" for word in words.split("|"))
 
 
-_STREET_TYPES = _either_case(
-    "Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|Square|Sq"
-    "|Terrace|Way|Close|Crescent|Parkway|Pkwy|Highway|Hwy|Row|Mews|Grove|Gardens|Circle|Cir"
-    "|Trail|Walk"
+# A street's type, written out or abbreviated; only an abbreviation takes a full stop with it
+# ("Baker St." is the street, "Baker Street." a street and the end of a sentence).
+_STREET_TYPES = (
+    "(?:"
+    + _either_case(
+        "Street|Avenue|Road|Boulevard|Lane|Drive|Court|Place|Square|Terrace|Way|Close"
+        "|Crescent|Parkway|Highway|Row|Mews|Grove|Gardens|Circle|Trail|Walk"
+    )
+    + "|(?:"
+    + _either_case("St|Ave|Rd|Blvd|Ln|Dr|Ct|Pl|Sq|Pkwy|Hwy|Cir")
+    + ")\\.?)"
 )
 _FRENCH_TYPES = _either_case(
     "Rue|Avenue|Boulevard|Bd|Place|Allée|Impasse|Chemin|Quai|Cours|Route|Av\\."
@@ -647,7 +654,7 @@ _ADDRESS_NUMBER_FIRST = re.compile(
     # very start it would keep the engine from skipping ahead to the digits.
     rf"[0-9](?<![\w][0-9])[0-9]{{0,4}}[A-Za-z]?(?:-[0-9]{{1,5}}[A-Za-z]?)?"
     rf"(?:,?[ ](?:(?:{_CAPITALISED}|[0-9]{{1,3}}(?:st|nd|rd|th))[ ]){{1,4}}"
-    rf"(?:{_STREET_TYPES})\.?(?![\w])(?:[ ](?:N|S|E|W|NE|NW|SE|SW)(?![\w]))?"
+    rf"{_STREET_TYPES}(?![\w])(?:[ ](?:N|S|E|W|NE|NW|SE|SW)(?![\w]))?"
     rf"(?:,?[ ](?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|\#)\.?[ ]?[A-Za-z0-9-]+)?"
     rf"(?:,[ ]{_TOWN})?"
     rf"(?:,?[ ](?:[A-Z]{{2}}[ ][0-9]{{5}}(?:-[0-9]{{4}})?|{_UK_POSTCODE}))?"

@@ -208,6 +208,10 @@ def test_look_alikes_are_kept(text: str) -> None:
         ("I'm Sorry, I'm British.", "I'm Sorry, I'm British."),
         ("Thanks!\n\nRegards,\nJohn", "Thanks!\n\nRegards,\n[NAME]"),
         ("Ship to 221B Baker Street, London NW1 6XE.", "Ship to [ADDRESS]."),
+        # A full stop after a street written out ends the sentence; after "St." it is the
+        # abbreviation's.
+        ("I live at 12 Baker Street. Write it down.", "I live at [ADDRESS]. Write it down."),
+        ("Meet me at 5 Main St. tomorrow", "Meet me at [ADDRESS] tomorrow"),
         ("Envoyez au 12 rue de Rivoli.", "Envoyez au [ADDRESS]."),
         ("Hauptstraße 5, 10115 Berlin", "[ADDRESS]"),
     ],
