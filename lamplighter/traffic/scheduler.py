@@ -116,19 +116,30 @@ class Scheduler:
         at, and the first half an interval away; ``math.inf`` when better classes arrive at
         least as fast as slots free. For one slot and no better class that is the running
         request's remaining half plus one service per request ahead. None while no service
-        time has been measured yet."""
+        time has been measured yet and nothing runs (before a request has finished, the
+        service time is guessed from those running: ``_so_far``)."""
         needed = self._ahead_of(ticket) + 1 - (self.free - self.reserve(ticket.priority))
         if needed <= 0:
             return 0.0
-        if self.mean_service is None:
+        service = self.mean_service if self.mean_service is not None else self._so_far(now)
+        if service is None:
             return None
-        if self.mean_service <= 0:
+        if service <= 0:
             return 0.0  # requests so far took no time at all (a fake clock's, say)
         better = sum(
             rate.per_second(now) for p, rate in self._arrivals.items() if p < ticket.priority
         )
-        left = self.slots / self.mean_service - better
+        left = self.slots / service - better
         return (needed - 0.5) / left if left > 0 else math.inf
+
+    def _so_far(self, now: float) -> float | None:
+        """Before any request has finished, a service time from those running: twice the time
+        they have run on average (caught at a random moment, a request is half way through).
+        None with nothing running."""
+        if not self.running:
+            return None
+        ran = [now - self._started.get(ticket, now) for ticket in self.running]
+        return 2 * sum(ran) / len(ran)
 
     def retry_after(self, wait: float | None) -> float:
         """The retry-after of a refusal on an expected wait: that wait (at least one service

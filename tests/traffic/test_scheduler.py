@@ -188,6 +188,25 @@ def test_the_more_better_classes_arrive_the_longer_a_worse_one_expects_to_wait(
     assert all(w is not None for w in waits) and waits == sorted(waits)  # type: ignore[type-var]
 
 
+def test_before_any_request_has_finished_the_running_ones_give_the_estimate() -> None:
+    """Just after a restart under paid load nothing has finished yet: the requests running for
+    6 s say a request holds a slot for about 12, so a free request with 4 s of patience behind
+    waiting team requests is refused at once instead of waiting them out. An idle pool takes
+    it at once."""
+    idle = Scheduler(slots=2)
+    assert idle.submit(Ticket(0, "free", 2, 10, 0.0, 4.0), 0.0) is None
+
+    scheduler = Scheduler(slots=2)
+    for i in range(2):
+        assert scheduler.submit(Ticket(i, f"team{i}", 0, 10, 0.0, 1e9), 0.0) is None
+    started, _ = scheduler.schedule(0.0)
+    assert len(started) == 2 and scheduler.mean_service is None
+    for i in range(2, 5):
+        assert scheduler.submit(Ticket(i, f"team{i}", 0, 10, 6.0, 1e9), 6.0) is None
+    refusal = scheduler.submit(Ticket(9, "free", 2, 10, 6.0, 10.0), 6.0)
+    assert refusal is not None and refusal.retry_after > 4.0
+
+
 def test_a_request_that_waited_out_its_patience_is_told_an_honest_wait() -> None:
     """Queued before the paid surge, a free request waits out its patience; its refusal says
     to come back after the horizon, not after one service time."""
