@@ -57,6 +57,7 @@ from lamplighter.exceptions import (
     EngineFailed,
     NotFound,
     Overloaded,
+    RateLimited,
     ShuttingDown,
 )
 from lamplighter.store.conversations import Conversations
@@ -556,9 +557,17 @@ class ChatService:
         asked = replace(request, max_tokens_cap=cap, priority=plan.priority)
         prepared = await self._prepare(backend, asked, fit=placement is not None and placement.fit)
         cost = prepared.prompt_tokens + prepared.max_tokens
-        reservation = await self.limiter.reserve(
-            plan, principal.user_id, cost, await self.bonus(principal.user_id)
-        )
+        try:
+            reservation = await self.limiter.reserve(
+                plan, principal.user_id, cost, await self.bonus(principal.user_id)
+            )
+        except RateLimited as refused:
+            if refused.type == "concurrent_requests":
+                # Not in a second: when one of the caller's answers running here should end.
+                ends = self.admission.ends_in(str(principal.user_id))
+                if ends is not None:
+                    refused.retry_in(max(1.0, ends))
+            raise
         key = cache_key(plan.name, request, prepared.max_tokens) if plan.cache_ttl_s else None
         cached = await self.cache.lookup(key, self.limiter.clock.monotonic()) if key else None
         slot: Slot | None = None

@@ -106,6 +106,12 @@ class _Retryable(APIError):
         self.headers.setdefault("retry-after", str(max(1, math.ceil(retry_after))))
         self.headers.setdefault("retry-after-ms", str(max(1, math.ceil(retry_after * 1000))))
 
+    def retry_in(self, seconds: float) -> None:
+        """Tell the client to come back in ``seconds`` instead."""
+        self.retry_after = seconds
+        self.headers["retry-after"] = str(max(1, math.ceil(seconds)))
+        self.headers["retry-after-ms"] = str(max(1, math.ceil(seconds * 1000)))
+
 
 class Banned(_Retryable):
     status_code = 403

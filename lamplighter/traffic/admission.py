@@ -297,6 +297,13 @@ class Admission:
         for pool in self.pools.values():
             await pool.close()
 
+    def ends_in(self, user: str) -> float | None:
+        """Seconds until the first of ``user``'s requests running here is expected to end
+        (None: none runs here, or there is nothing to go on)."""
+        now = self.clock.monotonic()
+        ends = [e for p in self.pools.values() if (e := p.scheduler.ends_in(user, now)) is not None]
+        return min(ends, default=None)
+
     def refuse_waiting(self, why: str) -> int:
         """Refuse every request waiting for a slot, in every pool (the server is stopping)."""
         return sum(pool.refuse_waiting(why) for pool in self.pools.values())

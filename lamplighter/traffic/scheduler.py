@@ -141,6 +141,16 @@ class Scheduler:
         ran = [now - self._started.get(ticket, now) for ticket in self.running]
         return 2 * sum(ran) / len(ran)
 
+    def ends_in(self, user: str, now: float) -> float | None:
+        """Seconds until the first of ``user``'s running requests is expected to end (at
+        least 0): the service time less the time it has run. None with none running here, or
+        nothing to go on."""
+        service = self.mean_service if self.mean_service is not None else self._so_far(now)
+        ran = [now - self._started.get(t.id, now) for t in self.running.values() if t.user == user]
+        if not ran or service is None:
+            return None
+        return max(0.0, service - max(ran))
+
     def retry_after(self, wait: float | None) -> float:
         """The retry-after of a refusal on an expected wait: that wait (at least one service
         time), or ``horizon_s`` when no slot is in sight (better classes take every one)."""

@@ -113,3 +113,37 @@ def test_a_script_that_sends_again_without_waiting_is_banned(four: LiveServer) -
     # Every 403 a ban answered is counted with the other refusals, under its plan.
     metrics = httpx.get(four.base_url + "/metrics").text
     assert 'lamplighter_refusals_total{plan="four",reason="temporarily_banned"}' in metrics
+
+
+def test_a_concurrency_refusal_says_when_one_of_the_callers_answers_should_end(
+    tmp_path: Path,
+) -> None:
+    """Told to come back in a second while its other answer has seconds to run, the SDK spends
+    its retries at once and fails; the refusal says when that answer should end instead, from
+    how long answers take on its backend and how long this one has run."""
+
+    async def backends(_: Settings) -> list[Backend]:
+        return [ScriptedBackend(PACED, pace_s=0.002)]
+
+    config = tmp_path / "lamplighter.toml"
+    config.write_text(
+        "[plans.one]\nconcurrent_streams = 1\nrequests_per_minute = 1000\n"
+        "tokens_per_minute = 1000000\ncache_ttl_s = 0\n"
+    )
+    settings = make_settings(tmp_path, config=config, embedded_engine=False)
+    with LiveServer(settings, backends) as live:
+        client = live.client(live.new_user(plan="one")[1]).with_options(max_retries=0)
+        # 1,500 words at 2 ms each: an answer holds its slot about 3 s.
+        asked = [{"role": "user", "content": " ".join(["lamp"] * 1500)}]
+        client.chat.completions.create(model=PACED, messages=asked, max_tokens=2000)
+        running = client.chat.completions.create(
+            model=PACED, messages=asked, max_tokens=2000, stream=True
+        )
+        next(iter(running))
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.chat.completions.create(
+                model=PACED, messages=[{"role": "user", "content": "and this?"}]
+            )
+        assert int(refused.value.response.headers["retry-after"]) >= 2
+        running.close()
+        live.close_clients()
