@@ -267,7 +267,6 @@ def _temporary_ban(state: Services, user: User) -> dict[str, Any] | None:
 async def restore_user(email: str, _: Nothing, who: Admin, state: State) -> dict[str, Any]:
     """Let the user back in: lift a suspension or ban, and the abuse scores' temporary ban
     (with its address's, if banned together) on every replica."""
-    guard.listen(state)
     audit = _audit(who, "user.restore", email)
     user = await state.accounts.restore(email, audit=audit)
     lifted = await guard.lift(state, f"user:{user.id}")

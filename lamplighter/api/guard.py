@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 from contextvars import ContextVar
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -117,15 +118,7 @@ def announce(state: Services, bans: list[Ban]) -> None:
     if bulletin is None:
         return
     for ban in bans:
-        message = {
-            "subject": ban.subject,
-            "until": ban.until,
-            "seconds": ban.seconds,
-            "repeat": ban.repeat,
-            "reason": ban.reason,
-            "together": list(ban.together),
-        }
-        task = asyncio.get_running_loop().create_task(bulletin.publish("ban", **message))
+        task = asyncio.get_running_loop().create_task(bulletin.publish("ban", **asdict(ban)))
         _announcing.add(task)
         task.add_done_callback(_announcing.discard)
 

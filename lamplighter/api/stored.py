@@ -51,15 +51,24 @@ async def stored_usage(session: AsyncSession, answer: Message) -> TokenCount:
     )
 
 
-async def stop_generation(state: Services, who: Principal, name: str, answer: Message) -> None:
-    """Stop the generation of ``answer`` (``name`` names it) if it is still being written, and
-    wait (a little) until it is settled as cut, with what was generated and charged. One that
-    runs on another replica is told through the bulletin."""
+async def stop_answer(state: Services, answer: Message) -> Literal["here", "elsewhere"] | None:
+    """Stop the generation of ``answer`` if it is still being written: here, waiting (a
+    little) until it is settled as cut, with what was generated and charged; on another
+    replica, told through the bulletin. Where it was stopped (None: nowhere)."""
     task = state.chat.cancel(answer.id)
     if task is not None:
         await asyncio.wait({task}, timeout=STOP_WAIT_S)
-    elif answer.status == "in_progress" and state.bulletin is not None:
+        return "here"
+    if answer.status == "in_progress" and state.bulletin is not None:
         await state.bulletin.publish("response.cancel", id=answer.id.hex)
+        return "elsewhere"
+    return None
+
+
+async def stop_generation(state: Services, who: Principal, name: str, answer: Message) -> None:
+    """``stop_answer`` (``name`` names it), then, for one another replica stops, wait (a
+    little) for that replica to settle it."""
+    if await stop_answer(state, answer) == "elsewhere":
         deadline = time.monotonic() + STOP_WAIT_S
         while time.monotonic() < deadline:
             async with state.db.transaction() as session:

@@ -191,13 +191,10 @@ class Router:
 
     @property
     def models(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for backend in self.backends:
-            seen.update(dict.fromkeys(backend.models))
-        return list(seen)
+        return self.models_for(None)
 
-    def models_for(self, plan: str) -> list[str]:
-        """The models served by some backend that takes requests of ``plan``."""
+    def models_for(self, plan: str | None) -> list[str]:
+        """The models served by some backend that takes requests of ``plan`` (None: any)."""
         seen: dict[str, None] = {}
         for backend in self.backends:
             if _allows(backend, plan):

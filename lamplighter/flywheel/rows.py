@@ -709,13 +709,13 @@ class Rows:
     def _label_changes(self) -> Iterator[tuple[uuid.UUID, uuid.UUID | None, datetime | None]]:
         """(answer, its question, when) for every label given or last changed (a rating, a
         verdict, a vote, a correction) and every one taken back, at any time."""
+        # Whether an answer was left for another depends on its siblings, the turns after it
+        # and the branch shown: any change to the conversation (a message written or deleted,
+        # the branch moved) may change it.
+        moved = self.thread.moved_at()
         for answer in self.answers:
-            for when in (answer.rated_at, self.context.unrated.get(answer.id)):
+            for when in (answer.rated_at, self.context.unrated.get(answer.id), moved):
                 yield answer.id, answer.parent_id, when
-            # Whether an answer was left for another depends on its siblings, the turns after it
-            # and the branch shown: any change to the conversation (a message written or
-            # deleted, the branch moved) may change it.
-            yield answer.id, answer.parent_id, self.thread.moved_at()
         for pick in self.thread.picks:
             for when in (pick.voted_at, self.context.revoted.get(pick.id)):
                 yield pick.a_id, pick.question_id, when

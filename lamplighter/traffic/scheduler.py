@@ -116,12 +116,11 @@ class Scheduler:
         at, and the first half an interval away; ``math.inf`` when better classes arrive at
         least as fast as slots free. For one slot and no better class that is the running
         request's remaining half plus one service per request ahead. None while no service
-        time has been measured yet and nothing runs (before a request has finished, the
-        service time is guessed from those running: ``_so_far``)."""
+        time has been measured yet and nothing runs (``service_time``)."""
         needed = self._ahead_of(ticket) + 1 - (self.free - self.reserve(ticket.priority))
         if needed <= 0:
             return 0.0
-        service = self.mean_service if self.mean_service is not None else self._so_far(now)
+        service = self.service_time(now)
         if service is None:
             return None
         if service <= 0:
@@ -132,10 +131,12 @@ class Scheduler:
         left = self.slots / service - better
         return (needed - 0.5) / left if left > 0 else math.inf
 
-    def _so_far(self, now: float) -> float | None:
-        """Before any request has finished, a service time from those running: twice the time
-        they have run on average (caught at a random moment, a request is half way through).
-        None with nothing running."""
+    def service_time(self, now: float) -> float | None:
+        """How long a request holds a slot: the measured mean, or before any request has
+        finished, a guess from those running, twice the time they have run on average (caught
+        at a random moment, a request is half way through). None with nothing to go on."""
+        if self.mean_service is not None:
+            return self.mean_service
         if not self.running:
             return None
         ran = [now - self._started.get(ticket, now) for ticket in self.running]
@@ -145,7 +146,7 @@ class Scheduler:
         """Seconds until the first of ``user``'s running requests is expected to end (at
         least 0): the service time less the time it has run. None with none running here, or
         nothing to go on."""
-        service = self.mean_service if self.mean_service is not None else self._so_far(now)
+        service = self.service_time(now)
         ran = [now - self._started.get(t.id, now) for t in self.running.values() if t.user == user]
         if not ran or service is None:
             return None

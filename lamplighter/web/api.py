@@ -29,6 +29,7 @@ from lamplighter.api.openai import leak_warning
 from lamplighter.api.responses import EventStreamResponse, unless_disconnected
 from lamplighter.api.schemas import Body
 from lamplighter.api.state import Services, State
+from lamplighter.api.stored import stop_answer
 from lamplighter.chat import Exchange, Placement, Principal
 from lamplighter.conversation.threading import Turn, title_from
 from lamplighter.engines.base import Chunk, GenerationRequest
@@ -57,8 +58,6 @@ HTML_INTERVAL_S = 0.1
 RENDER_SHARE = 10
 # The page's sampling: a little below 1 keeps small models on topic.
 TEMPERATURE, TOP_P = 0.7, 0.95
-# How long Stop waits for the answer it cut to be written down, so the page reads it so.
-STOP_WAIT_S = 5.0
 # The sidebar's cursors count time from here, in microseconds (the stores' precision).
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -293,12 +292,8 @@ async def stop(message_id: uuid.UUID, visitor: WebUser, state: State) -> dict[st
         answer = await Conversations(session).message_of(visitor.principal.user_id, message_id)
     if answer is None or answer.role != "assistant":
         raise _no_message()
-    task = state.chat.cancel(answer.id)
-    if task is not None:
-        await asyncio.wait({task}, timeout=STOP_WAIT_S)  # settled when the page reads it
-    elif answer.status == "in_progress" and state.bulletin is not None:
-        await state.bulletin.publish("response.cancel", id=answer.id.hex)
-    return {"id": str(answer.id), "stopped": task is not None or answer.status == "in_progress"}
+    stopped = await stop_answer(state, answer)  # here: settled when the page reads it
+    return {"id": str(answer.id), "stopped": stopped is not None or answer.status == "in_progress"}
 
 
 @router.put("/messages/{message_id}/rating")

@@ -79,11 +79,7 @@ class WebAuth:
     async def login(self, email: str, password: str, address: str) -> Login:
         """A new session for the right email and password, unless attempts for this account,
         address or network are being throttled (429); AuthenticationFailed otherwise."""
-        wait = self.throttle.retry_after(email, address)
-        if wait > 0:
-            raise RateLimited(
-                f"Too many login attempts. Try again in {describe(wait)}.", retry_after=wait
-            )
+        self.not_throttled(email, address, "login attempts")
         try:
             email = normalise_email(email)
         except InvalidRequest:
@@ -97,9 +93,17 @@ class WebAuth:
             self.throttle.failed(email, address)
             raise AuthenticationFailed(BAD_LOGIN)
         self.throttle.succeeded(email)
-        return await self._start(user.id)
+        return await self.start(user.id)
 
-    async def _start(self, user_id: uuid.UUID) -> Login:
+    def not_throttled(self, email: str, address: str, tried: str) -> None:
+        """Refuse (429, saying too many ``tried``) while this account, address or network is
+        locked out for wrong passwords."""
+        wait = self.throttle.retry_after(email, address)
+        if wait > 0:
+            raise RateLimited(f"Too many {tried}. Try again in {describe(wait)}.", retry_after=wait)
+
+    async def start(self, user_id: uuid.UUID) -> Login:
+        """A new session for the account (its password or link already checked)."""
         login = Login(token=new_token(), csrf_token=new_token())
         now = utcnow()
         async with self.db.transaction() as session:
@@ -144,7 +148,7 @@ class WebAuth:
             raise InvalidRequest(
                 "That email cannot be used to sign up. If it is yours, log in instead."
             ) from None
-        return await self._start(user.id)
+        return await self.start(user.id)
 
     async def invite(self, email: str, plan: str | None = None) -> str:
         """Make an account for ``email`` with no password (on ``plan``, else free), and a
@@ -217,4 +221,4 @@ class WebAuth:
             user.password_hash = hash_password(password)
             await store.end_sessions_of(user.id)
             user_id = user.id
-        return await self._start(user_id)
+        return await self.start(user_id)

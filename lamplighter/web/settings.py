@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,7 +26,7 @@ from lamplighter.api import guard
 from lamplighter.api.schemas import Body
 from lamplighter.api.state import Services, State
 from lamplighter.chat import Principal
-from lamplighter.exceptions import InvalidRequest, NotFound, RateLimited
+from lamplighter.exceptions import InvalidRequest, NotFound
 from lamplighter.flywheel.feedback import rating_json
 from lamplighter.flywheel.preferences import comparison_json, comparisons_in
 from lamplighter.store.conversations import Conversations
@@ -47,7 +48,6 @@ from lamplighter.web.session import (
     current_visitor,
     set_session,
 )
-from lamplighter.web.throttle import describe
 
 router = APIRouter(include_in_schema=False)
 
@@ -75,24 +75,24 @@ async def settings_page(request: Request, state: State) -> Response:
     )
 
 
-def _not_throttled(state: Services, email: str, address: str) -> None:
-    """Refuse (429) while this account or address is locked out for wrong passwords."""
-    wait = state.web.throttle.retry_after(email, address)
-    if wait > 0:
-        raise RateLimited(
-            f"Too many wrong passwords. Try again in {describe(wait)}.", retry_after=wait
-        )
+@contextmanager
+def _guessing(http: Request, state: Services, who: Principal) -> Iterator[None]:
+    """Around a check of the visitor's password: refused while the account or address is
+    locked out for wrong passwords, and a wrong one counts as a failed login."""
+    address = guard.address(http)
+    state.web.not_throttled(who.email, address, "wrong passwords")
+    try:
+        yield
+    except InvalidRequest as error:
+        if error.code == "wrong_password":
+            state.web.throttle.failed(who.email, address)
+        raise
 
 
 async def _confirmed(http: Request, state: Services, who: Principal, password: str) -> None:
     """``password`` is the visitor's own, else a 400 that counts as a failed login."""
-    address = guard.address(http)
-    _not_throttled(state, who.email, address)
-    try:
+    with _guessing(http, state, who):
         await state.accounts.confirm_password(who.user_id, password)
-    except InvalidRequest:
-        state.web.throttle.failed(who.email, address)
-        raise
 
 
 class PasswordChange(Body):
@@ -108,15 +108,10 @@ async def change_password(
     browsers are logged out, as after a reset); this browser gets a new session, whose CSRF
     token the answer carries."""
     who = visitor.principal
-    address = guard.address(http)
-    _not_throttled(state, who.email, address)
-    try:
+    with _guessing(http, state, who):
         await state.accounts.change_password(who.user_id, body.current_password, body.new_password)
-    except InvalidRequest as error:
-        if error.code == "wrong_password":
-            state.web.throttle.failed(who.email, address)
-        raise
-    login = await state.web.login(who.email, body.new_password, address)
+    state.web.throttle.succeeded(who.email)  # as a login with the new password would
+    login = await state.web.start(who.user_id)
     response = JSONResponse({"changed": True, "csrf_token": login.csrf_token})
     set_session(response, http, login, state.settings.session_days)
     return response

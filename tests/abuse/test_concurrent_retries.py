@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -21,21 +22,29 @@ from tests.conftest import PACED, LiveServer, make_settings
 QUESTION = "one two three four five six seven eight"
 
 
-@pytest.fixture(scope="module")
-def four(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """A server whose plan 'four' runs four calls at once; the [abuse] policy is the default."""
+@contextmanager
+def paced(data_dir: Path, plan: str, pace_s: float) -> Iterator[LiveServer]:
+    """A server whose scripted model writes a word every ``pace_s`` seconds, configured by
+    ``plan`` (TOML: the plan a test uses); the [abuse] policy is the default."""
 
     async def backends(_: Settings) -> list[Backend]:
-        return [ScriptedBackend(PACED, pace_s=0.05)]
+        return [ScriptedBackend(PACED, pace_s=pace_s)]
 
-    data_dir: Path = tmp_path_factory.mktemp("four")
     config = data_dir / "lamplighter.toml"
-    config.write_text(
+    config.write_text(plan)
+    settings = make_settings(data_dir, config=config, embedded_engine=False)
+    with LiveServer(settings, backends) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A server whose plan 'four' runs four calls at once."""
+    plan = (
         "[plans.four]\nconcurrent_streams = 4\nrequests_per_minute = 1000\n"
         "tokens_per_minute = 1000000\n"
     )
-    settings = make_settings(data_dir, config=config, embedded_engine=False)
-    with LiveServer(settings, backends) as live:
+    with paced(tmp_path_factory.mktemp("four"), plan, pace_s=0.05) as live:
         yield live
 
 
@@ -121,17 +130,11 @@ def test_a_concurrency_refusal_says_when_one_of_the_callers_answers_should_end(
     """Told to come back in a second while its other answer has seconds to run, the SDK spends
     its retries at once and fails; the refusal says when that answer should end instead, from
     how long answers take on its backend and how long this one has run."""
-
-    async def backends(_: Settings) -> list[Backend]:
-        return [ScriptedBackend(PACED, pace_s=0.002)]
-
-    config = tmp_path / "lamplighter.toml"
-    config.write_text(
+    plan = (
         "[plans.one]\nconcurrent_streams = 1\nrequests_per_minute = 1000\n"
         "tokens_per_minute = 1000000\ncache_ttl_s = 0\n"
     )
-    settings = make_settings(tmp_path, config=config, embedded_engine=False)
-    with LiveServer(settings, backends) as live:
+    with paced(tmp_path, plan, pace_s=0.002) as live:
         client = live.client(live.new_user(plan="one")[1]).with_options(max_retries=0)
         # 1,500 words at 2 ms each: an answer holds its slot about 3 s.
         asked = [{"role": "user", "content": " ".join(["lamp"] * 1500)}]
