@@ -526,7 +526,8 @@ def test_a_backend_killed_mid_load_loses_only_the_answers_it_had_begun(
     for outcome in broken:
         message, _ = wait_until(lambda o=outcome: settled(fleet_gateway, o.completion_id))
         assert message.status == "error" and message.content == "".join(outcome.text)
-    assert (gateway_metric(fleet_gateway, "lamplighter_backend_failovers_total", "a") or 0) >= 1
+    # (Whether a waiting request was sent to a between the kill and its breaker opening, and so
+    # counted as a failover, is a race; a test above counts a failover for sure.)
 
     # Down: marked so by the health check, its breaker open, and nobody is sent there.
     poll(lambda: gateway_metric(fleet_gateway, "lamplighter_backend_up", "a") == 0)
