@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     # gateway (0.9 s); each command imports what it uses, so `sim-backend`, `top` and `bench`
     # start without them.
     from lamplighter.accounts import AccountService
+    from lamplighter.store.audit import Audit
     from lamplighter.store.database import Database
     from lamplighter.traffic.planbook import PlanBook
 
@@ -249,12 +250,96 @@ def users_set(
     if admin is None and plan is None:
         typer.secho("error: give --admin, --no-admin or --plan NAME", fg="red", err=True)
         raise typer.Exit(2)
+    change = {"admin": admin, "plan": plan}
+    audit = _by_cli("user.change", email, {k: v for k, v in change.items() if v is not None})
     user = _run(
         _settings(config),
-        lambda accounts: accounts.change_user(email, admin=admin, plan=plan),
+        lambda accounts: accounts.change_user(email, admin=admin, plan=plan, audit=audit),
         with_plans=plan is not None,
     )
     typer.echo(f"{user.email}: plan {user.plan}{', admin' if user.is_admin else ''}")
+
+
+ReasonOption = Annotated[
+    str, typer.Option(help="Why, for the audit log and the person (shown when refused).")
+]
+
+
+@users.command("suspend")
+def users_suspend(
+    email: str,
+    reason: ReasonOption,
+    days: Annotated[
+        int | None,
+        typer.Option(min=1, max=3650, help="For this many days (default: until restored)."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Lock an account out, its API keys and browser sessions alike, for some days or until
+    `users restore`; its sessions end at once."""
+    until = datetime.now(UTC) + timedelta(days=days) if days else None
+    audit = _by_cli("user.suspend", email, {"reason": reason, "days": days})
+    user = _run(
+        _settings(config),
+        lambda accounts: accounts.suspend(email, _reason(reason), until=until, audit=audit),
+    )
+    typer.echo(
+        f"suspended {user.email} "
+        + (f"until {until:%Y-%m-%d %H:%M} UTC" if until else "until restored")
+    )
+
+
+@users.command("ban")
+def users_ban(email: str, reason: ReasonOption, config: ConfigOption = None) -> None:
+    """Ban an account for good (until `users restore`): its keys stop working, its sessions
+    end, and the admin pages list it as banned."""
+    audit = _by_cli("user.ban", email, {"reason": reason})
+    user = _run(
+        _settings(config),
+        lambda accounts: accounts.suspend(
+            email, _reason(reason), until=None, banned=True, audit=audit
+        ),
+    )
+    typer.echo(f"banned {user.email}")
+
+
+@users.command("restore")
+def users_restore(email: str, config: ConfigOption = None) -> None:
+    """Let an account back in: end its suspension or ban and, with Redis configured, the
+    temporary ban the abuse scores gave it on every running replica (without Redis, a running
+    server's temporary bans are lifted from the admin page)."""
+    settings = _settings(config)
+    user = _run(
+        settings,
+        lambda accounts: accounts.restore(email, audit=_by_cli("user.restore", email)),
+    )
+    if settings.redis_url:
+        from lamplighter.api.guard import LIFT
+        from lamplighter.traffic.bulletin import Bulletin
+
+        async def lift() -> None:
+            bulletin = Bulletin(settings.redis_url)
+            try:
+                await bulletin.publish(LIFT, subjects=[f"user:{user.id}"])
+            finally:
+                await bulletin.stop()
+
+        asyncio.run(lift())
+    typer.echo(f"restored {user.email}")
+
+
+def _reason(reason: str) -> str:
+    if not reason.strip() or len(reason) > 500:
+        typer.secho("error: give a --reason of 1 to 500 characters", fg="red", err=True)
+        raise typer.Exit(2)
+    return reason.strip()
+
+
+def _by_cli(action: str, target: str, details: dict[str, Any] | None = None) -> Audit:
+    """The audit entry of an action taken with this command."""
+    from lamplighter.store.audit import Audit
+
+    return Audit.by_operator(action, target, details)
 
 
 @users.command("invite")
@@ -321,7 +406,8 @@ def users_delete(
     admin cannot be deleted."""
     if not yes:
         typer.confirm(f"Delete {email} and all their data for good?", abort=True)
-    _run(_settings(config), lambda accounts: accounts.delete_user(email))
+    audit = _by_cli("user.delete", email)
+    _run(_settings(config), lambda accounts: accounts.delete_user(email, audit=audit))
     typer.echo(f"deleted {email}")
 
 
@@ -330,21 +416,28 @@ def users_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """List users, oldest first."""
+    """List users, oldest first, with their status (active, suspended or banned)."""
     found = _run(_settings(config), lambda accounts: accounts.list_users(), writes=False)
+    now = datetime.now(UTC)
     for user in found:
+        status = user.status(now)
+        until = user.disabled_until if status == "suspended" else None
         row = {
             "id": str(user.id),
             "email": user.email,
             "plan": user.plan,
             "admin": user.is_admin,
+            "status": status,
+            "until": until.isoformat() if until else None,
             "created_at": user.created_at.isoformat(),
         }
         if as_json:
             typer.echo(json.dumps(row))
         else:
-            flag = " admin" if user.is_admin else ""
-            typer.echo(f"{row['id']}  {user.email:<32} {user.plan:<8}{flag}")
+            flags = [" admin"] if user.is_admin else []
+            if status != "active":
+                flags.append(f" {status}" + (f" until {until:%Y-%m-%d %H:%M} UTC" if until else ""))
+            typer.echo(f"{row['id']}  {user.email:<32} {user.plan:<8}{''.join(flags)}")
 
 
 @keys.command("create")
@@ -426,7 +519,8 @@ def _key_id(key_id: str) -> uuid.UUID:
 def keys_revoke(key_id: str, config: ConfigOption = None) -> None:
     """Revoke an API key by its id; it stops working at once."""
     parsed = _key_id(key_id)
-    _run(_settings(config), lambda accounts: accounts.revoke_key(parsed))
+    audit = _by_cli("key.revoke", str(parsed))
+    _run(_settings(config), lambda accounts: accounts.revoke_key(parsed, audit=audit))
     typer.echo(f"revoked {parsed}")
 
 
@@ -967,9 +1061,13 @@ def billing_grant(
         end = add_period(now, "month", months)
     else:
         end = now + timedelta(days=days or 0)
+    details = {"plan": plan, "until": end.isoformat(), "seats": seats}
+    audit = _by_cli("billing.grant", str(user or team), details)
     row = _billing(
         _settings(config),
-        lambda billing: billing.grant(plan=plan, until=end, email=user, team=team, seats=seats),
+        lambda billing: billing.grant(
+            plan=plan, until=end, email=user, team=team, seats=seats, audit=audit
+        ),
     )
     typer.echo(f"granted {row.plan} to {user or team} until {row.period_end:%Y-%m-%d %H:%M} UTC")
 
@@ -981,7 +1079,8 @@ def billing_end(
     """End a user's or team's subscription now; they go back to their own plans (given by
     hand, or the free plan)."""
     _one_subject(user, team)
-    _billing(_settings(config), lambda billing: billing.end(email=user, team=team))
+    audit = _by_cli("billing.end", str(user or team))
+    _billing(_settings(config), lambda billing: billing.end(email=user, team=team, audit=audit))
     typer.echo(f"ended the subscription of {user or team}")
 
 
@@ -1040,21 +1139,24 @@ def teams_create(
     config: ConfigOption = None,
 ) -> None:
     """Create a team (its owner joins it first)."""
-    _billing(_settings(config), lambda billing: billing.create_team(name, owner))
+    audit = _by_cli("team.create", name, {"owner": owner})
+    _billing(_settings(config), lambda billing: billing.create_team(name, owner, audit=audit))
     typer.echo(f"created team {name}")
 
 
 @teams_app.command("add")
 def teams_add(name: str, email: str, config: ConfigOption = None) -> None:
     """Add a person to a team; with a subscription, only while a seat is free."""
-    _billing(_settings(config), lambda billing: billing.add_member(name, email))
+    audit = _by_cli("team.add", name, {"email": email})
+    _billing(_settings(config), lambda billing: billing.add_member(name, email, audit=audit))
     typer.echo(f"added {email} to {name}")
 
 
 @teams_app.command("remove")
 def teams_remove(name: str, email: str, config: ConfigOption = None) -> None:
     """Remove a person from a team; they go back to their own plan at once."""
-    _billing(_settings(config), lambda billing: billing.remove_member(name, email))
+    audit = _by_cli("team.remove", name, {"email": email})
+    _billing(_settings(config), lambda billing: billing.remove_member(name, email, audit=audit))
     typer.echo(f"removed {email} from {name}")
 
 

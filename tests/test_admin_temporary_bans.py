@@ -15,6 +15,7 @@ from lamplighter.engines.scripted import ScriptedBackend
 from lamplighter.settings import Settings
 from tests.conftest import SCRIPTED, LiveServer, make_settings
 from tests.fleet import REDIS_URL, needs_redis, wait_for
+from tests.test_cli import cli
 
 BODY = {"model": SCRIPTED, "messages": [{"role": "user", "content": "page 1"}]}
 
@@ -77,3 +78,20 @@ def test_a_temporary_ban_is_shown_and_restore_lifts_it_on_every_replica(
     # On a, where the ban started, the user is let in again: at most refused for the rate (429).
     wait_for(lambda: _ask(a, key).status_code != 403 or None, 10, "a to lift the ban")
     assert shown() is None
+
+
+@needs_redis
+def test_the_restore_command_lifts_a_temporary_ban_on_every_replica(
+    replicas: tuple[LiveServer, LiveServer], postgres_url: str
+) -> None:
+    a, b = replicas
+    email, key = a.new_user(plan="trickle")
+    statuses = [_ask(a, key).status_code for _ in range(9)]  # never waiting as told
+    assert statuses[-1] == 403, statuses
+    wait_for(lambda: _ask(b, key).status_code == 403, 10, "b to hold the ban started on a")
+
+    env = {"LAMPLIGHTER_DATABASE_URL": postgres_url, "LAMPLIGHTER_REDIS_URL": REDIS_URL}
+    restored = cli(a.settings.data_dir, "users", "restore", email, env=env)
+    assert restored.exit_code == 0, restored.stderr
+    for server in (a, b):  # at most refused for the rate now (429), not banned
+        wait_for(lambda s=server: _ask(s, key).status_code != 403, 10, "the ban to be lifted")

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from lamplighter.accounts import Bootstrap
 from lamplighter.app import announce_bootstrap
 from lamplighter.cli import app
-from tests.conftest import MODEL, free_port, make_settings
+from tests.conftest import MODEL, LiveServer, free_port, make_settings
 
 LAMPLIGHTER = [sys.executable, "-m", "lamplighter"]
 
@@ -440,3 +440,45 @@ def test_the_first_admin_notice_names_the_database_but_not_its_password(
         in notice
     )
     assert "s3cret-pw" not in notice  # the notice goes to the logs
+
+
+def test_an_operator_suspends_bans_and_restores_from_the_command_line(server: LiveServer) -> None:
+    email, key = server.new_user()
+    _, admin_key = server.new_user(admin=True)
+    env = {"LAMPLIGHTER_CONFIG": str(server.settings.config)}
+    data_dir = server.settings.data_dir
+
+    def models() -> httpx.Response:
+        headers = {"authorization": f"Bearer {key}"}
+        return httpx.get(server.base_url + "/v1/models", headers=headers)
+
+    def listed() -> dict[str, Any]:
+        rows = cli(data_dir, "users", "list", "--json", env=env).stdout.splitlines()
+        [row] = [r for r in map(json.loads, rows) if r["email"] == email]
+        return row
+
+    assert models().status_code == 200 and listed()["status"] == "active"
+    suspended = cli(data_dir, "users", "suspend", email, "--reason", "spam", "--days", "2", env=env)
+    assert suspended.exit_code == 0, suspended.stderr
+    refused = models()
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "account_suspended"
+    assert listed()["status"] == "suspended" and listed()["until"] is not None
+
+    assert cli(data_dir, "users", "ban", email, "--reason", "fraud", env=env).exit_code == 0
+    assert models().json()["error"]["code"] == "account_deactivated"
+    banned = listed()
+    assert banned["status"] == "banned" and banned["until"] is None
+
+    no_reason = cli(data_dir, "users", "ban", email, "--reason", " ", env=env)
+    assert no_reason.exit_code == 2 and "--reason" in no_reason.stderr
+    restored = cli(data_dir, "users", "restore", email, env=env)
+    assert restored.exit_code == 0 and models().status_code == 200
+    assert listed()["status"] == "active"
+
+    # Each change is in the audit log, by the operating-system user on this machine.
+    audit = httpx.get(
+        server.base_url + "/api/admin/audit", headers={"authorization": f"Bearer {admin_key}"}
+    ).json()["data"]
+    mine = [(e["action"], e["details"].get("reason")) for e in audit if e["target"] == email]
+    assert mine == [("user.restore", None), ("user.ban", "fraud"), ("user.suspend", "spam")]
+    assert all(e["actor"].startswith("cli:") for e in audit if e["target"] == email)

@@ -123,12 +123,15 @@ def announce(state: Services, bans: list[Ban]) -> None:
         task.add_done_callback(_announcing.discard)
 
 
+LIFT = "ban.lift"  # the bulletin's topic for bans lifted (by an admin, or `users restore`)
+
+
 async def lift(state: Services, *of: str) -> list[Ban]:
     """End the bans of ``of`` (and of the subjects banned with them) here and on every other
     replica; the bans that were in force here."""
     lifted = state.violations.lift(*of)
     if state.bulletin is not None:
-        await state.bulletin.publish("ban.lift", subjects=list(of))
+        await state.bulletin.publish(LIFT, subjects=list(of))
     return lifted
 
 
@@ -156,4 +159,4 @@ def listen(state: Services) -> None:
         state.violations.lift(*(str(s) for s in message.get("subjects", ())))
 
     bulletin.on("ban", banned)
-    bulletin.on("ban.lift", lifted)
+    bulletin.on(LIFT, lifted)

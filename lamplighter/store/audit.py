@@ -3,6 +3,8 @@ a change without its entry (or an entry without its change) cannot happen."""
 
 from __future__ import annotations
 
+import getpass
+import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,18 @@ class Audit:
     action: str
     target: str
     details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def by_operator(
+        cls, action: str, target: str, details: Mapping[str, Any] | None = None
+    ) -> Audit:
+        """An action taken with the ``lamplighter`` command: no account did it, so the entry
+        names the operating-system user and machine (``cli:alice@db-admin-1``)."""
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # no name for this uid (a bare container)
+            user = "unknown"
+        return cls(None, f"cli:{user}@{socket.gethostname()}", action, target, details or {})
 
     async def write(self, session: AsyncSession) -> None:
         session.add(
