@@ -398,11 +398,15 @@ class _Shape:
         return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
     def response(self, status: str, error: dict[str, str] | None = None) -> dict[str, Any]:
-        """The response object, ``in_progress`` or finished."""
+        """The response object, ``in_progress`` or finished. In progress, its output is what
+        has been generated so far (a stored answer's last checkpoint): none yet, no items."""
         answer, body = self.answer, self.body
         finished = status != "in_progress"
         usage = answer.usage
-        item_status = "completed" if status == "completed" else "incomplete"
+        if finished:
+            output = self.output("completed" if status == "completed" else "incomplete")
+        else:
+            output = self.output("in_progress") if answer.content or self.calls else []
         return {
             "id": self.id,
             "object": "response",
@@ -418,7 +422,7 @@ class _Shape:
             "instructions": body.instructions if body else None,
             "max_output_tokens": body.max_output_tokens if body else None,
             "model": answer.model,
-            "output": self.output(item_status) if finished else [],
+            "output": output,
             # OpenAI's default, and what a backend not told otherwise does.
             "parallel_tool_calls": body is None or body.parallel_tool_calls is not False,
             "previous_response_id": body.previous_response_id if body else None,
