@@ -90,13 +90,17 @@ def normalise_email(email: str) -> str:
 async def lock_out(
     session: AsyncSession, user: User, reason: str, *, until: datetime | None, banned: bool
 ) -> None:
-    """Suspend or ban ``user`` in ``session``'s transaction and end their sessions. A ban
-    already in force is never shortened into a suspension."""
-    if user.banned and not user.active(utcnow()) and not banned:
+    """Suspend or ban ``user`` in ``session``'s transaction and end their sessions and
+    password links (a restored account asks for a new link). A ban already in force is never
+    shortened into a suspension."""
+    now = utcnow()
+    if user.banned and not user.active(now) and not banned:
         return
-    user.disabled_at, user.disabled_reason = utcnow(), reason
+    user.disabled_at, user.disabled_reason = now, reason
     user.disabled_until, user.banned = (None, True) if banned else (until, False)
-    await WebStore(session).end_sessions_of(user.id)
+    store = WebStore(session)
+    await store.end_sessions_of(user.id)
+    await store.retire_invites(user.email, now)
 
 
 class AccountService:
@@ -203,10 +207,12 @@ class AccountService:
 
     async def delete_user(self, email: str, *, audit: Audit | None = None) -> None:
         """Delete an account and everything that is theirs (conversations, messages, ratings,
-        keys, sessions, usage), logging the deletion by id for incremental exports."""
+        keys, sessions, password links, usage), logging the deletion by id for incremental
+        exports."""
         async with self.db.transaction() as session:
             user = await self._user(session, email)
             await self._keep_an_admin(session, user, "deleted")
+            await WebStore(session).delete_invites(user.email)
             session.add(Deletion(at=utcnow(), kind="user", subject_id=user.id))
             await session.delete(user)
             await write_audit(session, audit)
@@ -231,8 +237,9 @@ class AccountService:
 
     async def change_password(self, user_id: uuid.UUID, current: str, new: str) -> User:
         """Replace the account's password, once ``current`` is confirmed; ``new`` must pass
-        the rules of sign-up. Every web session of the account ends, as a reset's do (a change
-        may follow a stolen password); the caller starts the browser's new one."""
+        the rules of sign-up. Every web session and unused password link of the account ends,
+        as a reset's do (a change may follow a stolen password, or a leaked link); the caller
+        starts the browser's new one."""
         user = await self.confirm_password(user_id, current, param="current_password")
         problem = password_problem(new, related=(user.email,))
         if problem is not None:
@@ -243,7 +250,9 @@ class AccountService:
             if changed is None:
                 raise NotFound("There is no such account.")
             changed.password_hash = password_hash
-            await WebStore(session).end_sessions_of(user_id)
+            store = WebStore(session)
+            await store.end_sessions_of(user_id)
+            await store.retire_invites(changed.email, utcnow())
             return changed
 
     @staticmethod

@@ -49,21 +49,35 @@ class WebStore:
         await self.session.flush()
 
     async def retire_invites(self, email: str, now: datetime) -> None:
-        """End the unused links of an account (a new one replaces them)."""
+        """End the unused links of an account: a new one replaces them, and a password set
+        another way (Settings, another link) or a lockout ends them, as it ends the sessions."""
         await self.session.execute(
             update(Invite)
             .where(Invite.email == email, Invite.used_at.is_(None), Invite.expires_at > now)
             .values(expires_at=now)
         )
 
-    async def invite(self, token_hash: str, now: datetime) -> Invite | None:
-        """An invite that can still be used."""
+    async def delete_invites(self, email: str) -> None:
+        """Forget every link of an account being deleted: a link is for the account it was
+        made for, never for one made later with the same address."""
+        await self.session.execute(delete(Invite).where(Invite.email == email))
+
+    async def invite(self, token_hash: str, now: datetime) -> tuple[Invite, User] | None:
+        """A link that can still be used, and its account. A link older than the account
+        holding its address now was made for an earlier one (deleted before links were
+        deleted with their account) and sets nothing."""
         result = await self.session.execute(
-            select(Invite).where(
-                Invite.token_hash == token_hash, Invite.used_at.is_(None), Invite.expires_at > now
+            select(Invite, User)
+            .join(User, User.email == Invite.email)
+            .where(
+                Invite.token_hash == token_hash,
+                Invite.used_at.is_(None),
+                Invite.expires_at > now,
+                Invite.created_at >= User.created_at,
             )
         )
-        return result.scalar_one_or_none()
+        found = result.one_or_none()
+        return None if found is None else (found[0], found[1])
 
     async def rating(self, message_id: uuid.UUID) -> Rating | None:
         return await self.session.get(Rating, message_id)

@@ -197,15 +197,16 @@ class WebAuth:
     async def invitation(self, token: str) -> Invitation:
         """Whose password a link sets, and whether it replaces one."""
         async with self.db.transaction() as session:
-            invite = await WebStore(session).invite(hash_key(token), utcnow())
-            user = await Accounts(session).user_by_email(invite.email) if invite else None
-        if invite is None or user is None:
+            found = await WebStore(session).invite(hash_key(token), utcnow())
+        if found is None:
             raise NotFound("This link is not valid any more. Ask for a new one.")
+        invite, user = found
         return Invitation(invite.email, resets=user.password_hash is not None)
 
     async def accept(self, token: str, password: str) -> Login:
-        """Set the account's password (the link works once), end its other web sessions (a
-        reset may follow a stolen password) and log it in."""
+        """Set the account's password (the link works once, and the account's other links
+        end with it), end its other web sessions (a reset may follow a stolen password) and
+        log it in."""
         email = (await self.invitation(token)).email
         problem = password_problem(password, related=(email,))
         if problem is not None:
@@ -213,12 +214,13 @@ class WebAuth:
         now = utcnow()
         async with self.db.transaction() as session:
             store = WebStore(session)
-            invite = await store.invite(hash_key(token), now)
-            user = await Accounts(session).user_by_email(invite.email) if invite else None
-            if invite is None or user is None:
+            found = await store.invite(hash_key(token), now)
+            if found is None:
                 raise NotFound("This link is not valid any more. Ask for a new one.")
+            invite, user = found
             invite.used_at = now
             user.password_hash = hash_password(password)
+            await store.retire_invites(user.email, now)
             await store.end_sessions_of(user.id)
             user_id = user.id
         return await self.start(user_id)
