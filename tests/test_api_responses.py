@@ -356,3 +356,16 @@ def test_the_answer_length_refusal_names_max_output_tokens(client: openai.OpenAI
         client.responses.create(model=MODEL, input="hi", max_output_tokens=100_000)
     assert caught.value.code == "context_length_exceeded"
     assert caught.value.param == "max_output_tokens"
+
+
+def test_streaming_a_stored_response_again_is_refused_not_an_empty_stream(
+    client: openai.OpenAI,
+) -> None:
+    """The SDK reads a JSON answer to ``retrieve(stream=True)`` as a stream without events:
+    the caller would see a response that produced nothing."""
+    made = client.responses.create(model=SCRIPTED, input="replay me")
+    with pytest.raises(openai.BadRequestError) as caught:
+        for _ in client.responses.retrieve(made.id, stream=True, starting_after=2):
+            pass
+    assert caught.value.code == "unsupported_parameter" and caught.value.param == "stream"
+    assert client.responses.retrieve(made.id).output_text == "You said: replay me"

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 
 from lamplighter.api.openai import Caller, open_exchange, whole_answer
 from lamplighter.api.responses import EventStreamResponse
-from lamplighter.api.schemas import ResponsesRequest, check_tool_turns
+from lamplighter.api.schemas import ResponsesRequest, check_tool_turns, unsupported
 from lamplighter.api.state import Services, State
 from lamplighter.api.stored import (
     Limit,
@@ -87,11 +87,19 @@ def _not_found(name: str) -> NotFound:
 
 
 @router.get("/responses/{name}")
-async def retrieve_response(name: str, who: Caller, state: State) -> dict[str, Any]:
+async def retrieve_response(
+    name: str,
+    who: Caller,
+    state: State,
+    stream: bool = False,
+) -> dict[str, Any]:
     """A stored response, as it stands (one still being generated is ``in_progress``, one its
     client left ``cancelled``). Of what the request asked for, its ``metadata`` and text format
     are stored; ``instructions`` and ``max_output_tokens`` read null, ``temperature`` and
-    ``top_p`` 1."""
+    ``top_p`` 1. Its events are not replayed: ``stream=true`` (with ``starting_after``) is
+    refused by name, since the SDK would read this JSON as an empty stream."""
+    if stream:
+        raise unsupported("stream", "a stored response is retrieved whole, not streamed again")
     async with state.db.transaction() as session:
         answer = await stored_answer(Conversations(session), who, name)
         if answer is None:
