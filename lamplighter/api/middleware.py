@@ -22,14 +22,23 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 arrived: ContextVar[float | None] = ContextVar("arrived", default=None)
 # The request state's key for the caller's plan, once known (``guard.subjects`` notes it).
 ACCESS_PLAN = "access_plan"
+# Paths that end in a secret: a password link's token sets the account's password for 7 days.
+_SECRET_PATH = re.compile(r"^(/invite/)[^/]+")
+
+
+def logged_path(path: str) -> str:
+    """``path`` as logs and traces may keep it: a secret in it is replaced by "…", keeping
+    the route's shape (``/invite/…``), so whoever reads the logs holds no password link."""
+    return _SECRET_PATH.sub(r"\1…", path)
 
 
 class RequestIds:
     """Gives every request an id (the client's ``x-request-id`` if usable), returns it in the
     response's ``x-request-id``, puts it on every log line written while serving the request,
-    and writes one access line per request: method, path, status, duration, and where known
-    the error's code (from an error answer's JSON body) and the caller's plan. Never headers,
-    query strings or bodies beyond that code."""
+    and writes one access line per request: method, path (its secrets redacted, see
+    ``logged_path``), status, duration, and where known the error's code (from an error
+    answer's JSON body) and the caller's plan. Never headers, query strings or bodies beyond
+    that code."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -66,7 +75,7 @@ class RequestIds:
                 status = 500 if failed else 499
             line = {
                 "method": scope["method"],
-                "path": scope["path"],
+                "path": logged_path(scope["path"]),
                 "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 1),
             }
