@@ -290,6 +290,21 @@ def test_the_defaults_that_frameworks_send_are_accepted(client: openai.OpenAI) -
 
 
 @pytest.mark.parametrize(
+    "reasoning", [{}, {"effort": None}, {"effort": "none"}, {"effort": None, "summary": None}]
+)
+def test_reasoning_that_asks_for_nothing_is_accepted(
+    client: openai.OpenAI, reasoning: dict[str, Any]
+) -> None:
+    """Frameworks send a ``reasoning`` object whatever the model, often empty."""
+    response = client.responses.create(
+        model=SCRIPTED,
+        input=f"no reasoning {json.dumps(reasoning)}",
+        reasoning=reasoning,
+    )
+    assert response.status == "completed"
+
+
+@pytest.mark.parametrize(
     ("body", "param", "says"),
     [
         ('"metadata": {"k": "\\ud800"}', "metadata.k", "valid string"),
@@ -337,6 +352,7 @@ def test_bad_input_is_a_400_that_names_it_before_anything_is_generated(
     [
         ({"tools": [{"type": "web_search"}]}, "tools"),
         ({"reasoning": {"effort": "low"}}, "reasoning"),
+        ({"reasoning": {"effort": None, "summary": "auto"}}, "reasoning"),
         ({"background": True, "stream": True}, "background"),
         ({"include": ["reasoning.encrypted_content"]}, "include"),
         ({"conversation": "conv_1"}, "conversation"),

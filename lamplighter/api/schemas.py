@@ -75,6 +75,13 @@ CALL_ASKS_NOTHING: dict[str, tuple[object, ...]] = {
     "caller": (None, {"type": "direct"}),
     "namespace": (None,),
 }
+# The same, in the Responses API's ``reasoning`` (frameworks send it empty or with a null
+# effort): only an effort or a summary asks for something.
+REASONING_ASKS_NOTHING: dict[str, tuple[object, ...]] = {
+    "effort": (None, "none"),
+    "summary": (None,),
+    "generate_summary": (None,),
+}
 # The same, on a message.
 MESSAGE_ASKS_NOTHING: dict[str, tuple[object, ...]] = {
     "tool_calls": (None, []),  # an answer without calls, as the SDK dumps it
@@ -625,7 +632,7 @@ class ResponsesRequest(Body):
             ),
             "reasoning": (
                 "the models here do not reason in separate steps",
-                self.reasoning is not None,
+                bool(_without_defaults(self.reasoning or {}, REASONING_ASKS_NOTHING)),
             ),
             "background": (
                 "a background response is polled with GET /v1/responses/{id}, not streamed",
