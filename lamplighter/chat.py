@@ -195,6 +195,7 @@ class Exchange:
     opened: asyncio.Future[None] | None = None
     conversation_id: uuid.UUID | None = None
     question_id: uuid.UUID | None = None  # the user message a placed exchange stored
+    earlier_ids: tuple[uuid.UUID, ...] = ()  # the turns it stored before that (Placement.earlier)
     parent_hash: str = ROOT_HASH
     created: int = field(default_factory=lambda: int(time.time()))
     text: list[str] = field(default_factory=list)
@@ -903,7 +904,7 @@ class ChatService:
             # Ids are time-ordered: each new turn's must sort after the one before it, and the
             # answer's after its question's.
             new_ids = [new_id() for _ in range(placement.earlier + 1)]
-            exchange.question_id = new_ids[-1]
+            exchange.question_id, exchange.earlier_ids = new_ids[-1], tuple(new_ids[:-1])
             exchange.message_id = new_id()
         conversation_id = await _lead_to_answer(
             conversations, exchange, placement.conversation_id, turns, now

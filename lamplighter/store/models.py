@@ -94,6 +94,9 @@ class User(Base):
     # ``_consent_changed``: an incremental export gives all the data of someone who consented
     # after the export before it.
     training_consent_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # What the person wants every new web chat to know (about them, how to answer): stored as
+    # the first message, a system message, of each chat they start; None when they have none.
+    custom_instructions: Mapped[str | None] = mapped_column(Text)
     # A ban is a suspension an admin meant as final; both are lifted the same way.
     banned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
 

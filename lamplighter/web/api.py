@@ -22,6 +22,8 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import Field, field_validator
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from lamplighter.api import guard
@@ -45,7 +47,7 @@ from lamplighter.flywheel.preferences import (
     comparisons_in,
 )
 from lamplighter.store.conversations import Conversations
-from lamplighter.store.models import Conversation, Deletion, Message, Rating, utcnow
+from lamplighter.store.models import Conversation, Deletion, Message, Rating, User, utcnow
 from lamplighter.web.markdown import render
 from lamplighter.web.session import WebUser
 
@@ -391,8 +393,11 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
     title = None
     path: list[Message] = []
     shown: Message | None = None
+    instructions = None
     async with state.db.transaction() as session:
         conversations = Conversations(session)
+        if body.conversation_id is None and content is not None:
+            instructions = await instructions_of(session, who.user_id)
         if body.conversation_id is not None:
             title = (await _owned(conversations, visitor, body.conversation_id)).title
         if body.parent_id is not None:
@@ -406,7 +411,8 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
         raise InvalidRequest(
             "To regenerate, parent_id must be the question (a user message).", param="parent_id"
         )
-    turns = tuple(m.turn for m in path)
+    # A new chat begins with the person's custom instructions, stored as its system message.
+    turns = (Turn("system", instructions),) if instructions else tuple(m.turn for m in path)
     if content is not None:
         turns += (Turn("user", content),)
     model = body.model or _default_model(state, who.plan)
@@ -418,7 +424,12 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
         pair = state.preferences.side_by_side(state.models_for(who.plan), model)
         if pair is not None:
             request = _variant(request, pair[0])
-    placement = Placement(body.conversation_id, body.parent_id, new_turn=content is not None)
+    placement = Placement(
+        body.conversation_id,
+        body.parent_id,
+        new_turn=content is not None,
+        earlier=1 if instructions else 0,  # the system message, stored before the question
+    )
     try:
         exchange = await unless_disconnected(
             http, state.chat.open(who, request, placement=placement)
@@ -429,10 +440,12 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
     answer = _answer_json(exchange, body.parent_id)
     if pair is not None:
         answer["model"] = None  # anonymous until the vote
+    system = _system_message(exchange, instructions)
     start = {
         "conversation_id": str(exchange.conversation_id),
         "title": title or title_from(turns),
-        "user_message": _question(exchange, body.parent_id, content),
+        "system_message": system,
+        "user_message": _question(exchange, system["id"] if system else body.parent_id, content),
         "message": answer,
         "side_by_side": pair is not None,
     }
@@ -553,15 +566,37 @@ async def _pair(
             await exchange.close()
 
 
+async def instructions_of(session: AsyncSession, user_id: uuid.UUID) -> str | None:
+    """The person's custom instructions (see ``User.custom_instructions``), or None."""
+    found: str | None = await session.scalar(
+        select(User.custom_instructions).where(User.id == user_id)
+    )
+    return found
+
+
+def _system_message(exchange: Exchange, instructions: str | None) -> dict[str, Any] | None:
+    """The system message a new chat's custom instructions were stored as, for the page."""
+    if not instructions or not exchange.earlier_ids:
+        return None
+    return _stored(exchange.earlier_ids[0], None, "system", instructions)
+
+
 def _question(
-    exchange: Exchange, parent_id: uuid.UUID | None, content: str | None
+    exchange: Exchange, parent_id: uuid.UUID | str | None, content: str | None
 ) -> dict[str, Any] | None:
     if exchange.question_id is None or content is None:
         return None
+    return _stored(exchange.question_id, parent_id, "user", content)
+
+
+def _stored(
+    message_id: uuid.UUID, parent_id: uuid.UUID | str | None, role: str, content: str
+) -> dict[str, Any]:
+    """A message the exchange stored as it opened (as ``message_json`` shows it)."""
     return {
-        "id": str(exchange.question_id),
+        "id": str(message_id),
         "parent_id": str(parent_id) if parent_id else None,
-        "role": "user",
+        "role": role,
         "content": content,
         "html": None,
         "status": "complete",

@@ -1,6 +1,7 @@
 """A person's own account settings: the page at ``GET /settings`` and its JSON API under
-``/api/me``: change the password, download everything of theirs as one JSON file, delete every
-chat, delete the account, and manage their API keys. Training consent and the feedback bonus
+``/api/me``: change the password, set the custom instructions new chats begin with, download
+everything of theirs as one JSON file, delete every chat, delete the account, and manage their
+API keys. Training consent and the feedback bonus
 are the chat's own ``/api/me/consent`` and ``/api/me``, which the page reuses.
 
 Everything acts on the logged-in visitor only (session cookie; CSRF token on every change, see
@@ -37,9 +38,10 @@ from lamplighter.store.models import (
     Deletion,
     Message,
     Rating,
+    User,
     utcnow,
 )
-from lamplighter.web.api import summary
+from lamplighter.web.api import instructions_of, summary
 from lamplighter.web.pages import login_url, templates
 from lamplighter.web.session import (
     SESSION_COOKIE,
@@ -64,12 +66,16 @@ async def settings_page(request: Request, state: State) -> Response:
         ended = request.cookies.get(SESSION_COOKIE) is not None
         return RedirectResponse(login_url("/settings", ended=ended), status_code=303)
     who = visitor.principal
+    async with state.db.transaction() as session:
+        instructions = await instructions_of(session, who.user_id)
     return templates.TemplateResponse(
         request,
         "settings.html",
         {
             "csrf_token": visitor.csrf_token,
             "user": {"email": who.email, "plan": who.plan, "is_admin": who.is_admin},
+            "instructions": instructions or "",
+            "instructions_max": MAX_INSTRUCTIONS,
         },
         headers={"cache-control": "no-store"},
     )
@@ -115,6 +121,33 @@ async def change_password(
     response = JSONResponse({"changed": True, "csrf_token": login.csrf_token})
     set_session(response, http, login, state.settings.session_days)
     return response
+
+
+# As ChatGPT's custom instructions: room for a paragraph about oneself and one about answers.
+MAX_INSTRUCTIONS = 1500
+
+
+class Instructions(Body):
+    text: str = Field(max_length=MAX_INSTRUCTIONS)
+
+
+@router.get("/api/me/instructions")
+async def get_instructions(visitor: WebUser, state: State) -> dict[str, str]:
+    async with state.db.transaction() as session:
+        return {"text": await instructions_of(session, visitor.principal.user_id) or ""}
+
+
+@router.put("/api/me/instructions")
+async def put_instructions(body: Instructions, visitor: WebUser, state: State) -> dict[str, str]:
+    """What every chat the visitor starts from now on begins with, as its system message
+    (chats already started keep theirs); empty text: none."""
+    text = body.text.strip()
+    async with state.db.transaction() as session:
+        user = await session.get(User, visitor.principal.user_id)
+        if user is None:  # deleted in another tab meanwhile
+            raise NotFound("There is no such account.")
+        user.custom_instructions = text or None
+    return {"text": text}
 
 
 def key_json(key: ApiKey, now: datetime) -> dict[str, Any]:
@@ -285,10 +318,12 @@ async def _conversations(state: Services, user_id: uuid.UUID) -> AsyncIterator[d
 @router.get("/api/me/export")
 async def export(visitor: WebUser, state: State) -> Response:
     """Everything the visitor wrote and got, as one JSON file to download: the account, the
-    training consent, the feedback bonus, API keys (never their secrets), and every
-    conversation with all its branches, ratings and comparisons (verdicts and votes). It
-    streams, a page of conversations at a time."""
+    custom instructions, the training consent, the feedback bonus, API keys (never their
+    secrets), and every conversation with all its branches, ratings and comparisons (verdicts
+    and votes). It streams, a page of conversations at a time."""
     who = visitor.principal
+    async with state.db.transaction() as session:
+        instructions = await instructions_of(session, who.user_id)
     head = {
         "exported_at": utcnow().isoformat(),
         "account": {
@@ -297,6 +332,7 @@ async def export(visitor: WebUser, state: State) -> Response:
             "plan": who.plan,
             "is_admin": who.is_admin,
         },
+        "custom_instructions": instructions,
         "training_consent": await state.feedback.consent(who),
         "feedback_credits": await state.credits.summary(who.user_id),
         "api_keys": await _keys(state, who),

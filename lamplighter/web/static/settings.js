@@ -1,4 +1,4 @@
-// The Settings page: password, the person's data (download, delete every chat, delete the
+// The Settings page: custom instructions, password, the person's data (download, delete every chat, delete the
 // account), API keys, training consent and the feedback bonus. It talks to /api/me/... with the
 // session cookie and the page's CSRF token. Text only, never HTML.
 (function () {
@@ -127,6 +127,36 @@
     } catch (error) {
       say(confirmError, error.message);
       if (password) confirmPassword.select();
+    }
+  });
+
+  // ---------------------------------------------------------------------------------------
+  // Custom instructions
+
+  const instructions = $('#instructions-text');
+  const instructionsCount = byTest('instructions-count');
+  instructions.addEventListener('input', () => {
+    instructionsCount.textContent = String(instructions.value.length);
+    say(byTest('instructions-done'), '');
+  });
+  $('#instructions-form').addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const error = byTest('instructions-error');
+    say(error, '');
+    instructions.removeAttribute('aria-invalid');
+    try {
+      const answer = await busy(byTest('instructions-save'), () => call('PUT', '/api/me/instructions', {
+        text: instructions.value,
+      }));
+      instructions.value = answer.text;
+      instructionsCount.textContent = String(answer.text.length);
+      const text = answer.text ? 'Saved. Your next new chat begins with these instructions.' : 'Saved. New chats begin with no instructions.';
+      say(byTest('instructions-done'), text);
+      announce(text);
+    } catch (refusal) {
+      say(error, refusal.message);
+      instructions.setAttribute('aria-invalid', 'true');
+      instructions.focus();
     }
   });
 
