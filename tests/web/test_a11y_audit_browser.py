@@ -1,21 +1,98 @@
-"""What the accessibility audit found, in a real Chromium against the real server: the console's
-status badges have AA contrast in the light scheme.
+"""What the accessibility audit found, in a real Chromium against the real server: an answer
+that ends without finishing (stopped, its connection lost, cut by a stopping server) says so to
+screen readers, and the console's status badges have AA contrast in the light scheme.
 """
 
 from __future__ import annotations
 
-from playwright.sync_api import expect
+import pytest
+from playwright.sync_api import Route, expect
 
-from tests.conftest import LiveServer
-from tests.web.browser import Tabs
+from tests.conftest import PACED, LiveServer
+from tests.web.browser import BODY, Tab, Tabs
 from tests.web.conftest import Person, new_person
 from tests.web.test_chat_page_browser import CONTRAST
+from tests.web.test_connection_browser import REFUSED
 from tests.web.test_console_browser import CONSOLE
+from tests.web.test_small_fixes_browser import cut_by_shutdown
 
 expect.set_options(timeout=15_000)
 
 
-# 4. The console's badges -------------------------------------------------------------------------
+# 2. An answer that ends unfinished -------------------------------------------------------------
+
+# A word every 2 ms: an echo of 1,500 words is written for 3 s at least.
+LONG_ECHO = "word " * 1500
+
+
+def streaming(tab: Tab, text: str) -> None:
+    """Send ``text`` to scripted-paced and wait until its answer is being shown, word by word."""
+    tab.pick_model(PACED)
+    tab.send(text)
+    answer = tab.answers().last
+    expect(answer).to_have_attribute("data-status", "in_progress")
+    expect(answer.locator(BODY)).not_to_be_empty()
+
+
+def test_stopping_an_answer_with_escape_is_announced(tab: Tab) -> None:
+    """The answer turned into "Stopped" on screen and a screen reader heard nothing, so a blind
+    person could not tell whether Escape had worked."""
+    tab.echo("a first answer, announced as complete")
+    announcer = tab.page.locator("#announcer")
+    expect(announcer).to_have_text("Answer complete")
+    streaming(tab, f"stop me {LONG_ECHO}")
+    tab.composer.press("Escape")
+    expect(tab.answers().last.get_by_test_id("message-note")).to_have_text("Stopped")
+    expect(announcer).to_have_text("Answer stopped")
+    expect(tab.composer).to_be_focused()
+
+
+def cut_short(route: Route) -> None:
+    """Let the real request through, then hand the page only its start and first two deltas:
+    the stream ends there, without an error and without done, as when the connection drops."""
+    response = route.fetch()
+    events = response.body().split(b"\n\n")
+    assert events[0].startswith(b"event: start"), events[0]
+    deltas = [e for e in events if e.startswith(b"event: delta")]
+    route.fulfill(response=response, body=b"\n\n".join([events[0], *deltas[:2]]) + b"\n\n")
+
+
+def test_a_connection_lost_mid_answer_is_announced(tab: Tab) -> None:
+    tab.page.route("**/api/chat", cut_short)
+    tab.send("please lose the rest of this answer")
+    answer = tab.answers().last
+    expect(answer.get_by_test_id("message-note")).to_have_text("Connection lost")
+    expect(answer.locator(BODY)).to_have_text("You said:")  # what arrived stays
+    expect(tab.page.locator("#announcer")).to_have_text(
+        "Connection lost. The answer so far is kept; Retry is available."
+    )
+    expect(answer.get_by_test_id("retry")).to_be_enabled()
+
+
+def test_a_message_that_could_not_be_sent_is_announced(tabs: Tabs, tab: Tab) -> None:
+    tabs.expect_console_error(REFUSED)
+    tab.page.route("**/api/chat", lambda route: route.abort("connectionrefused"))
+    tab.send("please fail to reach the server")
+    expect(tab.answers().last.get_by_test_id("message-note")).to_have_text("Connection lost")
+    expect(tab.page.locator("#announcer")).to_have_text(
+        "Connection lost before the answer began; Retry is available."
+    )
+
+
+@pytest.mark.parametrize("ending", ["done", "error"])
+def test_an_answer_cut_by_a_stopping_server_is_announced_as_cut_not_complete(
+    tab: Tab, ending: str
+) -> None:
+    """Cut with a done event, it was announced as "Answer complete"; with an error, not at all."""
+    tab.page.route("**/api/chat", cut_by_shutdown(ending))
+    tab.send("please cut this answer at the shutdown")
+    expect(tab.answers().last.get_by_test_id("message-note")).to_have_text("Interrupted")
+    expect(tab.page.locator("#announcer")).to_have_text(
+        "The server stopped the answer. The answer so far is kept; Retry is available."
+    )
+
+
+# 4. The console's badges -----------------------------------------------------------------------
 
 
 def test_the_consoles_ready_and_suspended_badges_have_aa_contrast_in_the_light_scheme(

@@ -730,6 +730,14 @@
   }
 
   const NOTE_TEXT = { stopped: 'Stopped', lost: 'Connection lost', interrupted: 'Interrupted', error: ANSWER_FAILED };
+  // What a screen reader hears when an answer ends with one of those notes: the note is shown
+  // where the answer is, but the focus stays in the message box, so it must be said.
+  const NOTE_SPOKEN = {
+    stopped: 'Answer stopped',
+    lost: 'Connection lost. The answer so far is kept; Retry is available.',
+    interrupted: 'The server stopped the answer. The answer so far is kept; Retry is available.',
+    error: ANSWER_FAILED,
+  };
   // How the server stores an answer it cut off itself: at a shutdown's deadline ('shutdown'), or
   // found unfinished after a crash ('interrupted'). One the person stopped is 'cancelled'.
   const CUT_BY_SERVER = new Set(['shutdown', 'interrupted']);
@@ -2094,6 +2102,7 @@
         conv.pending = null;
         conv.path = s.prevPath.filter((id) => conv.msgs.has(id));
         if (s.kind === 'new' && s.request.content) giveBack(conv, s.request.content);
+        announce(NOTE_SPOKEN.stopped);
       } else if (outcome === 'error') {
         conv.pending = null;
         conv.path = s.prevPath.filter((id) => conv.msgs.has(id));
@@ -2101,12 +2110,14 @@
       } else if (conv.pending) {
         conv.pending.lost = true;
         keepUnsent(conv);
+        announce('Connection lost before the answer began; Retry is available.');
       }
     } else {
       for (const t of s.tracks.values()) settleTrack(conv, t, t === main ? outcome : (s.stopped ? 'stopped' : 'lost'));
       // A failure is said once, in the answer (with its details and Retry), not in a banner too.
-      if (outcome === 'done') announce(s.tracks.size > 1 ? 'Both answers are complete' : 'Answer complete');
-      else if (outcome === 'error') announce(ANSWER_FAILED);
+      const note = state.notes.get(m.id);
+      if (note) announce(NOTE_SPOKEN[note]);
+      else if (outcome === 'done') announce(s.tracks.size > 1 ? 'Both answers are complete' : 'Answer complete');
     }
 
     updateComposer(); // here Send again; in another chat, one may be sent now
