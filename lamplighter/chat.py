@@ -114,6 +114,10 @@ class Placement:
     API, whose ``truncation`` is "disabled"). ``earlier`` new turns before the last one (the
     Responses API's input of several messages) are stored too, in order, between the parent
     and the question.
+
+    A Responses API request that continues an answer (``previous_response_id``) names it as
+    ``continues``, and its ``instructions`` are stored with its answer: the model saw those, not
+    the system message the conversation starts with.
     """
 
     conversation_id: uuid.UUID | None
@@ -121,6 +125,8 @@ class Placement:
     new_turn: bool
     fit: bool = True
     earlier: int = 0
+    continues: uuid.UUID | None = None
+    instructions: str | None = None
 
 
 @dataclass(frozen=True)
@@ -918,7 +924,11 @@ class ChatService:
             rows.append(row | {"path_hash": parent_hash})
             parent_id = message_id
             depth += 1
-        rows.append(_answer_row(exchange, conversation_id, parent_id, depth, now))
+        asked = {
+            "instructions": placement.instructions,
+            "previous_response_id": placement.continues,
+        }
+        rows.append(_answer_row(exchange, conversation_id, parent_id, depth, now) | asked)
         await conversations.insert_messages(rows)
         exchange.conversation_id = conversation_id
         exchange.parent_hash = parent_hash
@@ -1261,4 +1271,6 @@ def _message_row(
         "tool_calls": None if turn.tool_calls is None else json.loads(turn.tool_calls),
         "tool_call_id": turn.tool_call_id,
         "tools": None,
+        "instructions": None,
+        "previous_response_id": None,
     }

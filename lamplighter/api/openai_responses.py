@@ -29,7 +29,6 @@ from lamplighter.api.state import Services, State
 from lamplighter.api.stored import (
     Limit,
     Order,
-    answered,
     delete_stored,
     page_of,
     stop_generation,
@@ -77,9 +76,13 @@ async def _history(state: Services, who: Principal, previous: str) -> tuple[Mess
                 code="previous_response_in_progress",
             )
         path = await conversations.path_to(answer.id)
-    if path and path[0].role == "system":
-        path = path[1:]
-    return answer, [m.turn for m in path]
+    return answer, [m.turn for m in _after_instructions(path)]
+
+
+def _after_instructions(path: list[Message]) -> list[Message]:
+    """A stored path without the system message its conversation starts with: the first
+    response's instructions, which a response that continues it does not inherit."""
+    return path[1:] if path and path[0].role == "system" else path
 
 
 def _not_found(name: str) -> NotFound:
@@ -94,17 +97,24 @@ async def retrieve_response(
     stream: bool = False,
 ) -> dict[str, Any]:
     """A stored response, as it stands (one still being generated is ``in_progress``, one its
-    client left ``cancelled``). Of what the request asked for, its ``metadata`` and text format
-    are stored; ``instructions`` and ``max_output_tokens`` read null, ``temperature`` and
-    ``top_p`` 1. Its events are not replayed: ``stream=true`` (with ``starting_after``) is
-    refused by name, since the SDK would read this JSON as an empty stream."""
+    client left ``cancelled``). Of what the request asked for, its ``metadata``, text format,
+    ``instructions`` and ``previous_response_id`` are stored (a response that began its
+    conversation reads the system message it begins with as its instructions);
+    ``max_output_tokens`` reads null, ``temperature`` and ``top_p`` 1. Its events are not
+    replayed: ``stream=true`` (with ``starting_after``) is refused by name, since the SDK
+    would read this JSON as an empty stream."""
     if stream:
         raise unsupported("stream", "a stored response is retrieved whole, not streamed again")
     async with state.db.transaction() as session:
-        answer = await stored_answer(Conversations(session), who, name)
+        conversations = Conversations(session)
+        answer = await stored_answer(conversations, who, name)
         if answer is None:
             raise _not_found(name)
         usage = await stored_usage(session, answer)
+        instructions = answer.instructions
+        if answer.previous_response_id is None:
+            first = (await conversations.path_to(answer.id))[0]
+            instructions = first.content if first.role == "system" else None
     stored = _Stored(
         answer.id,
         int(answer.created_at.timestamp()),
@@ -116,6 +126,8 @@ async def retrieve_response(
         metadata=answer.request_metadata,
         tool_calls=answer.tool_calls,
         tools=answer.tools,
+        instructions=instructions,
+        previous_response_id=answer.previous_response_id,
     )
     shape = _Shape(stored, None, completed_at=int(answer.updated_at.timestamp()))
     if answer.status == "in_progress":
@@ -139,11 +151,30 @@ async def input_items(
 ) -> dict[str, Any]:
     """The items a stored response was generated from (``client.responses.input_items.list``):
     its conversation from the start, as Responses items (messages, function calls and their
-    outputs), newest first by default. The instructions are among them, as the conversation's
-    system message."""
-    path = await answered(state, who, name, _not_found(name))
-    items = [item for message in path for item in _input_items(message)]
+    outputs), newest first by default. The instructions it was generated with come first, as a
+    system message: the conversation's own for a response that began it; for one that
+    continued another (``previous_response_id``), that request's, if it gave any (the first
+    response's are not carried over, as at OpenAI)."""
+    async with state.db.transaction() as session:
+        conversations = Conversations(session)
+        answer = await stored_answer(conversations, who, name)
+        if answer is None:
+            raise _not_found(name)
+        path = (await conversations.path_to(answer.id))[:-1]
+    items: list[dict[str, Any]] = []
+    if answer.previous_response_id is not None:
+        path = _after_instructions(path)
+        if answer.instructions:
+            items.append(_said(f"msg_{answer.id.hex}_instructions", "system", answer.instructions))
+    items.extend(item for message in path for item in _input_items(message))
     return page_of(items, after, limit, order, name)
+
+
+def _said(item_id: str, role: str, text: str) -> dict[str, Any]:
+    """A message input item (a user's, or the system's)."""
+    content = [{"type": "input_text", "text": text}]
+    done = "completed"
+    return {"type": "message", "id": item_id, "role": role, "content": content, "status": done}
 
 
 def _input_items(message: Message) -> list[dict[str, Any]]:
@@ -160,9 +191,9 @@ def _input_items(message: Message) -> list[dict[str, Any]]:
             }
             | done
         ]
-    said: dict[str, Any] = {"type": "message", "id": f"msg_{message.id.hex}", "role": message.role}
     if message.role != "assistant":
-        return [said | {"content": [{"type": "input_text", "text": message.content}]} | done]
+        return [_said(f"msg_{message.id.hex}", message.role, message.content)]
+    said: dict[str, Any] = {"type": "message", "id": f"msg_{message.id.hex}", "role": message.role}
     items = []
     if message.content or not message.tool_calls:
         items.append(said | {"content": [_Shape.part(message.content)]} | done)
@@ -223,6 +254,8 @@ async def create_response(
                 new_turn=True,
                 fit=False,
                 earlier=len(given) - 1,
+                continues=answer.id,
+                instructions=body.instructions,
             )
     check_tool_turns([*turns, *given], "input", before=len(turns))
     turns.extend(given)
@@ -294,11 +327,14 @@ class _Stored:
     metadata: dict[str, str] | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None  # chat completions' shape, as stored
+    instructions: str | None = None
+    previous_response_id: uuid.UUID | None = None  # the stored answer it continued
 
 
 class _Shape:
     """An answer in the Responses API's shapes: the response object and, for an exchange, its
-    stream events. ``body`` is the request (None for a stored response: nothing of it is kept)."""
+    stream events. ``body`` is the request (None for a stored response: what of it is kept is
+    in the ``_Stored``)."""
 
     def __init__(
         self,
@@ -316,8 +352,13 @@ class _Shape:
         # None: the message first, then the calls.
         self.order: list[str | int] | None = None
         self._closed: set[int] = set()  # the positions in ``order`` a stream has closed
+        self.instructions = body.instructions if body else None
+        self.previous_response_id = body.previous_response_id if body else None
         if isinstance(answer, _Stored):
             self.response_format, self.metadata = answer.response_format, answer.metadata
+            self.instructions = answer.instructions
+            if answer.previous_response_id is not None:
+                self.previous_response_id = response_id(answer.previous_response_id)
         else:
             output = answer.prepared.request.output_format
             self.response_format = None if output is None else output.response_format()
@@ -427,13 +468,13 @@ class _Shape:
             "incomplete_details": (
                 {"reason": self.incomplete_reason} if status == "incomplete" else None
             ),
-            "instructions": body.instructions if body else None,
+            "instructions": self.instructions,
             "max_output_tokens": body.max_output_tokens if body else None,
             "model": answer.model,
             "output": output,
             # OpenAI's default, and what a backend not told otherwise does.
             "parallel_tool_calls": body is None or body.parallel_tool_calls is not False,
-            "previous_response_id": body.previous_response_id if body else None,
+            "previous_response_id": self.previous_response_id,
             "store": body is None or body.store is not False,
             "background": bool(body and body.background),
             "temperature": body.temperature if body and body.temperature is not None else 1.0,

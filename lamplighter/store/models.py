@@ -205,6 +205,11 @@ class Message(Base):
     tool_call_id: Mapped[str | None] = mapped_column(String(200))
     # The tools an answer was generated with (OpenAI's ``tools``): its training rows need them.
     tools: Mapped[list[dict[str, object]] | None] = mapped_column(JSON)
+    # A Responses API answer that continued another (``previous_response_id``): the answer it
+    # continued, and the request's own instructions. The model saw those instead of the system
+    # message its conversation starts with, which belongs to the first response.
+    instructions: Mapped[str | None] = mapped_column(Text)
+    previous_response_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
     __table_args__ = (Index("ix_messages_user_path", "user_id", "path_hash"),)
 
