@@ -1,16 +1,19 @@
 """What the accessibility audit found, in a real Chromium against the real server: an answer
 that ends without finishing (stopped, its connection lost, cut by a stopping server) says so to
-screen readers, and the console's status badges have AA contrast in the light scheme.
+screen readers, a limit's countdown read again gives the wait left, and the console's status
+badges have AA contrast in the light scheme.
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from playwright.sync_api import Route, expect
 
 from tests.conftest import PACED, LiveServer
 from tests.web.browser import BODY, Tab, Tabs
-from tests.web.conftest import Person, new_person
+from tests.web.conftest import Person, limited_tab, new_person
 from tests.web.test_chat_page_browser import CONTRAST
 from tests.web.test_connection_browser import REFUSED
 from tests.web.test_console_browser import CONSOLE
@@ -90,6 +93,40 @@ def test_an_answer_cut_by_a_stopping_server_is_announced_as_cut_not_complete(
     expect(tab.page.locator("#announcer")).to_have_text(
         "The server stopped the answer. The answer so far is kept; Retry is available."
     )
+
+
+# 3. A limit's countdown, read again ------------------------------------------------------------
+
+WAIT = re.compile(r"You can send again in (\d+) s\.")
+
+
+def test_a_limits_countdown_read_again_later_gives_the_wait_left(
+    tabs: Tabs, server: LiveServer
+) -> None:
+    """The banner is an alert, read once when it appears; the words a screen reader found in it
+    later still said the wait at first ("48 s" six seconds on) while the countdown went on."""
+    tab = limited_tab(tabs, server, requests_per_minute=1)
+    page = tab.page
+    tab.echo("the one message this minute, for the audit")
+    tabs.expect_console_error(r"Failed to load resource: .* 429")
+    tab.send("one too many, for the audit")
+    banner = page.get_by_test_id("error-banner")
+    expect(banner.get_by_test_id("wait")).to_have_text(WAIT)
+    now_ms = page.evaluate("Date.now()")
+    page.clock.pause_at((now_ms + 1_000) / 1_000)
+    countdown = banner.get_by_test_id("wait")
+    first = WAIT.fullmatch(countdown.inner_text())
+    assert first, countdown.inner_text()
+    left = int(first.group(1))
+    assert left > 5, f"the wait for a 1-request-a-minute plan was {left} s"
+    page.clock.run_for(4_000)
+    expect(countdown).to_have_text(f"You can send again in {left - 4} s.")
+    # Read again, as a screen reader reads it: the wait left now, once (the visible countdown
+    # stays hidden from screen readers), in a timer, whose changes are not announced.
+    read = WAIT.findall(banner.aria_snapshot())
+    assert read == [str(left - 4)], banner.aria_snapshot()
+    expect(banner.get_by_role("timer")).to_have_text(f"You can send again in {left - 4} s.")
+    page.clock.resume()
 
 
 # 4. The console's badges -----------------------------------------------------------------------

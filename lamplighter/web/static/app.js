@@ -385,15 +385,17 @@
 
   /**
    * A refusal that says when to come back: the banner counts down to that moment, then goes
-   * away by itself and the sidebar's limits are read again. The countdown is hidden from screen
-   * readers (the banner is an alert, and would be read out every second); they hear the wait once.
+   * away by itself and the sidebar's limits are read again. The banner is an alert, read out
+   * when it appears: screen readers hear the wait once, not every second. Their copy of the
+   * countdown is a timer, whose changes are not announced but which, read again later, gives
+   * the wait left (the visible one is hidden from them, or they would read it twice).
    */
   function showWait(err) {
     hideError();
     const deadline = Date.now() + err.retryAfterMs;
     const lead = err.status === 429 ? 'You can send again in' : 'Try again in';
     const ticking = h('span', { 'aria-hidden': 'true', testid: 'wait' });
-    const spoken = h('span', { class: 'sr-only', text: `${lead} ${waitText(err.retryAfterMs)}.` });
+    const spoken = h('span', { class: 'sr-only', role: 'timer' });
     const headline = refusalHeadline(err);
     els.bannerText.replaceChildren(`${headline} `, ticking, spoken);
     if (headline !== err.message) els.bannerText.append(bannerDetail(err.message));
@@ -403,7 +405,7 @@
     const tick = () => {
       const left = deadline - Date.now(); // not a count of ticks: timers in a hidden tab slow down
       if (left > 0) {
-        ticking.textContent = `${lead} ${waitText(left)}.`;
+        ticking.textContent = spoken.textContent = `${lead} ${waitText(left)}.`;
         return;
       }
       hideError();
