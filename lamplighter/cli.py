@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import resource
 import socket
 import sys
 import uuid
@@ -194,6 +195,8 @@ def serve(
                 access_log=False,  # RequestIds writes a structured access line instead
                 # The drain (drain.py) has already waited for the requests: only a backstop.
                 timeout_graceful_shutdown=int(CUT_WAIT_S),
+                limit_concurrency=_connection_limit(),
+                timeout_keep_alive=KEEP_ALIVE_S,
             ),
             app.state.drain,
         )
@@ -201,6 +204,26 @@ def serve(
             runner.run(server.serve())
     if not server.started:
         raise typer.Exit(3)  # uvicorn's status for a failed start
+
+
+# An idle keep-alive connection is closed after this many seconds (uvicorn's default, kept
+# short: idle sockets are what a flood of connections holds). deploy/nginx.conf lets its pooled
+# connections to the gateways idle for less, so it never reuses one as the gateway closes it.
+KEEP_ALIVE_S = 5
+# Open files kept back from connections for the database, the backends, Redis and the model.
+FILE_HEADROOM = 256
+
+
+def _connection_limit() -> int | None:
+    """How many connections and requests the server holds before it answers new requests 503
+    at once: the process's open-file limit less FILE_HEADROOM (or half of it), so a flood of
+    connections is refused instead of leaving the server without a socket for /healthz, its
+    database or its backends; the traffic layer's own admission (queues, 429 and 503 with
+    Retry-After) acts long before it on any real surge. None when files are unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(soft // 2, soft - FILE_HEADROOM)
 
 
 def _event_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -171,13 +172,22 @@ class SecurityHeaders:
 
 # Browsers send a few KB; cookies are capped at 4 KB each. 32 KiB leaves room and stops abuse.
 MAX_HEADER_BYTES = 32 * 1024
+# A body must arrive within BODY_GRACE_S, plus one second for every BODY_MIN_RATE bytes that
+# have arrived: 30 s for any chat request, and about 9 minutes for an 8 MiB one, which even a
+# 128 kbit/s link sends in 8.5. A client that trickles a byte at a time is answered 408 after
+# 30 s, and no longer holds a connection (and a file descriptor) for as long as it likes.
+BODY_GRACE_S = 30.0
+BODY_MIN_RATE = 16 * 1024
+# Paths whose callers read errors in the API's JSON shape; the rest are pages.
+_APIS = ("/v1/", "/api/")
 
 
 class RequestLimits:
     """Refuses, in the OpenAI error shape and before anything is parsed, headers over
     MAX_HEADER_BYTES (431) and bodies over ``max_bytes`` (413): at once when ``Content-Length``
-    says so (the server holds a body to its declared length), and for a chunked body as soon as
-    the bytes received pass the limit (such a body is read here first, then handed on whole)."""
+    says so, and otherwise as soon as the bytes received pass the limit. The body is read here
+    first, within its deadline (BODY_GRACE_S, longer at BODY_MIN_RATE), then handed on whole;
+    one too slow gets 408 (in the error shape on the APIs, in plain text on pages)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -198,51 +208,68 @@ class RequestLimits:
             )
             return
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None:
-            if declared.isdigit() and int(declared) > self.max_bytes:
-                await self._refuse(send)
-                return
-            await self.app(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
             return
+        try:
+            body = await self._body(receive)
+        except TimeoutError:
+            await self._refuse(
+                send,
+                408,
+                f"The request body did not arrive in time: {BODY_GRACE_S:g} s, and one more "
+                f"for every {BODY_MIN_RATE // 1024} KiB sent.",
+                "request_timeout",
+                plain=not scope["path"].startswith(_APIS),
+            )
+            return
+        if body is None:
+            await self._refuse(send)
+            return
+        await self.app(scope, _once(body, receive), send)
+
+    async def _body(self, receive: Receive) -> Message | None:
+        """The whole body as one message, or what came instead (the client left: passed on);
+        None once it passes ``max_bytes``; TimeoutError once its deadline has passed."""
         parts: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client left: pass that on
-                await self.app(scope, _once(message, receive), send)
-                return
-            size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self._refuse(send)
-                return
-            parts.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        whole: Message = {"type": "http.request", "body": b"".join(parts)}
-        await self.app(scope, _once(whole, receive), send)
+        started = asyncio.get_running_loop().time()
+        async with asyncio.timeout(BODY_GRACE_S) as deadline:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return message
+                size += len(message.get("body", b""))
+                if size > self.max_bytes:
+                    return None
+                parts.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return {"type": "http.request", "body": b"".join(parts)}
+                deadline.reschedule(started + BODY_GRACE_S + size / BODY_MIN_RATE)
 
     async def _refuse(
-        self, send: Send, status: int = 413, message: str = "", code: str = "request_too_large"
+        self,
+        send: Send,
+        status: int = 413,
+        message: str = "",
+        code: str = "request_too_large",
+        *,
+        plain: bool = False,
     ) -> None:
         message = message or (
             f"The request body is larger than the {self.max_bytes} bytes this server accepts."
         )
-        body = json.dumps(
-            {
-                "error": {
-                    "message": message,
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": code,
-                }
-            }
-        ).encode()
+        body, kind = message.encode(), b"text/plain; charset=utf-8"
+        if not plain:
+            error = {"message": message, "type": "invalid_request_error", "param": None}
+            body = json.dumps({"error": {**error, "code": code}}).encode()
+            kind = b"application/json"
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
                 "headers": [
-                    (b"content-type", b"application/json"),
+                    (b"content-type", kind),
                     (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
                 ],
