@@ -978,6 +978,13 @@ def bench_overhead(
             "replicas); give it a database of its own, e.g. redis://127.0.0.1:6379/15."
         ),
     ] = None,
+    postgres: Annotated[
+        str | None,
+        typer.Option(
+            help="Also measure a gateway whose store is this PostgreSQL database instead of "
+            "SQLite (as with several replicas); give it a database of its own."
+        ),
+    ] = None,
     soak: Annotated[
         float, typer.Option(min=0, help="Run a soak of this many seconds instead.")
     ] = 0.0,
@@ -1002,6 +1009,7 @@ def bench_overhead(
         long_chunks=long_chunks,
         skip_litellm=skip_litellm,
         redis=redis,
+        postgres=postgres,
         soak=soak,
         soak_streams=soak_streams,
         soak_chunk_ms=soak_chunk_ms,

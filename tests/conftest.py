@@ -228,9 +228,10 @@ def _postgres_available() -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A freshly created, migrated PostgreSQL database, dropped after the session."""
+@contextmanager
+def new_postgres_database() -> Iterator[str]:
+    """An empty PostgreSQL database of its own (its asyncpg URL), dropped afterwards; the test
+    is skipped when PostgreSQL is not reachable."""
     if not _postgres_available():
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}")
     name = f"lamplighter_test_{uuid.uuid4().hex[:10]}"
@@ -244,10 +245,18 @@ def postgres_url() -> Iterator[str]:
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     base = POSTGRES_URL.rsplit("/", 1)[0]
-    url = f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://", 1)
-    migrate.upgrade(url)
-    yield url
-    asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    try:
+        yield f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://", 1)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A freshly created, migrated PostgreSQL database, dropped after the session."""
+    with new_postgres_database() as url:
+        migrate.upgrade(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,20 @@
 """`lamplighter bench overhead`, run small: the mock upstream alone, the real gateway in front of
-it, and the gateway again with its traffic state in this machine's Redis (LiteLLM left out), one
-short cell each, checked for shape and for sane figures."""
+it, and the gateway again with its traffic state in this machine's Redis and with its store in
+this machine's PostgreSQL (LiteLLM left out), one short cell each, checked for shape and for sane
+figures."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 
 import pytest
 from typer.testing import CliRunner
 
 from lamplighter.cli import app
 from lamplighter.overhead.run import Options, bench, parse_concurrency, render
+from tests.conftest import new_postgres_database
 from tests.fleet import redis_answers
 
 REDIS = "redis://127.0.0.1:6379/15"  # a database of its own: the benchmark's keys stay there
@@ -22,25 +25,27 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def result() -> dict:
+def result() -> Iterator[dict]:
     if not redis_answers(REDIS):
         pytest.skip("no Redis on 127.0.0.1:6379")
-    options = Options(
-        concurrency=(2,),
-        duration=0.7,
-        warmup=0.2,
-        chunks=8,
-        long_chunks=24,
-        skip_litellm=True,
-        redis=REDIS,
-    )
-    return bench(options)
+    with new_postgres_database() as postgres:  # empty: the gateway migrates it
+        options = Options(
+            concurrency=(2,),
+            duration=0.7,
+            warmup=0.2,
+            chunks=8,
+            long_chunks=24,
+            skip_litellm=True,
+            redis=REDIS,
+            postgres=postgres,
+        )
+        yield bench(options)
 
 
 def test_every_cell_is_measured(result: dict) -> None:
     cells = {(c["target"], c["stream"], c["concurrency"], c["tokens"]): c for c in result["cells"]}
     kinds = [(False, 8), (True, 8), (True, 24)]
-    targets = ("mock", "gateway", "gw-redis")
+    targets = ("mock", "gateway", "gw-redis", "gw-pg")
     assert set(cells) == {(t, s, 2, n) for t in targets for s, n in kinds}
     for cell in cells.values():
         assert cell["errors"] == 0, cell["sample_error"]
@@ -67,6 +72,8 @@ def test_the_comparisons_name_the_gateway(result: dict) -> None:
         assert row["gateway"]["added_p50_ms"] is not None
         assert row["gw-redis"]["added_p50_ms"] is not None
         assert row["redis_cpu_over_gateway"] > 0 and row["redis_rps_over_gateway"] > 0
+        assert row["gw-pg"]["added_p50_ms"] is not None
+        assert row["pg_cpu_over_gateway"] > 0 and row["pg_rps_over_gateway"] > 0
         assert "litellm" not in row
     assert result["compared"]["cpu_ms_per_chunk"]["gateway"]["2"] is not None
     assert result["unavailable"] == {"litellm": "skipped (--skip-litellm)"}
@@ -80,6 +87,7 @@ def test_the_report_is_a_table(result: dict) -> None:
     text = render(result)
     assert "gateway" in text and "mock" in text and "gw-redis" in text
     assert "with Redis, requests/s over without" in text
+    assert "on PostgreSQL, requests/s over on SQLite" in text and "gw-pg" in text
     assert "litellm not measured: skipped" in text
 
 
@@ -105,4 +113,14 @@ def test_a_redis_the_gateway_cannot_reach_is_named_not_measured() -> None:
     result = bench(options)
     assert "gw-redis" in result["unavailable"]
     assert "does not reach Redis" in result["unavailable"]["gw-redis"]
+    assert {cell["target"] for cell in result["cells"]} == {"mock", "gateway"}
+
+
+def test_a_postgresql_the_gateway_cannot_reach_is_named_not_measured() -> None:
+    options = Options(
+        concurrency=(1,), duration=0.3, warmup=0.1, chunks=4, long_chunks=8, skip_litellm=True,
+        postgres="postgresql+asyncpg://nobody@127.0.0.1:1/nothing",
+    )  # fmt: skip
+    result = bench(options)
+    assert "gw-pg" in result["unavailable"]
     assert {cell["target"] for cell in result["cells"]} == {"mock", "gateway"}

@@ -22,11 +22,14 @@ the end of the warm-up to the end must stay under 5%.
 
 With ``--redis URL`` a second gateway (``gw-redis``) keeps its traffic state in that Redis, as
 replicas do (rate limits, stream leases, shared backend slots, the cache), and takes its turn in
-every cell: what sharing the state costs a request, as ratios to the gateway without it.
+every cell: what sharing the state costs a request, as ratios to the gateway without it. With
+``--postgres URL`` another (``gw-pg``) keeps its store in that PostgreSQL database instead of
+SQLite, as replicas do: what the shared database costs a request, likewise.
 
     lamplighter bench overhead                       # 1, 8, 64; 5 s a cell; about 3 minutes
     lamplighter bench overhead --json --skip-litellm --duration 2
     lamplighter bench overhead --skip-litellm --redis redis://127.0.0.1:6379/15
+    lamplighter bench overhead --skip-litellm --postgres postgresql://127.0.0.1/bench
     lamplighter bench overhead --soak 600 --soak-streams 500
 """
 
@@ -68,6 +71,8 @@ SOAK_GROWTH = 0.05
 PAUSE_SECONDS = 0.5  # between cells, so one cell's stragglers are gone before the next
 # Cores the rest of the machine used during a cell above which its figures are marked noisy.
 NOISY_CORES = 0.25
+# The gateways whose state is shared as replicas share it, and their ratios' prefix.
+SHARED = {"gw-redis": "redis", "gw-pg": "pg"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,8 @@ class Options:
     skip_litellm: bool = False
     # A Redis URL: also measure a gateway keeping its traffic state there ("gw-redis").
     redis: str | None = None
+    # A PostgreSQL URL: also measure a gateway keeping its store there ("gw-pg").
+    postgres: str | None = None
     soak: float = 0.0  # seconds; 0: no soak, run the matrix
     soak_streams: int = 500
     soak_interval: float = 5.0
@@ -219,7 +226,7 @@ def compare(cells: list[dict[str, Any]], options: Options) -> dict[str, Any]:
         for n in options.concurrency:
             mock = at.get(("mock", stream, n))
             row: dict[str, Any] = {"stream": stream, "concurrency": n}
-            for name in ("gateway", "gw-redis", "litellm"):
+            for name in ("gateway", *SHARED, "litellm"):
                 mine = at.get((name, stream, n))
                 if mine is None or mock is None:
                     continue
@@ -232,14 +239,15 @@ def compare(cells: list[dict[str, Any]], options: Options) -> dict[str, Any]:
                     "share_of_mock_rps": _over(mine["requests_per_s"], mock["requests_per_s"]),
                 }
             gateway, litellm = at.get(("gateway", stream, n)), at.get(("litellm", stream, n))
-            redis = at.get(("gw-redis", stream, n))
-            if gateway is not None and redis is not None:
-                row["redis_cpu_over_gateway"] = _over(
-                    redis["cpu_ms_per_request"], gateway["cpu_ms_per_request"]
-                )
-                row["redis_rps_over_gateway"] = _over(
-                    redis["requests_per_s"], gateway["requests_per_s"]
-                )
+            for name, prefix in SHARED.items():
+                shared = at.get((name, stream, n))
+                if gateway is not None and shared is not None:
+                    row[f"{prefix}_cpu_over_gateway"] = _over(
+                        shared["cpu_ms_per_request"], gateway["cpu_ms_per_request"]
+                    )
+                    row[f"{prefix}_rps_over_gateway"] = _over(
+                        shared["requests_per_s"], gateway["requests_per_s"]
+                    )
             if gateway is not None and litellm is not None:
                 row["gateway_over_litellm_rps"] = _over(
                     gateway["requests_per_s"], litellm["requests_per_s"]
@@ -249,7 +257,7 @@ def compare(cells: list[dict[str, Any]], options: Options) -> dict[str, Any]:
                 )
             rows.append(row)
     per_chunk: dict[str, dict[str, float | None]] = {}
-    for name in ("mock", "gateway", "gw-redis", "litellm"):
+    for name in ("mock", "gateway", *SHARED, "litellm"):
         for n in options.concurrency:
             short, long = at.get((name, True, n)), longer.get((name, True, n))
             if short is None or long is None:
@@ -328,6 +336,13 @@ def matrix(options: Options, workdir: Path, say: Say) -> dict[str, Any]:
             except NotAvailable as exc:
                 unavailable["gw-redis"] = str(exc)
                 say(f"the gateway with Redis is NOT measured: {exc}")
+        if options.postgres:
+            say("starting lamplighter serve with its store in PostgreSQL")
+            try:
+                targets.append(start_gateway(workdir, mock, database_url=options.postgres))
+            except NotAvailable as exc:
+                unavailable["gw-pg"] = str(exc)
+                say(f"the gateway with PostgreSQL is NOT measured: {exc}")
         if options.skip_litellm:
             unavailable["litellm"] = "skipped (--skip-litellm)"
         else:
@@ -476,6 +491,12 @@ RATIO_LINES = (
         "redis_cpu_over_gateway",
         "CPU a request over without",
     ),
+    (
+        "pg_rps_over_gateway",
+        "on PostgreSQL, requests/s over on SQLite",
+        "pg_cpu_over_gateway",
+        "CPU a request over on SQLite",
+    ),
 )
 
 
@@ -577,6 +598,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--long-chunks", type=int, default=128, help="for the CPU a chunk costs")
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument("--redis", help="also a gateway with its traffic state in this Redis")
+    parser.add_argument("--postgres", help="also a gateway with its store in this PostgreSQL")
     parser.add_argument("--soak", type=float, default=0.0, help="seconds; runs the soak instead")
     parser.add_argument("--soak-streams", type=int, default=500)
     parser.add_argument("--soak-chunk-ms", type=float, default=20.0)
@@ -590,6 +612,7 @@ def main(argv: list[str] | None = None) -> None:
         long_chunks=args.long_chunks,
         skip_litellm=args.skip_litellm,
         redis=args.redis,
+        postgres=args.postgres,
         soak=args.soak,
         soak_streams=args.soak_streams,
         soak_chunk_ms=args.soak_chunk_ms,
