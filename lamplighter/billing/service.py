@@ -125,6 +125,11 @@ def subscription_json(row: SubscriptionRow) -> dict[str, Any]:
     }
 
 
+def _no_team(name: str) -> NotFound:
+    """The answer for a team name that is no team, or not one the caller may act for."""
+    return NotFound(f"no team named {name!r}", param="team", code="team_not_found")
+
+
 class Billing:
     def __init__(
         self,
@@ -262,7 +267,7 @@ class Billing:
     async def _team(self, session: AsyncSession, name: str) -> Team:
         team = await Teams(session).by_name(name.strip())
         if team is None:
-            raise NotFound(f"no team named {name!r}", param="team", code="team_not_found")
+            raise _no_team(name)
         return team
 
     async def _subject(
@@ -278,15 +283,14 @@ class Billing:
     async def _own_subject(
         self, session: AsyncSession, who: Principal, team: str | None
     ) -> Subject:
-        """The subject a person acts for: themselves, or a team they own (admins: any team)."""
+        """The subject a person acts for: themselves, or a team they own (admins: any team).
+        Anyone else's team is as unknown to them as one that does not exist, so that nobody
+        can learn which team names are taken (they are often customers' names)."""
         if team is None:
             return Subject("user", who.user_id)
         found = await self._team(session, team)
         if found.owner_id != who.user_id and not who.is_admin:
-            raise PermissionDenied(
-                f"Only the owner of team {found.name!r} can change its subscription.",
-                param="team",
-            )
+            raise _no_team(team)
         return Subject("team", found.id)
 
     @staticmethod
