@@ -182,3 +182,49 @@ async def test_deleting_an_answer_prunes_its_branch_and_moves_the_shown_leaf(
             assert await session.get(Conversation, conversation.id) is None
     finally:
         await db.close()
+
+
+async def test_a_path_is_one_branch_root_first_in_one_query(database_url: str) -> None:
+    """A 200-turn conversation with a branch at every tenth turn: the path to a leaf is exactly
+    its branch, root first, read in one statement (the web chat and the Responses API read it
+    on every turn)."""
+    from sqlalchemy import event
+
+    from lamplighter.store.conversations import Conversations
+    from lamplighter.store.models import Conversation, Message, new_id
+
+    db = Database(database_url)
+    try:
+        user = await AccountService(db).create_user(_email())
+        conversation = Conversation(id=new_id(), user_id=user.id)
+        branch: list[uuid.UUID] = []
+        async with db.transaction() as session:
+            session.add(conversation)
+            parent = None
+            for depth in range(200):
+                side = [Message(id=new_id(), content=f"side {depth}")] if depth % 10 == 0 else []
+                main = Message(id=new_id(), content=f"turn {depth}")
+                for message in (*side, main):
+                    message.conversation_id, message.user_id = conversation.id, user.id
+                    message.parent_id, message.depth = parent, depth
+                    message.role = "user" if depth % 2 == 0 else "assistant"
+                    message.path_hash = message.content
+                    session.add(message)
+                await session.flush()
+                parent = main.id
+                branch.append(main.id)
+
+        statements: list[str] = []
+
+        def count(*args: object) -> None:
+            statements.append(str(args[2]))
+
+        event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+        async with db.transaction() as session:
+            path = await Conversations(session).path_to(branch[149])
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+        assert [m.id for m in path] == branch[:150]
+        assert [m.content for m in path[:2]] == ["turn 0", "turn 1"]
+        assert len([s for s in statements if "messages" in s]) == 1
+    finally:
+        await db.close()

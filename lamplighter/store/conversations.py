@@ -131,13 +131,16 @@ class Conversations:
         return len(unfinished)
 
     async def path_to(self, leaf_id: uuid.UUID) -> list[Message]:
-        """The messages from the root down to ``leaf_id``."""
-        path: list[Message] = []
-        node = await self.session.get(Message, leaf_id)
-        while node is not None:
-            path.append(node)
-            node = await self.session.get(Message, node.parent_id) if node.parent_id else None
-        return path[::-1]
+        """The messages from the root down to ``leaf_id``: one recursive query, however long
+        the conversation (a query a message, before, cost a 300-turn chat 300 round trips)."""
+        up = select(Message.id, Message.parent_id).where(Message.id == leaf_id).cte(recursive=True)
+        up = up.union_all(
+            select(Message.id, Message.parent_id).join(up, Message.id == up.c.parent_id)
+        )
+        found = await self.session.scalars(
+            select(Message).join(up, Message.id == up.c.id).order_by(Message.depth)
+        )
+        return list(found)
 
     async def shown_child(self, parent: Message) -> Message | None:
         """The child of ``parent`` on the branch the conversation shows (its current leaf's
