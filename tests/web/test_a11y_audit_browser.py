@@ -1,4 +1,5 @@
-"""What the accessibility audit found, in a real Chromium against the real server: an answer
+"""What the accessibility audit found, in a real Chromium against the real server: the sidebar
+keeps the chats in sight and every account control in reach at 200 % zoom, an answer
 that ends without finishing (stopped, its connection lost, cut by a stopping server) says so to
 screen readers, a limit's countdown read again gives the wait left, and the console's status
 badges have AA contrast in the light scheme.
@@ -9,17 +10,81 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import Route, expect
+from playwright.sync_api import Route, ViewportSize, expect
 
 from tests.conftest import PACED, LiveServer
-from tests.web.browser import BODY, Tab, Tabs
-from tests.web.conftest import Person, limited_tab, new_person
+from tests.web.browser import BODY, PHONE, Tab, Tabs
+from tests.web.conftest import Person, add_chats, limited_tab, new_person
 from tests.web.test_chat_page_browser import CONTRAST
 from tests.web.test_connection_browser import REFUSED
 from tests.web.test_console_browser import CONSOLE
 from tests.web.test_small_fixes_browser import cut_by_shutdown
 
 expect.set_options(timeout=15_000)
+
+
+# 1. The sidebar at 200 % zoom and in short windows ---------------------------------------------
+
+# A browser zoomed to 150 % or 200 % lays a page out in that many times fewer CSS pixels.
+ZOOMS: dict[str, tuple[ViewportSize, float]] = {
+    "1280x800 at 100 %": ({"width": 1280, "height": 800}, 1),
+    "1280x800 at 150 %": ({"width": 853, "height": 533}, 1.5),
+    "1440x900 at 200 %": ({"width": 720, "height": 450}, 2),
+    "1280x800 at 200 %": ({"width": 640, "height": 400}, 2),
+    "a phone": (PHONE, 2),
+}
+ACCOUNT_CONTROLS = ["consent", "billing-open", "settings-link", "logout", "logout-everywhere"]
+# Chats whose whole row shows, in the list's visible part and in the window.
+CHATS_IN_SIGHT = """() => {
+    const list = document.querySelector('.conv-nav').getBoundingClientRect();
+    const top = Math.max(list.top, 0), bottom = Math.min(list.bottom, innerHeight);
+    return [...document.querySelectorAll('[data-testid="conversation-item"]')].filter((row) => {
+        const r = row.getBoundingClientRect();
+        return r.height > 0 && r.top >= top - 0.5 && r.bottom <= bottom + 0.5;
+    }).length;
+}"""
+# Whether a click at the middle of the element would reach it (nothing covers it).
+CLICKABLE = """(el) => {
+    const r = el.getBoundingClientRect();
+    const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+    return !!hit && el.contains(hit);
+}"""
+
+
+@pytest.mark.parametrize("role", ["person", "admin"])
+@pytest.mark.parametrize("zoom", list(ZOOMS))
+def test_the_sidebar_keeps_chats_in_sight_and_every_account_control_in_reach(
+    tabs: Tabs, server: LiveServer, request: pytest.FixtureRequest, zoom: str, role: str
+) -> None:
+    """At 200 % zoom of a 1280x800 window the list of chats had no room at all, and Log out
+    everywhere (for an admin, Log out too) was cut off below the window: the sidebar did not
+    scroll. At 150 % one chat or two showed."""
+    who: Person = request.getfixturevalue(role)
+    add_chats(server, who, 30)
+    viewport, scale = ZOOMS[zoom]
+    tab = tabs.open(viewport=viewport, device_scale_factor=scale)
+    tab.login(who)
+    page = tab.page
+    expect(tab.sidebar_titles()).to_have_count(30)
+    menu = page.get_by_test_id("menu")
+    if menu.is_visible():
+        menu.click()
+    sidebar = page.locator("#sidebar")
+    expect(page.get_by_test_id("new-chat")).to_be_in_viewport(ratio=1)
+    assert page.evaluate(CHATS_IN_SIGHT) >= 3
+    if zoom == "1280x800 at 100 %":  # room for everything: nothing to scroll
+        assert sidebar.evaluate("(s) => s.scrollHeight <= s.clientHeight")
+    # A mouse reaches every account control: the wheel over the sidebar brings it into view.
+    brand = page.locator(".brand").bounding_box()
+    assert brand
+    page.mouse.move(brand["x"] + brand["width"] / 2, brand["y"] + brand["height"] / 2)
+    page.mouse.wheel(0, 2_000)
+    controls = ACCOUNT_CONTROLS + (["admin-link"] if role == "admin" else [])
+    for testid in controls:
+        control = page.get_by_test_id(testid)
+        expect(control).to_be_in_viewport(ratio=1)
+        assert control.evaluate(CLICKABLE), f"{testid} is covered"
+    tab.screenshot(f"sidebar-{role}-{zoom.replace(' ', '-').replace('%', 'pc')}.png")
 
 
 # 2. An answer that ends unfinished -------------------------------------------------------------
