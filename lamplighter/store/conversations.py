@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from itertools import pairwise
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, and_, bindparam, delete, exists, func, insert, or_, select, update
@@ -148,12 +149,8 @@ class Conversations:
         conversation = await self.session.get(Conversation, parent.conversation_id)
         if conversation is None or conversation.current_leaf_id is None:
             return None
-        node = await self.session.get(Message, conversation.current_leaf_id)
-        while node is not None and node.parent_id is not None:
-            if node.parent_id == parent.id:
-                return node
-            node = await self.session.get(Message, node.parent_id)
-        return None
+        path = await self.path_to(conversation.current_leaf_id)
+        return next((below for above, below in pairwise(path) if above.id == parent.id), None)
 
     async def children_of(self, parent_id: uuid.UUID) -> Sequence[Message]:
         result = await self.session.execute(
