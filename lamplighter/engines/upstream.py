@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,10 @@ CHARS_PER_TOKEN = 4
 # The longest line of the upstream's event stream it may send (aiohttp refuses longer ones).
 READ_BUFFER = 2**19  # a line may be twice this
 _LEAST_TOP_P = 1e-6
+# A refusal's size of the context window, as OpenAI, vLLM and the simulator word it.
+_CONTEXT_WINDOW = re.compile(r"maximum context length is (\d+) tokens", re.IGNORECASE)
+# A parameter's path (``tools``, ``messages[0].content``) and nothing else is passed on.
+_PARAM = re.compile(r"[\w.\[\]-]{1,200}")
 
 
 @dataclass(frozen=True)
@@ -435,7 +440,7 @@ class UpstreamBackend:
         """What a non-200 answer means, told to the breaker too. What the backend said goes to
         the log, not to the client: it can name internal hosts, paths and versions."""
         said = f"Backend '{self.name}' answered {response.status}."
-        if response.status not in (400, 429):
+        if response.status != 429:
             log.warning("backend %s answered %d: %s", self.name, response.status, body[:500])
         if response.status == 429:
             self._succeeded()  # alive, only full
@@ -448,8 +453,7 @@ class UpstreamBackend:
             return Unavailable(said)
         self._succeeded()
         if response.status == 400:
-            message, param = _error_of(body)
-            return Refused(f"Backend '{self.name}' refused the request: {message}", param=param)
+            return _refused(body)
         return EngineFailed(said)
 
     async def generate(self, prepared: PreparedRequest) -> AsyncIterator[Chunk]:
@@ -543,6 +547,28 @@ def _error_of(body: str) -> tuple[str, str | None]:
         if isinstance(message, str) and message:
             return message[:2000], param[:200] if isinstance(param, str) and param else None
     return body[:500], None
+
+
+def _refused(body: str) -> Refused:
+    """What a client is told of an upstream's 400: the parameter it named, and for a prompt
+    its context cannot hold the window's size in OpenAI's words; never the upstream's own
+    words, nor which backend it was (the log has both)."""
+    message, param = _error_of(body)
+    if param is not None and not _PARAM.fullmatch(param):
+        param = None
+    window = _CONTEXT_WINDOW.search(message)
+    if window is not None:
+        return Refused(
+            f"This model's maximum context length is {window[1]} tokens. Please reduce the "
+            "length of the messages or completion.",
+            param=param or "messages",
+            code="context_length_exceeded",
+        )
+    named = f" (its parameter '{param}')" if param else ""
+    return Refused(
+        f"The model's server refused the request{named}. Its reason is in this service's log.",
+        param=param,
+    )
 
 
 def _seconds(value: str | None) -> float:
