@@ -9,13 +9,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from lamplighter.conversation.threading import Turn
 from lamplighter.engines.base import Backend
 from lamplighter.engines.scripted import ScriptedBackend
 from lamplighter.settings import Settings
 from tests.conftest import ROOMY_PLAN, SCRIPTED, LiveServer, make_settings
-from tests.web.conftest import Browserless
+from tests.web.browser import BODY, Tabs
+from tests.web.conftest import Browserless, Person
 
 
 def _told(turns: tuple[Turn, ...]) -> str:
@@ -102,3 +104,31 @@ def test_instructions_too_long_are_refused_and_the_export_carries_them(web: Brow
     web.api("PUT", "/me/instructions", json={"text": "Call me Sam."})
     exported = json.loads(web.api("GET", "/me/export").content)
     assert exported["custom_instructions"] == "Call me Sam."
+
+
+def test_set_on_the_settings_page_and_shown_at_the_top_of_the_next_chat(
+    tabs: Tabs, person: Person
+) -> None:
+    tab = tabs.open()
+    tab.login(person)
+    tab.goto("/settings")
+    page = tab.page
+    box = page.get_by_test_id("instructions-text")
+    box.fill("My name is Ada. Keep answers short.")
+    expect(page.get_by_test_id("instructions-count")).to_have_text("35")
+    page.get_by_test_id("instructions-save").click()
+    expect(page.get_by_test_id("instructions-done")).to_contain_text("Saved")
+    page.reload()
+    expect(box).to_have_value("My name is Ada. Keep answers short.")
+
+    tab.goto("/")
+    tab.ready()
+    answer = tab.echo("Who am I?")
+    expect(answer.locator(BODY)).to_have_text(
+        "Told: My name is Ada. Keep answers short.. You said: Who am I?"
+    )
+    shown = page.locator(".system-prompt")
+    expect(shown).to_have_count(1)
+    expect(shown).to_contain_text("My name is Ada. Keep answers short.")
+    tab.reload()
+    expect(page.locator(".system-prompt")).to_have_count(1)

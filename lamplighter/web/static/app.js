@@ -1940,6 +1940,8 @@
         // Typed while the first message waited for the server: the new chat's draft now.
         if (wasNew && conv.id && isShown(conv)) moveDraft('', conv.id);
         if (typeof data.title === 'string' && data.title) conv.title = data.title;
+        // A new chat's custom instructions, stored as its first message (a system message).
+        if (data.system_message) addMsg(conv, data.system_message);
         if (data.user_message) addMsg(conv, data.user_message);
         if (!data.message) break;
         addMsg(conv, data.message);
