@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 
 from lamplighter.credentials import hash_key
 from lamplighter.store.accounts import Accounts
-from lamplighter.store.models import Invite, utcnow
+from lamplighter.store.models import Invite, User, utcnow
 from tests.conftest import LiveServer
 from tests.web.conftest import Browserless, Person, form_token, new_person
 
@@ -49,6 +50,28 @@ def _refused(server: LiveServer, token: str, person: Person) -> None:
     web.close()
 
 
+def _add_link(server: LiveServer, email: str, token: str, made: Callable[[User], datetime]) -> None:
+    """A live link for ``email``'s account, made at ``made(account)``, put in the store as
+    another replica (or an older version) would have."""
+
+    async def add(services: Any) -> None:
+        async with services.db.transaction() as session:
+            user = await Accounts(session).user_by_email(email)
+            assert user is not None
+            when = made(user)
+            session.add(
+                Invite(
+                    token_hash=hash_key(token),
+                    email=email,
+                    plan="roomy",
+                    created_at=when,
+                    expires_at=when + timedelta(days=7),
+                )
+            )
+
+    server.call(add)
+
+
 def test_changing_the_password_in_settings_ends_an_outstanding_reset_link(
     server: LiveServer,
 ) -> None:
@@ -72,21 +95,7 @@ def test_a_completed_link_ends_the_accounts_other_links(server: LiveServer) -> N
     person = new_person(server)
     first = server.call(lambda s: s.web.password_link(person.email))
     second = f"second-{uuid.uuid4().hex}"
-
-    async def add_second(services: Any) -> None:
-        async with services.db.transaction() as session:
-            now = utcnow()
-            session.add(
-                Invite(
-                    token_hash=hash_key(second),
-                    email=person.email,
-                    plan="roomy",
-                    created_at=now,
-                    expires_at=now + timedelta(days=7),
-                )
-            )
-
-    server.call(add_second)
+    _add_link(server, person.email, second, lambda _: utcnow())
     assert _use(server, first, "Amber-Heron-Sextant-42") == (200, 303, person.email)
     _refused(server, second, Person(person.email, "Amber-Heron-Sextant-42"))
 
@@ -116,21 +125,5 @@ def test_a_link_older_than_the_account_at_its_address_sets_nothing(server: LiveS
     in the store) is refused too."""
     person = new_person(server)
     stale = f"stale-{uuid.uuid4().hex}"
-
-    async def add_stale(services: Any) -> None:
-        async with services.db.transaction() as session:
-            user = await Accounts(session).user_by_email(person.email)
-            assert user is not None
-            made = user.created_at - timedelta(days=1)
-            session.add(
-                Invite(
-                    token_hash=hash_key(stale),
-                    email=person.email,
-                    plan="roomy",
-                    created_at=made,
-                    expires_at=made + timedelta(days=7),
-                )
-            )
-
-    server.call(add_stale)
+    _add_link(server, person.email, stale, lambda user: user.created_at - timedelta(days=1))
     _refused(server, stale, person)
