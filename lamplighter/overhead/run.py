@@ -329,20 +329,22 @@ def matrix(options: Options, workdir: Path, say: Say) -> dict[str, Any]:
         targets.append(mock)
         say("starting lamplighter serve in front of it")
         targets.append(start_gateway(workdir, mock))
-        if options.redis:
-            say("starting lamplighter serve with its traffic state in Redis")
+        shared = (
+            ("gw-redis", "its traffic state in Redis", options.redis, None),
+            ("gw-pg", "its store in PostgreSQL", None, options.postgres),
+        )
+        for name, what, redis_url, database_url in shared:
+            if not (redis_url or database_url):
+                continue
+            say(f"starting lamplighter serve with {what}")
             try:
-                targets.append(start_gateway(workdir, mock, redis_url=options.redis))
+                gateway = start_gateway(
+                    workdir, mock, redis_url=redis_url, database_url=database_url
+                )
+                targets.append(gateway)
             except NotAvailable as exc:
-                unavailable["gw-redis"] = str(exc)
-                say(f"the gateway with Redis is NOT measured: {exc}")
-        if options.postgres:
-            say("starting lamplighter serve with its store in PostgreSQL")
-            try:
-                targets.append(start_gateway(workdir, mock, database_url=options.postgres))
-            except NotAvailable as exc:
-                unavailable["gw-pg"] = str(exc)
-                say(f"the gateway with PostgreSQL is NOT measured: {exc}")
+                unavailable[name] = str(exc)
+                say(f"the gateway with {what} is NOT measured: {exc}")
         if options.skip_litellm:
             unavailable["litellm"] = "skipped (--skip-litellm)"
         else:

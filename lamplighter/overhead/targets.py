@@ -233,6 +233,7 @@ first_token_timeout_s = 600
 def start_gateway(
     workdir: Path,
     upstream: Target,
+    *,
     capacity: int = 1024,
     redis_url: str | None = None,
     database_url: str | None = None,
