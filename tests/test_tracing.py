@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -71,6 +72,8 @@ def test_a_chat_request_is_traced_end_to_end(tmp_path) -> None:  # type: ignore[
             with pytest.raises(openai.AuthenticationError):
                 live.client("ll-wrong").models.list()
             live.close_clients()
+            token = live.call(lambda s: s.web.invite("traced@example.org", "team"))
+            assert httpx.get(f"{live.base_url}/invite/{token}").status_code == 200
         # Leaving the server flushed the batch to the collector.
 
     by_name = {span["name"]: span for span in spans}
@@ -93,3 +96,6 @@ def test_a_chat_request_is_traced_end_to_end(tmp_path) -> None:  # type: ignore[
     )
     assert by_name["GET /v1/models"]["attributes"]["http.response.status_code"] == 401
     assert not any("trace me" in str(span["attributes"]) for span in spans)
+    # A password link's token is no more in a trace than in the access log.
+    assert by_name["GET /invite/{token}"]["attributes"]["url.path"] == "/invite/…"
+    assert not any(token in str(span) for span in spans)

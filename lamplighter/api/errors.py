@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from lamplighter.api.middleware import logged_path
 from lamplighter.api.openai import chat_principal
 from lamplighter.api.schemas import INPUT_ITEMS, unsupported
 from lamplighter.api.state import services
@@ -150,7 +151,7 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", extra={"path": request.url.path})
+    log.exception("unhandled error", extra={"path": logged_path(request.url.path)})
     return error_response(APIError("The server had an error while processing your request."))
 
 

@@ -16,6 +16,8 @@ from opentelemetry.propagate import extract
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lamplighter.api.middleware import logged_path
+
 
 class Tracing:
     """The app's tracer, and how to flush it at shutdown."""
@@ -55,7 +57,7 @@ class TraceRequests:
             method,
             context=extract(headers),
             kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": scope["path"]},
+            attributes={"http.request.method": method, "url.path": logged_path(scope["path"])},
         ) as span:
 
             async def traced_send(message: Message) -> None:
