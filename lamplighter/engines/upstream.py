@@ -484,10 +484,16 @@ class UpstreamBackend:
             except (aiohttp.ClientError, HttpProcessingError, TimeoutError) as exc:
                 judged = True
                 self._failed()
-                why = str(exc) or type(exc).__name__
+                # The client hears what kind of failure, the log what the connection said:
+                # aiohttp's words name internal hosts and ports.
+                log.warning("backend %s failed before its first token: %r", self.name, exc)
                 if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError):
                     why = f"no token within {self.config.first_token_timeout_s:g}s"
-                raise Unavailable(f"Backend '{self.name}' failed: {why}") from exc
+                elif isinstance(exc, aiohttp.ClientConnectorError):
+                    why = "could not connect"
+                else:
+                    why = "the connection broke"
+                raise Unavailable(f"Backend '{self.name}' failed: {why}.") from exc
             judged = True
             self._succeeded()
             if first is not None:
