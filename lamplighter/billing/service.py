@@ -125,7 +125,7 @@ def subscription_json(row: SubscriptionRow) -> dict[str, Any]:
     }
 
 
-def _no_team(name: str) -> NotFound:
+def no_team(name: str) -> NotFound:
     """The answer for a team name that is no team, or not one the caller may act for."""
     return NotFound(f"no team named {name!r}", param="team", code="team_not_found")
 
@@ -267,7 +267,7 @@ class Billing:
     async def _team(self, session: AsyncSession, name: str) -> Team:
         team = await Teams(session).by_name(name.strip())
         if team is None:
-            raise _no_team(name)
+            raise no_team(name)
         return team
 
     async def _subject(
@@ -290,7 +290,7 @@ class Billing:
             return Subject("user", who.user_id)
         found = await self._team(session, team)
         if found.owner_id != who.user_id and not who.is_admin:
-            raise _no_team(team)
+            raise no_team(team)
         return Subject("team", found.id)
 
     @staticmethod

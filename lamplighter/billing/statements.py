@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from lamplighter.billing.service import no_team
 from lamplighter.billing.subscriptions import add_period
-from lamplighter.exceptions import InvalidRequest, NotFound
+from lamplighter.exceptions import InvalidRequest
 from lamplighter.store.billing import StatementLine, Statements, Teams
 from lamplighter.store.database import Database
 from lamplighter.traffic.planbook import PlanBook
@@ -82,7 +83,7 @@ async def team_id(db: Database, name: str | None) -> uuid.UUID | None:
     async with db.transaction() as session:
         found = await Teams(session).by_name(name)
     if found is None:
-        raise NotFound(f"no team named {name!r}", param="team", code="team_not_found")
+        raise no_team(name)
     return found.id
 
 
