@@ -363,7 +363,9 @@ def test_a_small_scroll_up_while_an_answer_streams_stops_following_it(tab: Tab) 
     expect(answer).to_have_attribute("data-status", "in_progress")
     distance = "(t) => t.scrollHeight - t.scrollTop - t.clientHeight"
     eventually(lambda: thread.evaluate(distance) < 2, what="the thread following the answer")
-    page.mouse.move(640, 300)
+    box = thread.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.wheel(0, -60)
     eventually(lambda: thread.evaluate(distance) >= 40, what="the wheel's scroll")
     held = thread.evaluate("(t) => t.scrollTop")

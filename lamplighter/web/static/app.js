@@ -1637,11 +1637,16 @@
    * again) keeps the scroll at its end: neither reads as the person's.
    */
   let lastScrollTop = 0;
+  // When a wheel last turned up: until its scroll has begun, the thread is still at its end, and
+  // a scroll event there (an answer drawn again, a line shorter) must not start following again:
+  // the next word would pull the thread down and cancel the person's scroll.
+  let wheeledUpAt = -Infinity;
+  const WHEEL_SETTLE_MS = 1000;
   function followScroll() {
     const t = els.thread;
     const top = t.scrollTop;
     if (top < lastScrollTop - 1 && !atBottom()) state.stick = false;
-    else if (atBottom()) state.stick = true;
+    else if (atBottom() && performance.now() - wheeledUpAt > WHEEL_SETTLE_MS) state.stick = true;
     lastScrollTop = top;
     updateScrollButton();
   }
@@ -3123,7 +3128,10 @@
     els.thread.addEventListener('scroll', followScroll, { passive: true });
     // A wheel turned up says so before the scroll it causes: the next word must not pull back.
     els.thread.addEventListener('wheel', (e) => {
-      if (e.deltaY < 0 && els.thread.scrollTop > 0) state.stick = false;
+      if (e.deltaY < 0 && els.thread.scrollTop > 0) {
+        state.stick = false;
+        wheeledUpAt = performance.now();
+      }
     }, { passive: true });
     els.scrollDown.addEventListener('click', () => {
       els.thread.scrollTo({ top: els.thread.scrollHeight, behavior: 'smooth' });
