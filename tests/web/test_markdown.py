@@ -12,7 +12,11 @@ from lamplighter.web.markdown import render
 
 ALLOWED = {
     "p", "br", "hr", "strong", "em", "del", "s", "code", "pre", "blockquote", "ul", "ol", "li",
-    "h1", "h2", "h3", "h4", "h5", "h6", "a", "table", "thead", "tbody", "tr", "th", "td",
+    "h1", "h2", "h3", "h4", "h5", "h6", "a", "table", "thead", "tbody", "tr", "th", "td", "div",
+    # MathML's presentation elements, for TeX.
+    "math", "semantics", "annotation", "mrow", "mi", "mn", "mo", "ms", "mtext", "mspace",
+    "msub", "msup", "msubsup", "munder", "mover", "munderover", "mfrac", "msqrt", "mroot",
+    "mstyle", "mpadded", "mphantom", "menclose", "mtable", "mtr", "mtd", "merror",
 }  # fmt: skip
 
 
@@ -87,13 +91,18 @@ def test_struck_text_images_and_aligned_columns_keep_their_meaning() -> None:
         "<form action=https://evil.example><input></form>",
         '<td class="align-left" style="color:red">x</td>',
         "| a |\n|:-|\n| <span class=x>1</span> |",
+        "$\\href{javascript:alert(1)}{x}$",
+        "$$<svg onload=alert(1)>$$",
+        "\\(\\style{background:url(https://evil.example)}{x}\\)",
+        "$x$<math><maction actiontype=statusline href=javascript:alert(1)>x</maction></math>",
+        "\\[\\text{<img src=x onerror=alert(1)>}\\]",
     ],
 )
 def test_hostile_output_is_inert(payload: str) -> None:
     for tag, attrs in Elements(render(payload)).found:
         assert tag in ALLOWED
         assert not any(name.startswith("on") or name in {"style", "src"} for name in attrs)
-        assert attrs.get("class") in {None, "align-left", "align-center", "align-right"}
+        assert attrs.get("class") in {None, "align-left", "align-center", "align-right", "math"}
         href = (attrs.get("href") or "https:").lower()
         assert href.startswith(("https:", "http:", "mailto:")), href
 
@@ -135,3 +144,21 @@ def test_bare_addresses_become_links_that_the_sanitizer_still_vets() -> None:
             (attrs.get("href") or "").lower().startswith(("javascript", "vbscript", "data"))
             for _, attrs in Elements(render(text)).found
         ), text
+
+
+def test_tex_becomes_mathml_and_money_stays_text() -> None:
+    """Models write TeX between $...$, $$...$$, \\(...\\) and \\[...\\]: each becomes MathML the
+    browser typesets, inline or as a block; dollar amounts and code stay as they are."""
+    inline = Elements(render("The area is $\\pi r^2$, or \\(\\pi r^2\\)."))
+    tags = [tag for tag, _ in inline.found]
+    assert tags.count("math") == 2 and tags.count("msup") == 2 and "div" not in tags
+    assert all(a["display"] == "inline" for t, a in inline.found if t == "math")
+    for block in ("$$\\frac{a}{b}$$", "\\[\\frac{a}{b}\\]"):
+        found = Elements(render(f"So:\n\n{block}\n\nDone.")).found
+        assert ("div", {"class": "math"}) in found
+        assert [a["display"] for t, a in found if t == "math"] == ["block"]
+        assert "mfrac" in [t for t, _ in found]
+    assert render("It costs $5 and $10.") == "<p>It costs $5 and $10.</p>\n"
+    assert "<math" not in render("`$x$` and\n\n```\n$$y$$\n```")
+    # TeX it cannot read stays readable, as code.
+    assert "<code>x_{</code>" in render("$x_{$")
