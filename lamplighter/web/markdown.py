@@ -15,6 +15,7 @@ output into ``innerHTML``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import nh3
@@ -77,12 +78,21 @@ def _math(
     block = token.type in ("math_block", "math_block_eqno")  # a paragraph of its own
     shown = "inline" if token.type == "math_inline" else "block"  # $$x$$ in a line: a line
     latex = token.content.strip()
-    try:
-        mathml = latex_to_mathml(latex, display=shown)
-    except Exception:  # its parser raises many kinds on bad TeX (IndexError among them)
+    mathml = _mathml(latex, shown)
+    if mathml is None:
         code = f"<code>{escapeHtml(latex)}</code>"
         return f"<pre>{code}</pre>\n" if block else code
     return f'<div class="math">{mathml}</div>\n' if block else mathml
+
+
+@lru_cache(maxsize=2048)
+def _mathml(latex: str, display: str) -> str | None:
+    """``latex`` as MathML, or None when it is not TeX latex2mathml can read. Cached: a
+    streaming answer is rendered again as it grows, with the same formulas each time."""
+    try:
+        return str(latex_to_mathml(latex, display=display))
+    except Exception:  # its parser raises many kinds on bad TeX (IndexError among them)
+        return None
 
 
 for _kind in ("math_inline", "math_inline_double", "math_block", "math_block_eqno"):
