@@ -554,8 +554,11 @@ def test_a_replica_killed_mid_stream_gives_its_slots_back_within_the_lease(fleet
             )
             c.kill()
             killed = time.monotonic()
-            # A dead replica's leases are not given back: they lapse.
-            assert (await attempt(a, pair, ask("May I, on a?")))[0] == 429
+            # A dead replica's leases are not given back: they lapse, and the refusal says when
+            # (at least the two thirds of a TTL a renewed lease has left), not "in a second".
+            status, headers = await attempt(a, pair, ask("May I, on a?"))
+            assert status == 429 and int(headers["retry-after"]) >= LEASE_TTL * 2 / 3 - 1
+            assert int(headers["retry-after"]) <= LEASE_TTL
             assert not waiting.done()
             assert b.metric("lamplighter_queue_depth", backend="solo") == 1
             outcome = await asyncio.wait_for(waiting, LEASE_TTL + DEADLINE)

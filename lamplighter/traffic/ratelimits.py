@@ -78,7 +78,8 @@ class RateLimiter:
             breach = RateLimited(
                 f"Too many concurrent requests on plan '{plan.name}': the limit is "
                 f"{most} at a time. Wait for one to finish.",
-                retry_after=1.0,
+                # Refined by the caller when an answer of theirs runs on this replica.
+                retry_after=max(1.0, reserved.slot_lapses_in or 1.0),
                 headers=headers,
             )
             # Told apart from the per-minute limit by its type (the code is OpenAI's for both):

@@ -105,8 +105,9 @@ end
 
 # KEYS: one hash per limit, then the stream's lease set when ARGV[2] names a lease to take.
 # ARGV: now ('' for the server's clock), the lease ('' for none), the most slots, the lease's
-# ttl (ms), then per limit interval, capacity, cost. Returns 'full' and per limit (remaining,
-# reset_after) when every stream slot is taken (nothing else is checked); else 'ok' or
+# ttl (ms), then per limit interval, capacity, cost. Returns 'full', the ms until the soonest
+# lease lapses, and per limit (remaining, reset_after) when every stream slot is taken (nothing
+# else is checked); else 'ok' or
 # 'refused' and per limit allowed, tat, remaining, reset_after, retry_after and the
 # (remaining, reset_after) it had before, which still stand when the request is refused.
 _RESERVE = (
@@ -120,7 +121,8 @@ if lease ~= '' then
   ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('ZREMRANGEBYSCORE', set, '-inf', ms)
   if redis.call('ZCARD', set) >= tonumber(ARGV[3]) then
-    local out = {'full'}
+    local soonest = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
+    local out = {'full', num(tonumber(soonest[2]) - ms)}
     for i = 1, limits do
       local interval, capacity = tonumber(ARGV[3 * i + 2]), tonumber(ARGV[3 * i + 3])
       local start = begin(KEYS[i], now, interval)
@@ -349,7 +351,8 @@ class RedisState:
             self._refuse_if_closed()
             return await self._reserve_locally(limits, now, stream)
         if out[0] == "full":
-            return Reserved([], _pairs(out[1:]), no_stream_slot=True)
+            lapses = float(out[1]) / 1000
+            return Reserved([], _pairs(out[2:]), no_stream_slot=True, slot_lapses_in=lapses)
         verdicts = [
             Verdict(
                 allowed=out[i] == "1",

@@ -36,6 +36,10 @@ class Reserved:
     standing: list[tuple[int, float]]  # each limit's (remaining, seconds until full) afterwards
     lease: str | None = None
     no_stream_slot: bool = False  # every concurrent-stream slot was taken: nothing was checked
+    # Then, where slots are leases (Redis): seconds until the soonest of them lapses unless its
+    # replica renews it. A dead replica's slot comes back then; a live one's answer may end
+    # sooner, but its replica cannot say when.
+    slot_lapses_in: float | None = None
 
     @property
     def granted(self) -> bool:

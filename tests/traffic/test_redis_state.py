@@ -285,6 +285,11 @@ async def test_a_dead_replicas_slots_lapse_and_a_live_ones_are_renewed(prefix: s
         await doomed.wait()
         killed = time.monotonic()
         assert await take_slot(probe, "u", 2) is None  # its lease runs on for a while
+        # A refusal says when the soonest lease lapses unless renewed: a dead replica's slot
+        # is free then (the client is told to wait that long, not a second).
+        full = await probe.reserve([], 0.0, ("u", 2))
+        assert full.no_stream_slot and full.slot_lapses_in is not None
+        assert 0 < full.slot_lapses_in <= ttl
 
         freed: list[str] = []
 
