@@ -584,9 +584,12 @@ class Billing:
         return await self._decide(row.id, ChangePlan(self.clock(), chosen.name))
 
     async def cancel(self, who: Principal, *, team: str | None = None) -> SubscriptionRow:
-        """Cancel at the end of the period (the plan stays until then)."""
+        """Cancel at the end of the period (the plan stays until then). Cancelling again (a
+        second tab, a retry) changes nothing: only an unpaid subscription ends at once."""
         async with self.db.transaction() as session:
             row = await self._self_service_row(session, who, team)
+            if row.status == "canceling":
+                return row
             ref, paid_up = row.provider_ref, row.status in ("active", "trialing")
         if ref is not None:
             await self._provider(row).cancel(ref, at_period_end=paid_up)
