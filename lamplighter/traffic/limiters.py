@@ -91,5 +91,17 @@ def rescale(tat: float, now: float, old_interval: float, new_interval: float) ->
     return now + (tat - now) / old_interval * new_interval
 
 
+def convert(tat: float, now: float, old_interval: float, rate: Rate) -> float:
+    """A TAT kept at ``old_interval``, now under ``rate`` (its limit changed): the same units
+    used (``rescale``), but never more than a full bucket of the new limit. A limit lowered
+    below what someone already used makes them wait for the new bucket to empty, at most one
+    period, not pay the old overdraft off at the new, slower rate (549 tokens used, a new
+    daily limit of 100: 110 hours). The state stores the result with the new interval, so
+    the units run down at the new rate from then on and a refusal's wait is exact."""
+    if tat <= now or old_interval == rate.interval:
+        return tat
+    return min(rescale(tat, now, old_interval, rate.interval), now + rate.capacity * rate.interval)
+
+
 def _remaining(rate: Rate, tat: float, now: float) -> int:
     return max(0, math.floor(rate.capacity - (tat - now) / rate.interval + 1e-9))

@@ -71,21 +71,6 @@ local function clock(arg)  -- (now in seconds, whether it is the server's)
   return tonumber(t[1]) + tonumber(t[2]) / 1000000, true
 end
 local function num(x) return string.format('%.17g', x) end
-local function load(key, now, interval)  -- the key's TAT rescaled to interval, or nil
-  local stored = redis.call('HMGET', key, 'tat', 'interval')
-  if not stored[1] then return nil end
-  local tat, old = tonumber(stored[1]), tonumber(stored[2])
-  if tat <= now or old == interval then return tat end
-  return now + (tat - now) / old * interval
-end
-local function begin(key, now, interval)  -- where the key's next units start: max(TAT, now)
-  local tat = load(key, now, interval)
-  if tat and tat > now then return tat end
-  return now
-end
-local function remaining(capacity, interval, tat, now)
-  return math.max(0, math.floor(capacity - (tat - now) / interval + 1e-9))
-end
 local function store(key, tat, interval, now, server)
   redis.call('HSET', key, 'tat', num(tat), 'interval', num(interval))
   -- Expire just after the TAT (a full bucket and a missing key are the same). A test's own
@@ -94,8 +79,27 @@ local function store(key, tat, interval, now, server)
   if server then ttl = math.ceil((tat - now) * 1000) + 1000 end
   redis.call('PEXPIRE', key, ttl)
 end
-local function give_back(key, now, interval, units, server)  -- unused units of a reservation
-  local tat = load(key, now, interval)
+-- The key's TAT at interval, or nil; a TAT kept at another interval (its limit changed) is
+-- converted as limiters.convert does, and stored so.
+local function load(key, now, interval, capacity, server)
+  local stored = redis.call('HMGET', key, 'tat', 'interval')
+  if not stored[1] then return nil end
+  local tat, old = tonumber(stored[1]), tonumber(stored[2])
+  if tat <= now or old == interval then return tat end
+  tat = math.min(now + (tat - now) / old * interval, now + capacity * interval)
+  store(key, tat, interval, now, server)
+  return tat
+end
+local function begin(key, now, interval, capacity, server)  -- where its next units start
+  local tat = load(key, now, interval, capacity, server)
+  if tat and tat > now then return tat end
+  return now
+end
+local function remaining(capacity, interval, tat, now)
+  return math.max(0, math.floor(capacity - (tat - now) / interval + 1e-9))
+end
+local function give_back(key, now, interval, capacity, units, server)  -- unused units
+  local tat = load(key, now, interval, capacity, server)
   if tat == nil or not (units > 0) then return end
   local new_tat = tat - units * interval
   if new_tat < now then new_tat = now end
@@ -125,7 +129,7 @@ if lease ~= '' then
     local out = {'full', num(tonumber(soonest[2]) - ms)}
     for i = 1, limits do
       local interval, capacity = tonumber(ARGV[3 * i + 2]), tonumber(ARGV[3 * i + 3])
-      local start = begin(KEYS[i], now, interval)
+      local start = begin(KEYS[i], now, interval, capacity, server)
       out[#out + 1] = num(remaining(capacity, interval, start, now))
       out[#out + 1] = num(start - now)
     end
@@ -137,7 +141,7 @@ for i = 1, limits do
   local interval = tonumber(ARGV[3 * i + 2])
   local capacity = tonumber(ARGV[3 * i + 3])
   local cost = tonumber(ARGV[3 * i + 4])
-  local start = begin(KEYS[i], now, interval)
+  local start = begin(KEYS[i], now, interval, capacity, server)
   local new_tat = start + cost * interval
   local horizon = now + capacity * interval
   local before = remaining(capacity, interval, start, now)
@@ -175,8 +179,8 @@ return out
 )
 
 # KEYS: the limits' hashes, then the stream's lease set when ARGV[2] names a lease to give back.
-# ARGV: now, the lease ('' for none), then per limit interval and units given back. Settling a
-# request is one call: its unused tokens back in every bucket, its stream slot released.
+# ARGV: now, the lease ('' for none), then per limit interval, capacity and units given back.
+# Settling a request is one call: its unused tokens back in every bucket, its slot released.
 _SETTLE = (
     _COMMON
     + """
@@ -184,7 +188,8 @@ local now, server = clock(ARGV[1])
 local lease, limits = ARGV[2], #KEYS
 if lease ~= '' then limits = limits - 1 end
 for i = 1, limits do
-  give_back(KEYS[i], now, tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2]), server)
+  local interval, capacity = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+  give_back(KEYS[i], now, interval, capacity, tonumber(ARGV[3 * i + 2]), server)
 end
 if lease ~= '' then redis.call('ZREM', KEYS[#KEYS], lease) end
 return 1
@@ -196,11 +201,11 @@ return 1
 _PEEK = (
     _COMMON
     + """
-local now = clock(ARGV[1])
+local now, server = clock(ARGV[1])
 local out = {}
 for i = 1, #KEYS do
   local interval, capacity = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local start = begin(KEYS[i], now, interval)
+  local start = begin(KEYS[i], now, interval, capacity, server)
   out[#out + 1] = num(remaining(capacity, interval, start, now))
   out[#out + 1] = num(start - now)
 end
@@ -391,7 +396,7 @@ class RedisState:
         keys = [self._key(limit) for limit, _ in refunds]
         args = [self._now(now), ""]
         for limit, units in refunds:
-            args += [repr(limit.rate.interval), repr(float(units))]
+            args += [repr(limit.rate.interval), repr(limit.rate.capacity), repr(float(units))]
         local_lease = None
         if stream is not None:
             key, lease = stream

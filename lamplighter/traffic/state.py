@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from lamplighter.traffic.limiters import Rate, Verdict, check, peek, refund, rescale
+from lamplighter.traffic.limiters import Rate, Verdict, check, convert, peek, refund
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,11 @@ class MemoryState:
         entry = self._tat.get(limit.key)
         if entry is None:
             return None
-        return rescale(entry[0], now, entry[1], limit.rate.interval)
+        tat, interval = entry
+        if interval != limit.rate.interval:  # the limit changed: converted once, kept so
+            tat = convert(tat, now, interval, limit.rate)
+            self._tat[limit.key] = (tat, limit.rate.interval)
+        return tat
 
     async def reserve(
         self, limits: Sequence[Limit], now: float, stream: tuple[str, int] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lamplighter.traffic.limiters import Rate, check, peek, refund, rescale
+from lamplighter.traffic.state import Limit, MemoryState
 
 rates = st.builds(
     Rate,
@@ -103,3 +105,29 @@ def test_a_changed_limit_keeps_the_units_used_not_the_share(
     tat = rescale(verdict.tat, 0.0, old.interval, new.interval)
     remaining, _ = peek(new, tat, 0.0)
     assert remaining == max(0, new_limit - used)
+
+
+@given(
+    st.integers(1, 1000),
+    st.integers(1, 1000),
+    st.integers(1, 1000),
+    st.integers(1, 1000),
+)
+def test_a_limit_lowered_below_what_was_used_makes_one_wait_at_most_a_period(
+    old_limit: int, new_limit: int, used: int, cost: int
+) -> None:
+    """An operator lowers a daily quota under what someone already spent today: the refusal
+    says to wait at most a day, and the request fits once that wait is over (549 tokens
+    against a new 100 a day said 110 hours)."""
+    used, cost = min(used, old_limit), min(cost, new_limit)
+    state = MemoryState()
+    before = Limit("u:daily", "daily_tokens", Rate(old_limit, 86400.0), used)
+    assert asyncio.run(state.reserve([before], 0.0)).granted
+    after = Limit("u:daily", "daily_tokens", Rate(new_limit, 86400.0), cost)
+    refused = asyncio.run(state.reserve([after], 0.0))
+    if refused.granted:
+        assert used + cost <= new_limit
+        return
+    [verdict] = refused.verdicts
+    assert 0 < verdict.retry_after <= 86400.0 + 1e-6
+    assert asyncio.run(state.reserve([after], verdict.retry_after + 1e-6)).granted
