@@ -76,8 +76,10 @@ async def overview(who: Member, state: State) -> dict[str, Any]:
 async def checkout(
     body: CheckoutBody, who: Member, state: State, request: Request
 ) -> dict[str, Any]:
-    """A Stripe Checkout session to subscribe; send the person to its ``url``."""
-    base = str(request.base_url).rstrip("/")
+    """A Stripe Checkout session to subscribe; send the person to its ``url``. Stripe sends
+    them back to the public address: behind a proxy the request's own is an internal one, and
+    its Host header is whatever the caller wrote."""
+    base = state.settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
     session = await state.billing.checkout(
         who,
         plan=body.plan,

@@ -4,7 +4,7 @@ and a clock the tests move; a real server whose Stripe is a local stand-in."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -123,11 +123,11 @@ def stripe_api() -> Iterator[tuple[FakeStripe, ThreadedServer]]:
         yield fake, running
 
 
-@pytest.fixture(scope="module")
-def live(
-    tmp_path_factory: pytest.TempPathFactory, stripe_api: tuple[FakeStripe, ThreadedServer]
+@contextmanager
+def billing_server(
+    data_dir: Path, stripe_api: tuple[FakeStripe, ThreadedServer], **overrides: Any
 ) -> Iterator[LiveServer]:
-    data_dir: Path = tmp_path_factory.mktemp("billing")
+    """A real server with the priced plans, whose Stripe is ``stripe_api``."""
     config = data_dir / "lamplighter.toml"
     config.write_text(PRICED_TOML)
 
@@ -141,6 +141,15 @@ def live(
         stripe_secret_key=SECRET_KEY,
         stripe_webhook_secret=SECRET,
         stripe_api_base=stripe_api[1].base_url,
+        **overrides,
     )
     with LiveServer(settings, backends) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def live(
+    tmp_path_factory: pytest.TempPathFactory, stripe_api: tuple[FakeStripe, ThreadedServer]
+) -> Iterator[LiveServer]:
+    with billing_server(tmp_path_factory.mktemp("billing"), stripe_api) as server:
         yield server

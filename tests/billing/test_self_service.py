@@ -4,13 +4,14 @@ is a local stand-in: each click does what it says in Stripe, once, however often
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from lamplighter.billing.subscriptions import add_period
 from lamplighter.store.models import utcnow
-from tests.billing.conftest import user_id_of, webhook
+from tests.billing.conftest import billing_server, user_id_of, webhook
 from tests.billing.factories import signed, subscription_event
 from tests.billing.fake_stripe import FakeStripe
 from tests.conftest import LiveServer, ThreadedServer
@@ -49,3 +50,21 @@ def test_cancelling_twice_keeps_the_paid_period_and_tells_stripe_once(
     assert calls == [("POST", {"cancel_at_period_end": "true"})]
     resumed = _post(live, "/api/billing/resume", key, {})
     assert resumed.status_code == 200 and resumed.json()["status"] == "active"
+
+
+def test_checkout_returns_people_to_the_public_address_whatever_the_host_header(
+    tmp_path: Path, stripe_api: tuple[FakeStripe, ThreadedServer]
+) -> None:
+    fake, _ = stripe_api
+    public = "https://lamplighter.example"
+    with billing_server(tmp_path, stripe_api, public_url=public) as proxied:
+        _, key = proxied.new_user()
+        answer = httpx.post(
+            proxied.base_url + "/api/billing/checkout",
+            json={"plan": "silver"},
+            headers={"authorization": f"Bearer {key}", "host": "attacker.example"},
+        )
+        assert answer.status_code == 200, answer.text
+    form = fake.sent("/v1/checkout/sessions")[-1]
+    assert form["success_url"] == f"{public}/?billing=success"
+    assert form["cancel_url"] == f"{public}/?billing=canceled"
