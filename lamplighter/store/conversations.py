@@ -143,6 +143,21 @@ class Conversations:
         )
         return list(found)
 
+    async def opening_system(self, conversation_id: uuid.UUID) -> uuid.UUID | None:
+        """The system message a conversation begins with (a web chat's custom instructions),
+        if it has one: a new first message goes under it, as the first did."""
+        found: uuid.UUID | None = await self.session.scalar(
+            select(Message.id)
+            .where(
+                Message.conversation_id == conversation_id,
+                Message.parent_id.is_(None),
+                Message.role == "system",
+            )
+            .order_by(Message.id)
+            .limit(1)
+        )
+        return found
+
     async def shown_child(self, parent: Message) -> Message | None:
         """The child of ``parent`` on the branch the conversation shows (its current leaf's
         path), if that branch passes through ``parent``."""

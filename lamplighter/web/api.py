@@ -394,14 +394,17 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
     path: list[Message] = []
     shown: Message | None = None
     instructions = None
+    parent_id = body.parent_id
     async with state.db.transaction() as session:
         conversations = Conversations(session)
         if body.conversation_id is None and content is not None:
             instructions = await instructions_of(session, who.user_id)
         if body.conversation_id is not None:
             title = (await _owned(conversations, visitor, body.conversation_id)).title
-        if body.parent_id is not None:
-            parent = await conversations.message_of(who.user_id, body.parent_id)
+            if parent_id is None and content is not None:  # a new first message, edited
+                parent_id = await conversations.opening_system(body.conversation_id)
+        if parent_id is not None:
+            parent = await conversations.message_of(who.user_id, parent_id)
             if parent is None or parent.conversation_id != body.conversation_id:
                 raise _no_message()
             path = await conversations.path_to(parent.id)
@@ -426,7 +429,7 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
             request = _variant(request, pair[0])
     placement = Placement(
         body.conversation_id,
-        body.parent_id,
+        parent_id,
         new_turn=content is not None,
         earlier=1 if instructions else 0,  # the system message, stored before the question
     )
@@ -437,7 +440,7 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
     except APIError as error:
         guard.count(state, error, *guard.subjects(http, who))
         raise
-    answer = _answer_json(exchange, body.parent_id)
+    answer = _answer_json(exchange, parent_id)
     if pair is not None:
         answer["model"] = None  # anonymous until the vote
     system = _system_message(exchange, instructions)
@@ -445,7 +448,7 @@ async def chat(http: Request, body: ChatBody, visitor: WebUser, state: State) ->
         "conversation_id": str(exchange.conversation_id),
         "title": title or title_from(turns),
         "system_message": system,
-        "user_message": _question(exchange, system["id"] if system else body.parent_id, content),
+        "user_message": _question(exchange, system["id"] if system else parent_id, content),
         "message": answer,
         "side_by_side": pair is not None,
     }

@@ -83,6 +83,11 @@ def test_new_chats_begin_with_the_instructions_and_older_chats_keep_theirs(
     assert _answer(again) == "Told: I teach chemistry.. You said: What is a mole?"
     edited = web.chat(conversation_id=conversation, parent_id=system["id"], content="A litre?")
     assert _answer(edited) == "Told: I teach chemistry.. You said: A litre?"
+    # A client that edits the first message with parent_id null (the chat's first message has
+    # none, as far as it knows) keeps them too: the new message goes under them.
+    bare = web.chat(conversation_id=conversation, parent_id=None, content="A metre?")
+    assert _answer(bare) == "Told: I teach chemistry.. You said: A metre?"
+    assert bare[0][1]["user_message"]["parent_id"] == system["id"]
     # The chat started before any instructions still has none.
     old = before[0][1]
     follow_old = web.chat(
