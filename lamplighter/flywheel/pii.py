@@ -787,12 +787,13 @@ _CLOSINGS: Final = (
 # "My name is ...", in the languages Lamplighter's users write most. Capitalised, these are cues
 # like the others; in lower case they are looked for only where the lowered text has a hint.
 _INTRODUCTIONS: Final = (
-    "my name is", "my name's", "name:", "me llamo", "je m'appelle", "ich heiße", "mi chiamo",
-    "mein Name ist",
+    "my name is", "my name's", "name:", "call me", "me llamo", "je m'appelle", "ich heiße",
+    "mi chiamo", "mein Name ist",
 )  # fmt: skip
-_INTRODUCTION_HINTS: Final = ("name", "amo", "appelle", "ß")
+_INTRODUCTION_HINTS: Final = ("name", "call me", "amo", "appelle", "ß")
 # "I'm ..." is a weak cue: "I'm Sorry", "I'm British". A name after it needs two words ("I'm
-# Siobhan Kelly") or a listed given name ("I'm Anna").
+# Siobhan Kelly"), a listed given name ("I'm Anna"), or to be what an apposition describes
+# ("I'm Ali, a nurse": how people introduce themselves in custom instructions).
 _WEAK_CUES: Final = frozenset(("I'm", "I\u2019m", "I am"))
 _CUES: Final = frozenset(
     (
@@ -808,6 +809,7 @@ _GAP = rf"[,.!:]?[ \t]*(?:\r?\n[ \t]*)?(?:--?[ \t]*)?(?:{_HONORIFIC})?"
 _NAME_INTRODUCED = re.compile(
     f"(?:{'|'.join(map(re.escape, _INTRODUCTIONS))})[ \t]*(?P<name>{_FULL_NAME})"
 )
+_APPOSITION = re.compile(r",[ \t]+(?:a|an|the)[ \t]")
 # Words that make the capitalised words around them a place: "San Francisco", "Albert Hall".
 _PLACE_BEFORE: Final = ("San ", "Santa ", "Santo ", "São ", "St. ", "St ", "Saint ", "Sainte ")
 _PLACE_WORDS: Final = frozenset((
@@ -870,7 +872,8 @@ def _names(text: str, lowered: str) -> Iterator[Entity]:
             if entity is None or not _alone(text, start, entity.end, ""):
                 continue
             name = text[entity.start : entity.end]
-            if match["lead"] in _WEAK_CUES and " " not in name and name not in _GIVEN_NAMES:
+            weak = match["lead"] in _WEAK_CUES and " " not in name and name not in _GIVEN_NAMES
+            if weak and not _APPOSITION.match(text, entity.end):
                 continue
             yield entity
             continue
