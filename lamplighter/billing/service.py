@@ -69,6 +69,9 @@ log = logging.getLogger(__name__)
 STATE_FIELDS = tuple(f.name for f in fields(Subscription))
 # How many times a webhook event is tried when two replicas race to create one subscription.
 RACE_RETRIES = 3
+# Checkouts for the same thing within this long share an Idempotency-Key, so Stripe answers a
+# double click (or two tabs) with the same Checkout session instead of a second one.
+CHECKOUT_BUCKET_S = 600
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,14 @@ class Billing:
         if found.owner_id != who.user_id and not who.is_admin:
             raise no_team(team)
         return Subject("team", found.id)
+
+    @staticmethod
+    async def _name(session: AsyncSession, subject: Subject) -> str:
+        """How the audit log names a subject: the user's email, or the team's name."""
+        found = await session.get(User if subject.kind == "user" else Team, subject.id)
+        if isinstance(found, User):
+            return found.email
+        return found.name if isinstance(found, Team) else str(subject)
 
     @staticmethod
     async def _current(session: AsyncSession, subject: Subject) -> SubscriptionRow | None:
@@ -535,7 +546,9 @@ class Billing:
             customer = await Subscriptions(session).customer_of(
                 **({"user_id": subject.id} if subject.kind == "user" else {"team_id": subject.id})
             )
+        bucket = int(self.clock().timestamp()) // CHECKOUT_BUCKET_S
         return await self.providers["stripe"].checkout(
+            idempotency_key=f"checkout:{subject}:{chosen.name}:{period}:{count}:{bucket}",
             plan=chosen,
             period=period,
             seats=count,
@@ -627,7 +640,8 @@ class Billing:
 
     async def stripe_event(self, payload: bytes, signature: str | None) -> str:
         """Verify and apply one webhook delivery; returns what became of it: applied,
-        unchanged, ignored, unmatched or duplicate."""
+        unchanged, ignored, unmatched, duplicate, or refused (a second live subscription for
+        someone who has one: it is cancelled in Stripe)."""
         if not self.webhook_secret:
             raise NotFound(
                 "Stripe webhooks are not configured here (LAMPLIGHTER_STRIPE_WEBHOOK_SECRET).",
@@ -644,6 +658,11 @@ class Billing:
                     if await events.seen(event_id):
                         return "duplicate"
                     outcome, subscription_id = await self._stripe(session, translation)
+                    if outcome == "refused" and self.online:
+                        # Before the commit: should Stripe not be reached, nothing is stored and
+                        # Stripe delivers the event again later.
+                        assert translation.ref is not None
+                        await self.providers["stripe"].cancel(translation.ref, at_period_end=False)
                     await events.record(
                         BillingEvent(
                             id=event_id,
@@ -690,10 +709,32 @@ class Billing:
             subject.owns(made)
             return made
 
+        kept = await self._current(session, subject)
         made, _ = await self._apply(session, None, first, new=new)
         if made is None:
             return "ignored", None
-        return "applied", made.id
+        if (
+            kept is None
+            or kept.provider != "stripe"
+            or kept.status not in LIVE
+            or made.status not in LIVE
+        ):
+            return "applied", made.id
+        # Two checkouts paid (two tabs, a plan picked and then another): one person would pay
+        # twice for one plan, and see and cancel only one subscription. The first one stays;
+        # this one ends now (in Stripe too, when its secret key is set here), and the audit log
+        # tells the operator which payment to refund.
+        await self._apply(session, made, Terminated(self.clock()))
+        details = {
+            "subscription": translation.ref,
+            "plan": made.plan,
+            "kept": kept.provider_ref,
+            "cancelled_in_stripe": self.online,
+        }
+        log.warning("a second subscription was refused", extra={"subject": str(subject), **details})
+        target = await self._name(session, subject)
+        await write_audit(session, Audit(None, "stripe", "billing.refused", target, details))
+        return "refused", made.id
 
     # --- Time -----------------------------------------------------------------------------------
 

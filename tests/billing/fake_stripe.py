@@ -20,6 +20,10 @@ SECRET_KEY = "sk_test_lamplighter"
 class FakeStripe:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        # The Idempotency-Key of each Checkout session request, and the answer it was given:
+        # Stripe answers a key it has seen with the first answer again.
+        self.idempotency_keys: list[str | None] = []
+        self._answers: dict[str, dict[str, Any]] = {}
         self._ids = itertools.count(1)
         self.app = Starlette(
             routes=[
@@ -37,11 +41,12 @@ class FakeStripe:
         if request.headers.get("authorization") != f"Bearer {SECRET_KEY}":
             return JSONResponse({"error": {"message": "Invalid API Key provided"}}, 401)
         form: dict[str, str] = {}
-        if request.method != "GET":
+        body = await request.body()
+        if body:
             kind = request.headers.get("content-type", "")
             if not kind.startswith("application/x-www-form-urlencoded"):
                 return JSONResponse({"error": {"message": f"bad content type {kind}"}}, 400)
-            form = dict(parse_qsl((await request.body()).decode(), strict_parsing=False))
+            form = dict(parse_qsl(body.decode(), strict_parsing=False))
         self.requests.append((request.method, request.url.path, form))
         return form
 
@@ -52,14 +57,19 @@ class FakeStripe:
         for required in ("mode", "success_url", "cancel_url", "line_items[0][quantity]"):
             if required not in form:
                 return JSONResponse({"error": {"message": f"Missing {required}"}}, 400)
+        key = request.headers.get("idempotency-key")
+        self.idempotency_keys.append(key)
+        if key in self._answers:
+            return JSONResponse(self._answers[key])
         number = next(self._ids)
-        return JSONResponse(
-            {
-                "id": f"cs_test_{number}",
-                "object": "checkout.session",
-                "url": f"https://checkout.stripe.test/c/pay/cs_test_{number}",
-            }
-        )
+        answer = {
+            "id": f"cs_test_{number}",
+            "object": "checkout.session",
+            "url": f"https://checkout.stripe.test/c/pay/cs_test_{number}",
+        }
+        if key:
+            self._answers[key] = answer
+        return JSONResponse(answer)
 
     async def price(self, request: Request) -> JSONResponse:
         form = await self._form(request)

@@ -12,7 +12,7 @@ import httpx
 from lamplighter.billing.subscriptions import add_period
 from lamplighter.store.models import utcnow
 from tests.billing.conftest import billing_server, user_id_of, webhook
-from tests.billing.factories import signed, subscription_event
+from tests.billing.factories import checkout_completed, signed, subscription_event
 from tests.billing.fake_stripe import FakeStripe
 from tests.conftest import LiveServer, ThreadedServer
 
@@ -68,3 +68,56 @@ def test_checkout_returns_people_to_the_public_address_whatever_the_host_header(
     form = fake.sent("/v1/checkout/sessions")[-1]
     assert form["success_url"] == f"{public}/?billing=success"
     assert form["cancel_url"] == f"{public}/?billing=canceled"
+
+
+def test_a_double_clicked_checkout_opens_one_stripe_session(
+    live: LiveServer, stripe_api: tuple[FakeStripe, ThreadedServer]
+) -> None:
+    fake, _ = stripe_api
+    _, key = live.new_user()
+    first = _post(live, "/api/billing/checkout", key, {"plan": "silver"})
+    second = _post(live, "/api/billing/checkout", key, {"plan": "silver"})
+    assert first.status_code == second.status_code == 200, second.text
+    assert second.json() == first.json()
+    assert fake.idempotency_keys[-1] and fake.idempotency_keys[-1] == fake.idempotency_keys[-2]
+    # Another plan is another session (the person changed their mind).
+    other = _post(live, "/api/billing/checkout", key, {"plan": "gold"})
+    assert other.json()["id"] != first.json()["id"]
+
+
+def test_a_second_paid_subscription_is_cancelled_in_stripe_and_written_to_the_audit_log(
+    live: LiveServer, stripe_api: tuple[FakeStripe, ThreadedServer]
+) -> None:
+    fake, _ = stripe_api
+    _, admin = live.new_user(admin=True)
+    email, key, kept = _subscribed(live, "silver")
+    # Two tabs' checkouts, both paid: the second subscription arrives while the first is live.
+    extra, now = f"sub_{uuid.uuid4().hex[:14]}", utcnow()
+    subject = f"user:{user_id_of(live, email)}"
+    paid = checkout_completed(subject=subject, plan="gold", subscription=extra, created=now)
+    assert webhook(live, *signed(paid)).json()["outcome"] == "refused"
+    assert ("DELETE", f"/v1/subscriptions/{extra}", {}) in fake.requests
+    overview = httpx.get(
+        live.base_url + "/api/billing", headers={"authorization": f"Bearer {key}"}
+    ).json()
+    assert overview["plan"] == "silver" and overview["subscription"]["plan"] == "silver"
+    # Stripe's own word of the subscription and of its deletion change nothing more.
+    for kind in ("created", "deleted"):
+        event = subscription_event(
+            kind, subject=subject, plan="gold", subscription=extra, created=now,
+            period_end=add_period(now, "month"),
+        )  # fmt: skip
+        assert webhook(live, *signed(event)).json()["outcome"] == "unchanged"
+    assert [m for m, at, _ in fake.requests if at.endswith(extra)] == ["DELETE"]
+    assert not [at for _, at, _ in fake.requests if at.endswith(kept)]
+    audit = httpx.get(
+        f"{live.base_url}/api/admin/audit", headers={"authorization": f"Bearer {admin}"}
+    ).json()["data"]
+    refused = [e for e in audit if e["action"] == "billing.refused" and e["target"] == email]
+    assert refused and refused[0]["actor"] == "stripe"
+    assert refused[0]["details"] == {
+        "subscription": extra,
+        "plan": "gold",
+        "kept": kept,
+        "cancelled_in_stripe": True,
+    }
