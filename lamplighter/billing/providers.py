@@ -41,7 +41,14 @@ class Provider(Protocol):
     ) -> CheckoutSession: ...
 
     async def change_plan(
-        self, ref: str, *, plan: Plan, period: Period, seats: int, upgrade: bool
+        self,
+        ref: str,
+        *,
+        plan: Plan,
+        period: Period,
+        seats: int,
+        upgrade: bool,
+        paid: Plan | None = None,
     ) -> None: ...
 
     async def cancel(self, ref: str, *, at_period_end: bool) -> None: ...
@@ -75,7 +82,14 @@ class ManualProvider:
         )
 
     async def change_plan(
-        self, ref: str, *, plan: Plan, period: Period, seats: int, upgrade: bool
+        self,
+        ref: str,
+        *,
+        plan: Plan,
+        period: Period,
+        seats: int,
+        upgrade: bool,
+        paid: Plan | None = None,
     ) -> None:
         """Nothing to tell: the grant is the whole record."""
 

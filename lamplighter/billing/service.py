@@ -588,11 +588,17 @@ class Billing:
                 raise InvalidRequest(
                     f"Plan {chosen.name!r} is not sold by the {period}.", param="plan"
                 )
-            upgrade = self.policy().upgrade(row.plan, chosen.name)
+            # The period is paid for at ``row.plan``; with a downgrade pending, the provider is
+            # on the cheaper plan's price already. Going back to the paid plan (or below it) is
+            # not charged; going above it is charged the difference from the paid plan only.
+            upgrade = chosen.name != row.plan and self.policy().upgrade(row.plan, chosen.name)
+            paid = self.plans.get(row.plan) if row.plan in self.plans.names() else None
+            if not (upgrade and row.pending_plan and paid and paid.price(period)):
+                paid = None
             ref, seats = row.provider_ref, row.seats
         if ref is not None:
             await self._provider(row).change_plan(
-                ref, plan=chosen, period=period, seats=seats, upgrade=upgrade
+                ref, plan=chosen, period=period, seats=seats, upgrade=upgrade, paid=paid
             )
         return await self._decide(row.id, ChangePlan(self.clock(), chosen.name))
 

@@ -422,14 +422,42 @@ class StripeClient:
         return CheckoutSession(body["id"], body["url"])
 
     async def change_plan(
-        self, ref: str, *, plan: Plan, period: Period, seats: int, upgrade: bool
+        self,
+        ref: str,
+        *,
+        plan: Plan,
+        period: Period,
+        seats: int,
+        upgrade: bool,
+        paid: Plan | None = None,
     ) -> None:
         """Switch subscription ``ref`` to ``plan``. An upgrade is charged now, prorated; a
-        downgrade is charged from the next renewal (the current period stays paid for)."""
+        downgrade is charged from the next renewal (the current period stays paid for). With
+        ``paid`` (an upgrade while a downgrade waits, so Stripe is on the cheaper price), the
+        price of the plan the period was paid at is put back first, uncharged, so that Stripe
+        prorates the upgrade from it and not from the cheaper one."""
         sub = await self._call("GET", f"/v1/subscriptions/{ref}")
         items = _items(sub)
         if not items or not isinstance(items[0].get("id"), str):
             raise ServiceUnavailable(f"Stripe's subscription {ref} has no item to change.")
+        if paid is not None:
+            await self._switch(ref, items[0]["id"], plan=paid, period=period, seats=seats)
+        await self._switch(
+            ref, items[0]["id"], plan=plan, period=period, seats=seats, charge_now=upgrade
+        )
+
+    async def _switch(
+        self,
+        ref: str,
+        item: str,
+        *,
+        plan: Plan,
+        period: Period,
+        seats: int,
+        charge_now: bool = False,
+    ) -> None:
+        """Put subscription item ``item`` on a new price for ``plan``: the prorated difference
+        invoiced now (``charge_now``), or nothing until the renewal."""
         price = await self._call(
             "POST",
             "/v1/prices",
@@ -445,8 +473,8 @@ class StripeClient:
             "POST",
             f"/v1/subscriptions/{ref}",
             {
-                "items": [{"id": items[0]["id"], "price": price["id"], "quantity": seats}],
-                "proration_behavior": "always_invoice" if upgrade else "none",
+                "items": [{"id": item, "price": price["id"], "quantity": seats}],
+                "proration_behavior": "always_invoice" if charge_now else "none",
                 "metadata": {"plan": plan.name, "period": period},
             },
         )

@@ -121,3 +121,29 @@ def test_a_second_paid_subscription_is_cancelled_in_stripe_and_written_to_the_au
         "kept": kept,
         "cancelled_in_stripe": True,
     }
+
+
+def test_taking_a_downgrade_back_is_not_charged_and_an_upgrade_after_one_only_the_difference(
+    live: LiveServer, stripe_api: tuple[FakeStripe, ThreadedServer]
+) -> None:
+    fake, _ = stripe_api
+    _, key, ref = _subscribed(live, "silver")
+
+    def changes() -> list[tuple[str, str]]:
+        sent = fake.sent(f"/v1/subscriptions/{ref}")
+        return [(f["metadata[plan]"], f["proration_behavior"]) for f in sent if f]
+
+    for plan in ("bronze", "silver", "bronze", "gold"):
+        answer = _post(live, "/api/billing/plan", key, {"plan": plan})
+        assert answer.status_code == 200, answer.text
+    # Bronze waits for the renewal; back to silver, already paid for: nothing to charge. Gold
+    # after a pending bronze: Stripe goes back to silver's price first, so the prorated charge
+    # is gold minus silver, what the period was paid at, not gold minus bronze.
+    assert changes() == [
+        ("bronze", "none"),
+        ("silver", "none"),
+        ("bronze", "none"),
+        ("silver", "none"),
+        ("gold", "always_invoice"),
+    ]
+    assert answer.json()["plan"] == "gold" and answer.json()["pending_plan"] is None
