@@ -57,13 +57,15 @@
     return node;
   }
 
-  function describe(sub) {
+  /** What the subscription is doing; `plan` is the plan the person is on now, which an unpaid
+   *  subscription no longer gives them (they are back on their own plan, not always free). */
+  function describe(sub, plan) {
     const until = sub.period_end ? new Date(sub.period_end).toLocaleDateString() : '';
     const words = {
       trialing: `on trial until ${until}`,
       active: sub.renews ? `renews on ${until}` : `until ${until}`,
       past_due: `payment failed: kept until ${new Date(sub.grace_until).toLocaleDateString()}`,
-      suspended: 'unpaid: on the free plan until paid',
+      suspended: `unpaid: you are on ${plan} until it is paid`,
       canceling: `cancelled: ends on ${until}`,
       incomplete: 'waiting for the first payment',
     };
@@ -83,7 +85,7 @@
     body.append(el('p', `Your plan: ${info.plan}`, { 'data-testid': 'billing-plan' }));
     const badge = document.querySelector('[data-testid="plan"]');
     if (badge) badge.textContent = info.plan;
-    if (info.subscription) body.append(el('p', describe(info.subscription), { 'data-testid': 'billing-status' }));
+    if (info.subscription) body.append(el('p', describe(info.subscription, info.plan), { 'data-testid': 'billing-status' }));
     if (info.team) {
       const seat = info.team.seat ? 'you hold a seat' : 'no seat for you';
       body.append(el('p', `Team ${info.team.name}: ${info.team.subscription ? info.team.subscription.plan : 'no plan'}, ${seat}.`));
@@ -114,8 +116,13 @@
     }
     if (info.plans.length) body.append(list);
     if (!info.online && !own) body.append(el('p', 'To change your plan, ask an admin.', { class: 'dialog-text' }));
-    if (own && own.provider === 'stripe' && ['active', 'trialing'].includes(own.status)) {
-      body.append(button('Cancel at the end of the period', 'billing-cancel', async () => {
+    // Cancelled, a paid-up subscription runs to the end of its period; an unpaid one (suspended,
+    // in its grace period, or never paid) ends at once, and Stripe stops asking for the money.
+    const paidUp = own && ['active', 'trialing'].includes(own.status);
+    const unpaid = own && ['incomplete', 'past_due', 'suspended'].includes(own.status);
+    if (own && own.provider === 'stripe' && (paidUp || unpaid)) {
+      const label = paidUp ? 'Cancel at the end of the period' : 'Cancel the subscription now';
+      body.append(button(label, 'billing-cancel', async () => {
         await call('POST', '/api/billing/cancel', {});
         show(await call('GET', '/api/billing'));
       }));
