@@ -1,5 +1,6 @@
-"""The web chat's "Plan & billing" after the money stops: an unpaid subscriber is told the plan
-they are really on, and can cancel."""
+"""The web chat's "Plan & billing" after the money stops or the plan moves: an unpaid subscriber
+is told the plan they are really on and can cancel, and the sidebar's limits follow a plan
+change made in the dialog."""
 
 from __future__ import annotations
 
@@ -85,3 +86,21 @@ def test_an_unpaid_subscriber_is_told_their_own_plan_and_can_cancel(
     expect(dialog.get_by_test_id("billing-plan")).to_have_text("Your plan: bronze")
     stripe = stripe_api[0]
     assert ("DELETE", f"/v1/subscriptions/{ref}") in [(m, p) for m, p, _ in stripe.requests]
+
+
+def test_after_a_switch_in_the_dialog_the_sidebar_shows_the_new_plans_limits(
+    tabs: Tabs, live: LiveServer
+) -> None:
+    person = new_person(live, plan="free")
+    subscribe(live, person, "silver")
+    page = logged_in(tabs, person).page
+    limits = page.get_by_test_id("limits")
+    expect(page.get_by_test_id("plan")).to_have_text("silver")
+    expect(limits).to_contain_text("of 60 requests left this minute")
+
+    page.get_by_test_id("billing-open").click()
+    dialog = page.get_by_test_id("billing")
+    dialog.get_by_role("button", name="Switch to gold").click()
+    expect(dialog.get_by_test_id("billing-plan")).to_have_text("Your plan: gold")
+    expect(page.get_by_test_id("plan")).to_have_text("gold")
+    expect(limits).to_contain_text("of 300 requests left this minute")

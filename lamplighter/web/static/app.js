@@ -3177,6 +3177,9 @@
       if (document.visibilityState === 'visible') catchUp(state.conv);
     });
     window.addEventListener('focus', () => catchUp(state.conv));
+    // Plan & billing (billing.js) read the plan again, perhaps after changing it: so do the
+    // sidebar's plan and limits, or they would name the new plan with the old one's limits.
+    document.addEventListener('lamplighter:billing-changed', () => refreshMe());
     // Back online: a chat that could not be loaded tries again by itself.
     window.addEventListener('online', () => {
       if (state.conv && state.conv.loadError) retryLoad(state.conv);

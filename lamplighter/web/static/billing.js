@@ -83,8 +83,6 @@
     }
     body.replaceChildren();
     body.append(el('p', `Your plan: ${info.plan}`, { 'data-testid': 'billing-plan' }));
-    const badge = document.querySelector('[data-testid="plan"]');
-    if (badge) badge.textContent = info.plan;
     if (info.subscription) body.append(el('p', describe(info.subscription, info.plan), { 'data-testid': 'billing-status' }));
     if (info.team) {
       const seat = info.team.seat ? 'you hold a seat' : 'no seat for you';
@@ -103,7 +101,7 @@
         if (plan.name !== own.plan) {
           item.append(button(`Switch to ${plan.name}`, 'billing-switch', async () => {
             await call('POST', '/api/billing/plan', { plan: plan.name });
-            show(await call('GET', '/api/billing'));
+            await reload();
           }));
         }
       } else if (!own && !(info.team && info.team.seat) && info.online) {
@@ -124,14 +122,25 @@
       const label = paidUp ? 'Cancel at the end of the period' : 'Cancel the subscription now';
       body.append(button(label, 'billing-cancel', async () => {
         await call('POST', '/api/billing/cancel', {});
-        show(await call('GET', '/api/billing'));
+        await reload();
       }));
     }
     if (own && own.provider === 'stripe' && own.status === 'canceling') {
       body.append(button('Keep my subscription', 'billing-resume', async () => {
         await call('POST', '/api/billing/resume', {});
-        show(await call('GET', '/api/billing'));
+        await reload();
       }));
+    }
+  }
+
+  /** Reads and shows the person's billing again. The sidebar's plan and limits (app.js) are
+   *  read again too, even when this read fails: after an action, or a webhook since the page
+   *  opened, they would show the new plan's name with the old plan's limits. */
+  async function reload() {
+    try {
+      show(await call('GET', '/api/billing'));
+    } finally {
+      document.dispatchEvent(new CustomEvent('lamplighter:billing-changed'));
     }
   }
 
@@ -139,7 +148,7 @@
     body.replaceChildren(el('p', 'Loading…', { class: 'dialog-text' }));
     if (!dialog.open) dialog.showModal();
     try {
-      show(await call('GET', '/api/billing'));
+      await reload();
       if (notice) body.prepend(el('p', notice, { class: 'dialog-text', 'data-testid': 'billing-notice' }));
     } catch (error) {
       show(null, error.message);
