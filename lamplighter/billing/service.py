@@ -97,11 +97,43 @@ class Subject:
             return cls("team", found)
         return None
 
+    @classmethod
+    def of(cls, row: SubscriptionRow) -> Subject:
+        if row.user_id is not None:
+            return cls("user", row.user_id)
+        assert row.team_id is not None
+        return cls("team", row.team_id)
+
     def owns(self, row: SubscriptionRow) -> None:
         if self.kind == "user":
             row.user_id = self.id
         else:
             row.team_id = self.id
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who made a billing change, as the audit log names them: a person (a subscriber, an
+    admin, ``cli:...`` for the command), ``stripe`` (its webhook) or ``system`` (the sweep)."""
+
+    id: uuid.UUID | None
+    name: str
+
+    @classmethod
+    def of(cls, audit: Audit | None) -> Actor:
+        """The actor of an admin's or the command's change (``system`` when none is named)."""
+        return cls(audit.actor_id, audit.actor_email) if audit is not None else SYSTEM
+
+    @classmethod
+    def person(cls, who: Principal) -> Actor:
+        return cls(who.user_id, who.email)
+
+    def audit(self, action: str, target: str, details: dict[str, Any]) -> Audit:
+        return Audit(self.id, self.name, action, target, details)
+
+
+STRIPE = Actor(None, "stripe")
+SYSTEM = Actor(None, "system")
 
 
 def state_of(row: SubscriptionRow) -> Subscription:
@@ -177,11 +209,14 @@ class Billing:
         row: SubscriptionRow | None,
         event: Event,
         *,
+        actor: Actor,
         new: Callable[[], SubscriptionRow] | None = None,
+        settle: bool = True,
     ) -> tuple[SubscriptionRow | None, bool]:
         """Run ``event`` through the state machine, store the result and settle the plans of
-        the people it covers. Returns the row (made with ``new`` when there was none) and
-        whether anything changed."""
+        the people it covers (on behalf of ``actor``; not with ``settle=False``, for a change
+        that another event in the same transaction completes). Returns the row (made with
+        ``new`` when there was none) and whether anything changed."""
         policy = self.policy()
         # A sweep's clock may run ahead (tests, a late sweep); settle plans at its time.
         now = event.at if isinstance(event, Tick) else self.clock()
@@ -199,7 +234,8 @@ class Billing:
             setattr(row, name, getattr(after, name))
         row.updated_at = self.clock()
         await session.flush()
-        await self._settle(session, await self._covered(session, row), policy, now)
+        if settle:
+            await self._settle(session, await self._covered(session, row), policy, actor, now)
         return row, True
 
     async def _covered(self, session: AsyncSession, row: SubscriptionRow) -> list[uuid.UUID]:
@@ -213,11 +249,13 @@ class Billing:
         session: AsyncSession,
         user_ids: Sequence[uuid.UUID],
         policy: Policy,
+        actor: Actor,
         now: datetime | None = None,
     ) -> None:
         """Give each user the best plan their live subscriptions (their own, and their team's
         when they hold one of its seats) give at ``now``; without one, the plan they were given
-        by hand (``User.base_plan``), or the free plan."""
+        by hand (``User.base_plan``), or the free plan. Each move is written to the audit log
+        (``billing.plan``) as ``actor``'s."""
         if not user_ids:
             return
         now = now or self.clock()
@@ -247,10 +285,9 @@ class Billing:
                 continue
             chosen = max(plans, key=policy.rank) if plans else self._own_plan(user)
             if user.plan != chosen:
-                log.info(
-                    "plan changed by billing",
-                    extra={"user": str(user_id), "from": user.plan, "to": chosen},
-                )
+                moved = {"from": user.plan, "to": chosen}
+                log.info("plan changed by billing", extra={"user": str(user_id), **moved})
+                await actor.audit("billing.plan", user.email, moved).write(session)
                 user.plan = chosen
 
     def _own_plan(self, user: User) -> str:
@@ -328,11 +365,11 @@ class Billing:
                 Team(name=name, owner_id=owner_user.id if owner_user else None, created_at=utcnow())
             )
             if owner_user is not None:
-                await self._join(session, team, owner_user)
+                await self._join(session, team, owner_user, Actor.of(audit))
             await write_audit(session, audit)
             return team
 
-    async def _join(self, session: AsyncSession, team: Team, user: User) -> None:
+    async def _join(self, session: AsyncSession, team: Team, user: User, actor: Actor) -> None:
         teams = Teams(session)
         membership = await teams.membership(user.id)
         if membership is not None:
@@ -351,12 +388,15 @@ class Billing:
             )
         await teams.join(TeamMember(user_id=user.id, team_id=team.id, joined_at=self.clock()))
         if live is not None:
-            await self._settle(session, [user.id], self.policy())
+            await self._settle(session, [user.id], self.policy(), actor)
 
     async def add_member(self, team: str, email: str, *, audit: Audit | None = None) -> None:
         async with self.db.transaction() as session:
             await self._join(
-                session, await self._team(session, team), await self._user(session, email)
+                session,
+                await self._team(session, team),
+                await self._user(session, email),
+                Actor.of(audit),
             )
             await write_audit(session, audit)
 
@@ -372,7 +412,7 @@ class Billing:
             if await Subscriptions(session).live_of_team(found.id) is not None:
                 # The leaver loses the seat; the next member in line may get one.
                 remaining = [m.user_id for m, _ in await teams.members(found.id)]
-                await self._settle(session, [user.id, *remaining], self.policy())
+                await self._settle(session, [user.id, *remaining], self.policy(), Actor.of(audit))
             await write_audit(session, audit)
 
     async def team(self, name: str) -> dict[str, Any]:
@@ -442,7 +482,9 @@ class Billing:
                 subject.owns(made)
                 return made
 
-            applied, _ = await self._apply(session, row, Granted(now, plan, seats, until), new=new)
+            applied, _ = await self._apply(
+                session, row, Granted(now, plan, seats, until), actor=Actor.of(audit), new=new
+            )
             assert applied is not None
             await write_audit(session, audit)
             return applied
@@ -462,7 +504,7 @@ class Billing:
         async with self.db.transaction() as session:
             locked = await Subscriptions(session).lock(row.id)
             assert locked is not None
-            await self._apply(session, locked, Terminated(self.clock()))
+            await self._apply(session, locked, Terminated(self.clock()), actor=Actor.of(audit))
             await write_audit(session, audit)
             return locked
 
@@ -547,7 +589,7 @@ class Billing:
                 **({"user_id": subject.id} if subject.kind == "user" else {"team_id": subject.id})
             )
         bucket = int(self.clock().timestamp()) // CHECKOUT_BUCKET_S
-        return await self.providers["stripe"].checkout(
+        made = await self.providers["stripe"].checkout(
             idempotency_key=f"checkout:{subject}:{chosen.name}:{period}:{count}:{bucket}",
             plan=chosen,
             period=period,
@@ -558,6 +600,11 @@ class Billing:
             customer=customer,
             email=who.email if customer is None else None,
         )
+        async with self.db.transaction() as session:
+            target = await self._name(session, subject)
+            details = {"plan": chosen.name, "period": period, "seats": count, "session": made.id}
+            await Actor.person(who).audit("billing.checkout", target, details).write(session)
+        return made
 
     async def _self_service_row(
         self, session: AsyncSession, who: Principal, team: str | None
@@ -600,7 +647,9 @@ class Billing:
             await self._provider(row).change_plan(
                 ref, plan=chosen, period=period, seats=seats, upgrade=upgrade, paid=paid
             )
-        return await self._decide(row.id, ChangePlan(self.clock(), chosen.name))
+        change = ChangePlan(self.clock(), chosen.name)
+        details = {"plan": chosen.name, "from": row.plan}
+        return await self._decide(row.id, change, Actor.person(who), "billing.change", details)
 
     async def cancel(self, who: Principal, *, team: str | None = None) -> SubscriptionRow:
         """Cancel at the end of the period (the plan stays until then). Cancelling again (a
@@ -612,7 +661,10 @@ class Billing:
             ref, paid_up = row.provider_ref, row.status in ("active", "trialing")
         if ref is not None:
             await self._provider(row).cancel(ref, at_period_end=paid_up)
-        return await self._decide(row.id, Cancel(self.clock()))
+        details = {"at_period_end": paid_up}
+        return await self._decide(
+            row.id, Cancel(self.clock()), Actor.person(who), "billing.cancel", details
+        )
 
     async def resume(self, who: Principal, *, team: str | None = None) -> SubscriptionRow:
         """Take a cancellation back before the period ends."""
@@ -623,7 +675,7 @@ class Billing:
             ref = row.provider_ref
         if ref is not None:
             await self._provider(row).resume(ref)
-        return await self._decide(row.id, Resume(self.clock()))
+        return await self._decide(row.id, Resume(self.clock()), Actor.person(who), "billing.resume")
 
     def _provider(self, row: SubscriptionRow) -> Provider:
         provider = self.providers.get(row.provider)
@@ -634,12 +686,22 @@ class Billing:
             )
         return provider
 
-    async def _decide(self, subscription_id: uuid.UUID, event: Event) -> SubscriptionRow:
+    async def _decide(
+        self,
+        subscription_id: uuid.UUID,
+        event: Event,
+        actor: Actor,
+        action: str,
+        details: dict[str, Any] | None = None,
+    ) -> SubscriptionRow:
+        """Apply a person's decision and write it to the audit log, in one transaction."""
         async with self.db.transaction() as session:
             row = await Subscriptions(session).lock(subscription_id)
             if row is None:
                 raise NotFound("The subscription is gone.")
-            await self._apply(session, row, event)
+            await self._apply(session, row, event, actor=actor)
+            target = await self._name(session, Subject.of(row))
+            await actor.audit(action, target, details or {}).write(session)
             return row
 
     # --- Stripe's webhook -----------------------------------------------------------------------
@@ -695,7 +757,7 @@ class Billing:
         if row is not None:
             if translation.customer and not row.customer_ref:
                 row.customer_ref = translation.customer
-            _, changed = await self._apply(session, row, translation.event)
+            _, changed = await self._apply(session, row, translation.event, actor=STRIPE)
             return ("applied" if changed else "unchanged"), row.id
         first = translation.creates or translation.event
         subject = Subject.parse(translation.subject)
@@ -716,21 +778,19 @@ class Billing:
             return made
 
         kept = await self._current(session, subject)
-        made, _ = await self._apply(session, None, first, new=new)
+        # A second live one is not settled: it is ended below, before anyone gets its plan.
+        clash = kept is not None and kept.provider == "stripe" and kept.status in LIVE
+        made, _ = await self._apply(session, None, first, actor=STRIPE, new=new, settle=not clash)
         if made is None:
             return "ignored", None
-        if (
-            kept is None
-            or kept.provider != "stripe"
-            or kept.status not in LIVE
-            or made.status not in LIVE
-        ):
+        if kept is None or not clash or made.status not in LIVE:
+            # Not live, it gives nobody a plan: there was nothing to settle.
             return "applied", made.id
         # Two checkouts paid (two tabs, a plan picked and then another): one person would pay
         # twice for one plan, and see and cancel only one subscription. The first one stays;
         # this one ends now (in Stripe too, when its secret key is set here), and the audit log
         # tells the operator which payment to refund.
-        await self._apply(session, made, Terminated(self.clock()))
+        await self._apply(session, made, Terminated(self.clock()), actor=STRIPE)
         details = {
             "subscription": translation.ref,
             "plan": made.plan,
@@ -739,7 +799,7 @@ class Billing:
         }
         log.warning("a second subscription was refused", extra={"subject": str(subject), **details})
         target = await self._name(session, subject)
-        await write_audit(session, Audit(None, "stripe", "billing.refused", target, details))
+        await STRIPE.audit("billing.refused", target, details).write(session)
         return "refused", made.id
 
     # --- Time -----------------------------------------------------------------------------------
@@ -755,7 +815,7 @@ class Billing:
                 row = await Subscriptions(session).lock(subscription_id)
                 if row is None:
                     continue
-                _, moved = await self._apply(session, row, Tick(now))
+                _, moved = await self._apply(session, row, Tick(now), actor=SYSTEM)
                 changed += moved
         return changed
 

@@ -4,6 +4,7 @@ is a local stand-in: each click does what it says in Stripe, once, however often
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,9 @@ def test_a_second_paid_subscription_is_cancelled_in_stripe_and_written_to_the_au
     assert [m for m, at, _ in fake.requests if at.endswith(extra)] == ["DELETE"]
     assert not [at for _, at, _ in fake.requests if at.endswith(kept)]
     audit = httpx.get(
-        f"{live.base_url}/api/admin/audit", headers={"authorization": f"Bearer {admin}"}
+        f"{live.base_url}/api/admin/audit",
+        params={"limit": 1000},
+        headers={"authorization": f"Bearer {admin}"},
     ).json()["data"]
     refused = [e for e in audit if e["action"] == "billing.refused" and e["target"] == email]
     assert refused and refused[0]["actor"] == "stripe"
@@ -147,3 +150,47 @@ def test_taking_a_downgrade_back_is_not_charged_and_an_upgrade_after_one_only_th
         ("gold", "always_invoice"),
     ]
     assert answer.json()["plan"] == "gold" and answer.json()["pending_plan"] is None
+
+
+def test_what_subscribers_stripe_and_the_sweep_change_is_in_the_audit_log(
+    live: LiveServer, stripe_api: tuple[FakeStripe, ThreadedServer]
+) -> None:
+    _, admin = live.new_user(admin=True)
+    email, key = live.new_user()
+    assert _post(live, "/api/billing/checkout", key, {"plan": "bronze"}).status_code == 200
+    ref, now = f"sub_{uuid.uuid4().hex[:14]}", utcnow()
+    subject = f"user:{user_id_of(live, email)}"
+    paid = checkout_completed(subject=subject, plan="bronze", subscription=ref, created=now)
+    assert webhook(live, *signed(paid)).json()["outcome"] == "applied"
+    for path, body in (
+        ("/api/billing/plan", {"plan": "silver"}),
+        ("/api/billing/cancel", {}),
+        ("/api/billing/resume", {}),
+    ):
+        assert _post(live, path, key, body).status_code == 200
+    # The period ends unpaid: the server's sweep takes the plan back.
+    end = add_period(now, "month")
+    live.call(lambda s: s.billing.sweep(end + timedelta(days=8)))
+    audit = httpx.get(
+        f"{live.base_url}/api/admin/audit",
+        params={"limit": 1000},
+        headers={"authorization": f"Bearer {admin}"},
+    ).json()["data"]
+    mine = [(e["actor"], e["action"], e["details"]) for e in audit[::-1] if e["target"] == email]
+    checkout = {"plan": "bronze", "period": "month", "seats": 1}
+    assert [(actor, action) for actor, action, _ in mine] == [
+        (email, "billing.checkout"),
+        ("stripe", "billing.plan"),
+        (email, "billing.plan"),
+        (email, "billing.change"),
+        (email, "billing.cancel"),
+        (email, "billing.resume"),
+        ("system", "billing.plan"),
+    ]
+    assert checkout.items() <= mine[0][2].items() and mine[0][2]["session"].startswith("cs_")
+    assert [details for _, action, details in mine if action == "billing.plan"] == [
+        {"from": "free", "to": "bronze"},
+        {"from": "bronze", "to": "silver"},
+        {"from": "silver", "to": "free"},
+    ]
+    assert mine[3][2] == {"plan": "silver", "from": "bronze"}
