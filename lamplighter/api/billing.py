@@ -20,6 +20,7 @@ from lamplighter.billing import statements
 from lamplighter.billing.service import subscription_json
 from lamplighter.billing.subscriptions import add_period
 from lamplighter.chat import Principal
+from lamplighter.exceptions import InvalidRequest
 from lamplighter.store.audit import Audit
 from lamplighter.store.models import utcnow
 from lamplighter.web.session import UNSAFE, api_visitor
@@ -58,8 +59,17 @@ class CheckoutBody(Body):
 
 
 class PlanBody(Body):
-    plan: str = Field(min_length=1, max_length=64)
+    """Another plan, or (for a team) another number of seats: one of the two at a time."""
+
+    plan: str | None = Field(default=None, min_length=1, max_length=64)
     team: str | None = Field(default=None, min_length=1, max_length=64)
+    seats: int | None = Field(default=None, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _one_change(self) -> PlanBody:
+        if self.plan is not None and self.seats is not None:
+            raise ValueError("give plan or seats, not both")
+        return self
 
 
 class TeamChoice(Body):
@@ -94,8 +104,14 @@ async def checkout(
 
 @router.post("/plan")
 async def change_plan(body: PlanBody, who: Member, state: State) -> dict[str, Any]:
-    """Move the subscription to another plan: up at once, down at the end of the period."""
-    row = await state.billing.change_plan(who, body.plan, team=body.team)
+    """Move the subscription to another plan (up at once, down at the end of the period), or
+    change a team subscription's seats (at once, prorated)."""
+    if body.seats is not None:
+        row = await state.billing.change_seats(who, body.seats, team=body.team)
+    elif body.plan is not None:
+        row = await state.billing.change_plan(who, body.plan, team=body.team)
+    else:
+        raise InvalidRequest("Give the plan to move to, or a team's seats.", param="plan")
     return subscription_json(row)
 
 

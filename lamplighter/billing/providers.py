@@ -51,6 +51,8 @@ class Provider(Protocol):
         paid: Plan | None = None,
     ) -> None: ...
 
+    async def change_seats(self, ref: str, *, seats: int) -> None: ...
+
     async def cancel(self, ref: str, *, at_period_end: bool) -> None: ...
 
     async def resume(self, ref: str) -> None: ...
@@ -92,6 +94,9 @@ class ManualProvider:
         paid: Plan | None = None,
     ) -> None:
         """Nothing to tell: the grant is the whole record."""
+
+    async def change_seats(self, ref: str, *, seats: int) -> None:
+        """Nothing to tell."""
 
     async def cancel(self, ref: str, *, at_period_end: bool) -> None:
         """Nothing to tell."""

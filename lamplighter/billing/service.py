@@ -34,6 +34,7 @@ from lamplighter.billing.subscriptions import (
     LIVE,
     Cancel,
     ChangePlan,
+    ChangeSeats,
     Event,
     Granted,
     Period,
@@ -381,9 +382,14 @@ class Billing:
             )
         live = await Subscriptions(session).live_of_team(team.id)
         if live is not None and len(await teams.members(team.id)) >= live.seats:
+            how = (
+                "grant it more seats first"
+                if live.provider == "manual"
+                else f'its owner can buy more: POST /api/billing/plan {{"team": "{team.name}", '
+                f'"seats": {live.seats + 1}}}'
+            )
             raise Conflict(
-                f"team {team.name!r} has no free seat ({live.seats} of {live.seats} taken); "
-                "buy more seats first",
+                f"team {team.name!r} has no free seat ({live.seats} of {live.seats} taken); {how}",
                 code="no_free_seat",
             )
         await teams.join(TeamMember(user_id=user.id, team_id=team.id, joined_at=self.clock()))
@@ -650,6 +656,30 @@ class Billing:
         change = ChangePlan(self.clock(), chosen.name)
         details = {"plan": chosen.name, "from": row.plan}
         return await self._decide(row.id, change, Actor.person(who), "billing.change", details)
+
+    async def change_seats(
+        self, who: Principal, seats: int, *, team: str | None
+    ) -> SubscriptionRow:
+        """Buy seats for a team's subscription, or give some back: it applies at once, and
+        the provider prorates it (more seats are charged for the rest of the period). Fewer
+        seats than members leaves the last to join without one."""
+        if team is None:
+            raise InvalidRequest("Seats are for a team subscription: name the team.", param="team")
+        if seats < 1:
+            raise InvalidRequest("A team subscription is for one seat or more.", param="seats")
+        async with self.db.transaction() as session:
+            row = await self._self_service_row(session, who, team)
+            if row.status not in LIVE:
+                raise Conflict(f"A {row.status} subscription cannot change its seats.")
+            ref, before = row.provider_ref, row.seats
+        if seats == before:
+            return row
+        if ref is not None:
+            await self._provider(row).change_seats(ref, seats=seats)
+        details = {"seats": seats, "from": before}
+        return await self._decide(
+            row.id, ChangeSeats(self.clock(), seats), Actor.person(who), "billing.seats", details
+        )
 
     async def cancel(self, who: Principal, *, team: str | None = None) -> SubscriptionRow:
         """Cancel at the end of the period (the plan stays until then). Cancelling again (a

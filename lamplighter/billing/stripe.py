@@ -446,6 +446,23 @@ class StripeClient:
             ref, items[0]["id"], plan=plan, period=period, seats=seats, charge_now=upgrade
         )
 
+    async def change_seats(self, ref: str, *, seats: int) -> None:
+        """Set subscription ``ref``'s quantity to ``seats``, prorated now: seats added are
+        invoiced for the rest of the period, seats given back are credited."""
+        sub = await self._call("GET", f"/v1/subscriptions/{ref}")
+        items = _items(sub)
+        if not items or not isinstance(items[0].get("id"), str):
+            raise ServiceUnavailable(f"Stripe's subscription {ref} has no item to change.")
+        await self._call(
+            "POST",
+            f"/v1/subscriptions/{ref}",
+            {
+                "items": [{"id": items[0]["id"], "quantity": seats}],
+                "proration_behavior": "always_invoice",
+                "metadata": {"seats": str(seats)},
+            },
+        )
+
     async def _switch(
         self,
         ref: str,

@@ -130,6 +130,14 @@ class ChangePlan:
 
 
 @dataclass(frozen=True)
+class ChangeSeats:
+    """A team's owner buys seats, or gives some back: it applies at once."""
+
+    at: datetime
+    seats: int
+
+
+@dataclass(frozen=True)
 class Cancel:
     """Stop at the end of the period (or now, when nothing is paid for)."""
 
@@ -185,6 +193,7 @@ Event = (
     Started
     | Snapshot
     | ChangePlan
+    | ChangeSeats
     | Cancel
     | Resume
     | Paid
@@ -214,6 +223,10 @@ def step(sub: Subscription | None, event: Event, policy: Policy) -> Subscription
             if sub.status not in LIVE:
                 return sub
             return _change_plan(_decided(sub, at), plan, policy)
+        case ChangeSeats(at=at, seats=seats):
+            if sub.status not in LIVE or seats < 1:
+                return sub
+            return replace(_decided(sub, at), seats=seats)
         case Cancel(at=at):
             if sub.status in ("active", "trialing"):
                 return replace(_decided(sub, at), status="canceling")

@@ -11,11 +11,12 @@ from typing import Any
 import httpx
 
 from lamplighter.billing.subscriptions import add_period
+from lamplighter.store.billing import Teams
 from lamplighter.store.models import utcnow
 from tests.billing.conftest import billing_server, user_id_of, webhook
 from tests.billing.factories import checkout_completed, signed, subscription_event
 from tests.billing.fake_stripe import FakeStripe
-from tests.conftest import LiveServer, ThreadedServer
+from tests.conftest import SCRIPTED, LiveServer, ThreadedServer
 
 
 def _post(server: LiveServer, path: str, key: str, body: dict[str, Any]) -> httpx.Response:
@@ -194,3 +195,57 @@ def test_what_subscribers_stripe_and_the_sweep_change_is_in_the_audit_log(
         {"from": "silver", "to": "free"},
     ]
     assert mine[3][2] == {"plan": "silver", "from": "bronze"}
+
+
+def _team_id(server: LiveServer, name: str) -> str:
+    async def find(services: Any) -> str:
+        async with services.db.transaction() as session:
+            team = await Teams(session).by_name(name)
+            return str(team.id)
+
+    return server.call(find)
+
+
+def test_a_team_owner_buys_a_seat_when_the_team_is_full(
+    live: LiveServer, stripe_api: tuple[FakeStripe, ThreadedServer]
+) -> None:
+    fake, _ = stripe_api
+    _, admin = live.new_user(admin=True)
+    owner, owner_key = live.new_user()
+    newcomer, newcomer_key = live.new_user()
+    name = f"team-{uuid.uuid4().hex[:8]}"
+    as_admin = {"authorization": f"Bearer {admin}"}
+    made = httpx.post(
+        f"{live.base_url}/api/admin/teams", json={"name": name, "owner": owner}, headers=as_admin
+    )
+    assert made.status_code == 200, made.text
+    ref, now = f"sub_{uuid.uuid4().hex[:14]}", utcnow()
+    paid = checkout_completed(
+        subject=f"team:{_team_id(live, name)}", plan="gold", subscription=ref, created=now
+    )
+    assert webhook(live, *signed(paid)).json()["outcome"] == "applied"
+    join = f"{live.base_url}/api/admin/teams/{name}/members/{newcomer}"
+    full = httpx.put(join, headers=as_admin)
+    assert full.status_code == 409 and full.json()["error"]["code"] == "no_free_seat"
+    assert '"seats": 2' in full.json()["error"]["message"]
+    assert "/api/billing/plan" in full.json()["error"]["message"]
+    # Only the owner may change the seats; one seat is all a person's own subscription has.
+    refused = _post(live, "/api/billing/plan", newcomer_key, {"team": name, "seats": 2})
+    assert refused.status_code == 404
+    assert _post(live, "/api/billing/plan", owner_key, {"seats": 2}).status_code == 400
+    bought = _post(live, "/api/billing/plan", owner_key, {"team": name, "seats": 2})
+    assert bought.status_code == 200, bought.text
+    assert bought.json()["seats"] == 2 and bought.json()["plan"] == "gold"
+    change = fake.sent(f"/v1/subscriptions/{ref}")[-1]
+    assert change["items[0][quantity]"] == "2" and change["items[0][id]"] == f"si_{ref}"
+    assert change["proration_behavior"] == "always_invoice"
+    joined = httpx.put(join, headers=as_admin)
+    assert joined.status_code == 200, joined.text
+    assert [m["seat"] for m in joined.json()["members"]] == [True, True]
+    asked = _post(
+        live,
+        "/v1/chat/completions",
+        newcomer_key,
+        {"model": SCRIPTED, "messages": [{"role": "user", "content": f"seat {name}"}]},
+    )
+    assert asked.headers["x-ratelimit-limit-requests"] == "300"  # gold, at once
