@@ -436,28 +436,27 @@ class StripeClient:
         ``paid`` (an upgrade while a downgrade waits, so Stripe is on the cheaper price), the
         price of the plan the period was paid at is put back first, uncharged, so that Stripe
         prorates the upgrade from it and not from the cheaper one."""
-        sub = await self._call("GET", f"/v1/subscriptions/{ref}")
-        items = _items(sub)
+        item = await self._item(ref)
+        if paid is not None:
+            await self._switch(ref, item, plan=paid, period=period, seats=seats)
+        await self._switch(ref, item, plan=plan, period=period, seats=seats, charge_now=upgrade)
+
+    async def _item(self, ref: str) -> str:
+        """The id of subscription ``ref``'s item (Lamplighter's subscriptions have one)."""
+        items = _items(await self._call("GET", f"/v1/subscriptions/{ref}"))
         if not items or not isinstance(items[0].get("id"), str):
             raise ServiceUnavailable(f"Stripe's subscription {ref} has no item to change.")
-        if paid is not None:
-            await self._switch(ref, items[0]["id"], plan=paid, period=period, seats=seats)
-        await self._switch(
-            ref, items[0]["id"], plan=plan, period=period, seats=seats, charge_now=upgrade
-        )
+        return str(items[0]["id"])
 
     async def change_seats(self, ref: str, *, seats: int) -> None:
         """Set subscription ``ref``'s quantity to ``seats``, prorated now: seats added are
         invoiced for the rest of the period, seats given back are credited."""
-        sub = await self._call("GET", f"/v1/subscriptions/{ref}")
-        items = _items(sub)
-        if not items or not isinstance(items[0].get("id"), str):
-            raise ServiceUnavailable(f"Stripe's subscription {ref} has no item to change.")
+        item = await self._item(ref)
         await self._call(
             "POST",
             f"/v1/subscriptions/{ref}",
             {
-                "items": [{"id": items[0]["id"], "quantity": seats}],
+                "items": [{"id": item, "quantity": seats}],
                 "proration_behavior": "always_invoice",
                 "metadata": {"seats": str(seats)},
             },
