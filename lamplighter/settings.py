@@ -70,7 +70,8 @@ class Settings:
     public_url: str = _setting(
         "",
         "Address people reach the server at (http(s)://host[:port], behind a proxy its public "
-        "one), for the links the server and `lamplighter users invite` print. Empty: "
+        "one), for the links the server and `lamplighter users invite` print and where "
+        "Stripe's Checkout sends people back. Empty: "
         "http://HOST:PORT (127.0.0.1 when HOST is every address).",
     )
     model_path: Path | None = _setting(
