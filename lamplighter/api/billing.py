@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from lamplighter.api.admin import Admin
 from lamplighter.api.openai import principal, require_scope
 from lamplighter.api.schemas import Body
-from lamplighter.api.state import State
+from lamplighter.api.state import Services, State
 from lamplighter.billing import statements
 from lamplighter.billing.service import subscription_json
 from lamplighter.billing.subscriptions import add_period
@@ -87,19 +87,33 @@ async def checkout(
     body: CheckoutBody, who: Member, state: State, request: Request
 ) -> dict[str, Any]:
     """A Stripe Checkout session to subscribe; send the person to its ``url``. Stripe sends
-    them back to the public address: behind a proxy the request's own is an internal one, and
-    its Host header is whatever the caller wrote."""
-    base = state.settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
+    them back to the public address (``_back``)."""
     session = await state.billing.checkout(
         who,
         plan=body.plan,
         period=body.period,
         team=body.team,
         seats=body.seats,
-        success_url=f"{base}/?billing=success",
-        cancel_url=f"{base}/?billing=canceled",
+        success_url=_back(state, request, "success"),
+        cancel_url=_back(state, request, "canceled"),
     )
     return {"id": session.id, "url": session.url}
+
+
+@router.post("/portal")
+async def portal(body: TeamChoice, who: Member, state: State, request: Request) -> dict[str, str]:
+    """Stripe's customer portal, to pay what is due (an unpaid subscription), change the card
+    or read invoices; send the person to its ``url``. It sends them back to the public address,
+    as Checkout does."""
+    back = _back(state, request, "portal")
+    return {"url": await state.billing.portal(who, return_url=back, team=body.team)}
+
+
+def _back(state: Services, request: Request, outcome: str) -> str:
+    """Where Stripe sends the person back to: the public address (behind a proxy the request's
+    own is an internal one, and its Host header is whatever the caller wrote)."""
+    base = state.settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
+    return f"{base}/?billing={outcome}"
 
 
 @router.post("/plan")

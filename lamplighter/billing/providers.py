@@ -57,6 +57,8 @@ class Provider(Protocol):
 
     async def resume(self, ref: str) -> None: ...
 
+    async def portal(self, customer: str, *, return_url: str) -> str: ...
+
     async def close(self) -> None: ...
 
 
@@ -103,6 +105,12 @@ class ManualProvider:
 
     async def resume(self, ref: str) -> None:
         """Nothing to tell."""
+
+    async def portal(self, customer: str, *, return_url: str) -> str:
+        raise InvalidRequest(
+            "This plan was granted by an admin: there is nothing to pay online.",
+            code="billing_not_configured",
+        )
 
     async def close(self) -> None:
         """Nothing to close."""

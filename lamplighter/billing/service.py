@@ -696,6 +696,21 @@ class Billing:
             row.id, Cancel(self.clock()), Actor.person(who), "billing.cancel", details
         )
 
+    async def portal(self, who: Principal, *, return_url: str, team: str | None = None) -> str:
+        """Where the person (or a team's owner) pays what is due, changes their card and reads
+        their invoices: Stripe's customer portal, which sends them back to ``return_url``.
+        Stripe tells Lamplighter what changed there through the webhook, as ever."""
+        async with self.db.transaction() as session:
+            row = await self._self_service_row(session, who, team)
+            customer = row.customer_ref
+        if customer is None:
+            raise Conflict(
+                "This subscription has no Stripe customer yet: try again once its first "
+                "payment has gone through.",
+                code="no_customer",
+            )
+        return await self._provider(row).portal(customer, return_url=return_url)
+
     async def resume(self, who: Principal, *, team: str | None = None) -> SubscriptionRow:
         """Take a cancellation back before the period ends."""
         async with self.db.transaction() as session:

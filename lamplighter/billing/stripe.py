@@ -503,3 +503,13 @@ class StripeClient:
 
     async def resume(self, ref: str) -> None:
         await self._call("POST", f"/v1/subscriptions/{ref}", {"cancel_at_period_end": False})
+
+    async def portal(self, customer: str, *, return_url: str) -> str:
+        """The address of a Stripe customer portal session for ``customer``: where a person pays
+        an unpaid invoice, changes their card and sees their invoices, then comes back."""
+        body = await self._call(
+            "POST", "/v1/billing_portal/sessions", {"customer": customer, "return_url": return_url}
+        )
+        if not isinstance(body.get("url"), str):
+            raise ServiceUnavailable("Stripe's customer portal session has no url.")
+        return str(body["url"])

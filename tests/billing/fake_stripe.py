@@ -34,6 +34,7 @@ class FakeStripe:
                     self.subscription,
                     methods=["GET", "POST", "DELETE"],
                 ),
+                Route("/v1/billing_portal/sessions", self.portal, methods=["POST"]),
             ]
         )
 
@@ -70,6 +71,22 @@ class FakeStripe:
         if key:
             self._answers[key] = answer
         return JSONResponse(answer)
+
+    async def portal(self, request: Request) -> JSONResponse:
+        form = await self._form(request)
+        if isinstance(form, JSONResponse):
+            return form
+        if "customer" not in form:
+            return JSONResponse({"error": {"message": "Missing required param: customer."}}, 400)
+        number = next(self._ids)
+        return JSONResponse(
+            {
+                "id": f"bps_{number}",
+                "object": "billing_portal.session",
+                "url": f"https://billing.stripe.test/p/session/bps_{number}",
+                "return_url": form.get("return_url"),
+            }
+        )
 
     async def price(self, request: Request) -> JSONResponse:
         form = await self._form(request)

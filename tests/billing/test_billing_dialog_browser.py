@@ -4,6 +4,7 @@ change made in the dialog."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -104,3 +105,22 @@ def test_after_a_switch_in_the_dialog_the_sidebar_shows_the_new_plans_limits(
     expect(dialog.get_by_test_id("billing-plan")).to_have_text("Your plan: gold")
     expect(page.get_by_test_id("plan")).to_have_text("gold")
     expect(limits).to_contain_text("of 300 requests left this minute")
+
+
+def test_an_unpaid_subscriber_pays_in_stripes_portal_and_comes_back_to_the_dialog(
+    tabs: Tabs, live: LiveServer, stripe_api: tuple[FakeStripe, ThreadedServer]
+) -> None:
+    fake, _ = stripe_api
+    person = new_person(live, plan="bronze")
+    subscribe(live, person, "gold", status="unpaid")
+    page = logged_in(tabs, person).page
+    # Stripe's portal is out of reach here: the browser is answered in its place.
+    page.route("https://billing.stripe.test/**", lambda route: route.fulfill(body="Stripe"))
+    page.get_by_test_id("billing-open").click()
+    pay = page.get_by_test_id("billing").get_by_test_id("billing-portal")
+    expect(pay).to_have_text("Pay now")
+    pay.click()
+    expect(page).to_have_url(re.compile(r"^https://billing\.stripe\.test/p/session/bps_\d+$"))
+    assert fake.sent("/v1/billing_portal/sessions")[-1]["customer"] == "cus_test"
+    page.goto(live.base_url + "/?billing=portal")  # where Stripe sends them back
+    expect(page.get_by_test_id("billing-notice")).to_contain_text("Back from Stripe")

@@ -249,3 +249,19 @@ def test_a_team_owner_buys_a_seat_when_the_team_is_full(
         {"model": SCRIPTED, "messages": [{"role": "user", "content": f"seat {name}"}]},
     )
     assert asked.headers["x-ratelimit-limit-requests"] == "300"  # gold, at once
+
+
+def test_a_subscriber_pays_or_changes_the_card_in_stripes_portal_and_comes_back(
+    live: LiveServer, stripe_api: tuple[FakeStripe, ThreadedServer]
+) -> None:
+    fake, _ = stripe_api
+    _, key, _ = _subscribed(live, "silver")
+    answer = _post(live, "/api/billing/portal", key, {})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["url"].startswith("https://billing.stripe.test/p/session/")
+    form = fake.sent("/v1/billing_portal/sessions")[-1]
+    assert form == {"customer": "cus_test", "return_url": f"{live.base_url}/?billing=portal"}
+    # Nothing to pay online without a subscription, or for one an admin granted.
+    _, stranger = live.new_user()
+    nothing = _post(live, "/api/billing/portal", stranger, {})
+    assert nothing.status_code == 404 and nothing.json()["error"]["code"] == "no_subscription"

@@ -1,6 +1,7 @@
 // "Plan & billing" in the web chat's sidebar: the person's plan and subscription, and the plans
-// on sale. Buying goes through Stripe Checkout (the page only asks the server for its URL);
-// changing or cancelling a subscription calls /api/billing. Text only, never HTML.
+// on sale. Buying goes through Stripe Checkout and paying what is due or changing the card
+// through Stripe's customer portal (the page only asks the server for their URLs); changing or
+// cancelling a subscription calls /api/billing. Text only, never HTML.
 (function () {
   'use strict';
 
@@ -118,6 +119,14 @@
     // in its grace period, or never paid) ends at once, and Stripe stops asking for the money.
     const paidUp = own && ['active', 'trialing'].includes(own.status);
     const unpaid = own && ['incomplete', 'past_due', 'suspended'].includes(own.status);
+    if (own && own.provider === 'stripe' && own.status !== 'ended') {
+      // Stripe's customer portal: pay what is due, change the card, read the invoices.
+      const label = unpaid ? 'Pay now' : 'Payment method and invoices';
+      body.append(button(label, 'billing-portal', async () => {
+        const portal = await call('POST', '/api/billing/portal', {});
+        window.location.assign(portal.url);
+      }, unpaid));
+    }
     if (own && own.provider === 'stripe' && (paidUp || unpaid)) {
       const label = paidUp ? 'Cancel at the end of the period' : 'Cancel the subscription now';
       body.append(button(label, 'billing-cancel', async () => {
@@ -160,4 +169,5 @@
   const back = new URLSearchParams(window.location.search).get('billing');
   if (back === 'success') open('Thank you. Your plan changes as soon as Stripe confirms the payment.');
   else if (back === 'canceled') open('Checkout was cancelled; nothing was charged.');
+  else if (back === 'portal') open('Back from Stripe: a payment or a new card shows here as soon as Stripe confirms it.');
 })();
