@@ -95,7 +95,8 @@ class Ban(Body):
 
 
 class Nothing(Body):
-    """An empty body."""
+    """An empty body: optional, as scripts send none (``curl -X POST``), but nothing else
+    is accepted in it."""
 
 
 @router.get("/stats")
@@ -264,7 +265,9 @@ def _temporary_ban(state: Services, user: User) -> dict[str, Any] | None:
 
 
 @router.post("/users/{email}/restore")
-async def restore_user(email: str, _: Nothing, who: Admin, state: State) -> dict[str, Any]:
+async def restore_user(
+    email: str, who: Admin, state: State, _: Nothing | None = None
+) -> dict[str, Any]:
     """Let the user back in: lift a suspension or ban, and the abuse scores' temporary ban
     (with its address's, if banned together) on every replica."""
     audit = _audit(who, "user.restore", email)
