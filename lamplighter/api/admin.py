@@ -181,11 +181,17 @@ async def list_users(
     limit: int = Query(default=50, ge=1, le=500),
 ) -> dict[str, Any]:
     """Users whose email contains ``q`` (or on the plan ``q``), newest first, with their last
-    24 hours of usage."""
+    24 hours of usage and the abuse scores' temporary ban (their ``status`` stays "active"
+    while the ban refuses them)."""
     since = utcnow() - timedelta(hours=24)
     async with state.db.transaction() as session:
         found = await Reports(session).users(q.strip(), limit, since)
-    return {"data": [_user_json(user, usage) for user, usage in found]}
+    return {
+        "data": [
+            {**_user_json(user, usage), "temporary_ban": _temporary_ban(state, user)}
+            for user, usage in found
+        ]
+    }
 
 
 @router.get("/users/{email}")

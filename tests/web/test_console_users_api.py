@@ -3,8 +3,12 @@ abuse scores' temporary ban in the list, and paging through more users than one 
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import httpx
 
+from lamplighter.abuse.violations import Ban
 from tests.conftest import LiveServer
 
 
@@ -22,3 +26,28 @@ def test_restore_needs_no_body_as_the_docs_show(server: LiveServer) -> None:
         assert restored.json()["status"] == "active"
         refused = admin.post(f"/api/admin/users/{email}/restore", json={"reason": "x"})
         assert refused.status_code == 400
+
+
+def temporarily_ban(server: LiveServer, admin: httpx.Client, email: str) -> None:
+    """The ban the abuse scores impose after repeated violations (as one that another replica
+    started arrives), on ``email``'s account for ten minutes."""
+    user_id = admin.get(f"/api/admin/users/{email}").json()["user"]["id"]
+
+    async def impose(services: Any) -> None:
+        services.violations.impose(
+            Ban(f"user:{user_id}", time.time() + 600, 600, 1, "rate_limited")
+        )
+
+    server.call(impose)
+
+
+def test_the_users_list_shows_a_temporary_ban(server: LiveServer) -> None:
+    email, _ = server.new_user()
+    with _admin(server) as admin:
+        temporarily_ban(server, admin, email)
+        [row] = admin.get("/api/admin/users", params={"q": email}).json()["data"]
+        assert row["status"] == "active"
+        assert row["temporary_ban"]["reason"] == "rate_limited"
+        admin.post(f"/api/admin/users/{email}/restore")
+        [row] = admin.get("/api/admin/users", params={"q": email}).json()["data"]
+        assert row["temporary_ban"] is None

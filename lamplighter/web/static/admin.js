@@ -730,9 +730,13 @@
     return h('span', { class: `badge badge-${kind || 'plain'}`, text });
   }
 
-  function statusBadge(status) {
+  /** A user's status; an active account that the abuse scores' temporary ban refuses reads
+   * "temporarily banned", so the operator sees who is locked out without opening each user. */
+  function statusBadge(u) {
+    const status = u.status === 'active' && u.temporary_ban ? 'temporarily banned' : u.status;
     const kind = status === 'active' ? 'ok' : status === 'banned' ? 'bad' : 'warn';
-    return h('span', { class: `badge badge-${kind}`, testid: 'user-status', text: status || 'unknown' });
+    const title = u.temporary_ban ? `Temporarily banned until ${fmtDateTime(u.temporary_ban.until)}` : null;
+    return h('span', { class: `badge badge-${kind}`, testid: 'user-status', text: status || 'unknown', title });
   }
 
   function emptyState(text, testid) {
@@ -1299,7 +1303,7 @@
           u.is_admin ? badge('admin', 'info') : null,
           email === me ? badge('you', 'plain') : null),
         h('td', null, badge(String(u.plan ?? '—'), 'plan')),
-        h('td', { title: u.disabled_reason || '' }, statusBadge(u.status)),
+        h('td', { title: u.disabled_reason || '' }, statusBadge(u)),
         h('td', { class: 'num', text: fmtCount(u.tokens_24h), title: fmtExact(u.tokens_24h) }),
         h('td', { class: 'num', text: fmtCount(u.requests_24h), title: fmtExact(u.requests_24h) }),
         h('td', { class: 'col-created', text: fmtDate(u.created_at) }),
@@ -1438,7 +1442,7 @@
       panel.append(h('div', { class: 'detail-head' },
         h('div', { class: 'detail-title' },
           h('h2', { class: 'card-title detail-email', text: email, testid: 'user-detail-email' }),
-          h('div', { class: 'badges' }, statusBadge(u.status), badge(String(u.plan ?? '—'), 'plan'),
+          h('div', { class: 'badges' }, statusBadge(u), badge(String(u.plan ?? '—'), 'plan'),
             u.is_admin ? badge('admin', 'info') : null, email === me ? badge('you', 'plain') : null)),
         h('button', {
           type: 'button', class: 'icon-btn close-btn', testid: 'user-detail-close', 'aria-label': 'Close details', title: 'Close',
