@@ -179,18 +179,22 @@ async def list_users(
     state: State,
     q: str = Query(default="", max_length=320),
     limit: int = Query(default=50, ge=1, le=500),
+    offset: int = Query(default=0, ge=0, le=1_000_000),
 ) -> dict[str, Any]:
     """Users whose email contains ``q`` (or on the plan ``q``), newest first, with their last
     24 hours of usage and the abuse scores' temporary ban (their ``status`` stays "active"
-    while the ban refuses them)."""
+    while the ban refuses them). ``offset`` skips that many for the next page; ``has_more``
+    says whether there is one, so older accounts are not silently cut off."""
     since = utcnow() - timedelta(hours=24)
     async with state.db.transaction() as session:
-        found = await Reports(session).users(q.strip(), limit, since)
+        found = await Reports(session).users(q.strip(), offset + limit + 1, since)
+    page = found[offset : offset + limit]
     return {
         "data": [
             {**_user_json(user, usage), "temporary_ban": _temporary_ban(state, user)}
-            for user, usage in found
-        ]
+            for user, usage in page
+        ],
+        "has_more": len(found) > offset + limit,
     }
 
 

@@ -4,6 +4,7 @@ abuse scores' temporary ban in the list, and paging through more users than one 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -51,3 +52,21 @@ def test_the_users_list_shows_a_temporary_ban(server: LiveServer) -> None:
         admin.post(f"/api/admin/users/{email}/restore")
         [row] = admin.get("/api/admin/users", params={"q": email}).json()["data"]
         assert row["temporary_ban"] is None
+
+
+def test_the_users_list_pages_through_every_match(server: LiveServer) -> None:
+    plan = f"paged-{uuid.uuid4().hex[:6]}"
+    with _admin(server) as admin:
+        assert admin.put(f"/api/admin/plans/{plan}", json={}).status_code == 200
+        emails = [server.new_user(plan=plan)[0] for _ in range(5)]
+        seen: list[str] = []
+        pages = []
+        while True:
+            params = {"q": plan, "limit": 2, "offset": len(seen)}
+            page = admin.get("/api/admin/users", params=params).json()
+            seen += [row["email"] for row in page["data"]]
+            pages.append(page["has_more"])
+            if not page["has_more"]:
+                break
+    assert seen == emails[::-1]  # newest first, each once
+    assert pages == [True, True, False]

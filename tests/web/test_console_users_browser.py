@@ -5,6 +5,8 @@ error it did not cause on purpose."""
 
 from __future__ import annotations
 
+import uuid
+
 from playwright.sync_api import expect
 
 from tests.conftest import LiveServer
@@ -30,3 +32,27 @@ def test_a_temporarily_banned_user_reads_so_in_the_list_and_the_details(
     panel.get_by_test_id("user-restore").click()
     expect(panel.get_by_test_id("user-status")).to_have_text("active")
     expect(row.get_by_test_id("user-status")).to_have_text("active")
+
+
+def test_more_users_than_a_page_are_reached_with_load_more(
+    tabs: Tabs, server: LiveServer, admin: Person, operator: Browserless
+) -> None:
+    plan = f"crowd-{uuid.uuid4().hex[:6]}"
+    assert operator.api("PUT", f"/admin/plans/{plan}", json={}).status_code == 200
+    emails = [f"crowd-{i:02}-{uuid.uuid4().hex[:8]}@example.org" for i in range(53)]
+    for email in emails:
+        server.call(lambda s, email=email: s.accounts.create_user(email, plan=plan))
+    tab = console(tabs, admin, "users")
+    tab.goto(f"/admin/users?q={plan}")
+    page = tab.page
+    rows = page.get_by_test_id("user-row")
+    expect(rows).to_have_count(50)
+    count = page.get_by_test_id("users-count")
+    expect(count).to_have_text("Showing the 50 newest; load more or search to find others.")
+    oldest = page.locator(f'[data-testid="user-row"][data-email="{emails[0]}"]')
+    expect(oldest).to_have_count(0)
+    page.get_by_test_id("users-more").click()
+    expect(rows).to_have_count(53)
+    expect(oldest).to_be_visible()
+    expect(count).to_have_text("All 53 shown.")
+    expect(page.get_by_test_id("users-more")).to_be_hidden()

@@ -1289,11 +1289,14 @@
   // Users
 
   function initUsers() {
-    const state = { users: [], selected: null, detail: null, plans: null, seq: 0, detailSeq: 0, query: '' };
+    const PAGE = 50;
+    const state = { users: [], hasMore: false, selected: null, detail: null, plans: null, seq: 0, detailSeq: 0, query: '' };
     const search = $('user-search');
     const body = $('users-body');
     const empty = $('users-empty');
     const panel = $('user-detail');
+    const more = $('users-more');
+    const count = $('users-count');
 
     function userCells(u) {
       const email = String(u.email);
@@ -1322,6 +1325,12 @@
       for (const u of state.users) body.append(userRow(u));
       empty.hidden = state.users.length > 0;
       empty.textContent = state.query ? `No users match “${state.query}”.` : 'No users yet.';
+      // Say how far the list goes, so older accounts are never silently cut off.
+      const n = state.users.length;
+      more.hidden = !state.hasMore;
+      count.hidden = n === 0;
+      count.textContent = state.hasMore ? `Showing the ${fmtExact(n)} newest; load more or search to find others.`
+        : `All ${fmtExact(n)} shown.`;
     }
 
     function updateRow(user) {
@@ -1340,14 +1349,20 @@
       for (const tr of body.querySelectorAll('tr[data-testid="user-row"]')) tr.classList.toggle('selected', tr.dataset.email === state.selected);
     }
 
-    async function load(q) {
+    /** The first page of users matching q or, with `older`, the next page after those shown. */
+    async function load(q, { older = false } = {}) {
       const seq = ++state.seq;
       state.query = q;
-      const params = new URLSearchParams({ q, limit: '50' });
+      const offset = older ? state.users.length : 0;
+      const params = new URLSearchParams({ q, limit: String(PAGE), offset: String(offset) });
+      more.disabled = true;
       try {
         const data = await api('GET', `/api/admin/users?${params}`);
         if (seq !== state.seq) return;
-        state.users = Array.isArray(data?.data) ? data.data : [];
+        const page = Array.isArray(data?.data) ? data.data : [];
+        const known = new Set(older ? state.users.map((u) => u.email) : []);
+        state.users = [...(older ? state.users : []), ...page.filter((u) => !known.has(u.email))];
+        state.hasMore = Boolean(data?.has_more);
         render();
         hideError('search');
       } catch (err) {
@@ -1355,8 +1370,11 @@
         empty.hidden = false;
         empty.textContent = 'Could not load the users.';
         showError(err, 'search');
+      } finally {
+        if (seq === state.seq) more.disabled = false;
       }
     }
+    more.addEventListener('click', () => load(state.query, { older: true }));
 
     let debounce = 0;
     search.addEventListener('input', () => {
