@@ -56,3 +56,35 @@ def test_more_users_than_a_page_are_reached_with_load_more(
     expect(oldest).to_be_visible()
     expect(count).to_have_text("All 53 shown.")
     expect(page.get_by_test_id("users-more")).to_be_hidden()
+
+
+def test_each_action_on_a_user_says_on_the_page_what_it_did(
+    tabs: Tabs, server: LiveServer, admin: Person, operator: Browserless
+) -> None:
+    email, _ = server.new_user(plan="roomy")
+    temporarily_ban(server, operator.http, email)
+    tab = console(tabs, admin, "users")
+    tab.goto(f"/admin/users?q={email}")  # opens the user
+    page = tab.page
+    panel = page.get_by_test_id("user-detail")
+    done = panel.get_by_test_id("user-action-done")
+    expect(panel.get_by_test_id("user-temporary-ban")).to_be_visible()
+    expect(done).to_have_count(0)
+
+    panel.get_by_test_id("user-restore").click()
+    expect(done).to_have_text(f"Restored {email}; temporary ban lifted.")
+    expect(done).to_be_visible()
+
+    panel.get_by_test_id("user-plan").select_option("free")
+    panel.get_by_test_id("user-plan-save").click()
+    expect(done).to_have_text(f"Moved {email} to free.")
+
+    panel.get_by_test_id("user-suspend").click()
+    page.get_by_test_id("suspend-reason").fill("checking the notice")
+    page.get_by_test_id("confirm-ok").click()
+    expect(done).to_have_text(f"Suspended {email}.")
+    expect(panel.get_by_test_id("user-status")).to_have_text("suspended")
+
+    panel.get_by_test_id("user-restore").click()
+    expect(done).to_have_text(f"Restored {email}.")
+    expect(page.get_by_test_id("admin-error")).to_be_hidden()

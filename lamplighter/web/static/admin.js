@@ -1290,7 +1290,8 @@
 
   function initUsers() {
     const PAGE = 50;
-    const state = { users: [], hasMore: false, selected: null, detail: null, plans: null, seq: 0, detailSeq: 0, query: '' };
+    // notice: the last action's result on the open user ({email, text}), shown until another user opens.
+    const state = { users: [], hasMore: false, selected: null, detail: null, plans: null, seq: 0, detailSeq: 0, query: '', notice: null };
     const search = $('user-search');
     const body = $('users-body');
     const empty = $('users-empty');
@@ -1394,6 +1395,7 @@
 
     async function openUser(email, { focus = true } = {}) {
       state.selected = email;
+      if (state.notice?.email !== email) state.notice = null;
       markSelected();
       const seq = ++state.detailSeq;
       panel.hidden = false;
@@ -1425,17 +1427,24 @@
       panel.hidden = true;
       state.selected = null;
       state.detail = null;
+      state.notice = null;
       markSelected();
     }
 
-    /** Run an action on the open user, then refresh the panel and the row. */
+    /** Run an action on the open user, then refresh the panel and the row, which then shows what
+     * was done (`done`: the text, or a function of the API's answer that gives it). */
     async function act(button, fn, done) {
       const email = state.selected;
       if (button) button.disabled = true;
+      state.notice = null;
       try {
-        await fn();
+        const answer = await fn();
         hideError();
-        if (done) announce(done);
+        const text = typeof done === 'function' ? done(answer) : done;
+        if (text) {
+          state.notice = { email, text };
+          announce(text);
+        }
       } catch (err) {
         showError(err);
       } finally {
@@ -1466,6 +1475,7 @@
           type: 'button', class: 'icon-btn close-btn', testid: 'user-detail-close', 'aria-label': 'Close details', title: 'Close',
           onclick: closeDetail,
         })));
+      if (state.notice?.email === email) panel.append(h('p', { class: 'saved', testid: 'user-action-done', text: state.notice.text }));
 
       if (u.status && u.status !== 'active') {
         const until = u.status === 'suspended' ? (u.disabled_until ? `until ${fmtDateTime(u.disabled_until)}` : 'until restored') : '';
@@ -1546,7 +1556,8 @@
       if ((u.status && u.status !== 'active') || tban) {
         actions.append(h('button', {
           type: 'button', class: 'btn btn-small btn-primary', testid: 'user-restore',
-          onclick: (event) => act(event.currentTarget, () => api('POST', `/api/admin/users/${enc(email)}/restore`, {}), `Restored ${email}.`),
+          onclick: (event) => act(event.currentTarget, () => api('POST', `/api/admin/users/${enc(email)}/restore`),
+            (answer) => (answer?.temporary_ban_lifted ? `Restored ${email}; temporary ban lifted.` : `Restored ${email}.`)),
         }, 'Restore'));
       }
       panel.append(h('section', { class: 'detail-section' }, h('h3', { class: 'section-title', text: 'Access' }), actions));
