@@ -88,3 +88,26 @@ def test_each_action_on_a_user_says_on_the_page_what_it_did(
     panel.get_by_test_id("user-restore").click()
     expect(done).to_have_text(f"Restored {email}.")
     expect(page.get_by_test_id("admin-error")).to_be_hidden()
+
+
+def test_closing_the_plan_editor_gives_focus_back_to_what_opened_it(
+    tabs: Tabs, admin: Person
+) -> None:
+    page = console(tabs, admin, "plans").page
+    free = page.locator('[data-testid="plan-row"][data-plan="free"]')
+    edit = free.get_by_test_id("plan-edit")
+    editor = page.locator("#plan-editor")
+    for close in ("#plan-close", "#plan-cancel", "Escape"):
+        edit.click()
+        expect(editor).to_be_visible()
+        if close == "Escape":
+            page.keyboard.press("Escape")
+        else:
+            page.locator(close).click()
+        expect(editor).to_be_hidden()
+        expect(free.get_by_test_id("plan-edit")).to_be_focused()
+    new_plan = page.locator("#plan-new")
+    new_plan.click()
+    expect(editor).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(new_plan).to_be_focused()

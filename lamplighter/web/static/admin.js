@@ -1177,10 +1177,18 @@
       editor.scrollIntoView({ block: 'nearest' });
     }
 
+    /** Hide the editor and give keyboard focus back to what opened it (the plan's Edit button,
+     * or "New plan"), rather than dropping it to <body> when the focused editor disappears. */
     function closeEditor() {
+      const edited = state.editing;
       editor.hidden = true;
       state.editing = null;
       render();
+      const row = edited && !edited.isNew
+        ? [...body.querySelectorAll('tr[data-testid="plan-row"]')].find((tr) => tr.dataset.plan === edited.name)
+        : null;
+      const opener = row ? row.querySelector('[data-testid="plan-edit"]') : $('plan-new');
+      opener?.focus();
     }
 
     /** Read and check the form: {values} or null (errors shown next to the fields). */
