@@ -187,14 +187,13 @@ async def list_users(
     says whether there is one, so older accounts are not silently cut off."""
     since = utcnow() - timedelta(hours=24)
     async with state.db.transaction() as session:
-        found = await Reports(session).users(q.strip(), offset + limit + 1, since)
-    page = found[offset : offset + limit]
+        found = await Reports(session).users(q.strip(), limit + 1, since, offset=offset)
     return {
         "data": [
             {**_user_json(user, usage), "temporary_ban": _temporary_ban(state, user)}
-            for user, usage in page
+            for user, usage in found[:limit]
         ],
-        "has_more": len(found) > offset + limit,
+        "has_more": len(found) > limit,
     }
 
 

@@ -41,9 +41,10 @@ class Reports:
         return cast(func.timezone("UTC", Usage.created_at), Date)
 
     async def users(
-        self, query: str, limit: int, since: datetime
+        self, query: str, limit: int, since: datetime, offset: int = 0
     ) -> list[tuple[User, UsageTotals]]:
-        """Users whose email contains ``query``, newest first, with their usage since ``since``."""
+        """Users whose email contains ``query``, newest first (after the ``offset`` newest),
+        with their usage since ``since``."""
         usage = (
             select(
                 Usage.user_id,
@@ -58,7 +59,9 @@ class Reports:
         statement = (
             select(User, usage.c.requests, usage.c.prompt, usage.c.completion)
             .outerjoin(usage, usage.c.user_id == User.id)
-            .order_by(User.created_at.desc())
+            # Ids break ties of accounts made at once, so that pages neither skip nor repeat.
+            .order_by(User.created_at.desc(), User.id.desc())
+            .offset(offset)
             .limit(limit)
         )
         if query:
