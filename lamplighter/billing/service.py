@@ -335,12 +335,21 @@ class Billing:
         return Subject("team", found.id)
 
     @staticmethod
-    async def _name(session: AsyncSession, subject: Subject) -> str:
-        """How the audit log names a subject: the user's email, or the team's name."""
+    async def _record(
+        session: AsyncSession,
+        actor: Actor,
+        action: str,
+        subject: Subject,
+        details: dict[str, Any],
+    ) -> None:
+        """Write ``actor``'s ``action`` on ``subject`` to the audit log, which names a subject
+        by the user's email or the team's name."""
         found = await session.get(User if subject.kind == "user" else Team, subject.id)
         if isinstance(found, User):
-            return found.email
-        return found.name if isinstance(found, Team) else str(subject)
+            target = found.email
+        else:
+            target = found.name if isinstance(found, Team) else str(subject)
+        await actor.audit(action, target, details).write(session)
 
     @staticmethod
     async def _current(session: AsyncSession, subject: Subject) -> SubscriptionRow | None:
@@ -607,9 +616,8 @@ class Billing:
             email=who.email if customer is None else None,
         )
         async with self.db.transaction() as session:
-            target = await self._name(session, subject)
             details = {"plan": chosen.name, "period": period, "seats": count, "session": made.id}
-            await Actor.person(who).audit("billing.checkout", target, details).write(session)
+            await self._record(session, Actor.person(who), "billing.checkout", subject, details)
         return made
 
     async def _self_service_row(
@@ -745,8 +753,7 @@ class Billing:
             if row is None:
                 raise NotFound("The subscription is gone.")
             await self._apply(session, row, event, actor=actor)
-            target = await self._name(session, Subject.of(row))
-            await actor.audit(action, target, details or {}).write(session)
+            await self._record(session, actor, action, Subject.of(row), details or {})
             return row
 
     # --- Stripe's webhook -----------------------------------------------------------------------
@@ -843,8 +850,7 @@ class Billing:
             "cancelled_in_stripe": self.online,
         }
         log.warning("a second subscription was refused", extra={"subject": str(subject), **details})
-        target = await self._name(session, subject)
-        await STRIPE.audit("billing.refused", target, details).write(session)
+        await self._record(session, STRIPE, "billing.refused", subject, details)
         return "refused", made.id
 
     # --- Time -----------------------------------------------------------------------------------
