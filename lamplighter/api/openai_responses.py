@@ -29,6 +29,7 @@ from lamplighter.api.state import Services, State
 from lamplighter.api.stored import (
     Limit,
     Order,
+    answered,
     delete_stored,
     page_of,
     stop_generation,
@@ -155,12 +156,7 @@ async def input_items(
     system message: the conversation's own for a response that began it; for one that
     continued another (``previous_response_id``), that request's, if it gave any (the first
     response's are not carried over, as at OpenAI)."""
-    async with state.db.transaction() as session:
-        conversations = Conversations(session)
-        answer = await stored_answer(conversations, who, name)
-        if answer is None:
-            raise _not_found(name)
-        path = (await conversations.path_to(answer.id))[:-1]
+    answer, path = await answered(state, who, name, _not_found(name))
     items: list[dict[str, Any]] = []
     if answer.previous_response_id is not None:
         path = _after_instructions(path)

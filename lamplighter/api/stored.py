@@ -170,20 +170,22 @@ async def completion_messages(
 ) -> dict[str, Any]:
     """The messages a stored chat completion answered: its conversation from the start up to
     the answer (the system message included), ``<id>-<n>`` each, ``n`` counting from 0."""
-    path = await answered(state, who, name, _not_found(name))
+    _, path = await answered(state, who, name, _not_found(name))
     messages = [_stored_message(f"{name}-{n}", m) for n, m in enumerate(path)]
     return page_of(messages, after, limit, order, name)
 
 
-async def answered(state: Services, who: Principal, name: str, missing: APIError) -> list[Message]:
-    """The stored messages that the caller's answer ``name`` answered, from the start of its
+async def answered(
+    state: Services, who: Principal, name: str, missing: APIError
+) -> tuple[Message, list[Message]]:
+    """The caller's stored answer ``name`` and the messages it answered, from the start of its
     conversation (else raise ``missing``)."""
     async with state.db.transaction() as session:
         conversations = Conversations(session)
         answer = await stored_answer(conversations, who, name)
         if answer is None:
             raise missing
-        return (await conversations.path_to(answer.id))[:-1]
+        return answer, (await conversations.path_to(answer.id))[:-1]
 
 
 def page_of(
