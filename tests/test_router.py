@@ -196,6 +196,9 @@ def test_a_model_only_backends_for_other_plans_serve_is_not_the_plans_to_use() -
     router = Router([Fake("open"), Fake("paid", plans=frozenset({"plus"}), models=("m", "large"))])
     assert router.models_for("free") == ["m"]
     assert router.models_for("plus") == ["m", "large"] == router.models
+    with pytest.raises(NotFound) as unknown:
+        router.choose("mistyped", plan="free")
+    assert unknown.value.message == "The model 'mistyped' does not exist. Available: m."
 
 
 def test_down_and_tripped_backends_are_skipped_and_none_left_is_a_503() -> None:

@@ -243,7 +243,7 @@ class Router:
         if not serving:
             raise NotFound(
                 f"The model '{model}' does not exist. Available: "
-                f"{', '.join(self.models) or 'none'}.",
+                f"{', '.join(self.models_for(plan)) or 'none'}.",
                 param="model",
                 code="model_not_found",
             )
