@@ -339,6 +339,7 @@ def create_app(
             preferences=Preferences(db, flywheel, credits, metrics),
             billing=billing,
             bulletin=bulletin,
+            redis=shared,
         )
 
         async def cancel_here(message: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -476,10 +477,11 @@ def test_requests_racing_to_one_backend_on_several_replicas_overflow_to_idle_one
 def test_redis_killed_mid_load_and_started_again(fleet: Fleet) -> None:
     """SIGKILL Redis while streams run, and start it again (empty) on the same port. Failing
     open, replicas a, b and c finish those streams and keep serving, each enforcing a third of
-    the plan on its own; failing closed, d refuses at once with 503 ``overloaded``. Every
-    replica shows lamplighter_redis_up 0 and logs it once; with Redis back they all show 1
-    within seconds, d serves again, and a burst over the replicas gets the plan's limit in
-    all again."""
+    the plan on its own, and stay ready; failing closed, d refuses at once with 503
+    ``overloaded``, and its /readyz says it is not ready. Every replica shows
+    lamplighter_redis_up 0 and logs it once; with Redis back they all show 1 within seconds,
+    d is ready and serves again, and a burst over the replicas gets the plan's limit in all
+    again."""
     roomy, during, after = fleet.keys("roomy", "metered", "metered")
     a, b, c = fleet.open
     d = fleet.closed
@@ -513,6 +515,11 @@ def test_redis_killed_mid_load_and_started_again(fleet: Fleet) -> None:
     outcomes = asyncio.run(outage())
     assert all(o.status == 200 and o.code is None and o.finish == "length" for o in outcomes)
     everywhere(fleet, "lamplighter_redis_up", 0)
+    # Ready or not, as a load balancer reads it: the open replicas serve on; d refuses chat.
+    assert [replica.answers("/readyz") for replica in fleet.open] == [True] * 3
+    readiness = httpx.get(d.url + "/readyz", timeout=5)
+    assert readiness.status_code == 503
+    assert readiness.json()["checks"] == {"models": True, "database": True, "redis": False}
     # Each open replica allows its share: 6 a minute over 3 replicas is 2 here, 6 in all.
     for replica in fleet.open:
         statuses = [asyncio.run(attempt(replica, during, ask("Mine?")))[0] for _ in range(4)]
@@ -523,6 +530,7 @@ def test_redis_killed_mid_load_and_started_again(fleet: Fleet) -> None:
     fleet.redis.start()
     fleet.redis.wait_up()
     everywhere(fleet, "lamplighter_redis_up", 1)
+    assert d.answers("/readyz")
     assert asyncio.run(attempt(d, roomy, ask("Back?")))[0] == 200
     results = asyncio.run(burst([a, b, c, d], after, 3 * RPM))
     assert sorted(status for status, _ in results) == [200] * RPM + [429] * 2 * RPM

@@ -25,9 +25,16 @@ async def readyz(state: State) -> JSONResponse:
     """Ready to serve chat: every model loaded and the database reachable; 503 otherwise, 503
     "draining" from the moment the server is asked to stop (see drain.py), and 503 "moved" for
     good once `lamplighter db copy` has moved the store to another database (readonly.py), so
-    that load balancers stop sending it requests it would refuse."""
+    that load balancers stop sending it requests it would refuse.
+
+    With Redis, ``checks`` says whether it answers. Failing open (``LAMPLIGHTER_REDIS_FAILURE``)
+    a replica serves without it, each enforcing its share of every limit, so it stays ready;
+    failing closed it refuses every chat request until Redis answers, so it is not ready."""
     checks = {"models": state.router.ready, "database": await state.db.ping()}
     ready = all(checks.values())
+    if state.redis is not None:
+        checks["redis"] = await state.redis.check()
+        ready = ready and (checks["redis"] or state.redis.failure == "open")
     body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
     settings = state.settings
     if readonly.moved(settings.data_dir, settings.resolved_database_url) is not None:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from lamplighter.drain import Drain
     from lamplighter.reload import Reloader
     from lamplighter.traffic.bulletin import Bulletin
+    from lamplighter.traffic.redis_state import RedisState
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Services:
     reloader: Reloader | None = None  # live configuration reloads (reload.py)
     # What one replica tells the others (a background response to cancel, wherever it runs).
     bulletin: Bulletin | None = None
+    redis: RedisState | None = None  # the limiters' shared state, when Redis is configured
 
     def models_for(self, plan_name: str) -> list[str]:
         """The models a plan may use: its own ``models`` list allows them, and a backend that

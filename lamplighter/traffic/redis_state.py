@@ -337,6 +337,13 @@ class RedisState:
         """False from a failed call until Redis answers again."""
         return self._down_since is None
 
+    async def check(self) -> bool:
+        """Does Redis answer now? One ping (none while an outage is not due a retry), which
+        starts or ends an outage as any call does: an idle replica notices too."""
+        with contextlib.suppress(_Down):
+            await self._call(self._redis.ping)
+        return self.up
+
     # -- TrafficState -----------------------------------------------------------------------
 
     async def reserve(
