@@ -17,7 +17,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
@@ -60,6 +60,7 @@ from lamplighter.exceptions import (
     RateLimited,
     ShuttingDown,
 )
+from lamplighter.store.audit import Audit
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.database import Database
 from lamplighter.store.models import new_id, utcnow
@@ -96,6 +97,10 @@ class Principal:
     api_key_id: uuid.UUID | None = None
     # What the credential may do: a key's scopes; a browser session may do everything.
     scopes: frozenset[str] = frozenset({"chat", "feedback", "admin"})
+
+    def audit(self, action: str, target: str, details: Mapping[str, Any] | None = None) -> Audit:
+        """An audit-log entry of an action this caller took."""
+        return Audit(self.user_id, self.email, action, target, details or {})
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from lamplighter.chat import Principal
 from lamplighter.exceptions import InvalidRequest, NotFound, PermissionDenied
 from lamplighter.flywheel import board
 from lamplighter.store.accounts import Accounts
-from lamplighter.store.audit import Audit, AuditLog
+from lamplighter.store.audit import AuditLog
 from lamplighter.store.models import User, utcnow
 from lamplighter.store.reports import Reports, UsageTotals
 from lamplighter.traffic.plans import PLAN_NAME
@@ -149,7 +149,7 @@ async def put_plan(name: str, changes: PlanChanges, who: Admin, state: State) ->
         )
     values = changes.model_dump(exclude_none=True)
     action = "plan.update" if name in state.plans.names() else "plan.create"
-    plan = await state.plans.put(name, values, create=True, audit=_audit(who, action, name, values))
+    plan = await state.plans.put(name, values, create=True, audit=who.audit(action, name, values))
     return plan.as_dict()
 
 
@@ -240,7 +240,7 @@ async def get_user(email: str, _: Admin, state: State) -> dict[str, Any]:
 async def put_user_plan(email: str, choice: PlanChoice, who: Admin, state: State) -> dict[str, Any]:
     """Move a user to another plan; their next request is served under it."""
     state.plans.require(choice.plan)
-    audit = _audit(who, "user.plan", email, {"plan": choice.plan})
+    audit = who.audit("user.plan", email, {"plan": choice.plan})
     user = await state.accounts.set_plan(email, choice.plan, audit=audit)
     return _user_json(user)
 
@@ -250,7 +250,7 @@ async def suspend_user(email: str, body: Suspension, who: Admin, state: State) -
     """Lock an account out for ``days`` (or until restored): its keys stop working and its
     browser sessions end."""
     until = utcnow() + timedelta(days=body.days) if body.days else None
-    audit = _audit(who, "user.suspend", email, {"reason": body.reason, "days": body.days})
+    audit = who.audit("user.suspend", email, {"reason": body.reason, "days": body.days})
     user = await state.accounts.suspend(email, body.reason.strip(), until=until, audit=audit)
     return _user_json(user)
 
@@ -259,7 +259,7 @@ async def suspend_user(email: str, body: Suspension, who: Admin, state: State) -
 async def ban_user(email: str, body: Ban, who: Admin, state: State) -> dict[str, Any]:
     if email.strip().lower() == who.email:
         raise PermissionDenied("You cannot ban yourself.", param="email")
-    audit = _audit(who, "user.ban", email, {"reason": body.reason})
+    audit = who.audit("user.ban", email, {"reason": body.reason})
     user = await state.accounts.suspend(
         email, body.reason.strip(), until=None, banned=True, audit=audit
     )
@@ -279,7 +279,7 @@ async def restore_user(
 ) -> dict[str, Any]:
     """Let the user back in: lift a suspension or ban, and the abuse scores' temporary ban
     (with its address's, if banned together) on every replica."""
-    audit = _audit(who, "user.restore", email)
+    audit = who.audit("user.restore", email)
     user = await state.accounts.restore(email, audit=audit)
     lifted = await guard.lift(state, f"user:{user.id}")
     return {**_user_json(user), "temporary_ban": None, "temporary_ban_lifted": bool(lifted)}
@@ -290,12 +290,12 @@ async def delete_user(email: str, who: Admin, state: State) -> None:
     """Delete an account and all its data; later exports no longer contain it."""
     if email.strip().lower() == who.email:
         raise PermissionDenied("You cannot delete your own account here.", param="email")
-    await state.accounts.delete_user(email, audit=_audit(who, "user.delete", email))
+    await state.accounts.delete_user(email, audit=who.audit("user.delete", email))
 
 
 @router.delete("/keys/{key_id}", status_code=204)
 async def revoke_key(key_id: uuid.UUID, who: Admin, state: State) -> None:
-    await state.accounts.revoke_key(key_id, audit=_audit(who, "key.revoke", str(key_id)))
+    await state.accounts.revoke_key(key_id, audit=who.audit("key.revoke", str(key_id)))
 
 
 class Resolution(Body):
@@ -340,7 +340,7 @@ async def resolve_report(
 ) -> dict[str, Any]:
     """One click: dismiss, or suspend (for ``days``, or until restored) or ban every account
     the report's evidence names."""
-    audit = _audit(who, f"report.{body.action}", str(report_id), {"reason": body.reason})
+    audit = who.audit(f"report.{body.action}", str(report_id), {"reason": body.reason})
     report = await state.reviews.resolve(report_id, body.action, body.reason, body.days, audit)
     return {"id": report.id, "status": report.status, "resolution": report.resolution}
 
@@ -368,12 +368,6 @@ async def audit_log(
             for entry in entries
         ]
     }
-
-
-def _audit(
-    who: Principal, action: str, target: str, details: dict[str, Any] | None = None
-) -> Audit:
-    return Audit(who.user_id, who.email, action, target, details or {})
 
 
 @router.get("/usage")

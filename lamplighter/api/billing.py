@@ -21,7 +21,6 @@ from lamplighter.billing.service import subscription_json
 from lamplighter.billing.subscriptions import add_period
 from lamplighter.chat import Principal
 from lamplighter.exceptions import InvalidRequest
-from lamplighter.store.audit import Audit
 from lamplighter.store.models import utcnow
 from lamplighter.web.session import UNSAFE, api_visitor
 
@@ -42,12 +41,6 @@ async def member(request: Request, state: State) -> Principal:
 
 
 Member = Annotated[Principal, Depends(member)]
-
-
-def _audit(
-    who: Principal, action: str, target: str, details: dict[str, Any] | None = None
-) -> Audit:
-    return Audit(who.user_id, who.email, action, target, details or {})
 
 
 class CheckoutBody(Body):
@@ -207,7 +200,7 @@ async def grant(body: GrantBody, who: Admin, state: State) -> dict[str, Any]:
         email=body.email,
         team=body.team,
         seats=body.seats,
-        audit=_audit(who, "billing.grant", target, details),
+        audit=who.audit("billing.grant", target, details),
     )
     return subscription_json(row)
 
@@ -217,7 +210,7 @@ async def end(body: SubjectBody, who: Admin, state: State) -> dict[str, Any]:
     """End a user's or team's subscription now."""
     target = body.email or body.team or ""
     row = await state.billing.end(
-        email=body.email, team=body.team, audit=_audit(who, "billing.end", target)
+        email=body.email, team=body.team, audit=who.audit("billing.end", target)
     )
     return subscription_json(row)
 
@@ -255,7 +248,7 @@ async def list_teams(_: Admin, state: State) -> dict[str, Any]:
 @admin_router.post("/teams")
 async def create_team(body: TeamBody, who: Admin, state: State) -> dict[str, Any]:
     """A team; its owner (who joins it first) may buy and change its subscription."""
-    audit = _audit(who, "team.create", body.name, {"owner": body.owner})
+    audit = who.audit("team.create", body.name, {"owner": body.owner})
     team = await state.billing.create_team(body.name, body.owner, audit=audit)
     return await state.billing.team(team.name)
 
@@ -268,13 +261,13 @@ async def get_team(name: str, _: Admin, state: State) -> dict[str, Any]:
 @admin_router.put("/teams/{name}/members/{email}")
 async def add_member(name: str, email: str, who: Admin, state: State) -> dict[str, Any]:
     """Add a member; with a subscription, only while a seat is free."""
-    audit = _audit(who, "team.add", name, {"email": email})
+    audit = who.audit("team.add", name, {"email": email})
     await state.billing.add_member(name, email, audit=audit)
     return await state.billing.team(name)
 
 
 @admin_router.delete("/teams/{name}/members/{email}")
 async def remove_member(name: str, email: str, who: Admin, state: State) -> dict[str, Any]:
-    audit = _audit(who, "team.remove", name, {"email": email})
+    audit = who.audit("team.remove", name, {"email": email})
     await state.billing.remove_member(name, email, audit=audit)
     return await state.billing.team(name)
