@@ -214,6 +214,14 @@ def screen_signup(state: Services, email: str, address: str) -> None:
         )
 
 
+def _unreferred(response: Response) -> Response:
+    """A password link's page says where it is to nobody: the requests it makes (its styles,
+    its script, the form's post and where that leads) would otherwise carry the link in their
+    Referer, which proxies' and nginx's logs keep."""
+    response.headers["referrer-policy"] = "no-referrer"
+    return response
+
+
 @router.get("/invite/{token}")
 async def invite_page(token: str, request: Request, state: State) -> Response:
     """An invitation (choose a password) or a reset (choose a new one): both links from
@@ -221,8 +229,8 @@ async def invite_page(token: str, request: Request, state: State) -> Response:
     try:
         invitation = await state.web.invitation(token)
     except APIError as error:
-        return not_found(request, error.message)
-    return _form_page(request, "invite.html", invitation=invitation, token=token)
+        return _unreferred(not_found(request, error.message))
+    return _unreferred(_form_page(request, "invite.html", invitation=invitation, token=token))
 
 
 @router.post("/invite/{token}")
@@ -230,12 +238,12 @@ async def accept_invite(token: str, request: Request, state: State) -> Response:
     try:
         invitation = await state.web.invitation(token)
     except APIError as error:
-        return not_found(request, error.message)
+        return _unreferred(not_found(request, error.message))
     try:
         fields = await _form(request)
         login = await state.web.accept(token, fields.get("password", ""))
     except APIError as error:
-        return _form_page(
+        page = _form_page(
             request,
             "invite.html",
             status=error.status_code,
@@ -243,7 +251,8 @@ async def accept_invite(token: str, request: Request, state: State) -> Response:
             invitation=invitation,
             token=token,
         )
-    return _logged_in(request, state, login)
+        return _unreferred(page)
+    return _unreferred(_logged_in(request, state, login))
 
 
 @router.post("/logout")

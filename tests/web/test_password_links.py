@@ -16,6 +16,7 @@ from lamplighter.credentials import hash_key
 from lamplighter.store.accounts import Accounts
 from lamplighter.store.models import Invite, User, utcnow
 from tests.conftest import LiveServer
+from tests.web.browser import Tabs
 from tests.web.conftest import Browserless, Person, form_token, new_person
 
 GONE = "This link is not valid any more"
@@ -127,3 +128,21 @@ def test_a_link_older_than_the_account_at_its_address_sets_nothing(server: LiveS
     stale = f"stale-{uuid.uuid4().hex}"
     _add_link(server, person.email, stale, lambda user: user.created_at - timedelta(days=1))
     _refused(server, stale, person)
+
+
+def test_a_links_page_sends_its_token_to_nobody_in_a_referer(
+    server: LiveServer, tabs: Tabs
+) -> None:
+    """The page a link opens asks for its styles and script, and its form posts back: none of
+    those requests carries the link in its Referer, which logs (nginx's, a proxy's) keep."""
+    person = new_person(server)
+    token = server.call(lambda s: s.web.password_link(person.email))
+    tab = tabs.open()
+    referers: list[str] = []
+    tab.page.on("request", lambda request: referers.append(request.headers.get("referer", "")))
+    tab.page.goto(f"{server.base_url}/invite/{token}")
+    tab.page.get_by_label("Password", exact=True).fill("Quartz-Badger-Lantern-73")
+    with tab.page.expect_navigation():
+        tab.page.get_by_test_id("invite-submit").click()
+    assert len(referers) >= 3  # the page, its styles and script, the form's post and beyond
+    assert not [referer for referer in referers if token in referer]
