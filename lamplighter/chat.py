@@ -1046,14 +1046,15 @@ class ChatService:
         self.admission.refuse_waiting(why)
         return sum(exchange.interrupt(why) for exchange in list(self.live))
 
-    def detach(self, exchange: Exchange, *, read: bool = False) -> Detached:
+    def detach(self, exchange: Exchange, *, read: bool = False, lasting: bool = False) -> Detached:
         """Run an exchange in a task of its own, to its end, whoever reads it: its answer is
         stored and checkpointed as any other, a failure settles it as an error, and ``cancel``
         (or a shutdown's deadline) cuts it. Nobody reads a background response's; with
-        ``read`` the chunks are kept for ``Detached.chunks`` until the reader leaves."""
-        detached = Detached(self, exchange, read)
+        ``read`` the chunks are kept for ``Detached.chunks`` until the reader leaves, which
+        cuts the answer a while later unless it is ``lasting`` (see ``Detached``)."""
+        detached = Detached(self, exchange, read, lasting)
         self.detached[exchange.message_id] = detached
-        if not read:
+        if not read or lasting:
             self.metrics.features.labels("background").inc()
         return detached
 
@@ -1104,12 +1105,16 @@ class Detached:
     page reloaded, closed or cut off), the answer goes on for ``LINGER_S``, and for
     ``LINGER_WATCHED_S`` past each ``watched`` (the page came back and reads the chat), then is
     cut as a stop would cut it; at once if a request waits for its backend then. With no
-    reader (a background response) it runs to its end.
+    reader (a background response) it runs to its end, and so with a ``lasting`` reader (a
+    background response streamed): its leaving only stops the chunks being kept.
     """
 
-    def __init__(self, service: ChatService, exchange: Exchange, read: bool) -> None:
+    def __init__(
+        self, service: ChatService, exchange: Exchange, read: bool, lasting: bool = False
+    ) -> None:
         self.service = service
         self.exchange = exchange
+        self.lasting = lasting
         # What the reader has yet to take: chunks, then the error that ended the answer if one
         # did, then None. Unbounded: an answer is at most its token limit long.
         self._chunks: asyncio.Queue[Chunk | Exception | None] | None = (
@@ -1128,7 +1133,7 @@ class Detached:
                     self._whole = chunk.finish_reason is not None
                     if self._chunks is not None:
                         self._chunks.put_nowait(chunk)
-            if self._left and self._read:
+            if self._left and self._read and not self.lasting:
                 self.service.metrics.left.labels("finished").inc()
         except TimeoutError:
             # Its reader left and nobody came back: cut, as the stream's end settled it.
@@ -1159,6 +1164,8 @@ class Detached:
         if self._whole:
             return
         self._left, self._chunks = True, None
+        if self.lasting:
+            return
         slot = self.exchange.slot
         if slot is not None and slot.pool.queued and not self.task.done():
             self.service.metrics.left.labels("yielded").inc()

@@ -353,7 +353,14 @@ def test_bad_input_is_a_400_that_names_it_before_anything_is_generated(
         ({"tools": [{"type": "web_search"}]}, "tools"),
         ({"reasoning": {"effort": "low"}}, "reasoning"),
         ({"reasoning": {"effort": None, "summary": "auto"}}, "reasoning"),
-        ({"background": True, "stream": True}, "background"),
+        (
+            {
+                "background": True,
+                "stream": True,
+                "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+            },
+            "tools",
+        ),
         ({"include": ["reasoning.encrypted_content"]}, "include"),
         ({"conversation": "conv_1"}, "conversation"),
     ],
@@ -374,14 +381,12 @@ def test_the_answer_length_refusal_names_max_output_tokens(client: openai.OpenAI
     assert caught.value.param == "max_output_tokens"
 
 
-def test_streaming_a_stored_response_again_is_refused_not_an_empty_stream(
-    client: openai.OpenAI,
-) -> None:
-    """The SDK reads a JSON answer to ``retrieve(stream=True)`` as a stream without events:
-    the caller would see a response that produced nothing."""
+def test_a_stored_response_streams_again(client: openai.OpenAI) -> None:
+    """``retrieve(stream=True)`` gives a stored response's events (see
+    tests/test_background_streams.py), not JSON that the SDK would read as an empty stream."""
     made = client.responses.create(model=SCRIPTED, input="replay me")
-    with pytest.raises(openai.BadRequestError) as caught:
-        for _ in client.responses.retrieve(made.id, stream=True, starting_after=2):
-            pass
-    assert caught.value.code == "unsupported_parameter" and caught.value.param == "stream"
-    assert client.responses.retrieve(made.id).output_text == "You said: replay me"
+    events = list(client.responses.retrieve(made.id, stream=True))
+    said = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert said == "You said: replay me" == made.output_text
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == made.output_text

@@ -6,20 +6,23 @@ id that ``chatcmpl-<hex>`` names). With ``previous_response_id`` the model sees 
 that ends at that answer, and a new question is stored under that answer, whatever the
 request's instructions (which are per request, as at OpenAI); without, the request's messages
 are threaded into the tree as chat completions' are. Text, structured output, function tools
-and background runs (polled, or cancelled); other tools are refused.
+and background runs (polled, streamed and read again from where a reader left, or cancelled);
+other tools are refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from lamplighter.api.openai import Caller, open_exchange, whole_answer
@@ -37,6 +40,7 @@ from lamplighter.api.stored import (
     stored_usage,
 )
 from lamplighter.chat import (
+    Detached,
     Exchange,
     Placement,
     Principal,
@@ -96,16 +100,32 @@ async def retrieve_response(
     who: Caller,
     state: State,
     stream: bool = False,
-) -> dict[str, Any]:
+    starting_after: Annotated[int | None, Query(ge=0)] = None,
+) -> Response:
     """A stored response, as it stands (one still being generated is ``in_progress``, one its
     client left ``cancelled``). Of what the request asked for, its ``metadata``, text format,
     ``instructions`` and ``previous_response_id`` are stored (a response that began its
     conversation reads the system message it begins with as its instructions);
-    ``max_output_tokens`` reads null, ``temperature`` and ``top_p`` 1. Its events are not
-    replayed: ``stream=true`` (with ``starting_after``) is refused by name, since the SDK
-    would read this JSON as an empty stream."""
+    ``max_output_tokens`` reads null, ``temperature`` and ``top_p`` 1.
+
+    With ``stream=true`` its events, from the start or those numbered after
+    ``starting_after``, as a background response streams them (see ``_Resumable``): what is
+    stored, then, while it is generated, the text checkpointed since, to its end."""
+    shape, answer = await _stored_response(state, who, name)
     if stream:
-        raise unsupported("stream", "a stored response is retrieved whole, not streamed again")
+        if answer.tool_calls:
+            raise unsupported("stream", "a response that called tools is retrieved whole")
+        return EventStreamResponse(_replay(state, who, shape, answer, starting_after))
+    if starting_after is not None:
+        raise InvalidRequest(
+            "Invalid value for 'starting_after': it goes with stream=true.",
+            param="starting_after",
+        )
+    return JSONResponse(_as_it_stands(shape, answer))
+
+
+async def _stored_response(state: Services, who: Principal, name: str) -> tuple[_Shape, Message]:
+    """A stored response's shape and its answer; NotFound when the caller has none so named."""
     async with state.db.transaction() as session:
         conversations = Conversations(session)
         answer = await stored_answer(conversations, who, name)
@@ -130,7 +150,11 @@ async def retrieve_response(
         instructions=instructions,
         previous_response_id=answer.previous_response_id,
     )
-    shape = _Shape(stored, None, completed_at=int(answer.updated_at.timestamp()))
+    return _Shape(stored, None, completed_at=int(answer.updated_at.timestamp())), answer
+
+
+def _as_it_stands(shape: _Shape, answer: Message) -> dict[str, Any]:
+    """The response object of a stored answer (``shape``'s) in its stored state."""
     if answer.status == "in_progress":
         return shape.response("in_progress")
     if answer.status == "error" or answer.finish_reason in ("shutdown", "interrupted"):
@@ -219,7 +243,7 @@ async def cancel_response(name: str, who: Caller, state: State) -> dict[str, Any
     if answer is None:
         raise _not_found(name)
     await stop_generation(state, who, name, answer)
-    return await retrieve_response(name, who, state)
+    return _as_it_stands(*await _stored_response(state, who, name))
 
 
 @router.delete("/responses/{name}")
@@ -279,19 +303,156 @@ async def create_response(
     shape = _Shape(exchange, body)
     if body.background:
         # Admitted (limits, queue) and stored while the client waits, so that the id it is
-        # given can be polled at once; then generated with nobody reading: the client polls
-        # GET /v1/responses/{id}, or cancels it.
+        # given can be polled at once; then generated whoever reads it: the client polls
+        # GET /v1/responses/{id}, or cancels it, or reads it streamed, and may leave and
+        # read it again from where it was (``_Resumable``).
         if exchange.opened is not None:
             try:
                 await asyncio.shield(exchange.opened)
             except BaseException:
                 await exchange.close()
                 raise
+        if body.stream:
+            detached = state.chat.detach(exchange, read=True, lasting=True)
+            events = _streamed_in_background(state, who, shape, detached)
+            return EventStreamResponse(events, headers, finally_=detached.leave)
         state.chat.detach(exchange)
         return JSONResponse(shape.response("in_progress"), headers=headers)
     if body.stream:
         return EventStreamResponse(shape.events(exchange), headers, finally_=exchange.close)
     return whole_answer(exchange, headers, shape.finished, CUT_WARNING)
+
+
+# How often a response streamed again (``_replay``) reads what its answer has reached, while
+# it is generated (its text is checkpointed every second), and how long it waits for any more
+# before it ends the stream: longer than a backend may go without a word (600 s), so only an
+# answer whose replica died meanwhile, settled at that replica's next start, is given up on.
+REPLAY_POLL_S = 0.5
+REPLAY_PATIENCE_S = 660.0
+# A delta's end: a word's start after white space (the text grows only at its end, so one
+# found never moves).
+_WORD_START = re.compile(r"\s+(?=\S)")
+
+
+class _Resumable:
+    """The events of a response that can be read again from where its reader left: a
+    background response streamed, and any stored one read with ``stream=true``.
+
+    A reader that resumes is given the whole stream again, and skips the events numbered up
+    to the last it saw (the SDK's ``responses.stream(response_id=..., starting_after=n)`` does
+    so itself; with ``retrieve(..., stream=True, starting_after=n)`` this server skips them).
+    So the numbers must name the same events whenever the stream is made, live or from the
+    store, at any checkpoint: they are positions in the text, not counts of events sent. The
+    created and in-progress events, then the message and its text part opened, are 0-3; each
+    text delta is a word with the white space after it, numbered 3 plus where it ends in the
+    text (a word is sent once what follows it has begun; the last at the end); then the
+    text's done events, the message's, and the response's last event, 4-7 past the text's
+    length. Numbers increase but skip; text only (a response with tools is refused)."""
+
+    HEAD = 3
+
+    def __init__(self, shape: _Shape, after: int | None) -> None:
+        self.shape = shape
+        self.after = -1 if after is None else after
+        self.sent = 0  # characters of text in the deltas so far
+        self.at = {"item_id": shape.item_id, "output_index": 0, "content_index": 0}
+
+    def _event(self, sequence: int, kind: str, **fields: Any) -> list[bytes]:
+        """The event, or none when the reader has it (numbered up to ``after``)."""
+        if sequence <= self.after:
+            return []
+        payload = {"type": kind, "sequence_number": sequence, **fields}
+        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        return [f"event: {kind}\ndata: {data}\n\n".encode()]
+
+    def head(self) -> list[bytes]:
+        # As at the start, whatever has been generated since: nothing yet.
+        started = self.shape.response("in_progress") | {"output": [], "usage": None}
+        return [
+            *self._event(0, "response.created", response=started),
+            *self._event(1, "response.in_progress", response=started),
+            *self._event(
+                2,
+                "response.output_item.added",
+                output_index=0,
+                item=self.shape.item("in_progress", None),
+            ),
+            *self._event(3, "response.content_part.added", **self.at, part=_Shape.part("")),
+        ]
+
+    def text(self, text: str, *, final: bool) -> list[bytes]:
+        """The deltas of ``text`` (all of the answer so far) not sent yet: each word whose
+        next has begun, and with ``final`` the rest."""
+        ends = [match.end() for match in _WORD_START.finditer(text, self.sent)]
+        if final and len(text) > self.sent:
+            ends.append(len(text))
+        events: list[bytes] = []
+        for end in ends:
+            delta = text[self.sent : end]
+            self.sent = end
+            events += self._event(
+                self.HEAD + end, "response.output_text.delta", **self.at, delta=delta, logprobs=[]
+            )
+        return events
+
+    def end(self, text: str, response: dict[str, Any]) -> list[bytes]:
+        """The rest of the text, the done events and the response's last (``response``: the
+        response object as the answer ended)."""
+        events = self.text(text, final=True)
+        last = self.HEAD + len(text)
+        output = response["output"]
+        item = output[0] if output else self.shape.item("incomplete", text)
+        part = _Shape.part(text)
+        kind = {"completed": "completed", "failed": "failed"}.get(response["status"], "incomplete")
+        return [
+            *events,
+            *self._event(last + 1, "response.output_text.done", **self.at, text=text, logprobs=[]),
+            *self._event(last + 2, "response.content_part.done", **self.at, part=part),
+            *self._event(last + 3, "response.output_item.done", output_index=0, item=item),
+            *self._event(last + 4, f"response.{kind}", response=response),
+        ]
+
+
+async def _streamed_in_background(
+    state: Services, who: Principal, shape: _Shape, detached: Detached
+) -> AsyncIterator[bytes]:
+    """A background response's stream, as it is generated. It ends as the stored answer
+    ended (read once settled), so that it says what a replay of it says."""
+    events = _Resumable(shape, None)
+    for event in events.head():
+        yield event
+    exchange = detached.exchange
+    with contextlib.suppress(APIError):  # the stored answer says how it failed
+        async for _chunk in detached.chunks():
+            for event in events.text(exchange.content, final=False):
+                yield event
+    await asyncio.wait({detached.task})  # settled: its answer and usage are stored
+    stored, answer = await _stored_response(state, who, shape.id)
+    for event in events.end(answer.content, _as_it_stands(stored, answer)):
+        yield event
+
+
+async def _replay(
+    state: Services, who: Principal, shape: _Shape, answer: Message, after: int | None
+) -> AsyncIterator[bytes]:
+    """A stored response's stream from the start (the events after ``after``): what is
+    stored, then what is checkpointed while it is generated, on whichever replica."""
+    events = _Resumable(shape, after)
+    for event in events.head():
+        yield event
+    loop = asyncio.get_running_loop()
+    text, changed = answer.content, loop.time()
+    while answer.status == "in_progress":
+        for event in events.text(answer.content, final=False):
+            yield event
+        if answer.content != text:
+            text, changed = answer.content, loop.time()
+        elif loop.time() - changed > REPLAY_PATIENCE_S:
+            return
+        await asyncio.sleep(REPLAY_POLL_S)
+        shape, answer = await _stored_response(state, who, shape.id)
+    for event in events.end(answer.content, _as_it_stands(shape, answer)):
+        yield event
 
 
 def _dumped(value: Any) -> Any:

@@ -634,9 +634,10 @@ class ResponsesRequest(Body):
                 "the models here do not reason in separate steps",
                 bool(_without_defaults(self.reasoning or {}, REASONING_ASKS_NOTHING)),
             ),
-            "background": (
-                "a background response is polled with GET /v1/responses/{id}, not streamed",
-                bool(self.background and self.stream),
+            "tools": (
+                "a background response is streamed as text; poll one that calls tools with "
+                "GET /v1/responses/{id}",
+                bool(self.background and self.stream and self.tools),
             ),
             "conversation": (
                 "continue a conversation with previous_response_id",

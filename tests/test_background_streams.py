@@ -1,0 +1,159 @@
+"""Background responses streamed, through the official SDK: the answer goes on when its reader
+leaves, and a reader that comes back (``responses.stream(response_id=..., starting_after=n)``,
+or ``retrieve(..., stream=True, starting_after=n)``) gets exactly the text it had not seen,
+from the store while the answer is still generated and after it ended.
+
+The backend is a real HTTP server on 127.0.0.1 speaking OpenAI's streaming protocol: it sends
+the first words of its story, then holds the rest until the test lets it go, so that a reader
+always leaves, and comes back, while the answer is being written."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from aiohttp import web
+
+from tests.conftest import LiveServer
+from tests.test_router import delta, sse
+from tests.upstream_server import gateway_over, serve_in_thread
+
+MODEL = "story-model"
+FIRST = ["Once", " upon", " a", " time"]
+REST = [" there", " was", " a", " lamplighter", " who", " lit", " every", " lamp", "."]
+STORY = "".join(FIRST + REST)
+
+
+class Backstage:
+    """The test's hold on the backend: ``go`` lets it send the rest of the story."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.closed_early = threading.Event()  # its connection was closed before the end
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[tuple[LiveServer, Backstage]]:
+    backstage = Backstage()
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path != "/v1/chat/completions":
+            return web.json_response({"object": "list", "data": []})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        finished = False
+        try:
+            for word in FIRST:
+                await response.write(sse(delta(word)))
+            while not backstage.go.is_set():
+                await asyncio.get_running_loop().run_in_executor(None, backstage.go.wait, 0.2)
+            for word in REST:
+                await response.write(sse(delta(word)))
+            usage = {"prompt_tokens": 7, "completion_tokens": len(FIRST + REST)}
+            await response.write(sse(delta("", "stop"), {"choices": [], "usage": usage}, "[DONE]"))
+            finished = True
+        finally:
+            if not finished:
+                backstage.closed_early.set()
+        return response
+
+    with (
+        serve_in_thread(handle) as server,
+        gateway_over(server.url + "/v1", (MODEL,), tmp_path / "gateway") as live,
+    ):
+        yield live, backstage
+        backstage.go.set()  # a held generation must not outlive the test's server
+
+
+def _deltas(events: list[Any]) -> str:
+    return "".join(event.delta for event in events if event.type == "response.output_text.delta")
+
+
+def test_a_background_stream_left_and_resumed_gives_the_rest_exactly(
+    gateway: tuple[LiveServer, Backstage],
+) -> None:
+    live, backstage = gateway
+    client = live.client(live.new_user(plan="roomy")[1])
+    seen: list[Any] = []
+    with client.responses.stream(model=MODEL, input="A story, please.", background=True) as first:
+        for event in first:
+            seen.append(event)
+            if _deltas(seen).startswith("Once upon"):
+                break  # the reader leaves, mid-answer
+    response_id = seen[0].response.id
+    numbers = [event.sequence_number for event in seen]
+    assert numbers == sorted(set(numbers))
+    assert client.responses.retrieve(response_id).status == "in_progress"  # it goes on
+
+    # Back while the backend still holds the rest (the stream has begun once the SDK has its
+    # headers: the answer was read in progress): what is stored, then what comes.
+    with client.responses.stream(response_id=response_id, starting_after=numbers[-1]) as again:
+        backstage.go.set()
+        resumed = list(again)
+        final = again.get_final_response()
+    assert _deltas(seen) + _deltas(resumed) == STORY
+    assert min(event.sequence_number for event in resumed) > numbers[-1]
+    assert resumed[-1].type == "response.completed"
+    assert final.status == "completed" and final.output_text == STORY
+    assert final.usage is not None and final.usage.output_tokens == len(FIRST + REST)
+    assert not backstage.closed_early.is_set()  # the backend was never cut off
+
+
+def _listed(events: Any) -> list[tuple[int, str, str | None]]:
+    return [(event.sequence_number, event.type, getattr(event, "delta", None)) for event in events]
+
+
+def test_a_finished_response_streams_again_as_it_streamed_the_first_time(
+    gateway: tuple[LiveServer, Backstage],
+) -> None:
+    """Every event has the number it had: a reader that saw up to any of them and asks for
+    the rest, through the SDK's stream or ``retrieve``, gets the text after it, once."""
+    live, backstage = gateway
+    backstage.go.set()
+    client = live.client(live.new_user(plan="roomy")[1])
+    with client.responses.stream(model=MODEL, input="A story.", background=True) as stream:
+        events = list(stream)
+    first = _listed(events)
+    response_id = events[0].response.id
+    assert [kind for _, kind, _ in first[-4:]] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert _deltas(events) == STORY
+    with client.responses.stream(response_id=response_id) as again:
+        assert _listed(again) == first
+    for number, kind, _ in first:
+        if kind != "response.output_text.delta":
+            continue
+        said = "".join(text or "" for n, _, text in first if n <= number)
+        raw = client.responses.retrieve(response_id, stream=True, starting_after=number)
+        rest = list(raw)
+        assert all(event.sequence_number > number for event in rest)
+        assert said + _deltas(rest) == STORY, number
+        assert rest[-1].type == "response.completed"
+
+
+def test_what_a_background_stream_cannot_do_is_refused_by_name(
+    gateway: tuple[LiveServer, Backstage],
+) -> None:
+    live, backstage = gateway
+    backstage.go.set()
+    client = live.client(live.new_user(plan="roomy")[1])
+    tool = {"type": "function", "name": "lamp", "parameters": {"type": "object"}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=MODEL, input="hi", background=True, stream=True, tools=[tool])
+    assert refused.value.param == "tools"
+    made = client.responses.create(model=MODEL, input="A story.")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.retrieve(made.id, starting_after=3)
+    assert refused.value.param == "starting_after"
+    stranger = live.client(live.new_user(plan="roomy")[1])
+    with pytest.raises(openai.NotFoundError):
+        list(stranger.responses.retrieve(made.id, stream=True))
