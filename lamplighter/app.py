@@ -289,7 +289,7 @@ def create_app(
         if shared is not None:
             metrics.watch_redis(shared)
             await shared.start()
-        bulletin.on("plans", lambda _: plans.refresh())
+        bulletin.on("plans", lambda _: plans.refresh(), resync=plans.refresh)
         admission = Admission(
             clock,
             tables.headroom,
@@ -308,7 +308,11 @@ def create_app(
         async def slot_freed(message: dict[str, Any]) -> None:
             admission.wake(str(message.get("pool")))
 
-        bulletin.on("slot", slot_freed)
+        async def slots_freed_unheard() -> None:
+            for pool in list(admission.pools):
+                admission.wake(pool)
+
+        bulletin.on("slot", slot_freed, resync=slots_freed_unheard)
         await bulletin.start()
         state = Services(
             settings=settings,
@@ -354,7 +358,7 @@ def create_app(
 
         bulletin.on("response.cancel", cancel_here)
         bulletin.on("answer.watch", watch_here)
-        guard.listen(state)  # bans started and lifted on other replicas
+        await guard.listen(state)  # bans in force, started and lifted on other replicas
         state.violations.on_ban = lambda ban: state.chat.metrics.bans.labels(
             ban.subject.split(":", 1)[0]
         ).inc()

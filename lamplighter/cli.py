@@ -337,13 +337,13 @@ def users_restore(email: str, config: ConfigOption = None) -> None:
         lambda accounts: accounts.restore(email, audit=_by_cli("user.restore", email)),
     )
     if settings.redis_url:
-        from lamplighter.api.guard import LIFT
+        from lamplighter.api.guard import lift_elsewhere
         from lamplighter.traffic.bulletin import Bulletin
 
         async def lift() -> None:
             bulletin = Bulletin(settings.redis_url)
             try:
-                await bulletin.publish(LIFT, subjects=[f"user:{user.id}"])
+                await lift_elsewhere(bulletin, f"user:{user.id}")
             finally:
                 await bulletin.stop()
 

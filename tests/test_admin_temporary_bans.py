@@ -20,31 +20,32 @@ from tests.test_cli import cli
 BODY = {"model": SCRIPTED, "messages": [{"role": "user", "content": "page 1"}]}
 
 
-@pytest.fixture
-def replicas(postgres_url: str, tmp_path: Path) -> Iterator[tuple[LiveServer, LiveServer]]:
-    """Two replicas whose [abuse] threshold is low: four early returns ban for a minute."""
+def _replica(data_dir: Path, postgres_url: str) -> LiveServer:
+    """A replica whose [abuse] threshold is low: four early returns ban for a minute."""
 
     async def backends(_: Settings) -> list[Backend]:
         return [ScriptedBackend(SCRIPTED)]
 
+    data_dir.mkdir()
+    config = data_dir / "lamplighter.toml"
+    config.write_text(
+        "[plans.trickle]\nrequests_per_minute = 1\n\n[abuse]\nthreshold = 4\nban_s = 60\n"
+    )
+    settings = make_settings(
+        data_dir,
+        config=config,
+        embedded_engine=False,
+        database_url=postgres_url,
+        redis_url=REDIS_URL,
+    )
+    return LiveServer(settings, backends)
+
+
+@pytest.fixture
+def replicas(postgres_url: str, tmp_path: Path) -> Iterator[tuple[LiveServer, LiveServer]]:
     with ExitStack() as stack:
-        servers = []
-        for name in ("a", "b"):
-            data_dir = tmp_path / name
-            data_dir.mkdir()
-            config = data_dir / "lamplighter.toml"
-            config.write_text(
-                "[plans.trickle]\nrequests_per_minute = 1\n\n[abuse]\nthreshold = 4\nban_s = 60\n"
-            )
-            settings = make_settings(
-                data_dir,
-                config=config,
-                embedded_engine=False,
-                database_url=postgres_url,
-                redis_url=REDIS_URL,
-            )
-            servers.append(stack.enter_context(LiveServer(settings, backends)))
-        yield servers[0], servers[1]
+        a, b = (stack.enter_context(_replica(tmp_path / name, postgres_url)) for name in "ab")
+        yield a, b
 
 
 def _ask(server: LiveServer, key: str) -> httpx.Response:
@@ -95,3 +96,24 @@ def test_the_restore_command_lifts_a_temporary_ban_on_every_replica(
     assert restored.exit_code == 0, restored.stderr
     for server in (a, b):  # at most refused for the rate now (429), not banned
         wait_for(lambda s=server: _ask(s, key).status_code != 403, 10, "the ban to be lifted")
+
+
+@needs_redis
+def test_a_replica_that_starts_during_a_ban_holds_it_from_its_first_request(
+    replicas: tuple[LiveServer, LiveServer], postgres_url: str, tmp_path: Path
+) -> None:
+    """A rolling restart or a scale-up starts replicas while bans are in force: they hold
+    them (pinned on the bulletin), and a restore sent to one of them lifts them everywhere."""
+    a, _ = replicas
+    email, key = a.new_user(plan="trickle")
+    _, admin_key = a.new_user(admin=True)
+    statuses = [_ask(a, key).status_code for _ in range(9)]  # never waiting as told
+    assert statuses[-1] == 403, statuses
+    with _replica(tmp_path / "c", postgres_url) as c:
+        assert _ask(c, key).status_code == 403
+        admin = {"authorization": f"Bearer {admin_key}"}
+        restored = httpx.post(f"{c.base_url}/api/admin/users/{email}/restore", headers=admin)
+        assert restored.status_code == 200 and restored.json()["temporary_ban_lifted"] is True
+        wait_for(lambda: _ask(a, key).status_code != 403 or None, 10, "a to lift the ban")
+    with _replica(tmp_path / "d", postgres_url) as d:  # lifted: no longer pinned either
+        assert _ask(d, key).status_code != 403  # at most refused for the rate (429)

@@ -249,6 +249,11 @@ class Violations:
         found = [b for s in subjects if (b := self._bans.get(s)) is not None and b.until > now]
         return max(found, key=lambda ban: ban.until, default=None)
 
+    def bans(self) -> list[Ban]:
+        """Every ban in force."""
+        now = self.clock()
+        return [ban for ban in self._bans.values() if ban.until > now]
+
     def impose(self, ban: Ban) -> None:
         """Hold a ban that another replica started (unless one here lasts longer)."""
         held = self.banned(ban.subject)

@@ -23,6 +23,7 @@ from lamplighter.api.middleware import ACCESS_PLAN, arrived
 from lamplighter.api.state import Services
 from lamplighter.chat import Principal
 from lamplighter.exceptions import APIError, Banned
+from lamplighter.traffic.bulletin import Bulletin
 
 # The caller whose subjects were last taken in this request: its plan labels a ban's refusal,
 # its email goes into a ban's log line.
@@ -113,14 +114,20 @@ def ban_json(ban: Ban, now: float) -> dict[str, Any]:
 
 
 def announce(state: Services, bans: list[Ban]) -> None:
-    """Tell the other replicas about bans that started here."""
+    """Tell the other replicas about bans that started here, and pin them for those that start
+    later or do not hear it (see ``listen``)."""
     bulletin = state.bulletin
     if bulletin is None:
         return
     for ban in bans:
-        task = asyncio.get_running_loop().create_task(bulletin.publish("ban", **asdict(ban)))
+        task = asyncio.get_running_loop().create_task(_tell(bulletin, ban))
         _announcing.add(task)
         task.add_done_callback(_announcing.discard)
+
+
+async def _tell(bulletin: Bulletin, ban: Ban) -> None:
+    await bulletin.publish("ban", **asdict(ban))
+    await bulletin.pin("ban", ban.subject, **asdict(ban))
 
 
 LIFT = "ban.lift"  # the bulletin's topic for bans lifted (by an admin, or `users restore`)
@@ -131,32 +138,65 @@ async def lift(state: Services, *of: str) -> list[Ban]:
     replica; the bans that were in force here."""
     lifted = state.violations.lift(*of)
     if state.bulletin is not None:
-        await state.bulletin.publish(LIFT, subjects=list(of))
+        await lift_elsewhere(state.bulletin, *of)
     return lifted
 
 
-def listen(state: Services) -> None:
-    """Hear the bans other replicas start and lift (the server calls it once, at start)."""
+async def lift_elsewhere(bulletin: Bulletin, *of: str) -> None:
+    """End the bans of ``of`` (and of the subjects banned with them) on every other replica,
+    and take back their pinned notices."""
+    await bulletin.publish(LIFT, subjects=list(of))
+    ended = set(of)
+    pinned = [ban for ban in map(_ban, await bulletin.pinned("ban")) if ban is not None]
+    await bulletin.unpin(
+        "ban", *ended, *(ban.subject for ban in pinned if ended & {ban.subject, *ban.together})
+    )
+
+
+def _ban(notice: dict[str, Any]) -> Ban | None:
+    """A ban as the bulletin carries it (None if it is not one)."""
+    try:
+        return Ban(
+            subject=str(notice["subject"]),
+            until=float(notice["until"]),
+            seconds=float(notice["seconds"]),
+            repeat=int(notice["repeat"]),
+            reason=str(notice["reason"]),
+            together=tuple(str(s) for s in notice.get("together", ())),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+async def listen(state: Services) -> None:
+    """Hold the bans in force on other replicas, and hear those they start and lift from now
+    on (the server calls it once, at start). After the bulletin was out of reach, the bans
+    pinned meanwhile are taken up, and those started here meanwhile are told again; a lift
+    missed then is not (the ban runs its course here)."""
     bulletin = state.bulletin
     if bulletin is None:
         return
 
     async def banned(message: dict[str, Any]) -> None:
-        try:
-            ban = Ban(
-                subject=str(message["subject"]),
-                until=float(message["until"]),
-                seconds=float(message["seconds"]),
-                repeat=int(message["repeat"]),
-                reason=str(message["reason"]),
-                together=tuple(str(s) for s in message.get("together", ())),
-            )
-        except (KeyError, TypeError, ValueError):
-            return
-        state.violations.impose(ban)
+        ban = _ban(message)
+        if ban is not None:
+            state.violations.impose(ban)
 
     async def lifted(message: dict[str, Any]) -> None:
         state.violations.lift(*(str(s) for s in message.get("subjects", ())))
 
-    bulletin.on("ban", banned)
+    async def catch_up() -> None:
+        pinned = {ban.subject for ban in await take_up()}
+        for ban in state.violations.bans():
+            if ban.subject not in pinned:
+                await _tell(bulletin, ban)
+
+    async def take_up() -> list[Ban]:
+        bans = [ban for ban in map(_ban, await bulletin.pinned("ban")) if ban is not None]
+        for ban in bans:
+            state.violations.impose(ban)
+        return bans
+
+    bulletin.on("ban", banned, resync=catch_up)
     bulletin.on(LIFT, lifted)
+    await take_up()

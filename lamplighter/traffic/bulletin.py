@@ -12,6 +12,12 @@ The same channel carries requests about an answer that runs on whichever replica
 one of those runs an answer to its end, or cuts it sooner; a watching page asks again at its
 next poll.
 
+A topic may say how to catch up after its messages could not be heard (``on``'s ``resync``,
+run after the subscription comes back): plans are reread from the database, and bans, which
+live in no database, are also *pinned* here (``pin``: a Redis hash per topic, each entry kept
+until it lapses) for replicas that start later or were away from Redis when one began. Other
+topics' messages missed meanwhile are lost.
+
 Without Redis (one replica) publishing does nothing: the replica that made the change has it.
 """
 
@@ -21,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -33,10 +40,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHANNEL = "lamplighter:bulletin"
+PINNED = "lamplighter:pinned:"  # + topic: a hash of a key to its notice, as JSON
 # How long to wait before subscribing again after Redis went away.
 RECONNECT_S = 1.0
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
+Resync = Callable[[], Awaitable[None]]
 
 
 class Bulletin:
@@ -47,14 +56,25 @@ class Bulletin:
         if url:
             from redis.asyncio import Redis
 
-            self._redis = Redis.from_url(url, socket_timeout=None, socket_connect_timeout=1.0)
+            # Named, so that an operator's CLIENT LIST tells the bulletin's connections apart.
+            self._redis = Redis.from_url(
+                url,
+                socket_timeout=None,
+                socket_connect_timeout=1.0,
+                client_name=f"lamplighter-bulletin-{self.me}",
+            )
         self._handlers: dict[str, Handler] = {}
+        self._resyncs: dict[str, Resync] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
         self.heard = 0
 
-    def on(self, topic: str, handler: Handler) -> None:
+    def on(self, topic: str, handler: Handler, resync: Resync | None = None) -> None:
+        """Hear ``topic``'s messages; ``resync`` catches up on what they said while this
+        replica could not hear them (none: it is lost)."""
         self._handlers[topic] = handler
+        if resync is not None:
+            self._resyncs[topic] = resync
 
     def envelope(self, topic: str, **payload: Any) -> tuple[str, str]:
         """(channel, message) of an announcement, for a caller that publishes it itself (from
@@ -73,6 +93,55 @@ class Bulletin:
             await asyncio.wait_for(self._redis.publish(channel, message), timeout=1.0)
         except (RedisError, OSError, TimeoutError) as error:
             log.warning("could not announce a change to other replicas: %s", error)
+
+    async def pin(self, topic: str, key: str, *, until: float, **notice: Any) -> None:
+        """Keep a notice of ``topic`` under ``key`` until ``until`` (wall-clock seconds), for
+        the replicas that did not hear it published (``pinned``). Logged, not raised, when
+        Redis cannot be reached."""
+        if self._redis is None:
+            return
+        from redis.exceptions import RedisError
+
+        kept = json.dumps({"until": until, **notice})
+        try:
+            await asyncio.wait_for(self._redis.hset(PINNED + topic, key, kept), timeout=1.0)
+        except (RedisError, OSError, TimeoutError) as error:
+            log.warning("could not keep a %s notice for other replicas: %s", topic, error)
+
+    async def unpin(self, topic: str, *keys: str) -> None:
+        if self._redis is None or not keys:
+            return
+        from redis.exceptions import RedisError
+
+        try:
+            await asyncio.wait_for(self._redis.hdel(PINNED + topic, *keys), timeout=1.0)
+        except (RedisError, OSError, TimeoutError) as error:
+            log.warning("could not take back a %s notice: %s", topic, error)
+
+    async def pinned(self, topic: str) -> list[dict[str, Any]]:
+        """The notices of ``topic`` still in force (lapsed ones are dropped); none when Redis
+        cannot be reached, which is logged."""
+        if self._redis is None:
+            return []
+        from redis.exceptions import RedisError
+
+        try:
+            kept = await asyncio.wait_for(self._redis.hgetall(PINNED + topic), timeout=1.0)
+            now = time.time()
+            notices, lapsed = [], []
+            for key, text in kept.items():
+                with contextlib.suppress(ValueError, TypeError):
+                    notice = json.loads(text)
+                    if isinstance(notice, dict) and float(notice.get("until", 0)) > now:
+                        notices.append(notice)
+                        continue
+                lapsed.append(key)
+            if lapsed:
+                await asyncio.wait_for(self._redis.hdel(PINNED + topic, *lapsed), timeout=1.0)
+        except (RedisError, OSError, TimeoutError) as error:
+            log.warning("could not read the %s notices other replicas keep: %s", topic, error)
+            return []
+        return notices
 
     async def start(self) -> None:
         if self._redis is not None and self._task is None:
@@ -126,8 +195,8 @@ class Bulletin:
             log.exception("handling a bulletin about %s failed", message.get("topic"))
 
     async def _everything(self) -> None:
-        for topic, handler in self._handlers.items():
+        for topic, resync in self._resyncs.items():
             try:
-                await handler({"topic": topic})
+                await resync()
             except Exception:
                 log.exception("resynchronising %s failed", topic)

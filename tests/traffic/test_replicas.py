@@ -103,3 +103,44 @@ def test_an_answer_cached_on_one_replica_is_served_by_the_other(
         again.json()["choices"][0]["message"]["content"]
         == (made.json()["choices"][0]["message"]["content"])
     )
+
+
+def test_a_broken_bulletin_subscription_leaves_live_plan_edits_alone(
+    replicas: tuple[LiveServer, LiveServer],
+) -> None:
+    """A replica whose subscription broke (a Redis restart, a proxy's idle timeout) rereads
+    the plans from the database when it is back: a plan edited live stays as edited, where it
+    was once overwritten by the config file's, on every replica, by a reload nobody asked for."""
+    first, second = replicas
+    _, admin = first.new_user(admin=True)
+    edited = httpx.put(
+        f"{first.base_url}/api/admin/plans/shared",
+        headers={"authorization": f"Bearer {admin}"},
+        json={"requests_per_minute": 11},
+    )
+    assert edited.status_code == 200, edited.text
+    services = second.app.state.services
+    name = f"lamplighter-bulletin-{services.bulletin.me}"
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        (old,) = [c["id"] for c in client.client_list(_type="pubsub") if c["name"] == name]
+        client.client_kill_filter(_id=old)
+
+        def subscribed_again() -> bool:
+            found = [c["id"] for c in client.client_list(_type="pubsub") if c["name"] == name]
+            return bool(found) and found != [old]
+
+        _within(10.0, subscribed_again)
+    finally:
+        client.close()
+    # Caught up: a plan changed on the first replica after the break binds on the second.
+    changed = httpx.put(
+        f"{first.base_url}/api/admin/plans/shared",
+        headers={"authorization": f"Bearer {admin}"},
+        json={"max_tokens": 333},
+    )
+    assert changed.status_code == 200, changed.text
+    _within(5.0, lambda: services.plans.get("shared").max_tokens == 333)
+    for replica in (first, second):
+        plan = replica.app.state.services.plans.get("shared")
+        assert plan.requests_per_minute == 11, replica.base_url
