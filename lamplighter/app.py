@@ -224,6 +224,22 @@ async def _review_credits(credits: Credits) -> None:
             log.exception("credit review failed; trying again later")
 
 
+async def _tend_answers(chat: ChatService, lease_s: float) -> None:
+    """Among replicas sharing a store: every third of a lease, say which answers run here,
+    and settle those a replica that died left behind (silent for two leases; see
+    ``ChatService.recover``)."""
+    while True:
+        await asyncio.sleep(lease_s / 3)
+        try:
+            await chat.heartbeat()
+            cut = await chat.recover(silent_for=2 * lease_s)
+        except Exception:
+            log.exception("tending the answers in progress failed; trying again later")
+            continue
+        if cut:
+            log.warning("marked %d answers left by a replica that stopped as cut", cut)
+
+
 async def _sample(metrics: Metrics, interval: float) -> None:
     """Close a point of the console's time series every ``interval`` seconds."""
     while True:
@@ -362,7 +378,10 @@ def create_app(
         state.violations.on_ban = lambda ban: state.chat.metrics.bans.labels(
             ban.subject.split(":", 1)[0]
         ).inc()
-        cut = await state.chat.recover()
+        # Alone on its store, every answer in progress is one the last run left; replicas take
+        # only those left by a replica that stopped (the rest run on live replicas).
+        alone = settings.replicas == 1 and not settings.redis_url
+        cut = await state.chat.recover(None if alone else 2 * settings.redis_lease_s)
         if cut:
             log.warning("marked %d answers interrupted by the last shutdown as cut", cut)
         created = await state.accounts.bootstrap_admin(settings.admin_email)
@@ -383,14 +402,17 @@ def create_app(
         reviewer = asyncio.create_task(_review_credits(state.credits))
         sweeper = asyncio.create_task(billing.sweep_forever(BILLING_SWEEP_S))
         resync = asyncio.create_task(_resync_plans(plans)) if settings.redis_url else None
+        lease_s = settings.redis_lease_s
+        tender = None if alone else asyncio.create_task(_tend_answers(state.chat, lease_s))
         try:
             yield
         finally:
             sampler.cancel()
             reviewer.cancel()
             sweeper.cancel()
-            if resync is not None:
-                resync.cancel()
+            for task in (resync, tender):
+                if task is not None:
+                    task.cancel()
             await bulletin.stop()
             # Stop generating, let the cut answers and their usage be written, then close.
             await router.close()

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -991,7 +991,8 @@ class ChatService:
             "latency_ms": round(elapsed * 1000),
             "ttft_ms": None if exchange.ttft is None else round(exchange.ttft * 1000),
             "finish_reason": exchange.finish_reason or "in_progress",
-            "created_at": utcnow(),
+            "created_at": (now := utcnow()),
+            "alive_at": now,
             "plan": exchange.plan.name,
             "cached": exchange.cached,
         }
@@ -1087,14 +1088,39 @@ class ChatService:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.writer.close()
 
-    async def recover(self) -> int:
-        """On start: answers a crashed process left in progress are marked cut (keeping their
-        last checkpoint, and a path hash so they can be continued), and their usage records
-        interrupted (keeping the tokens counted at the last checkpoint)."""
+    async def recover(self, silent_for: float | None = None) -> int:
+        """Answers a crashed process left in progress are marked cut (keeping their last
+        checkpoint, and a path hash so they can be continued), and their usage records
+        interrupted (keeping the tokens counted at the last checkpoint); how many answers.
+
+        A process alone on its store (``silent_for`` None, at start) takes every answer in
+        progress for one its last run left. Replicas sharing a store take only those that no
+        replica has said it runs (``heartbeat``) for ``silent_for`` seconds: the others run on
+        live replicas, and a replica that died leaves its own behind, settled then by any."""
+        now = utcnow()
         async with self.db.transaction() as session:
-            cut = await Conversations(session).cut_unfinished(utcnow())
-            await UsageLedger(session).interrupt_unfinished()
-            return cut
+            conversations, ledger = Conversations(session), UsageLedger(session)
+            if silent_for is None:
+                cut = await conversations.cut_unfinished(now)
+                await ledger.interrupt_unfinished()
+                return cut
+            ours = {exchange.usage_id for exchange in self.live}
+            left = [
+                (row, answer)
+                for row, answer in await ledger.silent_since(now - timedelta(seconds=silent_for))
+                if row not in ours
+            ]
+            if not left:
+                return 0
+            await ledger.interrupt_unfinished([row for row, _ in left])
+            return await conversations.cut_unfinished(now, [a for _, a in left if a is not None])
+
+    async def heartbeat(self) -> None:
+        """Say that the exchanges running here still run (see ``recover``)."""
+        rows = [exchange.usage_id for exchange in self.live if exchange.usage_id is not None]
+        if rows:
+            when = utcnow()
+            await self.writer.run(lambda session: UsageLedger(session).alive(rows, when))
 
 
 class Detached:

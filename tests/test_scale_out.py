@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from sqlalchemy import text
 
 from lamplighter.accounts import AccountService, Bootstrap
 from lamplighter.settings import async_database_url
@@ -540,19 +541,42 @@ def test_redis_killed_mid_load_and_started_again(fleet: Fleet) -> None:
         assert outages(replica) == (1, 1), replica.name
 
 
+async def answers_to(database: str, questions: list[str]) -> list[tuple[str, str, str]]:
+    """For each question, its stored answer's status and finish reason and its usage row's
+    finish reason."""
+    db = Database(async_database_url(database))
+    try:
+        async with db.read() as conn:
+            found = await conn.execute(
+                text(
+                    "SELECT q.content, a.status, a.finish_reason, u.finish_reason "
+                    "FROM messages q JOIN messages a ON a.parent_id = q.id "
+                    "JOIN usage u ON u.message_id = a.id WHERE q.content = ANY(:questions)"
+                ),
+                {"questions": questions},
+            )
+            rows = {row[0]: (row[1], row[2], row[3]) for row in found}
+    finally:
+        await db.close()
+    return [rows[question] for question in questions]
+
+
 def test_a_replica_killed_mid_stream_gives_its_slots_back_within_the_lease(fleet: Fleet) -> None:
     """Replica c streams two answers of a user whose plan allows two at once, and one on solo,
     which takes its only slot; another user waits for solo on b. SIGKILL c: its leases run on
     for a while (the user can start nothing on a, the waiter still waits), and lapse within
-    the lease's TTL: the waiter starts, and the user can run two streams again elsewhere."""
+    the lease's TTL: the waiter starts, and the user can run two streams again elsewhere.
+    The answers c was writing are settled by the replicas left once c has been silent for two
+    leases (cut, their usage interrupted), and not before."""
     a, b, c = fleet.open
     pair, holder, waiter = fleet.keys("pair", "roomy", "roomy")
+    on_c = ["First of two on c.", "Second of two on c.", "The only slot of solo, on c."]
 
     async def scenario() -> tuple[Outcome, float]:
         async with (
-            holding(c, pair, long("First of two on c.")),
-            holding(c, pair, long("Second of two on c.")),
-            holding(c, holder, long("The only slot of solo, on c.", SOLO)),
+            holding(c, pair, long(on_c[0])),
+            holding(c, pair, long(on_c[1])),
+            holding(c, holder, long(on_c[2], SOLO)),
         ):
             waiting = asyncio.create_task(stream(b, waiter, ask("Waiting on b.", SOLO)))
             await wait_for_async(
@@ -570,6 +594,15 @@ def test_a_replica_killed_mid_stream_gives_its_slots_back_within_the_lease(fleet
             assert not waiting.done()
             assert b.metric("lamplighter_queue_depth", backend="solo") == 1
             outcome = await asyncio.wait_for(waiting, LEASE_TTL + DEADLINE)
+
+            async def settled() -> bool:
+                left = await answers_to(fleet.database, on_c)
+                return left == [("cut", "interrupted", "interrupted")] * 3
+
+            await until(settled, 2 * LEASE_TTL + DEADLINE, "c's answers are cut", every=0.5)
+            # Not before c had been silent for two leases (it last spoke at most a third of
+            # one before it died).
+            assert time.monotonic() - killed >= 2 * LEASE_TTL - LEASE_TTL / 3
         return outcome, killed
 
     outcome, killed = asyncio.run(scenario())

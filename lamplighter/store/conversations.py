@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from itertools import pairwise
 from typing import Any, NamedTuple, cast
@@ -117,10 +117,16 @@ class Conversations:
             values["path_hash"] = path_hash
         await self.session.execute(_FINISH, {"message": message_id, **values})
 
-    async def cut_unfinished(self, when: datetime) -> int:
-        """Mark answers left in progress by a crashed process as cut, with the path hash of the
-        text they kept, so a client can still continue from them; returns how many."""
-        result = await self.session.execute(select(Message).where(Message.status == "in_progress"))
+    async def cut_unfinished(
+        self, when: datetime, only: Collection[uuid.UUID] | None = None
+    ) -> int:
+        """Mark answers left in progress by a crashed process (of those ``only``) as cut, with
+        the path hash of the text they kept, so a client can still continue from them; returns
+        how many."""
+        unfinished_ones = select(Message).where(Message.status == "in_progress")
+        if only is not None:
+            unfinished_ones = unfinished_ones.where(Message.id.in_(only))
+        result = await self.session.execute(unfinished_ones)
         unfinished = result.scalars().all()
         for message in unfinished:
             parent = (

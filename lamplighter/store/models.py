@@ -27,6 +27,7 @@ from sqlalchemy import (
     and_,
     event,
     or_,
+    text,
 )
 from sqlalchemy import false as sa_false
 from sqlalchemy.engine import Dialect
@@ -44,6 +45,11 @@ def new_id() -> uuid.UUID:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# The usage rows of exchanges still in progress (a partial index's condition: queries that use
+# the index say it in these words, not with a bound parameter).
+IN_PROGRESS = "finish_reason = 'in_progress'"
 
 
 class Base(DeclarativeBase):
@@ -246,8 +252,19 @@ class Usage(Base):
     # The plan the request was served under, and whether the exact-match cache answered it.
     plan: Mapped[str | None] = mapped_column(String(64))
     cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    # While in progress: when the replica running the exchange last said it still runs it
+    # (``ChatService.heartbeat``); null in rows from before it was kept.
+    alive_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
-    __table_args__ = (Index("ix_usage_user_created", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_usage_user_created", "user_id", "created_at"),
+        Index(
+            "ix_usage_in_progress",
+            "alive_at",
+            postgresql_where=text(IN_PROGRESS),
+            sqlite_where=text(IN_PROGRESS),
+        ),
+    )
 
 
 class PlanRow(Base):

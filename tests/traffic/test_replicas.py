@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,10 +16,13 @@ import redis
 from lamplighter.engines.base import Backend
 from lamplighter.engines.scripted import ScriptedBackend
 from lamplighter.settings import Settings
+from lamplighter.store.models import utcnow
+from lamplighter.store.usage import UsageLedger
 from lamplighter.traffic.cache import SHARED_PREFIX
 from tests.conftest import SCRIPTED, LiveServer, make_settings
 from tests.fleet import REDIS_URL
 
+SLOW = "scripted-slow"  # a word every 10 ms
 PLAN = """
 [plans.shared]
 requests_per_minute = 100
@@ -32,7 +36,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveSer
     config.write_text(PLAN)
 
     async def backends(_: Settings) -> list[Backend]:
-        return [ScriptedBackend(SCRIPTED)]
+        return [ScriptedBackend(SCRIPTED), ScriptedBackend(SLOW, pace_s=0.01)]
 
     def replica() -> LiveServer:
         shared = {"redis_url": REDIS_URL, "replicas": 2, "embedded_engine": False}
@@ -144,3 +148,28 @@ def test_a_broken_bulletin_subscription_leaves_live_plan_edits_alone(
     for replica in (first, second):
         plan = replica.app.state.services.plans.get("shared")
         assert plan.requests_per_minute == 11, replica.base_url
+
+
+def test_an_answer_one_replica_writes_outlives_the_others_sweeps(
+    replicas: tuple[LiveServer, LiveServer],
+) -> None:
+    """Replicas settle the answers a replica that died left in progress: those that no replica
+    has said it runs for a while. One that a live replica writes is said to run (its
+    heartbeat), so the others' sweeps leave it alone however old it is."""
+    first, second = replicas
+    _, key = first.new_user(plan="shared")
+    made = first.client(key).responses.create(
+        model=SLOW, input=" ".join(["word"] * 600), background=True
+    )
+    answer = uuid.UUID(made.id.removeprefix("resp_"))
+
+    async def age(services: Any) -> float:
+        async with services.db.transaction() as session:
+            usage = await UsageLedger(session).of_message(answer)
+        assert usage is not None and usage.finish_reason == "in_progress"
+        return (utcnow() - usage.created_at).total_seconds()
+
+    _within(10.0, lambda: first.call(age) > 0.5)  # older than the silence the sweep allows
+    first.call(lambda services: services.chat.heartbeat())
+    assert second.call(lambda services: services.chat.recover(silent_for=0.4)) == 0
+    assert first.client(key).responses.retrieve(made.id).status == "in_progress"
