@@ -18,7 +18,10 @@ from typing import Any
 import openai
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from lamplighter.api.openai_responses import LONGEST_DELTA, _delta_ends
 from tests.conftest import LiveServer
 from tests.test_router import delta, sse
 from tests.upstream_server import gateway_over, serve_in_thread
@@ -157,3 +160,26 @@ def test_what_a_background_stream_cannot_do_is_refused_by_name(
     stranger = live.client(live.new_user(plan="roomy")[1])
     with pytest.raises(openai.NotFoundError):
         list(stranger.responses.retrieve(made.id, stream=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(
+        alphabet=st.sampled_from(["a", "b", " ", "\n", "é", "語", "😀", "-", "\t"]), max_size=300
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=8),
+)
+def test_deltas_end_where_they_would_whenever_the_text_is_read(text: str, cuts: list[int]) -> None:
+    """However the text arrived (any checkpoints, in order), the deltas sent end where one
+    reading of the finished text puts them: a reader resuming from any of them skips exactly
+    what it saw."""
+    sent, ends = 0, []
+    for cut in sorted({min(cut, len(text)) for cut in cuts}):
+        found = _delta_ends(text[:cut], sent, final=False)
+        ends += found
+        sent = found[-1] if found else sent
+    ends += _delta_ends(text, sent, final=True)
+    assert ends == _delta_ends(text, 0, final=True)
+    pieces = [text[a:b] for a, b in zip([0, *ends], ends, strict=False)]
+    assert "".join(pieces) == text
+    assert all(0 < len(piece) <= LONGEST_DELTA for piece in pieces)

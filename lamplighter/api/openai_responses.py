@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import time
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -329,9 +329,31 @@ async def create_response(
 # answer whose replica died meanwhile, settled at that replica's next start, is given up on.
 REPLAY_POLL_S = 0.5
 REPLAY_PATIENCE_S = 660.0
-# A delta's end: a word's start after white space (the text grows only at its end, so one
-# found never moves).
-_WORD_START = re.compile(r"\s+(?=\S)")
+# The most characters one delta of a resumable stream holds (a URL, code, a long word).
+LONGEST_DELTA = 64
+
+
+def _delta_ends(text: str, start: int, *, final: bool) -> list[int]:
+    """Where the deltas of ``text[start:]`` end, ``start`` being where one ended: after a word
+    and the white space that follows it, once the next word has begun; after a wide character
+    (Chinese, Japanese and Korean put no space between words); after ``LONGEST_DELTA``
+    characters without either; and, with ``final``, at the end. Each end depends only on the
+    text before it and the character after it, and the text only grows at its end: an end
+    once found never moves, whenever the text is read."""
+    ends: list[int] = []
+    last = start
+    for at in range(start + 1, len(text) + 1):
+        before = text[at - 1]
+        if (
+            (at < len(text) and before.isspace() and not text[at].isspace())
+            or unicodedata.east_asian_width(before) in ("W", "F")
+            or at - last >= LONGEST_DELTA
+        ):
+            ends.append(at)
+            last = at
+    if final and last < len(text):
+        ends.append(len(text))
+    return ends
 
 
 class _Resumable:
@@ -344,10 +366,11 @@ class _Resumable:
     So the numbers must name the same events whenever the stream is made, live or from the
     store, at any checkpoint: they are positions in the text, not counts of events sent. The
     created and in-progress events, then the message and its text part opened, are 0-3; each
-    text delta is a word with the white space after it, numbered 3 plus where it ends in the
-    text (a word is sent once what follows it has begun; the last at the end); then the
-    text's done events, the message's, and the response's last event, 4-7 past the text's
-    length. Numbers increase but skip; text only (a response with tools is refused)."""
+    text delta (a word with the white space after it, a wide character, at most
+    ``LONGEST_DELTA`` characters: ``_delta_ends``) is numbered 3 plus where it ends in the
+    text; then the text's done events, the message's, and the response's last event, 4-7 past
+    the text's length. Numbers increase but skip; text only (a response with tools is
+    refused)."""
 
     HEAD = 3
 
@@ -381,13 +404,10 @@ class _Resumable:
         ]
 
     def text(self, text: str, *, final: bool) -> list[bytes]:
-        """The deltas of ``text`` (all of the answer so far) not sent yet: each word whose
-        next has begun, and with ``final`` the rest."""
-        ends = [match.end() for match in _WORD_START.finditer(text, self.sent)]
-        if final and len(text) > self.sent:
-            ends.append(len(text))
+        """The deltas of ``text`` (all of the answer so far) not sent yet, up to the last end
+        found (``_delta_ends``), and with ``final`` the rest."""
         events: list[bytes] = []
-        for end in ends:
+        for end in _delta_ends(text, self.sent, final=final):
             delta = text[self.sent : end]
             self.sent = end
             events += self._event(
