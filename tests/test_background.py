@@ -138,67 +138,71 @@ def test_a_background_response_is_stored(gateway: tuple[LiveServer, Backstage]) 
     assert refused.value.param == "store"
 
 
-@needs_redis
-def test_a_cancel_reaches_the_replica_that_runs_the_response(
+@pytest.fixture
+def replicas(
     upstream: tuple[str, Backstage], postgres_url: str, tmp_path: Path
-) -> None:
-    """Two replicas over one PostgreSQL and one Redis: the response runs on the first, the
-    cancel lands on the second, which tells the first through the bulletin."""
+) -> Iterator[tuple[LiveServer, LiveServer, Backstage]]:
+    """Two replicas over one PostgreSQL and one Redis, and what their backend saw."""
     url, seen = upstream
     shared = {"database_url": postgres_url, "redis_url": REDIS_URL}
     with (
         gateway_over(url, (MODEL,), tmp_path / "a", **shared) as a,
         gateway_over(url, (MODEL,), tmp_path / "b", **shared) as b,
     ):
-        _, key = a.new_user(plan="roomy")
-        made = a.client(key).responses.create(model=MODEL, input=HOLD, background=True)
-        assert seen.begun.wait(10)
-        cancelled = b.client(key).responses.cancel(made.id)
-        assert cancelled.status == "cancelled"
-        assert seen.closed.wait(10)
-        assert a.client(key).responses.retrieve(made.id).status == "cancelled"
+        yield a, b, seen
+
+
+@needs_redis
+def test_a_cancel_reaches_the_replica_that_runs_the_response(
+    replicas: tuple[LiveServer, LiveServer, Backstage],
+) -> None:
+    """The response runs on the first replica, the cancel lands on the second, which tells
+    the first through the bulletin."""
+    a, b, seen = replicas
+    _, key = a.new_user(plan="roomy")
+    made = a.client(key).responses.create(model=MODEL, input=HOLD, background=True)
+    assert seen.begun.wait(10)
+    cancelled = b.client(key).responses.cancel(made.id)
+    assert cancelled.status == "cancelled"
+    assert seen.closed.wait(10)
+    assert a.client(key).responses.retrieve(made.id).status == "cancelled"
 
 
 @needs_redis
 def test_a_background_stream_left_on_one_replica_is_read_on_to_its_end_on_another(
-    upstream: tuple[str, Backstage], postgres_url: str, tmp_path: Path
+    replicas: tuple[LiveServer, LiveServer, Backstage],
 ) -> None:
     """The reader of a background response streamed by the first replica leaves; it reads on
     from the second (from the store, which the first checkpoints), and when the response is
     cancelled there the stream ends with what was written, once, and the last event."""
-    url, seen = upstream
-    shared = {"database_url": postgres_url, "redis_url": REDIS_URL}
-    with (
-        gateway_over(url, (MODEL,), tmp_path / "a", **shared) as a,
-        gateway_over(url, (MODEL,), tmp_path / "b", **shared) as b,
-    ):
-        _, key = a.new_user(plan="roomy")
-        with a.client(key).responses.stream(model=MODEL, input=HOLD, background=True) as first:
-            created = next(iter(first))
-            assert seen.begun.wait(10)
-        response = created.response.id
-        assert not seen.closed.is_set()  # its reader left; the answer goes on
+    a, b, seen = replicas
+    _, key = a.new_user(plan="roomy")
+    with a.client(key).responses.stream(model=MODEL, input=HOLD, background=True) as first:
+        created = next(iter(first))
+        assert seen.begun.wait(10)
+    response = created.response.id
+    assert not seen.closed.is_set()  # its reader left; the answer goes on
 
-        reading_on = threading.Event()
+    reading_on = threading.Event()
 
-        def read_on() -> list[Any]:
-            with b.client(key).responses.stream(
-                response_id=response, starting_after=created.sequence_number
-            ) as again:
-                reading_on.set()
-                return list(again)
+    def read_on() -> list[Any]:
+        with b.client(key).responses.stream(
+            response_id=response, starting_after=created.sequence_number
+        ) as again:
+            reading_on.set()
+            return list(again)
 
-        with ThreadPoolExecutor(1) as pool:
-            reading = pool.submit(read_on)
-            try:
-                assert reading_on.wait(20)  # b has read it in progress, and follows it
-                assert not reading.done()
-            finally:
-                cancelled = b.client(key).responses.cancel(response)
-            events = reading.result(timeout=20)
-        assert cancelled.status == "cancelled" and cancelled.output_text == "Once"
-        said = "".join(e.delta for e in events if e.type == "response.output_text.delta")
-        assert said == "Once"
-        assert events[-1].type == "response.incomplete"
-        assert events[-1].response.status == "cancelled"
-        assert seen.closed.wait(10)
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(read_on)
+        try:
+            assert reading_on.wait(20)  # b has read it in progress, and follows it
+            assert not reading.done()
+        finally:
+            cancelled = b.client(key).responses.cancel(response)
+        events = reading.result(timeout=20)
+    assert cancelled.status == "cancelled" and cancelled.output_text == "Once"
+    said = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert said == "Once"
+    assert events[-1].type == "response.incomplete"
+    assert events[-1].response.status == "cancelled"
+    assert seen.closed.wait(10)
