@@ -1167,12 +1167,14 @@ class Detached:
         except APIError as error:  # the answer was settled as an error: its reader is told
             ended = error
         finally:
-            await self.exchange.close()
-            self.service.detached.pop(self.exchange.message_id, None)
-            if self._chunks is not None:
-                if ended is not None:
-                    self._chunks.put_nowait(ended)
-                self._chunks.put_nowait(None)
+            try:
+                await self.exchange.close()  # raises if the answer could not be written
+            finally:
+                self.service.detached.pop(self.exchange.message_id, None)
+                if self._chunks is not None:  # the reader is told the end whatever happened
+                    if ended is not None:
+                        self._chunks.put_nowait(ended)
+                    self._chunks.put_nowait(None)
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         """The answer's chunks as they come; an error that ended it is raised after the last."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lamplighter.api.openai_responses import LONGEST_DELTA, _delta_ends
+from lamplighter.chat import ChatService
 from tests.conftest import LiveServer
 from tests.test_router import delta, sse
 from tests.upstream_server import gateway_over, serve_in_thread
@@ -153,6 +155,15 @@ def test_what_a_background_stream_cannot_do_is_refused_by_name(
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(model=MODEL, input="hi", background=True, stream=True, tools=[tool])
     assert refused.value.param == "tools"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(
+            model=MODEL,
+            input="hi",
+            background=True,
+            stream=True,
+            include=["message.output_text.logprobs"],
+        )
+    assert refused.value.param == "top_logprobs"
     made = client.responses.create(model=MODEL, input="A story.")
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.retrieve(made.id, starting_after=3)
@@ -160,6 +171,62 @@ def test_what_a_background_stream_cannot_do_is_refused_by_name(
     stranger = live.client(live.new_user(plan="roomy")[1])
     with pytest.raises(openai.NotFoundError):
         list(stranger.responses.retrieve(made.id, stream=True))
+
+
+def _leave_then_read_on(client: openai.OpenAI) -> tuple[str, Future[list[Any]]]:
+    """A background stream left after its first event, and a reader reading it again from the
+    start in a thread (once it has begun: the answer was read in progress)."""
+    with client.responses.stream(model=MODEL, input="A story.", background=True) as first:
+        created = next(iter(first))
+    began = threading.Event()
+
+    def read_on() -> list[Any]:
+        events = []
+        raw = client.responses.retrieve(created.response.id, stream=True)
+        began.set()
+        for event in raw:
+            events.append(event)
+        return events
+
+    reading = ThreadPoolExecutor(1).submit(read_on)
+    assert began.wait(20)
+    return created.response.id, reading
+
+
+def test_a_response_deleted_while_it_is_streamed_again_ends_the_stream_with_an_error_event(
+    gateway: tuple[LiveServer, Backstage],
+) -> None:
+    """Its reader is told, in the stream, not cut off (it was an unhandled error)."""
+    live, _ = gateway
+    client = live.client(live.new_user(plan="roomy")[1])
+    response, reading = _leave_then_read_on(client)
+    client.responses.delete(response)
+    events = reading.result(timeout=20)  # no transport error
+    last = events[-1]
+    # The delete stops the answer, then deletes it: the reader sees one or the other last.
+    assert (last.type, getattr(last, "code", None)) in (
+        ("error", "not_found"),
+        ("response.incomplete", None),
+    )
+
+
+def test_an_answer_that_cannot_be_stored_at_its_end_still_ends_its_live_stream(
+    gateway: tuple[LiveServer, Backstage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store refusing the answer's last write (a database failure; a NUL character on
+    PostgreSQL once) left the live reader waiting for ever: it ends ``failed``, with the text."""
+    live, backstage = gateway
+    client = live.client(live.new_user(plan="roomy")[1])
+
+    async def refused(*_: Any) -> None:
+        raise RuntimeError("the database refused the write")
+
+    monkeypatch.setattr(ChatService, "_finish", refused)
+    with client.responses.stream(model=MODEL, input="A story.", background=True) as stream:
+        backstage.go.set()
+        events = list(stream)
+    assert events[-1].type == "response.failed"
+    assert _deltas(events) == STORY == events[-1].response.output_text
 
 
 @settings(max_examples=300, deadline=None)

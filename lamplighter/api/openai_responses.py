@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import unicodedata
 import uuid
@@ -54,6 +55,7 @@ from lamplighter.store.conversations import Conversations
 from lamplighter.store.models import Message
 
 router = APIRouter(prefix="/v1")
+log = logging.getLogger(__name__)
 
 CUT_WARNING = "the server stopped before this answer was finished; its status is failed"
 
@@ -415,6 +417,18 @@ class _Resumable:
             )
         return events
 
+    def gone(self) -> bytes:
+        """The last event of a response deleted while it was streamed: an ``error`` (numbered
+        past what was sent; nothing can be read again after it)."""
+        (event,) = self._event(
+            max(self.HEAD + self.sent, self.after) + 1,
+            "error",
+            code="not_found",
+            message=f"Response with id '{self.shape.id}' was deleted.",
+            param=None,
+        )
+        return event
+
     def end(self, text: str, response: dict[str, Any]) -> list[bytes]:
         """The rest of the text, the done events and the response's last (``response``: the
         response object as the answer ended)."""
@@ -447,7 +461,18 @@ async def _streamed_in_background(
             for event in events.text(exchange.content, final=False):
                 yield event
     await asyncio.wait({detached.task})  # settled: its answer and usage are stored
-    stored, answer = await _stored_response(state, who, shape.id)
+    if not detached.task.cancelled() and detached.task.exception() is not None:
+        # Not stored: what this replica has is all there is.
+        log.error("a background response could not be stored", exc_info=detached.task.exception())
+        ended = shape.finished("The answer could not be stored.")
+        for event in events.end(exchange.content, ended):
+            yield event
+        return
+    try:
+        stored, answer = await _stored_response(state, who, shape.id)
+    except NotFound:
+        yield events.gone()
+        return
     for event in events.end(answer.content, _as_it_stands(stored, answer)):
         yield event
 
@@ -470,7 +495,11 @@ async def _replay(
         elif loop.time() - changed > REPLAY_PATIENCE_S:
             return
         await asyncio.sleep(REPLAY_POLL_S)
-        shape, answer = await _stored_response(state, who, shape.id)
+        try:
+            shape, answer = await _stored_response(state, who, shape.id)
+        except NotFound:
+            yield events.gone()
+            return
     for event in events.end(answer.content, _as_it_stands(shape, answer)):
         yield event
 

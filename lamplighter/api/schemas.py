@@ -639,6 +639,10 @@ class ResponsesRequest(Body):
                 "GET /v1/responses/{id}",
                 bool(self.background and self.stream and self.tools),
             ),
+            "top_logprobs": (
+                "a background response is streamed as text, without log probabilities",
+                bool(self.background and self.stream and self.logprobs_asked is not None),
+            ),
             "conversation": (
                 "continue a conversation with previous_response_id",
                 self.conversation is not None,
