@@ -76,6 +76,33 @@ class UTCDateTime(TypeDecorator[datetime]):
 Timestamp = UTCDateTime()
 
 
+def _without_nul(value: str | None) -> str | None:
+    return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
+
+
+class Prose(TypeDecorator[str]):
+    """Text that people and models write. PostgreSQL's text cannot hold a NUL character
+    (``\x00``, valid Unicode and valid JSON, which a request or a model may send), and refuses
+    the whole write; on every database it is stored as U+FFFD instead, so that a store moved
+    from SQLite to PostgreSQL holds the same text."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return _without_nul(value)
+
+
+class ShortProse(TypeDecorator[str]):
+    """``Prose`` of a bounded length (a title)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return _without_nul(value)
+
+
 class User(Base):
     __tablename__ = "users"
 
@@ -102,7 +129,7 @@ class User(Base):
     training_consent_at: Mapped[datetime | None] = mapped_column(Timestamp)
     # What the person wants every new web chat to know (about them, how to answer): stored as
     # the first message, a system message, of each chat they start; None when they have none.
-    custom_instructions: Mapped[str | None] = mapped_column(Text)
+    custom_instructions: Mapped[str | None] = mapped_column(Prose)
     # A ban is a suspension an admin meant as final; both are lifted the same way.
     banned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
 
@@ -160,7 +187,7 @@ class Conversation(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    title: Mapped[str | None] = mapped_column(String(200))
+    title: Mapped[str | None] = mapped_column(ShortProse(200))
     # The leaf of the branch the user last saw; the current path runs from the root to it.
     current_leaf_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
@@ -184,7 +211,7 @@ class Message(Base):
         ForeignKey("messages.id", ondelete="CASCADE"), index=True
     )
     role: Mapped[str] = mapped_column(String(16))
-    content: Mapped[str] = mapped_column(Text, default="")
+    content: Mapped[str] = mapped_column(Prose, default="")
     # Hash of the whole path from the root to this node (see conversation/threading.py).
     path_hash: Mapped[str] = mapped_column(String(64))
     depth: Mapped[int] = mapped_column(Integer)
@@ -214,7 +241,7 @@ class Message(Base):
     # A Responses API answer that continued another (``previous_response_id``): the answer it
     # continued, and the request's own instructions. The model saw those instead of the system
     # message its conversation starts with, which belongs to the first response.
-    instructions: Mapped[str | None] = mapped_column(Text)
+    instructions: Mapped[str | None] = mapped_column(Prose)
     previous_response_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
     __table_args__ = (Index("ix_messages_user_path", "user_id", "path_hash"),)
@@ -333,7 +360,7 @@ class Rating(Base):
     )
     rating: Mapped[int] = mapped_column(Integer)  # 1 or -1
     reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
-    comment: Mapped[str | None] = mapped_column(Text)
+    comment: Mapped[str | None] = mapped_column(Prose)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     # A keyed hash of the rater's network (see flywheel/credits.py): accounts rating from one
