@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -22,8 +23,14 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lamplighter.api.openai_responses import LONGEST_DELTA, _delta_ends
-from lamplighter.chat import ChatService
+from lamplighter.api.openai_responses import (
+    LONGEST_DELTA,
+    _delta_ends,
+    _Resumable,
+    _Shape,
+    _Stored,
+)
+from lamplighter.chat import ChatService, TokenCount
 from tests.conftest import LiveServer
 from tests.test_router import delta, sse
 from tests.upstream_server import gateway_over, serve_in_thread
@@ -227,6 +234,24 @@ def test_an_answer_that_cannot_be_stored_at_its_end_still_ends_its_live_stream(
         events = list(stream)
     assert events[-1].type == "response.failed"
     assert _deltas(events) == STORY == events[-1].response.output_text
+
+
+def test_a_reader_who_saw_text_the_store_lost_is_still_told_how_it_ended() -> None:
+    """Its replica died between two checkpoints: the answer was settled with less text than
+    the reader saw, so the numbers of the text's end are ones it has; the closing events are
+    numbered past any text, and reach it."""
+    stored = _Stored(uuid.uuid4(), 0, MODEL, "Once upon", TokenCount(7, 2), "interrupted")
+    shape = _Shape(stored, None)
+    failed = shape.response("failed", {"code": "server_error", "message": "cut"})
+    saw = _Resumable.HEAD + len("Once upon a time there")
+    frames = _Resumable(shape, saw).end("Once upon", failed)
+    kinds = [frame.split(b"\n", 1)[0].removeprefix(b"event: ").decode() for frame in frames]
+    assert kinds == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.failed",
+    ]
 
 
 @settings(max_examples=300, deadline=None)

@@ -370,11 +370,14 @@ class _Resumable:
     created and in-progress events, then the message and its text part opened, are 0-3; each
     text delta (a word with the white space after it, a wide character, at most
     ``LONGEST_DELTA`` characters: ``_delta_ends``) is numbered 3 plus where it ends in the
-    text; then the text's done events, the message's, and the response's last event, 4-7 past
-    the text's length. Numbers increase but skip; text only (a response with tools is
+    text; then the text's done events, the message's, and the response's last event are
+    ``CLOSING`` + 1-4. Numbers increase but skip; text only (a response with tools is
     refused)."""
 
     HEAD = 3
+    # The closing events are numbered past any position in any text: a reader who saw text
+    # that the store never got (its replica died between checkpoints) still gets them.
+    CLOSING = 1_000_000_000
 
     def __init__(self, shape: _Shape, after: int | None) -> None:
         self.shape = shape
@@ -418,10 +421,9 @@ class _Resumable:
         return events
 
     def gone(self) -> bytes:
-        """The last event of a response deleted while it was streamed: an ``error`` (numbered
-        past what was sent; nothing can be read again after it)."""
+        """The last event of a response deleted while it was streamed: an ``error``."""
         (event,) = self._event(
-            max(self.HEAD + self.sent, self.after) + 1,
+            self.CLOSING + 1,
             "error",
             code="not_found",
             message=f"Response with id '{self.shape.id}' was deleted.",
@@ -433,7 +435,7 @@ class _Resumable:
         """The rest of the text, the done events and the response's last (``response``: the
         response object as the answer ended)."""
         events = self.text(text, final=True)
-        last = self.HEAD + len(text)
+        last = self.CLOSING
         output = response["output"]
         item = output[0] if output else self.shape.item("incomplete", text)
         part = _Shape.part(text)
