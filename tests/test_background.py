@@ -84,7 +84,7 @@ def test_a_background_response_is_answered_at_once_and_polled(
         return found if found.status == "completed" else None
 
     done = wait_until(finished)
-    assert done.output_text == "Hello"
+    assert done.output_text == "Hello" and done.background is True
     assert done.usage is not None and done.usage.output_tokens == 3
 
 

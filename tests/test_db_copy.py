@@ -105,6 +105,7 @@ def test_a_row_has_one_line_whichever_database_it_came_from() -> None:
         "author": None, "response_format": '{"type": "json_object"}',
         "request_metadata": '{"b": "2", "a": "1"}', "tool_calls": None, "tool_call_id": None,
         "tools": None, "instructions": "Be brief.", "previous_response_id": parent.hex,
+        "background": 1,
     }  # fmt: skip
     from_postgres = {
         **stored_by_sqlite,
@@ -113,6 +114,7 @@ def test_a_row_has_one_line_whichever_database_it_came_from() -> None:
         "updated_at": datetime(2026, 1, 2, 4, 4, 6, tzinfo=timezone(timedelta(hours=1))),
         "moderation": '{"input":["x"],"output":[]}', "response_format": '{"type":"json_object"}',
         "request_metadata": '{"a":"1","b":"2"}', "previous_response_id": parent,
+        "background": True,
     }  # fmt: skip
     raw = tuple(stored_by_sqlite[c] for c in spec.columns)
     pg = tuple(from_postgres[c] for c in spec.columns)

@@ -115,6 +115,10 @@ async def retrieve_response(
     stored, then, while it is generated, the text checkpointed since, to its end."""
     shape, answer = await _stored_response(state, who, name)
     if stream:
+        if not answer.background:
+            raise unsupported(
+                "stream", "only a background response is streamed again; retrieve this one whole"
+            )
         if answer.tool_calls:
             raise unsupported("stream", "a response that called tools is retrieved whole")
         return EventStreamResponse(_replay(state, who, shape, answer, starting_after))
@@ -151,6 +155,7 @@ async def _stored_response(state: Services, who: Principal, name: str) -> tuple[
         tools=answer.tools,
         instructions=instructions,
         previous_response_id=answer.previous_response_id,
+        background=bool(answer.background),
     )
     return _Shape(stored, None, completed_at=int(answer.updated_at.timestamp())), answer
 
@@ -308,12 +313,15 @@ async def create_response(
         # given can be polled at once; then generated whoever reads it: the client polls
         # GET /v1/responses/{id}, or cancels it, or reads it streamed, and may leave and
         # read it again from where it was (``_Resumable``).
-        if exchange.opened is not None:
-            try:
+        try:
+            if exchange.opened is not None:
                 await asyncio.shield(exchange.opened)
-            except BaseException:
-                await exchange.close()
-                raise
+            await state.chat.writer.run(
+                lambda session: Conversations(session).mark_background(exchange.message_id)
+            )
+        except BaseException:
+            await exchange.close()
+            raise
         if body.stream:
             detached = state.chat.detach(exchange, read=True, lasting=True)
             events = _streamed_in_background(state, who, shape, detached)
@@ -537,6 +545,7 @@ class _Stored:
     tools: list[dict[str, Any]] | None = None  # chat completions' shape, as stored
     instructions: str | None = None
     previous_response_id: uuid.UUID | None = None  # the stored answer it continued
+    background: bool = False
 
 
 class _Shape:
@@ -684,7 +693,9 @@ class _Shape:
             "parallel_tool_calls": body is None or body.parallel_tool_calls is not False,
             "previous_response_id": self.previous_response_id,
             "store": body is None or body.store is not False,
-            "background": bool(body and body.background),
+            "background": (
+                bool(body.background) if body else isinstance(answer, _Stored) and answer.background
+            ),
             "temperature": body.temperature if body and body.temperature is not None else 1.0,
             "top_p": body.top_p if body and body.top_p is not None else 1.0,
             "top_logprobs": body.top_logprobs if body else None,

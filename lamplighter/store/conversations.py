@@ -91,6 +91,12 @@ class Conversations:
             {"conversation": conversation_id, "current_leaf_id": leaf_id, "updated_at": when},
         )
 
+    async def mark_background(self, message_id: uuid.UUID) -> None:
+        """The answer is a background response's."""
+        await self.session.execute(
+            update(Message).where(Message.id == message_id).values(background=True)
+        )
+
     async def finish_message(
         self,
         message_id: uuid.UUID,

@@ -242,6 +242,8 @@ class Message(Base):
     # continued, and the request's own instructions. The model saw those instead of the system
     # message its conversation starts with, which belongs to the first response.
     instructions: Mapped[str | None] = mapped_column(Prose)
+    # A Responses API answer made in the background (null: not, or stored before it was kept).
+    background: Mapped[bool | None] = mapped_column(Boolean)
     previous_response_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
     __table_args__ = (Index("ix_messages_user_path", "user_id", "path_hash"),)
