@@ -147,7 +147,7 @@ async def lift_elsewhere(bulletin: Bulletin, *of: str) -> None:
     and take back their pinned notices."""
     await bulletin.publish(LIFT, subjects=list(of))
     ended = set(of)
-    pinned = [ban for ban in map(_ban, await bulletin.pinned("ban")) if ban is not None]
+    pinned = await _pinned_bans(bulletin)
     await bulletin.unpin(
         "ban", *ended, *(ban.subject for ban in pinned if ended & {ban.subject, *ban.together})
     )
@@ -166,6 +166,11 @@ def _ban(notice: dict[str, Any]) -> Ban | None:
         )
     except (KeyError, TypeError, ValueError):
         return None
+
+
+async def _pinned_bans(bulletin: Bulletin) -> list[Ban]:
+    """The bans pinned on the bulletin, in force."""
+    return [ban for ban in map(_ban, await bulletin.pinned("ban")) if ban is not None]
 
 
 async def listen(state: Services) -> None:
@@ -192,7 +197,7 @@ async def listen(state: Services) -> None:
                 await _tell(bulletin, ban)
 
     async def take_up() -> list[Ban]:
-        bans = [ban for ban in map(_ban, await bulletin.pinned("ban")) if ban is not None]
+        bans = await _pinned_bans(bulletin)
         for ban in bans:
             state.violations.impose(ban)
         return bans
