@@ -336,7 +336,7 @@ async def create_response(
 # How often a response streamed again (``_replay``) reads what its answer has reached, while
 # it is generated (its text is checkpointed every second), and how long it waits for any more
 # before it ends the stream: longer than a backend may go without a word (600 s), so only an
-# answer whose replica died meanwhile, settled at that replica's next start, is given up on.
+# answer stuck in its backend is given up on (a dead replica's are settled by the others).
 REPLAY_POLL_S = 0.5
 REPLAY_PATIENCE_S = 660.0
 # The most characters one delta of a resumable stream holds (a URL, code, a long word).
@@ -367,8 +367,8 @@ def _delta_ends(text: str, start: int, *, final: bool) -> list[int]:
 
 
 class _Resumable:
-    """The events of a response that can be read again from where its reader left: a
-    background response streamed, and any stored one read with ``stream=true``.
+    """The events of a background response streamed, which can be read again (``stream=true``)
+    from where its reader left.
 
     A reader that resumes is given the whole stream again, and skips the events numbered up
     to the last it saw (the SDK's ``responses.stream(response_id=..., starting_after=n)`` does
@@ -428,16 +428,15 @@ class _Resumable:
             )
         return events
 
-    def gone(self) -> bytes:
+    def gone(self) -> list[bytes]:
         """The last event of a response deleted while it was streamed: an ``error``."""
-        (event,) = self._event(
+        return self._event(
             self.CLOSING + 1,
             "error",
             code="not_found",
             message=f"Response with id '{self.shape.id}' was deleted.",
             param=None,
         )
-        return event
 
     def end(self, text: str, response: dict[str, Any]) -> list[bytes]:
         """The rest of the text, the done events and the response's last (``response``: the
@@ -481,7 +480,8 @@ async def _streamed_in_background(
     try:
         stored, answer = await _stored_response(state, who, shape.id)
     except NotFound:
-        yield events.gone()
+        for event in events.gone():
+            yield event
         return
     for event in events.end(answer.content, _as_it_stands(stored, answer)):
         yield event
@@ -508,7 +508,8 @@ async def _replay(
         try:
             shape, answer = await _stored_response(state, who, shape.id)
         except NotFound:
-            yield events.gone()
+            for event in events.gone():
+                yield event
             return
     for event in events.end(answer.content, _as_it_stands(shape, answer)):
         yield event
