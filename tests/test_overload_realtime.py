@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +29,10 @@ SLOTS = 4
 # The simulated GPU runs ten times slower than the real one so that a surge fits in a few
 # seconds of a 2-core machine: 4 sequences at ~70 ms a step.
 TIME_SCALE = 10.0
-USERS_PATIENCE = 3.0  # a person gives up after this long without a first token
+# A person gives up after this long without a first token: a second and a half after the team
+# plan's queue patience, time for a request let in at the last moment to reach its first token
+# with the other test worker's browser on the same two cores.
+USERS_PATIENCE = 4.0
 PLANS = """
 [plans.free]
 priority = 2
@@ -118,6 +122,18 @@ async def surge(base_url: str, keys: dict[str, str], plans: list[str]) -> list[O
         return await asyncio.gather(*(one(client, i * 0.06, p) for i, p in enumerate(plans)))
 
 
+async def idle(base_url: str) -> None:
+    """Wait until the simulated GPU runs and queues nothing, by its vLLM metrics."""
+    busy = re.compile(r"^vllm:num_requests_(running|waiting)\{[^}]*\} ([0-9.]+)$", re.M)
+    async with httpx.AsyncClient(timeout=5) as client, asyncio.timeout(30):
+        while True:
+            text = (await client.get(base_url + "/metrics")).text
+            counts = [float(value) for _, value in busy.findall(text)]
+            if len(counts) == 2 and not any(counts):
+                return
+            await asyncio.sleep(0.05)
+
+
 def summary(outcomes: list[Outcome], plan: str) -> dict[str, float]:
     mine = [o for o in outcomes if o.plan == plan]
     return {
@@ -133,7 +149,7 @@ async def test_behind_lamplighter_nobody_times_out_silently_and_team_goes_first(
     plans = ["team" if rng.random() < 0.2 else "free" for _ in range(60)]
     keys = {plan: gateway.new_user(plan=plan)[1] for plan in ("free", "team")}
     direct = await surge(sim.base_url, {"free": "", "team": ""}, plans)
-    await asyncio.sleep(USERS_PATIENCE)  # let the simulated GPU drain what was abandoned
+    await idle(sim.base_url)  # what the people who gave up left on the simulated GPU is gone
     ours = await surge(gateway.base_url, keys, plans)
 
     fifo_free, fifo_team = summary(direct, "free"), summary(direct, "team")
