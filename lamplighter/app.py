@@ -126,6 +126,7 @@ async def default_backends(settings: Settings) -> list[Backend]:
             settings.model_name,
             n_ctx=settings.n_ctx,
             n_threads=settings.threads,
+            repack_weights=settings.repack_weights,
         )
         await embedded.load()
         backends.insert(0, embedded)

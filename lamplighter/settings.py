@@ -85,6 +85,12 @@ class Settings:
     embedded_engine: bool = _setting(True, "Load the embedded llama.cpp engine at start.")
     n_ctx: int = _setting(2048, "Context window of the embedded engine, in tokens.")
     n_threads: int = _setting(0, "CPU threads for the embedded engine. 0: one per core.")
+    repack_weights: bool = _setting(
+        False,
+        "Let llama.cpp repack the embedded model's weights for the CPU's matrix units (AMX on "
+        "recent Xeons): faster prompts there, but a virtual machine that shows AMX without "
+        "enabling it crashes on the first prompt.",
+    )
     admin_email: str = _setting(
         "admin@localhost", "Email of the admin account created on first start."
     )

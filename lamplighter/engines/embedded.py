@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import importlib.util
 import logging
 import random
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -113,13 +114,51 @@ def _joined(released: list[tuple[str, dict[str, Any]]]) -> Chunk:
     return Chunk("".join(text for text, _ in released), logprobs=tuple(e for _, e in released))
 
 
+@contextlib.contextmanager
+def _weights_repacked(allowed: bool) -> Iterator[None]:
+    """Load a model with llama.cpp's weight repacking allowed or not (``use_extra_bufts``; the
+    llama.cpp CLI's ``--no-repack``). llama-cpp-python's ``Llama`` takes no argument for it: it
+    starts its model parameters from ``llama_model_default_params``, so for the length of the
+    load that function returns them with the field set (under a lock: one load at a time)."""
+    import llama_cpp.llama_cpp as native
+
+    defaults = native.llama_model_default_params
+
+    def chosen() -> Any:
+        params = defaults()
+        params.use_extra_bufts = allowed
+        return params
+
+    with _LOADING:
+        native.llama_model_default_params = chosen
+        try:
+            yield
+        finally:
+            native.llama_model_default_params = defaults
+
+
+_LOADING = threading.Lock()
+
+
 class EmbeddedBackend:
-    def __init__(self, model_path: Path, model_name: str, *, n_ctx: int, n_threads: int) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        model_name: str,
+        *,
+        n_ctx: int,
+        n_threads: int,
+        repack_weights: bool = False,
+    ) -> None:
         self.name = "embedded"
         self.model_name = model_name
         self.model_path = model_path
         self.n_ctx = n_ctx
         self.n_threads = n_threads
+        # Repacked for the CPU's matrix units, llama.cpp's AMX kernels crash on the first prompt
+        # on virtual machines that show AMX without enabling it (Firecracker's, for one); for
+        # Q4_1 weights, like SmolLM2's, AMX is the only repacking there is on x86.
+        self.repack_weights = repack_weights
         self._llm: Any = None
         self._formatter: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
@@ -150,13 +189,14 @@ class EmbeddedBackend:
 
         if not self.model_path.is_file():
             raise ConfigError(f"model file {self.model_path} does not exist")
-        llm = Llama(
-            model_path=str(self.model_path),
-            n_ctx=self.n_ctx,
-            n_threads=self.n_threads,
-            n_threads_batch=self.n_threads,
-            verbose=False,
-        )
+        with _weights_repacked(self.repack_weights):
+            llm = Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                verbose=False,
+            )
         template = llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise ConfigError(f"{self.model_path} carries no chat template")
