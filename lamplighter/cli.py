@@ -340,14 +340,20 @@ def users_restore(email: str, config: ConfigOption = None) -> None:
         from lamplighter.api.guard import lift_elsewhere
         from lamplighter.traffic.bulletin import Bulletin
 
-        async def lift() -> None:
+        async def lift() -> bool:
             bulletin = Bulletin(settings.redis_url)
             try:
-                await lift_elsewhere(bulletin, f"user:{user.id}")
+                return await lift_elsewhere(bulletin, f"user:{user.id}")
             finally:
                 await bulletin.stop()
 
-        asyncio.run(lift())
+        if not asyncio.run(lift()):
+            typer.secho(
+                "warning: Redis could not be reached: a temporary ban on a running server lasts"
+                " until it ends, or until it is lifted from the admin page",
+                fg="yellow",
+                err=True,
+            )
     typer.echo(f"restored {user.email}")
 
 

@@ -442,6 +442,22 @@ def test_the_first_admin_notice_names_the_database_but_not_its_password(
     assert "s3cret-pw" not in notice  # the notice goes to the logs
 
 
+def test_restore_says_when_it_could_not_lift_a_ban_on_the_running_replicas(
+    tmp_path: Path,
+) -> None:
+    """With Redis configured but out of reach, the account is restored in the database and the
+    operator is told that running replicas keep a temporary ban (none hears the lift)."""
+    assert cli(tmp_path, "db", "upgrade").exit_code == 0
+    assert cli(tmp_path, "users", "create", "bo@example.org").exit_code == 0
+    assert cli(tmp_path, "users", "ban", "bo@example.org", "--reason", "fraud").exit_code == 0
+    env = {"LAMPLIGHTER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens
+    restored = cli(tmp_path, "users", "restore", "bo@example.org", env=env)
+    assert restored.exit_code == 0 and "restored bo@example.org" in restored.stdout
+    assert "Redis could not be reached" in restored.stderr
+    listed = cli(tmp_path, "users", "list", "--json").stdout.splitlines()
+    assert json.loads(listed[0])["status"] == "active"
+
+
 def test_an_operator_suspends_bans_and_restores_from_the_command_line(server: LiveServer) -> None:
     email, key = server.new_user()
     _, admin_key = server.new_user(admin=True)

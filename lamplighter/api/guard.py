@@ -126,11 +126,7 @@ def announce(state: Services, bans: list[Ban]) -> None:
 
 
 async def _tell(bulletin: Bulletin, ban: Ban) -> None:
-    await bulletin.publish("ban", **asdict(ban))
     await bulletin.pin("ban", ban.subject, **asdict(ban))
-
-
-LIFT = "ban.lift"  # the bulletin's topic for bans lifted (by an admin, or `users restore`)
 
 
 async def lift(state: Services, *of: str) -> list[Ban]:
@@ -138,17 +134,17 @@ async def lift(state: Services, *of: str) -> list[Ban]:
     replica; the bans that were in force here."""
     lifted = state.violations.lift(*of)
     if state.bulletin is not None:
-        await lift_elsewhere(state.bulletin, *of)
+        await lift_elsewhere(state.bulletin, *of, *(s for ban in lifted for s in ban.together))
     return lifted
 
 
-async def lift_elsewhere(bulletin: Bulletin, *of: str) -> None:
+async def lift_elsewhere(bulletin: Bulletin, *of: str) -> bool:
     """End the bans of ``of`` (and of the subjects banned with them) on every other replica,
-    and take back their pinned notices."""
-    await bulletin.publish(LIFT, subjects=list(of))
+    and take back their pinned notices; whether Redis could be told now (if not, a running
+    replica tells it when Redis is back)."""
     ended = set(of)
     pinned = await _pinned_bans(bulletin)
-    await bulletin.unpin(
+    return await bulletin.unpin(
         "ban", *ended, *(ban.subject for ban in pinned if ended & {ban.subject, *ban.together})
     )
 
@@ -169,15 +165,19 @@ def _ban(notice: dict[str, Any]) -> Ban | None:
 
 
 async def _pinned_bans(bulletin: Bulletin) -> list[Ban]:
-    """The bans pinned on the bulletin, in force."""
-    return [ban for ban in map(_ban, await bulletin.pinned("ban")) if ban is not None]
+    """The bans pinned on the bulletin, in force (none if Redis cannot be reached)."""
+    return [ban for ban in map(_ban, await bulletin.pinned("ban") or []) if ban is not None]
 
 
 async def listen(state: Services) -> None:
     """Hold the bans in force on other replicas, and hear those they start and lift from now
-    on (the server calls it once, at start). After the bulletin was out of reach, the bans
-    pinned meanwhile are taken up, and those started here meanwhile are told again; a lift
-    missed then is not (the ban runs its course here)."""
+    on (the server calls it once, at start).
+
+    After the bulletin was out of reach, the pinned bans are the truth: those pinned meanwhile
+    are taken up, and those held here but no longer pinned were lifted elsewhere meanwhile and
+    end here too (bans started or lifted here meanwhile were owed to the bulletin, which posted
+    them first). Unless Redis itself restarted meanwhile: its pins may be gone with it, so the
+    bans held here are pinned again, and a lift that reached Redis before them is undone."""
     bulletin = state.bulletin
     if bulletin is None:
         return
@@ -188,20 +188,26 @@ async def listen(state: Services) -> None:
             state.violations.impose(ban)
 
     async def lifted(message: dict[str, Any]) -> None:
-        state.violations.lift(*(str(s) for s in message.get("subjects", ())))
+        # "subjects": a replica of an earlier release, during a rolling upgrade.
+        state.violations.lift(*(str(s) for s in message.get("keys", message.get("subjects", ()))))
 
     async def catch_up() -> None:
-        pinned = {ban.subject for ban in await take_up()}
-        for ban in state.violations.bans():
-            if ban.subject not in pinned:
+        notices = await bulletin.pinned("ban")
+        if notices is None:
+            return  # out of reach again: the next subscription catches up
+        bans = [ban for ban in map(_ban, notices) if ban is not None]
+        pinned = {ban.subject for ban in bans}
+        held = [ban for ban in state.violations.bans() if ban.subject not in pinned]
+        if bulletin.restarted:
+            for ban in held:
                 await _tell(bulletin, ban)
-
-    async def take_up() -> list[Ban]:
-        bans = await _pinned_bans(bulletin)
+        else:
+            owed = bulletin.owed("ban")
+            state.violations.lift(*(ban.subject for ban in held if ban.subject not in owed))
         for ban in bans:
             state.violations.impose(ban)
-        return bans
 
     bulletin.on("ban", banned, resync=catch_up)
-    bulletin.on(LIFT, lifted)
-    await take_up()
+    bulletin.on("ban.lift", lifted)
+    for ban in await _pinned_bans(bulletin):
+        state.violations.impose(ban)

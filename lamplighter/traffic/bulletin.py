@@ -15,8 +15,11 @@ next poll.
 A topic may say how to catch up after its messages could not be heard (``on``'s ``resync``,
 run after the subscription comes back): plans are reread from the database, and bans, which
 live in no database, are also *pinned* here (``pin``: a Redis hash per topic, each entry kept
-until it lapses) for replicas that start later or were away from Redis when one began. Other
-topics' messages missed meanwhile are lost.
+until it lapses) for replicas that start later or were away from Redis when one began. A pin or
+unpin that could not reach Redis is owed, and written (and published) when the subscription
+comes back, before any topic catches up: a replica subscribes before it reads the pins, so
+whatever another replica posts after that read, it hears. Other topics' messages missed
+meanwhile are lost.
 
 Without Redis (one replica) publishing does nothing: the replica that made the change has it.
 """
@@ -65,8 +68,14 @@ class Bulletin:
             )
         self._handlers: dict[str, Handler] = {}
         self._resyncs: dict[str, Resync] = {}
+        # Pins and unpins not yet written to Redis: (topic, key) -> ("pin", notice) | ("unpin", {}).
+        self._owed: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
+        # Whether the Redis server restarted (its run id changed) while this replica was away:
+        # then its pins may be gone with it (a Redis that keeps nothing on disk).
+        self.restarted = False
+        self._run: str | None = None
         self.heard = 0
 
     def on(self, topic: str, handler: Handler, resync: Resync | None = None) -> None:
@@ -94,32 +103,54 @@ class Bulletin:
         except (RedisError, OSError, TimeoutError) as error:
             log.warning("could not announce a change to other replicas: %s", error)
 
-    async def pin(self, topic: str, key: str, *, until: float, **notice: Any) -> None:
-        """Keep a notice of ``topic`` under ``key`` until ``until`` (wall-clock seconds), for
-        the replicas that did not hear it published (``pinned``). Logged, not raised, when
-        Redis cannot be reached."""
-        if self._redis is None:
-            return
+    async def pin(self, topic: str, key: str, *, until: float, **notice: Any) -> bool:
+        """Post a notice of ``topic``: kept under ``key`` until ``until`` (wall-clock seconds)
+        for the replicas that start later or were away (``pinned``), and published as a message
+        of ``topic`` to those listening now. When Redis cannot be reached (logged), this replica
+        owes it, and posts it when its subscription comes back; whether it was posted now."""
+        return await self._pay({(topic, key): ("pin", {"until": until, **notice})})
+
+    async def unpin(self, topic: str, *keys: str) -> bool:
+        """Take back the notices of ``topic`` under ``keys``, and publish ``<topic>.lift``
+        with the keys to the replicas listening now; owed like ``pin`` when Redis cannot be
+        reached. Whether it was done now."""
+        return await self._pay({(topic, key): ("unpin", {}) for key in keys})
+
+    def owed(self, topic: str) -> set[str]:
+        """The keys of ``topic`` this replica pinned but could not post yet."""
+        return {key for (of, key), (act, _) in self._owed.items() if of == topic and act == "pin"}
+
+    async def _pay(self, intents: dict[tuple[str, str], tuple[str, dict[str, Any]]]) -> bool:
+        """Write pins and unpins, then their messages; each stays owed until written (unless a
+        later one for the same key replaced it meanwhile)."""
+        if self._redis is None or not intents:
+            return True
         from redis.exceptions import RedisError
 
-        kept = json.dumps({"until": until, **notice})
+        self._owed.update(intents)
+        lifted: dict[str, list[str]] = {}
         try:
-            await asyncio.wait_for(self._redis.hset(PINNED + topic, key, kept), timeout=1.0)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for (topic, key), (act, notice) in intents.items():
+                    if act == "pin":
+                        pipe.hset(PINNED + topic, key, json.dumps(notice))
+                        pipe.publish(*self.envelope(topic, **notice))
+                    else:
+                        pipe.hdel(PINNED + topic, key)
+                        lifted.setdefault(topic, []).append(key)
+                for topic, keys in lifted.items():
+                    pipe.publish(*self.envelope(topic + ".lift", keys=keys))
+                await asyncio.wait_for(pipe.execute(), timeout=1.0)
         except (RedisError, OSError, TimeoutError) as error:
-            log.warning("could not keep a %s notice for other replicas: %s", topic, error)
+            log.warning("could not post %d notices to other replicas: %s", len(intents), error)
+            return False
+        for which, intent in intents.items():
+            if self._owed.get(which) is intent:
+                del self._owed[which]
+        return True
 
-    async def unpin(self, topic: str, *keys: str) -> None:
-        if self._redis is None or not keys:
-            return
-        from redis.exceptions import RedisError
-
-        try:
-            await asyncio.wait_for(self._redis.hdel(PINNED + topic, *keys), timeout=1.0)
-        except (RedisError, OSError, TimeoutError) as error:
-            log.warning("could not take back a %s notice: %s", topic, error)
-
-    async def pinned(self, topic: str) -> list[dict[str, Any]]:
-        """The notices of ``topic`` still in force (lapsed ones are dropped); none when Redis
+    async def pinned(self, topic: str) -> list[dict[str, Any]] | None:
+        """The notices of ``topic`` still in force (lapsed ones are dropped); None when Redis
         cannot be reached, which is logged."""
         if self._redis is None:
             return []
@@ -140,7 +171,7 @@ class Bulletin:
                 await asyncio.wait_for(self._redis.hdel(PINNED + topic, *lapsed), timeout=1.0)
         except (RedisError, OSError, TimeoutError) as error:
             log.warning("could not read the %s notices other replicas keep: %s", topic, error)
-            return []
+            return None
         return notices
 
     async def start(self) -> None:
@@ -165,6 +196,9 @@ class Bulletin:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
+                    run = (await self._redis.info("server")).get("run_id")
+                    self.restarted = self._run is not None and run != self._run
+                    self._run = run
                     self.subscribed.set()
                     if missed:  # anything may have changed while we were not listening
                         await self._everything()
@@ -195,6 +229,7 @@ class Bulletin:
             log.exception("handling a bulletin about %s failed", message.get("topic"))
 
     async def _everything(self) -> None:
+        await self._pay(dict(self._owed))
         for topic, resync in self._resyncs.items():
             try:
                 await resync()
