@@ -1149,6 +1149,9 @@ class Detached:
         self._deadline: asyncio.Timeout | None = None
         self._read, self._left = read, not read
         self._whole = False  # the answer's last chunk came: a reader leaving after it left none
+        # For readers who join while it is written (``follow``): chunks so far, and the end.
+        self._grown = asyncio.Condition()
+        self._chunks_seen, self._ended = 0, False
         self.task = asyncio.create_task(self._run(), name=f"detached {exchange.id}")
 
     async def _run(self) -> None:
@@ -1159,6 +1162,7 @@ class Detached:
                     self._whole = chunk.finish_reason is not None
                     if self._chunks is not None:
                         self._chunks.put_nowait(chunk)
+                    await self._tell_followers()
             if self._left and self._read and not self.lasting:
                 self.service.metrics.left.labels("finished").inc()
         except TimeoutError:
@@ -1175,6 +1179,27 @@ class Detached:
                     if ended is not None:
                         self._chunks.put_nowait(ended)
                     self._chunks.put_nowait(None)
+                self._ended = True
+                await self._tell_followers()
+
+    async def _tell_followers(self) -> None:
+        async with self._grown:
+            self._chunks_seen += 1
+            self._grown.notify_all()
+
+    async def follow(self) -> AsyncIterator[str]:
+        """The answer's text so far, and again each time it grows, until it ends (settled):
+        for a reader who joins while it is written here (a background response streamed
+        again), who need not wait for the store's checkpoints."""
+        seen = -1
+        while True:
+            async with self._grown:
+                while self._chunks_seen == seen:
+                    await self._grown.wait()
+                seen, ended = self._chunks_seen, self._ended
+            yield self.exchange.content
+            if ended:
+                return
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         """The answer's chunks as they come; an error that ended it is raised after the last."""

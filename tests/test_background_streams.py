@@ -23,6 +23,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lamplighter import chat
 from lamplighter.api.openai_responses import (
     LONGEST_DELTA,
     _delta_ends,
@@ -114,6 +115,28 @@ def test_a_background_stream_left_and_resumed_gives_the_rest_exactly(
     assert final.status == "completed" and final.output_text == STORY
     assert final.usage is not None and final.usage.output_tokens == len(FIRST + REST)
     assert not backstage.closed_early.is_set()  # the backend was never cut off
+
+
+def test_read_again_on_the_replica_that_writes_it_the_answer_comes_as_it_is_generated(
+    gateway: tuple[LiveServer, Backstage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not at the store's checkpoints (here never: a checkpoint an hour apart), which a reader
+    on another replica has to wait for: the words the backend has sent come at once."""
+    monkeypatch.setattr(chat, "CHECKPOINT_SECONDS", 3600.0)
+    live, backstage = gateway
+    client = live.client(live.new_user(plan="roomy")[1]).with_options(timeout=10)
+    with client.responses.stream(model=MODEL, input="A story, please.", background=True) as first:
+        created = next(iter(first))  # the reader leaves at once
+    again = client.responses.retrieve(created.response.id, stream=True)
+    seen: list[Any] = []
+    for event in again:  # a read timeout (no event in 10 s) fails the test
+        seen.append(event)
+        if _deltas(seen) == "Once upon a ":  # all the backend sent ("time" may go on)
+            break
+    backstage.go.set()
+    rest = list(again)
+    assert _deltas(seen) + _deltas(rest) == STORY
+    assert rest[-1].type == "response.completed"
 
 
 def _listed(events: Any) -> list[tuple[int, str, str | None]]:

@@ -333,10 +333,11 @@ async def create_response(
     return whole_answer(exchange, headers, shape.finished, CUT_WARNING)
 
 
-# How often a response streamed again (``_replay``) reads what its answer has reached, while
-# it is generated (its text is checkpointed every second), and how long it waits for any more
-# before it ends the stream: longer than a backend may go without a word (600 s), so only an
-# answer stuck in its backend is given up on (a dead replica's are settled by the others).
+# How often a response streamed again (``_replay``) on a replica that does not write it reads
+# what its answer has reached, while it is generated (its text is checkpointed every second),
+# and how long it waits for any more before it ends the stream: longer than a backend may go
+# without a word (600 s), so only an answer stuck in its backend is given up on (a dead
+# replica's are settled by the others).
 REPLAY_POLL_S = 0.5
 REPLAY_PATIENCE_S = 660.0
 # The most characters one delta of a resumable stream holds (a URL, code, a long word).
@@ -469,32 +470,45 @@ async def _streamed_in_background(
         async for _chunk in detached.chunks():
             for event in events.text(exchange.content, final=False):
                 yield event
-    await asyncio.wait({detached.task})  # settled: its answer and usage are stored
+    for event in await _last_events(state, who, shape, events, detached):
+        yield event
+
+
+async def _last_events(
+    state: Services, who: Principal, shape: _Shape, events: _Resumable, detached: Detached
+) -> list[bytes]:
+    """How the stream of an answer written here ends, once it is settled: as the stored answer
+    ended, so that it says what a replay of it says; or, when it could not be stored, as this
+    replica has it."""
+    await asyncio.wait({detached.task})
     if not detached.task.cancelled() and detached.task.exception() is not None:
-        # Not stored: what this replica has is all there is.
         log.error("a background response could not be stored", exc_info=detached.task.exception())
-        ended = shape.finished("The answer could not be stored.")
-        for event in events.end(exchange.content, ended):
-            yield event
-        return
+        failed = shape.finished("The answer could not be stored.")
+        return events.end(detached.exchange.content, failed)
     try:
         stored, answer = await _stored_response(state, who, shape.id)
     except NotFound:
-        for event in events.gone():
-            yield event
-        return
-    for event in events.end(answer.content, _as_it_stands(stored, answer)):
-        yield event
+        return events.gone()
+    return events.end(answer.content, _as_it_stands(stored, answer))
 
 
 async def _replay(
     state: Services, who: Principal, shape: _Shape, answer: Message, after: int | None
 ) -> AsyncIterator[bytes]:
     """A stored response's stream from the start (the events after ``after``): what is
-    stored, then what is checkpointed while it is generated, on whichever replica."""
+    stored, then the answer as it grows while it is generated: followed in memory on the
+    replica that writes it, read from its checkpoints on any other."""
     events = _Resumable(shape, after)
     for event in events.head():
         yield event
+    detached = state.chat.detached.get(answer.id)
+    if detached is not None and answer.status == "in_progress":  # written here: followed
+        async for text in detached.follow():
+            for event in events.text(text, final=False):
+                yield event
+        for event in await _last_events(state, who, shape, events, detached):
+            yield event
+        return
     loop = asyncio.get_running_loop()
     text, changed = answer.content, loop.time()
     while answer.status == "in_progress":
