@@ -42,9 +42,10 @@ $(CHROMIUM):
 		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
 
 # Two workers (a core each here), a test file each at a time so that a file's module fixtures
-# are made once: about three quarters of the serial wall time.
+# are made once: about three quarters of the serial wall time. The slowest tests are listed at
+# the end, to keep the suite's time in view.
 test: check $(CHROMIUM)
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --durations=15
 
 bench: install-dev
 	$(BIN)/python -m bench.decode
