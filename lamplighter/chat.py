@@ -259,8 +259,16 @@ class Exchange:
         return self.prepared.request.model
 
     @property
+    def prompt_used(self) -> int:
+        """The prompt's tokens this exchange uses (and is charged): none when it ended in an
+        error before any backend gave a token, so the client got an error and nothing else."""
+        if self.finish_reason == "error" and self.ttft is None:
+            return 0
+        return self.prepared.prompt_tokens
+
+    @property
     def usage(self) -> TokenCount:
-        prompt = self.prepared.prompt_tokens
+        prompt = self.prompt_used
         cached = prompt if self.cached else min(self.cached_tokens, prompt)
         return TokenCount(prompt, self.completion_tokens, cached)
 
@@ -406,7 +414,7 @@ class Exchange:
         await asyncio.shield(self._settling)
 
     async def _write(self, status: str) -> None:
-        used = self.prepared.prompt_tokens + self.completion_tokens
+        used = self.prompt_used + self.completion_tokens
         try:
             await self.service.settle(self, status)  # queued after any checkpoint
             if self._checkpoint is not None:  # a failed checkpoint is only a missed one
@@ -772,9 +780,11 @@ class ChatService:
             try:
                 backend, prepared = await self._failover(exchange, backend, tried)
             except Overloaded as refusal:
+                # No sooner than the last backend asked, if it was full and said when (429).
+                asked = failure.retry_after if isinstance(failure, Overloaded) else 0.0
                 raise Overloaded(
                     f"{failure.message} {refusal.message}",
-                    retry_after=refusal.retry_after,
+                    retry_after=max(refusal.retry_after, asked),
                     code=refusal.code,
                 ) from failure
 
@@ -986,7 +996,7 @@ class ChatService:
             "api_key_id": exchange.principal.api_key_id,
             "message_id": exchange.message_id if exchange.stored else None,
             "model": exchange.model,
-            "prompt_tokens": exchange.prepared.prompt_tokens,
+            "prompt_tokens": exchange.prompt_used,
             "completion_tokens": exchange.completion_tokens,
             "latency_ms": round(elapsed * 1000),
             "ttft_ms": None if exchange.ttft is None else round(exchange.ttft * 1000),

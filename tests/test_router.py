@@ -448,7 +448,10 @@ async def test_no_token_in_time_is_unavailable_and_a_broken_stream_is_an_engine_
         request.transport.abort()  # the connection is cut in the middle of the answer
         return response
 
-    streams = iter([silent, breaks])
+    async def answers(_: web.BaseRequest) -> web.StreamResponse:
+        return events(ANSWER)
+
+    streams = iter([silent, breaks, answers])
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return await next(streams)(request)
@@ -466,9 +469,77 @@ async def test_no_token_in_time_is_unavailable_and_a_broken_stream_is_an_engine_
         # Said plainly: aiohttp's own words ("TransferEncodingError: 400, message='Not enough
         # data...'") are for the log, not for the client.
         assert broken.value.message == "Backend 'u' broke off in the middle of the answer."
-        # The timeout counted, the first token reset the count, the broken stream counted.
-        assert backend.breaker.failures == 1
+        # The timeout counted, and the broken stream: a first token is not a success, a whole
+        # answer is.
+        assert backend.breaker.failures == 2
+        assert "".join(c.text for c in await collect(backend)) == "Hello"
+        assert backend.breaker.failures == 0
         await backend.close()
+
+
+def reasoning(text: str) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"reasoning_content": text}, "finish_reason": None}]}
+
+
+ERROR_EVENT = {"error": {"message": "CUDA out of memory on gpu-7.corp.internal", "code": 500}}
+
+
+async def test_what_a_backend_streams_instead_of_an_answer_is_its_failure() -> None:
+    """An error event (vLLM's, when its engine fails) or a body that is not a stream, before
+    the first token: unavailable, so another backend is tried, and a failure for the breaker.
+    After it, an error event or a body that ends without its finish reason (a proxy's timeout
+    cut it) breaks the answer off; a backend that does that every time opens its breaker. Its
+    own words are never the client's."""
+    bodies = iter(
+        [
+            sse(ERROR_EVENT),
+            b'{"object": "chat.completion", "choices": []}',  # stream: true ignored
+            sse(delta("Hel"), ERROR_EVENT),
+            sse(delta("Hel"), delta("lo")),  # no finish reason, no [DONE]: cut off
+        ]
+    )
+
+    async def handler(_: web.BaseRequest) -> web.StreamResponse:
+        return events(next(bodies))
+
+    async with Upstream(handler) as server:
+        backend = upstream(server, breaker_failures=4)
+        for _ in range(2):
+            with pytest.raises(Unavailable) as failed:
+                await collect(backend)
+            assert "gpu-7" not in failed.value.message
+        for _ in range(2):
+            with pytest.raises(EngineFailed, match="broke off") as broken:
+                await collect(backend)
+            assert not isinstance(broken.value, Unavailable)
+            assert "gpu-7" not in broken.value.message
+        assert backend.circuit == "open"  # four failures in a row, two after a first token
+        await backend.close()
+
+
+async def test_a_reasoning_models_thinking_is_its_first_token() -> None:
+    """vLLM's reasoning parser streams the thinking as ``reasoning_content`` before any answer:
+    a thought longer than ``first_token_timeout_s`` is not a silent backend."""
+    go = asyncio.Event()
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(sse(reasoning("Let me think.")))
+        await go.wait()
+        await response.write(ANSWER)
+        return response
+
+    async with Upstream(handler) as server:
+        backend = upstream(server, first_token_timeout_s=0.2)
+        chunks = backend.generate(PREPARED)
+        first = await anext(chunks)
+        await asyncio.sleep(0.4)  # thinking on, past the first token's timeout
+        go.set()
+        rest = [chunk async for chunk in chunks]
+        await backend.close()
+    assert first.text == "" and "".join(c.text for c in rest) == "Hello"
+    assert rest[-1].finish_reason == "stop" and backend.circuit == "closed"
 
 
 async def test_the_health_check_reads_up_down_and_published_load() -> None:

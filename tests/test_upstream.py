@@ -215,8 +215,26 @@ def test_a_5xx_before_the_first_token_is_answered_by_another_backend(tmp_path: P
         assert "bad gateway" not in error["message"]  # the upstream's own words: the log's
         [outcome] = asyncio.run(streams(live, key, [{**ask("streamed?"), "model": "m"}]))
         assert outcome.error is not None and outcome.error["code"] == "backend_unavailable"
-        message, _ = wait_until(lambda: settled(live, outcome.completion_id))
+        message, usage = wait_until(lambda: settled(live, outcome.completion_id))
         assert message.status == "error" and message.content == ""
+        # No backend gave a token: the client got an error, and is charged nothing for it.
+        assert (usage.prompt_tokens, usage.completion_tokens) == (0, 0)
+        live.close_clients()
+
+
+def test_when_every_backend_is_full_the_client_waits_as_long_as_they_ask(tmp_path: Path) -> None:
+    """Both upstreams answer 429 with retry-after: 7: the 503 says 7, not 1, so that the
+    client (the SDK honours retry-after) does not ask again into the same refusal."""
+
+    def chat(_: str) -> web.Response:
+        return web.Response(status=429, headers={"retry-after": "7"}, text="busy")
+
+    with gateway_over_two(tmp_path, chat) as live:
+        client = live.client(live.new_user(plan="roomy")[1]).with_options(max_retries=0)
+        with pytest.raises(openai.InternalServerError) as refused:
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        assert refused.value.status_code == 503
+        assert int(refused.value.response.headers["retry-after"]) >= 7
         live.close_clients()
 
 

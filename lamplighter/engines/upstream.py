@@ -227,6 +227,11 @@ def estimate_prompt_tokens(request: GenerationRequest) -> int:
     return TOKENS_PER_MESSAGE * len(request.turns) + math.ceil(chars / CHARS_PER_TOKEN)
 
 
+class _Reported(Exception):
+    """The upstream streamed an error event, or something that is not one of its events:
+    ``str()`` is what it said, for the log (it can name internal hosts and devices)."""
+
+
 class _Relay:
     """Reads the upstream's server-sent events: text and tool calls as they come, then the
     finish reason and usage at the end."""
@@ -234,30 +239,40 @@ class _Relay:
     def __init__(self, backend: str) -> None:
         self.backend = backend
         self.finish: str | None = None
+        self.done = False  # its "data: [DONE]" came
         self.usage: dict[str, Any] | None = None
         self.produced = 0
+
+    @property
+    def ended(self) -> bool:
+        """Whether the upstream said its answer ended (a finish reason, or [DONE]): a body that
+        ends without either was cut off on its way (a proxy's timeout, a crash), or was not
+        a stream at all."""
+        return self.finish is not None or self.done
 
     def feed(self, line: str) -> Chunk | None:
         """The chunk an event line carries (None: nothing to relay)."""
         if not line.startswith("data:"):
             return None
         data = line[5:].strip()
+        if data == "[DONE]":
+            self.done = True
         if not data or data == "[DONE]":
             return None
         try:
             event = json.loads(data)
         except ValueError as exc:
-            raise EngineFailed(f"Backend '{self.backend}' sent an unreadable event.") from exc
+            raise _Reported(f"an unreadable event: {data[:200]!r}") from exc
         if not isinstance(event, dict):
             return None
         if isinstance(event.get("error"), dict):
-            message = str(event["error"].get("message", ""))[:200]
-            raise EngineFailed(f"Backend '{self.backend}' failed: {message}")
+            raise _Reported(str(event["error"].get("message", ""))[:500])
         if isinstance(event.get("usage"), dict):
             self.usage = event["usage"]
         text = ""
         calls: list[dict[str, Any]] = []
         logprobs: list[dict[str, Any]] = []
+        thought = False
         for choice in event.get("choices") or []:
             delta = choice.get("delta") or {}
             text += delta.get("content") or ""
@@ -267,8 +282,11 @@ class _Relay:
             found = (choice.get("logprobs") or {}).get("content")
             if isinstance(found, list):
                 logprobs.extend(entry for entry in found if isinstance(entry, dict))
+            # A reasoning model's thinking (vLLM's and SGLang's reasoning parsers): tokens
+            # generated, though not relayed, so a long thought is not taken for a silent backend.
+            thought = thought or bool(delta.get("reasoning_content") or delta.get("reasoning"))
             self.finish = choice.get("finish_reason") or self.finish
-        if not text and not calls:
+        if not text and not calls and not thought:
             return None
         self.produced += 1
         return Chunk(text, tool_calls=tuple(calls), logprobs=tuple(logprobs))
@@ -481,13 +499,17 @@ class UpstreamBackend:
                         first = relay.feed(raw.decode("utf-8", "replace").strip())
                         if first is not None:
                             break
-            except (aiohttp.ClientError, HttpProcessingError, TimeoutError) as exc:
+                    if first is None and not relay.ended:
+                        raise _Reported("its answer ended before it began")
+            except (aiohttp.ClientError, HttpProcessingError, TimeoutError, _Reported) as exc:
                 judged = True
                 self._failed()
-                # The client hears what kind of failure, the log what the connection said:
-                # aiohttp's words name internal hosts and ports.
-                log.warning("backend %s failed before its first token: %r", self.name, exc)
-                if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError):
+                # The client hears what kind of failure, the log what the backend or the
+                # connection said: their words name internal hosts, ports and devices.
+                log.warning("backend %s failed before its first token: %s", self.name, _said(exc))
+                if isinstance(exc, _Reported):
+                    why = "it reported an error"
+                elif isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError):
                     why = f"no token within {self.config.first_token_timeout_s:g}s"
                 elif isinstance(exc, aiohttp.ClientConnectorError):
                     why = "could not connect"
@@ -495,7 +517,8 @@ class UpstreamBackend:
                     why = "the connection broke"
                 raise Unavailable(f"Backend '{self.name}' failed: {why}.") from exc
             judged = True
-            self._succeeded()
+            if self.breaker.state != "closed":
+                self._succeeded()  # the trial has its token: the backend answers again
             if first is not None:
                 yield first
                 try:
@@ -503,14 +526,19 @@ class UpstreamBackend:
                         chunk = relay.feed(raw.decode("utf-8", "replace").strip())
                         if chunk is not None:
                             yield chunk
-                except (aiohttp.ClientError, HttpProcessingError) as exc:
+                    if not relay.ended:
+                        raise _Reported("its answer ended before its finish reason")
+                except (aiohttp.ClientError, HttpProcessingError, _Reported) as exc:
                     self._failed()
-                    # The client is told plainly; aiohttp's words (a transfer encoding's
-                    # missing bytes) are for the log.
-                    log.warning("backend %s broke off mid-answer: %r", self.name, exc)
+                    # The client is told plainly; the words of the backend or of aiohttp (a
+                    # transfer encoding's missing bytes) are for the log.
+                    log.warning("backend %s broke off mid-answer: %s", self.name, _said(exc))
                     raise EngineFailed(
                         f"Backend '{self.name}' broke off in the middle of the answer."
                     ) from exc
+            # Only a whole answer counts as a success while closed: a backend that breaks off
+            # every answer after its first token has failed that many times in a row.
+            self._succeeded()
             yield relay.last()
         finally:
             self.streams -= 1
@@ -526,6 +554,11 @@ class UpstreamBackend:
         await self.probe.stop()
         if self._http is not None:
             await self._http.close()
+
+
+def _said(error: BaseException) -> str:
+    """What a failure said, for the log: the backend's own words, or the exception's repr."""
+    return f"it reported {str(error)!r}" if isinstance(error, _Reported) else repr(error)
 
 
 def _message(turn: Turn) -> dict[str, Any]:
