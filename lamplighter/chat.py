@@ -50,7 +50,7 @@ from lamplighter.engines.base import (
     PreparedRequest,
     ToolCalls,
 )
-from lamplighter.engines.router import Route, Router, Unavailable, load_of
+from lamplighter.engines.router import Route, Router, Unavailable, accepting, load_of
 from lamplighter.exceptions import (
     APIError,
     ContextLengthExceeded,
@@ -67,7 +67,7 @@ from lamplighter.store.models import new_id, utcnow
 from lamplighter.store.usage import UsageLedger
 from lamplighter.store.writer import Writer
 from lamplighter.telemetry.metrics import Metrics
-from lamplighter.traffic.admission import Admission, Slot
+from lamplighter.traffic.admission import Admission, BackendLost, Slot
 from lamplighter.traffic.cache import CachedAnswer, ResponseCache, cache_key
 from lamplighter.traffic.degrade import Degradation, DegradeRule, degradation
 from lamplighter.traffic.planbook import PlanBook
@@ -575,7 +575,8 @@ class ChatService:
             if model is not None or rule.max_tokens is not None:
                 degraded = Degradation(rule.max_tokens, model)
         asked = replace(request, max_tokens_cap=cap, priority=plan.priority)
-        prepared = await self._prepare(backend, asked, fit=placement is not None and placement.fit)
+        fit = placement is not None and placement.fit
+        prepared = await self._prepare(backend, asked, fit=fit)
         cost = prepared.prompt_tokens + prepared.max_tokens
         try:
             reservation = await self.limiter.reserve(
@@ -608,8 +609,20 @@ class ChatService:
                                 route, prepared, slot = moved
                                 backend = route.backend
                                 admission.set_attribute("lamplighter.backend", backend.name)
-                        if slot is None:
-                            slot = await pool.enter(user, plan, cost)
+                        tried = {backend.name}
+                        while slot is None:
+                            alive = partial(accepting, backend)
+                            try:
+                                slot = await pool.enter(user, plan, cost, alive)
+                            except BackendLost:  # it hung or broke while we waited: elsewhere
+                                self.metrics.failovers.labels(backend.name).inc()
+                                route = self._route(request, plan, tried)
+                                backend = route.backend
+                                tried.add(backend.name)
+                                admission.set_attribute("lamplighter.backend", backend.name)
+                                prepared = await self._prepare(backend, asked, fit=fit)
+                                cost = prepared.prompt_tokens + prepared.max_tokens
+                                pool = self.admission.pool(backend.name, backend.capacity)
                 finally:
                     self.metrics.queue_wait.labels(plan.name, backend.name).observe(
                         time.perf_counter() - waited
@@ -809,7 +822,19 @@ class ChatService:
                 exchange.slot.release(0)
             pool = self.admission.pool(backend.name, backend.capacity)
             cost = prepared.prompt_tokens + prepared.max_tokens
-            exchange.slot = await pool.enter(str(exchange.principal.user_id), plan, cost)
+            user = str(exchange.principal.user_id)
+            while True:
+                try:
+                    exchange.slot = await pool.enter(user, plan, cost, partial(accepting, backend))
+                    break
+                except BackendLost:  # this one stopped taking requests too: the next
+                    exchange.slot = None
+                    failed, backend = backend, self._route(request, plan, tried).backend
+                    self.metrics.failovers.labels(failed.name).inc()
+                    tried.add(backend.name)
+                    prepared = await backend.prepare(request)
+                    pool = self.admission.pool(backend.name, backend.capacity)
+                    cost = prepared.prompt_tokens + prepared.max_tokens
         finally:
             self._routed()
         exchange.prepared = prepared

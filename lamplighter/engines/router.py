@@ -166,8 +166,9 @@ def _allows(backend: Backend, plan: str | None) -> bool:
     return not plans or plan in plans
 
 
-def _fit(backend: Backend) -> bool:
-    # Backends without health checks (embedded, scripted) are always candidates, as before.
+def accepting(backend: Backend) -> bool:
+    """Whether ``backend`` takes requests now. Backends without health checks (embedded,
+    scripted) always do."""
     return _balanced(backend).accepting() if _is_balanced(backend) else True
 
 
@@ -254,7 +255,7 @@ class Router:
                 param="model",
                 code="model_not_found",
             )
-        candidates = [b for b in allowed if b.name not in exclude and _fit(b)]
+        candidates = [b for b in allowed if b.name not in exclude and accepting(b)]
         if not candidates:
             waits = [b.retry_after() for b in allowed if isinstance(b, Balanced)]
             raise Overloaded(

@@ -21,7 +21,7 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,13 @@ from lamplighter.traffic.scheduler import Refusal, Scheduler, Ticket
 
 log = logging.getLogger(__name__)
 _ids = itertools.count()
+# How often a waiting request asks whether its backend still takes requests (``enter``).
+WATCH_S = 1.0
+
+
+class BackendLost(Exception):
+    """The backend a request waited for stopped taking requests (its health check failed, its
+    breaker opened): the request may go to another."""
 
 
 @dataclass
@@ -77,18 +84,29 @@ class Pool:
     def utilization(self) -> float:
         return self.in_use / self.scheduler.slots
 
-    async def enter(self, user: str, plan: Plan, cost: int) -> Slot:
+    async def enter(
+        self, user: str, plan: Plan, cost: int, accepting: Callable[[], bool] = lambda: True
+    ) -> Slot:
+        """A slot, at once or after waiting at most the plan's patience (Overloaded if none
+        comes in time). While it waits, it asks every ``WATCH_S`` whether the backend is still
+        ``accepting`` requests: if not (it hung, or broke), it leaves the queue and raises
+        BackendLost, so that the request goes elsewhere rather than waiting out its patience
+        in front of a backend that will not serve it."""
+        loop = asyncio.get_running_loop()
         now = self.clock.monotonic()
         ticket = Ticket(next(_ids), user, plan.priority, cost, now, now + plan.queue_patience_s)
         refusal = self.scheduler.submit(ticket, now)
         if refusal is not None:
             raise self._overloaded(plan, refusal.retry_after)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = loop.create_future()
         self.waiters[ticket.id] = future
         self._dispatch()
         try:
-            if not future.done():
-                await asyncio.wait({future}, timeout=plan.queue_patience_s)
+            deadline = loop.time() + plan.queue_patience_s
+            while not future.done() and (left := deadline - loop.time()) > 0:
+                await asyncio.wait({future}, timeout=min(left, WATCH_S))
+                if not future.done() and not accepting() and self.scheduler.cancel(ticket.id):
+                    raise BackendLost(f"Backend '{self.name}' stopped taking requests.")
             if not future.done():
                 self.scheduler.cancel(ticket.id)
                 wait = self.scheduler.expected_wait(ticket, self.clock.monotonic())
