@@ -43,6 +43,30 @@ SAY_AND_ASK = "Say what you will do, then look up the weather in Paris."
 SAID = "Let me look that up."
 
 
+# A question the backend answers with two calls at once, their pieces in turns.
+BOTH_CITIES = "Look up the weather in Paris and in Rome at once."
+
+
+def _in_turns(name: str) -> list[dict[str, Any]]:
+    """Two parallel calls streamed as some servers do: each opened, then their arguments'
+    pieces alternating."""
+
+    def piece(index: int, arguments: str, opened: str | None = None) -> dict[str, Any]:
+        call: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
+        if opened is not None:
+            call |= {"id": opened, "type": "function", "function": {"name": name, "arguments": ""}}
+        return _choice({"tool_calls": [call]})
+
+    return [
+        piece(0, "", "call_paris"),
+        piece(1, "", "call_rome"),
+        piece(0, '{"city": '),
+        piece(1, '{"city": '),
+        piece(0, '"Paris"}'),
+        piece(1, '"Rome"}'),
+    ]
+
+
 def _choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
     return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
@@ -60,6 +84,8 @@ def _answer(body: dict[str, Any]) -> bytes:
             "[DONE]",
         )
     name = body["tools"][0]["function"]["name"]
+    if body["messages"][-1]["content"] == BOTH_CITIES:
+        return sse(*_in_turns(name), _choice({}, "tool_calls"), usage, "[DONE]")
     said = (
         [_choice({"role": "assistant", "content": SAID})]
         if body["messages"][-1]["content"] == SAY_AND_ASK
@@ -384,3 +410,41 @@ def test_a_streamed_response_closes_each_item_before_the_next_opens(
     message, call = final.output
     assert message.type == "message" and final.output_text == SAID
     assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Paris"}
+
+
+def test_parallel_calls_streamed_in_turns_are_each_done_with_their_whole_arguments(
+    gateway: tuple[LiveServer, list[dict[str, Any]]],
+) -> None:
+    """An item is done once: both calls stay open while their pieces come in turns, and each
+    is done with its whole arguments (the first was once done with none at the second's
+    first piece, and its pieces kept coming after)."""
+    live, _ = gateway
+    client = live.client(live.new_user(plan="roomy")[1])
+    with client.responses.stream(
+        model=TOOL_MODEL,
+        input=BOTH_CITIES,
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    done = {e.output_index: e for e in events if e.type == "response.function_call_arguments.done"}
+    assert {i: json.loads(e.arguments) for i, e in done.items()} == {
+        0: {"city": "Paris"},
+        1: {"city": "Rome"},
+    }
+    for index in (0, 1):
+        ended = next(
+            at
+            for at, e in enumerate(events)
+            if e.type == "response.output_item.done" and e.output_index == index
+        )
+        later = events[ended:]
+        assert not [e for e in later if getattr(e, "output_index", None) == index][1:]
+        pieces = "".join(
+            e.delta
+            for e in events
+            if e.type == "response.function_call_arguments.delta" and e.output_index == index
+        )
+        assert pieces == done[index].arguments
+    paris, rome = final.output
+    assert (paris.call_id, rome.call_id) == ("call_paris", "call_rome")

@@ -745,7 +745,8 @@ class _Shape:
     async def events(self, exchange: Exchange) -> AsyncIterator[bytes]:
         """The stream: created, then each output item opened as it begins (the message at its
         first text, a function call at its first piece), filled (text deltas, argument
-        deltas) and closed before the next one opens, as at OpenAI; then
+        deltas) and closed before the next one opens, as at OpenAI (function calls whose
+        pieces come in turns, as parallel calls may, stay open together until the end); then
         ``response.completed`` (or ``.incomplete``) with the usage. A failure after the start
         (the backend's, or a shutdown's cut) ends it with ``response.failed``, what was
         generated and the usage in it."""
@@ -807,12 +808,14 @@ class _Shape:
             ]
         return [*done, self.event("response.output_item.done", output_index=position, item=item)]
 
-    def _close_open(self) -> list[bytes]:
-        """Close the item still open, as it stands, before another one opens."""
+    def _close_open(self, *, calls: bool = True) -> list[bytes]:
+        """Close the items still open, as they stand, before another one opens; without
+        ``calls``, only the message (calls may be streamed in turns: each stays open until its
+        last piece has come, which only the end tells)."""
         assert self.order is not None
         events: list[bytes] = []
         for position, entry in enumerate(self.order):
-            if position in self._closed:
+            if position in self._closed or (not calls and entry != "message"):
                 continue
             if isinstance(entry, str):
                 item = self.item("completed", self.answer.content)
@@ -856,7 +859,7 @@ class _Shape:
         index = piece.get("index", 0)
         events = []
         if index not in self.order:
-            events += self._close_open()
+            events += self._close_open(calls=False)
             self.order.append(index)
             opened = {"id": piece.get("id", ""), "function": piece.get("function") or {}}
             item = self.call_item(index, opened, "in_progress") | {"arguments": ""}
@@ -866,7 +869,9 @@ class _Shape:
                 )
             )
         delta = (piece.get("function") or {}).get("arguments")
-        if delta:
+        # A call closed when text began (a backend that writes after its calls) says no more:
+        # its arguments are whole in the response's last event.
+        if delta and self.order.index(index) not in self._closed:
             events.append(
                 self.event(
                     "response.function_call_arguments.delta",
