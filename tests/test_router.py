@@ -517,6 +517,20 @@ async def test_what_a_backend_streams_instead_of_an_answer_is_its_failure() -> N
         await backend.close()
 
 
+async def test_a_refusal_reaches_the_client_as_the_answers_text() -> None:
+    said = "I'm sorry, I can't help with that."
+    refusal = {"choices": [{"index": 0, "delta": {"refusal": said}, "finish_reason": None}]}
+
+    async def handler(_: web.BaseRequest) -> web.StreamResponse:
+        return events(sse(refusal, delta("", "stop"), "[DONE]"))
+
+    async with Upstream(handler) as server:
+        backend = upstream(server)
+        chunks = await collect(backend)
+        await backend.close()
+    assert "".join(c.text for c in chunks) == said
+
+
 async def test_a_reasoning_models_thinking_is_its_first_token() -> None:
     """vLLM's reasoning parser streams the thinking as ``reasoning_content`` before any answer:
     a thought longer than ``first_token_timeout_s`` is not a silent backend."""

@@ -275,7 +275,9 @@ class _Relay:
         thought = False
         for choice in event.get("choices") or []:
             delta = choice.get("delta") or {}
-            text += delta.get("content") or ""
+            # A refusal (OpenAI's structured outputs) is the answer's text here: its client
+            # reads why rather than an empty answer.
+            text += delta.get("content") or delta.get("refusal") or ""
             pieces = delta.get("tool_calls")
             if isinstance(pieces, list):
                 calls.extend(piece for piece in pieces if isinstance(piece, dict))
