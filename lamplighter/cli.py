@@ -7,10 +7,11 @@ import contextlib
 import json
 import logging
 import resource
+import signal
 import socket
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TextIO, TypeVar
@@ -486,6 +487,13 @@ def keys_create(
     config: ConfigOption = None,
 ) -> None:
     """Create an API key for a user and print it. It is shown only this once."""
+    from lamplighter.accounts import key_name
+
+    try:
+        name = key_name(name)
+    except APIError as exc:
+        typer.secho(f"error: --name: {exc.message}", fg="red", err=True)
+        raise typer.Exit(2) from exc
     expires = timedelta(days=expires_days) if expires_days else None
     created = _run(
         _settings(config),
@@ -731,9 +739,19 @@ def db_copy(
     )
     say = (lambda _: None) if as_json else (lambda line: typer.echo(line, err=True))
     try:
-        report = asyncio.run(
+        report = _stoppable(
             copy_store(settings.resolved_database_url, to, settings.data_dir, options, say)
         )
+    except _Stopped as exc:
+        from lamplighter.readonly import moved
+
+        done = moved(settings.data_dir, settings.resolved_database_url)
+        if done is not None:  # the signal came as the verified copy was tidying up
+            after = f"the store had moved to {done.moved_to}: restart the server on it"
+        else:
+            after = "the server is writable again (pass --resume to go on with this target)"
+        typer.secho(f"error: stopped by {exc.signal.name}; {after}", fg="red", err=True)
+        raise typer.Exit(128 + exc.signal) from exc
     except CopyRefused as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
@@ -746,6 +764,45 @@ def db_copy(
         _print_copy_report(report)
     if not report.ok:
         raise typer.Exit(1)
+
+
+class _Stopped(Exception):
+    """The work was cancelled because the process was sent ``signal``."""
+
+    def __init__(self, signum: signal.Signals) -> None:
+        super().__init__(signum.name)
+        self.signal = signum
+
+
+def _stoppable(work: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(work)``, where SIGTERM and SIGHUP end it as Ctrl-C does: the work is
+    cancelled, so its ``finally`` blocks run (``db copy`` drops its triggers and lifts read-only
+    mode), then :class:`_Stopped` is raised. SIGTERM is what timeout, systemd, ``docker stop``
+    and a Kubernetes Job's deadline send, and SIGHUP what a closed terminal sends; by default
+    either ends the process on the spot, cleaning nothing up. Once stopping, a repeated signal
+    is ignored so that it cannot cut the cleanup short (SIGKILL still can)."""
+    received: list[signal.Signals] = []
+
+    async def main() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None  # asyncio.run runs main() as a task
+
+        def stop(signum: signal.Signals) -> None:
+            if not received:
+                received.append(signum)
+                task.cancel()
+
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(signum, stop, signum)
+        return await work  # the loop's closing removes the handlers
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        raise _Stopped(received[0]) from None
 
 
 def _print_copy_report(report: Any) -> None:

@@ -145,6 +145,23 @@ def _split_forward_refs(
     return now, later
 
 
+async def _uninterrupted(*steps: Callable[[], object]) -> None:
+    """Run blocking cleanup ``steps`` in a thread, in order, to their end even if the task is
+    cancelled meanwhile (SIGTERM or Ctrl-C arriving as a copy finishes), then let the
+    cancellation go on: cut short, they would leave the change-log triggers on the live source."""
+
+    def cleanup() -> None:
+        for step in steps:
+            step()
+
+    done = asyncio.ensure_future(asyncio.to_thread(cleanup))
+    try:
+        await asyncio.shield(done)
+    except asyncio.CancelledError:
+        await done
+        raise
+
+
 class Copier:
     def __init__(
         self,
@@ -194,8 +211,7 @@ class Copier:
             try:
                 return await self._copy(source, report)
             finally:
-                await asyncio.to_thread(source.end)
-                await asyncio.to_thread(source.remove_capture)
+                await _uninterrupted(source.end, source.remove_capture)
         finally:
             source.close()
             await self.target.close()
