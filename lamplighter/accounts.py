@@ -29,7 +29,7 @@ from lamplighter.store.accounts import Accounts, key_owner, refused_key
 from lamplighter.store.audit import Audit
 from lamplighter.store.audit import write as write_audit
 from lamplighter.store.database import Database
-from lamplighter.store.models import ApiKey, Deletion, User, utcnow
+from lamplighter.store.models import KEY_NAME_LENGTH, ApiKey, Deletion, User, utcnow
 from lamplighter.store.plans import Plans
 from lamplighter.store.web import WebStore
 from lamplighter.traffic.plans import DEFAULT_PLANS
@@ -85,6 +85,22 @@ def normalise_email(email: str) -> str:
     if not is_email(email):
         raise InvalidRequest(f"{email!r} is not an email address", param="email")
     return email
+
+
+def key_name(name: str) -> str:
+    """An API key's name as it is stored: runs of whitespace (a pasted newline) made one space,
+    and refused (``param="name"``) if longer than the column or holding a NUL character. Checked
+    here, whichever way a key is made, because SQLite stores any text in a ``VARCHAR`` while
+    PostgreSQL refuses it: a name SQLite took would make every ``db copy`` of the store fail."""
+    name = " ".join(name.split())
+    if len(name) > KEY_NAME_LENGTH:
+        raise InvalidRequest(
+            f"a key's name may be at most {KEY_NAME_LENGTH} characters; this one has {len(name)}",
+            param="name",
+        )
+    if "\x00" in name:
+        raise InvalidRequest("a key's name cannot hold a NUL character (\\u0000)", param="name")
+    return name
 
 
 async def lock_out(
@@ -275,7 +291,9 @@ class AccountService:
         expires_in: timedelta | None = None,
     ) -> CreatedKey:
         """A new key. Without ``scopes`` it may chat and give feedback, and administer if its
-        owner is an admin; ``admin`` is refused for anyone else. ``expires_in``: never without."""
+        owner is an admin; ``admin`` is refused for anyone else. ``expires_in``: never without.
+        The name must pass :func:`key_name`."""
+        name = key_name(name)
         async with self.db.transaction() as session:
             user = await self._user(session, email)
             return await self._add_key(session, user, name, scopes, expires_in)

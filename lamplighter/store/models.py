@@ -161,6 +161,10 @@ def user_active(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
     )
 
 
+# The longest name an API key may have (``accounts.key_name`` checks it: SQLite does not).
+KEY_NAME_LENGTH = 200
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
 
@@ -168,7 +172,7 @@ class ApiKey(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
-    name: Mapped[str] = mapped_column(String(200), default="")
+    name: Mapped[str] = mapped_column(String(KEY_NAME_LENGTH), default="")
     # The first characters of the key, shown in listings so a person can tell keys apart.
     prefix: Mapped[str] = mapped_column(String(16))
     # SHA-256 of the whole key. Keys are 256 random bits, so a fast hash is enough (unlike

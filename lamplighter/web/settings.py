@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import Field, field_validator
+from pydantic import Field
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from lamplighter.api import guard
@@ -32,6 +32,7 @@ from lamplighter.flywheel.feedback import rating_json
 from lamplighter.flywheel.preferences import comparison_json, comparisons_in
 from lamplighter.store.conversations import Conversations
 from lamplighter.store.models import (
+    KEY_NAME_LENGTH,
     ApiKey,
     Comparison,
     Conversation,
@@ -187,13 +188,9 @@ async def list_keys(visitor: WebUser, state: State) -> dict[str, Any]:
 
 
 class NewKey(Body):
-    name: str = Field(default="", max_length=200)
+    # Its white space is made single, and it is checked again, by ``accounts.key_name``.
+    name: str = Field(default="", max_length=KEY_NAME_LENGTH)
     expires_days: int | None = Field(default=None, ge=1, le=3650, strict=True)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, name: str) -> str:
-        return " ".join(name.split())
 
 
 @router.post("/api/me/keys", status_code=201)
