@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -28,10 +29,35 @@ from lamplighter.exceptions import InvalidRequest
 # "developer" is OpenAI's newer name for "system"; the model's template knows only the latter.
 ROLE_ALIASES = {"developer": "system"}
 MAX_MESSAGES = 2048
+NUL_IN_METADATA = "metadata cannot hold a NUL character (\\u0000)"
+
+
+def _value_without_nul(value: str) -> str:
+    """Refuse a NUL in a metadata value. Text elsewhere has it replaced (``models.Prose``), but
+    metadata is matched exactly by ``GET /v1/chat/completions?metadata[k]=v``, and PostgreSQL
+    cannot read a ``\\u0000`` out of JSON: one stored NUL would make every metadata filter of
+    its owner fail."""
+    if "\x00" in value:
+        raise ValueError(NUL_IN_METADATA)
+    return value
+
+
+def _keys_without_nul(pairs: dict[str, str]) -> dict[str, str]:
+    """:func:`_value_without_nul` for the keys, checked on the whole object so that the error
+    names ``metadata`` rather than a key holding a NUL."""
+    if any("\x00" in key for key in pairs):
+        raise ValueError(NUL_IN_METADATA)
+    return pairs
+
+
 # OpenAI's limits on `metadata`: 16 pairs, keys up to 64 characters, values up to 512.
 Metadata = Annotated[
-    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+    dict[
+        Annotated[str, Field(max_length=64)],
+        Annotated[str, Field(max_length=512), AfterValidator(_value_without_nul)],
+    ],
     Field(max_length=16),
+    AfterValidator(_keys_without_nul),
 ]
 
 

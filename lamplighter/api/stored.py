@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from lamplighter.api.openai import Caller, completion_body
-from lamplighter.api.schemas import CompletionUpdate
+from lamplighter.api.schemas import NUL_IN_METADATA, CompletionUpdate
 from lamplighter.api.state import Services, State
 from lamplighter.chat import Principal, TokenCount, completion_id, message_id_from
 from lamplighter.exceptions import APIError, InvalidRequest, NotFound
@@ -220,11 +220,17 @@ def _stored_message(name: str, message: Message) -> dict[str, Any]:
 
 def _metadata_filter(request: Request) -> dict[str, str]:
     """``metadata[key]=value`` query parameters (as the SDK sends ``metadata={...}``): the
-    completions whose metadata has every one of these pairs."""
+    completions whose metadata has every one of these pairs. A NUL is refused, as in stored
+    metadata (``schemas.NUL_IN_METADATA``): PostgreSQL cannot compare text holding one."""
     found: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
         if not name.startswith("metadata"):
             continue
+        if "\x00" in name or "\x00" in value:
+            raise InvalidRequest(
+                f"Invalid metadata filter: {NUL_IN_METADATA}, so no stored completion matches one.",
+                param="metadata",
+            )
         key = name.removeprefix("metadata")
         if not (key.startswith("[") and key.endswith("]") and 1 < len(key) <= 66):
             raise InvalidRequest(
