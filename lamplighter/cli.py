@@ -79,7 +79,15 @@ def _with_db(
     from lamplighter.store.database import Database
 
     flag = read_flag(settings.data_dir)
-    if writes and flag is not None and applies(flag, settings.resolved_database_url):
+    frozen = flag is not None and applies(flag, settings.resolved_database_url)
+    if frozen and not writes and flag is not None and flag.moved_to:
+        typer.secho(
+            f"warning: `lamplighter db copy` moved this database to {flag.moved_to}: this reads"
+            " the old copy, as it was then. Set LAMPLIGHTER_DATABASE_URL to the new one.",
+            fg="yellow",
+            err=True,
+        )
+    if writes and frozen and flag is not None:
         to = f" to {flag.moved_to}" if flag.moved_to else ""
         typer.secho(
             f"error: this database is read-only ({settings.data_dir / FLAG}): `lamplighter db "
@@ -618,7 +626,9 @@ def export(
                 progress=bar.update,
             )
 
-    report = _with_db(settings, main, writes=False)  # (but for its own record of the run)
+    # It writes its run's record (the console lists the last exports): refused on a frozen
+    # store like any command that writes, rather than exporting a moved store's stale copy.
+    report = _with_db(settings, main)
     removed = sum(report.removed.values())
     typer.echo(
         f"wrote {report.rows} rows to {out / report.filename} ({removed} left out; see README.md)"

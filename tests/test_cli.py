@@ -383,6 +383,11 @@ def test_commands_that_write_are_refused_while_db_copy_has_frozen_the_database(
     listed = cli(tmp_path, "users", "list")
     assert listed.exit_code == 0 and "ada@example.org" in listed.stdout
     assert "late@example.org" not in listed.stdout
+    # What it read is the old copy, and the operator is told where the store is now.
+    assert "moved this database to postgresql://u:***@db.internal/" in listed.stderr
+    # An export writes the record of its run, which the moved store would never see.
+    exported = cli(tmp_path, "export", "sft", "--out", str(tmp_path / "out"))
+    assert exported.exit_code == 1 and "moved it to postgresql://" in exported.stderr
     thaw(tmp_path)  # rolled back: writable again
     assert cli(tmp_path, "users", "create", "late@example.org").exit_code == 0
 
