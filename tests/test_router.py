@@ -531,29 +531,31 @@ async def test_a_refusal_reaches_the_client_as_the_answers_text() -> None:
     assert "".join(c.text for c in chunks) == said
 
 
-async def test_a_reasoning_models_thinking_is_its_first_token() -> None:
+async def test_a_reasoning_models_thinking_keeps_it_from_timing_out_but_is_not_its_answer() -> None:
     """vLLM's reasoning parser streams the thinking as ``reasoning_content`` before any answer:
-    a thought longer than ``first_token_timeout_s`` is not a silent backend."""
-    go = asyncio.Event()
+    a thought longer than ``first_token_timeout_s`` is not a silent backend; but until the
+    answer begins the client has nothing, so a backend that breaks off while it thinks is
+    unavailable (the request goes to another)."""
+    answers = [True, False]  # the second time it thinks, then ends without an answer
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        await response.write(sse(reasoning("Let me think.")))
-        await go.wait()
-        await response.write(ANSWER)
+        for _ in range(20):  # a twentieth of a second apart: a second of thinking
+            await response.write(sse(reasoning("Let me think. ")))
+            await asyncio.sleep(0.05)
+        if answers.pop(0):
+            await response.write(ANSWER)
         return response
 
     async with Upstream(handler) as server:
-        backend = upstream(server, first_token_timeout_s=0.2)
-        chunks = backend.generate(PREPARED)
-        first = await anext(chunks)
-        await asyncio.sleep(0.4)  # thinking on, past the first token's timeout
-        go.set()
-        rest = [chunk async for chunk in chunks]
+        backend = upstream(server, first_token_timeout_s=0.5)
+        chunks = await collect(backend)
+        assert "".join(c.text for c in chunks) == "Hello" and chunks[-1].finish_reason == "stop"
+        assert chunks[0].text == "Hel"  # the thinking is not an empty first chunk
+        with pytest.raises(Unavailable):
+            await collect(backend)
         await backend.close()
-    assert first.text == "" and "".join(c.text for c in rest) == "Hello"
-    assert rest[-1].finish_reason == "stop" and backend.circuit == "closed"
 
 
 async def test_the_health_check_reads_up_down_and_published_load() -> None:

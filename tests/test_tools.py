@@ -43,6 +43,9 @@ SAY_AND_ASK = "Say what you will do, then look up the weather in Paris."
 SAID = "Let me look that up."
 
 
+# A question the backend answers with nothing at all (a reasoning model whose thinking took
+# every token it was allowed, say).
+SAY_NOTHING = "Say nothing."
 # A question the backend answers with two calls at once, their pieces in turns.
 BOTH_CITIES = "Look up the weather in Paris and in Rome at once."
 
@@ -83,6 +86,8 @@ def _answer(body: dict[str, Any]) -> bytes:
             usage,
             "[DONE]",
         )
+    if body["messages"][-1]["content"] == SAY_NOTHING:
+        return sse(_choice({"role": "assistant"}), _choice({}, "stop"), usage, "[DONE]")
     name = body["tools"][0]["function"]["name"]
     if body["messages"][-1]["content"] == BOTH_CITIES:
         return sse(*_in_turns(name), _choice({}, "tool_calls"), usage, "[DONE]")
@@ -448,3 +453,17 @@ def test_parallel_calls_streamed_in_turns_are_each_done_with_their_whole_argumen
         assert pieces == done[index].arguments
     paris, rome = final.output
     assert (paris.call_id, rome.call_id) == ("call_paris", "call_rome")
+
+
+def test_an_answer_with_neither_text_nor_calls_streams_to_its_end(
+    gateway: tuple[LiveServer, list[dict[str, Any]]],
+) -> None:
+    """Its empty message is opened and done, then the response completed (the stream broke
+    off mid-body: the message had no place in the finished output)."""
+    live, _ = gateway
+    client = live.client(live.new_user(plan="roomy")[1])
+    with client.responses.stream(model=TOOL_MODEL, input=SAY_NOTHING) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert kinds[-1] == "response.completed" and "response.output_item.done" in kinds
+    assert final.status == "completed" and final.output_text == ""

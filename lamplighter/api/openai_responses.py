@@ -778,8 +778,11 @@ class _Shape:
         if done["status"] == "failed":
             yield self.event("response.failed", response=done)
             return
-        for opened in self._open_message(unless_calls=True):
-            yield opened
+        opening = self._open_message(unless_calls=True)
+        if opening:  # an answer with neither text nor calls: its (empty) message is opened now
+            for opened in opening:
+                yield opened
+            done = self.finished()
         for position, entry in enumerate(self.order):
             if position not in self._closed:
                 for event in self._close(position, entry, done["output"][position]):

@@ -240,6 +240,7 @@ class _Relay:
         self.backend = backend
         self.finish: str | None = None
         self.done = False  # its "data: [DONE]" came
+        self.thoughts = 0  # events of a reasoning model's thinking
         self.usage: dict[str, Any] | None = None
         self.produced = 0
 
@@ -272,7 +273,6 @@ class _Relay:
         text = ""
         calls: list[dict[str, Any]] = []
         logprobs: list[dict[str, Any]] = []
-        thought = False
         for choice in event.get("choices") or []:
             delta = choice.get("delta") or {}
             # A refusal (OpenAI's structured outputs) is the answer's text here: its client
@@ -284,11 +284,12 @@ class _Relay:
             found = (choice.get("logprobs") or {}).get("content")
             if isinstance(found, list):
                 logprobs.extend(entry for entry in found if isinstance(entry, dict))
-            # A reasoning model's thinking (vLLM's and SGLang's reasoning parsers): tokens
-            # generated, though not relayed, so a long thought is not taken for a silent backend.
-            thought = thought or bool(delta.get("reasoning_content") or delta.get("reasoning"))
+            # A reasoning model's thinking (vLLM's and SGLang's reasoning parsers) is not
+            # relayed, but it shows the backend at work (see ``generate``).
+            if delta.get("reasoning_content") or delta.get("reasoning"):
+                self.thoughts += 1
             self.finish = choice.get("finish_reason") or self.finish
-        if not text and not calls and not thought:
+        if not text and not calls:
             return None
         self.produced += 1
         return Chunk(text, tool_calls=tuple(calls), logprobs=tuple(logprobs))
@@ -488,7 +489,8 @@ class UpstreamBackend:
         try:
             first: Chunk | None = None
             try:
-                async with asyncio.timeout(self.config.first_token_timeout_s):
+                patience = self.config.first_token_timeout_s
+                async with asyncio.timeout(patience) as waiting:
                     response = await self._session().post(
                         self._completions, json=self._body(prepared), proxy=self._proxy
                     )
@@ -497,10 +499,16 @@ class UpstreamBackend:
                         judged = True
                         raise self._refusal(response, body)
                     content = response.content  # lines as they come, each with its b"\n"
+                    thoughts = 0
                     async for raw in content:
                         first = relay.feed(raw.decode("utf-8", "replace").strip())
                         if first is not None:
                             break
+                        if relay.thoughts != thoughts:
+                            # Thinking: not silent, so the wait starts again; but the client
+                            # has nothing yet, so a failure now still goes to another backend.
+                            thoughts = relay.thoughts
+                            waiting.reschedule(asyncio.get_running_loop().time() + patience)
                     if first is None and not relay.ended:
                         raise _Reported("its answer ended before it began")
             except (aiohttp.ClientError, HttpProcessingError, TimeoutError, _Reported) as exc:
