@@ -384,6 +384,7 @@ class Exchange:
         self.logprobs.clear()
         self.completion_tokens = 0
         self.flags_out = ()
+        self.ttft = None  # nor has its first token been given to anyone
 
     def flag_output(self, categories: tuple[str, ...]) -> None:
         for category in categories:

@@ -401,13 +401,13 @@ def test_an_answer_not_streamed_starts_over_elsewhere_when_its_backend_fails_par
     failed tokens are counted as discarded. A streamed answer's client already has part of it,
     so its stream ends with the error."""
     served: list[str] = []
-    fail_next = [True]  # whichever backend is asked next fails part-way
+    fail_next = [1]  # how many of the next requests fail part-way, whichever backend they reach
 
     def chat(name: str) -> web.Response:
         served.append(name)
         body = ANSWER
         if fail_next[0]:
-            fail_next[0] = False
+            fail_next[0] -= 1
             body = sse(delta("Went "), delta("wrong"), {"error": {"message": "engine died"}})
         return web.Response(body=body, content_type="text/event-stream")
 
@@ -429,17 +429,46 @@ def test_an_answer_not_streamed_starts_over_elsewhere_when_its_backend_fails_par
         assert discarded == 2
         assert gateway_metric(live, "lamplighter_backend_failovers_total", first) == 1
 
-        fail_next[0] = True  # the Responses API's whole answers too
+        fail_next[0] = 1  # the Responses API's whole answers too
         response = client.responses.create(model="m", input="Hi again?")
         assert (response.status, response.output_text) == ("completed", "Hello")
 
-        fail_next[0] = True
+        fail_next[0] = 1
         [outcome] = asyncio.run(streams(live, key, [{**ask("Streamed?"), "model": "m"}]))
         assert outcome.text == ["Went ", "wrong"] and outcome.finish is None
         assert outcome.error is not None and outcome.error["code"] == "engine_error"
         message, usage = wait_until(lambda: settled(live, outcome.completion_id))
         assert (message.status, message.content) == ("error", "Went wrong")
         assert usage.completion_tokens == 2
+
+        # A whole answer that both backends break off: a 503, nothing shown, nothing charged.
+        fail_next[0] = 2
+        with pytest.raises(openai.InternalServerError) as refused:
+            client.with_options(max_retries=0).chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "Twice unlucky?"}]
+            )
+        assert refused.value.status_code == 503 and fail_next[0] == 0
+        assert wait_until(lambda: last_usage(live)) == (0, 0, "error")
+
+
+def last_usage(server: LiveServer) -> tuple[int, int, str] | None:
+    """The newest usage row's tokens and finish reason, once it is settled."""
+
+    async def load(services: Any) -> tuple[int, int, str] | None:
+        from sqlalchemy import select
+
+        from lamplighter.store.models import Usage
+
+        async with services.db.transaction() as session:
+            row = (
+                await session.execute(select(Usage).order_by(Usage.created_at.desc()).limit(1))
+            ).scalar_one()
+            if row.finish_reason == "in_progress":
+                return None
+            return row.prompt_tokens, row.completion_tokens, row.finish_reason
+
+    found: tuple[int, int, str] | None = server.call(load)
+    return found
 
 
 def test_a_conversation_returns_to_the_backend_that_holds_its_prefix(
