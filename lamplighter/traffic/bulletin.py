@@ -189,15 +189,18 @@ class Bulletin:
 
     async def _listen(self) -> None:
         assert self._redis is not None
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisError, ResponseError
 
         missed = False
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
-                    run = (await self._redis.info("server")).get("run_id")
-                    self.restarted = self._run is not None and run != self._run
+                    try:
+                        run: str | None = (await self._redis.info("server")).get("run_id")
+                    except ResponseError:  # INFO refused by an ACL: assume the worst
+                        run = None
+                    self.restarted = run is None or (self._run is not None and run != self._run)
                     self._run = run
                     self.subscribed.set()
                     if missed:  # anything may have changed while we were not listening
