@@ -580,6 +580,48 @@ async def test_the_health_check_reads_up_down_and_published_load() -> None:
         await backend.close()
 
 
+async def test_a_backend_found_down_ends_the_answers_it_went_silent_on() -> None:
+    """A hung server: its health check fails, and the answers it has said nothing of for a
+    health interval break off at once (a whole answer then starts over elsewhere) instead of
+    waiting ``timeout_s`` (600 s) for their next byte; one still streaming goes on."""
+    healthy = True
+    talk = asyncio.Event()  # the talkative answer's next word
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path == "/health":
+            return web.Response(status=200 if healthy else 503)
+        body = await request.json()
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(sse(delta("Hel")))
+        if body["messages"][0]["content"] == "talkative":
+            await talk.wait()
+            await response.write(sse(delta("lo"), delta("", "stop"), "[DONE]"))
+        else:
+            await asyncio.Event().wait()  # hung
+        return response
+
+    talkative = dataclasses.replace(
+        PREPARED, request=dataclasses.replace(REQUEST, turns=(Turn("user", "talkative"),))
+    )
+    clock = ManualClock(100)
+    async with Upstream(handler) as server:
+        backend = upstream(server, clock, health_url="/health", health_interval_s=5)
+        await backend.start()
+        hung, lively = backend.generate(PREPARED), backend.generate(talkative)
+        assert (await anext(hung)).text == (await anext(lively)).text == "Hel"
+        clock.advance(5)  # a health interval of silence from both
+        lively_next = asyncio.ensure_future(anext(lively))
+        talk.set()
+        assert (await lively_next).text == "lo"  # it spoke again
+        healthy = False
+        assert not await backend.probe.check()
+        with pytest.raises(EngineFailed, match="broke off"):
+            await asyncio.wait_for(anext(hung), 5)
+        assert [c.finish_reason async for c in lively][-1] == "stop"
+        await backend.close()
+
+
 # -- configuration -------------------------------------------------------------------------------
 
 

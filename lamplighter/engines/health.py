@@ -20,7 +20,7 @@ import logging
 import re
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -166,6 +166,7 @@ class Probe:
         self.headers = dict(headers or {})
         self.timeout_s = timeout_s
         self.up = True  # until a check says otherwise
+        self.on_down: Callable[[], None] | None = None  # told when a check finds it down
         self.load: Load | None = None
         self.checks = 0
         self._task: asyncio.Task[None] | None = None
@@ -219,8 +220,11 @@ class Probe:
                 log.warning(
                     "backend %s is down: health check %s %s", self.name, self.health_url, why
                 )
+        went_down = self.up and not healthy
         self.up = healthy
         self.checks += 1
+        if went_down and self.on_down is not None:
+            self.on_down()
         return healthy
 
     async def _scrape(self, url: str) -> None:

@@ -332,6 +332,9 @@ class UpstreamBackend:
             headers=self._headers,
             timeout_s=max(0.5, min(5.0, config.health_interval_s)),
         )
+        # The answers being read, and when each last said something (see ``_cut_silent``).
+        self._heard: dict[aiohttp.ClientResponse, float] = {}
+        self.probe.on_down = self._cut_silent
 
     def _session(self) -> aiohttp.ClientSession:
         """The HTTP client (aiohttp: its C parser costs this gateway a third of what httpx's
@@ -452,6 +455,20 @@ class UpstreamBackend:
                 "a failed trial" if was == "half_open" else f"{self.breaker.failures} failures",
             )
 
+    def _cut_silent(self) -> None:
+        """The health check found the backend down: end the answers it has said nothing of for
+        a health interval (a hung server), rather than wait ``timeout_s`` for their next byte.
+        Each breaks off as a stream cut by the backend does (a whole answer starts over on
+        another backend); answers still arriving go on, in case only its /health is slow."""
+        now = self.clock.monotonic()
+        silent = [
+            r for r, heard in self._heard.items() if now - heard >= self.config.health_interval_s
+        ]
+        if silent:
+            log.warning("backend %s is down: ending %d silent answers", self.name, len(silent))
+        for response in silent:
+            response.close()
+
     def _succeeded(self) -> None:
         if self.breaker.state != "closed":
             log.warning("backend %s: circuit breaker closed, it answers again", self.name)
@@ -500,7 +517,10 @@ class UpstreamBackend:
                         raise self._refusal(response, body)
                     content = response.content  # lines as they come, each with its b"\n"
                     thoughts = 0
+                    heard = self._heard
+                    heard[response] = self.clock.monotonic()
                     async for raw in content:
+                        heard[response] = self.clock.monotonic()
                         first = relay.feed(raw.decode("utf-8", "replace").strip())
                         if first is not None:
                             break
@@ -533,6 +553,7 @@ class UpstreamBackend:
                 yield first
                 try:
                     async for raw in content:
+                        heard[response] = self.clock.monotonic()
                         chunk = relay.feed(raw.decode("utf-8", "replace").strip())
                         if chunk is not None:
                             yield chunk
@@ -555,6 +576,7 @@ class UpstreamBackend:
             if not judged:
                 self.breaker.abandoned()
             if response is not None:
+                self._heard.pop(response, None)
                 # Unless the answer was read to its end (the connection is back in the pool),
                 # this closes the connection, which the upstream takes as a cancellation.
                 response.close()
