@@ -610,20 +610,17 @@ class ChatService:
                                 route, prepared, slot = moved
                                 backend = route.backend
                                 admission.set_attribute("lamplighter.backend", backend.name)
-                        tried = {backend.name}
-                        while slot is None:
-                            alive = partial(accepting, backend)
-                            try:
-                                slot = await pool.enter(user, plan, cost, alive)
-                            except BackendLost:  # it hung or broke while we waited: elsewhere
-                                self.metrics.failovers.labels(backend.name).inc()
-                                route = self._route(request, plan, tried)
-                                backend = route.backend
-                                tried.add(backend.name)
-                                admission.set_attribute("lamplighter.backend", backend.name)
-                                prepared = await self._prepare(backend, asked, fit=fit)
-                                cost = prepared.prompt_tokens + prepared.max_tokens
-                                pool = self.admission.pool(backend.name, backend.capacity)
+                        if slot is None:
+                            route, prepared, slot = await self._enter(
+                                user,
+                                plan,
+                                request,
+                                route,
+                                prepared,
+                                lambda other: self._prepare(other, asked, fit=fit),
+                            )
+                            backend = route.backend
+                            admission.set_attribute("lamplighter.backend", backend.name)
                 finally:
                     self.metrics.queue_wait.labels(plan.name, backend.name).observe(
                         time.perf_counter() - waited
@@ -821,25 +818,48 @@ class ChatService:
             self.metrics.failovers.labels(failed.name).inc()
             if exchange.slot is not None:
                 exchange.slot.release(0)
-            pool = self.admission.pool(backend.name, backend.capacity)
-            cost = prepared.prompt_tokens + prepared.max_tokens
-            user = str(exchange.principal.user_id)
-            while True:
-                try:
-                    exchange.slot = await pool.enter(user, plan, cost, partial(accepting, backend))
-                    break
-                except BackendLost:  # this one stopped taking requests too: the next
-                    exchange.slot = None
-                    failed, backend = backend, self._route(request, plan, tried).backend
-                    self.metrics.failovers.labels(failed.name).inc()
-                    tried.add(backend.name)
-                    prepared = await backend.prepare(request)
-                    pool = self.admission.pool(backend.name, backend.capacity)
-                    cost = prepared.prompt_tokens + prepared.max_tokens
+                exchange.slot = None
+            route, prepared, exchange.slot = await self._enter(
+                str(exchange.principal.user_id),
+                plan,
+                request,
+                Route(backend, "failover"),
+                prepared,
+                lambda other: other.prepare(request),
+                tried,
+            )
         finally:
             self._routed()
         exchange.prepared = prepared
-        return backend, prepared
+        return route.backend, prepared
+
+    async def _enter(
+        self,
+        user: str,
+        plan: Plan,
+        request: GenerationRequest,
+        route: Route,
+        prepared: PreparedRequest,
+        prepare: Callable[[Backend], Awaitable[PreparedRequest]],
+        tried: set[str] | None = None,
+    ) -> tuple[Route, PreparedRequest, Slot]:
+        """A slot on ``route``'s backend, waiting in its queue; if that backend stops taking
+        requests meanwhile (it hung, or broke: ``BackendLost``), on the next one not ``tried``,
+        the request ``prepare``d again for it. Overloaded when none is left."""
+        tried = {route.backend.name} if tried is None else tried
+        while True:
+            backend = route.backend
+            pool = self.admission.pool(backend.name, backend.capacity)
+            cost = prepared.prompt_tokens + prepared.max_tokens
+            try:
+                slot = await pool.enter(user, plan, cost, partial(accepting, backend))
+            except BackendLost:  # elsewhere, then
+                self.metrics.failovers.labels(backend.name).inc()
+                route = self._route(request, plan, tried)
+                tried.add(route.backend.name)
+                prepared = await prepare(route.backend)
+                continue
+            return route, prepared, slot
 
     @staticmethod
     async def _prepare(backend: Backend, request: GenerationRequest, fit: bool) -> PreparedRequest:
