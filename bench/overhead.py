@@ -5,6 +5,7 @@ The benchmark ships inside the package (``lamplighter/overhead/``) so that the i
 
     .venv/bin/python -m bench.overhead --concurrency 1,8,64 --duration 5
     .venv/bin/python -m bench.overhead --json --skip-litellm
+    .venv/bin/python -m bench.overhead --skip-litellm --floor --concurrency 1
     .venv/bin/python -m bench.overhead --soak 600 --soak-streams 500
 """
 

@@ -1058,6 +1058,14 @@ def bench_overhead(
             "SQLite (as with several replicas); give it a database of its own."
         ),
     ] = None,
+    floor: Annotated[
+        bool,
+        typer.Option(
+            "--floor",
+            help="Also measure the floor: the least a proxy on the gateway's stack adds, bare "
+            "and with one durable commit a request.",
+        ),
+    ] = False,
     soak: Annotated[
         float, typer.Option(min=0, help="Run a soak of this many seconds instead.")
     ] = 0.0,
@@ -1083,6 +1091,7 @@ def bench_overhead(
         skip_litellm=skip_litellm,
         redis=redis,
         postgres=postgres,
+        floor=floor,
         soak=soak,
         soak_streams=soak_streams,
         soak_chunk_ms=soak_chunk_ms,

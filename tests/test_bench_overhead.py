@@ -1,19 +1,23 @@
 """`lamplighter bench overhead`, run small: the mock upstream alone, the real gateway in front of
-it, and the gateway again with its traffic state in this machine's Redis and with its store in
-this machine's PostgreSQL (LiteLLM left out), one short cell each, checked for shape and for sane
-figures."""
+it, the gateway again with its traffic state in this machine's Redis and with its store in this
+machine's PostgreSQL, and the floor bare and durable (LiteLLM left out), one short cell each,
+checked for shape and for sane figures."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from lamplighter.cli import app
 from lamplighter.overhead.run import Options, bench, parse_concurrency, render
+from lamplighter.overhead.targets import MODEL, start_floor, start_mock
 from tests.conftest import new_postgres_database
 from tests.fleet import redis_answers
 
@@ -38,6 +42,7 @@ def result() -> Iterator[dict]:
             skip_litellm=True,
             redis=REDIS,
             postgres=postgres,
+            floor=True,
         )
         yield bench(options)
 
@@ -45,7 +50,7 @@ def result() -> Iterator[dict]:
 def test_every_cell_is_measured(result: dict) -> None:
     cells = {(c["target"], c["stream"], c["concurrency"], c["tokens"]): c for c in result["cells"]}
     kinds = [(False, 8), (True, 8), (True, 24)]
-    targets = ("mock", "gateway", "gw-redis", "gw-pg")
+    targets = ("mock", "gateway", "gw-redis", "gw-pg", "floor", "floor-db")
     assert set(cells) == {(t, s, 2, n) for t in targets for s, n in kinds}
     for cell in cells.values():
         assert cell["errors"] == 0, cell["sample_error"]
@@ -74,6 +79,8 @@ def test_the_comparisons_name_the_gateway(result: dict) -> None:
         assert row["redis_cpu_over_gateway"] > 0 and row["redis_rps_over_gateway"] > 0
         assert row["gw-pg"]["added_p50_ms"] is not None
         assert row["pg_cpu_over_gateway"] > 0 and row["pg_rps_over_gateway"] > 0
+        assert row["floor"]["added_p50_ms"] is not None
+        assert row["floor-db"]["added_p50_ms"] is not None
         assert "litellm" not in row
     assert result["compared"]["cpu_ms_per_chunk"]["gateway"]["2"] is not None
     assert result["unavailable"] == {"litellm": "skipped (--skip-litellm)"}
@@ -89,6 +96,7 @@ def test_the_report_is_a_table(result: dict) -> None:
     assert "with Redis, requests/s over without" in text
     assert "on PostgreSQL, requests/s over on SQLite" in text and "gw-pg" in text
     assert "litellm not measured: skipped" in text
+    assert "added p50 ms: the floor" in text and "with a durable commit" in text
 
 
 def test_concurrency_is_a_list_of_counts() -> None:
@@ -124,3 +132,39 @@ def test_a_postgresql_the_gateway_cannot_reach_is_named_not_measured() -> None:
     result = bench(options)
     assert "gw-pg" in result["unavailable"]
     assert {cell["target"] for cell in result["cells"]} == {"mock", "gateway"}
+
+
+def _ask(url: str, stream: bool) -> bytes:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "lamps?"}], "stream": stream}
+    request = urllib.request.Request(
+        url + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"authorization": "Bearer x", "content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        data: bytes = answer.read()
+        return data
+
+
+def test_the_durable_floor_keeps_every_answer_it_gives(tmp_path: Path) -> None:
+    """The yardstick does the work it stands for: each answer, whole or streamed, is in its
+    database by the time the client has it, word for word."""
+    mock = start_mock(tmp_path, 5)
+    floor = start_floor(tmp_path, mock, durable=True)
+    try:
+        whole = json.loads(_ask(floor.url, stream=False))
+        streamed = _ask(floor.url, stream=True).decode()
+        assert streamed.endswith("data: [DONE]\n\n")
+        lines = streamed.split("\n")
+        events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+        pieces = [c["delta"].get("content") or "" for e in events for c in e["choices"]]
+        with sqlite3.connect(next(tmp_path.glob("floor-db-*.db"))) as db:
+            kept = db.execute("SELECT question, answer FROM exchanges ORDER BY id").fetchall()
+    finally:
+        floor.stop()
+        mock.stop()
+    assert kept == [
+        ("lamps?", whole["choices"][0]["message"]["content"]),
+        ("lamps?", "".join(pieces)),
+    ]
+    assert len(kept[0][1].split()) == 5

@@ -24,12 +24,16 @@ With ``--redis URL`` a second gateway (``gw-redis``) keeps its traffic state in 
 replicas do (rate limits, stream leases, shared backend slots, the cache), and takes its turn in
 every cell: what sharing the state costs a request, as ratios to the gateway without it. With
 ``--postgres URL`` another (``gw-pg``) keeps its store in that PostgreSQL database instead of
-SQLite, as replicas do: what the shared database costs a request, likewise.
+SQLite, as replicas do: what the shared database costs a request, likewise. With ``--floor``
+two more take their turns: ``floor``, the least a proxy on the gateway's own stack does
+(``floor.py``), and ``floor-db``, the same with one durable SQLite commit a request. What they
+add over the mock is the stack's share of the gateway's added latency; the rest is the gateway's.
 
     lamplighter bench overhead                       # 1, 8, 64; 5 s a cell; about 3 minutes
     lamplighter bench overhead --json --skip-litellm --duration 2
     lamplighter bench overhead --skip-litellm --redis redis://127.0.0.1:6379/15
     lamplighter bench overhead --skip-litellm --postgres postgresql://127.0.0.1/bench
+    lamplighter bench overhead --skip-litellm --floor --concurrency 1
     lamplighter bench overhead --soak 600 --soak-streams 500
 """
 
@@ -58,6 +62,7 @@ from lamplighter.overhead.targets import (
     Target,
     cpu_seconds,
     machine_busy_seconds,
+    start_floor,
     start_gateway,
     start_litellm,
     start_mock,
@@ -73,6 +78,8 @@ PAUSE_SECONDS = 0.5  # between cells, so one cell's stragglers are gone before t
 NOISY_CORES = 0.25
 # The gateways whose state is shared as replicas share it, and their ratios' prefix.
 SHARED = {"gw-redis": "redis", "gw-pg": "pg"}
+# The least a proxy on the gateway's stack adds, without and with a durable commit.
+FLOORS = ("floor", "floor-db")
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,8 @@ class Options:
     redis: str | None = None
     # A PostgreSQL URL: also measure a gateway keeping its store there ("gw-pg").
     postgres: str | None = None
+    # Also the floor, bare and with a durable commit ("floor", "floor-db"): the stack's share.
+    floor: bool = False
     soak: float = 0.0  # seconds; 0: no soak, run the matrix
     soak_streams: int = 500
     soak_interval: float = 5.0
@@ -226,7 +235,7 @@ def compare(cells: list[dict[str, Any]], options: Options) -> dict[str, Any]:
         for n in options.concurrency:
             mock = at.get(("mock", stream, n))
             row: dict[str, Any] = {"stream": stream, "concurrency": n}
-            for name in ("gateway", *SHARED, "litellm"):
+            for name in ("gateway", *SHARED, *FLOORS, "litellm"):
                 mine = at.get((name, stream, n))
                 if mine is None or mock is None:
                     continue
@@ -257,7 +266,7 @@ def compare(cells: list[dict[str, Any]], options: Options) -> dict[str, Any]:
                 )
             rows.append(row)
     per_chunk: dict[str, dict[str, float | None]] = {}
-    for name in ("mock", "gateway", *SHARED, "litellm"):
+    for name in ("mock", "gateway", *SHARED, *FLOORS, "litellm"):
         for n in options.concurrency:
             short, long = at.get((name, True, n)), longer.get((name, True, n))
             if short is None or long is None:
@@ -345,6 +354,9 @@ def matrix(options: Options, workdir: Path, say: Say) -> dict[str, Any]:
             except NotAvailable as exc:
                 unavailable[name] = str(exc)
                 say(f"the gateway with {what} is NOT measured: {exc}")
+        if options.floor:
+            say("starting the floor in front of it, bare and with a durable commit")
+            targets += [start_floor(workdir, mock), start_floor(workdir, mock, durable=True)]
         if options.skip_litellm:
             unavailable["litellm"] = "skipped (--skip-litellm)"
         else:
@@ -551,6 +563,15 @@ def render(result: dict[str, Any]) -> str:
                         f"{'streamed' if row['stream'] else 'whole':9}x{row['concurrency']:<3} "
                         f"{rps_says}: {_f(row[rps])}; {cpu_says}: {_f(row[cpu])}"
                     )
+        for row in result["compared"]["rows"]:
+            if all(name in row for name in ("gateway", *FLOORS)):
+                key = "added_first_chunk_p50_ms" if row["stream"] else "added_p50_ms"
+                floor, durable, gateway = (row[name][key] for name in (*FLOORS, "gateway"))
+                lines.append(
+                    f"{'streamed' if row['stream'] else 'whole':9}x{row['concurrency']:<3} "
+                    f"added p50 ms{' to the first chunk' if row['stream'] else ''}: the floor "
+                    f"{_f(floor)}, with a durable commit {_f(durable)}, the gateway {_f(gateway)}"
+                )
         for name, values in result["compared"]["cpu_ms_per_chunk"].items():
             shown = ", ".join(f"x{n}: {_f(v, 4)}" for n, v in values.items())
             lines.append(f"CPU ms per relayed chunk, {name}: {shown}")
@@ -601,6 +622,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument("--redis", help="also a gateway with its traffic state in this Redis")
     parser.add_argument("--postgres", help="also a gateway with its store in this PostgreSQL")
+    parser.add_argument("--floor", action="store_true", help="also the stack's floor")
     parser.add_argument("--soak", type=float, default=0.0, help="seconds; runs the soak instead")
     parser.add_argument("--soak-streams", type=int, default=500)
     parser.add_argument("--soak-chunk-ms", type=float, default=20.0)
@@ -615,6 +637,7 @@ def main(argv: list[str] | None = None) -> None:
         skip_litellm=args.skip_litellm,
         redis=args.redis,
         postgres=args.postgres,
+        floor=args.floor,
         soak=args.soak,
         soak_streams=args.soak_streams,
         soak_chunk_ms=args.soak_chunk_ms,

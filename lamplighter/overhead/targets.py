@@ -209,6 +209,21 @@ def start_mock(workdir: Path, chunks: int, delay_ms: float = 0.0) -> Target:
     return target
 
 
+def start_floor(workdir: Path, upstream: Target, *, durable: bool = False) -> Target:
+    """The floor (``lamplighter/overhead/floor.py``) in front of ``upstream``: ``floor``, or,
+    committing each exchange to a fresh SQLite database, ``floor-db``."""
+    name = "floor-db" if durable else "floor"
+    port = free_port()
+    log = workdir / f"{name}.log"
+    command = [sys.executable, "-m", "lamplighter.overhead.floor", "--port", str(port)]
+    command += ["--upstream", upstream.url]
+    if durable:
+        command += ["--durable", str(workdir / f"{name}-{port}.db")]
+    target = Target(name, port, _spawn(command, log), log, api_key="floor")
+    target.wait_ready("/health", 30)
+    return target
+
+
 GATEWAY_CONFIG = """\
 # Limits high enough never to refuse: the benchmark measures the work, not the policy.
 [plans.team]
