@@ -113,23 +113,14 @@ def test_the_command_refuses_bad_options() -> None:
     assert answer.exit_code == 2
 
 
-def test_a_redis_the_gateway_cannot_reach_is_named_not_measured() -> None:
+def test_a_redis_and_a_postgresql_the_gateway_cannot_reach_are_named_not_measured() -> None:
     options = Options(
         concurrency=(1,), duration=0.3, warmup=0.1, chunks=4, long_chunks=8, skip_litellm=True,
         redis="redis://127.0.0.1:1/0",
-    )  # fmt: skip
-    result = bench(options)
-    assert "gw-redis" in result["unavailable"]
-    assert "does not reach Redis" in result["unavailable"]["gw-redis"]
-    assert {cell["target"] for cell in result["cells"]} == {"mock", "gateway"}
-
-
-def test_a_postgresql_the_gateway_cannot_reach_is_named_not_measured() -> None:
-    options = Options(
-        concurrency=(1,), duration=0.3, warmup=0.1, chunks=4, long_chunks=8, skip_litellm=True,
         postgres="postgresql+asyncpg://nobody@127.0.0.1:1/nothing",
     )  # fmt: skip
     result = bench(options)
+    assert "does not reach Redis" in result["unavailable"]["gw-redis"]
     assert "gw-pg" in result["unavailable"]
     assert {cell["target"] for cell in result["cells"]} == {"mock", "gateway"}
 

@@ -356,7 +356,12 @@ def matrix(options: Options, workdir: Path, say: Say) -> dict[str, Any]:
                 say(f"the gateway with {what} is NOT measured: {exc}")
         if options.floor:
             say("starting the floor in front of it, bare and with a durable commit")
-            targets += [start_floor(workdir, mock), start_floor(workdir, mock, durable=True)]
+            for name, durable in zip(FLOORS, (False, True), strict=True):
+                try:
+                    targets.append(start_floor(workdir, mock, durable=durable))
+                except NotAvailable as exc:
+                    unavailable[name] = str(exc)
+                    say(f"{name} is NOT measured: {exc}")
         if options.skip_litellm:
             unavailable["litellm"] = "skipped (--skip-litellm)"
         else:
