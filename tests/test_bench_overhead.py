@@ -151,6 +151,7 @@ def test_the_durable_floor_keeps_every_answer_it_gives(tmp_path: Path) -> None:
         pieces = [c["delta"].get("content") or "" for e in events for c in e["choices"]]
         with sqlite3.connect(next(tmp_path.glob("floor-db-*.db"))) as db:
             kept = db.execute("SELECT question, answer FROM exchanges ORDER BY id").fetchall()
+            tokens = db.execute("SELECT tokens FROM exchanges ORDER BY id").fetchall()
     finally:
         floor.stop()
         mock.stop()
@@ -159,3 +160,4 @@ def test_the_durable_floor_keeps_every_answer_it_gives(tmp_path: Path) -> None:
         ("lamps?", "".join(pieces)),
     ]
     assert len(kept[0][1].split()) == 5
+    assert tokens == [(5,), (5,)]  # as the upstream counted them, streamed or not

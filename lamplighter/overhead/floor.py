@@ -88,6 +88,8 @@ class Floor:
             await _answer(send, 404 if authorization else 401, b'{"error": {}}')
             return
         request = json.loads(body)
+        if request.get("stream"):  # its tokens counted by the upstream, as the gateway asks
+            request["stream_options"] = {"include_usage": True}
         question = request["messages"][-1]["content"]
         assert self.session is not None
         async with self.session.post(self.upstream, json=request) as upstream:
@@ -106,15 +108,18 @@ class Floor:
                 }
             )
             pieces: list[str] = []
+            tokens = 0  # from the usage event, as the gateway settles a stream
             async for line in upstream.content:
                 if not line.startswith(b"data: {"):
                     continue
                 event = json.loads(line[6:])
                 for choice in event["choices"]:
                     pieces.append(choice["delta"].get("content") or "")
+                if event.get("usage"):
+                    tokens = event["usage"]["completion_tokens"]
                 out = b"data: " + json.dumps(event, separators=COMPACT).encode() + b"\n\n"
                 await send({"type": "http.response.body", "body": out, "more_body": True})
-            self._keep(question, "".join(pieces), len(pieces))
+            self._keep(question, "".join(pieces), tokens)
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
 
