@@ -5,6 +5,7 @@ write back."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -127,3 +128,31 @@ async def test_jobs_run_in_the_order_they_came(db: Database) -> None:
     await asyncio.gather(*futures)
     assert order == list(range(50))
     await writer.close()
+
+
+async def test_on_sqlite_a_batch_waiting_for_another_writers_lock_leaves_the_loop_free(
+    sqlite_url: str,
+) -> None:
+    """The writer runs its statements on the loop's thread (store/sqlite_writes.py), but while
+    another connection (a CLI command, another process) holds SQLite's write lock, its batch
+    waits for the lock off the loop: the server goes on serving meanwhile, and the batch commits
+    once the lock is let go."""
+    db = Database(sqlite_url)
+    user, writer = await _user(db), Writer(db)
+    other = sqlite3.connect(sqlite_url.split("///", 1)[1], check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock until it commits
+    try:
+        write = writer.submit(lambda session: UsageLedger(session).record(_row(user, 7)))
+        # Ten turns of the loop: the batch has started and is waiting for the lock. Had the wait
+        # blocked the loop, these would return only when it gave up ("database is locked").
+        for _ in range(10):
+            await asyncio.sleep(0.01)
+        assert not write.done()
+        assert await _count(db, user) == 0  # reads go on meanwhile
+    finally:
+        other.commit()
+        other.close()
+    assert isinstance(await write, int)
+    assert await _count(db, user) == 1
+    await writer.close()
+    await db.close()

@@ -19,6 +19,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from lamplighter.store import sqlite_writes
+
 
 def masked(url: str) -> str:
     """A database URL fit to print or log: its password hidden."""
@@ -45,15 +47,44 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
+def _writes_engine(url: str) -> AsyncEngine | None:
+    """The engine of the group-commit writer's batches on a SQLite file (see
+    ``sqlite_writes``); None elsewhere (PostgreSQL, an in-memory database): the main engine."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    if parsed.query:  # URI options the plain connector would not apply
+        return None
+    # One batch at a time; a second connection while the first is handed back.
+    engine = create_async_engine(
+        url, async_creator=sqlite_writes.connector(parsed.database), pool_size=2, max_overflow=0
+    )
+    event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_engine(url)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._writes = _writes_engine(url)
+        self._batches = (
+            async_sessionmaker(self._writes, expire_on_commit=False)
+            if self._writes is not None
+            else self._sessions
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         async with self._sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[AsyncSession]:
+        """A transaction of the group-commit writer (``Writer``): on SQLite, on a connection
+        that runs its statements on the loop's thread (see ``sqlite_writes``)."""
+        async with self._batches() as session, session.begin():
             yield session
 
     @asynccontextmanager
@@ -73,4 +104,6 @@ class Database:
         return True
 
     async def close(self) -> None:
+        if self._writes is not None:
+            await self._writes.dispose()
         await self.engine.dispose()

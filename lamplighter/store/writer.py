@@ -72,7 +72,7 @@ class Writer:
 
     async def _commit(self, batch: list[tuple[Job[Any], asyncio.Future[Any]]]) -> None:
         try:
-            async with self.db.transaction() as session:
+            async with self.db.batch() as session:
                 results = [await job(session) for job, _ in batch]
         except Exception as error:
             if len(batch) > 1:
