@@ -133,7 +133,7 @@ async def test_jobs_run_in_the_order_they_came(db: Database) -> None:
 async def test_on_sqlite_a_batch_waiting_for_another_writers_lock_leaves_the_loop_free(
     sqlite_url: str,
 ) -> None:
-    """The writer runs its statements on the loop's thread (store/sqlite_writes.py), but while
+    """The writer runs its statements on the loop's thread (store/sqlite_inline.py), but while
     another connection (a CLI command, another process) holds SQLite's write lock, its batch
     waits for the lock off the loop: the server goes on serving meanwhile, and the batch commits
     once the lock is let go."""

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from lamplighter.store import sqlite_writes
+from lamplighter.store import sqlite_inline
 
 
 def masked(url: str) -> str:
@@ -47,17 +47,19 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
-def _writes_engine(url: str) -> AsyncEngine | None:
-    """The engine of the group-commit writer's batches on a SQLite file (see
-    ``sqlite_writes``); None elsewhere (PostgreSQL, an in-memory database): the main engine."""
+def _inline_engine(url: str) -> AsyncEngine | None:
+    """On a SQLite file, the engine of short work (the writer's batches, authentication's
+    lookup) whose statements run on the loop's thread (see ``sqlite_inline``); None elsewhere
+    (PostgreSQL, an in-memory database): the main engine does it."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     if parsed.query:  # URI options the plain connector would not apply
         return None
-    # One batch at a time; a second connection while the first is handed back.
+    # Nothing on it yields to the loop but a batch's BEGIN and COMMIT: two connections suffice
+    # (a batch's, and a lookup's while the batch waits); more open only for a burst.
     engine = create_async_engine(
-        url, async_creator=sqlite_writes.connector(parsed.database), pool_size=2, max_overflow=0
+        url, async_creator=sqlite_inline.connector(parsed.database), pool_size=2, max_overflow=6
     )
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
@@ -68,10 +70,10 @@ class Database:
         self.url = url
         self.engine = create_engine(url)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._writes = _writes_engine(url)
+        self._inline = _inline_engine(url)
         self._batches = (
-            async_sessionmaker(self._writes, expire_on_commit=False)
-            if self._writes is not None
+            async_sessionmaker(self._inline, expire_on_commit=False)
+            if self._inline is not None
             else self._sessions
         )
 
@@ -83,7 +85,7 @@ class Database:
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[AsyncSession]:
         """A transaction of the group-commit writer (``Writer``): on SQLite, on a connection
-        that runs its statements on the loop's thread (see ``sqlite_writes``)."""
+        that runs its statements on the loop's thread (see ``sqlite_inline``)."""
         async with self._batches() as session, session.begin():
             yield session
 
@@ -92,7 +94,7 @@ class Database:
         """A pooled connection for a read that needs no unit of work: no session, and no
         ``COMMIT``: authentication, on every API request, took 0.37-0.39 ms instead of 0.55-0.64
         on SQLite."""
-        async with self.engine.connect() as conn:
+        async with (self._inline or self.engine).connect() as conn:
             yield conn
 
     async def ping(self) -> bool:
@@ -104,6 +106,6 @@ class Database:
         return True
 
     async def close(self) -> None:
-        if self._writes is not None:
-            await self._writes.dispose()
+        if self._inline is not None:
+            await self._inline.dispose()
         await self.engine.dispose()

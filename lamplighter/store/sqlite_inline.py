@@ -1,17 +1,18 @@
-"""The SQLite connection the group-commit writer runs its batches on.
+"""The SQLite connection for short work: the group-commit writer's batches and the lookup that
+authenticates each API request.
 
 aiosqlite runs every call on a thread of its own and wakes the event loop with each result:
 about four round trips a statement (cursor, execute, fetch, close), a few dozen an exchange, each
-a thread hand-off and a loop wake-up. The writer's statements are short (a few inserts and
-updates by primary key, a lookup on an index), so this connection runs them on the loop's own
-thread, and leaves to a worker thread only the two calls that may wait: ``BEGIN IMMEDIATE``, for
-the write lock another connection or process may hold (``busy_timeout``), and ``COMMIT``, for the
-fsync (``synchronous=FULL``). Holding the write lock, nothing else the batch runs waits on a lock
-(in WAL mode readers never block a writer). ``bench overhead`` measured it.
+a thread hand-off and a loop wake-up. This work is short (a few inserts and updates by primary
+key, lookups on an index), so this connection runs its statements on the loop's own thread, and
+leaves to a worker thread only the two calls that may wait: ``BEGIN IMMEDIATE``, for the write
+lock another connection or process may hold (``busy_timeout``), and ``COMMIT``, for the fsync
+(``synchronous=FULL``). Holding the write lock, nothing else a batch runs waits on a lock, and
+in WAL mode a read never waits for a writer. ``bench overhead`` measured it (docs/operations.md).
 
 It has the shape of an aiosqlite connection, which SQLAlchemy's aiosqlite dialect adapts
-(``create_async_engine(..., async_creator=...)``); only the writer's engine uses it, so a long
-read (an export, an admin page) still runs off the loop.
+(``create_async_engine(..., async_creator=...)``). Only this work uses it: a long read (an
+export, an admin page) still runs on aiosqlite, off the loop.
 """
 
 from __future__ import annotations
