@@ -91,9 +91,10 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A pooled connection for a read that needs no unit of work: no session, and no
-        ``COMMIT``: authentication, on every API request, took 0.37-0.39 ms instead of 0.55-0.64
-        on SQLite."""
+        """A pooled connection for a short read that needs no unit of work: no session, and no
+        ``COMMIT`` (authentication, on every API request, took 0.37-0.39 ms instead of 0.55-0.64
+        on SQLite that way). On SQLite it runs on the loop's thread (see ``sqlite_inline``):
+        keep it to lookups on an index."""
         async with (self._inline or self.engine).connect() as conn:
             yield conn
 
