@@ -97,17 +97,16 @@ class Connection:
         self.sqlite.rollback()
 
     async def close(self) -> None:
-        if self._connection is not None:
-            self._connection = None
-            self.sqlite.close()
+        self.stop()
 
     async def create_function(self, *args: Any, **kwargs: Any) -> None:
         self.sqlite.create_function(*args, **kwargs)
 
     def stop(self) -> None:
-        """Close at once (SQLAlchemy terminating a connection it gave up on)."""
-        self._connection = None
-        self.sqlite.close()
+        """Close at once (also how SQLAlchemy terminates a connection it gave up on)."""
+        if self._connection is not None:
+            self._connection = None
+            self.sqlite.close()
 
 
 def connector(path: str) -> Callable[[], Awaitable[Connection]]:
